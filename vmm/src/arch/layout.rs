@@ -1,0 +1,60 @@
+//! The guest physical address and I/O port map. One place, so that the ACPI
+//! tables, the e820 map and the device buses cannot disagree.
+
+/// Page tables, GDT and boot parameters live in low memory, below the
+/// EBDA, where firmware would put them on real hardware.
+pub const BOOT_GDT_START: u64 = 0x500;
+pub const BOOT_IDT_START: u64 = 0x520;
+pub const PML4_START: u64 = 0x9000;
+pub const PDPTE_START: u64 = 0xa000;
+pub const PDE_START: u64 = 0xb000;
+/// The Linux zero page (`struct boot_params`).
+pub const ZERO_PAGE_START: u64 = 0x7000;
+/// Kernel command line; 2 KiB is the boot protocol's historical limit but
+/// modern kernels accept up to `CMDLINE_MAX_SIZE`.
+pub const CMDLINE_START: u64 = 0x20000;
+pub const CMDLINE_MAX_SIZE: usize = 0x10000;
+/// Start of the legacy BIOS area; ACPI tables go here so that a kernel that
+/// scans for the RSDP finds it as well as one that reads `acpi_rsdp_addr`.
+pub const EBDA_START: u64 = 0x9fc00;
+pub const RSDP_START: u64 = 0xe0000;
+pub const ACPI_TABLES_START: u64 = 0xe0100;
+pub const ACPI_TABLES_END: u64 = 0x100000;
+/// Where the protected-mode kernel is loaded (the boot protocol's default).
+pub const HIGH_MEMORY_START: u64 = 0x100000;
+/// Initial stack of the boot vCPU.
+pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
+
+/// RAM occupies [0, MMIO_HOLE_START) and continues at 4 GiB; the hole
+/// holds the PCI windows, ECAM, the IOAPIC and the LAPIC.
+pub const MMIO_HOLE_START: u64 = 0xc000_0000;
+pub const FIRST_ADDR_PAST_4GIB: u64 = 0x1_0000_0000;
+/// 32-bit PCI BAR window (the host bridge's `_CRS`).
+pub const PCI_MMIO32_START: u64 = 0xc000_0000;
+pub const PCI_MMIO32_SIZE: u64 = 0x2000_0000;
+/// PCI Express enhanced configuration access (ECAM), bus 0 only.
+pub const PCI_ECAM_START: u64 = 0xe000_0000;
+pub const PCI_ECAM_SIZE: u64 = 0x10_0000;
+pub const PCI_BUS_COUNT: u8 = 1;
+pub const IOAPIC_START: u64 = 0xfec0_0000;
+pub const APIC_START: u64 = 0xfee0_0000;
+
+/// Legacy PCI configuration mechanism #1.
+pub const PCI_CONFIG_ADDRESS_PORT: u16 = 0xcf8;
+pub const PCI_CONFIG_DATA_PORT: u16 = 0xcfc;
+/// COM1 and its ISA interrupt.
+pub const COM1_PORT: u16 = 0x3f8;
+pub const COM1_IRQ: u32 = 4;
+/// i8042 keyboard controller: a write of 0xfe to its command port resets.
+pub const I8042_DATA_PORT: u16 = 0x60;
+pub const I8042_COMMAND_PORT: u16 = 0x64;
+/// Hardware-reduced ACPI registers (FADT sleep control/status and reset
+/// register). Power-off is `(S5_SLP_TYP << 2) | SLP_EN` written to the
+/// sleep control register; reboot is `ACPI_RESET_VALUE` written to the
+/// reset register.
+pub const ACPI_SLEEP_CONTROL_PORT: u16 = 0x3c0;
+pub const ACPI_SLEEP_STATUS_PORT: u16 = 0x3c1;
+pub const ACPI_RESET_PORT: u16 = 0x3c4;
+pub const ACPI_RESET_VALUE: u8 = 0x1;
+pub const ACPI_S5_SLP_TYP: u8 = 5;
+pub const ACPI_SLP_EN: u8 = 1 << 5;

@@ -1,0 +1,5 @@
+//! x86-64 specifics: guest physical memory layout, boot state (GDT, page
+//! tables, registers, MSRs, CPUID), the Linux zero page with its e820 map,
+//! and the ACPI tables a stock kernel needs to find CPUs, PCI and power-off.
+
+pub mod layout;
