@@ -8,4 +8,7 @@
 //! wraps the KVM VM and vCPUs.
 
 pub mod arch;
+pub mod console;
 pub mod devices;
+pub mod exit;
+pub mod vstate;

@@ -3,6 +3,8 @@
 //! tested without KVM.
 
 pub mod bus;
+pub mod power;
+pub mod serial;
 
 use std::io;
 

@@ -1,0 +1,150 @@
+//! The guest's ways to power off or reset the machine: the hardware-reduced
+//! ACPI sleep control and reset registers that the FADT advertises, and the
+//! i8042 keyboard controller's reset line (`reboot=k`, and Linux's fallback).
+
+use crate::arch::layout::{
+    ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_S5_SLP_TYP, ACPI_SLEEP_CONTROL_PORT, ACPI_SLP_EN,
+    I8042_COMMAND_PORT, I8042_DATA_PORT,
+};
+use crate::devices::bus::BusDevice;
+use crate::exit::{ExitNotifier, ExitReason};
+
+/// Base and length of the I/O range [`AcpiPowerDevice`] decodes.
+pub const ACPI_POWER_PORT_BASE: u16 = ACPI_SLEEP_CONTROL_PORT;
+pub const ACPI_POWER_PORT_LEN: u16 = ACPI_RESET_PORT - ACPI_SLEEP_CONTROL_PORT + 1;
+
+/// Sleep control, sleep status and reset registers.
+pub struct AcpiPowerDevice {
+    exit: ExitNotifier,
+}
+
+impl AcpiPowerDevice {
+    pub fn new(exit: ExitNotifier) -> Self {
+        Self { exit }
+    }
+}
+
+impl BusDevice for AcpiPowerDevice {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        // Sleep status: never "woken", nothing pending.
+        data.fill(0);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let Some(&value) = data.first() else { return };
+        let port = ACPI_POWER_PORT_BASE + offset as u16;
+        if port == ACPI_SLEEP_CONTROL_PORT && value & ACPI_SLP_EN != 0 {
+            let sleep_type = (value >> 2) & 0x7;
+            if sleep_type == ACPI_S5_SLP_TYP {
+                self.exit.request(ExitReason::PowerOff);
+            } else {
+                log::warn!(
+                    "guest asked for ACPI sleep type {sleep_type}; only S5 (off) is supported"
+                );
+            }
+        } else if port == ACPI_RESET_PORT && value == ACPI_RESET_VALUE {
+            self.exit.request(ExitReason::Reboot);
+        }
+    }
+}
+
+/// Just enough of an i8042 for the reset command; no keyboard behind it.
+pub struct I8042Device {
+    exit: ExitNotifier,
+}
+
+const I8042_CMD_RESET: u8 = 0xfe;
+
+impl I8042Device {
+    pub const PORT_BASE: u16 = I8042_DATA_PORT;
+    pub const PORT_LEN: u16 = I8042_COMMAND_PORT - I8042_DATA_PORT + 1;
+
+    pub fn new(exit: ExitNotifier) -> Self {
+        Self { exit }
+    }
+}
+
+impl BusDevice for I8042Device {
+    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+        // Status 0: output buffer empty, input buffer empty, so drivers
+        // neither wait nor read phantom keys.
+        data.fill(0);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let port = I8042_DATA_PORT + offset as u16;
+        if port == I8042_COMMAND_PORT && data.first() == Some(&I8042_CMD_RESET) {
+            self.exit.request(ExitReason::Reboot);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_port(dev: &mut dyn BusDevice, base: u16, port: u16, value: u8) {
+        dev.write(u64::from(port - base), &[value]);
+    }
+
+    #[test]
+    fn s5_powers_off_and_reset_register_reboots() {
+        let (exit, events) = ExitNotifier::new();
+        let mut dev = AcpiPowerDevice::new(exit);
+        let s5 = (ACPI_S5_SLP_TYP << 2) | ACPI_SLP_EN;
+        write_port(&mut dev, ACPI_POWER_PORT_BASE, ACPI_SLEEP_CONTROL_PORT, s5);
+        assert_eq!(events.try_recv().unwrap(), ExitReason::PowerOff);
+        write_port(
+            &mut dev,
+            ACPI_POWER_PORT_BASE,
+            ACPI_RESET_PORT,
+            ACPI_RESET_VALUE,
+        );
+        assert_eq!(events.try_recv().unwrap(), ExitReason::Reboot);
+    }
+
+    #[test]
+    fn other_writes_do_nothing() {
+        let (exit, events) = ExitNotifier::new();
+        let mut dev = AcpiPowerDevice::new(exit);
+        // S5 type without SLP_EN, S3 with SLP_EN, wrong reset value.
+        write_port(
+            &mut dev,
+            ACPI_POWER_PORT_BASE,
+            ACPI_SLEEP_CONTROL_PORT,
+            ACPI_S5_SLP_TYP << 2,
+        );
+        write_port(
+            &mut dev,
+            ACPI_POWER_PORT_BASE,
+            ACPI_SLEEP_CONTROL_PORT,
+            (3 << 2) | ACPI_SLP_EN,
+        );
+        write_port(&mut dev, ACPI_POWER_PORT_BASE, ACPI_RESET_PORT, 0x2);
+        dev.write(0, &[]);
+        assert!(events.try_recv().is_err());
+    }
+
+    #[test]
+    fn i8042_reset_command_reboots() {
+        let (exit, events) = ExitNotifier::new();
+        let mut dev = I8042Device::new(exit);
+        let mut status = [0xff];
+        dev.read(4, &mut status);
+        assert_eq!(status, [0]);
+        write_port(
+            &mut dev,
+            I8042Device::PORT_BASE,
+            I8042_DATA_PORT,
+            I8042_CMD_RESET,
+        );
+        assert!(events.try_recv().is_err());
+        write_port(
+            &mut dev,
+            I8042Device::PORT_BASE,
+            I8042_COMMAND_PORT,
+            I8042_CMD_RESET,
+        );
+        assert_eq!(events.try_recv().unwrap(), ExitReason::Reboot);
+    }
+}
