@@ -11,4 +11,5 @@ pub mod arch;
 pub mod console;
 pub mod devices;
 pub mod exit;
+pub mod seccomp;
 pub mod vstate;
