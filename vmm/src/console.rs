@@ -82,13 +82,19 @@ impl Drop for RawTerminal {
 }
 
 /// Starts the thread that copies stdin to the serial device until EOF.
+/// `setup` runs first on that thread (it installs the seccomp filter).
 pub fn spawn_input_thread(
     serial: Arc<Mutex<SerialDevice>>,
     exit: ExitNotifier,
+    setup: impl FnOnce() -> Result<(), String> + Send + 'static,
 ) -> io::Result<thread::JoinHandle<()>> {
     thread::Builder::new()
         .name("console-in".into())
         .spawn(move || {
+            if let Err(e) = setup() {
+                exit.request(ExitReason::Internal(format!("console thread: {e}")));
+                return;
+            }
             let mut filter = EscapeFilter::default();
             let mut buf = [0u8; 64];
             let mut stdin = io::stdin().lock();
