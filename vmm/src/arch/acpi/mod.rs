@@ -17,7 +17,7 @@ mod madt;
 mod mcfg;
 
 #[cfg(test)]
-mod disassembly_tests;
+mod acpica_tests;
 
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::xsdt::XSDT;
