@@ -145,6 +145,8 @@ fn iasl_disassembles_every_table_and_recompiles_the_dsdt() {
             "Name (_HID, EisaId (\"PNP0C02\")",
             "Memory32Fixed (ReadWrite,\n                    0xE0000000,",
             "0x00100000,         // Address Length",
+            "0x03C0,             // Range Minimum",
+            "0x03C4,             // Range Minimum",
             "Device (COM1)",
             "Name (_HID, EisaId (\"PNP0501\")",
             "0x03F8,             // Range Minimum",
@@ -279,6 +281,8 @@ fn acpica_interpreter_loads_the_dsdt_decodes_resources_and_powers_off() {
             // MBRD _CRS
             "Address : E0000000",
             "Address Length : 00100000",
+            "Address Minimum : 03C0",
+            "Address Minimum : 03C4",
             // COM1 _CRS
             "Address Minimum : 03F8",
             "Triggering : Edge",

@@ -4,8 +4,9 @@
 //! - `\_SB_.PCI0`: the PCI Express host bridge. Its `_CRS` hands the OS the
 //!   bus range, the I/O ports outside the config mechanism's 0xCF8-0xCFF,
 //!   and the 32-bit BAR window; ECAM itself comes from the MCFG.
-//! - `\_SB_.MBRD`: motherboard resources reserving the ECAM range. Linux only
-//!   trusts an MCFG region that is reserved here (or in the e820 map).
+//! - `\_SB_.MBRD`: motherboard resources reserving the ECAM range (Linux only
+//!   trusts an MCFG region that is reserved here or in the e820 map) and the
+//!   FADT's sleep and reset ports.
 //! - `\_SB_.COM1`: the 16550 with its interrupt. In hardware-reduced mode
 //!   Linux has no legacy PIC and maps no ISA IRQs by default, so the
 //!   serial port only gets its interrupt through this `_CRS`.
@@ -26,8 +27,9 @@ use acpi_tables::{Aml, AmlSink};
 use super::mcfg::{LAST_BUS, PCI_SEGMENT};
 use super::{OEM_ID, OEM_REVISION, OEM_TABLE_ID};
 use crate::arch::layout::{
-    ACPI_S5_SLP_TYP, COM1_IRQ, COM1_PORT, PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_SIZE, PCI_ECAM_START,
-    PCI_MMIO32_SIZE, PCI_MMIO32_START,
+    ACPI_RESET_PORT, ACPI_S5_SLP_TYP, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT, COM1_IRQ,
+    COM1_PORT, PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO32_SIZE,
+    PCI_MMIO32_START,
 };
 
 /// Revision 2 makes AML integers 64 bits wide.
@@ -36,6 +38,9 @@ const DSDT_REVISION: u8 = 2;
 /// Configuration mechanism #1 decodes 0xCF8-0xCFF (address and data).
 const PCI_CONFIG_PORT_COUNT: u16 = 8;
 const COM1_PORT_COUNT: u8 = 8;
+/// The sleep control and status registers are adjacent, so one I/O range
+/// claims both.
+const _: () = assert!(ACPI_SLEEP_STATUS_PORT == ACPI_SLEEP_CONTROL_PORT + 1);
 
 const _: () = assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE <= 1 << 32);
 const _: () = assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= 1 << 32);
@@ -106,14 +111,21 @@ fn pci_host_bridge(sink: &mut dyn AmlSink) {
     .to_aml_bytes(sink);
 }
 
+/// Claims the ECAM range and the FADT's sleep and reset ports, so that no
+/// driver or resource allocator hands them to anything else.
 fn motherboard_resources(sink: &mut dyn AmlSink) {
     let ecam = Memory32Fixed::new(true, PCI_ECAM_START as u32, PCI_ECAM_SIZE as u32);
+    let sleep_ports = IO::new(ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_CONTROL_PORT, 1, 2);
+    let reset_port = IO::new(ACPI_RESET_PORT, ACPI_RESET_PORT, 1, 1);
     Device::new(
         Path::new("MBRD"),
         vec![
             &Name::new(Path::new("_HID"), &EISAName::new("PNP0C02")),
             &Name::new(Path::new("_UID"), &ZERO),
-            &Name::new(Path::new("_CRS"), &ResourceTemplate::new(vec![&ecam])),
+            &Name::new(
+                Path::new("_CRS"),
+                &ResourceTemplate::new(vec![&ecam, &sleep_ports, &reset_port]),
+            ),
         ],
     )
     .to_aml_bytes(sink);
@@ -230,6 +242,15 @@ mod tests {
         ]
         .concat();
         assert!(contains(&dsdt, &window));
+    }
+
+    #[test]
+    fn acpi_register_ports_are_reserved_as_motherboard_resources() {
+        let dsdt = build_dsdt();
+        let mut ports = Vec::new();
+        IO::new(ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_CONTROL_PORT, 1, 2).to_aml_bytes(&mut ports);
+        IO::new(ACPI_RESET_PORT, ACPI_RESET_PORT, 1, 1).to_aml_bytes(&mut ports);
+        assert!(contains(&dsdt, &ports));
     }
 
     #[test]
