@@ -2,4 +2,5 @@
 //! tables, registers, MSRs, CPUID), the Linux zero page with its e820 map,
 //! and the ACPI tables a stock kernel needs to find CPUs, PCI and power-off.
 
+pub mod acpi;
 pub mod layout;

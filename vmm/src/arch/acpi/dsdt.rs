@@ -1,0 +1,264 @@
+//! The DSDT: the AML namespace describing the devices that cannot be
+//! discovered by probing.
+//!
+//! - `\_SB_.PCI0`: the PCI Express host bridge. Its `_CRS` hands the OS the
+//!   bus range, the I/O ports outside the config mechanism's 0xCF8-0xCFF,
+//!   and the 32-bit BAR window; ECAM itself comes from the MCFG.
+//! - `\_SB_.MBRD`: motherboard resources reserving the ECAM range (Linux only
+//!   trusts an MCFG region that is reserved here or in the e820 map) and the
+//!   FADT's sleep and reset ports.
+//! - `\_SB_.COM1`: the 16550 with its interrupt. In hardware-reduced mode
+//!   Linux has no legacy PIC and maps no ISA IRQs by default, so the
+//!   serial port only gets its interrupt through this `_CRS`.
+//! - `\_S5_`: the sleep type value the OS writes to power off.
+//!
+//! There is no `_PRT`: virtio-pci devices interrupt through MSI-X only and
+//! need no INTx routing. PCI hot-plug fits in later as slot devices
+//! (`_ADR`/`_EJ0`) inside `PCI0` plus a Generic Event Device (ACPI0013) to
+//! notify them; hardware-reduced ACPI has no GPE block for that.
+
+use acpi_tables::aml::{
+    AddressSpace, AddressSpaceCacheable, Device, EISAName, Interrupt, Memory32Fixed, Name, Package,
+    Path, ResourceTemplate, Scope, IO, ZERO,
+};
+use acpi_tables::sdt::Sdt;
+use acpi_tables::{Aml, AmlSink};
+
+use super::mcfg::{LAST_BUS, PCI_SEGMENT};
+use super::{OEM_ID, OEM_REVISION, OEM_TABLE_ID};
+use crate::arch::layout::{
+    ACPI_RESET_PORT, ACPI_S5_SLP_TYP, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT, COM1_IRQ,
+    COM1_PORT, PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO32_SIZE,
+    PCI_MMIO32_START,
+};
+
+/// Revision 2 makes AML integers 64 bits wide.
+const DSDT_REVISION: u8 = 2;
+
+/// Configuration mechanism #1 decodes 0xCF8-0xCFF (address and data).
+const PCI_CONFIG_PORT_COUNT: u16 = 8;
+const COM1_PORT_COUNT: u8 = 8;
+/// The sleep control and status registers are adjacent, so one I/O range
+/// claims both.
+const _: () = assert!(ACPI_SLEEP_STATUS_PORT == ACPI_SLEEP_CONTROL_PORT + 1);
+
+const _: () = assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE <= 1 << 32);
+const _: () = assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= 1 << 32);
+const PCI_MMIO32_FIRST: u32 = PCI_MMIO32_START as u32;
+const PCI_MMIO32_LAST: u32 = (PCI_MMIO32_START + PCI_MMIO32_SIZE - 1) as u32;
+
+/// Builds the complete DSDT, header included.
+pub fn build_dsdt() -> Vec<u8> {
+    let mut system_bus = Vec::new();
+    pci_host_bridge(&mut system_bus);
+    motherboard_resources(&mut system_bus);
+    com1(&mut system_bus);
+
+    let mut aml = Scope::raw(Path::new("\\_SB_"), system_bus);
+    soft_off_sleep_type(&mut aml);
+
+    let mut dsdt = Sdt::new(
+        *b"DSDT",
+        36,
+        DSDT_REVISION,
+        OEM_ID,
+        OEM_TABLE_ID,
+        OEM_REVISION,
+    );
+    dsdt.append_slice(&aml);
+    dsdt.as_slice().to_vec()
+}
+
+fn pci_host_bridge(sink: &mut dyn AmlSink) {
+    let bus_numbers = AddressSpace::<u16>::new_bus_number(0, u16::from(LAST_BUS));
+    let config_ports = IO::new(
+        PCI_CONFIG_ADDRESS_PORT,
+        PCI_CONFIG_ADDRESS_PORT,
+        1,
+        PCI_CONFIG_PORT_COUNT as u8,
+    );
+    let ports_below_config = AddressSpace::<u16>::new_io(0, PCI_CONFIG_ADDRESS_PORT - 1, None);
+    let ports_above_config = AddressSpace::<u16>::new_io(
+        PCI_CONFIG_ADDRESS_PORT + PCI_CONFIG_PORT_COUNT,
+        u16::MAX,
+        None,
+    );
+    let mmio32_window = AddressSpace::<u32>::new_memory(
+        AddressSpaceCacheable::NotCacheable,
+        true,
+        PCI_MMIO32_FIRST,
+        PCI_MMIO32_LAST,
+        None,
+    );
+    let resources = ResourceTemplate::new(vec![
+        &bus_numbers,
+        &config_ports,
+        &ports_below_config,
+        &ports_above_config,
+        &mmio32_window,
+    ]);
+    Device::new(
+        Path::new("PCI0"),
+        vec![
+            &Name::new(Path::new("_HID"), &EISAName::new("PNP0A08")),
+            &Name::new(Path::new("_CID"), &EISAName::new("PNP0A03")),
+            &Name::new(Path::new("_SEG"), &PCI_SEGMENT),
+            &Name::new(Path::new("_BBN"), &ZERO),
+            &Name::new(Path::new("_UID"), &ZERO),
+            &Name::new(Path::new("_CRS"), &resources),
+        ],
+    )
+    .to_aml_bytes(sink);
+}
+
+/// Claims the ECAM range and the FADT's sleep and reset ports, so that no
+/// driver or resource allocator hands them to anything else.
+fn motherboard_resources(sink: &mut dyn AmlSink) {
+    let ecam = Memory32Fixed::new(true, PCI_ECAM_START as u32, PCI_ECAM_SIZE as u32);
+    let sleep_ports = IO::new(ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_CONTROL_PORT, 1, 2);
+    let reset_port = IO::new(ACPI_RESET_PORT, ACPI_RESET_PORT, 1, 1);
+    Device::new(
+        Path::new("MBRD"),
+        vec![
+            &Name::new(Path::new("_HID"), &EISAName::new("PNP0C02")),
+            &Name::new(Path::new("_UID"), &ZERO),
+            &Name::new(
+                Path::new("_CRS"),
+                &ResourceTemplate::new(vec![&ecam, &sleep_ports, &reset_port]),
+            ),
+        ],
+    )
+    .to_aml_bytes(sink);
+}
+
+fn com1(sink: &mut dyn AmlSink) {
+    let ports = IO::new(COM1_PORT, COM1_PORT, 1, COM1_PORT_COUNT);
+    // ExtendedInterrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive): the
+    // ISA convention for a 16550.
+    let irq = Interrupt::new(true, true, false, false, COM1_IRQ);
+    Device::new(
+        Path::new("COM1"),
+        vec![
+            &Name::new(Path::new("_HID"), &EISAName::new("PNP0501")),
+            &Name::new(Path::new("_UID"), &ZERO),
+            &Name::new(
+                Path::new("_CRS"),
+                &ResourceTemplate::new(vec![&ports, &irq]),
+            ),
+        ],
+    )
+    .to_aml_bytes(sink);
+}
+
+/// `Name (_S5_, Package () { SLP_TYP, 0, 0, 0 })`. ACPICA takes SLP_TYPa
+/// from element 0; hardware-reduced sleep uses only that value.
+fn soft_off_sleep_type(sink: &mut dyn AmlSink) {
+    Name::new(
+        Path::new("_S5_"),
+        &Package::new(vec![&ACPI_S5_SLP_TYP, &ZERO, &ZERO, &ZERO]),
+    )
+    .to_aml_bytes(sink);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::acpi::test_support::{byte_sum, u32_at};
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack
+            .windows(needle.len())
+            .any(|window| window == needle)
+    }
+
+    #[test]
+    fn header_and_checksum() {
+        let dsdt = build_dsdt();
+        assert_eq!(&dsdt[0..4], b"DSDT");
+        assert_eq!(u32_at(&dsdt, 4) as usize, dsdt.len());
+        assert_eq!(dsdt[8], DSDT_REVISION);
+        assert_eq!(byte_sum(&dsdt), 0);
+    }
+
+    #[test]
+    fn names_the_expected_devices() {
+        let dsdt = build_dsdt();
+        for name in [
+            &b"_SB_"[..],
+            b"PCI0",
+            b"MBRD",
+            b"COM1",
+            b"_CRS",
+            b"_SEG",
+            b"_BBN",
+        ] {
+            assert!(contains(&dsdt, name), "{}", name.escape_ascii());
+        }
+    }
+
+    #[test]
+    fn s5_package_has_the_layout_sleep_type_first() {
+        let dsdt = build_dsdt();
+        // NameOp "_S5_" PackageOp PkgLength(7) NumElements(4)
+        // BytePrefix SLP_TYP ZeroOp ZeroOp ZeroOp
+        let expected = [
+            0x08,
+            b'_',
+            b'S',
+            b'5',
+            b'_',
+            0x12,
+            0x07,
+            0x04,
+            0x0a,
+            ACPI_S5_SLP_TYP,
+            0x00,
+            0x00,
+            0x00,
+        ];
+        assert!(contains(&dsdt, &expected));
+    }
+
+    #[test]
+    fn host_bridge_ids_are_pcie_root_compatible_with_pci() {
+        let dsdt = build_dsdt();
+        let mut pnp0a08 = Vec::new();
+        EISAName::new("PNP0A08").to_aml_bytes(&mut pnp0a08);
+        let mut pnp0a03 = Vec::new();
+        EISAName::new("PNP0A03").to_aml_bytes(&mut pnp0a03);
+        assert!(contains(&dsdt, &[b"_HID".as_slice(), &pnp0a08].concat()));
+        assert!(contains(&dsdt, &[b"_CID".as_slice(), &pnp0a03].concat()));
+    }
+
+    #[test]
+    fn host_bridge_mmio_window_matches_the_layout() {
+        let dsdt = build_dsdt();
+        // DWord address space descriptor: min, max, translation, length.
+        let window = [
+            PCI_MMIO32_FIRST.to_le_bytes(),
+            PCI_MMIO32_LAST.to_le_bytes(),
+            0u32.to_le_bytes(),
+            (PCI_MMIO32_SIZE as u32).to_le_bytes(),
+        ]
+        .concat();
+        assert!(contains(&dsdt, &window));
+    }
+
+    #[test]
+    fn acpi_register_ports_are_reserved_as_motherboard_resources() {
+        let dsdt = build_dsdt();
+        let mut ports = Vec::new();
+        IO::new(ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_CONTROL_PORT, 1, 2).to_aml_bytes(&mut ports);
+        IO::new(ACPI_RESET_PORT, ACPI_RESET_PORT, 1, 1).to_aml_bytes(&mut ports);
+        assert!(contains(&dsdt, &ports));
+    }
+
+    #[test]
+    fn ecam_is_reserved_as_a_motherboard_resource() {
+        let dsdt = build_dsdt();
+        let mut ecam = Vec::new();
+        Memory32Fixed::new(true, PCI_ECAM_START as u32, PCI_ECAM_SIZE as u32)
+            .to_aml_bytes(&mut ecam);
+        assert!(contains(&dsdt, &ecam));
+    }
+}
