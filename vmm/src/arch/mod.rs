@@ -2,4 +2,13 @@
 //! tables, registers, MSRs, CPUID), the Linux zero page with its e820 map,
 //! and the ACPI tables a stock kernel needs to find CPUs, PCI and power-off.
 
+pub mod boot_params;
+pub mod cpuid;
+pub mod gdt;
+pub mod interrupts;
 pub mod layout;
+pub mod memory;
+pub mod msr;
+pub mod paging;
+pub mod regs;
+pub mod vcpu;
