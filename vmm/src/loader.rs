@@ -426,3 +426,369 @@ pub fn load_cmdline(
         len: cmdline.len(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use linux_loader::loader::bootparam::{LOADED_HIGH, XLF_KERNEL_64};
+    use std::io::Cursor;
+    use vm_memory::ByteValued;
+
+    const SETUP_SECTS: u8 = 1;
+    const PAYLOAD: usize = 0x1000;
+
+    fn memory(mib: u64) -> GuestMemoryMmap {
+        crate::arch::memory::create_guest_memory(mib * MIB).unwrap()
+    }
+
+    fn valid_header() -> setup_header {
+        setup_header {
+            setup_sects: SETUP_SECTS,
+            boot_flag: 0xaa55,
+            jump: 0x6aeb,
+            header: u32::from_le_bytes(*b"HdrS"),
+            version: 0x020f,
+            loadflags: LOADED_HIGH,
+            code32_start: HIGH_MEMORY_START as u32,
+            syssize: (PAYLOAD / 16) as u32,
+            initrd_addr_max: 0x7fff_ffff,
+            kernel_alignment: 0x1000,
+            xloadflags: XLF_KERNEL_64,
+            cmdline_size: 2047,
+            pref_address: HIGH_MEMORY_START,
+            init_size: 0x10_0000,
+            ..Default::default()
+        }
+    }
+
+    /// A bzImage with `header` whose protected-mode payload is `PAYLOAD`
+    /// bytes of 0xf4 (hlt).
+    fn bzimage(header: &setup_header) -> Vec<u8> {
+        let setup = (usize::from(SETUP_SECTS) + 1) * 512;
+        let mut image = vec![0u8; setup + PAYLOAD];
+        image[SETUP_HEADER_OFFSET..SETUP_HEADER_OFFSET + std::mem::size_of::<setup_header>()]
+            .copy_from_slice(header.as_slice());
+        image[setup..].fill(0xf4);
+        image
+    }
+
+    /// A 64-bit ELF for `machine` with one loadable segment of `code` at
+    /// physical 0x20_0000 and, if `pvh_entry` is given, a Xen PVH note.
+    fn elf(machine: u16, code: &[u8], pvh_entry: Option<u32>) -> Vec<u8> {
+        let phnum: u16 = if pvh_entry.is_some() { 2 } else { 1 };
+        let data_start = 64 + 56 * u64::from(phnum);
+        let note_start = data_start + code.len() as u64;
+        let mut image = Vec::new();
+        image.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+        image.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        image.extend_from_slice(&machine.to_le_bytes());
+        image.extend_from_slice(&1u32.to_le_bytes());
+        image.extend_from_slice(&0x20_0000u64.to_le_bytes()); // e_entry
+        image.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
+        image.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+        image.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+        for half in [64u16, 56, phnum, 64, 0, 0] {
+            image.extend_from_slice(&half.to_le_bytes());
+        }
+        let mut program_header = |p_type: u32, offset: u64, paddr: u64, size: u64| {
+            image.extend_from_slice(&p_type.to_le_bytes());
+            image.extend_from_slice(&5u32.to_le_bytes());
+            for field in [offset, paddr, paddr, size, size, 4] {
+                image.extend_from_slice(&field.to_le_bytes());
+            }
+        };
+        program_header(1, data_start, 0x20_0000, code.len() as u64);
+        if pvh_entry.is_some() {
+            program_header(4, note_start, 0, 20);
+        }
+        image.extend_from_slice(code);
+        if let Some(entry) = pvh_entry {
+            for word in [4u32, 4, 18] {
+                image.extend_from_slice(&word.to_le_bytes());
+            }
+            image.extend_from_slice(b"Xen\0");
+            image.extend_from_slice(&entry.to_le_bytes());
+        }
+        image
+    }
+
+    fn load(image: Vec<u8>, mem_mib: u64) -> Result<KernelImage, LoaderError> {
+        load_kernel(&memory(mem_mib), &mut Cursor::new(image))
+    }
+
+    #[test]
+    fn loads_bzimage_with_64bit_entry() {
+        let mem = memory(32);
+        let kernel = load_kernel(&mem, &mut Cursor::new(bzimage(&valid_header()))).unwrap();
+        assert_eq!(kernel.format, KernelFormat::BzImage);
+        assert_eq!(kernel.load_address, GuestAddress(0x10_0000));
+        assert_eq!(kernel.entry_64, GuestAddress(0x10_0200));
+        assert_eq!(kernel.footprint_end, 0x20_0000);
+        assert_eq!(kernel.cmdline_max, 2047);
+        assert!(kernel.setup_header.is_some());
+        let byte: u8 = mem
+            .read_obj(GuestAddress(0x10_0000 + PAYLOAD as u64 - 1))
+            .unwrap();
+        assert_eq!(byte, 0xf4);
+    }
+
+    #[test]
+    fn rejects_a_file_that_is_not_a_kernel() {
+        // Deterministic pseudo-random bytes, as from a misnamed data file.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let noise: Vec<u8> = (0..8192)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let err = load(noise, 32).unwrap_err();
+        assert!(matches!(err, LoaderError::NotAKernel), "{err}");
+        assert!(err.to_string().contains("not a Linux kernel"), "{err}");
+        let err = load(b"#!/bin/sh\necho hello\n".to_vec(), 32).unwrap_err();
+        assert!(matches!(err, LoaderError::NotAKernel), "{err}");
+    }
+
+    #[test]
+    fn rejects_an_empty_file() {
+        assert!(matches!(
+            load(Vec::new(), 32),
+            Err(LoaderError::EmptyKernel)
+        ));
+    }
+
+    #[test]
+    fn rejects_an_elf_for_another_machine() {
+        let err = load(elf(183, &[0xf4; 16], None), 32).unwrap_err();
+        assert!(
+            matches!(err, LoaderError::ElfNotX86_64 { machine: 183 }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("not x86-64"), "{err}");
+    }
+
+    #[test]
+    fn rejects_a_32bit_elf() {
+        let mut image = elf(ELF_MACHINE_X86_64, &[0xf4; 16], None);
+        image[4] = 1;
+        assert!(matches!(load(image, 32), Err(LoaderError::ElfNot64Bit)));
+    }
+
+    #[test]
+    fn rejects_an_elf_whose_program_headers_are_missing() {
+        let mut image = elf(ELF_MACHINE_X86_64, &[0xf4; 16], None);
+        image.truncate(80);
+        assert!(matches!(load(image, 32), Err(LoaderError::TruncatedElf)));
+    }
+
+    #[test]
+    fn loads_elf_and_finds_pvh_entry() {
+        let kernel = load(elf(ELF_MACHINE_X86_64, &[0xf4; 16], Some(0x20_0004)), 32).unwrap();
+        assert_eq!(kernel.format, KernelFormat::Elf);
+        assert_eq!(kernel.entry_64, GuestAddress(0x20_0000));
+        assert_eq!(kernel.pvh_entry, Some(GuestAddress(0x20_0004)));
+        assert_eq!(kernel.footprint_end, 0x20_0010);
+        let plain = load(elf(ELF_MACHINE_X86_64, &[0xf4; 16], None), 32).unwrap();
+        assert_eq!(plain.pvh_entry, None);
+    }
+
+    #[test]
+    fn rejects_bzimage_whose_setup_is_cut_short() {
+        let header = setup_header {
+            setup_sects: 30,
+            ..valid_header()
+        };
+        let err = load(bzimage(&header), 32).unwrap_err();
+        let expected = 31 * 512 + PAYLOAD as u64;
+        assert!(
+            matches!(err, LoaderError::TruncatedBzImage { expected: e, actual: 0x1400 } if e == expected),
+            "{err}"
+        );
+        assert!(err.to_string().contains("truncated"), "{err}");
+    }
+
+    #[test]
+    fn rejects_bzimage_whose_payload_is_missing() {
+        let mut image = bzimage(&valid_header());
+        image.truncate(1024 + 100);
+        let err = load(image, 32).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LoaderError::TruncatedBzImage {
+                    expected: 0x1400,
+                    actual: 1124
+                }
+            ),
+            "{err}"
+        );
+        let mut header_only = bzimage(&valid_header());
+        header_only.truncate(0x240);
+        let err = load(header_only, 32).unwrap_err();
+        assert!(matches!(err, LoaderError::TruncatedBzImage { .. }), "{err}");
+    }
+
+    #[test]
+    fn rejects_old_boot_protocol() {
+        let header = setup_header {
+            version: 0x0204,
+            ..valid_header()
+        };
+        let err = load(bzimage(&header), 32).unwrap_err();
+        assert!(
+            matches!(err, LoaderError::KernelTooOld { version: 0x0204 }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("boot protocol 2.04"), "{err}");
+    }
+
+    #[test]
+    fn rejects_kernel_without_64bit_entry() {
+        let header = setup_header {
+            xloadflags: 0,
+            ..valid_header()
+        };
+        let err = load(bzimage(&header), 32).unwrap_err();
+        assert!(matches!(err, LoaderError::No64BitEntry), "{err}");
+    }
+
+    #[test]
+    fn rejects_kernel_bigger_than_memory() {
+        let header = setup_header {
+            init_size: 64 << 20,
+            ..valid_header()
+        };
+        let err = load(bzimage(&header), 32).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LoaderError::MemoryTooSmall {
+                    needed_mib: 65,
+                    suggested_mib: 192
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "guest memory too small for the kernel: needs at least 65 MiB, give --memory 192"
+        );
+    }
+
+    #[test]
+    fn rejects_elf_bigger_than_memory() {
+        let err = load(elf(ELF_MACHINE_X86_64, &[0xf4; 16], None), 2).unwrap_err();
+        assert!(
+            matches!(err, LoaderError::MemoryTooSmall { needed_mib: 3, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn initrd_goes_page_aligned_to_the_top_of_low_ram() {
+        let mem = memory(32);
+        let kernel = load_kernel(&mem, &mut Cursor::new(bzimage(&valid_header()))).unwrap();
+        let initrd = load_initrd(&mem, &mut Cursor::new(vec![0xabu8; 10_000]), &kernel).unwrap();
+        assert_eq!(initrd.size, 10_000);
+        assert_eq!(initrd.address.0, (32 * MIB - 10_000) & !0xfff);
+        let last: u8 = mem
+            .read_obj(GuestAddress(initrd.address.0 + 9_999))
+            .unwrap();
+        assert_eq!(last, 0xab);
+    }
+
+    #[test]
+    fn initrd_respects_the_kernel_limit() {
+        let mem = memory(32);
+        let header = setup_header {
+            initrd_addr_max: (16 << 20) - 1,
+            ..valid_header()
+        };
+        let kernel = load_kernel(&mem, &mut Cursor::new(bzimage(&header))).unwrap();
+        let initrd = load_initrd(&mem, &mut Cursor::new(vec![1u8; 4096]), &kernel).unwrap();
+        assert_eq!(initrd.address, GuestAddress((16 << 20) - 4096));
+    }
+
+    #[test]
+    fn rejects_initrd_too_big_for_memory() {
+        let mem = memory(32);
+        let kernel = load_kernel(&mem, &mut Cursor::new(bzimage(&valid_header()))).unwrap();
+        let err = load_initrd(&mem, &mut Cursor::new(vec![0u8; 31 << 20]), &kernel).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LoaderError::InitrdTooBig {
+                    size_mib: 31,
+                    available_mib: 30
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("give a larger --memory"), "{err}");
+    }
+
+    #[test]
+    fn rejects_empty_initrd() {
+        let mem = memory(32);
+        let kernel = load_kernel(&mem, &mut Cursor::new(bzimage(&valid_header()))).unwrap();
+        let err = load_initrd(&mem, &mut Cursor::new(Vec::new()), &kernel).unwrap_err();
+        assert!(matches!(err, LoaderError::EmptyInitrd), "{err}");
+    }
+
+    #[test]
+    fn cmdline_is_written_nul_terminated() {
+        let mem = memory(32);
+        let kernel = load_kernel(&mem, &mut Cursor::new(bzimage(&valid_header()))).unwrap();
+        let info = load_cmdline(&mem, "console=ttyS0 panic=-1", &kernel).unwrap();
+        assert_eq!(
+            info,
+            CmdlineInfo {
+                address: GuestAddress(CMDLINE_START),
+                len: 22
+            }
+        );
+        let mut written = [0u8; 23];
+        mem.read_slice(&mut written, GuestAddress(CMDLINE_START))
+            .unwrap();
+        assert_eq!(&written, b"console=ttyS0 panic=-1\0");
+    }
+
+    #[test]
+    fn rejects_cmdline_longer_than_the_kernel_accepts() {
+        let mem = memory(32);
+        let kernel = load_kernel(&mem, &mut Cursor::new(bzimage(&valid_header()))).unwrap();
+        let err = load_cmdline(&mem, &"a".repeat(2048), &kernel).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LoaderError::CmdlineTooLong {
+                    len: 2048,
+                    max: 2047
+                }
+            ),
+            "{err}"
+        );
+        assert!(load_cmdline(&mem, &"a".repeat(2047), &kernel).is_ok());
+    }
+
+    #[test]
+    fn rejects_cmdline_longer_than_the_cmdline_area() {
+        let mem = memory(32);
+        let kernel = load(elf(ELF_MACHINE_X86_64, &[0xf4; 16], None), 32).unwrap();
+        let err = load_cmdline(&mem, &"a".repeat(CMDLINE_MAX_SIZE), &kernel).unwrap_err();
+        assert!(
+            matches!(err, LoaderError::CmdlineTooLong { len: CMDLINE_MAX_SIZE, max } if max == CMDLINE_MAX_SIZE - 1),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rejects_cmdline_with_nul() {
+        let mem = memory(32);
+        let kernel = load_kernel(&mem, &mut Cursor::new(bzimage(&valid_header()))).unwrap();
+        let err = load_cmdline(&mem, "root=/dev/vda\0init=/bin/sh", &kernel).unwrap_err();
+        assert!(matches!(err, LoaderError::CmdlineHasNul), "{err}");
+    }
+}
