@@ -36,6 +36,14 @@ const DEFAULT_KERNEL_ALIGNMENT: u32 = 0x100_0000;
 /// Version 1 of `hvm_start_info` has the memory map fields.
 const HVM_START_INFO_VERSION: u32 = 1;
 
+// The PVH structures share one page and must not overlap.
+const _: () = assert!(
+    PVH_START_INFO_START + std::mem::size_of::<hvm_start_info>() as u64 <= PVH_MODLIST_START
+);
+const _: () = assert!(
+    PVH_MODLIST_START + std::mem::size_of::<hvm_modlist_entry>() as u64 <= PVH_MEMMAP_START
+);
+
 /// Why the boot information could not be written.
 #[derive(Debug, Error)]
 pub enum BootError {
@@ -232,4 +240,205 @@ fn write_start_info(mem: &GuestMemoryMmap, config: &BootConfig) -> Result<(), Bo
         .map_err(memory_error)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arch::layout::{
+        CMDLINE_START, EBDA_START, HIGH_MEMORY_START, MMIO_HOLE_START, PCI_ECAM_SIZE,
+        PCI_ECAM_START, PML4_START,
+    };
+    use crate::arch::memory::create_guest_memory;
+    use crate::loader::KernelFormat;
+    use linux_loader::loader::bootparam::XLF_KERNEL_64;
+
+    const MIB: u64 = 1 << 20;
+
+    fn bzimage_kernel() -> KernelImage {
+        let header = setup_header {
+            setup_sects: 1,
+            boot_flag: BOOT_FLAG,
+            // Header declared to end at 0x264: `kernel_info_offset` (0x268)
+            // lies past it and must not be passed on.
+            jump: 0x62eb,
+            header: SETUP_MAGIC,
+            version: 0x020c,
+            loadflags: LOADED_HIGH,
+            xloadflags: XLF_KERNEL_64,
+            kernel_info_offset: 0xdead_beef,
+            ..Default::default()
+        };
+        KernelImage {
+            format: KernelFormat::BzImage,
+            load_address: GuestAddress(HIGH_MEMORY_START),
+            entry_64: GuestAddress(HIGH_MEMORY_START + 0x200),
+            pvh_entry: None,
+            setup_header: Some(header),
+            footprint_end: 2 * MIB,
+            cmdline_max: 2047,
+            initrd_addr_max: 0x7fff_ffff,
+        }
+    }
+
+    fn elf_kernel(pvh_entry: Option<u64>) -> KernelImage {
+        KernelImage {
+            format: KernelFormat::Elf,
+            load_address: GuestAddress(16 * MIB),
+            entry_64: GuestAddress(16 * MIB),
+            pvh_entry: pvh_entry.map(GuestAddress),
+            setup_header: None,
+            footprint_end: 32 * MIB,
+            cmdline_max: 4095,
+            initrd_addr_max: 0x7fff_ffff,
+        }
+    }
+
+    fn config(kernel: &KernelImage, mem_size: u64) -> BootConfig<'_> {
+        BootConfig {
+            kernel,
+            cmdline: CmdlineInfo {
+                address: GuestAddress(CMDLINE_START),
+                len: 12,
+            },
+            initrd: Some(InitrdInfo {
+                address: GuestAddress(0x0800_0000),
+                size: 0x12_3456,
+            }),
+            mem_size,
+        }
+    }
+
+    fn e820(params: &boot_params) -> Vec<(u64, u64, u32)> {
+        let entries = params.e820_table;
+        entries[..usize::from(params.e820_entries)]
+            .iter()
+            .map(|e| (e.addr, e.size, e.r#type))
+            .collect()
+    }
+
+    #[test]
+    fn zero_page_carries_loader_fields() {
+        let kernel = bzimage_kernel();
+        let params = zero_page(&config(&kernel, 512 * MIB));
+        let hdr = params.hdr;
+        assert_eq!(hdr.type_of_loader, 0xff);
+        assert_eq!({ hdr.cmd_line_ptr }, CMDLINE_START as u32);
+        assert_eq!(
+            (hdr.ramdisk_image, hdr.ramdisk_size),
+            (0x0800_0000, 0x12_3456)
+        );
+        assert_eq!({ params.acpi_rsdp_addr }, RSDP_START);
+        assert_eq!({ hdr.header }, SETUP_MAGIC);
+        assert_eq!({ hdr.version }, 0x020c);
+        assert_eq!(
+            { hdr.kernel_info_offset },
+            0,
+            "bytes past the declared header leak"
+        );
+    }
+
+    #[test]
+    fn zero_page_without_initrd_has_no_ramdisk() {
+        let kernel = bzimage_kernel();
+        let mut boot = config(&kernel, 512 * MIB);
+        boot.initrd = None;
+        let params = zero_page(&boot);
+        assert_eq!((params.hdr.ramdisk_image, params.hdr.ramdisk_size), (0, 0));
+    }
+
+    #[test]
+    fn e820_for_ram_below_the_hole() {
+        let kernel = bzimage_kernel();
+        let params = zero_page(&config(&kernel, 512 * MIB));
+        assert_eq!(
+            e820(&params),
+            vec![
+                (0, EBDA_START, E820_RAM),
+                (EBDA_START, HIGH_MEMORY_START - EBDA_START, E820_RESERVED),
+                (HIGH_MEMORY_START, 512 * MIB - HIGH_MEMORY_START, E820_RAM),
+                (PCI_ECAM_START, PCI_ECAM_SIZE, E820_RESERVED),
+            ]
+        );
+    }
+
+    #[test]
+    fn e820_for_ram_above_the_hole() {
+        let kernel = bzimage_kernel();
+        let params = zero_page(&config(&kernel, 5 << 30));
+        let map = e820(&params);
+        assert_eq!(map.len(), 5);
+        assert_eq!(
+            map[2],
+            (
+                HIGH_MEMORY_START,
+                MMIO_HOLE_START - HIGH_MEMORY_START,
+                E820_RAM
+            )
+        );
+        assert_eq!(map[4], (1 << 32, (5 << 30) - MMIO_HOLE_START, E820_RAM));
+    }
+
+    #[test]
+    fn elf_kernel_gets_a_synthetic_header() {
+        let kernel = elf_kernel(None);
+        let params = zero_page(&config(&kernel, 512 * MIB));
+        let hdr = params.hdr;
+        assert_eq!((hdr.boot_flag, hdr.header), (BOOT_FLAG, SETUP_MAGIC));
+        assert_eq!(hdr.loadflags & LOADED_HIGH, LOADED_HIGH);
+        assert_eq!(hdr.type_of_loader, 0xff);
+    }
+
+    #[test]
+    fn linux64_boot_writes_zero_page_and_page_tables() {
+        let mem = create_guest_memory(64 * MIB).unwrap();
+        let kernel = bzimage_kernel();
+        let entry = configure_boot(&mem, &config(&kernel, 64 * MIB)).unwrap();
+        assert_eq!(
+            entry,
+            BootEntry {
+                entry: GuestAddress(HIGH_MEMORY_START + 0x200),
+                protocol: BootProtocol::Linux64,
+                boot_params_addr: GuestAddress(ZERO_PAGE_START),
+            }
+        );
+        let params: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
+        assert_eq!(params.e820_entries, 4);
+        assert_eq!({ params.hdr.cmd_line_ptr }, CMDLINE_START as u32);
+        let pml4: u64 = mem.read_obj(GuestAddress(PML4_START)).unwrap();
+        assert_eq!(pml4 & 1, 1);
+    }
+
+    #[test]
+    fn pvh_boot_writes_start_info_and_memmap() {
+        let mem = create_guest_memory(256 * MIB).unwrap();
+        let kernel = elf_kernel(Some(0x100_0040));
+        let entry = configure_boot(&mem, &config(&kernel, 256 * MIB)).unwrap();
+        assert_eq!(entry.protocol, BootProtocol::Pvh);
+        assert_eq!(entry.entry, GuestAddress(0x100_0040));
+        assert_eq!(entry.boot_params_addr, GuestAddress(PVH_START_INFO_START));
+
+        let info: hvm_start_info = mem.read_obj(GuestAddress(PVH_START_INFO_START)).unwrap();
+        assert_eq!(info.magic, XEN_HVM_START_MAGIC_VALUE);
+        assert_eq!(info.rsdp_paddr, RSDP_START);
+        assert_eq!(info.cmdline_paddr, CMDLINE_START);
+        assert_eq!(
+            (info.nr_modules, info.modlist_paddr),
+            (1, PVH_MODLIST_START)
+        );
+        assert_eq!(info.memmap_entries, 4);
+        let module: hvm_modlist_entry = mem.read_obj(GuestAddress(PVH_MODLIST_START)).unwrap();
+        assert_eq!((module.paddr, module.size), (0x0800_0000, 0x12_3456));
+        let third: hvm_memmap_table_entry = mem
+            .read_obj(GuestAddress(PVH_MEMMAP_START + 2 * 24))
+            .unwrap();
+        assert_eq!(
+            (third.addr, third.size, third.type_),
+            (
+                HIGH_MEMORY_START,
+                256 * MIB - HIGH_MEMORY_START,
+                XEN_HVM_MEMMAP_TYPE_RAM
+            )
+        );
+    }
 }

@@ -203,3 +203,170 @@ pub fn vcpu_cpuid(
     let entries = vcpu_cpuid_entries(supported.as_slice(), index, num_cpus, tsc_deadline)?;
     CpuId::from_entries(&entries).map_err(CpuidError::TooManyEntries)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(function: u32, index: u32, regs: [u32; 4]) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            eax: regs[0],
+            ebx: regs[1],
+            ecx: regs[2],
+            edx: regs[3],
+            ..Default::default()
+        }
+    }
+
+    fn vendor_leaf(name: &[u8; 12]) -> kvm_cpuid_entry2 {
+        let word = |i: usize| u32::from_le_bytes(name[i..i + 4].try_into().unwrap());
+        leaf(0, 0, [0x1f, word(0), word(8), word(4)])
+    }
+
+    fn find(entries: &[kvm_cpuid_entry2], function: u32, index: u32) -> kvm_cpuid_entry2 {
+        *entries
+            .iter()
+            .find(|e| e.function == function && e.index == index)
+            .unwrap_or_else(|| panic!("leaf {function:#x}.{index} missing"))
+    }
+
+    /// Roughly what KVM reports on an Intel host.
+    fn intel_supported() -> Vec<kvm_cpuid_entry2> {
+        vec![
+            vendor_leaf(b"GenuineIntel"),
+            leaf(1, 0, [0x000906ea, 0x0010_0800, 0x7ffa_3223, 0x178b_fbff]),
+            // L1 data cache (type 1, level 1) and unified L3 (type 3, level 3),
+            // as the host describes them: 8 cores, 16 threads sharing L3.
+            leaf(4, 0, [0x1c00_4121, 0x01c0_003f, 0x3f, 0]),
+            leaf(4, 1, [0x1c03_c163, 0x03c0_003f, 0x3fff, 6]),
+            leaf(4, 2, [0, 0, 0, 0]),
+            leaf(0xa, 0, [0x0760_3f04, 0, 0, 0x603]),
+            leaf(0xb, 0, [1, 2, 0x100, 7]),
+            leaf(0xb, 1, [4, 16, 0x201, 7]),
+            leaf(
+                0x4000_0000,
+                0,
+                [0x4000_0001, 0x4b4d_564b, 0x564b_4d56, 0x4d],
+            ),
+        ]
+    }
+
+    /// Roughly what KVM reports on an AMD EPYC host (no leaf 0xB here).
+    fn amd_supported() -> Vec<kvm_cpuid_entry2> {
+        vec![
+            vendor_leaf(b"AuthenticAMD"),
+            leaf(1, 0, [0x00830f10, 0x0008_0800, 0xfef8_3203, 0x178b_fbff]),
+            leaf(0x8000_0008, 0, [0x3030, 0, 0x0000_700f, 0]),
+            leaf(0x8000_001d, 0, [0x0000_4121, 0x01c0_003f, 0x3f, 0]),
+            leaf(0x8000_001d, 3, [0x0003_c163, 0x03c0_003f, 0x3fff, 1]),
+            leaf(0x8000_001e, 0, [5, 0x0000_0105, 0x0000_0003, 0]),
+        ]
+    }
+
+    #[test]
+    fn detects_vendor() {
+        assert_eq!(vendor(&intel_supported()), Vendor::Intel);
+        assert_eq!(vendor(&amd_supported()), Vendor::Amd);
+        assert_eq!(vendor(&[vendor_leaf(b"VIA VIA VIA ")]), Vendor::Other);
+        assert_eq!(vendor(&[]), Vendor::Other);
+    }
+
+    #[test]
+    fn leaf1_carries_apic_id_count_and_hypervisor_bit() {
+        let entries = vcpu_cpuid_entries(&intel_supported(), 2, 4, true).unwrap();
+        let features = find(&entries, 1, 0);
+        assert_eq!(features.ebx >> 24, 2);
+        assert_eq!((features.ebx >> 16) & 0xff, 4);
+        assert_eq!(features.ebx & 0xffff, 0x0800, "CLFLUSH size must be kept");
+        assert_ne!(features.ecx & LEAF1_ECX_HYPERVISOR, 0);
+        assert_ne!(features.ecx & LEAF1_ECX_TSC_DEADLINE, 0);
+        assert_ne!(features.edx & LEAF1_EDX_HTT, 0);
+    }
+
+    #[test]
+    fn tsc_deadline_only_when_kvm_has_it() {
+        let mut supported = intel_supported();
+        supported[1].ecx |= LEAF1_ECX_TSC_DEADLINE;
+        let entries = vcpu_cpuid_entries(&supported, 0, 1, false).unwrap();
+        let features = find(&entries, 1, 0);
+        assert_eq!(features.ecx & LEAF1_ECX_TSC_DEADLINE, 0);
+        assert_eq!(features.edx & LEAF1_EDX_HTT, 0);
+    }
+
+    #[test]
+    fn intel_cache_leaf_counts_our_cores() {
+        let entries = vcpu_cpuid_entries(&intel_supported(), 1, 3, true).unwrap();
+        let l1 = find(&entries, 4, 0);
+        let l3 = find(&entries, 4, 1);
+        // Three vCPUs need two APIC ID bits: four addressable cores.
+        assert_eq!((l1.eax >> 26, (l1.eax >> 14) & 0xfff), (3, 0));
+        assert_eq!((l3.eax >> 26, (l3.eax >> 14) & 0xfff), (3, 3));
+        assert_eq!(l3.eax & 0x3fff, 0x0163, "cache type and level must be kept");
+        assert_eq!(find(&entries, 4, 2).eax, 0);
+    }
+
+    #[test]
+    fn extended_topology_is_one_thread_per_core() {
+        let entries = vcpu_cpuid_entries(&intel_supported(), 3, 4, true).unwrap();
+        let smt = find(&entries, 0xb, 0);
+        let core = find(&entries, 0xb, 1);
+        let end = find(&entries, 0xb, 2);
+        assert_eq!([smt.eax, smt.ebx, smt.ecx, smt.edx], [0, 1, 0x100, 3]);
+        assert_eq!([core.eax, core.ebx, core.ecx, core.edx], [2, 4, 0x201, 3]);
+        assert_eq!([end.eax, end.ebx, end.ecx & 0xff00, end.edx], [0, 0, 0, 3]);
+        assert_eq!(smt.flags, KVM_CPUID_FLAG_SIGNIFCANT_INDEX);
+        assert_eq!(entries.iter().filter(|e| e.function == 0xb).count(), 3);
+        assert!(!entries.iter().any(|e| e.function == 0x1f));
+    }
+
+    #[test]
+    fn pmu_is_hidden_and_paravirt_leaves_kept() {
+        let entries = vcpu_cpuid_entries(&intel_supported(), 0, 2, true).unwrap();
+        let pmu = find(&entries, 0xa, 0);
+        assert_eq!([pmu.eax, pmu.ebx, pmu.ecx, pmu.edx], [0; 4]);
+        let kvm = find(&entries, 0x4000_0000, 0);
+        assert_eq!(
+            [kvm.ebx, kvm.ecx, kvm.edx],
+            [0x4b4d_564b, 0x564b_4d56, 0x4d]
+        );
+    }
+
+    #[test]
+    fn amd_topology_leaves() {
+        let entries = vcpu_cpuid_entries(&amd_supported(), 2, 4, true).unwrap();
+        let sizes = find(&entries, 0x8000_0008, 0);
+        assert_eq!(sizes.ecx & 0xff, 3);
+        assert_eq!((sizes.ecx >> 12) & 0xf, 2);
+        assert_eq!(sizes.ecx & 0xffff_0000, 0, "unrelated bits must stay");
+        let l1 = find(&entries, 0x8000_001d, 0);
+        let l3 = find(&entries, 0x8000_001d, 3);
+        assert_eq!(((l1.eax >> 14) & 0xfff, (l3.eax >> 14) & 0xfff), (0, 3));
+        let topology = find(&entries, 0x8000_001e, 0);
+        assert_eq!(topology.eax, 2);
+        assert_eq!(topology.ebx & 0xffff, 2, "core 2, one thread per core");
+        assert_eq!(topology.ecx, 0);
+        assert!(!entries.iter().any(|e| e.function == 0xb));
+        assert_eq!(find(&entries, 1, 0).ebx >> 24, 2);
+    }
+
+    #[test]
+    fn rejects_index_outside_the_vm() {
+        let err = vcpu_cpuid_entries(&intel_supported(), 4, 4, true).unwrap_err();
+        assert!(matches!(
+            err,
+            CpuidError::InvalidIndex {
+                index: 4,
+                num_cpus: 4
+            }
+        ));
+    }
+
+    #[test]
+    fn builds_a_kvm_cpuid_table() {
+        let supported = CpuId::from_entries(&amd_supported()).unwrap();
+        let cpuid = vcpu_cpuid(&supported, 0, 1, false).unwrap();
+        assert_eq!(cpuid.as_slice().len(), amd_supported().len());
+    }
+}
