@@ -4,7 +4,9 @@
 //! TSC at zero so all vCPUs start in step, fast strings enabled, and MTRRs
 //! enabled with write-back as the default type (without it Linux maps all
 //! RAM uncached). Only MSRs that KVM lists as saveable are written, so the
-//! same code runs on Intel, AMD and nested KVM.
+//! same code runs on Intel, AMD and nested KVM; the one exception is
+//! MTRRdefType, which KVM emulates whenever the guest CPUID has MTRR but
+//! leaves out of its index list (userspace is expected to know the MTRRs).
 
 use kvm_bindings::kvm_msr_entry;
 
@@ -48,11 +50,14 @@ pub fn boot_msrs() -> Vec<kvm_msr_entry> {
     .collect()
 }
 
-/// The boot MSRs that appear in KVM's MSR index list `supported`.
-pub fn supported_boot_msrs(supported: &[u32]) -> Vec<kvm_msr_entry> {
+/// The boot MSRs that appear in KVM's MSR index list `supported`, plus
+/// MTRRdefType when the guest has MTRRs (`has_mtrr`, CPUID leaf 1 EDX[12]).
+pub fn supported_boot_msrs(supported: &[u32], has_mtrr: bool) -> Vec<kvm_msr_entry> {
     boot_msrs()
         .into_iter()
-        .filter(|entry| supported.contains(&entry.index))
+        .filter(|entry| {
+            supported.contains(&entry.index) || (has_mtrr && entry.index == MSR_MTRR_DEF_TYPE)
+        })
         .collect()
 }
 
@@ -77,10 +82,20 @@ mod tests {
     #[test]
     fn unsupported_msrs_are_left_out() {
         let supported = [MSR_IA32_TSC, MSR_LSTAR, 0x1234];
-        let indices: Vec<u32> = supported_boot_msrs(&supported)
+        let indices: Vec<u32> = supported_boot_msrs(&supported, false)
             .iter()
             .map(|e| e.index)
             .collect();
         assert_eq!(indices, vec![MSR_LSTAR, MSR_IA32_TSC]);
+    }
+
+    #[test]
+    fn mtrr_default_type_follows_the_cpuid_mtrr_bit() {
+        let supported = [MSR_IA32_TSC];
+        let indices: Vec<u32> = supported_boot_msrs(&supported, true)
+            .iter()
+            .map(|e| e.index)
+            .collect();
+        assert_eq!(indices, vec![MSR_IA32_TSC, MSR_MTRR_DEF_TYPE]);
     }
 }

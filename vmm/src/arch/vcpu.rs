@@ -39,6 +39,14 @@ pub enum ArchError {
     TooManyMsrs(vmm_sys_util::fam::Error),
 }
 
+/// Whether CPUID leaf 1 announces MTRRs (EDX bit 12).
+fn has_mtrr(cpuid: &CpuId) -> bool {
+    cpuid
+        .as_slice()
+        .iter()
+        .any(|entry| entry.function == 1 && entry.edx & (1 << 12) != 0)
+}
+
 /// Configures vCPU `index` of `num_cpus`. `supported_cpuid` is
 /// `kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)`, fetched once per VM.
 /// `boot` is `Some` only for vCPU 0. The VM's in-kernel irqchip must exist.
@@ -63,7 +71,7 @@ pub fn configure_vcpu(
     vcpu.set_cpuid2(&cpuid).map_err(kvm_error("CPUID"))?;
 
     let msr_list = kvm.get_msr_index_list().map_err(kvm_error("MSR list"))?;
-    let entries = supported_boot_msrs(msr_list.as_slice());
+    let entries = supported_boot_msrs(msr_list.as_slice(), has_mtrr(&cpuid));
     let msrs = Msrs::from_entries(&entries).map_err(ArchError::TooManyMsrs)?;
     let accepted = vcpu.set_msrs(&msrs).map_err(kvm_error("boot MSRs"))?;
     if accepted != entries.len() {
