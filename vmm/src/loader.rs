@@ -246,7 +246,7 @@ fn bzimage_footprint_end(header: &setup_header, load_address: u64, payload_len: 
     let run_address = aligned_load.max(header.pref_address);
     run_address
         .saturating_add(u64::from(header.init_size))
-        .max(load_address + payload_len)
+        .max(load_address.saturating_add(payload_len))
 }
 
 /// Errors unless `footprint_end` lies within the RAM that starts at 0.

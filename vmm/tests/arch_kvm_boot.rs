@@ -19,7 +19,8 @@ use linux_loader::loader::bootparam::{setup_header, LOADED_HIGH, XLF_KERNEL_64};
 use securevm::arch::boot_params::{configure_boot, BootConfig, BootProtocol};
 use securevm::arch::interrupts::lapic_register;
 use securevm::arch::layout::{
-    BOOT_STACK_POINTER, PML4_START, PVH_START_INFO_START, RSDP_START, ZERO_PAGE_START,
+    BOOT_STACK_POINTER, KVM_TSS_START, PML4_START, PVH_START_INFO_START, RSDP_START,
+    ZERO_PAGE_START,
 };
 use securevm::arch::memory::create_guest_memory;
 use securevm::arch::msr::MSR_MTRR_DEF_TYPE;
@@ -157,7 +158,8 @@ fn pvh_elf(code: &[u8]) -> Vec<u8> {
 
 fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap) -> VmFd {
     let vm = kvm.create_vm().expect("create VM");
-    vm.set_tss_address(0xfffb_d000).expect("set TSS address");
+    vm.set_tss_address(KVM_TSS_START as usize)
+        .expect("set TSS address");
     for (slot, region) in mem.iter().enumerate() {
         let host = mem
             .get_host_address(region.start_addr())

@@ -65,3 +65,7 @@ pub const ACPI_SLP_EN: u8 = 1 << 5;
 pub const PVH_START_INFO_START: u64 = ZERO_PAGE_START;
 pub const PVH_MODLIST_START: u64 = ZERO_PAGE_START + 0x40;
 pub const PVH_MEMMAP_START: u64 = ZERO_PAGE_START + 0x80;
+
+/// Three pages KVM on Intel needs for its real-mode TSS
+/// (`KVM_SET_TSS_ADDR`); inside the MMIO hole, clear of every device.
+pub const KVM_TSS_START: u64 = 0xfffb_d000;
