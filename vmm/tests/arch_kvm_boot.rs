@@ -26,7 +26,9 @@ use securevm::arch::memory::create_guest_memory;
 use securevm::arch::msr::MSR_MTRR_DEF_TYPE;
 use securevm::arch::vcpu::configure_vcpu;
 use securevm::loader::{load_cmdline, load_initrd, load_kernel};
-use vm_memory::{ByteValued, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{
+    ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
 
 const MEM_SIZE: u64 = 64 << 20;
 const LOAD_ADDRESS: u64 = 0x10_0000;
@@ -82,6 +84,31 @@ const PVH_GUEST: &[u8] = &[
     0xe7, 0x8c, //       out 0x8c, eax
     0xf4, //             hlt
 ];
+
+/// Boot-vCPU guest that starts vCPU 1 the way Linux does: software-enable
+/// the xAPIC, then INIT and SIPI (vector 0x10 → real-mode 0x1000:0000) to
+/// APIC ID 1. Assembled with GNU as (`.code64`, Intel syntax):
+const SMP_BOOT_GUEST: &[u8] = &[
+    0xbf, 0x00, 0x00, 0xe0, 0xfe, //                               mov edi, 0xfee00000
+    0xc7, 0x87, 0xf0, 0x00, 0x00, 0x00, 0xff, 0x01, 0x00, 0x00, // mov dword [rdi+0xf0], 0x1ff
+    0xc7, 0x87, 0x10, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x01, // mov dword [rdi+0x310], 1 << 24
+    0xc7, 0x87, 0x00, 0x03, 0x00, 0x00, 0x00, 0x45, 0x00,
+    0x00, // mov dword [rdi+0x300], 0x4500 ; INIT
+    0xc7, 0x87, 0x00, 0x03, 0x00, 0x00, 0x10, 0x46, 0x00,
+    0x00, // mov dword [rdi+0x300], 0x4610 ; SIPI
+    0xb0, 0x5a, //                                                 mov al, 0x5a
+    0xe6, 0x80, //                                                 out 0x80, al
+    0xf4, //                                                       hlt
+];
+/// Real-mode code the application processor runs after the SIPI.
+/// Assembled with GNU as (`.code16`):
+const AP_TRAMPOLINE: &[u8] = &[
+    0xb0, 0x42, // mov al, 0x42
+    0xe6, 0x81, // out 0x81, al
+    0xf4, //       hlt
+];
+const AP_TRAMPOLINE_START: u64 = 0x1_0000;
 
 fn kvm_or_skip() -> Option<Kvm> {
     if !Path::new("/dev/kvm").exists() {
@@ -179,9 +206,11 @@ fn create_vm(kvm: &Kvm, mem: &GuestMemoryMmap) -> VmFd {
     vm
 }
 
-/// Runs `vcpu` until it writes to `done_port`, collecting every port write
-/// as (port → little-endian value). Fails on any other exit or after 10 s.
-fn run_until(mut vcpu: VcpuFd, done_port: u16) -> BTreeMap<u16, u32> {
+type PortWrites = BTreeMap<u16, u32>;
+
+/// Runs `vcpu` on its own thread until it writes to `done_port`, collecting
+/// every port write as (port → little-endian value).
+fn spawn_vcpu(mut vcpu: VcpuFd, done_port: u16) -> mpsc::Receiver<Result<PortWrites, String>> {
     let (sender, receiver) = mpsc::channel();
     std::thread::spawn(move || {
         let mut writes = BTreeMap::new();
@@ -200,15 +229,28 @@ fn run_until(mut vcpu: VcpuFd, done_port: u16) -> BTreeMap<u16, u32> {
                     let regs = vcpu.get_regs().ok();
                     break Err(format!("unexpected exit {exit}, registers {regs:?}"));
                 }
+                // An application processor's KVM_RUN returns EAGAIN once it
+                // has taken INIT/SIPI; running it again enters the guest.
+                Err(error) if error.errno() == libc::EAGAIN => {}
                 Err(error) => break Err(format!("KVM_RUN failed: {error}")),
             }
         };
         let _ = sender.send(outcome);
     });
     receiver
+}
+
+/// Waits for a vCPU started by `spawn_vcpu`; fails on any other exit or
+/// after 10 s.
+fn wait_for(receiver: mpsc::Receiver<Result<PortWrites, String>>) -> PortWrites {
+    receiver
         .recv_timeout(Duration::from_secs(10))
         .expect("guest did not reach its last port write within 10 s")
         .unwrap_or_else(|message| panic!("{message}"))
+}
+
+fn run_until(vcpu: VcpuFd, done_port: u16) -> PortWrites {
+    wait_for(spawn_vcpu(vcpu, done_port))
 }
 
 #[test]
@@ -341,4 +383,40 @@ fn vcpu_index_beyond_the_vm_is_refused() {
     let vcpu = vm.create_vcpu(0).unwrap();
     let err = configure_vcpu(&vcpu, &kvm, &supported, 2, 2, None).unwrap_err();
     assert!(err.to_string().contains("out of range"), "{err}");
+}
+
+#[test]
+fn application_processor_starts_on_init_sipi() {
+    let Some(kvm) = kvm_or_skip() else { return };
+    let mem = create_guest_memory(MEM_SIZE).unwrap();
+    let kernel = load_kernel(&mem, &mut Cursor::new(bzimage(SMP_BOOT_GUEST))).unwrap();
+    let cmdline = load_cmdline(&mem, "", &kernel).unwrap();
+    let entry = configure_boot(
+        &mem,
+        &BootConfig {
+            kernel: &kernel,
+            cmdline,
+            initrd: None,
+            mem_size: MEM_SIZE,
+        },
+    )
+    .unwrap();
+    mem.write_slice(AP_TRAMPOLINE, GuestAddress(AP_TRAMPOLINE_START))
+        .unwrap();
+
+    let vm = create_vm(&kvm, &mem);
+    let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).unwrap();
+    let boot_vcpu = vm.create_vcpu(0).unwrap();
+    configure_vcpu(&boot_vcpu, &kvm, &supported, 0, 2, Some(&entry)).unwrap();
+    let application_vcpu = vm.create_vcpu(1).unwrap();
+    configure_vcpu(&application_vcpu, &kvm, &supported, 1, 2, None).unwrap();
+
+    let application = spawn_vcpu(application_vcpu, 0x81);
+    let boot = spawn_vcpu(boot_vcpu, 0x80);
+    assert_eq!(wait_for(boot)[&0x80], 0x5a, "boot vCPU sent INIT/SIPI");
+    assert_eq!(
+        wait_for(application)[&0x81],
+        0x42,
+        "application processor ran"
+    );
 }
