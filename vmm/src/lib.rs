@@ -12,5 +12,6 @@ pub mod config;
 pub mod console;
 pub mod devices;
 pub mod exit;
+pub mod loader;
 pub mod seccomp;
 pub mod vstate;

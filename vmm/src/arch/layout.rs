@@ -58,3 +58,14 @@ pub const ACPI_RESET_PORT: u16 = 0x3c4;
 pub const ACPI_RESET_VALUE: u8 = 0x1;
 pub const ACPI_S5_SLP_TYP: u8 = 5;
 pub const ACPI_SLP_EN: u8 = 1 << 5;
+
+/// PVH boot: `hvm_start_info` sits where the zero page would (only one boot
+/// protocol is used per boot), followed by the initrd module list and the
+/// memory map in the same page.
+pub const PVH_START_INFO_START: u64 = ZERO_PAGE_START;
+pub const PVH_MODLIST_START: u64 = ZERO_PAGE_START + 0x40;
+pub const PVH_MEMMAP_START: u64 = ZERO_PAGE_START + 0x80;
+
+/// Three pages KVM on Intel needs for its real-mode TSS
+/// (`KVM_SET_TSS_ADDR`); inside the MMIO hole, clear of every device.
+pub const KVM_TSS_START: u64 = 0xfffb_d000;

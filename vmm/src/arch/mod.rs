@@ -3,4 +3,13 @@
 //! and the ACPI tables a stock kernel needs to find CPUs, PCI and power-off.
 
 pub mod acpi;
+pub mod boot_params;
+pub mod cpuid;
+pub mod gdt;
+pub mod interrupts;
 pub mod layout;
+pub mod memory;
+pub mod msr;
+pub mod paging;
+pub mod regs;
+pub mod vcpu;
