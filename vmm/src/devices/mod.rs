@@ -3,6 +3,8 @@
 //! tested without KVM.
 
 pub mod bus;
+pub mod pci;
+pub mod virtio;
 
 use std::io;
 
