@@ -3,7 +3,7 @@
 //! ECAM (memory-mapped, 4 KiB per function). Both decode an address and
 //! hand the access to the root complex.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use super::root::PciRoot;
 
@@ -73,14 +73,18 @@ impl crate::devices::bus::BusDevice for PciConfigIo {
 }
 
 /// ECAM, inserted on the MMIO bus at `PCI_ECAM_START` with length
-/// `PCI_ECAM_SIZE`.
+/// `PCI_ECAM_SIZE`. It holds the root weakly: the root owns the MMIO bus
+/// this sits on, and a strong reference would keep both (and the device
+/// I/O threads) alive forever. Whoever owns the VM keeps the root alive.
 pub struct PciConfigMmio {
-    root: Arc<PciRoot>,
+    root: Weak<PciRoot>,
 }
 
 impl PciConfigMmio {
     pub fn new(root: Arc<PciRoot>) -> Self {
-        Self { root }
+        Self {
+            root: Arc::downgrade(&root),
+        }
     }
 
     fn decode(offset: u64) -> (u8, u8, u8, usize) {
@@ -103,14 +107,133 @@ impl crate::devices::bus::BusDevice for PciConfigMmio {
             return;
         }
         let (bus, device, function, register) = Self::decode(offset);
-        self.root.config_read(bus, device, function, register, data);
+        match self.root.upgrade() {
+            Some(root) => root.config_read(bus, device, function, register, data),
+            None => data.fill(0xff),
+        }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if Self::fits(offset, data.len()) {
             let (bus, device, function, register) = Self::decode(offset);
-            self.root
-                .config_write(bus, device, function, register, data);
+            if let Some(root) = self.root.upgrade() {
+                root.config_write(bus, device, function, register, data);
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::devices::bus::{Bus, BusDevice};
+    use crate::devices::pci::test_support::FakeVm;
+
+    fn root() -> Arc<PciRoot> {
+        PciRoot::new(Arc::new(Bus::new()), Arc::new(FakeVm::default()))
+    }
+
+    fn address(bus: u32, device: u32, function: u32, register: u32) -> u32 {
+        ADDRESS_ENABLE | bus << 16 | device << 11 | function << 8 | register
+    }
+
+    fn io_read(io: &mut PciConfigIo, latch: u32, port_offset: u64, len: usize) -> u32 {
+        io.write(0, &latch.to_le_bytes());
+        let mut data = [0u8; 4];
+        io.read(port_offset, &mut data[..len]);
+        u32::from_le_bytes(data)
+    }
+
+    #[test]
+    fn mechanism1_reads_the_host_bridge() {
+        let mut io = PciConfigIo::new(root());
+        assert_eq!(io_read(&mut io, address(0, 0, 0, 0), 4, 4), 0x0008_1b36);
+        assert_eq!(io_read(&mut io, address(0, 0, 0, 8), 4, 4) >> 16, 0x0600);
+        // Byte and word reads at offsets within the data window.
+        assert_eq!(io_read(&mut io, address(0, 0, 0, 0), 5, 1), 0x1b);
+        assert_eq!(io_read(&mut io, address(0, 0, 0, 0), 6, 2), 0x0008);
+        assert_eq!(io_read(&mut io, address(0, 0, 0, 8), 7, 1), 0x06);
+    }
+
+    #[test]
+    fn mechanism1_absent_functions_read_all_ones() {
+        let mut io = PciConfigIo::new(root());
+        assert_eq!(io_read(&mut io, address(0, 5, 0, 0), 4, 4), u32::MAX);
+        assert_eq!(io_read(&mut io, address(0, 0, 1, 0), 4, 4), u32::MAX);
+        assert_eq!(io_read(&mut io, address(1, 0, 0, 0), 4, 4), u32::MAX);
+        assert_eq!(
+            io_read(&mut io, address(0, 0, 0, 0) & !ADDRESS_ENABLE, 4, 4),
+            u32::MAX
+        );
+        assert_eq!(io_read(&mut io, address(0, 31, 0, 0), 6, 2), 0xffff);
+    }
+
+    #[test]
+    fn mechanism1_address_latch_reads_back_and_ignores_byte_writes() {
+        let mut io = PciConfigIo::new(root());
+        io.write(0, &0x8000_0000u32.to_le_bytes());
+        io.write(3, &[0x01]);
+        let mut latch = [0u8; 4];
+        io.read(0, &mut latch);
+        assert_eq!(u32::from_le_bytes(latch), 0x8000_0000);
+    }
+
+    #[test]
+    fn mechanism1_writes_reach_the_device() {
+        let root = root();
+        let mut io = PciConfigIo::new(root.clone());
+        io.write(0, &address(0, 0, 0, 0x3c).to_le_bytes());
+        io.write(4, &[0x0b]);
+        let mut line = [0u8; 1];
+        root.config_read(0, 0, 0, 0x3c, &mut line);
+        assert_eq!(line, [0x0b]);
+        // Writes to absent devices go nowhere and do not fail.
+        io.write(0, &address(0, 9, 0, 0x3c).to_le_bytes());
+        io.write(4, &[0x0b]);
+    }
+
+    #[test]
+    fn ecam_decodes_device_and_register() {
+        let root = root();
+        let mut ecam = PciConfigMmio::new(root.clone());
+        let mut data = [0u8; 4];
+        ecam.read(0, &mut data);
+        assert_eq!(u32::from_le_bytes(data), 0x0008_1b36);
+        ecam.read(0xa, &mut data[..2]);
+        assert_eq!(u16::from_le_bytes([data[0], data[1]]), 0x0600);
+        for absent in [1 << 15, 3 << 15, 1 << 12, 0x100 + (7 << 15)] {
+            let mut data = [0u8; 4];
+            ecam.read(absent, &mut data);
+            assert_eq!(data, [0xff; 4], "offset {absent:#x}");
+        }
+        // Extended configuration space of a present device: no capabilities.
+        ecam.read(0x100, &mut data);
+        assert_eq!(data, [0; 4]);
+        // An access straddling two functions is refused.
+        ecam.read(0xffe, &mut data);
+        assert_eq!(data, [0xff; 4]);
+        drop(root);
+        ecam.read(0, &mut data);
+        assert_eq!(data, [0xff; 4], "a dropped root reads as empty");
+    }
+
+    #[test]
+    fn ecam_on_the_mmio_bus() {
+        use crate::arch::layout::{PCI_ECAM_SIZE, PCI_ECAM_START};
+        let bus = Arc::new(Bus::new());
+        let root = PciRoot::new(bus.clone(), Arc::new(FakeVm::default()));
+        bus.insert(
+            Arc::new(Mutex::new(PciConfigMmio::new(root.clone()))),
+            PCI_ECAM_START,
+            PCI_ECAM_SIZE,
+        )
+        .unwrap();
+        let mut data = [0u8; 2];
+        assert!(bus.read(PCI_ECAM_START, &mut data));
+        assert_eq!(u16::from_le_bytes(data), 0x1b36);
+        assert!(bus.read(PCI_ECAM_START + (4 << 15), &mut data));
+        assert_eq!(data, [0xff; 2]);
     }
 }

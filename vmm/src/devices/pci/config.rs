@@ -60,6 +60,8 @@ pub struct PciConfiguration {
     registers: Vec<u32>,
     writable: Vec<u32>,
     bars: [Option<BarInfo>; BAR_COUNT],
+    /// BAR registers in use, including the upper halves of 64-bit BARs.
+    occupied: [bool; BAR_COUNT],
     last_capability: Option<usize>,
     next_capability: usize,
 }
@@ -84,6 +86,7 @@ impl PciConfiguration {
             registers,
             writable,
             bars: [None; BAR_COUNT],
+            occupied: [false; BAR_COUNT],
             last_capability: None,
             next_capability: FIRST_CAPABILITY_OFFSET,
         }
@@ -98,10 +101,7 @@ impl PciConfiguration {
         is_64bit: bool,
     ) -> Result<(), PciError> {
         let last_index = if is_64bit { index + 1 } else { index };
-        if last_index >= BAR_COUNT
-            || self.bars[index].is_some()
-            || (is_64bit && self.bars[index + 1].is_some())
-        {
+        if last_index >= BAR_COUNT || self.occupied[index..=last_index].contains(&true) {
             return Err(PciError::InvalidBar { index, size });
         }
         let size_fits = if is_64bit { true } else { size <= 1 << 31 };
@@ -116,6 +116,7 @@ impl PciConfiguration {
             self.writable[BAR0_REGISTER + index + 1] = (address_mask >> 32) as u32;
         }
         self.bars[index] = Some(BarInfo { size, is_64bit });
+        self.occupied[index..=last_index].fill(true);
         Ok(())
     }
 

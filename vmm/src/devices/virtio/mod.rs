@@ -11,6 +11,9 @@ mod io_thread;
 mod msix;
 mod transport;
 
+#[cfg(test)]
+mod test_driver;
+
 use std::sync::Arc;
 
 use virtio_queue::Queue;

@@ -82,7 +82,7 @@ impl RawFileBackend {
         // Seeking to the end also sizes block devices, whose metadata
         // length is 0.
         let size = file.seek(SeekFrom::End(0)).map_err(open_error)?;
-        if size % SECTOR_SIZE != 0 {
+        if !size.is_multiple_of(SECTOR_SIZE) {
             return Err(BlockError::UnalignedSize {
                 path: path.to_path_buf(),
                 size,

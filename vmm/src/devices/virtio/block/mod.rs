@@ -48,7 +48,7 @@ impl Block {
             return Err(BlockError::UnsupportedBlockSize(block_size));
         }
         let capacity = backend.capacity_bytes();
-        if capacity % u64::from(block_size) != 0 {
+        if !capacity.is_multiple_of(u64::from(block_size)) {
             return Err(BlockError::UnalignedCapacity(capacity));
         }
         let mut disk_id = DiskId::default();
@@ -205,3 +205,6 @@ impl QueueWorker for BlockWorker {
         self.interrupt.set_needs_reset();
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -207,7 +207,7 @@ impl RequestHandler {
         let end = offset
             .checked_add(len as u64)
             .ok_or(Failure::Malformed("request end overflows"))?;
-        if offset % block != 0 || len as u64 % block != 0 {
+        if !offset.is_multiple_of(block) || !(len as u64).is_multiple_of(block) {
             return Err(Failure::Malformed("request not aligned to the block size"));
         }
         if end > self.backend.capacity_bytes() {
