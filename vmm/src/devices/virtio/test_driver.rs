@@ -41,6 +41,7 @@ pub struct Layout {
     pub msix_table: u64,
     pub msix_pba: u64,
     pub msix_capability: u64,
+    pub pci_cfg_capability: u64,
 }
 
 pub struct TestDriver {
@@ -124,6 +125,7 @@ impl TestDriver {
                     }
                     3 => self.layout.isr = offset,
                     4 => self.layout.device = offset,
+                    5 => self.layout.pci_cfg_capability = cap,
                     other => panic!("unexpected virtio capability type {other}"),
                 }
             } else if id == 0x11 {

@@ -48,6 +48,11 @@ const CAP_COMMON_CFG: u8 = 1;
 const CAP_NOTIFY_CFG: u8 = 2;
 const CAP_ISR_CFG: u8 = 3;
 const CAP_DEVICE_CFG: u8 = 4;
+/// A window into the BAR through configuration space, for drivers that
+/// cannot map the BAR yet (firmware).
+const CAP_PCI_CFG: u8 = 5;
+/// Offset of `pci_cfg_data` in `struct virtio_pci_cfg_cap`.
+const PCI_CFG_DATA: usize = 16;
 
 /// MSI-X message control: enable and function mask bits.
 const MSIX_ENABLE: u16 = 1 << 15;
@@ -102,6 +107,7 @@ impl QueueConfig {
 pub struct VirtioPciDevice {
     config: PciConfiguration,
     msix_capability: usize,
+    pci_cfg_capability: usize,
     device: Box<dyn VirtioDevice>,
     mem: Arc<GuestMemoryMmap>,
     vm: Arc<dyn VmInterface>,
@@ -154,6 +160,11 @@ impl VirtioPciDevice {
         let mut notify = virtio_capability(CAP_NOTIFY_CFG, NOTIFY_OFFSET, notify_len, 20);
         notify[16..20].copy_from_slice(&NOTIFY_OFF_MULTIPLIER.to_le_bytes());
         config.add_capability(&notify, &[])?;
+        let mut pci_cfg_writable = [0u8; 20];
+        pci_cfg_writable[4] = 0xff;
+        pci_cfg_writable[8..20].fill(0xff);
+        let pci_cfg_capability =
+            config.add_capability(&virtio_capability(CAP_PCI_CFG, 0, 0, 20), &pci_cfg_writable)?;
         let msix_capability = config.add_capability(
             &msix_capability_body(vector_count),
             &[
@@ -186,6 +197,7 @@ impl VirtioPciDevice {
         Ok(Self {
             config,
             msix_capability,
+            pci_cfg_capability,
             device,
             mem,
             vm,
@@ -453,6 +465,36 @@ impl VirtioPciDevice {
         );
     }
 
+    /// The BAR window `pci_cfg_data` currently points at, if valid:
+    /// BAR 0, a 1, 2 or 4 byte access, naturally aligned, inside the BAR.
+    fn pci_cfg_window(&self) -> Option<(u64, usize)> {
+        let cap = self.pci_cfg_capability;
+        let mut field = [0u8; 4];
+        self.config.read(cap + 4, &mut field[..1]);
+        let bar = field[0];
+        self.config.read(cap + 8, &mut field);
+        let offset = u64::from(u32::from_le_bytes(field));
+        self.config.read(cap + 12, &mut field);
+        let length = u32::from_le_bytes(field) as usize;
+        let aligned = matches!(length, 1 | 2 | 4) && offset % length as u64 == 0;
+        let inside = offset + length as u64 <= BAR_SIZE;
+        (usize::from(bar) == BAR_INDEX && aligned && inside).then_some((offset, length))
+    }
+
+    /// Bytes of a configuration access at `offset..offset+len` that fall
+    /// on `pci_cfg_data`, as (index into the access, index into the data).
+    fn pci_cfg_overlap(&self, offset: usize, len: usize) -> Vec<(usize, usize)> {
+        let data_start = self.pci_cfg_capability + PCI_CFG_DATA;
+        (0..len)
+            .filter_map(|i| {
+                let at = offset + i;
+                (data_start..data_start + 4)
+                    .contains(&at)
+                    .then(|| (i, at - data_start))
+            })
+            .collect()
+    }
+
     fn doorbell_address(base: u64, queue: usize) -> u64 {
         base + NOTIFY_OFFSET + queue as u64 * u64::from(NOTIFY_OFF_MULTIPLIER)
     }
@@ -523,11 +565,35 @@ impl PciDevice for VirtioPciDevice {
         &mut self.config
     }
 
+    fn config_read(&mut self, offset: usize, data: &mut [u8]) {
+        self.config.read(offset, data);
+        let overlap = self.pci_cfg_overlap(offset, data.len());
+        if overlap.is_empty() {
+            return;
+        }
+        if let Some((bar_offset, length)) = self.pci_cfg_window() {
+            let mut window = [0u8; 4];
+            self.bar_read(BAR_INDEX, bar_offset, &mut window[..length]);
+            for (i, k) in overlap {
+                data[i] = window[k];
+            }
+        }
+    }
+
     fn config_write(&mut self, offset: usize, data: &[u8]) {
         self.config.write(offset, data);
         let control = self.msix_capability + 2..self.msix_capability + 4;
         if offset < control.end && offset + data.len() > control.start {
             self.sync_msix_control();
+        }
+        if self.pci_cfg_overlap(offset, data.len()).is_empty() {
+            return;
+        }
+        if let Some((bar_offset, length)) = self.pci_cfg_window() {
+            let mut window = [0u8; 4];
+            self.config
+                .read(self.pci_cfg_capability + PCI_CFG_DATA, &mut window);
+            self.bar_write(BAR_INDEX, bar_offset, &window[..length]);
         }
     }
 

@@ -135,6 +135,12 @@ impl RequestHandler {
         };
         let status = match result {
             Ok(status) => status,
+            // Guest mistakes stay at debug level so a guest cannot flood
+            // the log; host disk errors are the operator's business.
+            Err(failure @ Failure::Io(_)) => {
+                log::warn!("virtio-blk: {failure}");
+                VIRTIO_BLK_S_IOERR as u8
+            }
             Err(failure) => {
                 log::debug!("virtio-blk: {failure}");
                 VIRTIO_BLK_S_IOERR as u8

@@ -603,3 +603,34 @@ fn block_new_validates_id_and_backend() {
         "cut at a character boundary"
     );
 }
+
+#[test]
+fn pci_cfg_capability_reaches_the_bar() {
+    let path = image("pci-cfg", &patterned_disk());
+    let driver = driver_for(&path, false);
+    let cap = driver.layout.pci_cfg_capability;
+    assert_ne!(cap, 0, "VIRTIO_PCI_CAP_PCI_CFG present");
+    // num_queues (common config offset 0x12), read as a word.
+    driver.config_write(cap + 4, 0, 1);
+    driver.config_write(cap + 8, 0x12, 4);
+    driver.config_write(cap + 12, 2, 4);
+    assert_eq!(driver.config_read(cap + 16, 2), 1);
+    // Capacity from the device config region, as a dword.
+    driver.config_write(
+        cap + 8,
+        (driver.layout.device - driver.layout.bar) as u64,
+        4,
+    );
+    driver.config_write(cap + 12, 4, 4);
+    assert_eq!(driver.config_read(cap + 16, 4), DISK_SECTORS);
+    // A write through the window: reset the device via device_status.
+    driver.config_write(cap + 8, 0x14, 4);
+    driver.config_write(cap + 12, 1, 4);
+    driver.config_write(cap + 16, 0, 1);
+    assert_eq!(driver.status(), 0);
+    // A misaligned window reads back what was stored, touching nothing.
+    driver.config_write(cap + 8, 0x13, 4);
+    driver.config_write(cap + 12, 2, 4);
+    driver.config_write(cap + 16, 0xabcd, 2);
+    assert_eq!(driver.config_read(cap + 16, 2), 0xabcd);
+}
