@@ -616,11 +616,7 @@ fn pci_cfg_capability_reaches_the_bar() {
     driver.config_write(cap + 12, 2, 4);
     assert_eq!(driver.config_read(cap + 16, 2), 1);
     // Capacity from the device config region, as a dword.
-    driver.config_write(
-        cap + 8,
-        (driver.layout.device - driver.layout.bar) as u64,
-        4,
-    );
+    driver.config_write(cap + 8, driver.layout.device - driver.layout.bar, 4);
     driver.config_write(cap + 12, 4, 4);
     assert_eq!(driver.config_read(cap + 16, 4), DISK_SECTORS);
     // A write through the window: reset the device via device_status.
