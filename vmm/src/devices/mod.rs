@@ -3,8 +3,10 @@
 //! tested without KVM.
 
 pub mod bus;
+pub mod pci;
 pub mod power;
 pub mod serial;
+pub mod virtio;
 
 use std::io;
 

@@ -1,0 +1,239 @@
+//! The guest's two doors into PCI configuration space: legacy mechanism
+//! #1 (an address latch at 0xCF8 and a data window at 0xCFC-0xCFF) and
+//! ECAM (memory-mapped, 4 KiB per function). Both decode an address and
+//! hand the access to the root complex.
+
+use std::sync::{Arc, Weak};
+
+use super::root::PciRoot;
+
+const ADDRESS_ENABLE: u32 = 1 << 31;
+const DATA_WINDOW_OFFSET: u64 = 4;
+
+/// Mechanism #1, inserted on the PIO bus at `PCI_CONFIG_ADDRESS_PORT`
+/// with length 8.
+pub struct PciConfigIo {
+    root: Arc<PciRoot>,
+    address: u32,
+}
+
+impl PciConfigIo {
+    pub fn new(root: Arc<PciRoot>) -> Self {
+        Self { root, address: 0 }
+    }
+
+    /// Bus, device, function and register offset latched at 0xCF8, or
+    /// `None` when the enable bit is clear.
+    fn target(&self, data_offset: u64) -> Option<(u8, u8, u8, usize)> {
+        if self.address & ADDRESS_ENABLE == 0 {
+            return None;
+        }
+        let bus = (self.address >> 16) as u8;
+        let device = ((self.address >> 11) & 0x1f) as u8;
+        let function = ((self.address >> 8) & 0x7) as u8;
+        let register = (self.address & 0xfc) as usize;
+        Some((bus, device, function, register + data_offset as usize))
+    }
+}
+
+impl crate::devices::bus::BusDevice for PciConfigIo {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset == 0 && data.len() == 4 {
+            data.copy_from_slice(&self.address.to_le_bytes());
+            return;
+        }
+        let in_window = offset >= DATA_WINDOW_OFFSET && offset + data.len() as u64 <= 8;
+        match self.target(offset.wrapping_sub(DATA_WINDOW_OFFSET)) {
+            Some((bus, device, function, register)) if in_window => {
+                self.root.config_read(bus, device, function, register, data)
+            }
+            _ => data.fill(0xff),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        // Only dword accesses reach the address latch, as on real chipsets
+        // (byte writes to 0xCF8-0xCFB are how kernels probe for this).
+        if offset == 0 {
+            if let Ok(bytes) = <[u8; 4]>::try_from(data) {
+                self.address = u32::from_le_bytes(bytes);
+            }
+            return;
+        }
+        let in_window = offset >= DATA_WINDOW_OFFSET && offset + data.len() as u64 <= 8;
+        if let Some((bus, device, function, register)) =
+            self.target(offset.wrapping_sub(DATA_WINDOW_OFFSET))
+        {
+            if in_window {
+                self.root
+                    .config_write(bus, device, function, register, data);
+            }
+        }
+    }
+}
+
+/// ECAM, inserted on the MMIO bus at `PCI_ECAM_START` with length
+/// `PCI_ECAM_SIZE`. It holds the root weakly: the root owns the MMIO bus
+/// this sits on, and a strong reference would keep both (and the device
+/// I/O threads) alive forever. Whoever owns the VM keeps the root alive.
+pub struct PciConfigMmio {
+    root: Weak<PciRoot>,
+}
+
+impl PciConfigMmio {
+    pub fn new(root: Arc<PciRoot>) -> Self {
+        Self {
+            root: Arc::downgrade(&root),
+        }
+    }
+
+    fn decode(offset: u64) -> (u8, u8, u8, usize) {
+        let bus = (offset >> 20) as u8;
+        let device = ((offset >> 15) & 0x1f) as u8;
+        let function = ((offset >> 12) & 0x7) as u8;
+        (bus, device, function, (offset & 0xfff) as usize)
+    }
+
+    /// An access must stay inside one function's 4 KiB.
+    fn fits(offset: u64, len: usize) -> bool {
+        (offset & 0xfff) + len as u64 <= 0x1000 && len <= 8
+    }
+}
+
+impl crate::devices::bus::BusDevice for PciConfigMmio {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if !Self::fits(offset, data.len()) {
+            data.fill(0xff);
+            return;
+        }
+        let (bus, device, function, register) = Self::decode(offset);
+        match self.root.upgrade() {
+            Some(root) => root.config_read(bus, device, function, register, data),
+            None => data.fill(0xff),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if Self::fits(offset, data.len()) {
+            let (bus, device, function, register) = Self::decode(offset);
+            if let Some(root) = self.root.upgrade() {
+                root.config_write(bus, device, function, register, data);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::devices::bus::{Bus, BusDevice};
+    use crate::devices::pci::test_support::FakeVm;
+
+    fn root() -> Arc<PciRoot> {
+        PciRoot::new(Arc::new(Bus::new()), Arc::new(FakeVm::default()))
+    }
+
+    fn address(bus: u32, device: u32, function: u32, register: u32) -> u32 {
+        ADDRESS_ENABLE | bus << 16 | device << 11 | function << 8 | register
+    }
+
+    fn io_read(io: &mut PciConfigIo, latch: u32, port_offset: u64, len: usize) -> u32 {
+        io.write(0, &latch.to_le_bytes());
+        let mut data = [0u8; 4];
+        io.read(port_offset, &mut data[..len]);
+        u32::from_le_bytes(data)
+    }
+
+    #[test]
+    fn mechanism1_reads_the_host_bridge() {
+        let mut io = PciConfigIo::new(root());
+        assert_eq!(io_read(&mut io, address(0, 0, 0, 0), 4, 4), 0x0008_1b36);
+        assert_eq!(io_read(&mut io, address(0, 0, 0, 8), 4, 4) >> 16, 0x0600);
+        // Byte and word reads at offsets within the data window.
+        assert_eq!(io_read(&mut io, address(0, 0, 0, 0), 5, 1), 0x1b);
+        assert_eq!(io_read(&mut io, address(0, 0, 0, 0), 6, 2), 0x0008);
+        assert_eq!(io_read(&mut io, address(0, 0, 0, 8), 7, 1), 0x06);
+    }
+
+    #[test]
+    fn mechanism1_absent_functions_read_all_ones() {
+        let mut io = PciConfigIo::new(root());
+        assert_eq!(io_read(&mut io, address(0, 5, 0, 0), 4, 4), u32::MAX);
+        assert_eq!(io_read(&mut io, address(0, 0, 1, 0), 4, 4), u32::MAX);
+        assert_eq!(io_read(&mut io, address(1, 0, 0, 0), 4, 4), u32::MAX);
+        assert_eq!(
+            io_read(&mut io, address(0, 0, 0, 0) & !ADDRESS_ENABLE, 4, 4),
+            u32::MAX
+        );
+        assert_eq!(io_read(&mut io, address(0, 31, 0, 0), 6, 2), 0xffff);
+    }
+
+    #[test]
+    fn mechanism1_address_latch_reads_back_and_ignores_byte_writes() {
+        let mut io = PciConfigIo::new(root());
+        io.write(0, &0x8000_0000u32.to_le_bytes());
+        io.write(3, &[0x01]);
+        let mut latch = [0u8; 4];
+        io.read(0, &mut latch);
+        assert_eq!(u32::from_le_bytes(latch), 0x8000_0000);
+    }
+
+    #[test]
+    fn mechanism1_writes_reach_the_device() {
+        let root = root();
+        let mut io = PciConfigIo::new(root.clone());
+        io.write(0, &address(0, 0, 0, 0x3c).to_le_bytes());
+        io.write(4, &[0x0b]);
+        let mut line = [0u8; 1];
+        root.config_read(0, 0, 0, 0x3c, &mut line);
+        assert_eq!(line, [0x0b]);
+        // Writes to absent devices go nowhere and do not fail.
+        io.write(0, &address(0, 9, 0, 0x3c).to_le_bytes());
+        io.write(4, &[0x0b]);
+    }
+
+    #[test]
+    fn ecam_decodes_device_and_register() {
+        let root = root();
+        let mut ecam = PciConfigMmio::new(root.clone());
+        let mut data = [0u8; 4];
+        ecam.read(0, &mut data);
+        assert_eq!(u32::from_le_bytes(data), 0x0008_1b36);
+        ecam.read(0xa, &mut data[..2]);
+        assert_eq!(u16::from_le_bytes([data[0], data[1]]), 0x0600);
+        for absent in [1 << 15, 3 << 15, 1 << 12, 0x100 + (7 << 15)] {
+            let mut data = [0u8; 4];
+            ecam.read(absent, &mut data);
+            assert_eq!(data, [0xff; 4], "offset {absent:#x}");
+        }
+        // Extended configuration space of a present device: no capabilities.
+        ecam.read(0x100, &mut data);
+        assert_eq!(data, [0; 4]);
+        // An access straddling two functions is refused.
+        ecam.read(0xffe, &mut data);
+        assert_eq!(data, [0xff; 4]);
+        drop(root);
+        ecam.read(0, &mut data);
+        assert_eq!(data, [0xff; 4], "a dropped root reads as empty");
+    }
+
+    #[test]
+    fn ecam_on_the_mmio_bus() {
+        use crate::arch::layout::{PCI_ECAM_SIZE, PCI_ECAM_START};
+        let bus = Arc::new(Bus::new());
+        let root = PciRoot::new(bus.clone(), Arc::new(FakeVm::default()));
+        bus.insert(
+            Arc::new(Mutex::new(PciConfigMmio::new(root.clone()))),
+            PCI_ECAM_START,
+            PCI_ECAM_SIZE,
+        )
+        .unwrap();
+        let mut data = [0u8; 2];
+        assert!(bus.read(PCI_ECAM_START, &mut data));
+        assert_eq!(u16::from_le_bytes(data), 0x1b36);
+        assert!(bus.read(PCI_ECAM_START + (4 << 15), &mut data));
+        assert_eq!(data, [0xff; 2]);
+    }
+}

@@ -1,0 +1,437 @@
+//! The root complex: a host bridge at 00:00.0 and up to 31 devices on
+//! bus 0. It places BARs in the 32-bit window when a device is added and
+//! keeps the MMIO bus in step with what the guest programs, because only
+//! it sees both the configuration writes and the bus.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use vm_memory::GuestMemoryMmap;
+
+use super::config::{DecodedBar, PciConfiguration, PciHeader, BAR_COUNT, COMMAND_MEMORY_SPACE};
+use super::{PciDevice, PciError, SLOT_COUNT};
+use crate::arch::layout::{PCI_MMIO32_SIZE, PCI_MMIO32_START};
+use crate::devices::bus::{Bus, BusDevice};
+use crate::devices::virtio::{VirtioDevice, VirtioPciDevice};
+use crate::devices::VmInterface;
+
+/// Red Hat's generic PCIe host bridge IDs: a plain bridge that no guest
+/// kernel applies chipset quirks to.
+const HOST_BRIDGE_VENDOR: u16 = 0x1b36;
+const HOST_BRIDGE_DEVICE: u16 = 0x0008;
+const CLASS_BRIDGE: u8 = 0x06;
+const SUBCLASS_HOST_BRIDGE: u8 = 0x00;
+
+pub type SharedPciDevice = Arc<Mutex<dyn PciDevice>>;
+
+struct Slot {
+    device: SharedPciDevice,
+    /// Where each BAR is inserted on the MMIO bus right now.
+    mapped: [Option<u64>; BAR_COUNT],
+}
+
+pub struct PciRoot {
+    mmio_bus: Arc<Bus>,
+    vm: Arc<dyn VmInterface>,
+    slots: Mutex<Vec<Option<Slot>>>,
+    next_mmio: Mutex<u64>,
+}
+
+impl PciRoot {
+    pub fn new(mmio_bus: Arc<Bus>, vm: Arc<dyn VmInterface>) -> Arc<Self> {
+        let mut slots: Vec<Option<Slot>> = (0..SLOT_COUNT).map(|_| None).collect();
+        slots[0] = Some(Slot {
+            device: Arc::new(Mutex::new(HostBridge::new())),
+            mapped: [None; BAR_COUNT],
+        });
+        Arc::new(Self {
+            mmio_bus,
+            vm,
+            slots: Mutex::new(slots),
+            next_mmio: Mutex::new(PCI_MMIO32_START),
+        })
+    }
+
+    /// Put `device` in the first free slot, give its BARs addresses in the
+    /// 32-bit window, enable memory decoding (as firmware would) and map
+    /// them. Returns the slot number (device number on bus 0).
+    pub fn add_device(&self, device: SharedPciDevice) -> Result<u8, PciError> {
+        let mut slots = lock(&self.slots);
+        let slot_index = slots
+            .iter()
+            .position(Option::is_none)
+            .ok_or(PciError::NoFreeSlot)?;
+        {
+            let mut dev = lock(&device);
+            for index in 0..BAR_COUNT {
+                if let Some(size) = dev.config().bar_size(index) {
+                    let base = self.allocate_mmio(size)?;
+                    dev.config_mut().set_bar_address(index, base)?;
+                }
+            }
+            let command = dev.config().command() | COMMAND_MEMORY_SPACE;
+            dev.config_mut().set_command(command);
+        }
+        let mut slot = Slot {
+            device,
+            mapped: [None; BAR_COUNT],
+        };
+        let wanted = lock(&slot.device).config().decoded_bars();
+        for bar in wanted {
+            self.mmio_bus
+                .insert(bar_access(&slot.device, bar.index), bar.base, bar.size)
+                .map_err(|source| PciError::MapBar {
+                    base: bar.base,
+                    source,
+                })?;
+            slot.mapped[bar.index] = Some(bar.base);
+            lock(&slot.device).bar_mapped(bar.index, Some(bar.base));
+        }
+        slots[slot_index] = Some(slot);
+        Ok(slot_index as u8)
+    }
+
+    /// Wrap `device` in a virtio-pci transport and add it.
+    pub fn add_virtio_device(
+        &self,
+        device: Box<dyn VirtioDevice>,
+        mem: Arc<GuestMemoryMmap>,
+    ) -> Result<u8, PciError> {
+        let transport = VirtioPciDevice::new(device, mem, self.vm.clone())?;
+        self.add_device(Arc::new(Mutex::new(transport)))
+    }
+
+    fn allocate_mmio(&self, size: u64) -> Result<u64, PciError> {
+        let mut next = lock(&self.next_mmio);
+        let base = next.checked_next_multiple_of(size);
+        let end = base.and_then(|base| base.checked_add(size));
+        match (base, end) {
+            (Some(base), Some(end)) if end <= PCI_MMIO32_START + PCI_MMIO32_SIZE => {
+                *next = end;
+                Ok(base)
+            }
+            _ => Err(PciError::MmioWindowFull { size }),
+        }
+    }
+
+    fn device_at(&self, bus: u8, device: u8, function: u8) -> Option<SharedPciDevice> {
+        if bus != 0 || function != 0 {
+            return None;
+        }
+        let slots = lock(&self.slots);
+        let slot = slots.get(usize::from(device))?.as_ref()?;
+        Some(slot.device.clone())
+    }
+
+    /// Configuration read; absent functions read all ones, as on hardware.
+    pub fn config_read(&self, bus: u8, device: u8, function: u8, offset: usize, data: &mut [u8]) {
+        match self.device_at(bus, device, function) {
+            Some(dev) => lock(&dev).config_read(offset, data),
+            None => data.fill(0xff),
+        }
+    }
+
+    /// Configuration write; afterwards the MMIO bus is brought in line
+    /// with the BARs the device now decodes.
+    pub fn config_write(&self, bus: u8, device: u8, function: u8, offset: usize, data: &[u8]) {
+        if bus != 0 || function != 0 {
+            return;
+        }
+        // Holding the slot table across the write keeps concurrent
+        // configuration writers from remapping from a stale view.
+        let mut slots = lock(&self.slots);
+        let Some(Some(slot)) = slots.get_mut(usize::from(device)) else {
+            return;
+        };
+        let wanted = {
+            let mut dev = lock(&slot.device);
+            dev.config_write(offset, data);
+            dev.config().decoded_bars()
+        };
+        self.remap(slot, &wanted);
+    }
+
+    fn remap(&self, slot: &mut Slot, wanted: &[DecodedBar]) {
+        for index in 0..BAR_COUNT {
+            let target = wanted.iter().find(|bar| bar.index == index);
+            if slot.mapped[index] == target.map(|bar| bar.base) {
+                continue;
+            }
+            if let Some(old) = slot.mapped[index].take() {
+                if let Err(e) = self.mmio_bus.remove(old) {
+                    log::warn!("PCI BAR {index} was not mapped at {old:#x}: {e}");
+                }
+                lock(&slot.device).bar_mapped(index, None);
+            }
+            let Some(bar) = target else { continue };
+            match self
+                .mmio_bus
+                .insert(bar_access(&slot.device, index), bar.base, bar.size)
+            {
+                Ok(()) => {
+                    slot.mapped[index] = Some(bar.base);
+                    lock(&slot.device).bar_mapped(index, Some(bar.base));
+                }
+                // The guest chose an address that collides with another
+                // device; the BAR stays unreachable until it picks another.
+                Err(e) => log::warn!("guest placed PCI BAR {index} badly: {e}"),
+            }
+        }
+    }
+}
+
+fn lock<T: ?Sized>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn bar_access(device: &SharedPciDevice, bar: usize) -> Arc<Mutex<dyn BusDevice>> {
+    Arc::new(Mutex::new(BarAccess {
+        device: device.clone(),
+        bar,
+    }))
+}
+
+/// What the MMIO bus holds for one BAR: forwards to the owning device.
+struct BarAccess {
+    device: SharedPciDevice,
+    bar: usize,
+}
+
+impl BusDevice for BarAccess {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        lock(&self.device).bar_read(self.bar, offset, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        lock(&self.device).bar_write(self.bar, offset, data);
+    }
+}
+
+struct HostBridge {
+    config: PciConfiguration,
+}
+
+impl HostBridge {
+    fn new() -> Self {
+        Self {
+            config: PciConfiguration::new(&PciHeader {
+                vendor_id: HOST_BRIDGE_VENDOR,
+                device_id: HOST_BRIDGE_DEVICE,
+                revision_id: 0,
+                class_code: CLASS_BRIDGE,
+                subclass: SUBCLASS_HOST_BRIDGE,
+                prog_if: 0,
+                subsystem_vendor_id: 0,
+                subsystem_id: 0,
+            }),
+        }
+    }
+}
+
+impl PciDevice for HostBridge {
+    fn config(&self) -> &PciConfiguration {
+        &self.config
+    }
+
+    fn config_mut(&mut self) -> &mut PciConfiguration {
+        &mut self.config
+    }
+
+    fn bar_read(&mut self, _bar: usize, _offset: u64, data: &mut [u8]) {
+        data.fill(0xff);
+    }
+
+    fn bar_write(&mut self, _bar: usize, _offset: u64, _data: &[u8]) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::pci::test_support::FakeVm;
+
+    type MappedLog = Arc<Mutex<Vec<(usize, Option<u64>)>>>;
+
+    /// A device with a 32-bit and a 64-bit BAR that answers BAR reads
+    /// with its BAR number and remembers where it was told it lives.
+    struct TwoBars {
+        config: PciConfiguration,
+        mapped: MappedLog,
+    }
+
+    impl TwoBars {
+        fn new() -> (Self, MappedLog) {
+            let mut config = PciConfiguration::new(&PciHeader {
+                vendor_id: 0x1234,
+                device_id: 0x5678,
+                revision_id: 0,
+                class_code: 0xff,
+                subclass: 0,
+                prog_if: 0,
+                subsystem_vendor_id: 0,
+                subsystem_id: 0,
+            });
+            config.add_memory_bar(0, 0x1000, false).unwrap();
+            config.add_memory_bar(2, 0x4000, true).unwrap();
+            let mapped = Arc::new(Mutex::new(Vec::new()));
+            (
+                Self {
+                    config,
+                    mapped: mapped.clone(),
+                },
+                mapped,
+            )
+        }
+    }
+
+    impl PciDevice for TwoBars {
+        fn config(&self) -> &PciConfiguration {
+            &self.config
+        }
+        fn config_mut(&mut self) -> &mut PciConfiguration {
+            &mut self.config
+        }
+        fn bar_read(&mut self, bar: usize, _offset: u64, data: &mut [u8]) {
+            data.fill(bar as u8 + 0x10);
+        }
+        fn bar_write(&mut self, _bar: usize, _offset: u64, _data: &[u8]) {}
+        fn bar_mapped(&mut self, bar: usize, base: Option<u64>) {
+            self.mapped.lock().unwrap().push((bar, base));
+        }
+    }
+
+    fn setup() -> (Arc<Bus>, Arc<PciRoot>) {
+        let bus = Arc::new(Bus::new());
+        let root = PciRoot::new(bus.clone(), Arc::new(FakeVm::default()));
+        (bus, root)
+    }
+
+    fn read_u32(root: &PciRoot, device: u8, offset: usize) -> u32 {
+        let mut data = [0u8; 4];
+        root.config_read(0, device, 0, offset, &mut data);
+        u32::from_le_bytes(data)
+    }
+
+    fn write_u32(root: &PciRoot, device: u8, offset: usize, value: u32) {
+        root.config_write(0, device, 0, offset, &value.to_le_bytes());
+    }
+
+    fn bus_byte(bus: &Bus, address: u64) -> Option<u8> {
+        let mut data = [0u8; 1];
+        bus.read(address, &mut data).then_some(data[0])
+    }
+
+    #[test]
+    fn bars_are_allocated_naturally_aligned_and_mapped() {
+        let (bus, root) = setup();
+        let (first, _) = TwoBars::new();
+        let (second, mapped) = TwoBars::new();
+        assert_eq!(root.add_device(Arc::new(Mutex::new(first))).unwrap(), 1);
+        assert_eq!(root.add_device(Arc::new(Mutex::new(second))).unwrap(), 2);
+        let bar0 = u64::from(read_u32(&root, 2, 0x10));
+        let bar2 =
+            u64::from(read_u32(&root, 2, 0x18) & !0xf) | u64::from(read_u32(&root, 2, 0x1c)) << 32;
+        assert_eq!(bar0 % 0x1000, 0);
+        assert_eq!(bar2 % 0x4000, 0);
+        assert!(bar0 >= PCI_MMIO32_START && bar2 + 0x4000 <= PCI_MMIO32_START + PCI_MMIO32_SIZE);
+        assert_eq!(read_u32(&root, 2, 0x18) & 0xf, 0b0100, "64-bit memory BAR");
+        assert_ne!(read_u32(&root, 2, 4) & u32::from(COMMAND_MEMORY_SPACE), 0);
+        assert_eq!(bus_byte(&bus, bar0 + 0xfff), Some(0x10));
+        assert_eq!(bus_byte(&bus, bar2 + 0x3fff), Some(0x12));
+        assert_eq!(
+            *mapped.lock().unwrap(),
+            vec![(0, Some(bar0)), (2, Some(bar2))]
+        );
+    }
+
+    #[test]
+    fn sizing_then_relocation_moves_the_bus_range() {
+        let (bus, root) = setup();
+        let (device, mapped) = TwoBars::new();
+        let slot = root.add_device(Arc::new(Mutex::new(device))).unwrap();
+        let old = u64::from(read_u32(&root, slot, 0x10));
+        mapped.lock().unwrap().clear();
+
+        // What a kernel does: decode off, size, program, decode on.
+        write_u32(&root, slot, 4, 0);
+        assert_eq!(bus_byte(&bus, old), None, "decode off unmaps");
+        write_u32(&root, slot, 0x10, u32::MAX);
+        assert_eq!(read_u32(&root, slot, 0x10), 0xffff_f000);
+        write_u32(&root, slot, 0x18, u32::MAX);
+        write_u32(&root, slot, 0x1c, u32::MAX);
+        assert_eq!(read_u32(&root, slot, 0x18), 0xffff_c004);
+        assert_eq!(read_u32(&root, slot, 0x1c), u32::MAX);
+        let new = 0xd000_0000u64;
+        write_u32(&root, slot, 0x10, new as u32);
+        write_u32(&root, slot, 0x18, 0xd001_0000);
+        write_u32(&root, slot, 0x1c, 0);
+        assert_eq!(bus_byte(&bus, new), None, "still not decoding");
+        write_u32(&root, slot, 4, u32::from(COMMAND_MEMORY_SPACE));
+        assert_eq!(bus_byte(&bus, new), Some(0x10));
+        assert_eq!(bus_byte(&bus, 0xd001_0000), Some(0x12));
+        assert_eq!(bus_byte(&bus, old), None);
+        let events = mapped.lock().unwrap().clone();
+        assert!(events.contains(&(0, None)));
+        assert!(events.ends_with(&[(0, Some(new)), (2, Some(0xd001_0000))]));
+
+        // Moving a BAR while decoding is on moves it at once.
+        write_u32(&root, slot, 0x10, 0xd002_0000);
+        assert_eq!(bus_byte(&bus, new), None);
+        assert_eq!(bus_byte(&bus, 0xd002_0000), Some(0x10));
+    }
+
+    #[test]
+    fn colliding_bar_stays_unmapped_and_spares_the_other_device() {
+        let (bus, root) = setup();
+        let (first, _) = TwoBars::new();
+        let (second, _) = TwoBars::new();
+        let a = root.add_device(Arc::new(Mutex::new(first))).unwrap();
+        let b = root.add_device(Arc::new(Mutex::new(second))).unwrap();
+        let a_bar0 = read_u32(&root, a, 0x10);
+        let b_bar0 = u64::from(read_u32(&root, b, 0x10));
+        write_u32(&root, b, 0x10, a_bar0);
+        assert_eq!(bus_byte(&bus, u64::from(a_bar0)), Some(0x10));
+        assert_eq!(bus_byte(&bus, b_bar0), None);
+        // B moves away again: A's range must survive.
+        write_u32(&root, b, 0x10, 0xd100_0000);
+        assert_eq!(bus_byte(&bus, u64::from(a_bar0)), Some(0x10));
+        assert_eq!(bus_byte(&bus, 0xd100_0000), Some(0x10));
+    }
+
+    #[test]
+    fn slots_and_window_run_out_cleanly() {
+        let (_bus, root) = setup();
+        for _ in 1..SLOT_COUNT {
+            let (device, _) = TwoBars::new();
+            root.add_device(Arc::new(Mutex::new(device))).unwrap();
+        }
+        let (device, _) = TwoBars::new();
+        assert!(matches!(
+            root.add_device(Arc::new(Mutex::new(device))),
+            Err(PciError::NoFreeSlot)
+        ));
+        let (_bus, root) = setup();
+        let mut huge = TwoBars::new().0;
+        huge.config = PciConfiguration::new(&PciHeader {
+            vendor_id: 1,
+            device_id: 1,
+            revision_id: 0,
+            class_code: 0,
+            subclass: 0,
+            prog_if: 0,
+            subsystem_vendor_id: 0,
+            subsystem_id: 0,
+        });
+        huge.config.add_memory_bar(0, 1 << 32, true).unwrap();
+        assert!(matches!(
+            root.add_device(Arc::new(Mutex::new(huge))),
+            Err(PciError::MmioWindowFull { .. })
+        ));
+    }
+
+    #[test]
+    fn host_bridge_is_at_slot_zero() {
+        let (_bus, root) = setup();
+        assert_eq!(read_u32(&root, 0, 0), 0x0008_1b36);
+        assert_eq!(read_u32(&root, 0, 8) >> 8, 0x06_00_00);
+        assert_eq!(read_u32(&root, 0, 0x10), 0, "no BARs");
+    }
+}

@@ -1,0 +1,632 @@
+//! End-to-end tests of virtio-blk through the PCI transport: a test
+//! driver programs the device through ECAM and the BAR, builds real
+//! descriptor chains in guest memory and kicks the doorbell; the device's
+//! I/O thread serves them from a raw image file.
+
+use std::path::PathBuf;
+
+use super::*;
+use crate::devices::virtio::test_driver::{
+    Segment, TestDriver, CONFIG_MSI, DESC_F_INDIRECT, DESC_F_NEXT, QUEUE_MSI,
+};
+use crate::devices::virtio::{STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_NEEDS_RESET};
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_FLUSH,
+    VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+};
+
+const DISK_SECTORS: u64 = 64;
+const OK: u8 = VIRTIO_BLK_S_OK as u8;
+const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+const ALL_FEATURES: u64 = !F_EVENT_IDX;
+
+fn image(test: &str, contents: &[u8]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("securevm-blk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{test}.img"));
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+fn patterned_disk() -> Vec<u8> {
+    (0..DISK_SECTORS * SECTOR_SIZE)
+        .map(|i| (i / SECTOR_SIZE) as u8)
+        .collect()
+}
+
+fn driver_for(path: &std::path::Path, read_only: bool) -> TestDriver {
+    let backend = RawFileBackend::open(path, read_only).unwrap();
+    let block = Block::new(Box::new(backend), &disk_id_from_path(path)).unwrap();
+    let mut driver = TestDriver::new(Box::new(block));
+    driver.enable_msix();
+    let status = driver.init(ALL_FEATURES);
+    assert_ne!(
+        status & STATUS_DRIVER_OK,
+        0,
+        "device did not accept DRIVER_OK"
+    );
+    driver
+}
+
+enum Data<'a> {
+    None,
+    FromDevice(u32),
+    ToDevice(&'a [u8]),
+}
+
+struct Completion {
+    status: u8,
+    used_len: u32,
+    data: Vec<u8>,
+}
+
+fn header(driver: &mut TestDriver, request_type: u32, sector: u64) -> Segment {
+    let address = driver.alloc(16);
+    let mut bytes = [0u8; 16];
+    bytes[..4].copy_from_slice(&request_type.to_le_bytes());
+    bytes[8..].copy_from_slice(&sector.to_le_bytes());
+    driver.write_guest(address, &bytes);
+    (address, 16, false)
+}
+
+fn status_byte(driver: &mut TestDriver) -> Segment {
+    let address = driver.alloc(1);
+    driver.write_guest(address, &[0xee]);
+    (address, 1, true)
+}
+
+fn submit(driver: &mut TestDriver, segments: &[Segment]) -> (u16, u32) {
+    let head = driver.push_chain(segments);
+    driver.kick();
+    let (used_head, used_len) = driver.wait_used();
+    assert_eq!(used_head, head, "completions arrive in order here");
+    (used_head, used_len)
+}
+
+fn request(driver: &mut TestDriver, request_type: u32, sector: u64, data: Data) -> Completion {
+    let mut segments = vec![header(driver, request_type, sector)];
+    let data_segment = match data {
+        Data::None => None,
+        Data::FromDevice(len) => Some((driver.alloc(u64::from(len)), len, true)),
+        Data::ToDevice(bytes) => {
+            let address = driver.alloc(bytes.len() as u64);
+            driver.write_guest(address, bytes);
+            Some((address, bytes.len() as u32, false))
+        }
+    };
+    segments.extend(data_segment);
+    let status = status_byte(driver);
+    segments.push(status);
+    let (_, used_len) = submit(driver, &segments);
+    Completion {
+        status: driver.read_guest(status.0, 1)[0],
+        used_len,
+        data: data_segment
+            .filter(|s| s.2)
+            .map(|s| driver.read_guest(s.0, s.1 as usize))
+            .unwrap_or_default(),
+    }
+}
+
+fn assert_still_serving(driver: &mut TestDriver) {
+    let read = request(driver, VIRTIO_BLK_T_IN, 5, Data::FromDevice(512));
+    assert_eq!(read.status, OK);
+    assert!(
+        read.data.iter().all(|&b| b == 5),
+        "sector 5 reads back its pattern"
+    );
+}
+
+#[test]
+fn write_then_read_back_through_the_transport() {
+    let path = image("rw", &patterned_disk());
+    let mut driver = driver_for(&path, false);
+    let written: Vec<u8> = (0..1024u32).map(|i| (i * 7) as u8).collect();
+
+    let write = request(&mut driver, VIRTIO_BLK_T_OUT, 3, Data::ToDevice(&written));
+    assert_eq!(write.status, OK);
+    assert_eq!(write.used_len, 1);
+    let read = request(&mut driver, VIRTIO_BLK_T_IN, 3, Data::FromDevice(1024));
+    assert_eq!(read.status, OK);
+    assert_eq!(read.used_len, 1025);
+    assert_eq!(read.data, written);
+
+    let on_disk = std::fs::read(&path).unwrap();
+    assert_eq!(&on_disk[1536..2560], &written[..]);
+    assert!(on_disk[2560..3072].iter().all(|&b| b == 5));
+    assert!(driver.vm.msis().iter().all(|&msi| msi == QUEUE_MSI));
+    assert!(driver.vm.wait_for_msis(2), "one MSI per completed request");
+}
+
+#[test]
+fn data_split_over_several_descriptors() {
+    let path = image("split", &patterned_disk());
+    let mut driver = driver_for(&path, false);
+    let hdr = header(&mut driver, VIRTIO_BLK_T_IN, 8);
+    let first = (driver.alloc(512), 512, true);
+    let second = (driver.alloc(1024), 1024, true);
+    let status = status_byte(&mut driver);
+    let (_, used_len) = submit(&mut driver, &[hdr, first, second, status]);
+    assert_eq!(used_len, 1537);
+    assert_eq!(driver.read_guest(status.0, 1), [OK]);
+    assert!(driver.read_guest(first.0, 512).iter().all(|&b| b == 8));
+    let tail = driver.read_guest(second.0, 1024);
+    assert!(tail[..512].iter().all(|&b| b == 9) && tail[512..].iter().all(|&b| b == 10));
+}
+
+#[test]
+fn flush_and_get_id() {
+    let path = image("flush-and-id", &patterned_disk());
+    let mut driver = driver_for(&path, false);
+    let flush = request(&mut driver, VIRTIO_BLK_T_FLUSH, 0, Data::None);
+    assert_eq!((flush.status, flush.used_len), (OK, 1));
+    let id = request(&mut driver, VIRTIO_BLK_T_GET_ID, 0, Data::FromDevice(20));
+    assert_eq!(id.status, OK);
+    assert_eq!(id.used_len, 21);
+    assert_eq!(&id.data[..16], b"flush-and-id.img");
+    assert_eq!(&id.data[16..], &[0; 4]);
+}
+
+#[test]
+fn read_only_disk_refuses_writes_and_keeps_the_file() {
+    let original = patterned_disk();
+    let path = image("ro", &original);
+    let mut driver = driver_for(&path, true);
+    assert_ne!(driver.device_features() & 1 << VIRTIO_BLK_F_RO, 0);
+    let write = request(
+        &mut driver,
+        VIRTIO_BLK_T_OUT,
+        0,
+        Data::ToDevice(&[0xab; 512]),
+    );
+    assert_eq!(write.status, IOERR);
+    let flush = request(&mut driver, VIRTIO_BLK_T_FLUSH, 0, Data::None);
+    assert_eq!(flush.status, OK);
+    assert_still_serving(&mut driver);
+    assert_eq!(std::fs::read(&path).unwrap(), original);
+}
+
+#[test]
+fn requests_beyond_capacity_fail() {
+    let path = image("beyond", &patterned_disk());
+    let mut driver = driver_for(&path, false);
+    let past_end = request(
+        &mut driver,
+        VIRTIO_BLK_T_IN,
+        DISK_SECTORS,
+        Data::FromDevice(512),
+    );
+    assert_eq!(past_end.status, IOERR);
+    let straddling = request(
+        &mut driver,
+        VIRTIO_BLK_T_OUT,
+        DISK_SECTORS - 1,
+        Data::ToDevice(&[1; 1024]),
+    );
+    assert_eq!(straddling.status, IOERR);
+    let overflowing = request(
+        &mut driver,
+        VIRTIO_BLK_T_IN,
+        u64::MAX / 2,
+        Data::FromDevice(512),
+    );
+    assert_eq!(overflowing.status, IOERR);
+    assert_eq!(std::fs::read(&path).unwrap(), patterned_disk());
+    assert_still_serving(&mut driver);
+}
+
+#[test]
+fn unknown_request_type_is_unsupported() {
+    let path = image("unsupp", &patterned_disk());
+    let mut driver = driver_for(&path, false);
+    let discard = request(&mut driver, 11, 0, Data::ToDevice(&[0; 16]));
+    assert_eq!(discard.status, VIRTIO_BLK_S_UNSUPP as u8);
+    assert_still_serving(&mut driver);
+}
+
+#[test]
+fn malformed_chains_fail_and_the_device_keeps_serving() {
+    let path = image("malformed", &patterned_disk());
+    let mut driver = driver_for(&path, false);
+
+    // Header shorter than 16 bytes.
+    let short = (driver.alloc(8), 8, false);
+    let status = status_byte(&mut driver);
+    submit(&mut driver, &[short, status]);
+    assert_eq!(driver.read_guest(status.0, 1), [IOERR]);
+    assert_still_serving(&mut driver);
+
+    // Read whose data buffer is device-readable.
+    let hdr = header(&mut driver, VIRTIO_BLK_T_IN, 0);
+    let data = (driver.alloc(512), 512, false);
+    let status = status_byte(&mut driver);
+    submit(&mut driver, &[hdr, data, status]);
+    assert_eq!(driver.read_guest(status.0, 1), [IOERR]);
+
+    // Write whose data buffer is device-writable: nothing reaches the disk.
+    let hdr = header(&mut driver, VIRTIO_BLK_T_OUT, 0);
+    let data = (driver.alloc(512), 512, true);
+    let status = status_byte(&mut driver);
+    submit(&mut driver, &[hdr, data, status]);
+    assert_eq!(driver.read_guest(status.0, 1), [IOERR]);
+
+    // Length not a multiple of 512.
+    let odd = request(&mut driver, VIRTIO_BLK_T_IN, 0, Data::FromDevice(100));
+    assert_eq!(odd.status, IOERR);
+
+    // Readable descriptor after a writable one.
+    let hdr = header(&mut driver, VIRTIO_BLK_T_IN, 0);
+    let data = (driver.alloc(512), 512, true);
+    let trailing = (driver.alloc(16), 16, false);
+    let status = status_byte(&mut driver);
+    submit(&mut driver, &[hdr, data, trailing, status]);
+    assert_eq!(driver.read_guest(status.0, 1), [IOERR]);
+
+    // Buffer outside guest memory.
+    let hdr = header(&mut driver, VIRTIO_BLK_T_IN, 0);
+    let status = status_byte(&mut driver);
+    submit(&mut driver, &[hdr, (0xffff_0000_0000, 512, false), status]);
+    assert_eq!(driver.read_guest(status.0, 1), [IOERR]);
+
+    assert_eq!(std::fs::read(&path).unwrap(), patterned_disk());
+    assert_still_serving(&mut driver);
+}
+
+#[test]
+fn chains_without_a_status_byte_are_returned_empty() {
+    let path = image("no-status", &patterned_disk());
+    let mut driver = driver_for(&path, false);
+
+    // Status descriptor not writable.
+    let hdr = header(&mut driver, VIRTIO_BLK_T_OUT, 0);
+    let data = (driver.alloc(512), 512, false);
+    let status = (driver.alloc(1), 1, false);
+    let (_, used_len) = submit(&mut driver, &[hdr, data, status]);
+    assert_eq!(used_len, 0);
+
+    // A descriptor that points at itself.
+    let hdr = header(&mut driver, VIRTIO_BLK_T_IN, 0);
+    let head = driver.next_descriptor();
+    driver.write_descriptor(driver.desc_table(), head, hdr, DESC_F_NEXT, head);
+    driver.push_raw(head, 1);
+    driver.kick();
+    assert_eq!(driver.wait_used(), (head, 0));
+
+    // A `next` index outside the table.
+    let head = driver.next_descriptor();
+    driver.write_descriptor(driver.desc_table(), head, hdr, DESC_F_NEXT, 999);
+    driver.push_raw(head, 1);
+    driver.kick();
+    assert_eq!(driver.wait_used(), (head, 0));
+
+    assert_eq!(std::fs::read(&path).unwrap(), patterned_disk());
+    assert_still_serving(&mut driver);
+}
+
+#[test]
+fn chain_longer_than_seg_max_fails() {
+    let path = image("too-long", &patterned_disk());
+    let mut driver = driver_for(&path, false);
+    // An indirect table with 300 one-sector reads: beyond SEG_MAX.
+    let segments = 300u16;
+    let table = driver.alloc(u64::from(segments + 2) * 16);
+    let hdr = header(&mut driver, VIRTIO_BLK_T_IN, 0);
+    driver.write_descriptor(table, 0, hdr, DESC_F_NEXT, 1);
+    for i in 1..=segments {
+        let data = (driver.alloc(512), 512, true);
+        driver.write_descriptor(table, i, data, DESC_F_NEXT, i + 1);
+    }
+    let status = status_byte(&mut driver);
+    driver.write_descriptor(table, segments + 1, status, 0, 0);
+    let head = driver.next_descriptor();
+    let table_segment = (table, u32::from(segments + 2) * 16, false);
+    driver.write_descriptor(driver.desc_table(), head, table_segment, DESC_F_INDIRECT, 0);
+    driver.push_raw(head, 1);
+    driver.kick();
+    assert_eq!(driver.wait_used(), (head, 1));
+    assert_eq!(driver.read_guest(status.0, 1), [IOERR]);
+    assert_still_serving(&mut driver);
+}
+
+#[test]
+fn indirect_chain_within_limits_is_served() {
+    let path = image("indirect", &patterned_disk());
+    let mut driver = driver_for(&path, false);
+    let table = driver.alloc(3 * 16);
+    let hdr = header(&mut driver, VIRTIO_BLK_T_IN, 2);
+    let data = (driver.alloc(512), 512, true);
+    let status = status_byte(&mut driver);
+    driver.write_descriptor(table, 0, hdr, DESC_F_NEXT, 1);
+    driver.write_descriptor(table, 1, data, DESC_F_NEXT, 2);
+    driver.write_descriptor(table, 2, status, 0, 0);
+    let head = driver.next_descriptor();
+    driver.write_descriptor(
+        driver.desc_table(),
+        head,
+        (table, 48, false),
+        DESC_F_INDIRECT,
+        0,
+    );
+    driver.push_raw(head, 1);
+    driver.kick();
+    assert_eq!(driver.wait_used(), (head, 513));
+    assert_eq!(driver.read_guest(status.0, 1), [OK]);
+    assert!(driver.read_guest(data.0, 512).iter().all(|&b| b == 2));
+}
+
+#[test]
+fn corrupt_avail_index_sets_needs_reset() {
+    let path = image("corrupt-ring", &patterned_disk());
+    let mut driver = driver_for(&path, false);
+    assert_still_serving(&mut driver);
+    let msis_before = driver.vm.msis().len();
+    driver.set_avail_idx(driver.used_idx().wrapping_add(1000));
+    driver.kick();
+    assert!(driver.vm.wait_for_msis(msis_before + 1));
+    assert_eq!(driver.vm.msis().last(), Some(&CONFIG_MSI));
+    assert_ne!(driver.status() & STATUS_NEEDS_RESET, 0);
+    // A reset and a fresh initialisation bring the device back.
+    assert_ne!(driver.init(ALL_FEATURES) & STATUS_DRIVER_OK, 0);
+    assert_eq!(driver.status() & STATUS_NEEDS_RESET, 0);
+    assert_still_serving(&mut driver);
+}
+
+#[test]
+fn rings_outside_guest_memory_set_needs_reset_at_driver_ok() {
+    let path = image("bad-rings", &patterned_disk());
+    let backend = RawFileBackend::open(&path, false).unwrap();
+    let mut driver = TestDriver::new(Box::new(Block::new(Box::new(backend), "x").unwrap()));
+    driver.enable_msix();
+    driver.init(ALL_FEATURES);
+    driver.set_status(0);
+    driver.set_status(1 | 2);
+    driver.common_write(0x0c, 0, 4);
+    driver.common_write(0x08, 1, 4);
+    driver.common_write(0x0c, 1, 4);
+    driver.set_status(1 | 2 | STATUS_FEATURES_OK);
+    driver.common_write(0x10, 0, 2);
+    driver.set_queue_addresses(0x7fff_f000_0000, 0x7fff_f000_1000, 0x7fff_f000_2000);
+    driver.common_write(0x1c, 1, 2);
+    driver.set_status(1 | 2 | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+    assert_ne!(driver.status() & STATUS_NEEDS_RESET, 0);
+    assert_eq!(driver.vm.msis(), vec![CONFIG_MSI]);
+}
+
+#[test]
+fn driver_without_version_1_cannot_reach_features_ok() {
+    let path = image("legacy-driver", &patterned_disk());
+    let backend = RawFileBackend::open(&path, false).unwrap();
+    let mut driver = TestDriver::new(Box::new(Block::new(Box::new(backend), "x").unwrap()));
+    let status = driver.init(ALL_FEATURES & !F_VERSION_1);
+    assert_eq!(status & (STATUS_FEATURES_OK | STATUS_DRIVER_OK), 0);
+    // Offering a feature the device does not have fails the same way.
+    driver.set_status(0);
+    driver.set_status(1 | 2);
+    driver.common_write(0x08, 1, 4);
+    driver.common_write(0x0c, 1 | 1 << 30, 4);
+    driver.set_status(1 | 2 | STATUS_FEATURES_OK);
+    assert_eq!(driver.status() & STATUS_FEATURES_OK, 0);
+}
+
+#[test]
+fn event_idx_suppresses_and_requests_interrupts() {
+    let path = image("event-idx", &patterned_disk());
+    let backend = RawFileBackend::open(&path, false).unwrap();
+    let mut driver = TestDriver::new(Box::new(Block::new(Box::new(backend), "x").unwrap()));
+    driver.enable_msix();
+    assert_ne!(driver.init(u64::MAX) & STATUS_DRIVER_OK, 0);
+    driver.set_used_event(0);
+    assert_still_serving(&mut driver);
+    assert!(driver.vm.wait_for_msis(1));
+    // used_event still 0: the driver did not ask about entry 1.
+    assert_still_serving(&mut driver);
+    assert_eq!(driver.vm.msis().len(), 1);
+    driver.set_used_event(2);
+    assert_still_serving(&mut driver);
+    assert!(driver.vm.wait_for_msis(2));
+}
+
+#[test]
+fn no_interrupt_flag_is_honoured() {
+    let path = image("no-interrupt", &patterned_disk());
+    let mut driver = driver_for(&path, false);
+    driver.set_avail_flags(1);
+    assert_still_serving(&mut driver);
+    assert!(driver.vm.msis().is_empty());
+    driver.set_avail_flags(0);
+    assert_still_serving(&mut driver);
+    assert!(driver.vm.wait_for_msis(1));
+}
+
+#[test]
+fn masked_queue_vector_pends_until_unmasked() {
+    let path = image("masked", &patterned_disk());
+    let mut driver = driver_for(&path, false);
+    let queue_entry_control = driver.layout.msix_table + 16 + 12;
+    driver.write_bar(queue_entry_control, 1, 4);
+    assert_still_serving(&mut driver);
+    assert!(driver.vm.msis().is_empty());
+    assert_eq!(driver.read_bar(driver.layout.msix_pba, 8), 0b10);
+    driver.write_bar(queue_entry_control, 0, 4);
+    assert_eq!(driver.vm.msis(), vec![QUEUE_MSI]);
+    assert_eq!(driver.read_bar(driver.layout.msix_pba, 8), 0);
+}
+
+#[test]
+fn device_config_reports_capacity_and_geometry() {
+    let path = image("config", &patterned_disk());
+    let driver = driver_for(&path, false);
+    let config = driver.layout.device;
+    assert_eq!(driver.read_bar(config, 8), DISK_SECTORS);
+    assert_eq!(driver.read_bar(config + 12, 4), u64::from(SEG_MAX));
+    assert_eq!(driver.read_bar(config + 20, 4), 512);
+    assert_eq!(driver.read_bar(config + 0x100, 4), 0);
+}
+
+/// Count threads called `name`, waiting up to 10 s for the count to
+/// become `expected` (a new thread names itself asynchronously).
+fn io_threads_named(name: &str, expected: usize) -> usize {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let count = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.trim_end() == name)
+            .count();
+        if count == expected || std::time::Instant::now() > deadline {
+            return count;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn reset_stops_the_io_thread_and_reinit_restarts_it() {
+    let path = image("reset", &patterned_disk());
+    let backend = RawFileBackend::open(&path, false).unwrap();
+    let block = Block::new(Box::new(backend), "x").unwrap();
+    let name = block.thread_name().to_string();
+    let mut driver = TestDriver::new(Box::new(block));
+    driver.enable_msix();
+    driver.init(ALL_FEATURES);
+    assert_eq!(io_threads_named(&name, 1), 1);
+    driver.set_status(0);
+    assert_eq!(io_threads_named(&name, 0), 0);
+    assert_eq!(driver.status(), 0);
+    assert_eq!(driver.common_read(0x1c, 2), 0, "queue disabled by reset");
+    assert_eq!(driver.common_read(0x1a, 2), 0xffff, "vector forgotten");
+    driver.init(ALL_FEATURES);
+    assert_still_serving(&mut driver);
+    drop(driver);
+    assert_eq!(
+        io_threads_named(&name, 0),
+        0,
+        "dropping the device joins its thread"
+    );
+}
+
+#[test]
+fn thread_start_hook_runs_and_its_failure_needs_reset() {
+    let path = image("hook", &patterned_disk());
+    let backend = RawFileBackend::open(&path, false).unwrap();
+    let mut block = Block::new(Box::new(backend), "x").unwrap();
+    block.set_thread_start_hook(Arc::new(|| Err("seccomp refused".to_string())));
+    let mut driver = TestDriver::new(Box::new(block));
+    driver.enable_msix();
+    driver.init(ALL_FEATURES);
+    assert!(driver.vm.wait_for_msis(1));
+    assert_eq!(driver.vm.msis(), vec![CONFIG_MSI]);
+    assert_ne!(driver.status() & STATUS_NEEDS_RESET, 0);
+}
+
+#[test]
+fn bar_relocation_moves_the_doorbell() {
+    let path = image("relocate", &patterned_disk());
+    let mut driver = driver_for(&path, false);
+    let old_bar = driver.layout.bar;
+    let new_bar = old_bar + 0x10_0000;
+    driver.config_write(0x04, 0, 2);
+    assert!(
+        driver.vm.doorbell_addresses().is_empty(),
+        "decode off: no doorbell"
+    );
+    driver.config_write(0x10, new_bar & 0xffff_ffff, 4);
+    driver.config_write(0x14, new_bar >> 32, 4);
+    driver.config_write(0x04, 0x6, 2);
+    driver.probe();
+    assert_eq!(driver.layout.bar, new_bar);
+    assert_eq!(driver.vm.doorbell_addresses(), vec![driver.layout.notify]);
+    let mut probe = [0u8; 4];
+    assert!(!driver.mmio.read(old_bar, &mut probe), "old range unmapped");
+    assert_still_serving(&mut driver);
+}
+
+#[test]
+fn notify_write_without_ioeventfd_still_kicks() {
+    let path = image("trapped-kick", &patterned_disk());
+    let mut driver = driver_for(&path, false);
+    let hdr = header(&mut driver, VIRTIO_BLK_T_IN, 1);
+    let data = (driver.alloc(512), 512, true);
+    let status = status_byte(&mut driver);
+    driver.push_chain(&[hdr, data, status]);
+    driver.write_bar(driver.layout.notify, 0, 2);
+    driver.wait_used();
+    assert_eq!(driver.read_guest(status.0, 1), [OK]);
+}
+
+#[test]
+fn block_new_validates_id_and_backend() {
+    struct OddBackend(u32, u64);
+    impl BlockBackend for OddBackend {
+        fn read_at(&self, _: u64, _: &mut [u8]) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_at(&self, _: u64, _: &[u8]) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn capacity_bytes(&self) -> u64 {
+            self.1
+        }
+        fn read_only(&self) -> bool {
+            false
+        }
+        fn block_size(&self) -> u32 {
+            self.0
+        }
+    }
+    let too_long = Block::new(
+        Box::new(OddBackend(512, 512)),
+        "a-very-long-disk-identifier",
+    );
+    assert!(matches!(too_long, Err(BlockError::IdTooLong(_))));
+    let odd_block = Block::new(Box::new(OddBackend(1000, 1000)), "x");
+    assert!(matches!(
+        odd_block,
+        Err(BlockError::UnsupportedBlockSize(1000))
+    ));
+    let odd_capacity = Block::new(Box::new(OddBackend(4096, 4608)), "x");
+    assert!(matches!(
+        odd_capacity,
+        Err(BlockError::UnalignedCapacity(4608))
+    ));
+    assert_eq!(
+        disk_id_from_path(std::path::Path::new("/x/ein-sehr-langer-dateiname.img")),
+        "ein-sehr-langer-date"
+    );
+    let multibyte = format!("/x/a{}", "ä".repeat(10));
+    assert_eq!(
+        disk_id_from_path(std::path::Path::new(&multibyte)),
+        format!("a{}", "ä".repeat(9)),
+        "cut at a character boundary"
+    );
+}
+
+#[test]
+fn pci_cfg_capability_reaches_the_bar() {
+    let path = image("pci-cfg", &patterned_disk());
+    let driver = driver_for(&path, false);
+    let cap = driver.layout.pci_cfg_capability;
+    assert_ne!(cap, 0, "VIRTIO_PCI_CAP_PCI_CFG present");
+    // num_queues (common config offset 0x12), read as a word.
+    driver.config_write(cap + 4, 0, 1);
+    driver.config_write(cap + 8, 0x12, 4);
+    driver.config_write(cap + 12, 2, 4);
+    assert_eq!(driver.config_read(cap + 16, 2), 1);
+    // Capacity from the device config region, as a dword.
+    driver.config_write(cap + 8, driver.layout.device - driver.layout.bar, 4);
+    driver.config_write(cap + 12, 4, 4);
+    assert_eq!(driver.config_read(cap + 16, 4), DISK_SECTORS);
+    // A write through the window: reset the device via device_status.
+    driver.config_write(cap + 8, 0x14, 4);
+    driver.config_write(cap + 12, 1, 4);
+    driver.config_write(cap + 16, 0, 1);
+    assert_eq!(driver.status(), 0);
+    // A misaligned window reads back what was stored, touching nothing.
+    driver.config_write(cap + 8, 0x13, 4);
+    driver.config_write(cap + 12, 2, 4);
+    driver.config_write(cap + 16, 0xabcd, 2);
+    assert_eq!(driver.config_read(cap + 16, 2), 0xabcd);
+}

@@ -1,0 +1,92 @@
+//! Virtio devices behind the PCI transport (virtio 1.x, "modern" only).
+//! A device model implements [`VirtioDevice`]; the transport
+//! ([`VirtioPciDevice`]) owns feature negotiation, the status state
+//! machine, queue configuration and MSI-X, and hands ready queues to the
+//! device at DRIVER_OK. Devices do their work on their own I/O thread so
+//! that vCPUs never wait for a disk.
+
+pub mod block;
+mod interrupt;
+mod io_thread;
+mod msix;
+mod transport;
+
+#[cfg(test)]
+mod test_driver;
+
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+pub use interrupt::VirtioInterrupt;
+pub use io_thread::{IoThread, QueueWorker, ThreadStartHook};
+pub use msix::MsixTable;
+pub use transport::VirtioPciDevice;
+
+/// Device status bits (virtio 1.x, 2.1).
+pub const STATUS_ACKNOWLEDGE: u8 = 1;
+pub const STATUS_DRIVER: u8 = 2;
+pub const STATUS_DRIVER_OK: u8 = 4;
+pub const STATUS_FEATURES_OK: u8 = 8;
+pub const STATUS_NEEDS_RESET: u8 = 0x40;
+pub const STATUS_FAILED: u8 = 0x80;
+
+/// Feature bits common to all devices.
+pub const F_INDIRECT_DESC: u64 = 1 << 28;
+pub const F_EVENT_IDX: u64 = 1 << 29;
+pub const F_VERSION_1: u64 = 1 << 32;
+
+/// "No MSI-X vector" in the vector registers.
+pub const MSI_NO_VECTOR: u16 = 0xffff;
+
+/// Largest queue any of our devices offers.
+pub const QUEUE_MAX_SIZE: u16 = 256;
+
+/// A queue the driver enabled, ready for the device's I/O thread.
+pub struct ActiveQueue {
+    /// Queue number as the driver knows it.
+    pub index: u16,
+    pub queue: Queue,
+    /// Signalled on every guest kick of this queue.
+    pub kick: EventFd,
+    pub msix_vector: u16,
+}
+
+/// Everything a device needs to start serving its queues at DRIVER_OK.
+pub struct Activation {
+    pub mem: Arc<GuestMemoryMmap>,
+    /// Features both offered and accepted.
+    pub features: u64,
+    pub queues: Vec<ActiveQueue>,
+    pub interrupt: Arc<VirtioInterrupt>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    #[error("the driver enabled no usable queue")]
+    NoQueue,
+    #[error("queue {index} is misconfigured by the driver: {reason}")]
+    BadQueue { index: u16, reason: String },
+    #[error("cannot start the device I/O thread: {0}")]
+    IoThread(#[source] std::io::Error),
+}
+
+/// A virtio device model, independent of the transport.
+pub trait VirtioDevice: Send {
+    /// Virtio device ID (2 for block).
+    fn device_type(&self) -> u16;
+    /// Maximum size of each queue; the length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Features the device offers.
+    fn features(&self) -> u64;
+    /// Device-specific configuration space access.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// Start serving the queues (spawn the I/O thread).
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
+    /// Stop serving (stop and join the I/O thread); the transport resets
+    /// the queues.
+    fn reset(&mut self);
+}
