@@ -14,4 +14,5 @@ pub mod devices;
 pub mod exit;
 pub mod loader;
 pub mod seccomp;
+pub mod vmm;
 pub mod vstate;

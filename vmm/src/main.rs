@@ -1,1 +1,122 @@
-fn main() {}
+//! The `securevm` command: a thin CLI over the library. Errors are one
+//! line on stderr saying what is wrong and what to do; the exit status
+//! says how the VM ended (see `securevm::exit`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use securevm::config::{DiskConfig, RebootAction, VmConfig, DEFAULT_CMDLINE, DEFAULT_MEMORY_MIB};
+use securevm::exit::{ExitReason, EXIT_ERROR, EXIT_USAGE};
+
+#[derive(Parser)]
+#[command(
+    name = "securevm",
+    version,
+    about = "Runs one unmodified guest OS under KVM with storage encryption, network access control and ID management enforced below it"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a guest kernel. The guest console is this terminal (Ctrl-A x quits).
+    ///
+    /// Exit status: 0 guest powered off, 1 error, 2 usage error, 3 guest
+    /// rebooted, 4 guest crashed, 130 stopped with Ctrl-A x.
+    Run(RunArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OnReboot {
+    /// Exit with status 3.
+    Exit,
+    /// Boot the guest again.
+    Restart,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Guest kernel: a bzImage, or an ELF vmlinux with a PVH entry note.
+    #[arg(long, value_name = "PATH")]
+    kernel: PathBuf,
+    /// Initial ramdisk handed to the kernel.
+    #[arg(long, value_name = "PATH")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
+    cmdline: String,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    cpus: u16,
+    /// Guest RAM in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_MEMORY_MIB)]
+    memory: u64,
+    /// A raw disk image as a virtio-blk device (repeatable; /dev/vda, /dev/vdb, ... in order).
+    #[arg(long = "disk", value_name = "PATH[,readonly]")]
+    disks: Vec<DiskConfig>,
+    /// What a guest reboot does.
+    #[arg(long, value_enum, default_value = "exit")]
+    on_reboot: OnReboot,
+    /// Run without seccomp filters (debugging only: weakens isolation).
+    #[arg(long)]
+    no_seccomp: bool,
+    /// The KVM device to use.
+    #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
+    kvm_device: PathBuf,
+}
+
+impl From<RunArgs> for VmConfig {
+    fn from(args: RunArgs) -> VmConfig {
+        VmConfig {
+            kernel: args.kernel,
+            initrd: args.initrd,
+            cmdline: args.cmdline,
+            cpus: args.cpus,
+            memory_mib: args.memory,
+            disks: args.disks,
+            seccomp: !args.no_seccomp,
+            on_reboot: match args.on_reboot {
+                OnReboot::Exit => RebootAction::Exit,
+                OnReboot::Restart => RebootAction::Restart,
+            },
+            kvm_device: args.kvm_device,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_target(false)
+        .format_timestamp(None)
+        .init();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE as u8 } else { 0 });
+        }
+    };
+    match cli.command {
+        Command::Run(args) => run(args.into()),
+    }
+}
+
+fn run(config: VmConfig) -> ExitCode {
+    match securevm::vmm::run(&config) {
+        Ok(reason) => {
+            match &reason {
+                ExitReason::GuestCrash(dump) => eprintln!("securevm: guest crashed: {dump}"),
+                ExitReason::Internal(what) => eprintln!("securevm: error: {what}"),
+                ExitReason::PowerOff | ExitReason::Reboot | ExitReason::UserQuit => {}
+            }
+            ExitCode::from(reason.exit_code() as u8)
+        }
+        Err(e) => {
+            eprintln!("securevm: error: {e}");
+            ExitCode::from(EXIT_ERROR as u8)
+        }
+    }
+}

@@ -66,33 +66,57 @@ const COMMON: &[i64] = &[
     libc::SYS_sched_yield,
     libc::SYS_restart_syscall,
     libc::SYS_close,
+    libc::SYS_fcntl,
     libc::SYS_exit,
     libc::SYS_exit_group,
+];
+
+/// What a virtio-blk I/O thread does besides the common set.
+const BLOCK_IO: &[i64] = &[
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_fdatasync,
+    libc::SYS_fsync,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_ctl,
 ];
 
 fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<u64>) {
     let kvm_device_ioctls = [KVM_SIGNAL_MSI(), KVM_IOEVENTFD(), KVM_IRQFD()];
     match kind {
+        // A vCPU activates virtio devices, which starts their I/O threads;
+        // a new thread inherits this filter before stacking its own, so the
+        // I/O thread's syscalls must pass here too.
         ThreadKind::Vcpu => (
-            vec![libc::SYS_ioctl, libc::SYS_epoll_ctl],
+            [
+                libc::SYS_ioctl,
+                libc::SYS_clone,
+                libc::SYS_clone3,
+                libc::SYS_mprotect,
+                libc::SYS_set_robust_list,
+                libc::SYS_rseq,
+                libc::SYS_prctl,
+                libc::SYS_sched_getaffinity,
+                libc::SYS_eventfd2,
+                libc::SYS_epoll_create1,
+                libc::SYS_seccomp,
+            ]
+            .into_iter()
+            .chain(BLOCK_IO.iter().copied())
+            .collect(),
             [KVM_RUN(), KVM_GET_REGS(), KVM_GET_SREGS()]
                 .into_iter()
                 .chain(kvm_device_ioctls)
                 .collect(),
         ),
         ThreadKind::BlockIo => (
-            vec![
-                libc::SYS_ioctl,
-                libc::SYS_pread64,
-                libc::SYS_pwrite64,
-                libc::SYS_preadv,
-                libc::SYS_pwritev,
-                libc::SYS_fdatasync,
-                libc::SYS_fsync,
-                libc::SYS_epoll_wait,
-                libc::SYS_epoll_pwait,
-                libc::SYS_epoll_ctl,
-            ],
+            [libc::SYS_ioctl]
+                .into_iter()
+                .chain(BLOCK_IO.iter().copied())
+                .collect(),
             vec![KVM_SIGNAL_MSI()],
         ),
         ThreadKind::ConsoleInput => (vec![], vec![]),

@@ -1,0 +1,282 @@
+//! The boot sequence, top to bottom: check every input, create the VM and
+//! its memory, load the kernel, write the boot structures and ACPI tables,
+//! attach the devices, configure and start the vCPUs, then wait for the
+//! guest to power off, reboot or crash.
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::acpi::{create_acpi_tables, AcpiError};
+use crate::arch::boot_params::{configure_boot, BootConfig, BootError};
+use crate::arch::layout::{
+    COM1_IRQ, COM1_PORT, PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_SIZE, PCI_ECAM_START,
+};
+use crate::arch::memory::{create_guest_memory, MemoryError};
+use crate::arch::vcpu::{configure_vcpu, ArchError};
+use crate::config::{ConfigError, RebootAction, VmConfig};
+use crate::console::{spawn_input_thread, RawTerminal};
+use crate::devices::bus::{Bus, BusError};
+use crate::devices::pci::{PciConfigIo, PciConfigMmio, PciError, PciRoot};
+use crate::devices::power::{
+    AcpiPowerDevice, I8042Device, ACPI_POWER_PORT_BASE, ACPI_POWER_PORT_LEN,
+};
+use crate::devices::serial::{SerialDevice, UnbufferedStdout};
+use crate::devices::virtio::block::{disk_id_from_path, Block, BlockError, RawFileBackend};
+use crate::exit::{ExitNotifier, ExitReason};
+use crate::loader::{load_cmdline, load_initrd, load_kernel, LoaderError};
+use crate::seccomp::{self, SeccompError, ThreadKind};
+use crate::vstate::vcpu::{self, VcpuContext, VcpuHandle};
+use crate::vstate::vm::{Vm, VmError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("the {what} {path} does not exist; check the path")]
+    InputMissing { what: &'static str, path: String },
+    #[error("cannot read the {what} {path}: {source}")]
+    InputUnreadable {
+        what: &'static str,
+        path: String,
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Acpi(#[from] AcpiError),
+    #[error(transparent)]
+    Arch(#[from] ArchError),
+    #[error("disk {path}: {source}")]
+    Disk { path: String, source: BlockError },
+    #[error("attaching a device failed: {0}")]
+    Pci(#[from] PciError),
+    #[error("placing a device on its bus failed: {0}")]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+    #[error("reading KVM's supported CPUID failed: {0}")]
+    Cpuid(kvm_ioctls::Error),
+    #[error("{what} failed: {source}")]
+    Io {
+        what: &'static str,
+        source: io::Error,
+    },
+}
+
+/// Boots the VM described by `config` and runs it until it stops; with
+/// `--on-reboot restart`, a guest reboot builds a fresh VM.
+pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
+    loop {
+        let reason = run_once(config)?;
+        if reason == ExitReason::Reboot && config.on_reboot == RebootAction::Restart {
+            log::info!("guest rebooted; starting it again");
+            continue;
+        }
+        return Ok(reason);
+    }
+}
+
+fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
+    config.validate()?;
+    // Every input is opened before KVM is touched: bad input fails fast,
+    // and nothing is created or written on its behalf.
+    let mut kernel = open_input("kernel", &config.kernel)?;
+    let mut initrd = match &config.initrd {
+        Some(path) => Some(open_input("initrd", path)?),
+        None => None,
+    };
+    let mut disks = Vec::with_capacity(config.disks.len());
+    for disk in &config.disks {
+        let disk_error = |source| VmmError::Disk {
+            path: disk.path.display().to_string(),
+            source,
+        };
+        let backend = RawFileBackend::open(&disk.path, disk.read_only).map_err(disk_error)?;
+        let block =
+            Block::new(Box::new(backend), &disk_id_from_path(&disk.path)).map_err(disk_error)?;
+        disks.push(block);
+    }
+
+    let vm = Arc::new(Vm::new(&config.kvm_device)?);
+    vm.check_vcpu_count(usize::from(config.cpus))?;
+    let num_cpus = config.cpus as u8;
+    let memory = Arc::new(create_guest_memory(config.memory_bytes())?);
+    vm.register_memory(&memory)?;
+    vm.create_interrupt_controllers()?;
+
+    let kernel_image = load_kernel(&memory, &mut kernel)?;
+    let initrd_info = match initrd.as_mut() {
+        Some(file) => Some(load_initrd(&memory, file, &kernel_image)?),
+        None => None,
+    };
+    let cmdline = load_cmdline(&memory, &config.cmdline, &kernel_image)?;
+    let boot = configure_boot(
+        &memory,
+        &BootConfig {
+            kernel: &kernel_image,
+            cmdline,
+            initrd: initrd_info,
+            mem_size: config.memory_bytes(),
+        },
+    )?;
+    create_acpi_tables(memory.as_ref(), num_cpus)?;
+
+    let (exit, exit_events) = ExitNotifier::new();
+    let pio = Arc::new(Bus::new());
+    let mmio = Arc::new(Bus::new());
+
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::Io {
+        what: "creating the serial interrupt",
+        source,
+    })?;
+    vm.register_irqfd(&serial_irq, COM1_IRQ)?;
+    let serial = Arc::new(Mutex::new(SerialDevice::new(
+        serial_irq,
+        Box::new(UnbufferedStdout),
+    )));
+    pio.insert(
+        serial.clone(),
+        u64::from(COM1_PORT),
+        u64::from(SerialDevice::PORT_LEN),
+    )?;
+    pio.insert(
+        Arc::new(Mutex::new(I8042Device::new(exit.clone()))),
+        u64::from(I8042Device::PORT_BASE),
+        u64::from(I8042Device::PORT_LEN),
+    )?;
+    pio.insert(
+        Arc::new(Mutex::new(AcpiPowerDevice::new(exit.clone()))),
+        u64::from(ACPI_POWER_PORT_BASE),
+        u64::from(ACPI_POWER_PORT_LEN),
+    )?;
+
+    let pci = PciRoot::new(mmio.clone(), vm.clone());
+    for mut block in disks {
+        if config.seccomp {
+            block.set_thread_start_hook(Arc::new(|| {
+                seccomp::install(ThreadKind::BlockIo).map_err(|e| e.to_string())
+            }));
+        }
+        pci.add_virtio_device(Box::new(block), memory.clone())?;
+    }
+    pio.insert(
+        Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
+        u64::from(PCI_CONFIG_ADDRESS_PORT),
+        8,
+    )?;
+    mmio.insert(
+        Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))),
+        PCI_ECAM_START,
+        PCI_ECAM_SIZE,
+    )?;
+
+    let supported_cpuid = vm
+        .kvm()
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(VmmError::Cpuid)?;
+    let mut vcpu_fds = Vec::with_capacity(usize::from(num_cpus));
+    for index in 0..num_cpus {
+        let fd = vm.create_vcpu(index)?;
+        let entry = (index == 0).then_some(&boot);
+        configure_vcpu(&fd, vm.kvm(), &supported_cpuid, index, num_cpus, entry)?;
+        vcpu_fds.push(fd);
+    }
+
+    if !config.seccomp {
+        log::warn!("--no-seccomp: seccomp filters are disabled; use this for debugging only");
+    }
+    let _raw_terminal = RawTerminal::enable(libc::STDIN_FILENO).map_err(|source| VmmError::Io {
+        what: "switching the terminal to raw mode",
+        source,
+    })?;
+    let seccomp_on = config.seccomp;
+    spawn_input_thread(serial, exit.clone(), move || {
+        if seccomp_on {
+            seccomp::install(ThreadKind::ConsoleInput).map_err(|e| e.to_string())
+        } else {
+            Ok(())
+        }
+    })
+    .map_err(|source| VmmError::Io {
+        what: "starting the console thread",
+        source,
+    })?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let context = VcpuContext {
+        pio,
+        mmio,
+        exit: exit.clone(),
+        stop: stop.clone(),
+    };
+    let mut vcpus: Vec<VcpuHandle> = Vec::with_capacity(vcpu_fds.len());
+    for (index, fd) in vcpu_fds.into_iter().enumerate() {
+        let setup: Option<vcpu::ThreadSetup> = config.seccomp.then(|| {
+            Box::new(|| seccomp::install(ThreadKind::Vcpu).map_err(|e| e.to_string()))
+                as vcpu::ThreadSetup
+        });
+        let handle = vcpu::spawn(index as u8, fd, context.clone(), setup).map_err(|source| {
+            VmmError::Io {
+                what: "starting a vCPU thread",
+                source,
+            }
+        })?;
+        vcpus.push(handle);
+    }
+    // A restart builds a new VM, which needs syscalls (open, mmap of new
+    // memory, KVM setup) that the main thread's filter forbids.
+    if config.seccomp && config.on_reboot == RebootAction::Exit {
+        seccomp::install(ThreadKind::Main)?;
+    }
+
+    let reason = exit_events
+        .recv()
+        .unwrap_or_else(|_| ExitReason::Internal("every device and vCPU went away".into()));
+    stop.store(true, Ordering::Release);
+    for handle in vcpus {
+        handle.stop();
+    }
+    Ok(reason)
+}
+
+fn open_input(what: &'static str, path: &Path) -> Result<File, VmmError> {
+    let shown = path.display().to_string();
+    let file = File::open(path).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound => VmmError::InputMissing {
+            what,
+            path: shown.clone(),
+        },
+        _ => VmmError::InputUnreadable {
+            what,
+            path: shown.clone(),
+            source,
+        },
+    })?;
+    let metadata = file
+        .metadata()
+        .map_err(|source| VmmError::InputUnreadable {
+            what,
+            path: shown.clone(),
+            source,
+        })?;
+    if !metadata.is_file() {
+        return Err(VmmError::InputUnreadable {
+            what,
+            path: shown,
+            source: io::Error::other("not a regular file"),
+        });
+    }
+    Ok(file)
+}

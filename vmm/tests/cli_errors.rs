@@ -1,0 +1,191 @@
+//! Bad input to `securevm run`: each case must give a one-line error that
+//! names the problem and what to do, exit with status 1 (2 for usage
+//! errors), never panic, and write nothing.
+
+mod common;
+
+use common::*;
+
+fn assert_one_line_error(out: &std::process::Output, needle: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let lines: Vec<_> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected: {err}");
+    assert!(lines[0].starts_with("securevm: error: "), "{err}");
+    assert!(err.contains(needle), "expected '{needle}' in: {err}");
+    assert!(stdout(out).is_empty(), "no guest output expected");
+}
+
+fn hello(scratch: &Scratch) -> String {
+    tiny_kernel("hello", scratch).to_str().unwrap().to_owned()
+}
+
+#[test]
+fn missing_kernel() {
+    let out = securevm(&["run", "--kernel", "/nonexistent/vmlinuz"]);
+    assert_one_line_error(&out, "/nonexistent/vmlinuz");
+    assert!(stderr(&out).contains("does not exist"));
+}
+
+#[test]
+fn unreadable_kernel() {
+    // A directory cannot be read as a file, even by root.
+    let scratch = Scratch::new("unreadable-kernel");
+    let out = securevm(&["run", "--kernel", scratch.0.to_str().unwrap()]);
+    assert_one_line_error(&out, "kernel");
+}
+
+#[test]
+fn missing_initrd() {
+    let scratch = Scratch::new("missing-initrd");
+    let kernel = hello(&scratch);
+    let out = securevm(&[
+        "run",
+        "--kernel",
+        &kernel,
+        "--initrd",
+        "/nonexistent/initrd.img",
+    ]);
+    assert_one_line_error(&out, "/nonexistent/initrd.img");
+}
+
+#[test]
+fn missing_disk() {
+    let scratch = Scratch::new("missing-disk");
+    let kernel = hello(&scratch);
+    let out = securevm(&[
+        "run",
+        "--kernel",
+        &kernel,
+        "--disk",
+        "/nonexistent/disk.img",
+    ]);
+    assert_one_line_error(&out, "/nonexistent/disk.img");
+}
+
+#[test]
+fn a_file_that_is_not_a_kernel() {
+    let scratch = Scratch::new("not-a-kernel");
+    let path = scratch.path("notes.txt");
+    std::fs::write(&path, "these are not the bytes of a kernel\n".repeat(100)).unwrap();
+    let out = securevm(&["run", "--kernel", path.to_str().unwrap()]);
+    assert_one_line_error(&out, "not a Linux kernel");
+}
+
+#[test]
+fn truncated_bzimage() {
+    let scratch = Scratch::new("truncated");
+    let mut image = bzimage(&assemble("hello", &scratch));
+    // Keep the setup header but cut the setup sectors short.
+    image.truncate(0x300);
+    let path = scratch.path("truncated.bzImage");
+    std::fs::write(&path, image).unwrap();
+    let out = securevm(&["run", "--kernel", path.to_str().unwrap()]);
+    assert_one_line_error(&out, "truncated");
+}
+
+#[test]
+fn memory_too_small_for_the_kernel() {
+    let scratch = Scratch::new("small-memory");
+    // A kernel whose image is larger than the guest RAM.
+    let payload = vec![0x90u8; 40 << 20];
+    let path = scratch.path("big.bzImage");
+    std::fs::write(&path, bzimage(&payload)).unwrap();
+    let out = securevm(&["run", "--kernel", path.to_str().unwrap(), "--memory", "32"]);
+    assert_one_line_error(&out, "--memory");
+}
+
+#[test]
+fn memory_below_the_minimum() {
+    let scratch = Scratch::new("tiny-memory");
+    let kernel = hello(&scratch);
+    let out = securevm(&["run", "--kernel", &kernel, "--memory", "1"]);
+    assert_one_line_error(&out, "--memory");
+}
+
+#[test]
+fn more_vcpus_than_allowed() {
+    let scratch = Scratch::new("vcpus");
+    let kernel = hello(&scratch);
+    let out = securevm(&["run", "--kernel", &kernel, "--cpus", "4000"]);
+    assert_one_line_error(&out, "--cpus");
+}
+
+#[test]
+fn kvm_device_absent() {
+    let scratch = Scratch::new("no-kvm");
+    let kernel = hello(&scratch);
+    let out = securevm(&[
+        "run",
+        "--kernel",
+        &kernel,
+        "--kvm-device",
+        "/nonexistent/kvm",
+    ]);
+    assert_one_line_error(&out, "scripts/nested");
+}
+
+#[test]
+fn kvm_device_not_permitted() {
+    // /dev/kvm opened by an unprivileged user: drop to `nobody` when root.
+    if running_as_root() && std::path::Path::new("/dev/kvm").exists() {
+        let scratch = Scratch::new("kvm-denied");
+        let kernel = hello(&scratch);
+        std::fs::set_permissions(
+            &scratch.0,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(SECUREVM)
+            .args(["run", "--kernel", &kernel])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        if stat_mode("/dev/kvm") & 0o006 == 0o006 {
+            eprintln!("skipping: /dev/kvm is world-accessible here");
+            return;
+        }
+        assert_one_line_error(&out, "permission denied");
+    } else {
+        eprintln!("skipping: needs root to impersonate an unprivileged user");
+    }
+}
+
+fn running_as_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+fn stat_mode(path: &str) -> u32 {
+    std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(path).unwrap())
+}
+
+#[test]
+fn disk_size_not_a_multiple_of_512() {
+    let scratch = Scratch::new("odd-disk");
+    let kernel = hello(&scratch);
+    let disk = scratch.path("odd.img");
+    std::fs::write(&disk, vec![0xa5u8; 1000]).unwrap();
+    let out = securevm(&["run", "--kernel", &kernel, "--disk", disk.to_str().unwrap()]);
+    assert_one_line_error(&out, "multiple of 512");
+    assert_eq!(
+        std::fs::read(&disk).unwrap(),
+        vec![0xa5u8; 1000],
+        "disk unchanged"
+    );
+}
+
+#[test]
+fn unknown_disk_option_is_a_usage_error() {
+    let out = securevm(&["run", "--kernel", "k", "--disk", "a.img,rw"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("unknown disk option 'rw'"),
+        "{}",
+        stderr(&out)
+    );
+}

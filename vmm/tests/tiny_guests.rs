@@ -1,0 +1,122 @@
+//! End-to-end tests of the VMM core on the host's /dev/kvm with tiny
+//! purpose-built guests (tests/guests/*.S): the 64-bit boot path, the vCPU
+//! loop, port and MMIO exits, the serial console, PCI configuration
+//! access, power-off, reset and crash reporting. A stock Linux kernel
+//! cannot run on this host's nested KVM; those boots are in scripts/e2e.
+
+mod common;
+
+use common::*;
+
+fn run_tiny(name: &str, extra: &[&str]) -> Option<std::process::Output> {
+    if !kvm_usable() {
+        eprintln!("skipping {name}: /dev/kvm is not usable on this host");
+        return None;
+    }
+    let scratch = Scratch::new(name);
+    let kernel = tiny_kernel(name, &scratch);
+    let mut args = vec![
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--memory",
+        "64",
+    ];
+    args.extend_from_slice(extra);
+    Some(securevm(&args))
+}
+
+#[test]
+fn hello_prints_on_serial_and_powers_off_with_status_0() {
+    let Some(out) = run_tiny("hello", &[]) else {
+        return;
+    };
+    assert_eq!(
+        stdout(&out),
+        "securevm-tiny-guest: hello\n",
+        "stderr: {}",
+        stderr(&out)
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+}
+
+#[test]
+fn hello_runs_with_several_vcpus_and_without_seccomp() {
+    let Some(out) = run_tiny("hello", &["--cpus", "2", "--no-seccomp"]) else {
+        return;
+    };
+    assert_eq!(
+        stdout(&out),
+        "securevm-tiny-guest: hello\n",
+        "stderr: {}",
+        stderr(&out)
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("seccomp"),
+        "--no-seccomp must say so: {}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn acpi_reset_exits_with_the_reboot_status() {
+    let Some(out) = run_tiny("reset", &[]) else {
+        return;
+    };
+    assert_eq!(stdout(&out), "securevm-tiny-guest: reset\n");
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", stderr(&out));
+}
+
+#[test]
+fn keyboard_controller_reset_exits_with_the_reboot_status() {
+    let Some(out) = run_tiny("kbd_reset", &[]) else {
+        return;
+    };
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", stderr(&out));
+}
+
+#[test]
+fn triple_fault_dumps_registers_and_exits_with_the_crash_status() {
+    let Some(out) = run_tiny("triple_fault", &[]) else {
+        return;
+    };
+    assert_eq!(stdout(&out), "securevm-tiny-guest: faulting\n");
+    assert_eq!(out.status.code(), Some(4), "stderr: {}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("triple fault"), "{err}");
+    assert!(
+        err.contains("rax=0x00000000deadbeef"),
+        "register dump missing: {err}"
+    );
+}
+
+#[test]
+fn pci_config_space_through_ports_and_ecam() {
+    let Some(out) = run_tiny("pci_probe", &[]) else {
+        return;
+    };
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let text = out.stdout;
+    let start = text
+        .windows(4)
+        .position(|w| w == b"PCI[")
+        .expect("begin marker")
+        + 4;
+    let body = &text[start..start + 16];
+    assert_eq!(&text[start + 16..start + 18], b"]\n");
+    let dword = |i: usize| u32::from_le_bytes(body[i * 4..i * 4 + 4].try_into().unwrap());
+    let via_ports = dword(0);
+    let via_ecam = dword(1);
+    assert_eq!(
+        via_ports, via_ecam,
+        "both access methods see the same device"
+    );
+    assert_ne!(
+        via_ports & 0xffff,
+        0xffff,
+        "a host bridge must exist at 00:00.0"
+    );
+    assert_eq!(dword(2), 0xffff_ffff, "an absent device reads all ones");
+    assert_eq!(dword(3), 0xffff_ffff, "unmapped MMIO reads all ones");
+}
