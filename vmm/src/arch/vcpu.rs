@@ -47,6 +47,19 @@ fn has_mtrr(cpuid: &CpuId) -> bool {
         .any(|entry| entry.function == 1 && entry.edx & (1 << 12) != 0)
 }
 
+/// The XCR0 value that enables every state component CPUID offers, when
+/// the CPU has XSAVE at all.
+fn supported_xcr0(entries: &[kvm_bindings::kvm_cpuid_entry2]) -> Option<u64> {
+    const LEAF1_ECX_XSAVE: u32 = 1 << 26;
+    const X87_STATE: u64 = 1;
+    let leaf1 = entries.iter().find(|e| e.function == 1)?;
+    if leaf1.ecx & LEAF1_ECX_XSAVE == 0 {
+        return None;
+    }
+    let xsave = entries.iter().find(|e| e.function == 0xd && e.index == 0)?;
+    Some((u64::from(xsave.edx) << 32 | u64::from(xsave.eax)) | X87_STATE)
+}
+
 /// Configures vCPU `index` of `num_cpus`. `supported_cpuid` is
 /// `kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)`, fetched once per VM.
 /// `boot` is `Some` only for vCPU 0. The VM's in-kernel irqchip must exist.
@@ -69,6 +82,21 @@ pub fn configure_vcpu(
     let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
     let cpuid = vcpu_cpuid(supported_cpuid, index, num_cpus, tsc_deadline)?;
     vcpu.set_cpuid2(&cpuid).map_err(kvm_error("CPUID"))?;
+    // KVM fills CPUID 0xD.0 EBX (the XSAVE area size for the enabled
+    // state) from XCR0 when CPUID is set, and does not grow it when the
+    // guest enables AVX; a stock kernel then warns of an "XSAVE consistency
+    // problem". Enabling every supported component first and setting
+    // CPUID again gives the size the kernel will compute.
+    if let Some(xcr0) = supported_xcr0(cpuid.as_slice()) {
+        if kvm.check_extension(Cap::Xcrs) {
+            let mut xcrs = vcpu.get_xcrs().map_err(kvm_error("XCR read"))?;
+            xcrs.nr_xcrs = 1;
+            xcrs.xcrs[0].xcr = 0;
+            xcrs.xcrs[0].value = xcr0;
+            vcpu.set_xcrs(&xcrs).map_err(kvm_error("XCR0 setup"))?;
+            vcpu.set_cpuid2(&cpuid).map_err(kvm_error("CPUID"))?;
+        }
+    }
 
     let msr_list = kvm.get_msr_index_list().map_err(kvm_error("MSR list"))?;
     let entries = supported_boot_msrs(msr_list.as_slice(), has_mtrr(&cpuid));
