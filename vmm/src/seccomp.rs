@@ -67,6 +67,8 @@ const COMMON: &[i64] = &[
     libc::SYS_restart_syscall,
     libc::SYS_close,
     libc::SYS_fcntl,
+    libc::SYS_getpid,
+    libc::SYS_gettid,
     libc::SYS_exit,
     libc::SYS_exit_group,
 ];
