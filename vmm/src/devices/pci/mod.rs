@@ -9,7 +9,9 @@
 //! `PciConfigIo::new(root.clone())` on the PIO bus at 0xcf8 (length 8) and
 //! `PciConfigMmio::new(root.clone())` on the MMIO bus at `PCI_ECAM_START`
 //! (length `PCI_ECAM_SIZE`). Keep the `Arc<PciRoot>` for the VM's
-//! lifetime; dropping it stops the devices' I/O threads.
+//! lifetime: ECAM holds it only weakly. When the root and the PIO bus
+//! (whose `PciConfigIo` holds it) are dropped, the devices drop too and
+//! their I/O threads are stopped and joined.
 
 mod access;
 mod config;
