@@ -481,20 +481,33 @@ fn io_threads_named(name: &str, expected: usize) -> usize {
 }
 
 #[test]
-fn reset_stops_the_io_thread_and_reinit_restarts_it() {
+fn io_thread_lives_with_the_device_and_reset_stops_serving() {
     let path = image("reset", &patterned_disk());
     let backend = RawFileBackend::open(&path, false).unwrap();
     let block = Block::new(Box::new(backend), "x").unwrap();
     let name = block.thread_name().to_string();
     let mut driver = TestDriver::new(Box::new(block));
+    assert_eq!(io_threads_named(&name, 1), 1, "started with the device");
     driver.enable_msix();
     driver.init(ALL_FEATURES);
-    assert_eq!(io_threads_named(&name, 1), 1);
+    assert_still_serving(&mut driver);
+
     driver.set_status(0);
-    assert_eq!(io_threads_named(&name, 0), 0);
     assert_eq!(driver.status(), 0);
     assert_eq!(driver.common_read(0x1c, 2), 0, "queue disabled by reset");
     assert_eq!(driver.common_read(0x1a, 2), 0xffff, "vector forgotten");
+    // The old ring is still in guest memory, but a reset device must not
+    // touch it.
+    let used_before = driver.used_idx();
+    let hdr = header(&mut driver, VIRTIO_BLK_T_IN, 1);
+    let data = (driver.alloc(512), 512, true);
+    let status = status_byte(&mut driver);
+    driver.push_chain(&[hdr, data, status]);
+    driver.kick();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(driver.used_idx(), used_before);
+    assert_eq!(driver.read_guest(status.0, 1), [0xee]);
+
     driver.init(ALL_FEATURES);
     assert_still_serving(&mut driver);
     drop(driver);
@@ -506,17 +519,46 @@ fn reset_stops_the_io_thread_and_reinit_restarts_it() {
 }
 
 #[test]
-fn thread_start_hook_runs_and_its_failure_needs_reset() {
+fn thread_start_hook_runs_on_the_io_thread() {
     let path = image("hook", &patterned_disk());
     let backend = RawFileBackend::open(&path, false).unwrap();
     let mut block = Block::new(Box::new(backend), "x").unwrap();
-    block.set_thread_start_hook(Arc::new(|| Err("seccomp refused".to_string())));
+    let expected = block.thread_name().to_string();
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let seen_by_hook = seen.clone();
+    block.set_thread_start_hook(Arc::new(move || {
+        let name = std::thread::current().name().map(str::to_string);
+        *seen_by_hook.lock().unwrap() = name;
+        Ok(())
+    }));
     let mut driver = TestDriver::new(Box::new(block));
+    assert_eq!(seen.lock().unwrap().as_deref(), Some(expected.as_str()));
     driver.enable_msix();
     driver.init(ALL_FEATURES);
-    assert!(driver.vm.wait_for_msis(1));
-    assert_eq!(driver.vm.msis(), vec![CONFIG_MSI]);
-    assert_ne!(driver.status() & STATUS_NEEDS_RESET, 0);
+    assert_still_serving(&mut driver);
+}
+
+#[test]
+fn failing_thread_start_hook_refuses_the_device() {
+    use crate::devices::bus::Bus;
+    use crate::devices::pci::test_support::FakeVm;
+    use crate::devices::pci::PciRoot;
+    let path = image("hook-fails", &patterned_disk());
+    let backend = RawFileBackend::open(&path, false).unwrap();
+    let mut block = Block::new(Box::new(backend), "x").unwrap();
+    let name = block.thread_name().to_string();
+    block.set_thread_start_hook(Arc::new(|| Err("seccomp refused".to_string())));
+    let root = PciRoot::new(Arc::new(Bus::new()), Arc::new(FakeVm::default()));
+    let mem = Arc::new(
+        vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)])
+            .unwrap(),
+    );
+    let error = root.add_virtio_device(Box::new(block), mem).err().unwrap();
+    assert!(error.to_string().contains("seccomp refused"), "{error}");
+    assert_eq!(io_threads_named(&name, 0), 0);
+    let mut vendor = [0u8; 2];
+    root.config_read(0, 1, 0, 0, &mut vendor);
+    assert_eq!(vendor, [0xff, 0xff], "no device in the slot");
 }
 
 #[test]
