@@ -2,6 +2,16 @@
 //! bridge on bus 0, and the two guest paths into configuration space
 //! (mechanism #1 ports and ECAM). Stock kernels find virtio devices this
 //! way, which is why virtio sits behind PCI rather than virtio-mmio.
+//!
+//! Wiring, once the VM (and so the `VmInterface`) exists, because adding
+//! a device maps its BAR and registers its doorbells right away:
+//! `PciRoot::new(mmio_bus, vm)`, then `add_virtio_device` per disk, then
+//! `PciConfigIo::new(root.clone())` on the PIO bus at 0xcf8 (length 8) and
+//! `PciConfigMmio::new(root.clone())` on the MMIO bus at `PCI_ECAM_START`
+//! (length `PCI_ECAM_SIZE`). Keep the `Arc<PciRoot>` for the VM's
+//! lifetime: ECAM holds it only weakly. When the root and the PIO bus
+//! (whose `PciConfigIo` holds it) are dropped, the devices drop too and
+//! their I/O threads are stopped and joined.
 
 mod access;
 mod config;

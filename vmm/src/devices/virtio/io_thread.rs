@@ -1,43 +1,45 @@
-//! One I/O thread per device: it sleeps in epoll on the queues' kick
-//! eventfds and a stop eventfd, and runs the device's queue worker when a
-//! queue is kicked. vCPUs only ever signal an eventfd; the thread does the
-//! I/O. Stopping writes the stop eventfd and joins.
+//! One I/O thread per device. It is started when the device is created,
+//! before any seccomp filter exists, so that vCPU threads never need to
+//! create threads; it then sleeps in epoll on the queues' kick eventfds
+//! and a stop eventfd. At DRIVER_OK the transport hands it a queue worker,
+//! at reset takes it away again; kicks in between are served by that
+//! worker. vCPUs only ever signal an eventfd; this thread does the I/O.
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// Runs first on the new I/O thread, e.g. to install its seccomp filter.
-/// An error stops the thread before it touches any guest request.
+/// If it fails, the thread ends and the device cannot be created.
 pub type ThreadStartHook = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
-/// The device-specific half of an I/O thread.
-pub trait QueueWorker: Send + 'static {
-    /// Queue number `queue` (its position in the kick list) was kicked,
-    /// or the thread just started: serve what is available.
+/// The device-specific half of an I/O thread, built at DRIVER_OK.
+pub trait QueueWorker: Send {
+    /// Queue `queue` (the driver's queue number) was kicked, or the
+    /// device just started: serve what is available.
     fn process_queue(&mut self, queue: usize);
-    /// The start hook failed; the device cannot serve.
-    fn start_failed(&mut self, reason: &str);
 }
+
+type WorkerSlot = Arc<Mutex<Option<Box<dyn QueueWorker>>>>;
 
 const STOP_TOKEN: u64 = u64::MAX;
 
 pub struct IoThread {
     stop: EventFd,
+    worker: WorkerSlot,
     handle: Option<JoinHandle<()>>,
 }
 
 impl IoThread {
-    /// Spawn thread `name` serving `kicks` with `worker`. The epoll set is
-    /// built here so that failures reach the caller, not a log line.
-    pub fn spawn<W: QueueWorker>(
+    /// Start thread `name` listening on `kicks` (index = queue number).
+    /// Returns once `start_hook` has run on it; its error is returned.
+    pub fn spawn(
         name: String,
         kicks: Vec<EventFd>,
-        mut worker: W,
         start_hook: Option<ThreadStartHook>,
     ) -> io::Result<Self> {
         let stop = EventFd::new(EFD_NONBLOCK)?;
@@ -54,23 +56,56 @@ impl IoThread {
                 EpollEvent::new(EventSet::IN, index as u64),
             )?;
         }
+        let worker: WorkerSlot = Arc::new(Mutex::new(None));
+        let thread_worker = worker.clone();
         let thread_stop = stop.try_clone()?;
-        let handle = std::thread::Builder::new().name(name).spawn(move || {
-            if let Some(hook) = start_hook {
-                if let Err(reason) = hook() {
-                    worker.start_failed(&reason);
+        let (started, start_result) = mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                let hook_result = start_hook.map_or(Ok(()), |hook| hook());
+                let hook_ok = hook_result.is_ok();
+                // The spawner waits for this; if it is gone there is no
+                // one to serve.
+                if started.send(hook_result).is_err() || !hook_ok {
                     return;
                 }
+                serve(&epoll, &thread_stop, &kicks, &thread_worker);
+            })?;
+        match start_result.recv() {
+            Ok(Ok(())) => Ok(Self {
+                stop,
+                worker,
+                handle: Some(handle),
+            }),
+            Ok(Err(reason)) => {
+                let _ = handle.join();
+                Err(io::Error::other(format!(
+                    "I/O thread {name} could not start: {reason}"
+                )))
             }
-            serve(&epoll, &thread_stop, &kicks, &mut worker);
-        })?;
-        Ok(Self {
-            stop,
-            handle: Some(handle),
-        })
+            Err(_) => {
+                let _ = handle.join();
+                Err(io::Error::other(format!(
+                    "I/O thread {name} died while starting"
+                )))
+            }
+        }
     }
 
-    /// Ask the thread to finish and wait for it.
+    /// Serve kicks with `worker` from now on.
+    pub fn serve(&self, worker: Box<dyn QueueWorker>) {
+        *lock(&self.worker) = Some(worker);
+    }
+
+    /// Stop serving: waits for a batch in progress, then drops the worker
+    /// (and with it the queues and guest memory it held).
+    pub fn idle(&self) {
+        let worker = lock(&self.worker).take();
+        drop(worker);
+    }
+
+    /// End the thread and wait for it.
     pub fn stop(&mut self) {
         let Some(handle) = self.handle.take() else {
             return;
@@ -91,13 +126,11 @@ impl Drop for IoThread {
     }
 }
 
-fn serve<W: QueueWorker>(epoll: &Epoll, stop: &EventFd, kicks: &[EventFd], worker: &mut W) {
-    // Kicks that arrived before the thread existed are not lost: the
-    // eventfds stay signalled, but serve each queue once anyway in case a
-    // driver filled the ring before DRIVER_OK.
-    for queue in 0..kicks.len() {
-        worker.process_queue(queue);
-    }
+fn lock(slot: &WorkerSlot) -> MutexGuard<'_, Option<Box<dyn QueueWorker>>> {
+    slot.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn serve(epoll: &Epoll, stop: &EventFd, kicks: &[EventFd], worker: &WorkerSlot) {
     let mut events = vec![EpollEvent::default(); kicks.len() + 1];
     loop {
         let ready = match epoll.wait(-1, &mut events) {
@@ -111,7 +144,6 @@ fn serve<W: QueueWorker>(epoll: &Epoll, stop: &EventFd, kicks: &[EventFd], worke
         for event in &events[..ready] {
             let token = event.data();
             if token == STOP_TOKEN {
-                // Draining is unnecessary: the eventfd is dropped with us.
                 let _ = stop.read();
                 return;
             }
@@ -120,7 +152,11 @@ fn serve<W: QueueWorker>(epoll: &Epoll, stop: &EventFd, kicks: &[EventFd], worke
             };
             // EAGAIN here just means another wake-up already drained it.
             let _ = kick.read();
-            worker.process_queue(token as usize);
+            // Without a worker (before DRIVER_OK, after reset) kicks are
+            // dropped, as a reset device ignores notifications.
+            if let Some(worker) = lock(worker).as_mut() {
+                worker.process_queue(token as usize);
+            }
         }
     }
 }

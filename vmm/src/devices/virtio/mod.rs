@@ -1,9 +1,9 @@
 //! Virtio devices behind the PCI transport (virtio 1.x, "modern" only).
 //! A device model implements [`VirtioDevice`]; the transport
 //! ([`VirtioPciDevice`]) owns feature negotiation, the status state
-//! machine, queue configuration and MSI-X, and hands ready queues to the
-//! device at DRIVER_OK. Devices do their work on their own I/O thread so
-//! that vCPUs never wait for a disk.
+//! machine, queue configuration and MSI-X, and the device's I/O thread;
+//! at DRIVER_OK the device turns the ready queues into a [`QueueWorker`]
+//! that runs on that thread, so that vCPUs never wait for a disk.
 
 pub mod block;
 mod interrupt;
@@ -18,7 +18,6 @@ use std::sync::Arc;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
 
 pub use interrupt::VirtioInterrupt;
 pub use io_thread::{IoThread, QueueWorker, ThreadStartHook};
@@ -49,8 +48,6 @@ pub struct ActiveQueue {
     /// Queue number as the driver knows it.
     pub index: u16,
     pub queue: Queue,
-    /// Signalled on every guest kick of this queue.
-    pub kick: EventFd,
     pub msix_vector: u16,
 }
 
@@ -69,8 +66,8 @@ pub enum ActivateError {
     NoQueue,
     #[error("queue {index} is misconfigured by the driver: {reason}")]
     BadQueue { index: u16, reason: String },
-    #[error("cannot start the device I/O thread: {0}")]
-    IoThread(#[source] std::io::Error),
+    #[error("cannot set up the device queues: {0}")]
+    Io(#[source] std::io::Error),
 }
 
 /// A virtio device model, independent of the transport.
@@ -84,9 +81,13 @@ pub trait VirtioDevice: Send {
     /// Device-specific configuration space access.
     fn read_config(&self, offset: u64, data: &mut [u8]);
     fn write_config(&mut self, offset: u64, data: &[u8]);
-    /// Start serving the queues (spawn the I/O thread).
-    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
-    /// Stop serving (stop and join the I/O thread); the transport resets
-    /// the queues.
+    /// Name of the device's I/O thread (at most 15 bytes to show in full).
+    fn io_thread_name(&self) -> String;
+    /// Runs first on the I/O thread (its seccomp filter).
+    fn io_thread_start_hook(&self) -> Option<ThreadStartHook>;
+    /// Build the worker that serves the queues on the I/O thread.
+    fn activate(&mut self, activation: Activation) -> Result<Box<dyn QueueWorker>, ActivateError>;
+    /// The driver reset the device; the transport already took the
+    /// worker away from the I/O thread.
     fn reset(&mut self);
 }

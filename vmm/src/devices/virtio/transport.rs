@@ -11,6 +11,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::interrupt::VirtioInterrupt;
+use super::io_thread::IoThread;
 use super::msix::{MsixTable, ENTRY_SIZE};
 use super::{
     ActivateError, Activation, ActiveQueue, VirtioDevice, F_VERSION_1, MSI_NO_VECTOR,
@@ -115,6 +116,7 @@ pub struct VirtioPciDevice {
     interrupt: Arc<VirtioInterrupt>,
     queues: Vec<QueueConfig>,
     kicks: Vec<EventFd>,
+    io_thread: IoThread,
     bar_base: Option<u64>,
     device_feature_select: u32,
     driver_feature_select: u32,
@@ -187,6 +189,17 @@ impl VirtioPciDevice {
             .map(|_| EventFd::new(EFD_NONBLOCK))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| PciError::Transport(format!("cannot create queue eventfd: {e}")))?;
+        let thread_kicks = kicks
+            .iter()
+            .map(EventFd::try_clone)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| PciError::Transport(format!("cannot share queue eventfd: {e}")))?;
+        let io_thread = IoThread::spawn(
+            device.io_thread_name(),
+            thread_kicks,
+            device.io_thread_start_hook(),
+        )
+        .map_err(|e| PciError::Transport(e.to_string()))?;
         let msix = Arc::new(Mutex::new(MsixTable::new(vector_count, vm.clone())));
         let interrupt = Arc::new(VirtioInterrupt::new(msix.clone()));
         let queues = device
@@ -205,6 +218,7 @@ impl VirtioPciDevice {
             interrupt,
             queues,
             kicks,
+            io_thread,
             bar_base: None,
             device_feature_select: 0,
             driver_feature_select: 0,
@@ -417,28 +431,35 @@ impl VirtioPciDevice {
             let index = index as u16;
             let queue = build_queue(config, event_idx, &self.mem)
                 .map_err(|reason| ActivateError::BadQueue { index, reason })?;
-            let kick = self.kicks[usize::from(index)]
-                .try_clone()
-                .map_err(ActivateError::IoThread)?;
             queues.push(ActiveQueue {
                 index,
                 queue,
-                kick,
                 msix_vector: config.msix_vector,
             });
         }
         if queues.is_empty() {
             return Err(ActivateError::NoQueue);
         }
-        self.device.activate(Activation {
+        let enabled: Vec<u16> = queues.iter().map(|q| q.index).collect();
+        let worker = self.device.activate(Activation {
             mem: self.mem.clone(),
             features: self.driver_features,
             queues,
             interrupt: self.interrupt.clone(),
-        })
+        })?;
+        self.io_thread.serve(worker);
+        // Look at each ring once: a driver may have filled one before
+        // DRIVER_OK.
+        for index in enabled {
+            self.kicks[usize::from(index)]
+                .write(1)
+                .map_err(ActivateError::Io)?;
+        }
+        Ok(())
     }
 
     fn reset(&mut self) {
+        self.io_thread.idle();
         self.device.reset();
         for queue in &mut self.queues {
             *queue = QueueConfig::new(queue.max_size);
@@ -674,6 +695,7 @@ impl PciDevice for VirtioPciDevice {
 
 impl Drop for VirtioPciDevice {
     fn drop(&mut self) {
+        self.io_thread.stop();
         self.device.reset();
     }
 }

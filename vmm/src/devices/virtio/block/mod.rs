@@ -19,8 +19,8 @@ pub use backend::{BlockBackend, BlockError, RawFileBackend, SECTOR_SIZE};
 pub use request::{DiskId, RequestHandler, SEG_MAX};
 
 use super::{
-    ActivateError, Activation, IoThread, QueueWorker, ThreadStartHook, VirtioDevice,
-    VirtioInterrupt, F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1, QUEUE_MAX_SIZE,
+    ActivateError, Activation, QueueWorker, ThreadStartHook, VirtioDevice, VirtioInterrupt,
+    F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1, QUEUE_MAX_SIZE,
 };
 
 const DEVICE_TYPE_BLOCK: u16 = 2;
@@ -36,7 +36,6 @@ pub struct Block {
     features: u64,
     thread_name: String,
     thread_start_hook: Option<ThreadStartHook>,
-    io_thread: Option<IoThread>,
 }
 
 impl Block {
@@ -80,12 +79,12 @@ impl Block {
             features,
             thread_name: format!("virtio-blk{index}"),
             thread_start_hook: None,
-            io_thread: None,
         })
     }
 
-    /// Run `hook` first on every I/O thread this device starts (the place
-    /// to install the thread's seccomp filter).
+    /// Run `hook` first on this device's I/O thread (the place to install
+    /// its seccomp filter). Set it before adding the device to the PCI
+    /// root, which starts the thread.
     pub fn set_thread_start_hook(&mut self, hook: ThreadStartHook) {
         self.thread_start_hook = Some(hook);
     }
@@ -135,40 +134,30 @@ impl VirtioDevice for Block {
         log::debug!("virtio-blk: ignored config write at {offset:#x}");
     }
 
-    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        self.reset();
+    fn io_thread_name(&self) -> String {
+        self.thread_name.clone()
+    }
+
+    fn io_thread_start_hook(&self) -> Option<ThreadStartHook> {
+        self.thread_start_hook.clone()
+    }
+
+    fn activate(&mut self, activation: Activation) -> Result<Box<dyn QueueWorker>, ActivateError> {
         let Some(active) = activation.queues.into_iter().find(|q| q.index == 0) else {
             return Err(ActivateError::NoQueue);
         };
-        let worker = BlockWorker {
+        Ok(Box::new(BlockWorker {
             mem: activation.mem,
             queue: active.queue,
             msix_vector: active.msix_vector,
             interrupt: activation.interrupt,
             handler: RequestHandler::new(self.backend.clone(), self.disk_id),
             broken: false,
-        };
-        let thread = IoThread::spawn(
-            self.thread_name.clone(),
-            vec![active.kick],
-            worker,
-            self.thread_start_hook.clone(),
-        )
-        .map_err(ActivateError::IoThread)?;
-        self.io_thread = Some(thread);
-        Ok(())
+        }))
     }
 
     fn reset(&mut self) {
-        if let Some(mut thread) = self.io_thread.take() {
-            thread.stop();
-        }
-    }
-}
-
-impl Drop for Block {
-    fn drop(&mut self) {
-        self.reset();
+        // All per-activation state lives in the worker, which is gone.
     }
 }
 
@@ -197,12 +186,6 @@ impl QueueWorker for BlockWorker {
                 self.interrupt.set_needs_reset();
             }
         }
-    }
-
-    fn start_failed(&mut self, reason: &str) {
-        log::error!("virtio-blk I/O thread could not start: {reason}");
-        self.broken = true;
-        self.interrupt.set_needs_reset();
     }
 }
 

@@ -481,20 +481,33 @@ fn io_threads_named(name: &str, expected: usize) -> usize {
 }
 
 #[test]
-fn reset_stops_the_io_thread_and_reinit_restarts_it() {
+fn io_thread_lives_with_the_device_and_reset_stops_serving() {
     let path = image("reset", &patterned_disk());
     let backend = RawFileBackend::open(&path, false).unwrap();
     let block = Block::new(Box::new(backend), "x").unwrap();
     let name = block.thread_name().to_string();
     let mut driver = TestDriver::new(Box::new(block));
+    assert_eq!(io_threads_named(&name, 1), 1, "started with the device");
     driver.enable_msix();
     driver.init(ALL_FEATURES);
-    assert_eq!(io_threads_named(&name, 1), 1);
+    assert_still_serving(&mut driver);
+
     driver.set_status(0);
-    assert_eq!(io_threads_named(&name, 0), 0);
     assert_eq!(driver.status(), 0);
     assert_eq!(driver.common_read(0x1c, 2), 0, "queue disabled by reset");
     assert_eq!(driver.common_read(0x1a, 2), 0xffff, "vector forgotten");
+    // The old ring is still in guest memory, but a reset device must not
+    // touch it.
+    let used_before = driver.used_idx();
+    let hdr = header(&mut driver, VIRTIO_BLK_T_IN, 1);
+    let data = (driver.alloc(512), 512, true);
+    let status = status_byte(&mut driver);
+    driver.push_chain(&[hdr, data, status]);
+    driver.kick();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(driver.used_idx(), used_before);
+    assert_eq!(driver.read_guest(status.0, 1), [0xee]);
+
     driver.init(ALL_FEATURES);
     assert_still_serving(&mut driver);
     drop(driver);
@@ -506,17 +519,46 @@ fn reset_stops_the_io_thread_and_reinit_restarts_it() {
 }
 
 #[test]
-fn thread_start_hook_runs_and_its_failure_needs_reset() {
+fn thread_start_hook_runs_on_the_io_thread() {
     let path = image("hook", &patterned_disk());
     let backend = RawFileBackend::open(&path, false).unwrap();
     let mut block = Block::new(Box::new(backend), "x").unwrap();
-    block.set_thread_start_hook(Arc::new(|| Err("seccomp refused".to_string())));
+    let expected = block.thread_name().to_string();
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let seen_by_hook = seen.clone();
+    block.set_thread_start_hook(Arc::new(move || {
+        let name = std::thread::current().name().map(str::to_string);
+        *seen_by_hook.lock().unwrap() = name;
+        Ok(())
+    }));
     let mut driver = TestDriver::new(Box::new(block));
+    assert_eq!(seen.lock().unwrap().as_deref(), Some(expected.as_str()));
     driver.enable_msix();
     driver.init(ALL_FEATURES);
-    assert!(driver.vm.wait_for_msis(1));
-    assert_eq!(driver.vm.msis(), vec![CONFIG_MSI]);
-    assert_ne!(driver.status() & STATUS_NEEDS_RESET, 0);
+    assert_still_serving(&mut driver);
+}
+
+#[test]
+fn failing_thread_start_hook_refuses_the_device() {
+    use crate::devices::bus::Bus;
+    use crate::devices::pci::test_support::FakeVm;
+    use crate::devices::pci::PciRoot;
+    let path = image("hook-fails", &patterned_disk());
+    let backend = RawFileBackend::open(&path, false).unwrap();
+    let mut block = Block::new(Box::new(backend), "x").unwrap();
+    let name = block.thread_name().to_string();
+    block.set_thread_start_hook(Arc::new(|| Err("seccomp refused".to_string())));
+    let root = PciRoot::new(Arc::new(Bus::new()), Arc::new(FakeVm::default()));
+    let mem = Arc::new(
+        vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)])
+            .unwrap(),
+    );
+    let error = root.add_virtio_device(Box::new(block), mem).err().unwrap();
+    assert!(error.to_string().contains("seccomp refused"), "{error}");
+    assert_eq!(io_threads_named(&name, 0), 0);
+    let mut vendor = [0u8; 2];
+    root.config_read(0, 1, 0, 0, &mut vendor);
+    assert_eq!(vendor, [0xff, 0xff], "no device in the slot");
 }
 
 #[test]
@@ -629,4 +671,73 @@ fn pci_cfg_capability_reaches_the_bar() {
     driver.config_write(cap + 12, 2, 4);
     driver.config_write(cap + 16, 0xabcd, 2);
     assert_eq!(driver.config_read(cap + 16, 2), 0xabcd);
+}
+
+/// xorshift64: deterministic noise for the robustness test.
+struct Noise(u64);
+
+impl Noise {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn random_descriptor_tables_never_break_the_device() {
+    use crate::devices::virtio::test_driver::{MEM_SIZE, QUEUE_SIZE};
+    let path = image("noise", &patterned_disk());
+    let mut driver = driver_for(&path, false);
+    let mut noise = Noise(0x5eed_1234_abcd_0042);
+    let mut resets = 0;
+    for _ in 0..300 {
+        let table = driver.desc_table();
+        for index in 0..8u16 {
+            let slot = u16::try_from(noise.next() % u64::from(QUEUE_SIZE)).unwrap();
+            let address = match noise.next() % 4 {
+                0 => noise.next(),
+                _ => 0x100000 + noise.next() % (MEM_SIZE as u64 - 0x100000),
+            };
+            let len = match noise.next() % 4 {
+                0 => noise.next() as u32,
+                1 => 16,
+                2 => 1,
+                _ => (noise.next() % 4096) as u32,
+            };
+            let flags = (noise.next() % 8) as u16;
+            let next = (noise.next() % (u64::from(QUEUE_SIZE) + 8)) as u16;
+            driver.write_descriptor(table, slot, (address, len, false), flags, next);
+            if index == 0 {
+                // Sometimes a plausible header so requests get past parsing.
+                let request_type = (noise.next() % 10) as u32;
+                driver.write_guest(
+                    address.min(MEM_SIZE as u64 - 16),
+                    &request_type.to_le_bytes(),
+                );
+            }
+        }
+        let before = driver.used_idx();
+        let head = (noise.next() % (u64::from(QUEUE_SIZE) + 4)) as u16;
+        driver.publish(head);
+        driver.kick();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if driver.status() & STATUS_NEEDS_RESET != 0 {
+                resets += 1;
+                assert_ne!(driver.init(ALL_FEATURES) & STATUS_DRIVER_OK, 0);
+                break;
+            }
+            if driver.used_idx() != before {
+                driver.wait_used();
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "device stalled");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    assert!(resets > 0, "out-of-range heads must have forced resets");
+    assert_ne!(driver.init(ALL_FEATURES) & STATUS_DRIVER_OK, 0);
+    assert_still_serving(&mut driver);
 }
