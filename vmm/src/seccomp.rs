@@ -53,6 +53,7 @@ const COMMON: &[i64] = &[
     libc::SYS_writev,
     libc::SYS_futex,
     libc::SYS_mmap,
+    libc::SYS_mprotect,
     libc::SYS_munmap,
     libc::SYS_mremap,
     libc::SYS_madvise,
@@ -89,26 +90,8 @@ const BLOCK_IO: &[i64] = &[
 fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<u64>) {
     let kvm_device_ioctls = [KVM_SIGNAL_MSI(), KVM_IOEVENTFD(), KVM_IRQFD()];
     match kind {
-        // A vCPU activates virtio devices, which starts their I/O threads;
-        // a new thread inherits this filter before stacking its own, so the
-        // I/O thread's syscalls must pass here too.
         ThreadKind::Vcpu => (
-            [
-                libc::SYS_ioctl,
-                libc::SYS_clone,
-                libc::SYS_clone3,
-                libc::SYS_mprotect,
-                libc::SYS_set_robust_list,
-                libc::SYS_rseq,
-                libc::SYS_prctl,
-                libc::SYS_sched_getaffinity,
-                libc::SYS_eventfd2,
-                libc::SYS_epoll_create1,
-                libc::SYS_seccomp,
-            ]
-            .into_iter()
-            .chain(BLOCK_IO.iter().copied())
-            .collect(),
+            vec![libc::SYS_ioctl],
             [KVM_RUN(), KVM_GET_REGS(), KVM_GET_SREGS()]
                 .into_iter()
                 .chain(kvm_device_ioctls)
@@ -123,12 +106,7 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<u64>) {
         ),
         ThreadKind::ConsoleInput => (vec![], vec![]),
         ThreadKind::Main => (
-            vec![
-                libc::SYS_ioctl,
-                libc::SYS_tgkill,
-                libc::SYS_getpid,
-                libc::SYS_gettid,
-            ],
+            vec![libc::SYS_ioctl, libc::SYS_tgkill],
             vec![libc::TCGETS, libc::TCSETS],
         ),
     }
