@@ -120,3 +120,36 @@ fn pci_config_space_through_ports_and_ecam() {
     assert_eq!(dword(2), 0xffff_ffff, "an absent device reads all ones");
     assert_eq!(dword(3), 0xffff_ffff, "unmapped MMIO reads all ones");
 }
+
+#[test]
+fn on_reboot_restart_boots_the_guest_again() {
+    if !kvm_usable() {
+        eprintln!("skipping: /dev/kvm is not usable on this host");
+        return;
+    }
+    let scratch = Scratch::new("restart");
+    let kernel = tiny_kernel("reset", &scratch);
+    // The guest resets forever; the time limit ends it.
+    let out = std::process::Command::new("timeout")
+        .arg("2")
+        .arg(SECUREVM)
+        .args([
+            "run",
+            "--memory",
+            "32",
+            "--on-reboot",
+            "restart",
+            "--kernel",
+        ])
+        .arg(&kernel)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let boots = stdout(&out).matches("securevm-tiny-guest: reset\n").count();
+    assert!(
+        boots >= 2,
+        "the guest booted {boots} time(s): {}",
+        stderr(&out)
+    );
+    assert_eq!(out.status.code(), Some(124), "stopped by the time limit");
+}
