@@ -110,8 +110,8 @@ pub(crate) struct RawRule {
 pub(crate) struct RawVpn {
     pub endpoint: Spanned<String>,
     pub peer_public_key: Spanned<String>,
-    pub addresses: Vec<Spanned<String>>,
-    pub routes: Vec<Spanned<String>>,
+    pub addresses: Spanned<Vec<Spanned<String>>>,
+    pub routes: Spanned<Vec<Spanned<String>>>,
     pub persistent_keepalive: Option<Spanned<i64>>,
 }
 

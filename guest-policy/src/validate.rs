@@ -69,13 +69,17 @@ pub fn validate(file_name: &str, text: &str) -> Result<Validated, Vec<Diagnostic
 /// Rewrites serde's wording into the policy's vocabulary ("key" rather than
 /// "field") and locates it.
 fn toml_error(map: &SourceMap<'_>, error: &toml::de::Error) -> Diagnostic {
-    let message = error
-        .message()
-        .trim_end()
-        .replace("unknown field", "unknown key")
-        .replace(", expected one of", "; valid keys here are")
-        .replace(", expected `", "; the only valid key here is `")
-        .replace("missing field", "missing key");
+    let message = error.message().trim_end();
+    let message = if message.starts_with("unknown field") {
+        message
+            .replacen("unknown field", "unknown key", 1)
+            .replacen(", expected one of", "; valid keys here are", 1)
+            .replacen(", expected `", "; the only valid key here is `", 1)
+    } else {
+        message
+            .replacen("missing field", "missing key", 1)
+            .replacen("expected i64", "expected a whole number", 1)
+    };
     map.error(error.span().unwrap_or(0..0), message)
 }
 
@@ -672,10 +676,10 @@ impl Checker<'_> {
 
     /// Tunnel addresses keep their host part (`198.51.100.2/24` is the
     /// machine's address in a /24), so they are parsed without the host-bit check.
-    fn interface_addresses(&mut self, raw: &[Spanned<String>]) -> Option<Vec<IpNet>> {
+    fn interface_addresses(&mut self, raw: &Spanned<Vec<Spanned<String>>>) -> Option<Vec<IpNet>> {
         let mut addresses = Vec::new();
         let mut ok = true;
-        for address in raw {
+        for address in raw.get_ref() {
             let text = address.get_ref().trim();
             match text
                 .parse::<IpNet>()
@@ -688,9 +692,9 @@ impl Checker<'_> {
                 }
             }
         }
-        if raw.is_empty() {
+        if raw.get_ref().is_empty() {
             self.error(
-                0..0,
+                raw.span(),
                 "a vpn needs at least one tunnel address in addresses, e.g. [\"198.51.100.2/32\"]",
             );
             return None;
@@ -700,15 +704,16 @@ impl Checker<'_> {
 
     fn prefix_list(
         &mut self,
-        raw: &[Spanned<String>],
+        raw: &Spanned<Vec<Spanned<String>>>,
         key: &str,
         when_empty: &str,
     ) -> Option<Vec<IpNet>> {
-        if raw.is_empty() {
-            self.error(0..0, when_empty);
+        if raw.get_ref().is_empty() {
+            self.error(raw.span(), when_empty);
             return None;
         }
         let parsed: Vec<Option<IpNet>> = raw
+            .get_ref()
             .iter()
             .map(|prefix| self.network_prefix(prefix, key))
             .collect();
