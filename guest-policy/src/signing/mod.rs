@@ -12,7 +12,8 @@
 //!   memlimit(le64) || (key_id[8] || ed25519_secret[64] || checksum[32])`,
 //!   the last part XORed with an scrypt stream when kdf_alg is `"Sc"` and
 //!   stored in clear when kdf_alg is two zero bytes; the checksum is
-//!   BLAKE2b-256 of `"Ed" || key_id || ed25519_secret`;
+//!   BLAKE2b-256 of `"Ed" || key_id || ed25519_secret` (`minisign -G -W`
+//!   leaves it all zero for unencrypted keys, which is accepted there);
 //! - signature: `alg[2] || key_id[8] || signature[64]`, then a line
 //!   `trusted comment: TEXT` and base64 of the global signature over
 //!   `signature[64] || TEXT`. `alg` is `"ED"` (the message is prehashed
