@@ -298,15 +298,16 @@ impl Checker<'_> {
     fn smartcard(&mut self, raw: Spanned<RawSmartCard>) -> Option<SmartCardBinding> {
         let span = raw.span();
         let raw = raw.into_inner();
-        if raw.token_label.is_none() && raw.token_serial.is_none() {
+        let names_a_token = raw.token_label.is_some() || raw.token_serial.is_some();
+        if !names_a_token {
             self.error(
                 span,
                 "smartcard names no token; give token_label and/or token_serial (the PKCS#11 token label and serial number)",
             );
         }
-        let optional = |value: Option<Spanned<String>>| value.map(Spanned::into_inner);
         let fingerprint = self.sha256(&raw.public_key_sha256);
-        if raw.token_label.is_none() && raw.token_serial.is_none() {
+        let optional = |value: Option<Spanned<String>>| value.map(Spanned::into_inner);
+        if !names_a_token {
             return None;
         }
         Some(SmartCardBinding {
@@ -794,4 +795,75 @@ fn parse_port_text(text: &str, hint: &str) -> Result<PortRange, String> {
         ));
     }
     Ok(range)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HINT: &str = "ports are 1-65535";
+
+    #[test]
+    fn port_text_forms() {
+        assert_eq!(
+            parse_port_text("443", HINT),
+            Ok(PortRange {
+                first: 443,
+                last: 443
+            })
+        );
+        assert_eq!(
+            parse_port_text("8000-8080", HINT),
+            Ok(PortRange {
+                first: 8000,
+                last: 8080
+            })
+        );
+        assert_eq!(
+            parse_port_text("0", HINT).unwrap_err(),
+            "port 0 is out of range; ports are 1-65535"
+        );
+        assert!(parse_port_text("1-", HINT).is_err());
+        assert!(parse_port_text("-5", HINT).is_err());
+    }
+
+    #[test]
+    fn example_policy_becomes_typed_values() {
+        let text = include_str!("../examples/policy.toml");
+        let validated = validate("policy.toml", text).unwrap();
+        assert!(validated.warnings.is_empty());
+        let policy = validated.policy;
+        let staff = policy.role_of("alice").unwrap();
+        assert_eq!(staff.storage.external_media, ExternalMedia::Encrypt);
+        assert_eq!(staff.network.default_action, Action::Deny);
+        assert_eq!(
+            staff.network.rules[1].ports[1],
+            PortRange {
+                first: 8000,
+                last: 8080
+            }
+        );
+        assert!(staff.network.rules[2].hosts[0].matches("www.example.org"));
+        let contractor = policy.role_of("bob").unwrap();
+        let vpn = contractor.network.vpn.as_ref().unwrap();
+        assert_eq!(vpn.endpoint, "198.51.100.1:51820".parse().unwrap());
+        assert_eq!(vpn.persistent_keepalive, Some(25));
+        let card = policy.user("bob").unwrap().smartcard.as_ref().unwrap();
+        assert_eq!(card.public_key_sha256[0], 0x3f);
+        assert_eq!(
+            policy.audit.sink,
+            AuditSink::File("/var/log/securevm/audit.jsonl".into())
+        );
+        assert!(policy.user("carol").is_none());
+    }
+
+    #[test]
+    fn all_errors_are_reported_together_in_file_order() {
+        let text = include_str!("../examples/policy.toml")
+            .replacen("version = 7", "version = -1", 1)
+            .replacen("ports = [53]", "ports = [0]", 1);
+        let errors = validate("p.toml", &text).unwrap_err();
+        assert_eq!(errors.len(), 2);
+        assert!(errors[0].line < errors[1].line);
+    }
 }

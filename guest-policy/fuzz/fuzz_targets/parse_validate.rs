@@ -1,0 +1,24 @@
+//! Fuzzes the policy parser and validator, the minisign signature and key
+//! parsers and the trusted-comment reader: none may panic on any input, and
+//! a policy that validates must summarise without panicking.
+
+#![no_main]
+
+use guest_policy::signing::{PublicKey, SecretKey, SignatureFile};
+use guest_policy::summary::summarise;
+use guest_policy::{validate, version_in_trusted_comment};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(validated) = validate("fuzz.toml", text) {
+        let summary = summarise(&validated.policy);
+        assert!(summary.starts_with("Policy version "));
+    }
+    let _ = SignatureFile::from_text(text);
+    let _ = PublicKey::from_text(text);
+    let _ = SecretKey::from_text(text, || None);
+    let _ = version_in_trusted_comment(text);
+});
