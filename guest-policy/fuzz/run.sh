@@ -23,7 +23,7 @@ log="$(mktemp)"
 
 status=0
 RUSTC_BOOTSTRAP=1 cargo fuzz run parse_validate "$scratch_corpus" corpus/parse_validate -- \
-    -max_total_time="$seconds" -print_final_stats=1 -max_len=16384 -jobs=1 -workers=1 \
+    -max_total_time="$seconds" -print_final_stats=1 -max_len=16384 \
     >"$log" 2>&1 || status=$?
 
 executions="$(sed -n 's/^stat::number_of_executed_units: *\([0-9]*\).*/\1/p' "$log" | tail -n 1)"

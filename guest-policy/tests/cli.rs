@@ -401,3 +401,38 @@ fn minisign_interop_keys_work_in_both_tools() {
         0,
     );
 }
+
+#[test]
+#[ignore = "scrypt at minisign's default cost (1 GiB) takes minutes in a debug build; run with --release -- --ignored"]
+fn minisign_interop_encrypted_minisign_key() {
+    if !minisign_available("minisign_interop_encrypted_minisign_key") {
+        return;
+    }
+    let directory = workspace();
+    let dir = directory.path();
+    let mut generate = Command::new("minisign")
+        .current_dir(dir)
+        .args(["-G", "-p", "e.pub", "-s", "e.key"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run minisign");
+    generate
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"pw\npw\n")
+        .unwrap();
+    assert_exit(&generate.wait_with_output().unwrap(), 0);
+
+    let wrong = with_stdin(dir, &["sign", "--key", "e.key", "policy.toml"], b"nope\n");
+    assert_exit(&wrong, 1);
+    assert!(text(&wrong.stderr).contains("wrong passphrase, or the key file is damaged"));
+    let signed = with_stdin(dir, &["sign", "--key", "e.key", "policy.toml"], b"pw\n");
+    assert_exit(&signed, 0);
+    assert_exit(
+        &minisign(dir, &["-V", "-p", "e.pub", "-m", "policy.toml"]),
+        0,
+    );
+}
