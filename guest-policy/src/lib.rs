@@ -36,6 +36,9 @@
 //!   [`PolicyState::initialise`] creates one for a machine that never had a
 //!   policy. [`PolicyState::accept`] refuses versions `<=` the installed one
 //!   and other key ids, then rewrites the file atomically.
+//! - [`NetworkPolicy::decide`] gives the action for one [`Connection`]
+//!   (DNS only to the listed resolvers, first matching rule, else default);
+//!   [`NetRule::matches`] tests a single rule.
 //! - [`User::verify_passphrase`] checks a passphrase against the user's
 //!   Argon2id hash in constant time.
 //! - [`validate()`] parses and validates text without a signature (for
@@ -48,6 +51,7 @@ mod atomic;
 pub mod diag;
 mod error;
 mod load;
+mod matching;
 pub mod model;
 pub mod passphrase;
 mod raw;
@@ -64,6 +68,7 @@ pub use load::{
     load_policy, load_policy_with_signature, signature_path_for, trusted_comment_for,
     verify_policy_bytes, version_in_trusted_comment, VerifiedPolicy, TRUSTED_COMMENT_TAG,
 };
+pub use matching::Connection;
 pub use model::{
     Action, Audit, AuditSink, Direction, ExternalMedia, HostPattern, Meta, NetRule, NetworkPolicy,
     Policy, PortRange, Protocol, Role, SmartCardBinding, StoragePolicy, User, WireGuardConfig,

@@ -453,6 +453,21 @@ mod tests {
     }
 
     #[test]
+    fn user_passphrase_verification() {
+        let mut user = User {
+            id: "alice".into(),
+            display_name: "Alice".into(),
+            role: "staff".into(),
+            passphrase_hash: Some(crate::passphrase::hash_for_tests(b"open sesame")),
+            smartcard: None,
+        };
+        assert!(user.verify_passphrase(b"open sesame"));
+        assert!(!user.verify_passphrase(b"open sesame "));
+        user.passphrase_hash = None;
+        assert!(!user.verify_passphrase(b"open sesame"));
+    }
+
+    #[test]
     fn direction_and_protocol_containment() {
         assert!(Direction::In.within(Direction::Both));
         assert!(!Direction::Both.within(Direction::Out));
