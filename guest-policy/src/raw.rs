@@ -158,3 +158,38 @@ impl Visitor<'_> for RawPortVisitor {
         Ok(RawPort::Text(value.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct Ports {
+        ports: Vec<RawPort>,
+    }
+
+    #[test]
+    fn ports_accept_numbers_and_strings_only() {
+        let parsed: Ports = toml::from_str("ports = [443, \"8000-8080\"]").unwrap();
+        assert_eq!(
+            parsed.ports,
+            [RawPort::Number(443), RawPort::Text("8000-8080".into())]
+        );
+        let error = toml::from_str::<Ports>("ports = [true]").unwrap_err();
+        assert!(
+            error
+                .message()
+                .contains("a port number like 443 or a range like \"8000-8080\""),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let error = toml::from_str::<RawAudit>("sink = \"syslog\"\ncolour = 1").unwrap_err();
+        assert!(
+            error.message().starts_with("unknown field `colour`"),
+            "{error}"
+        );
+    }
+}

@@ -436,3 +436,50 @@ fn minisign_interop_encrypted_minisign_key() {
         0,
     );
 }
+
+#[test]
+#[ignore = "scrypt at minisign's default cost (1 GiB) takes minutes in a debug build; run with --release -- --ignored"]
+fn minisign_interop_encrypted_key_from_keygen() {
+    if !minisign_available("minisign_interop_encrypted_key_from_keygen") {
+        return;
+    }
+    let directory = workspace();
+    let dir = directory.path();
+    assert_exit(
+        &with_stdin(dir, &["keygen", "--out", "org", "--encrypt"], b"pw\n"),
+        0,
+    );
+    assert!(fs::read_to_string(dir.join("org.key"))
+        .unwrap()
+        .starts_with("untrusted comment: minisign encrypted secret key\n"));
+    let mut sign = Command::new("minisign")
+        .current_dir(dir)
+        .args([
+            "-S",
+            "-s",
+            "org.key",
+            "-m",
+            "policy.toml",
+            "-t",
+            "securevm-policy version=7",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run minisign");
+    sign.stdin.take().unwrap().write_all(b"pw\n").unwrap();
+    assert_exit(&sign.wait_with_output().unwrap(), 0);
+    assert_exit(
+        &guest_policy(dir, &["verify", "--pubkey", "org.pub", "policy.toml"]),
+        0,
+    );
+    assert_exit(
+        &with_stdin(dir, &["sign", "--key", "org.key", "policy.toml"], b"pw\n"),
+        0,
+    );
+    assert_exit(
+        &minisign(dir, &["-V", "-p", "org.pub", "-m", "policy.toml"]),
+        0,
+    );
+}

@@ -7,6 +7,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use guest_policy::signing::{MINISIGN_MEMLIMIT, MINISIGN_OPSLIMIT};
 use guest_policy::summary::summarise;
 use guest_policy::{
     load_policy_with_signature, passphrase, signature_path_for, trusted_comment_for, validate,
@@ -41,7 +42,11 @@ pub(crate) enum CliError {
 
 pub(crate) fn run(arguments: Arguments) -> Result<(), CliError> {
     match arguments.command {
-        Command::Keygen { out, force } => keygen(&out, force),
+        Command::Keygen {
+            out,
+            force,
+            encrypt,
+        } => keygen(&out, force, encrypt),
         Command::Sign {
             key,
             signature,
@@ -67,7 +72,7 @@ pub(crate) fn run(arguments: Arguments) -> Result<(), CliError> {
     }
 }
 
-fn keygen(base: &Path, force: bool) -> Result<(), CliError> {
+fn keygen(base: &Path, force: bool, encrypt: bool) -> Result<(), CliError> {
     let secret_path = with_suffix(base, ".key");
     let public_path = with_suffix(base, ".pub");
     if !force {
@@ -78,12 +83,22 @@ fn keygen(base: &Path, force: bool) -> Result<(), CliError> {
         }
     }
     let key = SecretKey::generate().map_err(CliError::Sign)?;
-    write_new_file(
-        &secret_path,
-        key.to_unencrypted_text().as_bytes(),
-        0o600,
-        force,
-    )?;
+    let secret_text = if encrypt {
+        let passphrase =
+            read_passphrase("Passphrase for the new key: ", true).map_err(|error| {
+                CliError::Passphrase(format!("cannot read the passphrase: {error}"))
+            })?;
+        if passphrase.is_empty() {
+            return Err(CliError::Passphrase(
+                "the passphrase is empty; leave out --encrypt for an unencrypted key".to_string(),
+            ));
+        }
+        key.to_encrypted_text(passphrase.as_bytes(), MINISIGN_OPSLIMIT, MINISIGN_MEMLIMIT)
+            .map_err(CliError::Sign)?
+    } else {
+        key.to_unencrypted_text()
+    };
+    write_new_file(&secret_path, secret_text.as_bytes(), 0o600, force)?;
     write_new_file(
         &public_path,
         key.public_key().to_text().as_bytes(),

@@ -27,6 +27,10 @@ enum Command {
         /// Replace existing key files.
         #[arg(long)]
         force: bool,
+        /// Encrypt the secret key with a passphrase (scrypt, as `minisign -G`
+        /// does; about 1 GiB of memory and a few seconds per use).
+        #[arg(long)]
+        encrypt: bool,
     },
     /// Sign a policy that validates; writes POLICY.minisig.
     Sign {

@@ -8,6 +8,11 @@
 
 use zeroize::Zeroizing;
 
+/// minisign's opslimit for new encrypted keys (libsodium's "sensitive").
+pub const MINISIGN_OPSLIMIT: u64 = 33_554_432;
+/// minisign's memlimit for new encrypted keys: 1 GiB.
+pub const MINISIGN_MEMLIMIT: u64 = 1_073_741_824;
+
 /// libsodium's lower bound on opslimit.
 const MIN_OPSLIMIT: u64 = 32_768;
 
@@ -60,7 +65,10 @@ mod tests {
     #[test]
     fn minisign_default_cost_maps_to_n_2_20() {
         // minisign's defaults: opslimit 2^25, memlimit 2^30 (1 GiB).
-        assert_eq!(scrypt_params(33_554_432, 1_073_741_824), (20, 8, 1));
+        assert_eq!(
+            scrypt_params(MINISIGN_OPSLIMIT, MINISIGN_MEMLIMIT),
+            (20, 8, 1)
+        );
     }
 
     #[test]

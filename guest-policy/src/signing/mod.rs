@@ -23,6 +23,7 @@ mod kdf;
 mod keys;
 mod signature;
 
+pub use kdf::{MINISIGN_MEMLIMIT, MINISIGN_OPSLIMIT};
 pub use keys::{KeyId, PublicKey, SecretKey};
 pub use signature::{SignatureAlgorithm, SignatureFile};
 
