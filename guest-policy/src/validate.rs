@@ -517,14 +517,15 @@ impl Checker<'_> {
             ),
             None => Some(Protocol::Any),
         };
-        let remote: Vec<IpNet> = raw
+        let parsed_remote: Vec<Option<IpNet>> = raw
             .remote
             .iter()
-            .filter_map(|cidr| self.network_prefix(cidr, "remote"))
+            .map(|cidr| self.network_prefix(cidr, "remote"))
             .collect();
         if let Some(protocol) = protocol {
-            self.check_icmp_family(raw, protocol, &remote);
+            self.check_icmp_family(raw, protocol, &parsed_remote);
         }
+        let remote: Vec<IpNet> = parsed_remote.into_iter().flatten().collect();
         let ports: Vec<PortRange> = raw
             .ports
             .iter()
@@ -572,7 +573,8 @@ impl Checker<'_> {
         })
     }
 
-    fn check_icmp_family(&mut self, raw: &RawRule, protocol: Protocol, remote: &[IpNet]) {
+    /// `remote` holds the parse result of each entry of `raw.remote`, in order.
+    fn check_icmp_family(&mut self, raw: &RawRule, protocol: Protocol, remote: &[Option<IpNet>]) {
         let (wrong_family, message): (fn(&IpNet) -> bool, &str) = match protocol {
             Protocol::Icmp => (
                 |net| matches!(net, IpNet::V6(_)),
@@ -584,8 +586,12 @@ impl Checker<'_> {
             ),
             _ => return,
         };
-        if let Some(position) = remote.iter().position(wrong_family) {
-            self.error(raw.remote[position].span(), message);
+        let wrong = remote
+            .iter()
+            .zip(&raw.remote)
+            .find(|(net, _)| net.as_ref().is_some_and(wrong_family));
+        if let Some((_, written)) = wrong {
+            self.error(written.span(), message);
         }
     }
 

@@ -198,6 +198,12 @@ fn each_malformed_policy_gets_its_exact_error() {
             r#"policy.toml:27:11: protocol "icmp" is IPv4 only but remote lists an IPv6 prefix; use protocol = "icmpv6" in a separate rule"#,
         ),
         (
+            "icmp with a broken prefix before an IPv6 one",
+            edit("protocol = \"tcp\"\nremote = [\"198.51.100.0/24\"]\nports = [443]", "protocol = \"icmp\"\nremote = [\"bogus\", \"2001:db8::/32\"]"),
+            r#"policy.toml:27:11: remote "bogus" is not a valid CIDR prefix; write an address with a prefix length like "192.0.2.0/24" or "2001:db8::/32", or a single address
+policy.toml:27:20: protocol "icmp" is IPv4 only but remote lists an IPv6 prefix; use protocol = "icmpv6" in a separate rule"#,
+        ),
+        (
             "audit file without path",
             edit("sink = \"syslog\"", "sink = \"file\""),
             r#"policy.toml:6:1: sink = "file" needs path = "/var/log/securevm/audit.jsonl" (an absolute path)"#,
