@@ -9,9 +9,15 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Replaces `path` with `contents` atomically; the file gets mode 0600.
-pub(crate) fn replace_file(path: &Path, contents: &[u8]) -> io::Result<()> {
+pub fn replace_file(path: &Path, contents: &[u8]) -> io::Result<()> {
+    replace_file_with_mode(path, contents, 0o600)
+}
+
+/// Like [`replace_file`], for files anyone may read (signatures).
+pub fn replace_file_with_mode(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     let temporary = temporary_path(path);
-    let result = write_synced(&temporary, contents).and_then(|()| fs::rename(&temporary, path));
+    let result =
+        write_synced(&temporary, contents, mode).and_then(|()| fs::rename(&temporary, path));
     if result.is_err() {
         // Best effort: a stale temporary file is harmless but untidy.
         let _ = fs::remove_file(&temporary);
@@ -20,12 +26,12 @@ pub(crate) fn replace_file(path: &Path, contents: &[u8]) -> io::Result<()> {
     sync_directory(path)
 }
 
-fn write_synced(path: &Path, contents: &[u8]) -> io::Result<()> {
+fn write_synced(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(mode)
         .open(path)?;
     file.write_all(contents)?;
     file.sync_all()

@@ -47,7 +47,7 @@
 //!
 //! Every failure is a [`PolicyError`] whose message says what to do next.
 
-mod atomic;
+pub mod atomic;
 pub mod diag;
 mod error;
 mod load;

@@ -7,6 +7,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use guest_policy::atomic::replace_file_with_mode;
 use guest_policy::signing::{MINISIGN_MEMLIMIT, MINISIGN_OPSLIMIT};
 use guest_policy::summary::summarise;
 use guest_policy::{
@@ -175,11 +176,14 @@ fn sign(key_path: &Path, signature: Option<PathBuf>, policy_path: &Path) -> Resu
     let comment = trusted_comment_for(&validated.policy, &file_name, SystemTime::now());
     let signature_file = SignatureFile::sign(&key, &bytes, &comment).map_err(CliError::Sign)?;
     let signature_path = signature.unwrap_or_else(|| signature_path_for(policy_path));
-    fs::write(&signature_path, signature_file.to_text()).map_err(|source| CliError::File {
-        action: "write",
-        path: signature_path.clone(),
-        source,
-    })?;
+    let signature_text = signature_file.to_text();
+    replace_file_with_mode(&signature_path, signature_text.as_bytes(), 0o644).map_err(
+        |source| CliError::File {
+            action: "write",
+            path: signature_path.clone(),
+            source,
+        },
+    )?;
     println!(
         "signed {name} (version {}) with key {}; wrote {}",
         validated.policy.meta.version,
