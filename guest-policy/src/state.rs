@@ -130,6 +130,11 @@ impl PolicyState {
     /// Checks `policy` and records it as installed. The file is replaced
     /// atomically; on error neither the file nor `self` change.
     pub fn accept(&mut self, policy: &VerifiedPolicy) -> Result<(), PolicyError> {
+        // Two pushes at once must not both pass the version check against
+        // the same old state: serialise on a lock file beside the state
+        // and decide against what is on disk now, not at open().
+        let _lock = self.lock()?;
+        self.installed = Self::open(&self.path)?.installed;
         self.check(policy)?;
         let previous = self.installed;
         self.installed = Some(InstalledPolicy {
@@ -138,6 +143,24 @@ impl PolicyState {
             accepted_at: timestamp::unix_seconds(SystemTime::now()),
         });
         self.write().inspect_err(|_| self.installed = previous)
+    }
+
+    /// Holds an exclusive lock on `<state>.lock` until dropped.
+    fn lock(&self) -> Result<fs::File, PolicyError> {
+        let mut lock_path = self.path.clone().into_os_string();
+        lock_path.push(".lock");
+        let lock_error = |source| PolicyError::StateWrite {
+            path: self.path.clone(),
+            source,
+        };
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(lock_error)?;
+        file.lock().map_err(lock_error)?;
+        Ok(file)
     }
 
     fn write(&self) -> Result<(), PolicyError> {

@@ -279,6 +279,36 @@ fn rollback_and_replay_are_refused_and_newer_versions_accepted() {
 }
 
 #[test]
+fn a_stale_state_handle_decides_against_the_file_not_its_memory() {
+    // Two pushes that opened the state before either accepted: the second
+    // must see the first's version, or both would install.
+    let fixture = Fixture::new();
+    let state_path = fixture.path("policy.state");
+    PolicyState::initialise(&state_path).unwrap();
+    let mut first = PolicyState::open(&state_path).unwrap();
+    let mut second = PolicyState::open(&state_path).unwrap();
+    let v7 = fixture
+        .load(&fixture.signed("v7.toml", &base_with_version(7)))
+        .unwrap();
+    let v6 = fixture
+        .load(&fixture.signed("v6.toml", &base_with_version(6)))
+        .unwrap();
+    first.accept(&v7).unwrap();
+    assert_eq!(
+        second.accept(&v6).unwrap_err().to_string(),
+        "policy version 6 is older than the installed version 7; refusing to roll back (publish a version above 7)"
+    );
+    assert_eq!(
+        PolicyState::open(&state_path)
+            .unwrap()
+            .installed()
+            .unwrap()
+            .version,
+        7
+    );
+}
+
+#[test]
 fn a_policy_from_another_key_is_refused_by_the_state() {
     let first = Fixture::new();
     let state_path = first.path("policy.state");
