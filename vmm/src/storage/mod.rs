@@ -3,5 +3,17 @@
 //! `securevm disk` commands, the external-media policy and the disk
 //! benchmark.
 
+pub mod error;
+pub mod header;
+pub mod info;
+pub mod luks;
 pub mod secret;
 pub mod xts;
+
+pub use error::StorageError;
+pub mod backend;
+
+pub use backend::EncryptedBackend;
+
+#[cfg(test)]
+mod test_support;

@@ -1,0 +1,56 @@
+//! Helpers shared by the storage unit tests: scratch image paths on a
+//! real filesystem, a fast KDF profile and the cryptsetup binary.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::luks::{self, FormatOptions, KdfSettings};
+
+/// Cheap Argon2id costs so tests run in milliseconds. Never a default.
+pub const FAST_KDF: KdfSettings = KdfSettings::Fixed {
+    memory_kib: 1024,
+    time_cost: 4,
+    parallel: 1,
+};
+
+pub const PASSPHRASE: &[u8] = b"correct horse battery staple";
+
+/// A fresh path under /var/tmp (not tmpfs) unique to this test run.
+pub fn scratch_path(name: &str) -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = Path::new("/var/tmp").join(format!("securevm-storage-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(format!("{}-{name}", NEXT.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// A new LUKS2 image of `size` data bytes with [`PASSPHRASE`].
+pub fn new_volume(name: &str, size: u64, sector_size: u32) -> PathBuf {
+    let path = scratch_path(name);
+    let options = FormatOptions {
+        sector_size,
+        kdf: FAST_KDF,
+        force: false,
+    };
+    luks::format(&path, size, &options, PASSPHRASE).unwrap();
+    path
+}
+
+/// The cryptsetup binary, or `None` (with a message) when it is absent.
+pub fn cryptsetup() -> Option<Command> {
+    let found = Command::new("cryptsetup").arg("--version").output().is_ok();
+    if !found {
+        println!("SKIPPED: cryptsetup not installed (apt-get install cryptsetup-bin)");
+        return None;
+    }
+    let mut command = Command::new("cryptsetup");
+    command.arg("--batch-mode");
+    Some(command)
+}
+
+/// Write `passphrase` to a key file next to `image` and return its path.
+pub fn key_file(image: &Path, passphrase: &[u8]) -> PathBuf {
+    let path = image.with_extension("key");
+    std::fs::write(&path, passphrase).unwrap();
+    path
+}
