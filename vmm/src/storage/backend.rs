@@ -147,3 +147,116 @@ impl BlockBackend for EncryptedBackend {
         self.layout.sector_size
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::test_support::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    }
+
+    #[test]
+    fn plaintext_round_trips_and_the_file_holds_only_ciphertext() {
+        let path = new_volume("rt.img", 4 * MIB, 4096);
+        let backend = EncryptedBackend::open(&path, PASSPHRASE, false).unwrap();
+        assert_eq!(backend.capacity_bytes(), 4 * MIB);
+        assert_eq!(backend.block_size(), 4096);
+        let marker = b"SECUREVM-PLAINTEXT-MARKER-0123456789".repeat(113);
+        let mut data = vec![0u8; 2 * MIB as usize + 8192];
+        data[..marker.len()].copy_from_slice(&marker);
+        data[MIB as usize..MIB as usize + marker.len()].copy_from_slice(&marker);
+        backend.write_at(8192, &data).unwrap();
+        backend.flush().unwrap();
+        let mut back = vec![0u8; data.len()];
+        backend.read_at(8192, &mut back).unwrap();
+        assert_eq!(back, data);
+
+        let image = std::fs::read(&path).unwrap();
+        assert!(!image.windows(36).any(|w| w == &marker[..36]));
+        drop(backend);
+        let reopened = EncryptedBackend::open(&path, PASSPHRASE, true).unwrap();
+        let mut again = vec![0u8; 4096];
+        reopened.read_at(8192, &mut again).unwrap();
+        assert_eq!(again, data[..4096]);
+    }
+
+    #[test]
+    fn requests_beyond_capacity_or_unaligned_fail() {
+        let path = new_volume("bounds.img", MIB, 512);
+        let backend = EncryptedBackend::open(&path, PASSPHRASE, false).unwrap();
+        assert_eq!(backend.block_size(), 512);
+        let mut buf = vec![0u8; 1024];
+        assert!(backend.read_at(MIB - 512, &mut buf).is_err());
+        assert!(backend.write_at(MIB, &buf[..512]).is_err());
+        assert!(backend.read_at(u64::MAX - 511, &mut buf[..512]).is_err());
+        assert!(backend.read_at(100, &mut buf[..512]).is_err());
+        assert!(backend.write_at(0, &buf[..100]).is_err());
+        backend.read_at(MIB - 512, &mut buf[..512]).unwrap();
+    }
+
+    #[test]
+    fn read_only_backend_refuses_writes_and_leaves_the_file_unchanged() {
+        let path = new_volume("ro.img", MIB, 4096);
+        let before = std::fs::read(&path).unwrap();
+        let backend = EncryptedBackend::open(&path, PASSPHRASE, true).unwrap();
+        assert!(backend.read_only());
+        let err = backend.write_at(0, &[1u8; 4096]).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+        backend.flush().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+
+    /// `cryptsetup reencrypt --encrypt` works offline on a plain file: its
+    /// ciphertext is the known answer our reads must decrypt.
+    fn decrypts_data_encrypted_by_cryptsetup(sector_size: &str) {
+        let Some(mut command) = cryptsetup() else {
+            return;
+        };
+        let path = scratch_path("reencrypt.img");
+        let plain = pattern(4 * MIB as usize, 7);
+        let mut image = plain.clone();
+        image.resize(plain.len() + 32 * MIB as usize, 0);
+        std::fs::write(&path, &image).unwrap();
+        let key = key_file(&path, PASSPHRASE);
+        let out = command
+            .args(["reencrypt", "--encrypt", "--type", "luks2"])
+            .args(["--reduce-device-size", "32M", "--sector-size", sector_size])
+            .args(["--pbkdf", "argon2id", "--pbkdf-memory", "1024"])
+            .args(["--pbkdf-force-iterations", "4", "--key-file"])
+            .arg(&key)
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let backend = EncryptedBackend::open(&path, PASSPHRASE, true).unwrap();
+        assert_eq!(backend.block_size().to_string(), sector_size);
+        let mut back = vec![0u8; plain.len()];
+        backend.read_at(0, &mut back).unwrap();
+        assert!(
+            back == plain,
+            "plaintext differs from what cryptsetup encrypted"
+        );
+        let raw = std::fs::read(&path).unwrap();
+        assert!(!raw.windows(64).any(|w| w == &plain[4096..4096 + 64]));
+    }
+
+    #[test]
+    fn decrypts_cryptsetup_ciphertext_with_4096_byte_sectors() {
+        decrypts_data_encrypted_by_cryptsetup("4096");
+    }
+
+    #[test]
+    fn decrypts_cryptsetup_ciphertext_with_512_byte_sectors() {
+        decrypts_data_encrypted_by_cryptsetup("512");
+    }
+}

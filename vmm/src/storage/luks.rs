@@ -866,6 +866,42 @@ mod tests {
         assert!(status.success());
     }
 
+    #[test]
+    fn cryptsetup_recovers_the_same_volume_key_from_our_header() {
+        let Some(mut command) = cryptsetup() else {
+            return;
+        };
+        let path = new_volume("vk.img", MIB, 4096);
+        let key = key_file(&path, PASSPHRASE);
+        let out = command
+            .args(["luksDump", "--dump-volume-key", "--key-file"])
+            .arg(&key)
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let dumped: String = text
+            .split("MK dump:")
+            .nth(1)
+            .expect("no MK dump in cryptsetup output")
+            .split_whitespace()
+            .filter(|word| word.len() == 2 && word.chars().all(|c| c.is_ascii_hexdigit()))
+            .collect();
+        let ours = unlock(&path, PASSPHRASE).unwrap();
+        let ours_hex: String = ours
+            .key
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(dumped, ours_hex);
+    }
+
     fn cryptsetup_format(name: &str, extra: &[&str]) -> Option<PathBuf> {
         let mut command = cryptsetup()?;
         let path = scratch_path(name);
