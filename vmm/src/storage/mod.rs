@@ -15,5 +15,10 @@ pub mod backend;
 
 pub use backend::EncryptedBackend;
 
+pub mod cli;
+pub mod passphrase;
+pub mod size;
 #[cfg(test)]
 mod test_support;
+
+pub use cli::{run_disk_command, DiskCommand};
