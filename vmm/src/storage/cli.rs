@@ -7,7 +7,7 @@
 //! `--force`, because that makes the data unrecoverable.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -287,6 +287,7 @@ mod tests {
     use super::*;
     use crate::storage::test_support::{scratch_path, PASSPHRASE};
     use clap::Parser;
+    use std::io::Read;
 
     #[derive(Debug, Parser)]
     struct Cli {
