@@ -22,3 +22,5 @@ pub mod size;
 mod test_support;
 
 pub use cli::{run_disk_command, DiskCommand};
+#[cfg(test)]
+mod crash_tests;
