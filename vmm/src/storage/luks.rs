@@ -187,6 +187,30 @@ pub fn format(
     result
 }
 
+/// Format an existing file or block device at `path` in place (a blank
+/// external medium): the data segment fills everything after the
+/// headers. Whatever was on the medium is lost.
+pub fn format_in_place(
+    path: &Path,
+    options: &FormatOptions,
+    passphrase: &[u8],
+) -> Result<(), StorageError> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(StorageError::io(path))?;
+    let len = io::Seek::seek(&mut file, io::SeekFrom::End(0)).map_err(StorageError::io(path))?;
+    if len < DEFAULT_DATA_OFFSET + (1 << 20) {
+        return Err(StorageError::InvalidOption(format!(
+            "{} is {len} bytes; an encrypted medium needs at least 17 MiB",
+            path.display()
+        )));
+    }
+    drop(file);
+    format_file(path, options, passphrase)
+}
+
 fn format_file(
     path: &Path,
     options: &FormatOptions,

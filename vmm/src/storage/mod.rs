@@ -24,3 +24,4 @@ mod test_support;
 pub use cli::{run_disk_command, DiskCommand};
 #[cfg(test)]
 mod crash_tests;
+pub mod external;
