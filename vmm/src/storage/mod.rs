@@ -25,3 +25,4 @@ pub use cli::{run_disk_command, DiskCommand};
 #[cfg(test)]
 mod crash_tests;
 pub mod external;
+pub mod bench;
