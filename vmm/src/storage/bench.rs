@@ -5,9 +5,16 @@
 //!
 //! Method (the same for every contender): files in a scratch directory
 //! on a real filesystem (default /var/tmp), buffered I/O through the page
-//! cache, sequential requests one at a time, writes first (into a fresh
-//! sparse file), then reads of the same range (cache-warm). This measures
-//! the I/O path's own cost (copies and crypto), not the host disk.
+//! cache, sequential requests one at a time. Each image is first filled
+//! once (untimed, so no contender pays for block allocation), then
+//! overwritten (timed writes) and read back (timed, cache-warm reads).
+//! This measures the I/O path's own cost (copies and crypto), not the
+//! host disk.
+//!
+//! Throughput is bytes per CPU-second (user + system time of the thread
+//! or process doing the I/O), because on a shared, loaded host wall-clock
+//! time mostly measures the other tenants; `openssl speed` reports user
+//! CPU time too. Wall-clock figures are printed beside them.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -64,7 +71,27 @@ pub struct Measurement {
     pub subject: &'static str,
     pub request_size: usize,
     pub direction: Direction,
+    /// MiB per CPU-second.
     pub mib_per_s: f64,
+    /// MiB per wall-clock second.
+    pub wall_mib_per_s: f64,
+}
+
+/// CPU time (user + system) of the calling thread or, for
+/// `RUSAGE_CHILDREN`, of all waited-for children, in seconds.
+fn cpu_seconds(who: libc::c_int) -> f64 {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(who, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
+fn mib_per(bytes: u64, seconds: f64) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / seconds.max(1e-9)
 }
 
 #[derive(Debug, Clone)]
@@ -90,7 +117,7 @@ impl fmt::Display for DiskBenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "method: page cache for all, sequential requests at queue depth 1, writes into fresh sparse files then reads"
+            "method: page cache for all (images pre-filled), sequential requests at queue depth 1; MiB per CPU-second (wall-clock in brackets)"
         )?;
         for m in &self.measurements {
             let size = if m.request_size >= 1 << 20 {
@@ -102,7 +129,11 @@ impl fmt::Display for DiskBenchReport {
                 Direction::Read => "read",
                 Direction::Write => "write",
             };
-            writeln!(f, "{:<10} {:>5} {:<5} {:>10.1} MiB/s", m.subject, size, direction, m.mib_per_s)?;
+            writeln!(
+                f,
+                "{:<10} {:>5} {:<5} {:>10.1} MiB/s  ({:.1} MiB/s wall)",
+                m.subject, size, direction, m.mib_per_s, m.wall_mib_per_s
+            )?;
         }
         writeln!(
             f,
@@ -110,20 +141,30 @@ impl fmt::Display for DiskBenchReport {
             self.openssl_ceiling_mib_per_s
         )?;
         let encrypted = self.one_mib_mean("encrypted");
-        writeln!(f, "encrypted/qemu-luks: {:.2}", encrypted / self.one_mib_mean("qemu-luks"))?;
+        writeln!(
+            f,
+            "encrypted/qemu-luks: {:.2}",
+            encrypted / self.one_mib_mean("qemu-luks")
+        )?;
         writeln!(
             f,
             "encrypted/openssl-ceiling: {:.2}",
             encrypted / self.openssl_ceiling_mib_per_s
         )?;
-        writeln!(f, "encrypted/plain: {:.2}", encrypted / self.one_mib_mean("plain"))
+        writeln!(
+            f,
+            "encrypted/plain: {:.2}",
+            encrypted / self.one_mib_mean("plain")
+        )
     }
 }
 
 /// Run the whole benchmark; scratch files are removed afterwards.
 pub fn run_disk_bench(args: &BenchDiskArgs) -> Result<DiskBenchReport, StorageError> {
     let size = args.size.next_multiple_of(1 << 20).max(16 << 20);
-    let dir = args.dir.join(format!("securevm-bench-{}", std::process::id()));
+    let dir = args
+        .dir
+        .join(format!("securevm-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(StorageError::io(&dir))?;
     let result = run_in(&dir, size);
     let _ = std::fs::remove_dir_all(&dir);
@@ -185,16 +226,19 @@ fn measure_backend(
     let mut results = Vec::new();
     for (request_size, depth) in [(4096usize, 64usize), (1 << 20, 8)] {
         let mut rig = QueueRig::new(backend.clone(), request_size, depth)?;
+        let total = total_bytes(request_size, disk_size);
+        rig.run(Direction::Write, total)?;
         for direction in [Direction::Write, Direction::Read] {
-            let total = total_bytes(request_size, disk_size);
             let start = Instant::now();
+            let cpu_start = cpu_seconds(libc::RUSAGE_THREAD);
             rig.run(direction, total)?;
-            let seconds = start.elapsed().as_secs_f64();
+            let cpu = cpu_seconds(libc::RUSAGE_THREAD) - cpu_start;
             results.push(Measurement {
                 subject,
                 request_size,
                 direction,
-                mib_per_s: total as f64 / (1 << 20) as f64 / seconds,
+                mib_per_s: mib_per(total, cpu),
+                wall_mib_per_s: mib_per(total, start.elapsed().as_secs_f64()),
             });
         }
     }
@@ -215,7 +259,11 @@ struct QueueRig {
 }
 
 impl QueueRig {
-    fn new(backend: Arc<dyn BlockBackend>, request_size: usize, depth: usize) -> Result<Self, StorageError> {
+    fn new(
+        backend: Arc<dyn BlockBackend>,
+        request_size: usize,
+        depth: usize,
+    ) -> Result<Self, StorageError> {
         let mem_size = DATA as usize + request_size * depth;
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_size)])
             .map_err(|e| bench_error(format!("cannot map guest memory: {e}")))?;
@@ -244,7 +292,14 @@ impl QueueRig {
         })
     }
 
-    fn write_descriptor(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) -> Result<(), StorageError> {
+    fn write_descriptor(
+        &self,
+        index: u16,
+        addr: u64,
+        len: u32,
+        flags: u16,
+        next: u16,
+    ) -> Result<(), StorageError> {
         let mut raw = [0u8; 16];
         raw[0..8].copy_from_slice(&addr.to_le_bytes());
         raw[8..12].copy_from_slice(&len.to_le_bytes());
@@ -257,7 +312,12 @@ impl QueueRig {
 
     /// Lay out the chain for batch slot `slot`: header, data segments,
     /// status byte. Returns the head index.
-    fn build_chain(&self, slot: usize, direction: Direction, sector: u64) -> Result<u16, StorageError> {
+    fn build_chain(
+        &self,
+        slot: usize,
+        direction: Direction,
+        sector: u64,
+    ) -> Result<u16, StorageError> {
         let head = slot as u16 * self.chain_len;
         let header_addr = HEADERS + slot as u64 * 16;
         let request_type = match direction {
@@ -280,7 +340,13 @@ impl QueueRig {
         let mut done = 0;
         while done < self.request_size {
             let len = (self.request_size - done).min(SEGMENT);
-            self.write_descriptor(index, data_base + done as u64, len as u32, data_flags, index + 1)?;
+            self.write_descriptor(
+                index,
+                data_base + done as u64,
+                len as u32,
+                data_flags,
+                index + 1,
+            )?;
             done += len;
             index += 1;
         }
@@ -309,7 +375,11 @@ impl QueueRig {
             }
             self.avail_idx = self.avail_idx.wrapping_add(batch as u16);
             self.mem
-                .store(self.avail_idx, GuestAddress(AVAIL_RING + 2), Ordering::Release)
+                .store(
+                    self.avail_idx,
+                    GuestAddress(AVAIL_RING + 2),
+                    Ordering::Release,
+                )
                 .map_err(|e| bench_error(e.to_string()))?;
             self.handler
                 .process_queue(&mut self.queue, &self.mem)
@@ -319,7 +389,10 @@ impl QueueRig {
                 .load(GuestAddress(USED_RING + 2), Ordering::Acquire)
                 .map_err(|e| bench_error(e.to_string()))?;
             if used != self.avail_idx {
-                return Err(bench_error(format!("device used {used} of {} buffers", self.avail_idx)));
+                return Err(bench_error(format!(
+                    "device used {used} of {} buffers",
+                    self.avail_idx
+                )));
             }
             for slot in 0..batch {
                 let status: u8 = self
@@ -327,7 +400,9 @@ impl QueueRig {
                     .read_obj(GuestAddress(STATUS + slot as u64))
                     .map_err(|e| bench_error(e.to_string()))?;
                 if status != 0 {
-                    return Err(bench_error(format!("request failed with virtio status {status}")));
+                    return Err(bench_error(format!(
+                        "request failed with virtio status {status}"
+                    )));
                 }
             }
             next_request += batch as u64;
@@ -337,13 +412,18 @@ impl QueueRig {
 }
 
 /// QEMU's LUKS driver on an equal image through `qemu-io`, one command
-/// per request, timed by qemu-io itself.
+/// per request. CPU time is the qemu-io process's (all its threads),
+/// less the CPU time of a qemu-io run that only opens the image; the
+/// wall-clock figure sums qemu-io's own per-request timings.
 fn measure_qemu_luks(dir: &Path, disk_size: u64) -> Result<Vec<Measurement>, StorageError> {
     let image = dir.join("qemu-luks.img");
     let secret = format!("secret,id=sec0,data={BENCH_PASSPHRASE}");
     let created = Command::new("qemu-img")
         .args(["create", "-q", "-f", "luks", "--object", &secret])
-        .args(["-o", "key-secret=sec0,iter-time=10,cipher-alg=aes-256,cipher-mode=xts,ivgen-alg=plain64"])
+        .args([
+            "-o",
+            "key-secret=sec0,iter-time=10,cipher-alg=aes-256,cipher-mode=xts,ivgen-alg=plain64",
+        ])
         .arg(&image)
         .arg(disk_size.to_string())
         .output()
@@ -358,34 +438,47 @@ fn measure_qemu_luks(dir: &Path, disk_size: u64) -> Result<Vec<Measurement>, Sto
         "driver=luks,key-secret=sec0,file.filename={},cache.direct=off",
         image.display()
     );
+    let qemu_io = |commands: Vec<String>| -> Result<(String, f64), StorageError> {
+        let mut command = Command::new("qemu-io");
+        command.args(["--object", &secret, "--image-opts", &image_opts]);
+        for each in commands {
+            command.arg("-c").arg(each);
+        }
+        let cpu_start = cpu_seconds(libc::RUSAGE_CHILDREN);
+        let output = command
+            .output()
+            .map_err(|e| bench_error(format!("cannot run qemu-io (install qemu-utils): {e}")))?;
+        let cpu = cpu_seconds(libc::RUSAGE_CHILDREN) - cpu_start;
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        if !output.status.success() || text.contains("failed") {
+            return Err(bench_error(format!(
+                "qemu-io failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        Ok((text, cpu))
+    };
+    // Fill the image once, and learn qemu-io's start-up cost to subtract.
+    qemu_io(vec![format!("write -P 0x11 0 {disk_size}")])?;
+    let (_, startup_cpu) = qemu_io(vec!["flush".to_string()])?;
     let mut results = Vec::new();
     for request_size in [4096usize, 1 << 20] {
         for direction in [Direction::Write, Direction::Read] {
-            let count = total_bytes(request_size, disk_size) / request_size as u64;
+            let total = total_bytes(request_size, disk_size);
             let verb = match direction {
                 Direction::Read => "read",
                 Direction::Write => "write -P 0xab",
             };
-            let mut command = Command::new("qemu-io");
-            command.args(["--object", &secret, "--image-opts", &image_opts]);
-            for i in 0..count {
-                command.arg("-c").arg(format!("{verb} {} {request_size}", i * request_size as u64));
-            }
-            let output = command
-                .output()
-                .map_err(|e| bench_error(format!("cannot run qemu-io (install qemu-utils): {e}")))?;
-            let text = String::from_utf8_lossy(&output.stdout);
-            if !output.status.success() || text.contains("failed") {
-                return Err(bench_error(format!(
-                    "qemu-io failed: {}",
-                    String::from_utf8_lossy(&output.stderr).trim()
-                )));
-            }
+            let commands = (0..total / request_size as u64)
+                .map(|i| format!("{verb} {} {request_size}", i * request_size as u64))
+                .collect();
+            let (text, cpu) = qemu_io(commands)?;
             results.push(Measurement {
                 subject: "qemu-luks",
                 request_size,
                 direction,
-                mib_per_s: qemu_io_throughput(&text, request_size)
+                mib_per_s: mib_per(total, cpu - startup_cpu),
+                wall_mib_per_s: qemu_io_throughput(&text, request_size)
                     .ok_or_else(|| bench_error("cannot parse qemu-io timing".to_string()))?,
             });
         }
@@ -423,7 +516,15 @@ fn qemu_io_throughput(output: &str, request_size: usize) -> Option<f64> {
 /// `openssl speed -evp aes-256-xts` on 1 MiB blocks, one process.
 fn openssl_ceiling() -> Result<f64, StorageError> {
     let output = Command::new("openssl")
-        .args(["speed", "-evp", "aes-256-xts", "-bytes", "1048576", "-seconds", "2"])
+        .args([
+            "speed",
+            "-evp",
+            "aes-256-xts",
+            "-bytes",
+            "1048576",
+            "-seconds",
+            "2",
+        ])
         .output()
         .map_err(|e| bench_error(format!("cannot run openssl: {e}")))?;
     parse_openssl_speed(&String::from_utf8_lossy(&output.stdout))
@@ -436,7 +537,12 @@ fn parse_openssl_speed(output: &str) -> Option<f64> {
     let line = output
         .lines()
         .find(|line| line.to_ascii_lowercase().starts_with("aes-256-xts"))?;
-    let thousands: f64 = line.split_whitespace().last()?.strip_suffix('k')?.parse().ok()?;
+    let thousands: f64 = line
+        .split_whitespace()
+        .last()?
+        .strip_suffix('k')?
+        .parse()
+        .ok()?;
     Some(thousands * 1000.0 / (1024.0 * 1024.0))
 }
 
@@ -480,7 +586,9 @@ mod tests {
         let mut back = vec![0u8; 4096];
         backend.read_at(3 << 20, &mut back).unwrap();
         assert_eq!(back, vec![0x3c; 4096]);
-        rig.mem.write_slice(&vec![0u8; 2 << 20], GuestAddress(DATA)).unwrap();
+        rig.mem
+            .write_slice(&vec![0u8; 2 << 20], GuestAddress(DATA))
+            .unwrap();
         rig.run(Direction::Read, 2 << 20).unwrap();
         let mut guest = vec![0u8; 2 << 20];
         rig.mem.read_slice(&mut guest, GuestAddress(DATA)).unwrap();

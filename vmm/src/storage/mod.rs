@@ -22,7 +22,7 @@ pub mod size;
 mod test_support;
 
 pub use cli::{run_disk_command, DiskCommand};
+pub mod bench;
 #[cfg(test)]
 mod crash_tests;
 pub mod external;
-pub mod bench;

@@ -13,6 +13,7 @@
 
 use std::sync::Mutex;
 
+use foreign_types::ForeignTypeRef;
 use openssl::cipher::{Cipher, CipherRef};
 use openssl::cipher_ctx::CipherCtx;
 
@@ -142,8 +143,18 @@ impl SectorCipher {
             .zip(output.chunks_exact_mut(self.unit))
         {
             iv[..8].copy_from_slice(&sector.to_le_bytes());
-            pair.encrypt.encrypt_init(None, None, Some(&iv))?;
-            pair.encrypt.cipher_update(plain, Some(cipher))?;
+            // SAFETY: `plain` and `cipher` are distinct slices of exactly
+            // one unit each.
+            unsafe {
+                xts_unit(
+                    &mut pair.encrypt,
+                    true,
+                    &iv,
+                    plain.as_ptr(),
+                    cipher.as_mut_ptr(),
+                    self.unit,
+                )?
+            };
             sector = sector.wrapping_add(sectors_per_unit);
         }
         Ok(())
@@ -179,19 +190,16 @@ impl SectorCipher {
         let sectors_per_unit = self.unit as u64 / IV_SECTOR;
         let mut sector = self.iv_tweak.wrapping_add(segment_offset / IV_SECTOR);
         let mut iv = [0u8; 16];
+        let (ctx, encrypt) = match direction {
+            Direction::Encrypt => (&mut pair.encrypt, true),
+            Direction::Decrypt => (&mut pair.decrypt, false),
+        };
         for unit in data.chunks_exact_mut(self.unit) {
             iv[..8].copy_from_slice(&sector.to_le_bytes());
-            let ctx = match direction {
-                Direction::Encrypt => {
-                    pair.encrypt.encrypt_init(None, None, Some(&iv))?;
-                    &mut pair.encrypt
-                }
-                Direction::Decrypt => {
-                    pair.decrypt.decrypt_init(None, None, Some(&iv))?;
-                    &mut pair.decrypt
-                }
-            };
-            ctx.cipher_update_inplace(unit, self.unit)?;
+            let at = unit.as_mut_ptr();
+            // SAFETY: in-place XTS on one whole unit; OpenSSL allows input
+            // and output to be the same buffer.
+            unsafe { xts_unit(ctx, encrypt, &iv, at, at, self.unit)? };
             sector = sector.wrapping_add(sectors_per_unit);
         }
         Ok(())
@@ -219,6 +227,50 @@ impl SectorCipher {
         decrypt.decrypt_init(Some(self.cipher), Some(self.key.as_bytes()), None)?;
         Ok(ContextPair { encrypt, decrypt })
     }
+}
+
+/// One XTS data unit through a keyed context: set the IV, run the
+/// cipher. Straight FFI on purpose: the safe wrappers re-query the IV
+/// length and block size through OpenSSL 3's parameter machinery on
+/// every call, which costs as much as encrypting a 512-byte unit.
+///
+/// # Safety
+/// `input` and `output` must each be valid for `len` bytes (they may be
+/// the same pointer); `ctx` must be keyed for AES-XTS in the direction
+/// `encrypt` says.
+unsafe fn xts_unit(
+    ctx: &mut CipherCtx,
+    encrypt: bool,
+    iv: &[u8; 16],
+    input: *const u8,
+    output: *mut u8,
+    len: usize,
+) -> Result<(), CryptoError> {
+    let raw = ctx.as_ptr();
+    let len = std::os::raw::c_int::try_from(len)
+        .map_err(|_| CryptoError::Unaligned { len, unit: len })?;
+    let mut written: std::os::raw::c_int = 0;
+    // SAFETY: `raw` is a live context we hold exclusively; a NULL cipher,
+    // engine and key keep its key schedule and replace only the 16-byte
+    // IV, which `iv` provides.
+    let initialised = unsafe {
+        openssl_sys::EVP_CipherInit_ex(
+            raw,
+            std::ptr::null(),
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            iv.as_ptr(),
+            std::os::raw::c_int::from(encrypt),
+        )
+    };
+    // SAFETY: the caller guarantees `len` valid bytes at both pointers;
+    // XTS writes exactly `len` bytes.
+    let updated = initialised == 1
+        && unsafe { openssl_sys::EVP_CipherUpdate(raw, output, &mut written, input, len) } == 1;
+    if !updated || written != len {
+        return Err(CryptoError::OpenSsl(openssl::error::ErrorStack::get()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
