@@ -285,7 +285,7 @@ fn copy_into(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::test_support::{scratch_path, PASSPHRASE};
+    use crate::storage::test_support::{scratch_path, ScratchPath, PASSPHRASE};
     use clap::Parser;
     use std::io::Read;
 
@@ -299,9 +299,13 @@ mod tests {
         Cli::try_parse_from(std::iter::once("disk").chain(args.iter().copied())).map(|cli| cli.disk)
     }
 
-    fn pass_file(content: &[u8]) -> String {
+    fn pass_file(content: &[u8]) -> ScratchPath {
         let path = scratch_path("pass");
         std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    fn arg(path: &Path) -> String {
         path.to_string_lossy().into_owned()
     }
 
@@ -311,8 +315,11 @@ mod tests {
     fn create_add_remove_info_through_the_cli() {
         let image = scratch_path("cli.img");
         let image_arg = image.to_string_lossy().into_owned();
-        let first = pass_file(b"correct horse battery staple\n");
-        let second = pass_file(b"second");
+        let (first_file, second_file) = (
+            pass_file(b"correct horse battery staple\n"),
+            pass_file(b"second"),
+        );
+        let (first, second) = (arg(&first_file), arg(&second_file));
         let mut args = vec!["create", "--size", "8M", "--passphrase-file", &first];
         args.extend(FAST);
         args.push(&image_arg);
@@ -359,7 +366,8 @@ mod tests {
         let content: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 253) as u8).collect();
         std::fs::write(&raw, &content).unwrap();
         let image = scratch_path("from.img");
-        let pass = pass_file(PASSPHRASE);
+        let pass_path = pass_file(PASSPHRASE);
+        let pass = arg(&pass_path);
         let (raw_arg, image_arg) = (raw.to_string_lossy(), image.to_string_lossy());
         let mut args = vec!["create", "--from", &raw_arg, "--passphrase-file", &pass];
         args.extend(FAST);
@@ -385,7 +393,8 @@ mod tests {
         assert!(parse(&["create", "--size", "1M", "--sector-size", "1024", "out.img"]).is_err());
         let raw = scratch_path("odd.raw");
         std::fs::write(&raw, vec![0u8; 1000]).unwrap();
-        let pass = pass_file(PASSPHRASE);
+        let pass_path = pass_file(PASSPHRASE);
+        let pass = arg(&pass_path);
         let out = scratch_path("odd.img");
         let (raw_arg, out_arg) = (raw.to_string_lossy(), out.to_string_lossy());
         let cmd = parse(&[

@@ -93,7 +93,7 @@ fn torn_key_removal_keeps_the_remaining_key() {
 
 /// Run `op` in a child process on a copy of `base` and SIGKILL it after
 /// `delay`; returns the copy.
-fn kill_during(op: &str, base: &Path, delay: Duration) -> std::path::PathBuf {
+fn kill_during(op: &str, base: &Path, delay: Duration) -> ScratchPath {
     let image = scratch_path("killed.img");
     std::fs::copy(base, &image).unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())

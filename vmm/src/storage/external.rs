@@ -169,7 +169,7 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
-    fn blank_medium(size: u64) -> std::path::PathBuf {
+    fn blank_medium(size: u64) -> ScratchPath {
         let path = scratch_path("usb.img");
         File::create(&path).unwrap().set_len(size).unwrap();
         path

@@ -639,7 +639,6 @@ mod tests {
     use super::*;
     use crate::storage::header::test_support::{corrupt_copy, edit_json};
     use crate::storage::test_support::*;
-    use std::path::PathBuf;
 
     const MIB: u64 = 1 << 20;
 
@@ -926,7 +925,7 @@ mod tests {
         assert_eq!(dumped, ours_hex);
     }
 
-    fn cryptsetup_format(name: &str, extra: &[&str]) -> Option<PathBuf> {
+    fn cryptsetup_format(name: &str, extra: &[&str]) -> Option<ScratchPath> {
         let mut command = cryptsetup()?;
         let path = scratch_path(name);
         std::fs::File::create(&path)

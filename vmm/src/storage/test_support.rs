@@ -16,16 +16,56 @@ pub const FAST_KDF: KdfSettings = KdfSettings::Fixed {
 
 pub const PASSPHRASE: &[u8] = b"correct horse battery staple";
 
+/// A scratch file path, removed (with its `.key` and `.hdr` siblings)
+/// when dropped so test runs do not fill the disk.
+#[derive(Debug)]
+pub struct ScratchPath(PathBuf);
+
+impl std::ops::Deref for ScratchPath {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for ScratchPath {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for ScratchPath {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for ScratchPath {
+    fn drop(&mut self) {
+        for path in [
+            self.0.clone(),
+            self.0.with_extension("key"),
+            self.0.with_extension("hdr"),
+        ] {
+            let _ = std::fs::remove_file(path);
+        }
+        // Succeeds only for the last scratch file of the run.
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
 /// A fresh path under /var/tmp (not tmpfs) unique to this test run.
-pub fn scratch_path(name: &str) -> PathBuf {
+pub fn scratch_path(name: &str) -> ScratchPath {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let dir = Path::new("/var/tmp").join(format!("securevm-storage-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    dir.join(format!("{}-{name}", NEXT.fetch_add(1, Ordering::Relaxed)))
+    ScratchPath(dir.join(format!("{}-{name}", NEXT.fetch_add(1, Ordering::Relaxed))))
 }
 
 /// A new LUKS2 image of `size` data bytes with [`PASSPHRASE`].
-pub fn new_volume(name: &str, size: u64, sector_size: u32) -> PathBuf {
+pub fn new_volume(name: &str, size: u64, sector_size: u32) -> ScratchPath {
     let path = scratch_path(name);
     let options = FormatOptions {
         sector_size,
@@ -49,6 +89,7 @@ pub fn cryptsetup() -> Option<Command> {
 }
 
 /// Write `passphrase` to a key file next to `image` and return its path.
+/// Removed together with `image` (see [`ScratchPath`]).
 pub fn key_file(image: &Path, passphrase: &[u8]) -> PathBuf {
     let path = image.with_extension("key");
     std::fs::write(&path, passphrase).unwrap();
