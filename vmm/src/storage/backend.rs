@@ -187,6 +187,16 @@ mod tests {
     }
 
     #[test]
+    fn virtio_block_device_accepts_the_backend() {
+        use crate::devices::virtio::block::Block;
+        for sector_size in [512, 4096] {
+            let path = new_volume("device.img", MIB, sector_size);
+            let backend = EncryptedBackend::open(&path, PASSPHRASE, false).unwrap();
+            assert!(Block::new(Box::new(backend), "encrypted").is_ok());
+        }
+    }
+
+    #[test]
     fn requests_beyond_capacity_or_unaligned_fail() {
         let path = new_volume("bounds.img", MIB, 512);
         let backend = EncryptedBackend::open(&path, PASSPHRASE, false).unwrap();

@@ -247,6 +247,21 @@ fn format_file(
     Ok(())
 }
 
+/// Whether `path` starts with a LUKS header (either version, or a LUKS2
+/// image whose primary header is damaged but whose secondary survives).
+pub fn is_luks(path: &Path) -> Result<bool, StorageError> {
+    let file = File::open(path).map_err(StorageError::io(path))?;
+    match header::luks_version(&file) {
+        Ok(_) => Ok(true),
+        Err(header::HeaderError::NotLuks) => Ok(false),
+        Err(header::HeaderError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(source) => Err(StorageError::Header {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 /// Open the volume key of the LUKS2 (or LUKS1) image at `path` with
 /// `passphrase`.
 pub fn unlock(path: &Path, passphrase: &[u8]) -> Result<UnlockedVolume, StorageError> {
@@ -843,6 +858,17 @@ mod tests {
             matches!(err, StorageError::UnsupportedCipher { ref cipher, .. } if cipher == "serpent-xts-plain64"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn luks_images_are_recognised() {
+        let volume = new_volume("is.img", MIB, 4096);
+        assert!(is_luks(&volume).unwrap());
+        let raw = scratch_path("is-raw.img");
+        std::fs::write(&raw, vec![0u8; 1 << 16]).unwrap();
+        assert!(!is_luks(&raw).unwrap());
+        std::fs::write(&raw, b"short").unwrap();
+        assert!(!is_luks(&raw).unwrap());
     }
 
     #[test]
