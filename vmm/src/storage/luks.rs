@@ -740,12 +740,20 @@ mod tests {
     fn damaged_primary_header_falls_back_to_the_secondary() {
         let path = new_volume("primary.img", MIB, 4096);
         corrupt_copy(&path, 0);
+        captured_warnings();
         let metadata = read_checked_metadata(&path, &File::open(&path).unwrap()).unwrap();
         assert_eq!(metadata.copy, HeaderCopy::Secondary);
         assert!(matches!(
             metadata.damaged_copy,
             Some((HeaderCopy::Primary, ref why)) if why.contains("checksum")
         ));
+        let name = path.display().to_string();
+        assert!(
+            captured_warnings()
+                .iter()
+                .any(|w| w.contains(&name) && w.contains("primary LUKS2 header is damaged")),
+            "no warning logged for {name}"
+        );
         assert!(unlock(&path, PASSPHRASE).is_ok());
     }
 

@@ -95,3 +95,36 @@ pub fn key_file(image: &Path, passphrase: &[u8]) -> PathBuf {
     std::fs::write(&path, passphrase).unwrap();
     path
 }
+
+/// Start capturing log records (idempotent); returns every warning
+/// logged so far, across all tests of this process.
+pub fn captured_warnings() -> Vec<String> {
+    use std::sync::{Mutex, OnceLock};
+
+    struct Capture(Mutex<Vec<String>>);
+
+    impl log::Log for Capture {
+        fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+            metadata.level() <= log::Level::Warn
+        }
+        fn log(&self, record: &log::Record<'_>) {
+            if self.enabled(record.metadata()) {
+                self.0
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(record.args().to_string());
+            }
+        }
+        fn flush(&self) {}
+    }
+
+    static CAPTURE: OnceLock<&'static Capture> = OnceLock::new();
+    let capture = CAPTURE.get_or_init(|| {
+        let capture: &'static Capture = Box::leak(Box::new(Capture(Mutex::new(Vec::new()))));
+        if log::set_logger(capture).is_ok() {
+            log::set_max_level(log::LevelFilter::Warn);
+        }
+        capture
+    });
+    capture.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
