@@ -449,10 +449,10 @@ fn layout_of(
             size
         }
         None => {
-            if file_len < segment.offset + sector {
+            if file_len < segment.offset.saturating_add(sector) {
                 return Err(StorageError::SegmentBeyondEnd {
                     path: path.to_path_buf(),
-                    segment_end: segment.offset + sector,
+                    segment_end: segment.offset.saturating_add(sector),
                     file_len,
                 });
             }
@@ -549,10 +549,10 @@ fn unlock_luks1(
     let data_offset = status.get_data_offset().saturating_mul(512);
     let key_size = usize::try_from(status.get_volume_key_size()).unwrap_or(0);
     let file_len = file.metadata().map_err(StorageError::io(path))?.len();
-    if file_len < data_offset + 512 {
+    if file_len < data_offset.saturating_add(512) {
         return Err(StorageError::SegmentBeyondEnd {
             path: path.to_path_buf(),
-            segment_end: data_offset + 512,
+            segment_end: data_offset.saturating_add(512),
             file_len,
         });
     }
@@ -818,6 +818,19 @@ mod tests {
         let err = expect_err(unlock(&path, PASSPHRASE));
         assert!(
             matches!(err, StorageError::SegmentBeyondEnd { segment_end, .. } if segment_end == DEFAULT_DATA_OFFSET + 64 * MIB),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn absurd_segment_offsets_are_refused_without_overflow() {
+        let path = new_volume("offset.img", MIB, 4096);
+        edit_json(&path, |json| {
+            json["segments"]["0"]["offset"] = serde_json::json!((u64::MAX - 511).to_string());
+        });
+        let err = expect_err(unlock(&path, PASSPHRASE));
+        assert!(
+            matches!(err, StorageError::SegmentBeyondEnd { .. }),
             "{err}"
         );
     }
