@@ -14,5 +14,6 @@ pub mod devices;
 pub mod exit;
 pub mod loader;
 pub mod seccomp;
+pub mod storage;
 pub mod vmm;
 pub mod vstate;

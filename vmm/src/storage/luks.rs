@@ -1,0 +1,1052 @@
+//! LUKS volumes on image files through libcryptsetup: format, unlock
+//! (volume key only; no device-mapper), add and remove keyslots, and a
+//! secret-free description. libcryptsetup is the reference
+//! implementation of the format, so headers, keyslots, the anti-forensic
+//! splitter, Argon2 and the atomic two-copy header update are its job;
+//! we check the metadata ourselves first (see [`super::header`]) so that
+//! hostile images are refused before any key derivation runs.
+
+use std::ffi::CStr;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::raw::{c_char, c_int, c_void};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Once;
+
+use libcryptsetup_rs::consts::flags::{CryptPbkdf, CryptVolumeKey};
+use libcryptsetup_rs::consts::vals::{CryptKdf, EncryptionFormat, KeyslotInfo};
+use libcryptsetup_rs::{
+    CryptDevice, CryptInit, CryptParamsLuks2, CryptParamsLuks2Ref, CryptPbkdfType, Either,
+    LibcryptErr,
+};
+
+use super::error::StorageError;
+use super::header::{self, HeaderCopy, Keyslot, Luks2Metadata};
+use super::secret::SecretBuf;
+
+/// Where the data segment starts on volumes we create, as cryptsetup does.
+pub const DEFAULT_DATA_OFFSET: u64 = 16 << 20;
+/// The only data cipher securevm serves.
+pub const SUPPORTED_CIPHER: &str = "aes-xts-plain64";
+/// The most Argon2 memory a keyslot may ask for: cryptsetup's own ceiling
+/// for the keyslots it creates (1 GiB). Larger costs are refused before
+/// any allocation, as is any cost above the host's available memory.
+pub const MAX_KDF_MEMORY_KIB: u64 = 1 << 20;
+const VOLUME_KEY_BYTES: usize = 64;
+/// libcryptsetup never defines more LUKS2 keyslots than this.
+const MAX_KEYSLOTS: u32 = 32;
+
+/// How keyslot passphrases are stretched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KdfSettings {
+    /// Argon2id, benchmarked by libcryptsetup to about 2 s with at most
+    /// 1 GiB of memory: cryptsetup's defaults.
+    Benchmarked,
+    /// Argon2id with exactly these costs (no benchmark).
+    Fixed {
+        memory_kib: u32,
+        time_cost: u32,
+        parallel: u32,
+    },
+}
+
+impl KdfSettings {
+    /// Whether these costs are below what protects a human passphrase
+    /// (256 MiB, 3 passes); callers say so to the user.
+    pub fn is_weak(&self) -> bool {
+        match *self {
+            KdfSettings::Benchmarked => false,
+            KdfSettings::Fixed {
+                memory_kib,
+                time_cost,
+                ..
+            } => memory_kib < 256 * 1024 || time_cost < 3,
+        }
+    }
+
+    fn pbkdf(&self) -> CryptPbkdfType {
+        let (time_ms, iterations, max_memory_kb, parallel_threads, flags) = match *self {
+            KdfSettings::Benchmarked => {
+                (2000, 0, MAX_KDF_MEMORY_KIB as u32, 4, CryptPbkdf::empty())
+            }
+            KdfSettings::Fixed {
+                memory_kib,
+                time_cost,
+                parallel,
+            } => (
+                2000,
+                time_cost,
+                memory_kib,
+                parallel,
+                CryptPbkdf::NO_BENCHMARK,
+            ),
+        };
+        CryptPbkdfType {
+            type_: CryptKdf::Argon2Id,
+            hash: Some("sha256".to_string()),
+            time_ms,
+            iterations,
+            max_memory_kb,
+            parallel_threads,
+            flags,
+        }
+    }
+}
+
+/// How `format` lays out a new volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FormatOptions {
+    /// Encryption sector size: 4096 (default) or 512.
+    pub sector_size: u32,
+    pub kdf: KdfSettings,
+    /// Replace an existing file at the output path.
+    pub force: bool,
+}
+
+impl Default for FormatOptions {
+    fn default() -> Self {
+        Self {
+            sector_size: 4096,
+            kdf: KdfSettings::Benchmarked,
+            force: false,
+        }
+    }
+}
+
+/// Where the plaintext disk lives inside the image and how it is keyed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VolumeLayout {
+    /// 1 or 2.
+    pub luks_version: u16,
+    /// Byte offset of the data segment in the file.
+    pub data_offset: u64,
+    /// Guest-visible size in bytes (a multiple of `sector_size`).
+    pub capacity: u64,
+    pub sector_size: u32,
+    /// IV of the segment's first 512-byte sector.
+    pub iv_tweak: u64,
+}
+
+/// An opened volume: its key (locked, zeroized memory) and layout.
+#[derive(Debug)]
+pub struct UnlockedVolume {
+    pub key: SecretBuf,
+    pub layout: VolumeLayout,
+    /// The keyslot the passphrase opened.
+    pub keyslot: u32,
+}
+
+/// Create a LUKS2 volume at `path` with a `data_size`-byte data segment,
+/// a fresh random 512-bit volume key and one keyslot for `passphrase`.
+pub fn format(
+    path: &Path,
+    data_size: u64,
+    options: &FormatOptions,
+    passphrase: &[u8],
+) -> Result<(), StorageError> {
+    if options.sector_size != 512 && options.sector_size != 4096 {
+        return Err(StorageError::InvalidOption(format!(
+            "sector size {} is not supported; use 512 or 4096",
+            options.sector_size
+        )));
+    }
+    if data_size == 0 || !data_size.is_multiple_of(u64::from(options.sector_size)) {
+        return Err(StorageError::InvalidOption(format!(
+            "disk size {data_size} is not a positive multiple of the {}-byte sector size",
+            options.sector_size
+        )));
+    }
+    let mut open = OpenOptions::new();
+    open.write(true).mode(0o600);
+    if options.force {
+        open.create(true).truncate(true);
+    } else {
+        open.create_new(true);
+    }
+    let file = open.open(path).map_err(|source| {
+        if source.kind() == io::ErrorKind::AlreadyExists {
+            StorageError::AlreadyExists {
+                path: path.to_path_buf(),
+            }
+        } else {
+            StorageError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })?;
+    file.set_len(DEFAULT_DATA_OFFSET + data_size)
+        .map_err(StorageError::io(path))?;
+    drop(file);
+    let result = format_file(path, options, passphrase);
+    if result.is_err() {
+        // A half-formatted file would look like a volume; leave nothing.
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+/// Format an existing file or block device at `path` in place (a blank
+/// external medium): the data segment fills everything after the
+/// headers. Whatever was on the medium is lost.
+pub fn format_in_place(
+    path: &Path,
+    options: &FormatOptions,
+    passphrase: &[u8],
+) -> Result<(), StorageError> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(StorageError::io(path))?;
+    let len = io::Seek::seek(&mut file, io::SeekFrom::End(0)).map_err(StorageError::io(path))?;
+    if len < DEFAULT_DATA_OFFSET + (1 << 20) {
+        return Err(StorageError::InvalidOption(format!(
+            "{} is {len} bytes; an encrypted medium needs at least 17 MiB",
+            path.display()
+        )));
+    }
+    drop(file);
+    format_file(path, options, passphrase)
+}
+
+fn format_file(
+    path: &Path,
+    options: &FormatOptions,
+    passphrase: &[u8],
+) -> Result<(), StorageError> {
+    let mut device = init(path)?;
+    let params = CryptParamsLuks2 {
+        pbkdf: Some(options.kdf.pbkdf()),
+        integrity: None,
+        integrity_params: None,
+        data_alignment: (DEFAULT_DATA_OFFSET / 512) as usize,
+        data_device: None,
+        sector_size: options.sector_size,
+        label: None,
+        subsystem: None,
+    };
+    let mut params_ref: CryptParamsLuks2Ref<'_> = (&params)
+        .try_into()
+        .map_err(|e| cryptsetup_error(path, "prepare format parameters", e))?;
+    device
+        .context_handle()
+        .format(
+            EncryptionFormat::Luks2,
+            ("aes", "xts-plain64"),
+            None,
+            Either::Right(VOLUME_KEY_BYTES),
+            Some(&mut params_ref),
+        )
+        .map_err(|e| cryptsetup_error(path, "format the volume", e))?;
+    device
+        .keyslot_handle()
+        .add_by_key(None, None, passphrase, CryptVolumeKey::empty())
+        .map_err(|e| cryptsetup_error(path, "add the first keyslot", e))?;
+    Ok(())
+}
+
+/// Whether `path` starts with a LUKS header (either version, or a LUKS2
+/// image whose primary header is damaged but whose secondary survives).
+pub fn is_luks(path: &Path) -> Result<bool, StorageError> {
+    let file = File::open(path).map_err(StorageError::io(path))?;
+    match header::luks_version(&file) {
+        Ok(_) => Ok(true),
+        Err(header::HeaderError::NotLuks) => Ok(false),
+        Err(header::HeaderError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(source) => Err(StorageError::Header {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Open the volume key of the LUKS2 (or LUKS1) image at `path` with
+/// `passphrase`.
+pub fn unlock(path: &Path, passphrase: &[u8]) -> Result<UnlockedVolume, StorageError> {
+    let file = File::open(path).map_err(StorageError::io(path))?;
+    let version = header::luks_version(&file).map_err(header_error(path))?;
+    if version == 1 {
+        return unlock_luks1(path, &file, passphrase);
+    }
+    let metadata = read_checked_metadata(path, &file)?;
+    let layout = layout_of(path, &file, &metadata)?;
+    let (candidates, refusal) = usable_keyslots(path, &metadata.keyslots);
+    let mut device = load(path, EncryptionFormat::Luks2)?;
+    for slot in &candidates {
+        let mut key = SecretBuf::zeroed(slot.key_size as usize);
+        match device
+            .volume_key_handle()
+            .get(Some(slot.id), key.as_mut_bytes(), Some(passphrase))
+        {
+            Ok((_, len)) => {
+                key.truncate(len);
+                return Ok(UnlockedVolume {
+                    key,
+                    layout,
+                    keyslot: slot.id,
+                });
+            }
+            Err(LibcryptErr::IOError(e)) if is_wrong_key(&e) => {}
+            Err(e) => return Err(cryptsetup_error(path, "open a keyslot", e)),
+        }
+    }
+    Err(refusal.unwrap_or_else(|| StorageError::WrongPassphrase {
+        path: path.to_path_buf(),
+    }))
+}
+
+/// Add a keyslot for `new_passphrase`, authorised by `passphrase`.
+/// Returns the new slot number.
+pub fn add_key(
+    path: &Path,
+    passphrase: &[u8],
+    new_passphrase: &[u8],
+    kdf: &KdfSettings,
+) -> Result<u32, StorageError> {
+    let unlocked = unlock(path, passphrase)?;
+    let mut device = load(path, format_of(&unlocked))?;
+    let pbkdf = kdf.pbkdf();
+    device
+        .settings_handle()
+        .set_pbkdf_type(&pbkdf)
+        .map_err(|e| cryptsetup_error(path, "set the KDF", e))?;
+    device
+        .keyslot_handle()
+        .add_by_key(
+            None,
+            Some(Either::Left(unlocked.key.as_bytes())),
+            new_passphrase,
+            CryptVolumeKey::empty(),
+        )
+        .map_err(|e| cryptsetup_error(path, "add a keyslot", e))
+}
+
+/// Remove a keyslot. With `slot` unset, the slot `passphrase` opens is
+/// removed; with `slot` set, `passphrase` (of any slot) authorises
+/// removing that one. The last remaining slot is kept unless `force`.
+/// Returns the removed slot number.
+pub fn remove_key(
+    path: &Path,
+    passphrase: &[u8],
+    slot: Option<u32>,
+    force: bool,
+) -> Result<u32, StorageError> {
+    let unlocked = unlock(path, passphrase)?;
+    let mut device = load(path, format_of(&unlocked))?;
+    let target = slot.unwrap_or(unlocked.keyslot);
+    let active = active_keyslots(&mut device);
+    if !active.contains(&target) {
+        return Err(StorageError::NoSuchKeyslot {
+            path: path.to_path_buf(),
+            slot: target,
+        });
+    }
+    if active.len() == 1 && !force {
+        return Err(StorageError::LastKeyslot {
+            path: path.to_path_buf(),
+            slot: target,
+        });
+    }
+    device
+        .keyslot_handle()
+        .destroy(target)
+        .map_err(|e| cryptsetup_error(path, "remove the keyslot", e))?;
+    Ok(target)
+}
+
+/// Keyslot numbers in use.
+fn active_keyslots(device: &mut CryptDevice) -> Vec<u32> {
+    (0..MAX_KEYSLOTS)
+        .filter(|&slot| {
+            matches!(
+                device.keyslot_handle().status(slot),
+                Ok(KeyslotInfo::Active | KeyslotInfo::ActiveLast)
+            )
+        })
+        .collect()
+}
+
+fn format_of(unlocked: &UnlockedVolume) -> EncryptionFormat {
+    if unlocked.layout.luks_version == 1 {
+        EncryptionFormat::Luks1
+    } else {
+        EncryptionFormat::Luks2
+    }
+}
+
+/// LUKS2 metadata with its damage reported and its shape checked.
+pub(crate) fn read_checked_metadata(
+    path: &Path,
+    file: &File,
+) -> Result<Luks2Metadata, StorageError> {
+    let metadata = header::read_luks2(file).map_err(header_error(path))?;
+    if let Some((copy, damage)) = &metadata.damaged_copy {
+        let (bad, used) = match copy {
+            HeaderCopy::Primary => ("primary", "secondary"),
+            HeaderCopy::Secondary => ("secondary", "primary"),
+        };
+        log::warn!(
+            "{}: the {bad} LUKS2 header is damaged ({damage}); using the {used} copy. \
+             `securevm disk add-key` or `cryptsetup repair` rewrites both copies",
+            path.display()
+        );
+    }
+    Ok(metadata)
+}
+
+fn layout_of(
+    path: &Path,
+    file: &File,
+    metadata: &Luks2Metadata,
+) -> Result<VolumeLayout, StorageError> {
+    let unsupported = |reason: String| StorageError::UnsupportedLayout {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let [segment] = metadata.segments.as_slice() else {
+        return Err(unsupported(format!(
+            "{} data segments (a reencryption in progress?); finish it with cryptsetup first",
+            metadata.segments.len()
+        )));
+    };
+    if segment.encryption != SUPPORTED_CIPHER {
+        return Err(StorageError::UnsupportedCipher {
+            path: path.to_path_buf(),
+            cipher: segment.encryption.clone(),
+        });
+    }
+    if segment.sector_size != 512 && segment.sector_size != 4096 {
+        return Err(unsupported(format!(
+            "encryption sector size {} (512 and 4096 are supported)",
+            segment.sector_size
+        )));
+    }
+    if segment.offset < 2 * metadata.header_size || segment.offset % 512 != 0 {
+        return Err(unsupported(format!(
+            "data segment offset {} overlaps the headers or is unaligned",
+            segment.offset
+        )));
+    }
+    let file_len = file.metadata().map_err(StorageError::io(path))?.len();
+    let sector = u64::from(segment.sector_size);
+    let capacity = match segment.size {
+        Some(size) => {
+            let end = segment.offset.saturating_add(size);
+            if end > file_len {
+                return Err(StorageError::SegmentBeyondEnd {
+                    path: path.to_path_buf(),
+                    segment_end: end,
+                    file_len,
+                });
+            }
+            if !size.is_multiple_of(sector) {
+                return Err(unsupported(format!(
+                    "segment size {size} is not a multiple of its sector size {sector}"
+                )));
+            }
+            size
+        }
+        None => {
+            if file_len < segment.offset.saturating_add(sector) {
+                return Err(StorageError::SegmentBeyondEnd {
+                    path: path.to_path_buf(),
+                    segment_end: segment.offset.saturating_add(sector),
+                    file_len,
+                });
+            }
+            (file_len - segment.offset) / sector * sector
+        }
+    };
+    Ok(VolumeLayout {
+        luks_version: 2,
+        data_offset: segment.offset,
+        capacity,
+        sector_size: segment.sector_size,
+        iv_tweak: segment.iv_tweak,
+    })
+}
+
+/// The keyslots we are willing to try, and the reason to give when none
+/// of them opens and some were refused.
+fn usable_keyslots<'a>(
+    path: &Path,
+    keyslots: &'a [Keyslot],
+) -> (Vec<&'a Keyslot>, Option<StorageError>) {
+    let limit_kib = kdf_memory_limit_kib();
+    let mut usable = Vec::new();
+    let mut refusal = None;
+    for slot in keyslots {
+        let reason = if !matches!(slot.kdf.kind.as_str(), "argon2id" | "argon2i" | "pbkdf2") {
+            Some(StorageError::UnsupportedKdf {
+                path: path.to_path_buf(),
+                slot: slot.id,
+                kdf: slot.kdf.kind.clone(),
+            })
+        } else if slot.kdf.memory_kib > limit_kib {
+            Some(StorageError::KdfMemoryTooLarge {
+                path: path.to_path_buf(),
+                slot: slot.id,
+                memory_kib: slot.kdf.memory_kib,
+                limit_kib,
+            })
+        } else if slot.key_size == 0 || slot.key_size > 128 {
+            Some(StorageError::UnsupportedLayout {
+                path: path.to_path_buf(),
+                reason: format!("keyslot {} has a {}-byte key", slot.id, slot.key_size),
+            })
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => {
+                log::warn!("skipping a keyslot: {reason}");
+                refusal.get_or_insert(reason);
+            }
+            None => usable.push(slot),
+        }
+    }
+    (usable, refusal)
+}
+
+/// [`MAX_KDF_MEMORY_KIB`], lowered to the host's available memory.
+fn kdf_memory_limit_kib() -> u64 {
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("MemAvailable:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        });
+    available.map_or(MAX_KDF_MEMORY_KIB, |kib| kib.min(MAX_KDF_MEMORY_KIB))
+}
+
+fn unlock_luks1(
+    path: &Path,
+    file: &File,
+    passphrase: &[u8],
+) -> Result<UnlockedVolume, StorageError> {
+    let mut device = load(path, EncryptionFormat::Luks1)?;
+    let mut status = device.status_handle();
+    let cipher = format!(
+        "{}-{}",
+        status.get_cipher().unwrap_or_default(),
+        status.get_cipher_mode().unwrap_or_default()
+    );
+    if cipher != SUPPORTED_CIPHER {
+        return Err(StorageError::UnsupportedCipher {
+            path: path.to_path_buf(),
+            cipher,
+        });
+    }
+    let data_offset = status.get_data_offset().saturating_mul(512);
+    let key_size = usize::try_from(status.get_volume_key_size()).unwrap_or(0);
+    let file_len = file.metadata().map_err(StorageError::io(path))?.len();
+    if file_len < data_offset.saturating_add(512) {
+        return Err(StorageError::SegmentBeyondEnd {
+            path: path.to_path_buf(),
+            segment_end: data_offset.saturating_add(512),
+            file_len,
+        });
+    }
+    let mut key = SecretBuf::zeroed(key_size.max(1));
+    let slot = match device
+        .volume_key_handle()
+        .get(None, key.as_mut_bytes(), Some(passphrase))
+    {
+        Ok((slot, len)) => {
+            key.truncate(len);
+            slot
+        }
+        Err(LibcryptErr::IOError(e)) if is_wrong_key(&e) => {
+            return Err(StorageError::WrongPassphrase {
+                path: path.to_path_buf(),
+            })
+        }
+        Err(e) => return Err(cryptsetup_error(path, "open a keyslot", e)),
+    };
+    Ok(UnlockedVolume {
+        key,
+        layout: VolumeLayout {
+            luks_version: 1,
+            data_offset,
+            capacity: (file_len - data_offset) / 512 * 512,
+            sector_size: 512,
+            iv_tweak: 0,
+        },
+        keyslot: u32::try_from(slot).unwrap_or(0),
+    })
+}
+
+fn is_wrong_key(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EPERM) | Some(libc::ENOENT))
+}
+
+fn init(path: &Path) -> Result<CryptDevice, StorageError> {
+    route_cryptsetup_log();
+    CryptInit::init(path).map_err(|e| cryptsetup_error(path, "open the image", e))
+}
+
+fn load(path: &Path, format: EncryptionFormat) -> Result<CryptDevice, StorageError> {
+    let mut device = init(path)?;
+    device
+        .context_handle()
+        .load::<()>(Some(format), None)
+        .map_err(|e| cryptsetup_error(path, "load the LUKS header", e))?;
+    Ok(device)
+}
+
+fn cryptsetup_error(path: &Path, operation: &'static str, error: LibcryptErr) -> StorageError {
+    let source = match error {
+        LibcryptErr::IOError(e) => e,
+        other => io::Error::other(other.to_string()),
+    };
+    StorageError::Cryptsetup {
+        path: path.to_path_buf(),
+        operation,
+        source,
+    }
+}
+
+fn header_error(path: &Path) -> impl FnOnce(header::HeaderError) -> StorageError + '_ {
+    move |source| StorageError::Header {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Send libcryptsetup's messages to our log instead of nowhere.
+fn route_cryptsetup_log() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| libcryptsetup_rs::set_log_callback::<()>(Some(forward_log), None));
+}
+
+unsafe extern "C" fn forward_log(level: c_int, message: *const c_char, _user: *mut c_void) {
+    if message.is_null() {
+        return;
+    }
+    // SAFETY: libcryptsetup passes a NUL-terminated string valid for the
+    // duration of the call.
+    let text = unsafe { CStr::from_ptr(message) }.to_string_lossy();
+    let text = text.trim_end();
+    match level {
+        libcryptsetup_rs_sys_levels::ERROR => log::warn!("libcryptsetup: {text}"),
+        libcryptsetup_rs_sys_levels::NORMAL => log::info!("libcryptsetup: {text}"),
+        _ => log::debug!("libcryptsetup: {text}"),
+    }
+}
+
+/// libcryptsetup's CRYPT_LOG_* levels.
+mod libcryptsetup_rs_sys_levels {
+    pub const NORMAL: i32 = 0;
+    pub const ERROR: i32 = 1;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::header::test_support::{corrupt_copy, edit_json};
+    use crate::storage::test_support::*;
+
+    const MIB: u64 = 1 << 20;
+
+    fn expect_err(result: Result<UnlockedVolume, StorageError>) -> StorageError {
+        match result {
+            Ok(_) => panic!("unlock unexpectedly succeeded"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn format_then_unlock_yields_the_layout_and_a_512_bit_key() {
+        let path = new_volume("fmt.img", 4 * MIB, 4096);
+        let unlocked = unlock(&path, PASSPHRASE).unwrap();
+        assert_eq!(unlocked.key.len(), 64);
+        assert_eq!(unlocked.keyslot, 0);
+        assert_eq!(
+            unlocked.layout,
+            VolumeLayout {
+                luks_version: 2,
+                data_offset: DEFAULT_DATA_OFFSET,
+                capacity: 4 * MIB,
+                sector_size: 4096,
+                iv_tweak: 0,
+            }
+        );
+        assert!(!format!("{unlocked:?}").contains(&format!("{:?}", unlocked.key.as_bytes())));
+    }
+
+    #[test]
+    fn existing_files_are_not_overwritten_without_force() {
+        let path = new_volume("exists.img", MIB, 4096);
+        let mut options = FormatOptions {
+            kdf: FAST_KDF,
+            ..FormatOptions::default()
+        };
+        let err = format(&path, MIB, &options, b"other").unwrap_err();
+        assert!(matches!(err, StorageError::AlreadyExists { .. }), "{err}");
+        assert!(unlock(&path, PASSPHRASE).is_ok());
+        options.force = true;
+        format(&path, MIB, &options, b"other").unwrap();
+        assert!(unlock(&path, b"other").is_ok());
+    }
+
+    #[test]
+    fn wrong_passphrase_is_refused() {
+        let path = new_volume("wrong.img", MIB, 4096);
+        let err = expect_err(unlock(&path, b"not the passphrase"));
+        assert!(matches!(err, StorageError::WrongPassphrase { .. }), "{err}");
+        assert!(!err.to_string().contains("not the passphrase"));
+    }
+
+    #[test]
+    fn keys_are_added_and_removed() {
+        let path = new_volume("keys.img", MIB, 4096);
+        let slot = add_key(&path, PASSPHRASE, b"second", &FAST_KDF).unwrap();
+        assert_eq!(slot, 1);
+        let first = unlock(&path, PASSPHRASE).unwrap();
+        let second = unlock(&path, b"second").unwrap();
+        assert_eq!(first.key.as_bytes(), second.key.as_bytes());
+        assert_eq!(second.keyslot, 1);
+
+        assert_eq!(remove_key(&path, PASSPHRASE, None, false).unwrap(), 0);
+        assert!(matches!(
+            expect_err(unlock(&path, PASSPHRASE)),
+            StorageError::WrongPassphrase { .. }
+        ));
+        let err = remove_key(&path, b"second", None, false).unwrap_err();
+        assert!(
+            matches!(err, StorageError::LastKeyslot { slot: 1, .. }),
+            "{err}"
+        );
+        let err = remove_key(&path, b"second", Some(5), false).unwrap_err();
+        assert!(
+            matches!(err, StorageError::NoSuchKeyslot { slot: 5, .. }),
+            "{err}"
+        );
+        assert!(unlock(&path, b"second").is_ok());
+        assert_eq!(remove_key(&path, b"second", Some(1), true).unwrap(), 1);
+        assert!(unlock(&path, b"second").is_err());
+    }
+
+    #[test]
+    fn damaged_primary_header_falls_back_to_the_secondary() {
+        let path = new_volume("primary.img", MIB, 4096);
+        corrupt_copy(&path, 0);
+        captured_warnings();
+        let metadata = read_checked_metadata(&path, &File::open(&path).unwrap()).unwrap();
+        assert_eq!(metadata.copy, HeaderCopy::Secondary);
+        assert!(matches!(
+            metadata.damaged_copy,
+            Some((HeaderCopy::Primary, ref why)) if why.contains("checksum")
+        ));
+        let name = path.display().to_string();
+        assert!(
+            captured_warnings()
+                .iter()
+                .any(|w| w.contains(&name) && w.contains("primary LUKS2 header is damaged")),
+            "no warning logged for {name}"
+        );
+        assert!(unlock(&path, PASSPHRASE).is_ok());
+    }
+
+    #[test]
+    fn damaged_secondary_header_is_reported() {
+        let path = new_volume("secondary.img", MIB, 4096);
+        let header_size = read_checked_metadata(&path, &File::open(&path).unwrap())
+            .unwrap()
+            .header_size;
+        corrupt_copy(&path, header_size);
+        let metadata = read_checked_metadata(&path, &File::open(&path).unwrap()).unwrap();
+        assert_eq!(metadata.copy, HeaderCopy::Primary);
+        assert!(metadata.damaged_copy.is_some());
+        assert!(unlock(&path, PASSPHRASE).is_ok());
+    }
+
+    #[test]
+    fn both_headers_damaged_is_refused() {
+        let path = new_volume("both.img", MIB, 4096);
+        let header_size = read_checked_metadata(&path, &File::open(&path).unwrap())
+            .unwrap()
+            .header_size;
+        corrupt_copy(&path, 0);
+        corrupt_copy(&path, header_size);
+        let err = expect_err(unlock(&path, PASSPHRASE));
+        assert!(
+            matches!(
+                err,
+                StorageError::Header {
+                    source: header::HeaderError::BothCorrupt { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn truncated_images_are_refused() {
+        let path = new_volume("trunc.img", MIB, 4096);
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(DEFAULT_DATA_OFFSET - 4096).unwrap();
+        let err = expect_err(unlock(&path, PASSPHRASE));
+        assert!(
+            matches!(err, StorageError::SegmentBeyondEnd { .. }),
+            "{err}"
+        );
+        file.set_len(6000).unwrap();
+        let err = expect_err(unlock(&path, PASSPHRASE));
+        assert!(matches!(err, StorageError::Header { .. }), "{err}");
+        file.set_len(0).unwrap();
+        let err = expect_err(unlock(&path, PASSPHRASE));
+        assert!(matches!(err, StorageError::Header { .. }), "{err}");
+    }
+
+    #[test]
+    fn segment_beyond_end_of_file_is_refused() {
+        let path = new_volume("beyond.img", MIB, 4096);
+        edit_json(&path, |json| {
+            json["segments"]["0"]["size"] = serde_json::json!((64 * MIB).to_string());
+        });
+        let err = expect_err(unlock(&path, PASSPHRASE));
+        assert!(
+            matches!(err, StorageError::SegmentBeyondEnd { segment_end, .. } if segment_end == DEFAULT_DATA_OFFSET + 64 * MIB),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn absurd_segment_offsets_are_refused_without_overflow() {
+        let path = new_volume("offset.img", MIB, 4096);
+        edit_json(&path, |json| {
+            json["segments"]["0"]["offset"] = serde_json::json!((u64::MAX - 511).to_string());
+        });
+        let err = expect_err(unlock(&path, PASSPHRASE));
+        assert!(
+            matches!(err, StorageError::SegmentBeyondEnd { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unsupported_kdf_is_refused() {
+        let path = new_volume("kdf.img", MIB, 4096);
+        edit_json(&path, |json| {
+            json["keyslots"]["0"]["kdf"]["type"] = serde_json::json!("scrypt");
+        });
+        let err = expect_err(unlock(&path, PASSPHRASE));
+        assert!(
+            matches!(err, StorageError::UnsupportedKdf { ref kdf, .. } if kdf == "scrypt"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn absurd_argon2_memory_cost_is_refused_before_derivation() {
+        let path = new_volume("memory.img", MIB, 4096);
+        // 4 GiB: the most the LUKS2 format allows, far above our limit.
+        edit_json(&path, |json| {
+            json["keyslots"]["0"]["kdf"]["memory"] = serde_json::json!(4_194_304u64);
+        });
+        let err = expect_err(unlock(&path, PASSPHRASE));
+        assert!(
+            matches!(
+                err,
+                StorageError::KdfMemoryTooLarge {
+                    memory_kib: 4_194_304,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unsupported_segment_cipher_is_refused() {
+        let path = new_volume("cipher.img", MIB, 4096);
+        edit_json(&path, |json| {
+            json["segments"]["0"]["encryption"] = serde_json::json!("serpent-xts-plain64");
+        });
+        let err = expect_err(unlock(&path, PASSPHRASE));
+        assert!(
+            matches!(err, StorageError::UnsupportedCipher { ref cipher, .. } if cipher == "serpent-xts-plain64"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn luks_images_are_recognised() {
+        let volume = new_volume("is.img", MIB, 4096);
+        assert!(is_luks(&volume).unwrap());
+        let raw = scratch_path("is-raw.img");
+        std::fs::write(&raw, vec![0u8; 1 << 16]).unwrap();
+        assert!(!is_luks(&raw).unwrap());
+        std::fs::write(&raw, b"short").unwrap();
+        assert!(!is_luks(&raw).unwrap());
+    }
+
+    #[test]
+    fn non_luks_files_are_refused() {
+        let path = scratch_path("raw.img");
+        std::fs::write(&path, vec![0u8; 1 << 16]).unwrap();
+        let err = expect_err(unlock(&path, PASSPHRASE));
+        assert!(
+            matches!(
+                err,
+                StorageError::Header {
+                    source: header::HeaderError::NotLuks,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cryptsetup_accepts_our_headers_and_passphrase() {
+        let Some(mut dump) = cryptsetup() else { return };
+        let path = new_volume("dump.img", 2 * MIB, 4096);
+        let out = dump.arg("luksDump").arg(&path).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Version:       \t2"), "{text}");
+        assert!(text.contains("cipher: aes-xts-plain64"), "{text}");
+        assert!(text.contains("sector: 4096 [bytes]"), "{text}");
+        assert!(text.contains("argon2id"), "{text}");
+        assert!(text.contains("offset: 16777216 [bytes]"), "{text}");
+        let key = key_file(&path, PASSPHRASE);
+        let status = cryptsetup()
+            .unwrap()
+            .args(["open", "--test-passphrase", "--key-file"])
+            .arg(&key)
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    #[test]
+    fn cryptsetup_recovers_the_same_volume_key_from_our_header() {
+        let Some(mut command) = cryptsetup() else {
+            return;
+        };
+        let path = new_volume("vk.img", MIB, 4096);
+        let key = key_file(&path, PASSPHRASE);
+        let out = command
+            .args(["luksDump", "--dump-volume-key", "--key-file"])
+            .arg(&key)
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let dumped: String = text
+            .split("MK dump:")
+            .nth(1)
+            .expect("no MK dump in cryptsetup output")
+            .split_whitespace()
+            .filter(|word| word.len() == 2 && word.chars().all(|c| c.is_ascii_hexdigit()))
+            .collect();
+        let ours = unlock(&path, PASSPHRASE).unwrap();
+        let ours_hex: String = ours
+            .key
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(dumped, ours_hex);
+    }
+
+    fn cryptsetup_format(name: &str, extra: &[&str]) -> Option<ScratchPath> {
+        let mut command = cryptsetup()?;
+        let path = scratch_path(name);
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(20 * MIB)
+            .unwrap();
+        let key = key_file(&path, PASSPHRASE);
+        let out = command
+            .arg("luksFormat")
+            .args(extra)
+            .args(["--key-file"])
+            .arg(&key)
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(path)
+    }
+
+    const FAST_CRYPTSETUP_KDF: [&str; 6] = [
+        "--pbkdf",
+        "argon2id",
+        "--pbkdf-memory",
+        "1024",
+        "--pbkdf-force-iterations",
+        "4",
+    ];
+
+    #[test]
+    fn cryptsetup_luks2_images_open() {
+        let mut args = vec!["--type", "luks2", "--sector-size", "512"];
+        args.extend(FAST_CRYPTSETUP_KDF);
+        let Some(path) = cryptsetup_format("cs2.img", &args) else {
+            return;
+        };
+        let unlocked = unlock(&path, PASSPHRASE).unwrap();
+        assert_eq!(unlocked.layout.sector_size, 512);
+        assert_eq!(unlocked.layout.capacity, 4 * MIB);
+        assert_eq!(unlocked.key.len(), 64);
+    }
+
+    #[test]
+    fn cryptsetup_luks1_images_open() {
+        let args = ["--type", "luks1", "--pbkdf-force-iterations", "1000"];
+        let Some(path) = cryptsetup_format("cs1.img", &args) else {
+            return;
+        };
+        let unlocked = unlock(&path, PASSPHRASE).unwrap();
+        assert_eq!(unlocked.layout.luks_version, 1);
+        assert_eq!(unlocked.layout.sector_size, 512);
+        assert_eq!(unlocked.key.len(), 64);
+        assert!(unlock(&path, b"wrong").is_err());
+    }
+
+    #[test]
+    fn cryptsetup_images_with_other_ciphers_are_refused() {
+        for (name, cipher) in [
+            ("cbc.img", "aes-cbc-essiv:sha256"),
+            ("cbc-plain.img", "aes-cbc-plain64"),
+        ] {
+            let mut args = vec!["--type", "luks2", "--cipher", cipher];
+            args.extend(FAST_CRYPTSETUP_KDF);
+            let Some(path) = cryptsetup_format(name, &args) else {
+                return;
+            };
+            let err = expect_err(unlock(&path, PASSPHRASE));
+            assert!(
+                matches!(err, StorageError::UnsupportedCipher { cipher: ref c, .. } if c == cipher),
+                "{err}"
+            );
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! Encrypted storage below the guest: LUKS2 volumes (headers and keyslots
+//! through libcryptsetup, the data path in Rust on OpenSSL's AES-XTS), the
+//! `securevm disk` commands, the external-media policy and the disk
+//! benchmark.
+//!
+//! What the rest of the VMM uses:
+//! - [`EncryptedBackend`]: a LUKS image as a virtio-blk `BlockBackend`;
+//! - [`luks`]: `unlock`, `format`, `add_key`, `remove_key`, `is_luks`;
+//! - [`passphrase::read_passphrase`]: terminal (no echo) or file;
+//! - [`cli::DiskCommand`] / [`run_disk_command`]: `securevm disk ...`;
+//! - [`bench::BenchDiskArgs`] / [`bench::run_disk_bench`]: `securevm bench disk`;
+//! - [`external::attach_decision`]: removable media under a policy.
+
+pub mod backend;
+pub mod bench;
+pub mod cli;
+pub mod error;
+pub mod external;
+pub mod header;
+pub mod info;
+pub mod luks;
+pub mod passphrase;
+pub mod secret;
+pub mod size;
+pub mod xts;
+
+pub use backend::EncryptedBackend;
+pub use cli::{run_disk_command, DiskCommand};
+pub use error::StorageError;
+
+#[cfg(test)]
+mod crash_tests;
+#[cfg(test)]
+mod test_support;
