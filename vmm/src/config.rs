@@ -5,6 +5,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use crate::storage::external::ExternalMediaPolicy;
+
 /// Kernel command line used when the user gives none: console on COM1,
 /// ACPI reboot, and reboot (which securevm reports) rather than hang on a
 /// panic.
@@ -78,6 +80,18 @@ impl fmt::Display for DiskConfig {
     }
 }
 
+/// What happens to external media (`--external`), until the user's role
+/// decides it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalMediaConfig {
+    pub media: Vec<PathBuf>,
+    pub policy: ExternalMediaPolicy,
+    /// The organisation's medium passphrase, for `encrypt`.
+    pub passphrase_file: Option<PathBuf>,
+    /// Format a blank medium (all zeros at its start) under `encrypt`.
+    pub format_blank: bool,
+}
+
 /// Everything one VM is built from.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -87,6 +101,10 @@ pub struct VmConfig {
     pub cpus: u16,
     pub memory_mib: u64,
     pub disks: Vec<DiskConfig>,
+    /// Passphrase of the LUKS disks among `disks`; the terminal is asked
+    /// when absent.
+    pub passphrase_file: Option<PathBuf>,
+    pub external: ExternalMediaConfig,
     pub seccomp: bool,
     pub on_reboot: RebootAction,
     pub kvm_device: PathBuf,
@@ -143,6 +161,13 @@ mod tests {
             cpus: 1,
             memory_mib: DEFAULT_MEMORY_MIB,
             disks: vec![],
+            passphrase_file: None,
+            external: ExternalMediaConfig {
+                media: vec![],
+                policy: ExternalMediaPolicy::Deny,
+                passphrase_file: None,
+                format_blank: false,
+            },
             seccomp: true,
             on_reboot: RebootAction::Exit,
             kvm_device: "/dev/kvm".into(),

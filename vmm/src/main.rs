@@ -6,8 +6,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use securevm::config::{DiskConfig, RebootAction, VmConfig, DEFAULT_CMDLINE, DEFAULT_MEMORY_MIB};
+use securevm::config::{
+    DiskConfig, ExternalMediaConfig, RebootAction, VmConfig, DEFAULT_CMDLINE, DEFAULT_MEMORY_MIB,
+};
 use securevm::exit::{ExitReason, EXIT_ERROR, EXIT_USAGE};
+use securevm::storage::bench::{run_disk_bench, BenchDiskArgs};
+use securevm::storage::external::ExternalMediaPolicy;
+use securevm::storage::{run_disk_command, DiskCommand};
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +32,28 @@ enum Command {
     /// Exit status: 0 guest powered off, 1 error, 2 usage error, 3 guest
     /// rebooted, 4 guest crashed, 130 stopped with Ctrl-A x.
     Run(RunArgs),
+    /// Create and manage LUKS2-encrypted disk images.
+    #[command(subcommand)]
+    Disk(DiskCommand),
+    /// Measure securevm's own costs (figures for the README).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Throughput of the virtio-blk request path: plain, LUKS2, QEMU's LUKS, OpenSSL's ceiling.
+    Disk(BenchDiskArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExternalPolicyArg {
+    /// Attach only LUKS volumes opened with the organisation's passphrase.
+    Encrypt,
+    /// Attach read-only; the guest cannot change the medium.
+    ReadOnly,
+    /// Do not attach; the refusal is reported.
+    Deny,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -57,6 +84,21 @@ struct RunArgs {
     /// A raw disk image as a virtio-blk device (repeatable; /dev/vda, /dev/vdb, ... in order).
     #[arg(long = "disk", value_name = "PATH[,readonly]")]
     disks: Vec<DiskConfig>,
+    /// Passphrase file for LUKS disks (one trailing newline is ignored); else the terminal asks.
+    #[arg(long, value_name = "FILE")]
+    passphrase_file: Option<PathBuf>,
+    /// A removable medium (image or block device), attached under --external-policy (repeatable).
+    #[arg(long = "external", value_name = "PATH")]
+    external: Vec<PathBuf>,
+    /// What happens to external media.
+    #[arg(long, value_enum, default_value = "deny")]
+    external_policy: ExternalPolicyArg,
+    /// The organisation's passphrase for external media under `encrypt`.
+    #[arg(long, value_name = "FILE")]
+    external_passphrase_file: Option<PathBuf>,
+    /// Under `encrypt`, format a blank medium (zeros at its start) as a LUKS2 volume.
+    #[arg(long)]
+    format_blank_external: bool,
     /// What a guest reboot does.
     #[arg(long, value_enum, default_value = "exit")]
     on_reboot: OnReboot,
@@ -77,6 +119,17 @@ impl From<RunArgs> for VmConfig {
             cpus: args.cpus,
             memory_mib: args.memory,
             disks: args.disks,
+            passphrase_file: args.passphrase_file,
+            external: ExternalMediaConfig {
+                media: args.external,
+                policy: match args.external_policy {
+                    ExternalPolicyArg::Encrypt => ExternalMediaPolicy::Encrypt,
+                    ExternalPolicyArg::ReadOnly => ExternalMediaPolicy::ReadOnly,
+                    ExternalPolicyArg::Deny => ExternalMediaPolicy::Deny,
+                },
+                passphrase_file: args.external_passphrase_file,
+                format_blank: args.format_blank_external,
+            },
             seccomp: !args.no_seccomp,
             on_reboot: match args.on_reboot {
                 OnReboot::Exit => RebootAction::Exit,
@@ -101,6 +154,17 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run(args) => run(args.into()),
+        Command::Disk(command) => match run_disk_command(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
+        Command::Bench(BenchCommand::Disk(args)) => match run_disk_bench(&args) {
+            Ok(report) => {
+                print!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
     }
 }
 
@@ -114,9 +178,11 @@ fn run(config: VmConfig) -> ExitCode {
             }
             ExitCode::from(reason.exit_code() as u8)
         }
-        Err(e) => {
-            eprintln!("securevm: error: {e}");
-            ExitCode::from(EXIT_ERROR as u8)
-        }
+        Err(e) => fail(&e),
     }
+}
+
+fn fail(error: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("securevm: error: {error}");
+    ExitCode::from(EXIT_ERROR as u8)
 }

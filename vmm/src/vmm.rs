@@ -27,10 +27,17 @@ use crate::devices::power::{
     AcpiPowerDevice, I8042Device, ACPI_POWER_PORT_BASE, ACPI_POWER_PORT_LEN,
 };
 use crate::devices::serial::{SerialDevice, UnbufferedStdout};
-use crate::devices::virtio::block::{disk_id_from_path, Block, BlockError, RawFileBackend};
+use crate::devices::virtio::block::{
+    disk_id_from_path, Block, BlockBackend, BlockError, RawFileBackend,
+};
 use crate::exit::{ExitNotifier, ExitReason};
 use crate::loader::{load_cmdline, load_initrd, load_kernel, LoaderError};
 use crate::seccomp::{self, SeccompError, ThreadKind};
+use crate::storage::external::{attach_decision, ExternalAttach};
+use crate::storage::luks::is_luks;
+use crate::storage::passphrase::{read_passphrase, PassphraseSource};
+use crate::storage::secret::SecretBuf;
+use crate::storage::{EncryptedBackend, StorageError};
 use crate::vstate::vcpu::{self, VcpuContext, VcpuHandle};
 use crate::vstate::vm::{Vm, VmError};
 
@@ -65,6 +72,8 @@ pub enum VmmError {
     #[error("placing a device on its bus failed: {0}")]
     Bus(#[from] BusError),
     #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
     Seccomp(#[from] SeccompError),
     #[error("reading KVM's supported CPUID failed: {0}")]
     Cpuid(kvm_ioctls::Error),
@@ -97,17 +106,7 @@ fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
         Some(path) => Some(open_input("initrd", path)?),
         None => None,
     };
-    let mut disks = Vec::with_capacity(config.disks.len());
-    for disk in &config.disks {
-        let disk_error = |source| VmmError::Disk {
-            path: disk.path.display().to_string(),
-            source,
-        };
-        let backend = RawFileBackend::open(&disk.path, disk.read_only).map_err(disk_error)?;
-        let block =
-            Block::new(Box::new(backend), &disk_id_from_path(&disk.path)).map_err(disk_error)?;
-        disks.push(block);
-    }
+    let disks = open_disks(config)?;
 
     let vm = Arc::new(Vm::new(&config.kvm_device)?);
     vm.check_vcpu_count(usize::from(config.cpus))?;
@@ -249,6 +248,72 @@ fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
         handle.stop();
     }
     Ok(reason)
+}
+
+/// Opens every `--disk` (LUKS volumes with the disk passphrase, others
+/// raw) and every `--external` medium under the external-media policy.
+/// Secrets are read once and dropped (zeroized) before the VM starts.
+fn open_disks(config: &VmConfig) -> Result<Vec<Block>, VmmError> {
+    let mut blocks = Vec::new();
+    let mut disk_passphrase: Option<SecretBuf> = None;
+    for disk in &config.disks {
+        let disk_error = |source| VmmError::Disk {
+            path: disk.path.display().to_string(),
+            source,
+        };
+        let backend: Box<dyn BlockBackend> = if is_luks(&disk.path)? {
+            if disk_passphrase.is_none() {
+                let source = match &config.passphrase_file {
+                    Some(file) => PassphraseSource::File(file),
+                    None => PassphraseSource::Terminal {
+                        prompt: "Disk passphrase: ",
+                        confirm: false,
+                    },
+                };
+                disk_passphrase = Some(read_passphrase(source)?);
+            }
+            let passphrase = disk_passphrase.as_ref().map_or(&[][..], |p| p.as_bytes());
+            Box::new(EncryptedBackend::open(
+                &disk.path,
+                passphrase,
+                disk.read_only,
+            )?)
+        } else {
+            Box::new(RawFileBackend::open(&disk.path, disk.read_only).map_err(disk_error)?)
+        };
+        blocks.push(Block::new(backend, &disk_id_from_path(&disk.path)).map_err(disk_error)?);
+    }
+    drop(disk_passphrase);
+
+    let external = &config.external;
+    let medium_key = match (&external.passphrase_file, external.media.is_empty()) {
+        (Some(file), false) => Some(read_passphrase(PassphraseSource::File(file))?),
+        _ => None,
+    };
+    for medium in &external.media {
+        let shown = medium.display();
+        let key = medium_key.as_ref().map(|k| k.as_bytes());
+        let backend: Box<dyn BlockBackend> =
+            match attach_decision(external.policy, medium, key, external.format_blank)? {
+                ExternalAttach::Encrypted { backend, formatted } => {
+                    if formatted {
+                        log::warn!("external medium {shown} was blank and is now a LUKS2 volume");
+                    }
+                    Box::new(backend)
+                }
+                ExternalAttach::ReadOnly(backend) => Box::new(backend),
+                ExternalAttach::Denied { reason } => {
+                    eprintln!("securevm: external medium {shown} not attached: {reason}");
+                    continue;
+                }
+            };
+        let id = disk_id_from_path(medium);
+        blocks.push(Block::new(backend, &id).map_err(|source| VmmError::Disk {
+            path: shown.to_string(),
+            source,
+        })?);
+    }
+    Ok(blocks)
 }
 
 fn open_input(what: &'static str, path: &Path) -> Result<File, VmmError> {

@@ -189,3 +189,107 @@ fn unknown_disk_option_is_a_usage_error() {
         stderr(&out)
     );
 }
+
+/// A LUKS2 disk with a cheap KDF so that tests stay fast.
+fn luks_disk(scratch: &Scratch, passphrase: &str) -> std::path::PathBuf {
+    let disk = scratch.path("secret.img");
+    let pass = scratch.path("create.pass");
+    std::fs::write(&pass, passphrase).unwrap();
+    let out = std::process::Command::new(SECUREVM)
+        .args([
+            "disk",
+            "create",
+            "--size",
+            "8M",
+            "--kdf-memory",
+            "32M",
+            "--kdf-time",
+            "4",
+        ])
+        .arg("--passphrase-file")
+        .arg(&pass)
+        .arg(&disk)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "disk create: {}", stderr(&out));
+    disk
+}
+
+#[test]
+fn wrong_passphrase_for_an_encrypted_disk() {
+    let scratch = Scratch::new("wrong-pass");
+    let kernel = hello(&scratch);
+    let disk = luks_disk(&scratch, "right horse battery");
+    let before = std::fs::read(&disk).unwrap();
+    let wrong = scratch.path("wrong.pass");
+    std::fs::write(&wrong, "wrong horse battery").unwrap();
+    let out = securevm(&[
+        "run",
+        "--kernel",
+        &kernel,
+        "--disk",
+        disk.to_str().unwrap(),
+        "--passphrase-file",
+        wrong.to_str().unwrap(),
+    ]);
+    assert_one_line_error(&out, "passphrase");
+    assert!(
+        !stderr(&out).contains("wrong horse"),
+        "secret leaked: {}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read(&disk).unwrap(), before, "image unchanged");
+}
+
+#[test]
+fn the_right_passphrase_opens_an_encrypted_disk() {
+    if !kvm_usable() {
+        eprintln!("skipping: /dev/kvm is not usable on this host");
+        return;
+    }
+    let scratch = Scratch::new("right-pass");
+    let kernel = hello(&scratch);
+    let disk = luks_disk(&scratch, "right horse battery");
+    let pass = scratch.path("run.pass");
+    std::fs::write(&pass, "right horse battery\n").unwrap();
+    let out = securevm(&[
+        "run",
+        "--kernel",
+        &kernel,
+        "--disk",
+        disk.to_str().unwrap(),
+        "--passphrase-file",
+        pass.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "securevm-tiny-guest: hello\n");
+}
+
+#[test]
+fn external_media_denied_by_policy_are_reported_and_not_attached() {
+    if !kvm_usable() {
+        eprintln!("skipping: /dev/kvm is not usable on this host");
+        return;
+    }
+    let scratch = Scratch::new("external-deny");
+    let kernel = hello(&scratch);
+    let stick = scratch.path("stick.img");
+    std::fs::write(&stick, vec![0x42u8; 1 << 20]).unwrap();
+    let out = securevm(&[
+        "run",
+        "--kernel",
+        &kernel,
+        "--external",
+        stick.to_str().unwrap(),
+        "--external-policy",
+        "deny",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("external medium") && stderr(&out).contains("not attached"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read(&stick).unwrap(), vec![0x42u8; 1 << 20]);
+}

@@ -122,14 +122,27 @@ impl KdfArgs {
                 luks::MAX_KDF_MEMORY_KIB / 1024
             )));
         }
+        // libcryptsetup's own lower bound for Argon2 passes.
+        let time_cost = self.kdf_time.unwrap_or(4);
+        if time_cost < 4 {
+            return Err(StorageError::InvalidOption(
+                "--kdf-time must be at least 4 passes (libcryptsetup's minimum for Argon2id)"
+                    .into(),
+            ));
+        }
+        if !(1..=16).contains(&self.kdf_parallel) {
+            return Err(StorageError::InvalidOption(
+                "--kdf-parallel must be between 1 and 16".into(),
+            ));
+        }
         let settings = KdfSettings::Fixed {
             memory_kib: memory_kib as u32,
-            time_cost: self.kdf_time.unwrap_or(4),
-            parallel: self.kdf_parallel.clamp(1, 16),
+            time_cost,
+            parallel: self.kdf_parallel,
         };
         if settings.is_weak() {
             eprintln!(
-                "warning: these Argon2id costs are weak (below 256M memory or 3 passes); \
+                "warning: these Argon2id costs are weak (below 256M memory); \
                  fine for tests, not for a real passphrase"
             );
         }
