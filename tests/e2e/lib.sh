@@ -13,6 +13,11 @@
 # scripts/guest-assets (GUEST_KERNEL, BUSYBOX_INITRAMFS, DEBIAN_KERNEL,
 # DEBIAN_INITRD, DEBIAN_ROOTFS) and the helpers below.
 
+# Kernel log level for guests: every console byte is a VM exit, which costs
+# about a millisecond in nested TCG, so a full kernel log adds 10-20 s per
+# boot. E2E_GUEST_QUIET= (empty) gives the full log for debugging.
+GUEST_QUIET=${E2E_GUEST_QUIET-quiet}
+
 # fail REASON: record why the scenario failed and stop it.
 fail() {
     printf '%s\n' "$*" >"$WORK/fail-reason"

@@ -4,7 +4,7 @@ TIMEOUT=240
 
 run() {
     vmm_run 200 --kernel "$GUEST_KERNEL" --initrd "$BUSYBOX_INITRAMFS" \
-        --cmdline 'console=ttyS0 reboot=acpi panic=-1 e2e.cmd="echo E2E-HELLO=$((6*7))"' \
+        --cmdline "console=ttyS0 reboot=acpi panic=-1 $GUEST_QUIET e2e.cmd=\"echo E2E-HELLO=\$((6*7))\"" \
         --cpus 1 --memory 256
     expect_serial "SECUREVM-E2E: busybox init"
     expect_exit 0

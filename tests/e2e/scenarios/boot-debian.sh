@@ -13,7 +13,7 @@ prepare() {
 
 run() {
     vmm_run 840 --kernel "$DEBIAN_KERNEL" --initrd "$DEBIAN_INITRD" \
-        --cmdline "console=ttyS0 reboot=acpi panic=-1 root=/dev/vda rw quiet e2e=1" \
+        --cmdline "console=ttyS0 reboot=acpi panic=-1 root=/dev/vda rw $GUEST_QUIET e2e=1" \
         --cpus 2 --memory "$MEMORY_MIB" \
         --disk "$WORK/debian-root.img" --disk "$WORK/e2e" --disk "$WORK/data.img"
     expect_serial "SECUREVM-E2E: debian multi-user=active"

@@ -15,7 +15,7 @@ run() {
     local before after
     before=$(sha256sum <"$WORK/ro.img")
     vmm_run 260 --kernel "$GUEST_KERNEL" --initrd "$BUSYBOX_INITRAMFS" \
-        --cmdline "console=ttyS0 reboot=acpi panic=-1" --memory 256 \
+        --cmdline "console=ttyS0 reboot=acpi panic=-1 $GUEST_QUIET" --memory 256 \
         --disk "$WORK/ro.img,readonly" --disk "$WORK/e2e"
     after=$(sha256sum <"$WORK/ro.img")
     [[ $before == "$after" ]] || fail "ro.img changed on the host (sha256 $before -> $after)"
