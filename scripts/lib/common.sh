@@ -6,7 +6,7 @@
 # missing" logic; keeping them here keeps the scripts short and consistent.
 
 SECUREVM_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-SECUREVM_CACHE=${SECUREVM_CACHE:-$HOME/.cache/securevm}
+SECUREVM_CACHE=${SECUREVM_CACHE:-${HOME:-/root}/.cache/securevm}
 SECUREVM_ASSETS=${SECUREVM_ASSETS:-$SECUREVM_CACHE/assets}
 export SECUREVM_REPO SECUREVM_CACHE SECUREVM_ASSETS
 
