@@ -16,6 +16,7 @@
 # Kernel log level for guests: every console byte is a VM exit, which costs
 # about a millisecond in nested TCG, so a full kernel log adds 10-20 s per
 # boot. E2E_GUEST_QUIET= (empty) gives the full log for debugging.
+# shellcheck disable=SC2034 # used by the scenarios
 GUEST_QUIET=${E2E_GUEST_QUIET-quiet}
 
 # fail REASON: record why the scenario failed and stop it.

@@ -6,7 +6,7 @@ for s in /sys/block/*/serial; do
     [ "$(cat "$s")" = ro.img ] && dev=/dev/$(basename "$(dirname "$s")")
 done
 [ -n "$dev" ] || { echo "E2E-RO: no disk with serial ro.img"; exit 1; }
-echo "E2E-RO-SYSFS-RO=$(cat /sys/block/$(basename "$dev")/ro)"
+echo "E2E-RO-SYSFS-RO=$(cat "/sys/block/${dev#/dev/}/ro")"
 if dd if=/dev/zero of="$dev" bs=4096 count=1 oflag=direct conv=fsync 2>/tmp/err; then
     echo "E2E-RO-RAW=written"
 else

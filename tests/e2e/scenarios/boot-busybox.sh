@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034 # TIMEOUT is read by tests/e2e/runner.sh
 # boot-busybox: the stock Debian cloud kernel with the busybox initramfs
 # boots, runs the command-line hook, powers off; securevm exits 0.
 TIMEOUT=240

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034 # TIMEOUT is read by tests/e2e/runner.sh
 # boot-debian: stock kernel + Debian's own initrd + debootstrap rootfs on
 # virtio-blk, 2 vCPUs, 1 GiB: reaches multi-user; the guest sees 2 CPUs and
 # the RAM, and writes/reads back a file on a second disk.

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034 # TIMEOUT is read by tests/e2e/runner.sh
 # readonly-disk: a disk given as PATH,readonly refuses raw and filesystem
 # writes inside the guest, stays readable, and its image is unchanged.
 TIMEOUT=300
