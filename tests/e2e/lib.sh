@@ -1,0 +1,92 @@
+# shellcheck shell=bash
+# Helpers for e2e scenarios (sourced by tests/e2e/runner.sh and scripts/e2e).
+#
+# A scenario is tests/e2e/scenarios/NAME.sh defining:
+#   TIMEOUT=SECONDS      limit for run() (prepare() gets its own 300 s)
+#   prepare()            optional; runs on the HOST before L1 boots, in $WORK
+#                        (fast disk: make per-run image copies here)
+#   run()                runs where /dev/kvm boots stock guests (inside L1 on
+#                        machines without VT-x/AMD-V), in $WORK; returns 0 on
+#                        success, or calls `fail REASON`
+# Available to both: $WORK (per-scenario dir, host-visible), $SERIAL_LOG
+# ($WORK/serial.log), $SECUREVM (the VMM binary), the asset paths from
+# scripts/guest-assets (GUEST_KERNEL, BUSYBOX_INITRAMFS, DEBIAN_KERNEL,
+# DEBIAN_INITRD, DEBIAN_ROOTFS) and the helpers below.
+
+# Kernel log level for guests: every console byte is a VM exit, which costs
+# about a millisecond in nested TCG, so a full kernel log adds 10-20 s per
+# boot. E2E_GUEST_QUIET= (empty) gives the full log for debugging.
+# shellcheck disable=SC2034 # used by the scenarios
+GUEST_QUIET=${E2E_GUEST_QUIET-quiet}
+
+# fail REASON: record why the scenario failed and stop it.
+fail() {
+    printf '%s\n' "$*" >"$WORK/fail-reason"
+    exit 1
+}
+
+# vmm_run SECONDS ARG...: run `$SECUREVM run ARG...` with stdin closed, its
+# console output in $SERIAL_LOG (appended), killed after SECONDS. Sets
+# VMM_EXIT to its exit status (124 = killed by the timeout) and VMM_SECS.
+vmm_run() {
+    local limit=$1 t0
+    shift
+    t0=$(date +%s%3N)
+    {
+        printf '### %s run' "$SECUREVM"
+        printf ' %q' "$@"
+        echo
+    } >>"$SERIAL_LOG"
+    set +e
+    timeout -k 5 "$limit" "$SECUREVM" run "$@" </dev/null >>"$SERIAL_LOG" 2>&1
+    VMM_EXIT=$?
+    set -e
+    VMM_SECS=$(awk -v ms=$(($(date +%s%3N) - t0)) 'BEGIN { printf "%.1f", ms / 1000 }')
+    echo "### exit status $VMM_EXIT after ${VMM_SECS}s" >>"$SERIAL_LOG"
+    [[ $VMM_EXIT -ne 124 ]] || fail "securevm still running after ${limit}s (killed)"
+}
+
+# expect_exit CODE: the last vmm_run exited with CODE.
+expect_exit() {
+    [[ $VMM_EXIT -eq $1 ]] || fail "securevm exited $VMM_EXIT, expected $1 ($(vmm_exit_meaning "$VMM_EXIT"))"
+}
+
+vmm_exit_meaning() {
+    case $1 in
+    0) echo "guest powered off" ;;
+    1) echo "securevm error: $(grep -v '^###' "$SERIAL_LOG" | grep -i error | tail -n1)" ;;
+    2) echo "command-line usage error" ;;
+    3) echo "guest rebooted" ;;
+    4) echo "guest crashed" ;;
+    *) echo "unexpected status" ;;
+    esac
+}
+
+# serial_value KEY: the value printed by the guest as `KEY=value` (last one).
+serial_value() {
+    tr -d '\r' <"$SERIAL_LOG" | sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" | tail -n1
+}
+
+# expect_serial TEXT: the guest printed a line containing TEXT.
+expect_serial() {
+    tr -d '\r' <"$SERIAL_LOG" | grep -qF -- "$1" || fail "guest never printed '$1'"
+}
+
+# make_script_disk IMAGE FILE...: a small ext4 image with FILE... at its root
+# (the first one renamed run.sh). Pass it as a disk named `e2e` (the image's
+# base name is its serial) and the guest init/hook runs run.sh from it.
+make_script_disk() {
+    local image=$1 dir
+    shift
+    dir=$(mktemp -d)
+    cp "$1" "$dir/run.sh"
+    shift
+    [[ $# -eq 0 ]] || cp "$@" "$dir/"
+    chmod 755 "$dir/run.sh"
+    rm -f "$image"
+    mkfs.ext4 -q -F -L e2e -d "$dir" "$image" 16M
+    rm -rf "$dir"
+}
+
+# scenario_file NAME: the guest-side script shipped beside the scenario.
+guest_script() { echo "$E2E_DIR/guest/$1"; }
