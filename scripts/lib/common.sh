@@ -20,6 +20,14 @@ need_root() {
     [[ $(id -u) -eq 0 ]] || die "$1 needs root (it runs apt-get/debootstrap); re-run with sudo"
 }
 
+# Building: C toolchain, OpenSSL and libcryptsetup headers, clang for the
+# libcryptsetup bindings. Tests: binutils assembles the tiny guests,
+# acpica-tools checks the ACPI tables, minisign checks signature interop,
+# cryptsetup-bin checks LUKS2 interop, qemu-utils and openssl are the disk
+# benchmark's baselines, util-linux's setpriv drops privileges in a test.
+BUILD_PKGS=(gcc libc6-dev make pkg-config libssl-dev libcryptsetup-dev clang libclang-dev)
+TEST_PKGS=(binutils acpica-tools minisign cryptsetup-bin qemu-utils openssl util-linux)
+
 # ensure_pkgs PKG...: apt-get install the packages that are not installed yet.
 # An `apt-get update` is run once if the first attempt fails (fresh CI hosts
 # may have stale or empty package lists).

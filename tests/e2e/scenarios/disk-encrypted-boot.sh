@@ -1,0 +1,27 @@
+# shellcheck shell=bash disable=SC2034 # TIMEOUT is read by tests/e2e/runner.sh
+# disk-encrypted-boot: the Debian root filesystem, encrypted with
+# `securevm disk create --from`, boots to multi-user with the disk
+# passphrase; a marker the guest writes to its root filesystem is nowhere
+# in the image in clear.
+TIMEOUT=900
+MARKER=SECUREVM-PLAINTEXT-MARKER-encrypted-root
+
+prepare() {
+    printf '%s' 'root disk passphrase' >"$WORK/root.pass"
+    "$SECUREVM" disk create --from "$DEBIAN_ROOTFS" --kdf-memory 64M --kdf-time 4 \
+        --passphrase-file "$WORK/root.pass" "$WORK/root.luks" 2>&1 | grep -v '^warning: these Argon2id costs are weak'
+    printf '%s\n' "$MARKER" >"$WORK/marker"
+    make_script_disk "$WORK/e2e" "$(guest_script root-marker.sh)" "$WORK/marker"
+}
+
+run() {
+    vmm_run 840 --kernel "$DEBIAN_KERNEL" --initrd "$DEBIAN_INITRD" \
+        --cmdline "console=ttyS0 reboot=acpi panic=-1 root=/dev/vda rw $GUEST_QUIET e2e=1" \
+        --cpus 2 --memory 1024 --disk "$WORK/root.luks" --disk "$WORK/e2e" \
+        --passphrase-file "$WORK/root.pass"
+    expect_serial "SECUREVM-E2E: debian multi-user=active"
+    [[ $(serial_value E2E-ROOT-MARKER) == "$MARKER" ]] || fail "the guest could not write its marker"
+    expect_exit 0
+    cryptsetup isLuks --type luks2 "$WORK/root.luks" || fail "the root image is not LUKS2"
+    ! grep -qaF "$MARKER" "$WORK/root.luks" || fail "the plaintext marker is in the root image"
+}
