@@ -90,3 +90,13 @@ make_script_disk() {
 
 # scenario_file NAME: the guest-side script shipped beside the scenario.
 guest_script() { echo "$E2E_DIR/guest/$1"; }
+
+# load_dm_crypt: the modules `cryptsetup open` needs in L1 for
+# aes-xts-plain64 volumes on image files. L1's kernel cannot load them on
+# demand (its module helper runs outside the chroot), so load them here.
+load_dm_crypt() {
+    local m
+    for m in loop dm_mod dm_crypt xts aes_generic aesni_intel; do
+        modprobe "$m" 2>/dev/null || true
+    done
+}

@@ -141,6 +141,11 @@ impl From<RunArgs> for VmConfig {
 }
 
 fn main() -> ExitCode {
+    // One malloc arena: glibc shrinks the heaps of extra (per-thread)
+    // arenas only after reading /proc/sys/vm/overcommit_memory, an open()
+    // that the seccomp filters rightly forbid once the VM runs.
+    // SAFETY: mallopt only tunes the allocator; called before any thread.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_target(false)
         .format_timestamp(None)

@@ -303,7 +303,7 @@ fn open_disks(config: &VmConfig) -> Result<Vec<Block>, VmmError> {
                 }
                 ExternalAttach::ReadOnly(backend) => Box::new(backend),
                 ExternalAttach::Denied { reason } => {
-                    eprintln!("securevm: external medium {shown} not attached: {reason}");
+                    eprintln!("securevm: external medium {reason}");
                     continue;
                 }
             };

@@ -24,23 +24,28 @@ prepare() {
 }
 
 run() {
-    modprobe dm_crypt 2>/dev/null || true
-    modprobe loop 2>/dev/null || true
+    load_dm_crypt
+    # The volumes live on L1's own tmpfs: libcryptsetup needs direct I/O,
+    # which the 9p share holding $WORK does not offer.
+    local local_dir
+    local_dir=$(mktemp -d)
+    mkdir -p "$local_dir/a" "$local_dir/b"
+    cp "$WORK/b/stick.img" "$local_dir/b/stick.img"
     # A: cryptsetup writes, securevm reads.
-    truncate -s 64M "$WORK/a/stick.img"
+    truncate -s 64M "$local_dir/a/stick.img"
     cryptsetup luksFormat --type luks2 --batch-mode --pbkdf argon2id --pbkdf-memory 65536 \
-        --pbkdf-force-iterations 4 --key-file "$WORK/disk.pass" "$WORK/a/stick.img" ||
+        --pbkdf-force-iterations 4 --key-file "$WORK/disk.pass" "$local_dir/a/stick.img" ||
         fail "cryptsetup luksFormat failed"
-    cryptsetup open --key-file "$WORK/disk.pass" "$WORK/a/stick.img" e2e-a || fail "cryptsetup open failed"
+    cryptsetup open --key-file "$WORK/disk.pass" "$local_dir/a/stick.img" e2e-a || fail "cryptsetup open failed"
     mkfs.ext4 -q /dev/mapper/e2e-a
-    mkdir -p "$WORK/mnt"
-    mount /dev/mapper/e2e-a "$WORK/mnt"
+    mkdir -p "$local_dir/mnt"
+    mount /dev/mapper/e2e-a "$local_dir/mnt"
     echo "$MARKER_A" >"$WORK/mnt/marker.txt"
-    umount "$WORK/mnt"
+    umount "$local_dir/mnt"
     cryptsetup close e2e-a
     vmm_run 240 --kernel "$GUEST_KERNEL" --initrd "$BUSYBOX_INITRAMFS" \
         --cmdline "console=ttyS0 reboot=acpi panic=-1 $GUEST_QUIET" --memory 256 \
-        --disk "$WORK/a/e2e" --disk "$WORK/a/stick.img" --passphrase-file "$WORK/disk.pass"
+        --disk "$WORK/a/e2e" --disk "$local_dir/a/stick.img" --passphrase-file "$WORK/disk.pass"
     expect_exit 0
     [[ $(serial_value E2E-MOUNT-READ) == "$MARKER_A" ]] ||
         fail "the guest read '$(serial_value E2E-MOUNT-READ)' from the cryptsetup volume, expected $MARKER_A"
@@ -48,17 +53,17 @@ run() {
     # B: securevm writes, cryptsetup reads.
     vmm_run 240 --kernel "$GUEST_KERNEL" --initrd "$BUSYBOX_INITRAMFS" \
         --cmdline "console=ttyS0 reboot=acpi panic=-1 $GUEST_QUIET" --memory 256 \
-        --disk "$WORK/b/e2e" --disk "$WORK/b/stick.img" --passphrase-file "$WORK/disk.pass"
+        --disk "$WORK/b/e2e" --disk "$local_dir/b/stick.img" --passphrase-file "$WORK/disk.pass"
     expect_exit 0
     [[ $(serial_value E2E-MOUNT-WROTE) == "$MARKER_B" ]] || fail "the guest could not write to the securevm volume"
-    ! grep -qaF "$MARKER_B" "$WORK/b/stick.img" || fail "the guest's marker is in clear in the image"
-    cryptsetup luksDump "$WORK/b/stick.img" >"$WORK/b/luksDump.txt" || fail "cryptsetup luksDump refused securevm's header"
-    cryptsetup open --readonly --key-file "$WORK/disk.pass" "$WORK/b/stick.img" e2e-b ||
+    ! grep -qaF "$MARKER_B" "$local_dir/b/stick.img" || fail "the guest's marker is in clear in the image"
+    cryptsetup luksDump "$local_dir/b/stick.img" >"$WORK/b/luksDump.txt" || fail "cryptsetup luksDump refused securevm's header"
+    cryptsetup open --readonly --key-file "$WORK/disk.pass" "$local_dir/b/stick.img" e2e-b ||
         fail "cryptsetup open refused securevm's volume"
-    mount -o ro /dev/mapper/e2e-b "$WORK/mnt" || { cryptsetup close e2e-b; fail "dm-crypt view does not mount"; }
+    mount -o ro /dev/mapper/e2e-b "$local_dir/mnt" || { cryptsetup close e2e-b; fail "dm-crypt view does not mount"; }
     local seen
     seen=$(cat "$WORK/mnt/from-guest.txt" 2>/dev/null)
-    umount "$WORK/mnt"
+    umount "$local_dir/mnt"
     cryptsetup close e2e-b
     [[ $seen == "$MARKER_B" ]] || fail "dm-crypt reads '$seen', expected $MARKER_B"
 }
