@@ -145,9 +145,11 @@ impl FromStr for NetConfig {
                     tap = Some(name.to_string());
                 }
                 Some(("mac", text)) => mac = Some(parse_mac(text)?),
-                _ => return Err(format!(
+                _ => {
+                    return Err(format!(
                     "unknown net option '{option}' in '{spec}'; valid options: tap=NAME, mac=MAC"
-                )),
+                ))
+                }
             }
         }
         let tap = tap.ok_or_else(|| {

@@ -126,10 +126,7 @@ impl NetWorker {
     fn transmit(&mut self) -> Result<(), virtio_queue::Error> {
         let mem = self.mem.clone();
         let mut used_any = false;
-        loop {
-            let Some(chain) = self.tx.queue.iter(mem.as_ref())?.next() else {
-                break;
-            };
+        while let Some(chain) = self.tx.queue.iter(mem.as_ref())?.next() {
             let head = chain.head_index();
             match self.transmit_chain(&mem, chain) {
                 Ok(()) => NetCounters::bump(&self.counters.tx_frames),
