@@ -247,3 +247,107 @@ impl SourceSet {
         }
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// Listens on `source` after each kick, and stops after one event,
+    /// without draining it: the fd stays readable throughout.
+    struct OneShotListener {
+        sources: [EventSource; 1],
+        listening: bool,
+        events: Arc<AtomicUsize>,
+    }
+
+    impl QueueWorker for OneShotListener {
+        fn process_queue(&mut self, _queue: usize) {
+            self.listening = true;
+        }
+
+        fn event_sources(&self) -> &[EventSource] {
+            if self.listening {
+                &self.sources
+            } else {
+                &[]
+            }
+        }
+
+        fn process_event(&mut self, token: u32) {
+            assert_eq!(token, 7);
+            self.events.fetch_add(1, Ordering::SeqCst);
+            self.listening = false;
+        }
+    }
+
+    /// CPU time (user + system, in clock ticks) the thread named `name`
+    /// used; how tests tell a sleeping thread from a spinning one.
+    pub(crate) fn thread_cpu_ticks(name: &str) -> u64 {
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let path = task.unwrap().path();
+            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            if comm.trim_end() == name {
+                let stat = std::fs::read_to_string(path.join("stat")).unwrap();
+                // utime and stime are fields 14 and 15; count from the
+                // end of the parenthesised thread name (field 2).
+                let rest = &stat[stat.rfind(')').unwrap() + 2..];
+                let fields: Vec<&str> = rest.split(' ').collect();
+                return fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+            }
+        }
+        panic!("no thread named {name}");
+    }
+
+    fn wait_until(events: &AtomicUsize, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while events.load(Ordering::SeqCst) < count {
+            assert!(Instant::now() < deadline, "event {count} never arrived");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn worker_sources_are_watched_only_while_wanted() {
+        let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+        let thread =
+            IoThread::spawn("io-test".into(), vec![kick.try_clone().unwrap()], None).unwrap();
+        let source = EventFd::new(EFD_NONBLOCK).unwrap();
+        source.write(1).unwrap();
+        let events = Arc::new(AtomicUsize::new(0));
+        thread.serve(Box::new(OneShotListener {
+            sources: [EventSource {
+                fd: source.as_raw_fd(),
+                token: 7,
+            }],
+            listening: false,
+            events: events.clone(),
+        }));
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(events.load(Ordering::SeqCst), 0, "not listening yet");
+
+        kick.write(1).unwrap();
+        wait_until(&events, 1);
+        let before = thread_cpu_ticks("io-test");
+        std::thread::sleep(Duration::from_millis(300));
+        let spent = thread_cpu_ticks("io-test") - before;
+        assert!(
+            spent <= 2,
+            "the thread spun on a source nobody wants: {spent} ticks"
+        );
+        assert_eq!(
+            events.load(Ordering::SeqCst),
+            1,
+            "a readable source the worker dropped must not wake it again"
+        );
+        kick.write(1).unwrap();
+        wait_until(&events, 2);
+
+        thread.idle();
+        kick.write(1).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(events.load(Ordering::SeqCst), 2, "no worker, no events");
+    }
+}

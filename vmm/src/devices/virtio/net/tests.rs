@@ -13,6 +13,7 @@ use virtio_bindings::virtio_net::{
 use vm_memory::{Bytes, GuestAddress};
 
 use super::*;
+use crate::devices::virtio::io_thread::tests::thread_cpu_ticks;
 use crate::devices::virtio::test_driver::{Segment, TestDriver, DESC_F_NEXT, MEM_SIZE};
 use crate::devices::virtio::{
     STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK, STATUS_NEEDS_RESET,
@@ -506,23 +507,6 @@ fn filter_stops_inbound_frames_before_the_guest() {
     harness.rx.assert_nothing_used(&harness.driver);
 }
 
-/// CPU time (user + system, in clock ticks) the thread named `name` used.
-fn thread_cpu_ticks(name: &str) -> u64 {
-    for task in std::fs::read_dir("/proc/self/task").unwrap() {
-        let path = task.unwrap().path();
-        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        if comm.trim_end() == name {
-            let stat = std::fs::read_to_string(path.join("stat")).unwrap();
-            // Fields after the parenthesised name; utime and stime are
-            // fields 14 and 15 of the whole line.
-            let rest = &stat[stat.rfind(')').unwrap() + 2..];
-            let fields: Vec<&str> = rest.split(' ').collect();
-            return fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        }
-    }
-    panic!("no thread named {name}");
-}
-
 #[test]
 fn frames_wait_for_receive_buffers_without_spinning() {
     let mut harness = Harness::new(Box::new(AllowAll));
@@ -768,8 +752,8 @@ impl PacketSocket {
             tv_sec: 0,
             tv_usec: 200_000,
         };
-        // SAFETY: SO_RCVTIMEO reads one timeval.
-        unsafe {
+        // SAFETY: SO_RCVTIMEO reads one timeval of the size given.
+        let set = unsafe {
             libc::setsockopt(
                 raw,
                 libc::SOL_SOCKET,
@@ -778,6 +762,7 @@ impl PacketSocket {
                 std::mem::size_of::<libc::timeval>() as u32,
             )
         };
+        assert_eq!(set, 0);
         Self { fd, ifindex }
     }
 
