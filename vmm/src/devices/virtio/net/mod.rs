@@ -20,8 +20,8 @@ pub use filter::{AllowAll, FrameFilter};
 pub use tap::{check_interface_name, InterfaceNameError, Tap, TapError};
 
 use super::{
-    ActivateError, Activation, QueueWorker, ThreadStartHook, VirtioDevice, F_INDIRECT_DESC,
-    F_VERSION_1, QUEUE_MAX_SIZE,
+    ActivateError, Activation, QueueWorker, ThreadStartHook, VirtioDevice, F_EVENT_IDX,
+    F_INDIRECT_DESC, F_VERSION_1, QUEUE_MAX_SIZE,
 };
 use worker::NetWorker;
 
@@ -142,7 +142,11 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        F_VERSION_1 | F_INDIRECT_DESC | 1 << VIRTIO_NET_F_MAC | 1 << VIRTIO_NET_F_STATUS
+        F_VERSION_1
+            | F_EVENT_IDX
+            | F_INDIRECT_DESC
+            | 1 << VIRTIO_NET_F_MAC
+            | 1 << VIRTIO_NET_F_STATUS
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {

@@ -26,6 +26,8 @@ const RX_MSI: (u64, u32) = (0xfee0_1000, 0x41);
 const TX_MSI: (u64, u32) = (0xfee0_2000, 0x42);
 /// What a Linux guest without mergeable buffers posts per receive buffer.
 const RX_BUFFER_LEN: u32 = (VNET_HDR_LEN + 1514) as u32;
+/// What the data-path tests negotiate; EVENT_IDX has its own test.
+const BASIC_FEATURES: u64 = F_VERSION_1 | F_INDIRECT_DESC | 1 << VIRTIO_NET_F_MAC;
 /// A local experimental EtherType, so test frames are recognisable.
 const TEST_ETHERTYPE: [u8; 2] = [0x88, 0xb5];
 
@@ -121,6 +123,18 @@ impl Ring {
         );
     }
 
+    /// EVENT_IDX: interrupt once the used index passes `idx`.
+    fn set_used_event(&self, driver: &TestDriver, idx: u16) {
+        let at = self.avail + 4 + u64::from(RING_SIZE) * 2;
+        driver.mem.write_obj(idx, GuestAddress(at)).unwrap();
+    }
+
+    /// EVENT_IDX: the avail index at which the device wants a kick.
+    fn avail_event(&self, driver: &TestDriver) -> u16 {
+        let at = self.used + 4 + u64::from(RING_SIZE) * 8;
+        driver.mem.read_obj(GuestAddress(at)).unwrap()
+    }
+
     fn used_idx(&self, driver: &TestDriver) -> u16 {
         driver.mem.read_obj(GuestAddress(self.used + 2)).unwrap()
     }
@@ -194,10 +208,10 @@ struct Harness {
 
 impl Harness {
     fn new(filter: Box<dyn FrameFilter>) -> Self {
-        Self::with_hook(filter, None)
+        Self::build(filter, None, BASIC_FEATURES)
     }
 
-    fn with_hook(filter: Box<dyn FrameFilter>, hook: Option<ThreadStartHook>) -> Self {
+    fn build(filter: Box<dyn FrameFilter>, hook: Option<ThreadStartHook>, features: u64) -> Self {
         let (device_end, host) = UnixDatagram::pair().unwrap();
         device_end.set_nonblocking(true).unwrap();
         host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -217,7 +231,7 @@ impl Harness {
             thread_name,
         };
         harness.enable_msix();
-        let status = harness.init(F_VERSION_1 | F_INDIRECT_DESC | 1 << VIRTIO_NET_F_MAC);
+        let status = harness.init(features);
         assert_ne!(status & STATUS_DRIVER_OK, 0, "device refused DRIVER_OK");
         harness
     }
@@ -609,6 +623,55 @@ fn corrupt_ring_sets_needs_reset_and_reset_recovers() {
 }
 
 #[test]
+fn event_idx_rearms_kicks_and_suppresses_interrupts() {
+    let mut harness = Harness::build(Box::new(AllowAll), None, BASIC_FEATURES | F_EVENT_IDX);
+    assert_ne!(harness.driver.device_features() & F_EVENT_IDX, 0);
+    let sent = frame(60, 1);
+
+    // The driver asks for a transmit interrupt only after entry 5.
+    harness.tx.set_used_event(&harness.driver, 5);
+    harness.transmit(&sent);
+    assert_eq!(
+        harness.host_receive(Duration::from_secs(5)),
+        Some(with_header(&sent))
+    );
+    assert_eq!(
+        harness.tx.avail_event(&harness.driver),
+        1,
+        "kick wanted for the next chain"
+    );
+    harness.tx.set_used_event(&harness.driver, 1);
+    harness.transmit(&sent);
+    assert_eq!(
+        harness.host_receive(Duration::from_secs(5)),
+        Some(with_header(&sent))
+    );
+    assert!(harness.driver.vm.wait_for_msis(1));
+    assert_eq!(
+        harness.driver.vm.msis(),
+        vec![TX_MSI],
+        "only the requested interrupt"
+    );
+
+    // One frame received, so the receive ring has moved on to entry 1.
+    harness.rx.set_used_event(&harness.driver, 0);
+    harness.host_send(&sent);
+    assert_eq!(harness.receive().1, sent);
+    assert!(harness.driver.vm.wait_for_msis(2));
+    assert_eq!(harness.driver.vm.msis()[1], RX_MSI);
+
+    // A frame with no receive buffer: the device asks for the kick that
+    // the guest's next buffer brings, then delivers.
+    harness.host_send(&sent);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while harness.rx.avail_event(&harness.driver) != 1 {
+        assert!(Instant::now() < deadline, "receive queue not re-armed");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(harness.receive().1, sent);
+}
+
+#[test]
 fn both_queues_are_required() {
     let (device_end, _host) = UnixDatagram::pair().unwrap();
     device_end.set_nonblocking(true).unwrap();
@@ -639,7 +702,7 @@ fn data_path_runs_under_the_net_io_seccomp_filter() {
     let hook: ThreadStartHook = Arc::new(|| {
         crate::seccomp::install(crate::seccomp::ThreadKind::NetIo).map_err(|e| e.to_string())
     });
-    let mut harness = Harness::with_hook(Box::new(AllowAll), Some(hook));
+    let mut harness = Harness::build(Box::new(AllowAll), Some(hook), BASIC_FEATURES);
     let sent = frame(60, 1);
     harness.transmit(&sent);
     assert_eq!(

@@ -126,20 +126,32 @@ impl NetWorker {
     fn transmit(&mut self) -> Result<(), virtio_queue::Error> {
         let mem = self.mem.clone();
         let mut used_any = false;
-        while let Some(chain) = self.tx.queue.iter(mem.as_ref())?.next() {
-            let head = chain.head_index();
-            match self.transmit_chain(&mem, chain) {
-                Ok(()) => NetCounters::bump(&self.counters.tx_frames),
-                Err(Dropped::Filtered) => NetCounters::bump(&self.counters.tx_filtered),
-                Err(why @ Dropped::Malformed(_)) => {
-                    log::debug!("virtio-net: transmit chain dropped: {why}");
-                    NetCounters::bump(&self.counters.tx_malformed);
-                }
+        loop {
+            // With EVENT_IDX the guest need not kick while we drain.
+            if self.tx.queue.event_idx_enabled() {
+                self.tx.queue.disable_notification(mem.as_ref())?;
             }
-            self.tx.queue.add_used(mem.as_ref(), head, 0)?;
-            used_any = true;
+            while let Some(chain) = self.tx.queue.iter(mem.as_ref())?.next() {
+                let head = chain.head_index();
+                match self.transmit_chain(&mem, chain) {
+                    Ok(()) => NetCounters::bump(&self.counters.tx_frames),
+                    Err(Dropped::Filtered) => NetCounters::bump(&self.counters.tx_filtered),
+                    Err(why @ Dropped::Malformed(_)) => {
+                        log::debug!("virtio-net: transmit chain dropped: {why}");
+                        NetCounters::bump(&self.counters.tx_malformed);
+                    }
+                }
+                self.tx.queue.add_used(mem.as_ref(), head, 0)?;
+                used_any = true;
+            }
+            // Re-arm, and look again for a chain added meanwhile.
+            if !self.tx.queue.event_idx_enabled()
+                || !self.tx.queue.enable_notification(mem.as_ref())?
+            {
+                break;
+            }
         }
-        if used_any && wants_interrupt(&self.tx.queue, &mem)? {
+        if used_any && wants_interrupt(&mut self.tx.queue, &mem)? {
             self.interrupt.signal_queue(self.tx.msix_vector);
         }
         Ok(())
@@ -197,7 +209,7 @@ impl NetWorker {
                 },
             };
             self.rx_pending = Some(len);
-            let Some(chain) = self.rx.queue.iter(mem.as_ref())?.next() else {
+            let Some(chain) = next_rx_chain(&mut self.rx.queue, &mem)? else {
                 // Keep the frame; the guest's next rx kick brings us back.
                 self.listening = false;
                 break;
@@ -224,7 +236,7 @@ impl NetWorker {
                 }
             }
         }
-        if used_any && wants_interrupt(&self.rx.queue, &mem)? {
+        if used_any && wants_interrupt(&mut self.rx.queue, &mem)? {
             self.interrupt.signal_queue(self.rx.msix_vector);
         }
         Ok(())
@@ -360,8 +372,29 @@ fn write_frame(
         .map_err(|_| RxChain::Malformed("receive buffer not writable"))
 }
 
-/// Without EVENT_IDX, the driver turns interrupts off with a flag.
-fn wants_interrupt(queue: &Queue, mem: &GuestMemoryMmap) -> Result<bool, virtio_queue::Error> {
+/// The next receive chain. Before reporting none, ask the guest (with
+/// EVENT_IDX, whose kicks are otherwise suppressed) to kick on its next
+/// buffer, and look once more for one added in between.
+fn next_rx_chain<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, virtio_queue::Error> {
+    loop {
+        if let Some(chain) = queue.iter(mem)?.next() {
+            return Ok(Some(chain));
+        }
+        if !queue.event_idx_enabled() || !queue.enable_notification(mem)? {
+            return Ok(None);
+        }
+    }
+}
+
+/// Whether the driver wants an interrupt for the buffers just used: with
+/// EVENT_IDX its `used_event`, otherwise the NO_INTERRUPT flag.
+fn wants_interrupt(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, virtio_queue::Error> {
+    if queue.event_idx_enabled() {
+        return queue.needs_notification(mem);
+    }
     let flags: u16 = mem
         .load(GuestAddress(queue.avail_ring()), Ordering::Acquire)
         .map_err(virtio_queue::Error::GuestMemory)?;
