@@ -35,8 +35,8 @@ pub enum TapError {
     #[error("TAP {name} is already in use by another process; give each VM its own TAP")]
     Busy { name: String },
     #[error(
-        "{name} exists but is not a TAP device usable with a virtio header (perhaps a TUN \
-         device or another kind of interface); choose another name"
+        "{name} exists but is not a single-queue TAP device (perhaps a TUN device, a \
+         multi_queue TAP or another kind of interface); choose another name"
     )]
     NotATap { name: String },
     #[error("cannot open {TUN_PATH}: {0}")]

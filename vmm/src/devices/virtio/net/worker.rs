@@ -14,12 +14,12 @@
 //! only a corrupt ring stops the device (NEEDS_RESET). Nothing allocates
 //! per frame.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader, Writer};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::backend::NetBackend;
@@ -162,14 +162,8 @@ impl NetWorker {
         mem: &GuestMemoryMmap,
         chain: DescriptorChain<&GuestMemoryMmap>,
     ) -> Result<(), Dropped> {
-        let len = transmit_len(chain.clone())?;
-        let mut reader = Reader::new(mem, chain)
-            .map_err(|_| Dropped::Malformed("transmit buffer outside guest memory"))?;
-        let buffer = &mut self.tx_buffer[..len];
-        reader
-            .read_exact(buffer)
-            .map_err(|_| Dropped::Malformed("transmit buffer not readable"))?;
-        if !plain_header(&buffer[..VNET_HDR_LEN]) {
+        let len = gather(mem, chain, &mut self.tx_buffer)?;
+        if !plain_header(&self.tx_buffer[..VNET_HDR_LEN]) {
             return Err(Dropped::Malformed(
                 "offload requested in the header, but none was negotiated",
             ));
@@ -310,10 +304,15 @@ impl QueueWorker for NetWorker {
     }
 }
 
-/// Header and frame length of a transmit chain, checked before anything
-/// is copied: device-readable only, complete, and within bounds.
-fn transmit_len(chain: DescriptorChain<&GuestMemoryMmap>) -> Result<usize, Dropped> {
-    let mut total = 0usize;
+/// Copy a transmit chain (header and frame) into `buffer`, checking on
+/// the way that it is device-readable only, complete, inside guest
+/// memory and no larger than `buffer`. Returns the length copied.
+fn gather(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    buffer: &mut [u8],
+) -> Result<usize, Dropped> {
+    let mut len = 0usize;
     let mut count = 0usize;
     let mut last_has_next = false;
     for descriptor in chain {
@@ -322,24 +321,27 @@ fn transmit_len(chain: DescriptorChain<&GuestMemoryMmap>) -> Result<usize, Dropp
                 "device-writable buffer in a transmit chain",
             ));
         }
+        let end = len
+            .checked_add(descriptor.len() as usize)
+            .filter(|&end| end <= buffer.len())
+            .ok_or(Dropped::Malformed(
+                "frame larger than the 65 562-byte maximum",
+            ))?;
+        mem.read_slice(&mut buffer[len..end], descriptor.addr())
+            .map_err(|_| Dropped::Malformed("transmit buffer outside guest memory"))?;
+        len = end;
         count += 1;
-        total = total.saturating_add(descriptor.len() as usize);
         last_has_next = descriptor.has_next();
     }
     if count == 0 || last_has_next {
         return Err(Dropped::Malformed("truncated or looping descriptor chain"));
     }
-    if total > MAX_BUFFER_LEN {
-        return Err(Dropped::Malformed(
-            "frame larger than the 65 562-byte maximum",
-        ));
-    }
-    if total < VNET_HDR_LEN {
+    if len < VNET_HDR_LEN {
         return Err(Dropped::Malformed(
             "chain shorter than the virtio-net header",
         ));
     }
-    Ok(total)
+    Ok(len)
 }
 
 /// A header that asks for nothing: no checksum to complete, no
@@ -358,18 +360,37 @@ fn write_frame(
     chain: DescriptorChain<&GuestMemoryMmap>,
     frame: &[u8],
 ) -> Result<(), RxChain> {
-    let mut writer = Writer::new(mem, chain)
-        .map_err(|_| RxChain::Malformed("receive buffer outside guest memory"))?;
-    let room = writer.available_bytes();
+    let mut room = 0usize;
+    let mut last_has_next = false;
+    for descriptor in chain.clone() {
+        if !descriptor.is_write_only() {
+            return Err(RxChain::Malformed(
+                "device-readable buffer in a receive chain",
+            ));
+        }
+        room = room.saturating_add(descriptor.len() as usize);
+        last_has_next = descriptor.has_next();
+    }
+    if last_has_next {
+        return Err(RxChain::Malformed("truncated or looping descriptor chain"));
+    }
     if room < VNET_HDR_LEN + ETH_HEADER_LEN {
         return Err(RxChain::Malformed("receive chain too short for any frame"));
     }
     if room < frame.len() {
         return Err(RxChain::TooSmall);
     }
-    writer
-        .write_all(frame)
-        .map_err(|_| RxChain::Malformed("receive buffer not writable"))
+    let mut rest = frame;
+    for descriptor in chain {
+        if rest.is_empty() {
+            break;
+        }
+        let n = rest.len().min(descriptor.len() as usize);
+        mem.write_slice(&rest[..n], descriptor.addr())
+            .map_err(|_| RxChain::Malformed("receive buffer outside guest memory"))?;
+        rest = &rest[n..];
+    }
+    Ok(())
 }
 
 /// The next receive chain. Before reporting none, ask the guest (with
