@@ -3,7 +3,10 @@
 //! I/O thread. Every frame passes a [`FrameFilter`] in its direction
 //! before it reaches the other side. The guest's MAC is fixed by the VMM
 //! (read-only configuration space), and the device offers no checksum or
-//! segmentation offloads: frames are complete in both directions.
+//! segmentation offloads and no mergeable receive buffers: frames are
+//! complete in both directions, and each received frame fills one
+//! receive chain. Offered: VERSION_1, MAC, STATUS (link up), EVENT_IDX,
+//! INDIRECT_DESC.
 
 mod backend;
 mod filter;

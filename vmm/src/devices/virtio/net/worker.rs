@@ -29,8 +29,8 @@ use crate::devices::virtio::{ActiveQueue, EventSource, QueueWorker, VirtioInterr
 
 /// Ethernet destination, source and type.
 const ETH_HEADER_LEN: usize = 14;
-/// Frames moved per wake-up in one direction, so that a flood on one
-/// side cannot starve the other (epoll wakes us again for the rest).
+/// Frames received per wake-up, so that a flood from the host cannot
+/// starve the guest's transmissions (epoll wakes us again for the rest).
 const BATCH: usize = 64;
 const BACKEND_TOKEN: u32 = 0;
 /// `num_buffers` in `virtio_net_hdr_v1`.
