@@ -71,6 +71,46 @@ fn bad_names_are_refused_with_the_reason() {
     }
 }
 
+/// Set in the copy of this test binary that runs as an unprivileged user.
+const AS_NOBODY: &str = "SECUREVM_TEST_TAP_AS_NOBODY";
+
+/// Run as `nobody`, opening a TAP must fail with advice on privileges,
+/// whether /dev/net/tun itself or creating the interface is refused.
+#[test]
+fn an_unprivileged_user_is_told_what_privilege_is_missing() {
+    if std::env::var_os(AS_NOBODY).is_some() {
+        let error = Tap::open(&unique_name("svmq")).unwrap_err();
+        println!("TAP-ERROR: {error}");
+        assert!(
+            matches!(error, TapError::PermissionDenied { .. }),
+            "{error:?}"
+        );
+        return;
+    }
+    if !tap_usable() {
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "an_unprivileged_user_is_told_what_privilege_is_missing",
+            "--nocapture",
+        ])
+        .env(AS_NOBODY, "1")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("TAP-ERROR: not allowed to use TAP"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("CAP_NET_ADMIN"), "{stdout}");
+}
+
 #[test]
 fn an_interface_that_is_not_a_tap_is_refused() {
     if !tap_usable() {
