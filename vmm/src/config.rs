@@ -80,6 +80,101 @@ impl fmt::Display for DiskConfig {
     }
 }
 
+/// `--net tap=NAME[,mac=MAC]`: a virtio-net device on host TAP `NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    pub tap: String,
+    /// `None`: use [`NetConfig::effective_mac`]'s default.
+    pub mac: Option<[u8; 6]>,
+}
+
+impl NetConfig {
+    /// The guest's MAC: the one given, or one derived from the TAP name
+    /// so that it stays the same from run to run (DHCP leases and
+    /// anti-spoofing rules keep matching): `02` (locally administered,
+    /// unicast) followed by the first five bytes of the 64-bit FNV-1a
+    /// hash of the name.
+    pub fn effective_mac(&self) -> [u8; 6] {
+        self.mac.unwrap_or_else(|| default_mac(&self.tap))
+    }
+}
+
+fn default_mac(tap: &str) -> [u8; 6] {
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+    let hash = tap.bytes().fold(FNV_OFFSET, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(FNV_PRIME)
+    });
+    let h = hash.to_be_bytes();
+    [0x02, h[0], h[1], h[2], h[3], h[4]]
+}
+
+/// `aa:bb:cc:dd:ee:ff`, unicast (a guest cannot own a multicast address).
+fn parse_mac(text: &str) -> Result<[u8; 6], String> {
+    let bad =
+        || format!("'{text}' is not a MAC address; write six hex bytes like 52:54:00:12:34:56");
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next().ok_or_else(bad)?;
+        if part.len() != 2 {
+            return Err(bad());
+        }
+        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!(
+            "MAC {text} is a multicast address; the guest needs a unicast one (even first byte)"
+        ));
+    }
+    Ok(mac)
+}
+
+impl FromStr for NetConfig {
+    type Err = String;
+
+    fn from_str(spec: &str) -> Result<Self, String> {
+        let mut tap = None;
+        let mut mac = None;
+        for option in spec.split(',').filter(|o| !o.is_empty()) {
+            match option.split_once('=') {
+                Some(("tap", name)) => {
+                    crate::devices::virtio::net::check_interface_name(name)
+                        .map_err(|e| format!("--net {spec}: {e}"))?;
+                    tap = Some(name.to_string());
+                }
+                Some(("mac", text)) => mac = Some(parse_mac(text)?),
+                _ => {
+                    return Err(format!(
+                    "unknown net option '{option}' in '{spec}'; valid options: tap=NAME, mac=MAC"
+                ))
+                }
+            }
+        }
+        let tap = tap.ok_or_else(|| {
+            format!("--net {spec}: name the host TAP device, e.g. --net tap=svm0")
+        })?;
+        Ok(NetConfig { tap, mac })
+    }
+}
+
+impl fmt::Display for NetConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tap={}", self.tap)?;
+        if let Some(m) = self.mac {
+            write!(
+                f,
+                ",mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+                m[0], m[1], m[2], m[3], m[4], m[5]
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// What happens to external media (`--external`), until the user's role
 /// decides it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +196,7 @@ pub struct VmConfig {
     pub cpus: u16,
     pub memory_mib: u64,
     pub disks: Vec<DiskConfig>,
+    pub nets: Vec<NetConfig>,
     /// Passphrase of the LUKS disks among `disks`; the terminal is asked
     /// when absent.
     pub passphrase_file: Option<PathBuf>,
@@ -161,6 +257,7 @@ mod tests {
             cpus: 1,
             memory_mib: DEFAULT_MEMORY_MIB,
             disks: vec![],
+            nets: vec![],
             passphrase_file: None,
             external: ExternalMediaConfig {
                 media: vec![],
@@ -192,6 +289,76 @@ mod tests {
             "a.img,readonly".parse::<DiskConfig>().unwrap().to_string(),
             "a.img,readonly"
         );
+    }
+
+    #[test]
+    fn net_specs() {
+        assert_eq!(
+            "tap=svm0".parse::<NetConfig>().unwrap(),
+            NetConfig {
+                tap: "svm0".into(),
+                mac: None
+            }
+        );
+        let with_mac = "tap=svm0,mac=52:54:00:AB:cd:0f"
+            .parse::<NetConfig>()
+            .unwrap();
+        assert_eq!(with_mac.mac, Some([0x52, 0x54, 0x00, 0xab, 0xcd, 0x0f]));
+        assert_eq!(
+            with_mac.effective_mac(),
+            [0x52, 0x54, 0x00, 0xab, 0xcd, 0x0f]
+        );
+        assert_eq!(with_mac.to_string(), "tap=svm0,mac=52:54:00:ab:cd:0f");
+        assert_eq!(
+            "mac=52:54:00:00:00:01,tap=x"
+                .parse::<NetConfig>()
+                .unwrap()
+                .tap,
+            "x"
+        );
+    }
+
+    #[test]
+    fn bad_net_specs_say_what_is_wrong() {
+        let err = |spec: &str| spec.parse::<NetConfig>().unwrap_err();
+        assert!(err("mac=52:54:00:00:00:01").contains("name the host TAP"));
+        assert!(err("").contains("name the host TAP"));
+        assert!(err("tap=svm0,speed=10").contains("unknown net option 'speed=10'"));
+        assert!(err("svm0").contains("unknown net option 'svm0'"));
+        for mac in [
+            "52:54:00:00:00",
+            "52:54:00:00:00:01:02",
+            "52:54:00:00:00:1",
+            "52:54:00:00:00:zz",
+            "525400000001",
+            "52-54-00-00-00-01",
+        ] {
+            let e = err(&format!("tap=svm0,mac={mac}"));
+            assert!(e.contains("is not a MAC address"), "{mac}: {e}");
+        }
+        assert!(err("tap=svm0,mac=01:00:5e:00:00:01").contains("multicast"));
+        assert!(err("tap=").contains("empty"));
+        assert!(err("tap=a-name-that-is-too-long").contains("15 bytes"));
+        assert!(err("tap=a/b").contains("'/'"));
+    }
+
+    #[test]
+    fn default_mac_is_stable_local_and_unicast() {
+        let mac = |tap: &str| {
+            NetConfig {
+                tap: tap.into(),
+                mac: None,
+            }
+            .effective_mac()
+        };
+        assert_eq!(mac("svm0"), mac("svm0"));
+        assert_ne!(mac("svm0"), mac("svm1"));
+        for name in ["svm0", "svm1", "tap0", "x"] {
+            assert_eq!(mac(name)[0], 0x02, "locally administered unicast");
+        }
+        // FNV-1a is fixed by its definition, so the address never drifts
+        // between releases; the empty name hashes to the offset basis.
+        assert_eq!(default_mac(""), [0x02, 0xcb, 0xf2, 0x9c, 0xe4, 0x84]);
     }
 
     #[test]

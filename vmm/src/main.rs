@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use securevm::config::{
-    DiskConfig, ExternalMediaConfig, RebootAction, VmConfig, DEFAULT_CMDLINE, DEFAULT_MEMORY_MIB,
+    DiskConfig, ExternalMediaConfig, NetConfig, RebootAction, VmConfig, DEFAULT_CMDLINE,
+    DEFAULT_MEMORY_MIB,
 };
 use securevm::exit::{ExitReason, EXIT_ERROR, EXIT_USAGE};
 use securevm::storage::bench::{run_disk_bench, BenchDiskArgs};
@@ -84,6 +85,9 @@ struct RunArgs {
     /// A raw disk image as a virtio-blk device (repeatable; /dev/vda, /dev/vdb, ... in order).
     #[arg(long = "disk", value_name = "PATH[,readonly]")]
     disks: Vec<DiskConfig>,
+    /// A virtio-net device on host TAP NAME, created if missing (repeatable).
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    nets: Vec<NetConfig>,
     /// Passphrase file for LUKS disks (one trailing newline is ignored); else the terminal asks.
     #[arg(long, value_name = "FILE")]
     passphrase_file: Option<PathBuf>,
@@ -119,6 +123,7 @@ impl From<RunArgs> for VmConfig {
             cpus: args.cpus,
             memory_mib: args.memory,
             disks: args.disks,
+            nets: args.nets,
             passphrase_file: args.passphrase_file,
             external: ExternalMediaConfig {
                 media: args.external,

@@ -31,6 +31,8 @@ pub enum ThreadKind {
     Vcpu,
     /// A virtio I/O thread: guest memory, its backing file, interrupts.
     BlockIo,
+    /// A virtio-net I/O thread: guest memory, its TAP, interrupts.
+    NetIo,
     /// Copies the terminal into the serial device.
     ConsoleInput,
     /// Waits for the VM to stop, then stops the other threads.
@@ -88,6 +90,15 @@ const BLOCK_IO: &[i64] = &[
     libc::SYS_epoll_ctl,
 ];
 
+/// What a virtio-net I/O thread does besides the common set: frames move
+/// with read/write on the TAP (common), and the thread adds and removes
+/// the TAP in its own epoll set.
+const NET_IO: &[i64] = &[
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_ctl,
+];
+
 fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<u64>) {
     let kvm_device_ioctls = [KVM_SIGNAL_MSI(), KVM_IOEVENTFD(), KVM_IRQFD()];
     match kind {
@@ -102,6 +113,13 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<u64>) {
             [libc::SYS_ioctl]
                 .into_iter()
                 .chain(BLOCK_IO.iter().copied())
+                .collect(),
+            vec![KVM_SIGNAL_MSI()],
+        ),
+        ThreadKind::NetIo => (
+            [libc::SYS_ioctl]
+                .into_iter()
+                .chain(NET_IO.iter().copied())
                 .collect(),
             vec![KVM_SIGNAL_MSI()],
         ),
@@ -212,6 +230,7 @@ mod tests {
         for kind in [
             ThreadKind::Vcpu,
             ThreadKind::BlockIo,
+            ThreadKind::NetIo,
             ThreadKind::ConsoleInput,
             ThreadKind::Main,
         ] {

@@ -30,6 +30,7 @@ use crate::devices::serial::{SerialDevice, UnbufferedStdout};
 use crate::devices::virtio::block::{
     disk_id_from_path, Block, BlockBackend, BlockError, RawFileBackend,
 };
+use crate::devices::virtio::net::{AllowAll, Net, NetError, Tap, TapError};
 use crate::exit::{ExitNotifier, ExitReason};
 use crate::loader::{load_cmdline, load_initrd, load_kernel, LoaderError};
 use crate::seccomp::{self, SeccompError, ThreadKind};
@@ -67,6 +68,10 @@ pub enum VmmError {
     Arch(#[from] ArchError),
     #[error("disk {path}: {source}")]
     Disk { path: String, source: BlockError },
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    #[error("network device: {0}")]
+    Net(#[from] NetError),
     #[error("attaching a device failed: {0}")]
     Pci(#[from] PciError),
     #[error("placing a device on its bus failed: {0}")]
@@ -107,6 +112,11 @@ fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
         None => None,
     };
     let disks = open_disks(config)?;
+    let mut nets = Vec::with_capacity(config.nets.len());
+    for net in &config.nets {
+        let tap = Tap::open(&net.tap)?;
+        nets.push(Net::new(tap, net.effective_mac(), Box::new(AllowAll))?);
+    }
 
     let vm = Arc::new(Vm::new(&config.kvm_device)?);
     vm.check_vcpu_count(usize::from(config.cpus))?;
@@ -169,6 +179,14 @@ fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
             }));
         }
         pci.add_virtio_device(Box::new(block), memory.clone())?;
+    }
+    for mut net in nets {
+        if config.seccomp {
+            net.set_thread_start_hook(Arc::new(|| {
+                seccomp::install(ThreadKind::NetIo).map_err(|e| e.to_string())
+            }));
+        }
+        pci.add_virtio_device(Box::new(net), memory.clone())?;
     }
     pio.insert(
         Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),

@@ -9,6 +9,7 @@ pub mod block;
 mod interrupt;
 mod io_thread;
 mod msix;
+pub mod net;
 mod transport;
 
 #[cfg(test)]
@@ -20,7 +21,7 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 pub use interrupt::VirtioInterrupt;
-pub use io_thread::{IoThread, QueueWorker, ThreadStartHook};
+pub use io_thread::{EventSource, IoThread, QueueWorker, ThreadStartHook};
 pub use msix::MsixTable;
 pub use transport::VirtioPciDevice;
 

@@ -1,0 +1,423 @@
+//! The virtio-net data path on the device's I/O thread.
+//!
+//! Transmit: each chain from the guest is copied into one reused buffer
+//! (bounded by [`MAX_BUFFER_LEN`]), checked, shown to the filter and, if
+//! allowed, written to the backend with a clean virtio header.
+//!
+//! Receive: while the guest has receive buffers, the worker listens on
+//! the backend's fd; each frame read is filtered and copied into the next
+//! receive chain. When the guest has no buffer left, the frame just read
+//! is kept, and the worker stops listening until the guest kicks the
+//! receive queue, so an idle guest never makes the thread spin.
+//!
+//! Anything the guest gets wrong drops that frame and returns its chain;
+//! only a corrupt ring stops the device (NEEDS_RESET). Nothing allocates
+//! per frame.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::backend::NetBackend;
+use super::filter::FrameFilter;
+use super::{NetCounters, MAX_BUFFER_LEN, RX_QUEUE, TX_QUEUE, VNET_HDR_LEN};
+use crate::devices::virtio::{ActiveQueue, EventSource, QueueWorker, VirtioInterrupt};
+
+/// Ethernet destination, source and type.
+const ETH_HEADER_LEN: usize = 14;
+/// Frames received per wake-up, so that a flood from the host cannot
+/// starve the guest's transmissions (epoll wakes us again for the rest).
+const BATCH: usize = 64;
+const BACKEND_TOKEN: u32 = 0;
+/// `num_buffers` in `virtio_net_hdr_v1`.
+const NUM_BUFFERS_OFFSET: usize = 10;
+
+type SharedFilter = Arc<Mutex<Box<dyn FrameFilter>>>;
+
+struct WorkerQueue {
+    queue: Queue,
+    msix_vector: u16,
+}
+
+pub(super) struct NetWorker {
+    mem: Arc<GuestMemoryMmap>,
+    rx: WorkerQueue,
+    tx: WorkerQueue,
+    interrupt: Arc<VirtioInterrupt>,
+    backend: Arc<dyn NetBackend>,
+    filter: SharedFilter,
+    counters: Arc<NetCounters>,
+    rx_buffer: Vec<u8>,
+    /// Length of an allowed frame in `rx_buffer` that no receive buffer
+    /// has taken yet.
+    rx_pending: Option<usize>,
+    tx_buffer: Vec<u8>,
+    backend_source: [EventSource; 1],
+    listening: bool,
+    /// Set once a ring is found corrupt; the driver must reset.
+    broken: bool,
+}
+
+/// Why a chain or frame was dropped; for the debug log only.
+#[derive(Debug, thiserror::Error)]
+enum Dropped {
+    #[error("{0}")]
+    Malformed(&'static str),
+    #[error("refused by the filter")]
+    Filtered,
+}
+
+impl NetWorker {
+    pub(super) fn new(
+        mem: Arc<GuestMemoryMmap>,
+        rx: ActiveQueue,
+        tx: ActiveQueue,
+        interrupt: Arc<VirtioInterrupt>,
+        backend: Arc<dyn NetBackend>,
+        filter: SharedFilter,
+        counters: Arc<NetCounters>,
+    ) -> Self {
+        let backend_source = [EventSource {
+            fd: backend.fd(),
+            token: BACKEND_TOKEN,
+        }];
+        Self {
+            mem,
+            rx: WorkerQueue {
+                queue: rx.queue,
+                msix_vector: rx.msix_vector,
+            },
+            tx: WorkerQueue {
+                queue: tx.queue,
+                msix_vector: tx.msix_vector,
+            },
+            interrupt,
+            backend,
+            filter,
+            counters,
+            // Allocated here, on the thread that activates the device, so
+            // the I/O thread never grows its heap per frame.
+            rx_buffer: vec![0u8; MAX_BUFFER_LEN],
+            rx_pending: None,
+            tx_buffer: vec![0u8; MAX_BUFFER_LEN],
+            backend_source,
+            // The first rx kick (sent at activation) decides.
+            listening: false,
+            broken: false,
+        }
+    }
+
+    fn filter(&self) -> MutexGuard<'_, Box<dyn FrameFilter>> {
+        self.filter.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn fail(&mut self, error: virtio_queue::Error) {
+        log::warn!("virtio-net: queue unusable until the driver resets it: {error}");
+        self.broken = true;
+        self.listening = false;
+        self.interrupt.set_needs_reset();
+    }
+
+    /// Send what the guest queued on the transmit queue.
+    fn transmit(&mut self) -> Result<(), virtio_queue::Error> {
+        let mem = self.mem.clone();
+        let mut used_any = false;
+        loop {
+            // With EVENT_IDX the guest need not kick while we drain.
+            if self.tx.queue.event_idx_enabled() {
+                self.tx.queue.disable_notification(mem.as_ref())?;
+            }
+            while let Some(chain) = self.tx.queue.iter(mem.as_ref())?.next() {
+                let head = chain.head_index();
+                match self.transmit_chain(&mem, chain) {
+                    Ok(()) => NetCounters::bump(&self.counters.tx_frames),
+                    Err(Dropped::Filtered) => NetCounters::bump(&self.counters.tx_filtered),
+                    Err(why @ Dropped::Malformed(_)) => {
+                        log::debug!("virtio-net: transmit chain dropped: {why}");
+                        NetCounters::bump(&self.counters.tx_malformed);
+                    }
+                }
+                self.tx.queue.add_used(mem.as_ref(), head, 0)?;
+                used_any = true;
+            }
+            // Re-arm, and look again for a chain added meanwhile.
+            if !self.tx.queue.event_idx_enabled()
+                || !self.tx.queue.enable_notification(mem.as_ref())?
+            {
+                break;
+            }
+        }
+        if used_any && wants_interrupt(&mut self.tx.queue, &mem)? {
+            self.interrupt.signal_queue(self.tx.msix_vector);
+        }
+        Ok(())
+    }
+
+    fn transmit_chain(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        chain: DescriptorChain<&GuestMemoryMmap>,
+    ) -> Result<(), Dropped> {
+        let len = gather(mem, chain, &mut self.tx_buffer)?;
+        if !plain_header(&self.tx_buffer[..VNET_HDR_LEN]) {
+            return Err(Dropped::Malformed(
+                "offload requested in the header, but none was negotiated",
+            ));
+        }
+        if len < VNET_HDR_LEN + ETH_HEADER_LEN {
+            return Err(Dropped::Malformed("frame shorter than an Ethernet header"));
+        }
+        let frame = &self.tx_buffer[VNET_HDR_LEN..len];
+        if !self.filter().outbound(frame) {
+            return Err(Dropped::Filtered);
+        }
+        // The backend sees only a header we wrote.
+        self.tx_buffer[..VNET_HDR_LEN].fill(0);
+        match self.backend.write_frame(&self.tx_buffer[..len]) {
+            Ok(_) => {}
+            Err(e) => {
+                // A full or downed TAP drops the frame, as a cable would.
+                log::debug!("virtio-net: backend did not take a frame: {e}");
+                NetCounters::bump(&self.counters.tx_backend_errors);
+            }
+        }
+        Ok(())
+    }
+
+    /// Move frames from the backend into the guest's receive buffers
+    /// until either runs out or a batch is done.
+    fn receive(&mut self) -> Result<(), virtio_queue::Error> {
+        let mem = self.mem.clone();
+        let mut used_any = false;
+        self.listening = true;
+        for _ in 0..BATCH {
+            let len = match self.rx_pending {
+                Some(len) => len,
+                None => match self.read_allowed_frame() {
+                    Some(len) => len,
+                    None => break,
+                },
+            };
+            self.rx_pending = Some(len);
+            let Some(chain) = next_rx_chain(&mut self.rx.queue, &mem)? else {
+                // Keep the frame; the guest's next rx kick brings us back.
+                self.listening = false;
+                break;
+            };
+            let head = chain.head_index();
+            match write_frame(&mem, chain, &self.rx_buffer[..len]) {
+                Ok(()) => {
+                    self.rx.queue.add_used(mem.as_ref(), head, len as u32)?;
+                    NetCounters::bump(&self.counters.rx_frames);
+                    self.rx_pending = None;
+                    used_any = true;
+                }
+                Err(RxChain::TooSmall) => {
+                    // The buffer stays for a frame that fits.
+                    self.rx.queue.go_to_previous_position();
+                    log::debug!("virtio-net: {len}-byte frame larger than the receive buffer");
+                    NetCounters::bump(&self.counters.rx_dropped);
+                    self.rx_pending = None;
+                }
+                Err(RxChain::Malformed(why)) => {
+                    log::debug!("virtio-net: receive chain returned unused: {why}");
+                    self.rx.queue.add_used(mem.as_ref(), head, 0)?;
+                    used_any = true;
+                }
+            }
+        }
+        if used_any && wants_interrupt(&mut self.rx.queue, &mem)? {
+            self.interrupt.signal_queue(self.rx.msix_vector);
+        }
+        Ok(())
+    }
+
+    /// The next frame from the backend that the filter allows, in
+    /// `rx_buffer` with the header the guest will see; `None` when the
+    /// backend has nothing more for now.
+    fn read_allowed_frame(&mut self) -> Option<usize> {
+        for _ in 0..BATCH {
+            let len = match self.backend.read_frame(&mut self.rx_buffer) {
+                Ok(len) => len,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Stop listening so a failing backend cannot spin the
+                    // thread; the guest's next rx kick tries again.
+                    log::warn!("virtio-net: cannot read from the backend: {e}");
+                    self.listening = false;
+                    return None;
+                }
+            };
+            let header_ok = len >= VNET_HDR_LEN && plain_header(&self.rx_buffer[..VNET_HDR_LEN]);
+            if !header_ok || len < VNET_HDR_LEN + ETH_HEADER_LEN {
+                NetCounters::bump(&self.counters.rx_dropped);
+                continue;
+            }
+            if !self.filter().inbound(&self.rx_buffer[VNET_HDR_LEN..len]) {
+                NetCounters::bump(&self.counters.rx_filtered);
+                continue;
+            }
+            let header = &mut self.rx_buffer[..VNET_HDR_LEN];
+            header.fill(0);
+            header[NUM_BUFFERS_OFFSET..].copy_from_slice(&1u16.to_le_bytes());
+            return Some(len);
+        }
+        None
+    }
+}
+
+impl QueueWorker for NetWorker {
+    fn process_queue(&mut self, queue: usize) {
+        if self.broken {
+            return;
+        }
+        let result = match queue {
+            q if q == usize::from(RX_QUEUE) => self.receive(),
+            q if q == usize::from(TX_QUEUE) => self.transmit(),
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            self.fail(e);
+        }
+    }
+
+    fn event_sources(&self) -> &[EventSource] {
+        if self.listening && !self.broken {
+            &self.backend_source
+        } else {
+            &[]
+        }
+    }
+
+    fn process_event(&mut self, token: u32) {
+        if self.broken || token != BACKEND_TOKEN {
+            return;
+        }
+        if let Err(e) = self.receive() {
+            self.fail(e);
+        }
+    }
+}
+
+/// Copy a transmit chain (header and frame) into `buffer`, checking on
+/// the way that it is device-readable only, complete, inside guest
+/// memory and no larger than `buffer`. Returns the length copied.
+fn gather(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    buffer: &mut [u8],
+) -> Result<usize, Dropped> {
+    let mut len = 0usize;
+    let mut count = 0usize;
+    let mut last_has_next = false;
+    for descriptor in chain {
+        if descriptor.is_write_only() {
+            return Err(Dropped::Malformed(
+                "device-writable buffer in a transmit chain",
+            ));
+        }
+        let end = len
+            .checked_add(descriptor.len() as usize)
+            .filter(|&end| end <= buffer.len())
+            .ok_or(Dropped::Malformed(
+                "frame larger than the 65 562-byte maximum",
+            ))?;
+        mem.read_slice(&mut buffer[len..end], descriptor.addr())
+            .map_err(|_| Dropped::Malformed("transmit buffer outside guest memory"))?;
+        len = end;
+        count += 1;
+        last_has_next = descriptor.has_next();
+    }
+    if count == 0 || last_has_next {
+        return Err(Dropped::Malformed("truncated or looping descriptor chain"));
+    }
+    if len < VNET_HDR_LEN {
+        return Err(Dropped::Malformed(
+            "chain shorter than the virtio-net header",
+        ));
+    }
+    Ok(len)
+}
+
+/// A header that asks for nothing: no checksum to complete, no
+/// segmentation. With no offloads negotiated it is the only valid one.
+fn plain_header(header: &[u8]) -> bool {
+    header[0] == 0 && header[1] == 0
+}
+
+enum RxChain {
+    TooSmall,
+    Malformed(&'static str),
+}
+
+fn write_frame(
+    mem: &GuestMemoryMmap,
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    frame: &[u8],
+) -> Result<(), RxChain> {
+    let mut room = 0usize;
+    let mut last_has_next = false;
+    for descriptor in chain.clone() {
+        if !descriptor.is_write_only() {
+            return Err(RxChain::Malformed(
+                "device-readable buffer in a receive chain",
+            ));
+        }
+        room = room.saturating_add(descriptor.len() as usize);
+        last_has_next = descriptor.has_next();
+    }
+    if last_has_next {
+        return Err(RxChain::Malformed("truncated or looping descriptor chain"));
+    }
+    if room < VNET_HDR_LEN + ETH_HEADER_LEN {
+        return Err(RxChain::Malformed("receive chain too short for any frame"));
+    }
+    if room < frame.len() {
+        return Err(RxChain::TooSmall);
+    }
+    let mut rest = frame;
+    for descriptor in chain {
+        if rest.is_empty() {
+            break;
+        }
+        let n = rest.len().min(descriptor.len() as usize);
+        mem.write_slice(&rest[..n], descriptor.addr())
+            .map_err(|_| RxChain::Malformed("receive buffer outside guest memory"))?;
+        rest = &rest[n..];
+    }
+    Ok(())
+}
+
+/// The next receive chain. Before reporting none, ask the guest (with
+/// EVENT_IDX, whose kicks are otherwise suppressed) to kick on its next
+/// buffer, and look once more for one added in between.
+fn next_rx_chain<'m>(
+    queue: &mut Queue,
+    mem: &'m GuestMemoryMmap,
+) -> Result<Option<DescriptorChain<&'m GuestMemoryMmap>>, virtio_queue::Error> {
+    loop {
+        if let Some(chain) = queue.iter(mem)?.next() {
+            return Ok(Some(chain));
+        }
+        if !queue.event_idx_enabled() || !queue.enable_notification(mem)? {
+            return Ok(None);
+        }
+    }
+}
+
+/// Whether the driver wants an interrupt for the buffers just used: with
+/// EVENT_IDX its `used_event`, otherwise the NO_INTERRUPT flag.
+fn wants_interrupt(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, virtio_queue::Error> {
+    if queue.event_idx_enabled() {
+        return queue.needs_notification(mem);
+    }
+    let flags: u16 = mem
+        .load(GuestAddress(queue.avail_ring()), Ordering::Acquire)
+        .map_err(virtio_queue::Error::GuestMemory)?;
+    Ok(u32::from(u16::from_le(flags)) & VRING_AVAIL_F_NO_INTERRUPT == 0)
+}
