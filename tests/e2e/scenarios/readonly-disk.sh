@@ -7,7 +7,7 @@ prepare() {
     local content
     content=$(mktemp -d)
     echo hello-readonly >"$content/hello.txt"
-    mkfs.ext4 -q -F -L ro -d "$content" "$WORK/ro.img" 32M
+    mkfs.ext4 -q -F -L ro -d "$content" "$WORK/ro.img" 32M >/dev/null
     rm -rf "$content"
     make_script_disk "$WORK/e2e" "$(guest_script readonly-check.sh)"
 }
