@@ -84,7 +84,7 @@ make_script_disk() {
     [[ $# -eq 0 ]] || cp "$@" "$dir/"
     chmod 755 "$dir/run.sh"
     rm -f "$image"
-    mkfs.ext4 -q -F -L e2e -d "$dir" "$image" 16M
+    mkfs.ext4 -q -F -L e2e -d "$dir" "$image" 16M >/dev/null
     rm -rf "$dir"
 }
 

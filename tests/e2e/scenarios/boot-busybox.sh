@@ -7,8 +7,8 @@ run() {
     vmm_run 200 --kernel "$GUEST_KERNEL" --initrd "$BUSYBOX_INITRAMFS" \
         --cmdline "console=ttyS0 reboot=acpi panic=-1 $GUEST_QUIET e2e.cmd=\"echo E2E-HELLO=\$((6*7))\"" \
         --cpus 1 --memory 256
-    expect_serial "SECUREVM-E2E: busybox init"
     expect_exit 0
+    expect_serial "SECUREVM-E2E: busybox init"
     [[ $(serial_value E2E-HELLO) == 42 ]] || fail "the e2e.cmd hook did not print E2E-HELLO=42"
     expect_serial "SECUREVM-E2E: exit=0"
 }

@@ -17,6 +17,7 @@ run() {
         --cmdline "console=ttyS0 reboot=acpi panic=-1 root=/dev/vda rw $GUEST_QUIET e2e=1" \
         --cpus 2 --memory "$MEMORY_MIB" \
         --disk "$WORK/debian-root.img" --disk "$WORK/e2e" --disk "$WORK/data.img"
+    expect_exit 0
     expect_serial "SECUREVM-E2E: debian multi-user=active"
     local nproc mem wrote read stored min_kb max_kb
     nproc=$(serial_value E2E-NPROC)
@@ -32,5 +33,4 @@ run() {
     stored=$(debugfs -R "cat /e2e-data.bin" "$WORK/data.img" 2>/dev/null | sha256sum | cut -d' ' -f1)
     [[ $stored == "$wrote" ]] || fail "data disk image on the host holds sha256 $stored, guest wrote $wrote"
     expect_serial "SECUREVM-E2E: exit=0"
-    expect_exit 0
 }

@@ -7,7 +7,7 @@ prepare() {
     local content
     content=$(mktemp -d)
     echo hello-readonly >"$content/hello.txt"
-    mkfs.ext4 -q -F -L ro -d "$content" "$WORK/ro.img" 32M
+    mkfs.ext4 -q -F -L ro -d "$content" "$WORK/ro.img" 32M >/dev/null
     rm -rf "$content"
     make_script_disk "$WORK/e2e" "$(guest_script readonly-check.sh)"
 }
@@ -21,6 +21,7 @@ run() {
     after=$(sha256sum <"$WORK/ro.img")
     [[ $before == "$after" ]] || fail "ro.img changed on the host (sha256 $before -> $after)"
     expect_exit 0
+    expect_serial "SECUREVM-E2E: busybox init"
     [[ $(serial_value E2E-RO-READ) == hello-readonly ]] || fail "guest could not read hello.txt from the read-only disk"
     [[ $(serial_value E2E-RO-RAW) == refused ]] || fail "raw write to the read-only disk: $(serial_value E2E-RO-RAW), expected refused"
     [[ $(serial_value E2E-RO-FS) == refused ]] || fail "file write on the read-only disk: $(serial_value E2E-RO-FS), expected refused"
