@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use crate::policy::PolicyConfig;
 use crate::storage::external::ExternalMediaPolicy;
 
 /// Kernel command line used when the user gives none: console on COM1,
@@ -180,7 +181,9 @@ impl fmt::Display for NetConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExternalMediaConfig {
     pub media: Vec<PathBuf>,
-    pub policy: ExternalMediaPolicy,
+    /// From `--external-policy`; `None` takes the role's rule (or `deny`
+    /// without a policy).
+    pub policy: Option<ExternalMediaPolicy>,
     /// The organisation's medium passphrase, for `encrypt`.
     pub passphrase_file: Option<PathBuf>,
     /// Format a blank medium (all zeros at its start) under `encrypt`.
@@ -201,6 +204,8 @@ pub struct VmConfig {
     /// when absent.
     pub passphrase_file: Option<PathBuf>,
     pub external: ExternalMediaConfig,
+    /// The signed machine policy and the role whose rules apply.
+    pub policy: Option<PolicyConfig>,
     pub seccomp: bool,
     pub on_reboot: RebootAction,
     pub kvm_device: PathBuf,
@@ -261,10 +266,11 @@ mod tests {
             passphrase_file: None,
             external: ExternalMediaConfig {
                 media: vec![],
-                policy: ExternalMediaPolicy::Deny,
+                policy: None,
                 passphrase_file: None,
                 format_blank: false,
             },
+            policy: None,
             seccomp: true,
             on_reboot: RebootAction::Exit,
             kvm_device: "/dev/kvm".into(),

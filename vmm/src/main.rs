@@ -11,6 +11,7 @@ use securevm::config::{
     DEFAULT_MEMORY_MIB,
 };
 use securevm::exit::{ExitReason, EXIT_ERROR, EXIT_USAGE};
+use securevm::policy::PolicyConfig;
 use securevm::storage::bench::{run_disk_bench, BenchDiskArgs};
 use securevm::storage::external::ExternalMediaPolicy;
 use securevm::storage::{run_disk_command, DiskCommand};
@@ -94,15 +95,27 @@ struct RunArgs {
     /// A removable medium (image or block device), attached under --external-policy (repeatable).
     #[arg(long = "external", value_name = "PATH")]
     external: Vec<PathBuf>,
-    /// What happens to external media.
-    #[arg(long, value_enum, default_value = "deny")]
-    external_policy: ExternalPolicyArg,
+    /// What happens to external media [default: the role's rule, else deny].
+    #[arg(long, value_enum)]
+    external_policy: Option<ExternalPolicyArg>,
     /// The organisation's passphrase for external media under `encrypt`.
     #[arg(long, value_name = "FILE")]
     external_passphrase_file: Option<PathBuf>,
     /// Under `encrypt`, format a blank medium (zeros at its start) as a LUKS2 volume.
     #[arg(long)]
     format_blank_external: bool,
+    /// The signed machine policy (its signature is FILE.minisig).
+    #[arg(long, value_name = "FILE", requires_all = ["policy_key", "role"])]
+    policy: Option<PathBuf>,
+    /// The organisation's public key (minisign format) that must have signed the policy.
+    #[arg(long, value_name = "PUB", requires = "policy")]
+    policy_key: Option<PathBuf>,
+    /// State file recording the installed policy version (refuses rollback).
+    #[arg(long, value_name = "FILE", requires = "policy")]
+    policy_state: Option<PathBuf>,
+    /// The policy role whose rules apply (until users authenticate).
+    #[arg(long, value_name = "NAME", requires = "policy")]
+    role: Option<String>,
     /// What a guest reboot does.
     #[arg(long, value_enum, default_value = "exit")]
     on_reboot: OnReboot,
@@ -127,13 +140,22 @@ impl From<RunArgs> for VmConfig {
             passphrase_file: args.passphrase_file,
             external: ExternalMediaConfig {
                 media: args.external,
-                policy: match args.external_policy {
+                policy: args.external_policy.map(|policy| match policy {
                     ExternalPolicyArg::Encrypt => ExternalMediaPolicy::Encrypt,
                     ExternalPolicyArg::ReadOnly => ExternalMediaPolicy::ReadOnly,
                     ExternalPolicyArg::Deny => ExternalMediaPolicy::Deny,
-                },
+                }),
                 passphrase_file: args.external_passphrase_file,
                 format_blank: args.format_blank_external,
+            },
+            policy: match (args.policy, args.policy_key, args.role) {
+                (Some(path), Some(public_key), Some(role)) => Some(PolicyConfig {
+                    path,
+                    public_key,
+                    state: args.policy_state,
+                    role,
+                }),
+                _ => None,
             },
             seccomp: !args.no_seccomp,
             on_reboot: match args.on_reboot {

@@ -8,6 +8,9 @@ use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use guest_policy::ExternalMedia;
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use vmm_sys_util::eventfd::EventFd;
@@ -33,7 +36,9 @@ use crate::devices::virtio::block::{
 use crate::devices::virtio::net::{AllowAll, Net, NetError, Tap, TapError};
 use crate::exit::{ExitNotifier, ExitReason};
 use crate::loader::{load_cmdline, load_initrd, load_kernel, LoaderError};
+use crate::policy::{load_role, ActiveRole, PolicyLoadError};
 use crate::seccomp::{self, SeccompError, ThreadKind};
+use crate::storage::external::ExternalMediaPolicy;
 use crate::storage::external::{attach_decision, ExternalAttach};
 use crate::storage::luks::is_luks;
 use crate::storage::passphrase::{read_passphrase, PassphraseSource};
@@ -79,6 +84,8 @@ pub enum VmmError {
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(transparent)]
+    Policy(#[from] PolicyLoadError),
+    #[error(transparent)]
     Seccomp(#[from] SeccompError),
     #[error("reading KVM's supported CPUID failed: {0}")]
     Cpuid(kvm_ioctls::Error),
@@ -111,7 +118,19 @@ fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
         Some(path) => Some(open_input("initrd", path)?),
         None => None,
     };
-    let disks = open_disks(config)?;
+    let role = match &config.policy {
+        Some(policy) => {
+            let active = load_role(policy, SystemTime::now())?;
+            log::info!(
+                "policy version {} accepted; role '{}' applies",
+                active.policy_version,
+                active.name
+            );
+            Some(active)
+        }
+        None => None,
+    };
+    let disks = open_disks(config, role.as_ref())?;
     let mut nets = Vec::with_capacity(config.nets.len());
     for net in &config.nets {
         let tap = Tap::open(&net.tap)?;
@@ -271,7 +290,7 @@ fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
 /// Opens every `--disk` (LUKS volumes with the disk passphrase, others
 /// raw) and every `--external` medium under the external-media policy.
 /// Secrets are read once and dropped (zeroized) before the VM starts.
-fn open_disks(config: &VmConfig) -> Result<Vec<Block>, VmmError> {
+fn open_disks(config: &VmConfig, role: Option<&ActiveRole>) -> Result<Vec<Block>, VmmError> {
     let mut blocks = Vec::new();
     let mut disk_passphrase: Option<SecretBuf> = None;
     for disk in &config.disks {
@@ -304,15 +323,31 @@ fn open_disks(config: &VmConfig) -> Result<Vec<Block>, VmmError> {
     drop(disk_passphrase);
 
     let external = &config.external;
+    let storage_rules = role.map(|active| &active.role.storage);
+    let media_policy = external
+        .policy
+        .unwrap_or(match storage_rules.map(|s| s.external_media) {
+            Some(ExternalMedia::Encrypt) => ExternalMediaPolicy::Encrypt,
+            Some(ExternalMedia::ReadOnly) => ExternalMediaPolicy::ReadOnly,
+            Some(ExternalMedia::Deny) | None => ExternalMediaPolicy::Deny,
+        });
+    let allowed_serials = storage_rules.map_or(&[][..], |s| &s.allowed_media_serials[..]);
     let medium_key = match (&external.passphrase_file, external.media.is_empty()) {
         (Some(file), false) => Some(read_passphrase(PassphraseSource::File(file))?),
         _ => None,
     };
     for medium in &external.media {
         let shown = medium.display();
+        let id = disk_id_from_path(medium);
+        if !allowed_serials.is_empty() && !allowed_serials.contains(&id) {
+            eprintln!(
+                "securevm: external medium {shown} not attached: its serial '{id}' is not on the role's allow-list"
+            );
+            continue;
+        }
         let key = medium_key.as_ref().map(|k| k.as_bytes());
         let backend: Box<dyn BlockBackend> =
-            match attach_decision(external.policy, medium, key, external.format_blank)? {
+            match attach_decision(media_policy, medium, key, external.format_blank)? {
                 ExternalAttach::Encrypted { backend, formatted } => {
                     if formatted {
                         log::warn!("external medium {shown} was blank and is now a LUKS2 volume");
@@ -325,7 +360,6 @@ fn open_disks(config: &VmConfig) -> Result<Vec<Block>, VmmError> {
                     continue;
                 }
             };
-        let id = disk_id_from_path(medium);
         blocks.push(Block::new(backend, &id).map_err(|source| VmmError::Disk {
             path: shown.to_string(),
             source,

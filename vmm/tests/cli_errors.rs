@@ -293,3 +293,95 @@ fn external_media_denied_by_policy_are_reported_and_not_attached() {
     );
     assert_eq!(std::fs::read(&stick).unwrap(), vec![0x42u8; 1 << 20]);
 }
+
+/// The example policy, signed by a fresh key: (policy path, public key path).
+fn signed_example_policy(scratch: &Scratch) -> (std::path::PathBuf, std::path::PathBuf) {
+    use guest_policy::{
+        signature_path_for, trusted_comment_for, validate, SecretKey, SignatureFile,
+    };
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../guest-policy/examples/policy.toml"
+    ))
+    .unwrap();
+    let key = SecretKey::generate().unwrap();
+    let policy_path = scratch.path("policy.toml");
+    let pub_path = scratch.path("org.pub");
+    std::fs::write(&policy_path, &text).unwrap();
+    std::fs::write(&pub_path, key.public_key().to_text()).unwrap();
+    let policy = validate("policy.toml", &text).unwrap().policy;
+    let comment = trusted_comment_for(&policy, "policy.toml", std::time::SystemTime::now());
+    let signature = SignatureFile::sign(&key, text.as_bytes(), &comment).unwrap();
+    std::fs::write(signature_path_for(&policy_path), signature.to_text()).unwrap();
+    (policy_path, pub_path)
+}
+
+#[test]
+fn a_tampered_policy_is_refused_before_the_guest_starts() {
+    let scratch = Scratch::new("tampered-policy");
+    let kernel = hello(&scratch);
+    let (policy, key) = signed_example_policy(&scratch);
+    let mut bytes = std::fs::read(&policy).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x20;
+    std::fs::write(&policy, bytes).unwrap();
+    let out = securevm(&[
+        "run",
+        "--kernel",
+        &kernel,
+        "--policy",
+        policy.to_str().unwrap(),
+        "--policy-key",
+        key.to_str().unwrap(),
+        "--role",
+        "staff",
+    ]);
+    assert_one_line_error(&out, "policy");
+}
+
+#[test]
+fn an_unknown_role_is_refused() {
+    let scratch = Scratch::new("unknown-role");
+    let kernel = hello(&scratch);
+    let (policy, key) = signed_example_policy(&scratch);
+    let out = securevm(&[
+        "run",
+        "--kernel",
+        &kernel,
+        "--policy",
+        policy.to_str().unwrap(),
+        "--policy-key",
+        key.to_str().unwrap(),
+        "--role",
+        "visitor",
+    ]);
+    assert_one_line_error(&out, "no role 'visitor'");
+}
+
+#[test]
+fn the_role_decides_what_happens_to_external_media() {
+    if !kvm_usable() {
+        eprintln!("skipping: /dev/kvm is not usable on this host");
+        return;
+    }
+    let scratch = Scratch::new("role-media");
+    let kernel = hello(&scratch);
+    let (policy, key) = signed_example_policy(&scratch);
+    let stick = scratch.path("stick.img");
+    std::fs::write(&stick, vec![0x42u8; 1 << 20]).unwrap();
+    let out = securevm(&[
+        "run",
+        "--kernel",
+        &kernel,
+        "--policy",
+        policy.to_str().unwrap(),
+        "--policy-key",
+        key.to_str().unwrap(),
+        "--role",
+        "contractor",
+        "--external",
+        stick.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(std::fs::read(&stick).unwrap(), vec![0x42u8; 1 << 20]);
+}
