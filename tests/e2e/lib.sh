@@ -91,12 +91,12 @@ make_script_disk() {
 # scenario_file NAME: the guest-side script shipped beside the scenario.
 guest_script() { echo "$E2E_DIR/guest/$1"; }
 
-# load_dm_crypt: the modules `cryptsetup open` needs in L1 for
-# aes-xts-plain64 volumes on image files. L1's kernel cannot load them on
-# demand (its module helper runs outside the chroot), so load them here.
-load_dm_crypt() {
+# load_storage_modules: what `cryptsetup open` and `mount` need in L1 for
+# aes-xts-plain64 volumes on image files holding ext4. L1's kernel cannot
+# load modules on demand (its module helper runs outside the chroot).
+load_storage_modules() {
     local m
-    for m in loop dm_mod dm_crypt xts aes_generic aesni_intel; do
+    for m in loop dm_mod dm_crypt xts aes_generic aesni_intel ext4; do
         modprobe "$m" 2>/dev/null || true
     done
 }

@@ -24,7 +24,7 @@ prepare() {
 }
 
 run() {
-    load_dm_crypt
+    load_storage_modules
     # The volumes live on L1's own tmpfs: libcryptsetup needs direct I/O,
     # which the 9p share holding $WORK does not offer.
     local local_dir

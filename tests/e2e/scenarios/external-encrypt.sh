@@ -29,7 +29,7 @@ run() {
         fail "guest read back '$(serial_value E2E-READBACK)' instead of its marker"
     cryptsetup isLuks --type luks2 "$stick" || fail "the medium is not a LUKS2 volume"
     ! grep -qaF "$MARKER" "$stick" || fail "the plaintext marker is in the medium image"
-    load_dm_crypt
+    load_storage_modules
     cryptsetup open --type luks2 --key-file "$WORK/medium.pass" --readonly \
         "$stick" e2e-stick || fail "cryptsetup open refused the medium securevm formatted"
     local clear
