@@ -87,6 +87,9 @@ pub struct NetConfig {
     pub tap: String,
     /// `None`: use [`NetConfig::effective_mac`]'s default.
     pub mac: Option<[u8; 6]>,
+    /// The guest's addresses (`ip=`, repeatable): the only source
+    /// addresses its frames may carry.
+    pub addresses: Vec<std::net::IpAddr>,
 }
 
 impl NetConfig {
@@ -140,6 +143,7 @@ impl FromStr for NetConfig {
     fn from_str(spec: &str) -> Result<Self, String> {
         let mut tap = None;
         let mut mac = None;
+        let mut addresses = Vec::new();
         for option in spec.split(',').filter(|o| !o.is_empty()) {
             match option.split_once('=') {
                 Some(("tap", name)) => {
@@ -148,9 +152,12 @@ impl FromStr for NetConfig {
                     tap = Some(name.to_string());
                 }
                 Some(("mac", text)) => mac = Some(parse_mac(text)?),
+                Some(("ip", text)) => addresses.push(text.parse().map_err(|_| {
+                    format!("--net {spec}: '{text}' is not an IPv4 or IPv6 address")
+                })?),
                 _ => {
                     return Err(format!(
-                    "unknown net option '{option}' in '{spec}'; valid options: tap=NAME, mac=MAC"
+                    "unknown net option '{option}' in '{spec}'; valid options: tap=NAME, mac=MAC, ip=ADDRESS"
                 ))
                 }
             }
@@ -158,7 +165,11 @@ impl FromStr for NetConfig {
         let tap = tap.ok_or_else(|| {
             format!("--net {spec}: name the host TAP device, e.g. --net tap=svm0")
         })?;
-        Ok(NetConfig { tap, mac })
+        Ok(NetConfig {
+            tap,
+            mac,
+            addresses,
+        })
     }
 }
 
@@ -171,6 +182,9 @@ impl fmt::Display for NetConfig {
                 ",mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
                 m[0], m[1], m[2], m[3], m[4], m[5]
             )?;
+        }
+        for address in &self.addresses {
+            write!(f, ",ip={address}")?;
         }
         Ok(())
     }
@@ -303,8 +317,23 @@ mod tests {
             "tap=svm0".parse::<NetConfig>().unwrap(),
             NetConfig {
                 tap: "svm0".into(),
-                mac: None
+                mac: None,
+                addresses: vec![],
             }
+        );
+        let with_ips = "tap=svm0,ip=192.0.2.10,ip=2001:db8::10"
+            .parse::<NetConfig>()
+            .unwrap();
+        assert_eq!(
+            with_ips.addresses,
+            vec![
+                "192.0.2.10".parse::<std::net::IpAddr>().unwrap(),
+                "2001:db8::10".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            with_ips.to_string(),
+            "tap=svm0,ip=192.0.2.10,ip=2001:db8::10"
         );
         let with_mac = "tap=svm0,mac=52:54:00:AB:cd:0f"
             .parse::<NetConfig>()
@@ -343,6 +372,7 @@ mod tests {
             assert!(e.contains("is not a MAC address"), "{mac}: {e}");
         }
         assert!(err("tap=svm0,mac=01:00:5e:00:00:01").contains("multicast"));
+        assert!(err("tap=svm0,ip=192.0.2.300").contains("not an IPv4 or IPv6 address"));
         assert!(err("tap=").contains("empty"));
         assert!(err("tap=a-name-that-is-too-long").contains("15 bytes"));
         assert!(err("tap=a/b").contains("'/'"));
@@ -354,6 +384,7 @@ mod tests {
             NetConfig {
                 tap: tap.into(),
                 mac: None,
+                addresses: vec![],
             }
             .effective_mac()
         };
