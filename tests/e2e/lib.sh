@@ -100,3 +100,63 @@ load_storage_modules() {
         modprobe "$m" 2>/dev/null || true
     done
 }
+
+# Network scenarios (net-*): the guest is 192.0.2.10 behind TAP svmnet0;
+# L1 answers as 192.0.2.1, .2, .3 and .53 (tests/e2e/net/peer.py).
+NET_TAP=svmnet0
+NET_GUEST_IP=192.0.2.10
+
+# net_sign_policy: sign tests/e2e/net/policy.toml with a fresh minisign key
+# (minisign's own tool, so signatures from Debian's minisign are exercised).
+net_sign_policy() {
+    cp "$E2E_DIR/net/policy.toml" "$WORK/policy.toml"
+    rm -f "$WORK/org.key" "$WORK/org.pub"
+    minisign -G -W -p "$WORK/org.pub" -s "$WORK/org.key" >/dev/null
+    minisign -S -s "$WORK/org.key" -m "$WORK/policy.toml" -t "securevm-policy version=1" >/dev/null
+}
+
+# net_prepare STEPS_FILE: the policy and a script disk for net-check.sh.
+net_prepare() {
+    net_sign_policy
+    printf '%s/24\n' "$NET_GUEST_IP" >"$WORK/guest-ip"
+    cp "$1" "$WORK/steps"
+    make_script_disk "$WORK/e2e" "$(guest_script net-check.sh)" "$WORK/guest-ip" "$WORK/steps"
+}
+
+# net_up PEER_ARGS...: the TAP with the peer's addresses, and the peer.
+net_up() {
+    modprobe tun 2>/dev/null || true
+    ip tuntap add "$NET_TAP" mode tap
+    local a
+    for a in 192.0.2.1 192.0.2.2 192.0.2.3 192.0.2.53; do
+        ip addr add "$a/24" dev "$NET_TAP"
+    done
+    ip link set "$NET_TAP" up
+    PEER_LOG=$WORK/peer.log
+    : >"$PEER_LOG"
+    python3 "$E2E_DIR/net/peer.py" --log "$PEER_LOG" "$@" &
+    PEER_PID=$!
+    local i
+    for i in $(seq 50); do
+        grep -q "peer ready" "$PEER_LOG" && return 0
+        sleep 0.2
+    done
+    fail "the network peer did not start"
+}
+
+net_down() {
+    kill "$PEER_PID" 2>/dev/null || true
+    wait "$PEER_PID" 2>/dev/null || true
+    ip link del "$NET_TAP" 2>/dev/null || true
+}
+
+# net_run SECONDS: boot the busybox guest with the policy's role and the NIC.
+net_run() {
+    vmm_run "$1" --kernel "$GUEST_KERNEL" --initrd "$BUSYBOX_INITRAMFS" \
+        --cmdline "console=ttyS0 reboot=acpi panic=-1 $GUEST_QUIET" --memory 256 \
+        --disk "$WORK/e2e" --net "tap=$NET_TAP,ip=$NET_GUEST_IP" \
+        --policy "$WORK/policy.toml" --policy-key "$WORK/org.pub" --role netuser
+}
+
+# peer_saw TEXT: the peer logged a line containing TEXT.
+peer_saw() { grep -qF -- "$1" "$PEER_LOG"; }

@@ -2,7 +2,7 @@
 """The guest's network peer in the net-* e2e scenarios (runs in L1).
 
 Serves, on addresses already configured on the TAP:
-  tcp ADDR:PORT   answers every connection with "E2E-TCP-OK PORT" and logs it
+  tcp ADDR:PORT   answers every HTTP request with "E2E-TCP-OK PORT" and logs it
   udp ADDR:PORT   logs every datagram with its source address
   dns ADDR NAME=IP...  answers A queries for NAME with IP (TTL 60), NXDOMAIN otherwise
   connect ADDR:PORT    (after --delay s) tries to connect to the guest, logs the outcome
@@ -29,7 +29,13 @@ def tcp_server(addr, port, path):
         conn, peer = s.accept()
         log(path, f"tcp {addr}:{port} from {peer[0]}:{peer[1]}")
         try:
-            conn.sendall(f"E2E-TCP-OK {port}\n".encode())
+            conn.settimeout(5)
+            try:
+                conn.recv(4096)
+            except OSError:
+                pass
+            body = f"E2E-TCP-OK {port}\n".encode()
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
         finally:
             conn.close()
 
