@@ -40,7 +40,7 @@ run() {
     mkfs.ext4 -q /dev/mapper/e2e-a
     mkdir -p "$local_dir/mnt"
     mount /dev/mapper/e2e-a "$local_dir/mnt"
-    echo "$MARKER_A" >"$WORK/mnt/marker.txt"
+    echo "$MARKER_A" >"$local_dir/mnt/marker.txt"
     umount "$local_dir/mnt"
     cryptsetup close e2e-a
     vmm_run 240 --kernel "$GUEST_KERNEL" --initrd "$BUSYBOX_INITRAMFS" \
@@ -62,7 +62,7 @@ run() {
         fail "cryptsetup open refused securevm's volume"
     mount -o ro /dev/mapper/e2e-b "$local_dir/mnt" || { cryptsetup close e2e-b; fail "dm-crypt view does not mount"; }
     local seen
-    seen=$(cat "$WORK/mnt/from-guest.txt" 2>/dev/null)
+    seen=$(cat "$local_dir/mnt/from-guest.txt" 2>/dev/null)
     umount "$local_dir/mnt"
     cryptsetup close e2e-b
     [[ $seen == "$MARKER_B" ]] || fail "dm-crypt reads '$seen', expected $MARKER_B"
