@@ -30,8 +30,14 @@ mod conntrack;
 mod dns;
 mod fragments;
 mod packet;
+mod random;
 mod report;
 mod rules;
+
+pub mod bench;
+
+#[cfg(test)]
+mod tests;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -677,15 +683,18 @@ impl Filter {
                 remote_port,
             }
         });
-        // Echo requests and replies are keyed by the identifier, in the
-        // guest-port slot whichever side asked.
+        // Echo flows are keyed by the identifier and by who asked (remote
+        // port 0: the guest, 1: the remote), so a request from the other
+        // side is not mistaken for part of the guest's own ping.
         let key = match (&packet.transport, key) {
-            (
-                Transport::Icmp(Icmp::EchoRequest { identifier } | Icmp::EchoReply { identifier }),
-                Some(key),
-            ) => Some(FlowKey {
+            (Transport::Icmp(Icmp::EchoRequest { identifier }), Some(key)) => Some(FlowKey {
                 guest_port: *identifier,
-                remote_port: 0,
+                remote_port: u16::from(!outbound),
+                ..key
+            }),
+            (Transport::Icmp(Icmp::EchoReply { identifier }), Some(key)) => Some(FlowKey {
+                guest_port: *identifier,
+                remote_port: u16::from(outbound),
                 ..key
             }),
             (_, key) => key,
@@ -742,7 +751,7 @@ impl Filter {
         let Some(key) = key.filter(|_| opens_flow) else {
             return Ok(());
         };
-        let tcp = (protocol == Protocol::Tcp).then(|| {
+        let tcp = (protocol == Protocol::Tcp).then_some({
             if tcp_flags & (packet::TCP_SYN | packet::TCP_ACK) == packet::TCP_SYN {
                 TcpState::SynSent
             } else {

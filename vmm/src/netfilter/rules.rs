@@ -514,3 +514,192 @@ impl HostIndex {
         best
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netfilter::random::{Rng, Universe, QUERY_NAMES};
+
+    /// What `NetworkPolicy::decide` does, plus which rule decided.
+    fn oracle(policy: &NetworkPolicy, connection: &Connection<'_>) -> Decider {
+        let is_outgoing_dns = connection.direction == Direction::Out
+            && matches!(connection.protocol, Protocol::Tcp | Protocol::Udp)
+            && connection.port == Some(DNS_PORT);
+        if is_outgoing_dns && !policy.dns_resolvers.contains(&connection.remote) {
+            return Decider::DnsResolver;
+        }
+        policy
+            .rules
+            .iter()
+            .position(|rule| rule.matches(connection))
+            .map_or(Decider::Default, Decider::Rule)
+    }
+
+    fn small_universe() -> Universe {
+        Universe {
+            address_bits: 10,
+            port_limit: 64,
+            host_rule_percent: 25,
+            allow_percent: 50,
+        }
+    }
+
+    #[test]
+    fn agrees_with_decide_on_random_policies() {
+        let universe = small_universe();
+        let mut rng = Rng::new(7);
+        let mut rule_decisions = 0;
+        for _ in 0..300 {
+            let rule_count = 1 + rng.below(40) as usize;
+            let policy = universe.policy(&mut rng, rule_count);
+            let compiled = CompiledRules::compile(&policy);
+            for _ in 0..200 {
+                let (direction, protocol, remote, port) =
+                    universe.connection(&mut rng, &policy.dns_resolvers);
+                let host = rng.chance(40).then(|| *rng.pick(&QUERY_NAMES));
+                let connection = Connection {
+                    direction,
+                    protocol,
+                    remote,
+                    port,
+                    host,
+                };
+                let names: Vec<Arc<str>> = host.map(Arc::from).into_iter().collect();
+                let query = Query {
+                    direction,
+                    protocol,
+                    remote,
+                    port,
+                };
+                let decision = compiled.decide(&query, &names);
+                assert_eq!(
+                    decision.action,
+                    policy.decide(&connection),
+                    "{policy:#?}\n{connection:?}"
+                );
+                let expected = oracle(&policy, &connection);
+                assert_eq!(decision.decider, expected, "{policy:#?}\n{connection:?}");
+                if matches!(expected, Decider::Rule(_)) {
+                    rule_decisions += 1;
+                }
+            }
+        }
+        // The inputs must exercise rules, not just the default.
+        assert!(
+            rule_decisions > 10_000,
+            "only {rule_decisions} rule decisions"
+        );
+    }
+
+    #[test]
+    fn several_names_take_the_first_rule_any_of_them_matches() {
+        let universe = small_universe();
+        let mut rng = Rng::new(11);
+        for _ in 0..200 {
+            let rule_count = 1 + rng.below(30) as usize;
+            let policy = universe.policy(&mut rng, rule_count);
+            let compiled = CompiledRules::compile(&policy);
+            for _ in 0..100 {
+                let (direction, protocol, remote, port) =
+                    universe.connection(&mut rng, &policy.dns_resolvers);
+                let names: Vec<Arc<str>> = (0..rng.below(4))
+                    .map(|_| Arc::from(*rng.pick(&QUERY_NAMES)))
+                    .collect();
+                let base = Connection {
+                    direction,
+                    protocol,
+                    remote,
+                    port,
+                    host: None,
+                };
+                let expected = std::iter::once(oracle(&policy, &base))
+                    .chain(names.iter().map(|name| {
+                        oracle(
+                            &policy,
+                            &Connection {
+                                host: Some(name),
+                                ..base
+                            },
+                        )
+                    }))
+                    .min_by_key(|decider| match decider {
+                        Decider::DnsResolver => 0,
+                        Decider::Rule(index) => index + 1,
+                        Decider::Default => usize::MAX,
+                    })
+                    .unwrap_or(Decider::Default);
+                let decision = compiled.decide(
+                    &Query {
+                        direction,
+                        protocol,
+                        remote,
+                        port,
+                    },
+                    &names,
+                );
+                assert_eq!(decision.decider, expected);
+                if let Some(index) = decision.host {
+                    let name = &names[index];
+                    assert_eq!(
+                        oracle(
+                            &policy,
+                            &Connection {
+                                host: Some(name),
+                                ..base
+                            }
+                        ),
+                        expected
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn nested_and_adjacent_blocks_resolve_to_the_first_rule() {
+        let rule = |action, remote: &[&str], ports: &[(u16, u16)]| NetRule {
+            action,
+            direction: Direction::Out,
+            protocol: Protocol::Tcp,
+            remote: remote.iter().map(|net| net.parse().unwrap()).collect(),
+            ports: ports
+                .iter()
+                .map(|&(first, last)| PortRange { first, last })
+                .collect(),
+            hosts: Vec::new(),
+            comment: None,
+        };
+        let policy = NetworkPolicy {
+            default_action: Action::Deny,
+            rules: vec![
+                rule(Action::Deny, &["10.1.2.0/24"], &[(22, 22)]),
+                rule(Action::Allow, &["10.0.0.0/8"], &[]),
+                rule(Action::Deny, &["10.1.3.0/24", "0.0.0.0/0"], &[(1, 65535)]),
+                rule(Action::Allow, &["255.255.255.255/32"], &[]),
+            ],
+            dns_resolvers: Vec::new(),
+            vpn: None,
+        };
+        let compiled = CompiledRules::compile(&policy);
+        let decide = |remote: &str, port: u16| {
+            compiled
+                .decide(
+                    &Query {
+                        direction: Direction::Out,
+                        protocol: Protocol::Tcp,
+                        remote: remote.parse().unwrap(),
+                        port: Some(port),
+                    },
+                    &[],
+                )
+                .decider
+        };
+        assert_eq!(decide("10.1.2.9", 22), Decider::Rule(0));
+        assert_eq!(decide("10.1.2.9", 23), Decider::Rule(1));
+        assert_eq!(decide("10.1.3.0", 22), Decider::Rule(1));
+        assert_eq!(decide("11.0.0.0", 22), Decider::Rule(2));
+        assert_eq!(decide("255.255.255.255", 80), Decider::Rule(2));
+        assert_eq!(decide("9.255.255.255", 65535), Decider::Rule(2));
+        assert_eq!(decide("::1", 80), Decider::Default);
+    }
+}
