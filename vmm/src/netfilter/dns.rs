@@ -274,3 +274,146 @@ impl LearnedNames {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(text: &str) -> Vec<u8> {
+        let mut encoded = Vec::new();
+        for label in text.split('.') {
+            encoded.push(label.len() as u8);
+            encoded.extend_from_slice(label.as_bytes());
+        }
+        encoded.push(0);
+        encoded
+    }
+
+    fn header(answers: u16, rcode: u8) -> Vec<u8> {
+        let mut message = vec![0xab, 0xcd, 0x81, 0x80 | rcode, 0, 1];
+        message.extend_from_slice(&answers.to_be_bytes());
+        message.extend_from_slice(&[0, 0, 0, 0]);
+        message
+    }
+
+    fn record(owner: &[u8], kind: u16, ttl: u32, data: &[u8]) -> Vec<u8> {
+        let mut record = owner.to_vec();
+        record.extend_from_slice(&kind.to_be_bytes());
+        record.extend_from_slice(&[0, 1]);
+        record.extend_from_slice(&ttl.to_be_bytes());
+        record.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        record.extend_from_slice(data);
+        record
+    }
+
+    /// www.example.org CNAME cdn.example.net, cdn A 192.0.2.7, other A 192.0.2.8.
+    fn cname_response() -> Vec<u8> {
+        let mut message = header(3, 0);
+        message.extend_from_slice(&name("WWW.example.org"));
+        message.extend_from_slice(&[0, 1, 0, 1]);
+        let cname_at = message.len() + 12;
+        message.extend_from_slice(&record(
+            &[0xc0, 12],
+            TYPE_CNAME,
+            300,
+            &name("cdn.example.net"),
+        ));
+        message.extend_from_slice(&record(
+            &[0xc0, cname_at as u8],
+            TYPE_A,
+            60,
+            &[192, 0, 2, 7],
+        ));
+        message.extend_from_slice(&record(&name("other.test"), TYPE_A, 60, &[192, 0, 2, 8]));
+        message
+    }
+
+    #[test]
+    fn addresses_on_the_cname_chain_count_for_the_question() {
+        let response = parse_response(&cname_response()).unwrap();
+        assert_eq!(response.name, "www.example.org");
+        assert_eq!(
+            response.answers,
+            vec![Answer {
+                address: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
+                ttl: 60
+            }]
+        );
+    }
+
+    #[test]
+    fn broken_messages_are_ignored() {
+        let message = cname_response();
+        for length in 0..message.len() {
+            assert_eq!(
+                parse_response(&message[..length]),
+                None,
+                "prefix of {length} bytes"
+            );
+        }
+        let mut loop_message = header(1, 0);
+        loop_message.extend_from_slice(&name("a.test"));
+        loop_message.extend_from_slice(&[0, 1, 0, 1]);
+        let self_pointer = loop_message.len() as u8;
+        loop_message.extend_from_slice(&record(&[0xc0, self_pointer], TYPE_A, 60, &[1, 2, 3, 4]));
+        assert_eq!(parse_response(&loop_message), None);
+        let mut failure = header(0, 3);
+        failure.extend_from_slice(&name("a.test"));
+        failure.extend_from_slice(&[0, 1, 0, 1]);
+        assert_eq!(parse_response(&failure), None);
+        let mut bad_length = header(1, 0);
+        bad_length.extend_from_slice(&name("a.test"));
+        bad_length.extend_from_slice(&[0, 1, 0, 1]);
+        bad_length.extend_from_slice(&record(&[0xc0, 12], TYPE_A, 60, &[1, 2, 3]));
+        assert_eq!(parse_response(&bad_length), None);
+    }
+
+    #[test]
+    fn ttls_are_clamped_and_names_expire() {
+        let mut names = LearnedNames::default();
+        let start = Instant::now();
+        let address = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+        let response = |name: &str, ttl| Response {
+            name: name.into(),
+            answers: vec![Answer { address, ttl }],
+        };
+        names.learn(&response("zero.test", 0), start);
+        names.learn(&response("huge.test", u32::MAX), start);
+        let live = |at: Instant| {
+            let mut found = Vec::new();
+            names.names_into(address, at, &mut found);
+            let mut found: Vec<String> = found.iter().map(|name| name.to_string()).collect();
+            found.sort();
+            found
+        };
+        assert_eq!(
+            live(start + MIN_TTL - Duration::from_secs(1)),
+            ["huge.test", "zero.test"]
+        );
+        assert_eq!(live(start + MIN_TTL), ["huge.test"]);
+        assert_eq!(live(start + MAX_TTL), Vec::<String>::new());
+    }
+
+    #[test]
+    fn names_per_address_are_bounded() {
+        let mut names = LearnedNames::default();
+        let now = Instant::now();
+        let address = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+        for index in 0..3 * MAX_NAMES_PER_ADDRESS {
+            names.learn(
+                &Response {
+                    name: format!("n{index}.test"),
+                    answers: vec![Answer {
+                        address,
+                        ttl: 60 + index as u32,
+                    }],
+                },
+                now,
+            );
+        }
+        let mut found = Vec::new();
+        names.names_into(address, now, &mut found);
+        assert_eq!(found.len(), MAX_NAMES_PER_ADDRESS);
+        assert!(found.iter().any(|name| &**name == "n23.test"));
+    }
+}

@@ -421,3 +421,207 @@ fn parse_embedded(quoted: &[u8]) -> Option<Embedded> {
         ports,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ethernet(ether_type: [u8; 2], payload: &[u8]) -> Vec<u8> {
+        let mut frame = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2];
+        frame.extend_from_slice(&ether_type);
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    fn ipv4(protocol: u8, payload: &[u8]) -> Vec<u8> {
+        let mut packet = vec![0x45, 0];
+        packet.extend_from_slice(&(20 + payload.len() as u16).to_be_bytes());
+        packet.extend_from_slice(&[0, 1, 0, 0, 64, protocol, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]);
+        packet.extend_from_slice(payload);
+        ethernet([0x08, 0x00], &packet)
+    }
+
+    fn ipv6(next_header: u8, payload: &[u8]) -> Vec<u8> {
+        let mut packet = vec![0x60, 0, 0, 0];
+        packet.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        packet.extend_from_slice(&[next_header, 255]);
+        packet.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        packet.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        packet.extend_from_slice(payload);
+        ethernet([0x86, 0xdd], &packet)
+    }
+
+    fn transport(frame: &[u8]) -> Result<Transport<'_>, ParseError> {
+        match parse_frame(frame)?.body {
+            Body::Ip(packet) => Ok(packet.transport),
+            Body::Arp(_) => panic!("not IP"),
+        }
+    }
+
+    #[test]
+    fn tcp_ports_flags_and_payload() {
+        let segment = [
+            0x30, 0x39, 0x01, 0xbb, 0, 0, 0, 0, 0, 0, 0, 0, 0x50, 0x12, 0, 0, 0, 0, 0, 0, 9, 9,
+        ];
+        assert_eq!(
+            transport(&ipv4(PROTO_TCP, &segment)),
+            Ok(Transport::Tcp {
+                source_port: 12345,
+                destination_port: 443,
+                flags: 0x12,
+                payload: &[9, 9],
+            })
+        );
+        let mut short_offset = segment;
+        short_offset[12] = 0x40;
+        assert_eq!(
+            transport(&ipv4(PROTO_TCP, &short_offset)),
+            Err(ParseError::Malformed)
+        );
+        let mut long_offset = segment;
+        long_offset[12] = 0xf0;
+        assert_eq!(
+            transport(&ipv4(PROTO_TCP, &long_offset)),
+            Err(ParseError::Malformed)
+        );
+    }
+
+    #[test]
+    fn udp_length_must_fit() {
+        let good = [0, 53, 0x13, 0x88, 0, 10, 0, 0, 1, 2];
+        assert!(matches!(
+            transport(&ipv4(PROTO_UDP, &good)),
+            Ok(Transport::Udp {
+                payload: [1, 2],
+                ..
+            })
+        ));
+        let too_long = [0, 53, 0x13, 0x88, 0, 11, 0, 0, 1, 2];
+        assert_eq!(
+            transport(&ipv4(PROTO_UDP, &too_long)),
+            Err(ParseError::Malformed)
+        );
+        let too_short = [0, 53, 0x13, 0x88, 0, 7, 0, 0, 1, 2];
+        assert_eq!(
+            transport(&ipv4(PROTO_UDP, &too_short)),
+            Err(ParseError::Malformed)
+        );
+    }
+
+    #[test]
+    fn ipv4_length_and_padding() {
+        let mut padded = ipv4(PROTO_UDP, &[0, 1, 0, 2, 0, 8, 0, 0]);
+        padded.extend_from_slice(&[0; 18]);
+        assert!(matches!(
+            transport(&padded),
+            Ok(Transport::Udp { payload: [], .. })
+        ));
+        let mut overlong = ipv4(PROTO_UDP, &[0, 1, 0, 2, 0, 8, 0, 0]);
+        overlong[17] += 1;
+        assert_eq!(transport(&overlong), Err(ParseError::Malformed));
+    }
+
+    #[test]
+    fn icmp_error_quotes_the_offending_packet() {
+        let quoted_udp = {
+            let inner = ipv4(PROTO_UDP, &[0x13, 0x88, 0, 53, 0, 8, 0, 0]);
+            inner[14..].to_vec()
+        };
+        let mut message = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        message.extend_from_slice(&quoted_udp);
+        let Ok(Transport::Icmp(Icmp::Error { embedded })) = transport(&ipv4(PROTO_ICMP, &message))
+        else {
+            panic!("not an ICMP error");
+        };
+        assert_eq!(embedded.protocol, PROTO_UDP);
+        assert_eq!(embedded.ports, Some((5000, 53)));
+        assert_eq!(embedded.destination, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)));
+        assert_eq!(
+            transport(&ipv4(PROTO_ICMP, &[3, 3, 0, 0, 0, 0, 0, 0, 0x45])),
+            Err(ParseError::Malformed)
+        );
+    }
+
+    #[test]
+    fn icmp_of_the_wrong_family_is_refused() {
+        let echo = [8, 0, 0, 0, 0, 1, 0, 1];
+        assert_eq!(
+            transport(&ipv6(PROTO_ICMP, &echo)),
+            Err(ParseError::Unsupported)
+        );
+        assert_eq!(
+            transport(&ipv4(PROTO_ICMPV6, &echo)),
+            Err(ParseError::Unsupported)
+        );
+        assert_eq!(
+            transport(&ipv4(PROTO_ICMP, &echo[..7])),
+            Err(ParseError::Malformed)
+        );
+    }
+
+    #[test]
+    fn ndp_options_are_checked() {
+        let mut solicitation = vec![135, 0, 0, 0, 0, 0, 0, 0];
+        solicitation.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        let mut with_source = solicitation.clone();
+        with_source.extend_from_slice(&[1, 1, 2, 0, 0, 0, 0, 2]);
+        assert_eq!(
+            transport(&ipv6(PROTO_ICMPV6, &with_source)),
+            Ok(Transport::Icmp(Icmp::NeighbourSolicitation {
+                target: "fd00::1".parse().unwrap(),
+                link_address: Some([2, 0, 0, 0, 0, 2]),
+            }))
+        );
+        let mut zero_length = solicitation.clone();
+        zero_length.extend_from_slice(&[1, 0, 2, 0, 0, 0, 0, 2]);
+        assert_eq!(
+            transport(&ipv6(PROTO_ICMPV6, &zero_length)),
+            Err(ParseError::Malformed)
+        );
+        let mut wrong_kind = solicitation;
+        wrong_kind.extend_from_slice(&[2, 1, 2, 0, 0, 0, 0, 2]);
+        assert_eq!(
+            transport(&ipv6(PROTO_ICMPV6, &wrong_kind)),
+            Err(ParseError::Malformed)
+        );
+    }
+
+    #[test]
+    fn ipv6_routing_and_destination_options_are_skipped() {
+        let tcp = [
+            0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0x50, 0x02, 0, 0, 0, 0, 0, 0,
+        ];
+        let mut chain = vec![60, 0, 4, 0, 0, 0, 0, 0, 6, 0, 1, 4, 0, 0, 0, 0];
+        chain.extend_from_slice(&tcp);
+        assert!(matches!(
+            transport(&ipv6(43, &chain)),
+            Ok(Transport::Tcp {
+                source_port: 1,
+                destination_port: 2,
+                ..
+            })
+        ));
+        assert_eq!(
+            transport(&ipv6(43, &chain[..12])),
+            Err(ParseError::Malformed)
+        );
+    }
+
+    #[test]
+    fn odd_frames_are_not_supported() {
+        let mut jumbo = ipv6(59, &[]);
+        jumbo.extend_from_slice(&[0; 8]);
+        assert_eq!(parse_frame(&jumbo), Err(ParseError::Unsupported));
+        let mut arp = vec![0, 6, 0x08, 0, 6, 4, 0, 1];
+        arp.extend_from_slice(&[0; 20]);
+        assert_eq!(
+            parse_frame(&ethernet([0x08, 0x06], &arp)),
+            Err(ParseError::Unsupported)
+        );
+        assert_eq!(
+            parse_frame(&ethernet([0x88, 0xcc], &[0; 40])),
+            Err(ParseError::Unsupported)
+        );
+        assert_eq!(parse_frame(&[0; 13]), Err(ParseError::Malformed));
+    }
+}
