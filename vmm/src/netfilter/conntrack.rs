@@ -29,7 +29,7 @@ pub(crate) const ICMP_ECHO_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) const OTHER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A flow as seen from the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FlowKey {
     pub(crate) protocol: u8,
     pub(crate) guest: IpAddr,
@@ -38,6 +38,27 @@ pub(crate) struct FlowKey {
     pub(crate) guest_port: u16,
     /// Remote port, zero for protocols without ports.
     pub(crate) remote_port: u16,
+}
+
+fn address_bytes(address: IpAddr) -> [u8; 16] {
+    match address {
+        IpAddr::V4(address) => address.to_ipv6_mapped().octets(),
+        IpAddr::V6(address) => address.octets(),
+    }
+}
+
+impl std::hash::Hash for FlowKey {
+    /// One write of the packed key: the keyed hasher's cost is mostly per call.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut packed = [0u8; 38];
+        packed[0] = self.protocol;
+        packed[1] = u8::from(self.guest.is_ipv6());
+        packed[2..18].copy_from_slice(&address_bytes(self.guest));
+        packed[18..34].copy_from_slice(&address_bytes(self.remote));
+        packed[34..36].copy_from_slice(&self.guest_port.to_be_bytes());
+        packed[36..38].copy_from_slice(&self.remote_port.to_be_bytes());
+        state.write(&packed);
+    }
 }
 
 /// Loose TCP state, only used to pick a timeout.

@@ -51,6 +51,9 @@ pub(crate) struct Universe {
     pub(crate) host_rule_percent: u64,
     /// Percentage of allow rules.
     pub(crate) allow_percent: u64,
+    /// Prefix lengths like an allow-list's (mostly hosts and /24s, few
+    /// wide blocks) instead of uniformly spread ones.
+    pub(crate) realistic_prefixes: bool,
 }
 
 pub(crate) const HOST_PATTERNS: [&str; 5] = [
@@ -92,7 +95,18 @@ impl Universe {
     fn net(&self, rng: &mut Rng) -> IpNet {
         let ipv6 = rng.chance(20);
         let address = self.address(rng, ipv6);
-        let host_bits = rng.below(u64::from(self.address_bits) + 1) as u8;
+        let bits = u64::from(self.address_bits);
+        let host_bits = if self.realistic_prefixes {
+            match rng.below(100) {
+                0..=44 => 0,
+                45..=69 => 8.min(bits),
+                70..=89 => 1 + rng.below(12.min(bits)),
+                90..=97 => (13 + rng.below(8)).min(bits),
+                _ => (21 + rng.below(4)).min(bits),
+            }
+        } else {
+            rng.below(bits + 1)
+        } as u8;
         match address {
             IpAddr::V4(address) => IpNet::V4(
                 Ipv4Net::new(address, 32 - host_bits)

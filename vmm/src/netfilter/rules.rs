@@ -67,6 +67,8 @@ pub(crate) struct Query {
 #[derive(Debug)]
 pub(crate) struct CompiledRules {
     policy: NetworkPolicy,
+    /// Each rule's action, packed so the decision's last step stays in cache.
+    actions: Vec<Action>,
     classes: Vec<ClassTable>,
     hosts: HostIndex,
 }
@@ -103,6 +105,7 @@ impl CompiledRules {
         }
         CompiledRules {
             policy: policy.clone(),
+            actions: policy.rules.iter().map(|rule| rule.action).collect(),
             classes,
             hosts: HostIndex::build(&policy.rules),
         }
@@ -157,9 +160,9 @@ impl CompiledRules {
                 }
             }
         }
-        match self.policy.rules.get(best as usize) {
-            Some(rule) => Decision {
-                action: rule.action,
+        match self.actions.get(best as usize) {
+            Some(action) => Decision {
+                action: *action,
                 decider: Decider::Rule(best as usize),
                 host,
             },
@@ -222,6 +225,10 @@ trait AddressKey: Copy + Ord + std::hash::Hash + std::fmt::Debug {
     const ZERO: Self;
     const MAX: Self;
     fn successor(self) -> Option<Self>;
+    /// The top 16 bits, for the segment index of large IPv4 tables; `None`
+    /// for families without one.
+    fn bucket(self) -> Option<usize>;
+    fn bucket_start(bucket: usize) -> Self;
 }
 
 impl AddressKey for u32 {
@@ -229,6 +236,12 @@ impl AddressKey for u32 {
     const MAX: Self = u32::MAX;
     fn successor(self) -> Option<Self> {
         self.checked_add(1)
+    }
+    fn bucket(self) -> Option<usize> {
+        Some((self >> 16) as usize)
+    }
+    fn bucket_start(bucket: usize) -> Self {
+        (bucket as u32) << 16
     }
 }
 
@@ -238,7 +251,19 @@ impl AddressKey for u128 {
     fn successor(self) -> Option<Self> {
         self.checked_add(1)
     }
+    fn bucket(self) -> Option<usize> {
+        None
+    }
+    fn bucket_start(_bucket: usize) -> Self {
+        0
+    }
 }
+
+/// Segment count above which an IPv4 table gets a 64 Ki-entry index by the
+/// address's top 16 bits (256 KiB), so a lookup binary-searches only the
+/// few segments of its bucket.
+const BUCKET_INDEX_MIN_SEGMENTS: usize = 2048;
+const BUCKETS: usize = 1 << 16;
 
 /// Blocks of one class and family; see the module documentation.
 #[derive(Debug)]
@@ -247,11 +272,23 @@ struct AddressTable<K> {
     segment_starts: Vec<K>,
     /// The deepest node containing each segment.
     segment_nodes: Vec<u32>,
+    /// For each top-16-bit bucket, the segment containing its first address
+    /// (empty for small tables and IPv6).
+    bucket_segments: Vec<u32>,
     nodes: Vec<Node>,
+    /// Each node's chain (itself and its enclosing blocks) ordered by
+    /// `first_rule`, at `chain_at..chain_at + chain_len`: a lookup stops at
+    /// the first node that cannot beat the best rule found so far.
+    chains: Vec<u32>,
+    /// All nodes' port tables: sorted interval starts (each table starts at
+    /// zero) and the first matching rule of each interval.
+    port_starts: Vec<u16>,
+    port_rules: Vec<u32>,
 }
 
-/// One address block and the rules naming it.
-#[derive(Debug)]
+/// One address block and the rules naming it. Its port table is the
+/// slice `ports_at..ports_at + ports_len` of the table's shared port arrays.
+#[derive(Debug, Clone, Copy)]
 struct Node {
     /// Enclosing block, `NO_RULE` for the root.
     parent: u32,
@@ -259,39 +296,72 @@ struct Node {
     first_rule: u32,
     /// First rule without ports (the only kind that matches port-less traffic).
     first_portless: u32,
-    /// Sorted starts of port intervals; `port_starts[0]` is zero.
-    port_starts: Vec<u16>,
-    /// First matching rule for each port interval.
-    port_rules: Vec<u32>,
-}
-
-impl Node {
-    fn first_match(&self, port: Option<u16>) -> u32 {
-        match port {
-            None => self.first_portless,
-            Some(port) => {
-                let interval = self.port_starts.partition_point(|start| *start <= port);
-                self.port_rules[interval.saturating_sub(1)]
-            }
-        }
-    }
+    ports_at: u32,
+    ports_len: u32,
+    chain_at: u32,
+    chain_len: u32,
 }
 
 impl<K: AddressKey> AddressTable<K> {
-    fn first_match(&self, address: K, port: Option<u16>) -> u32 {
-        let segment = self
-            .segment_starts
+    fn segment_of(&self, address: K) -> usize {
+        let (low, high) = match address.bucket() {
+            Some(bucket) if !self.bucket_segments.is_empty() => (
+                self.bucket_segments[bucket] as usize,
+                self.bucket_segments
+                    .get(bucket + 1)
+                    .map_or(self.segment_starts.len(), |segment| *segment as usize + 1),
+            ),
+            _ => (0, self.segment_starts.len()),
+        };
+        let candidates = self.segment_starts.get(low..high).unwrap_or_default();
+        low + candidates
             .partition_point(|start| *start <= address)
-            .saturating_sub(1);
+            .saturating_sub(1)
+    }
+
+    fn first_match(&self, address: K, port: Option<u16>) -> u32 {
+        let segment = self.segment_of(address);
+        let Some(deepest) = self
+            .segment_nodes
+            .get(segment)
+            .and_then(|node| self.nodes.get(*node as usize))
+        else {
+            return NO_RULE;
+        };
+        let chain_at = deepest.chain_at as usize;
+        let chain = self
+            .chains
+            .get(chain_at..chain_at + deepest.chain_len as usize)
+            .unwrap_or_default();
         let mut best = NO_RULE;
-        let mut node_index = self.segment_nodes.get(segment).copied().unwrap_or(NO_RULE);
-        while let Some(node) = self.nodes.get(node_index as usize) {
-            if node.first_rule < best {
-                best = best.min(node.first_match(port));
+        for node in chain
+            .iter()
+            .filter_map(|node| self.nodes.get(*node as usize))
+        {
+            if node.first_rule >= best {
+                break;
             }
-            node_index = node.parent;
+            best = best.min(self.node_first_match(node, port));
         }
         best
+    }
+
+    fn node_first_match(&self, node: &Node, port: Option<u16>) -> u32 {
+        let Some(port) = port else {
+            return node.first_portless;
+        };
+        let at = node.ports_at as usize;
+        let end = at + node.ports_len as usize;
+        let (Some(starts), Some(rules)) =
+            (self.port_starts.get(at..end), self.port_rules.get(at..end))
+        else {
+            return NO_RULE;
+        };
+        let interval = starts.partition_point(|start| *start <= port);
+        rules
+            .get(interval.saturating_sub(1))
+            .copied()
+            .unwrap_or(NO_RULE)
     }
 }
 
@@ -371,23 +441,66 @@ impl<'p, K: AddressKey> TableBuilder<'p, K> {
             }
         }
 
+        let mut port_starts = Vec::new();
+        let mut port_rules = Vec::new();
         let nodes = self
             .rules
             .iter()
             .zip(parents)
-            .map(|(rules, parent)| build_node(rules, parent))
+            .map(|(rules, parent)| build_node(rules, parent, &mut port_starts, &mut port_rules))
             .collect();
+        let mut nodes: Vec<Node> = nodes;
+        let mut chains = Vec::new();
+        for index in 0..nodes.len() {
+            let mut chain = Vec::new();
+            let mut at = index as u32;
+            while let Some(node) = nodes.get(at as usize) {
+                chain.push(at);
+                at = node.parent;
+            }
+            chain.sort_by_key(|node| nodes[*node as usize].first_rule);
+            nodes[index].chain_at = chains.len() as u32;
+            nodes[index].chain_len = chain.len() as u32;
+            chains.extend(chain);
+        }
+        let bucket_segments =
+            if K::ZERO.bucket().is_some() && segment_starts.len() > BUCKET_INDEX_MIN_SEGMENTS {
+                let mut segment = 0;
+                (0..BUCKETS)
+                    .map(|bucket| {
+                        let start = K::bucket_start(bucket);
+                        while segment_starts
+                            .get(segment + 1)
+                            .is_some_and(|next| *next <= start)
+                        {
+                            segment += 1;
+                        }
+                        segment as u32
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
         AddressTable {
             segment_starts,
             segment_nodes,
+            bucket_segments,
             nodes,
+            chains,
+            port_starts,
+            port_rules,
         }
     }
 }
 
 /// Paints each rule's port ranges, in rule order, over the intervals not yet
 /// claimed by an earlier rule; a skip list keeps each interval painted once.
-fn build_node(rules: &[(u32, &[PortRange])], parent: u32) -> Node {
+fn build_node(
+    rules: &[(u32, &[PortRange])],
+    parent: u32,
+    port_starts: &mut Vec<u16>,
+    port_rules: &mut Vec<u32>,
+) -> Node {
     let mut bounds: Vec<u32> = vec![0];
     for (_, ports) in rules {
         for range in *ports {
@@ -433,10 +546,9 @@ fn build_node(rules: &[(u32, &[PortRange])], parent: u32) -> Node {
         }
     }
 
-    let mut port_starts = Vec::new();
-    let mut port_rules: Vec<u32> = Vec::new();
+    let ports_at = port_rules.len();
     for (start, rule) in bounds.iter().zip(painted) {
-        if port_rules.last() != Some(&rule) {
+        if port_rules.len() == ports_at || port_rules.last() != Some(&rule) {
             port_starts.push(*start as u16);
             port_rules.push(rule);
         }
@@ -448,8 +560,10 @@ fn build_node(rules: &[(u32, &[PortRange])], parent: u32) -> Node {
             .iter()
             .find(|(_, ports)| ports.is_empty())
             .map_or(NO_RULE, |(rule, _)| *rule),
-        port_starts,
-        port_rules,
+        ports_at: ports_at as u32,
+        ports_len: (port_rules.len() - ports_at) as u32,
+        chain_at: 0,
+        chain_len: 0,
     }
 }
 
@@ -541,6 +655,7 @@ mod tests {
             port_limit: 64,
             host_rule_percent: 25,
             allow_percent: 50,
+            realistic_prefixes: false,
         }
     }
 

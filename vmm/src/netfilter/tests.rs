@@ -1118,3 +1118,27 @@ fn inbound_frames_for_someone_else_are_dropped() {
     );
     assert_eq!(filter.inbound(&broadcast, now), Verdict::Pass);
 }
+
+#[test]
+fn control_is_shareable_and_filter_movable() {
+    fn shareable<T: Clone + Send + Sync + 'static>() {}
+    fn movable<T: Send + 'static>() {}
+    shareable::<FilterControl>();
+    movable::<Filter>();
+    let policy = web_policy();
+    let (_, control) = new_filter(&policy);
+    assert_eq!(control.counters().rules_generation, 1);
+    assert_eq!(control.replace_policy(&policy), 2);
+    assert_eq!(control.clone().counters().rules_generation, 2);
+}
+
+#[test]
+fn benchmark_mix_has_both_verdicts() {
+    let report = bench::measure(10);
+    assert_eq!(report.rules, 10);
+    assert!(
+        report.allowed_fraction > 0.05 && report.allowed_fraction < 0.95,
+        "{report:?}"
+    );
+    assert!(report.new_flow_ns > 0.0 && report.established_ns > 0.0 && report.rule_lookup_ns > 0.0);
+}
