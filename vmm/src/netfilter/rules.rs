@@ -707,6 +707,48 @@ mod tests {
     }
 
     #[test]
+    fn agrees_with_decide_on_a_large_policy_with_bucket_index() {
+        let universe = Universe {
+            address_bits: 20,
+            port_limit: 2000,
+            host_rule_percent: 0,
+            allow_percent: 50,
+            realistic_prefixes: true,
+        };
+        let mut rng = Rng::new(3);
+        let policy = universe.policy(&mut rng, 6000);
+        let compiled = CompiledRules::compile(&policy);
+        let indexed = compiled
+            .classes
+            .iter()
+            .filter(|class| !class.v4.bucket_segments.is_empty())
+            .count();
+        assert!(indexed > 0, "no table large enough for the bucket index");
+        let mut rule_decisions = 0;
+        for _ in 0..3000 {
+            let (direction, protocol, remote, port) =
+                universe.connection(&mut rng, &policy.dns_resolvers);
+            let connection = Connection {
+                direction,
+                protocol,
+                remote,
+                port,
+                host: None,
+            };
+            let query = Query {
+                direction,
+                protocol,
+                remote,
+                port,
+            };
+            assert_eq!(
+                compiled.decide(&query, &[]).decider,
+                oracle(&policy, &connection)
+            );
+        }
+    }
+
+    #[test]
     fn several_names_take_the_first_rule_any_of_them_matches() {
         let universe = small_universe();
         let mut rng = Rng::new(11);
