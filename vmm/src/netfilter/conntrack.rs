@@ -12,6 +12,7 @@
 //! RST seen) 30 s, UDP 60 s, ICMP echo 30 s, other protocols 60 s. Every
 //! packet of a flow refreshes its timeout.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -98,8 +99,12 @@ impl FlowEntry {
             None => OTHER_TIMEOUT,
             Some(state) => {
                 let from_opener = sender == self.opener;
+                let is_new_syn = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
                 let next = if flags & (TCP_RST | TCP_FIN) != 0 {
                     TcpState::Closing
+                } else if is_new_syn && from_opener && state == TcpState::Closing {
+                    // The opener reuses the port pair for a new connection.
+                    TcpState::SynSent
                 } else {
                     match state {
                         TcpState::SynSent
@@ -158,12 +163,17 @@ impl ConnTrack {
 
     /// The live entry for `key`; an expired one is removed and not returned.
     pub(crate) fn get_mut(&mut self, key: &FlowKey, now: Instant) -> Option<&mut FlowEntry> {
-        let expired = self.flows.get(key)?.expires <= now;
-        if expired {
-            self.flows.remove(key);
-            return None;
+        match self.flows.entry(*key) {
+            Entry::Occupied(entry) => {
+                if entry.get().expires > now {
+                    Some(entry.into_mut())
+                } else {
+                    entry.remove();
+                    None
+                }
+            }
+            Entry::Vacant(_) => None,
         }
-        self.flows.get_mut(key)
     }
 
     pub(crate) fn contains_live(&self, key: &FlowKey, now: Instant) -> bool {
@@ -201,5 +211,75 @@ impl ConnTrack {
     pub(crate) fn reclaim_expired(&mut self, now: Instant) {
         self.flows.retain(|_, entry| entry.expires > now);
         self.last_reclaim = Some(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp_entry(now: Instant) -> FlowEntry {
+        FlowEntry {
+            opener: Direction::Out,
+            protocol: Protocol::Tcp,
+            rule_port: Some(443),
+            host: None,
+            generation: 1,
+            tcp: Some(TcpState::SynSent),
+            expires: now,
+        }
+    }
+
+    #[test]
+    fn tcp_states_follow_the_handshake_and_close() {
+        let now = Instant::now();
+        let mut entry = tcp_entry(now);
+        entry.observe(Direction::Out, TCP_SYN, now);
+        assert_eq!(entry.tcp, Some(TcpState::SynSent));
+        entry.observe(Direction::Out, TCP_ACK, now);
+        assert_eq!(
+            entry.tcp,
+            Some(TcpState::SynSent),
+            "an ACK before the SYN-ACK establishes nothing"
+        );
+        entry.observe(Direction::In, TCP_SYN | TCP_ACK, now);
+        assert_eq!(entry.tcp, Some(TcpState::SynReceived));
+        entry.observe(Direction::Out, TCP_ACK, now);
+        assert_eq!(entry.tcp, Some(TcpState::Established));
+        assert_eq!(entry.expires, now + TCP_ESTABLISHED_TIMEOUT);
+        entry.observe(Direction::In, TCP_FIN | TCP_ACK, now);
+        assert_eq!(entry.tcp, Some(TcpState::Closing));
+        assert_eq!(entry.expires, now + TCP_CLOSING_TIMEOUT);
+        entry.observe(Direction::Out, TCP_SYN, now);
+        assert_eq!(entry.tcp, Some(TcpState::SynSent));
+        assert_eq!(entry.expires, now + TCP_HANDSHAKE_TIMEOUT);
+    }
+
+    #[test]
+    fn a_full_table_reclaims_only_expired_entries() {
+        let now = Instant::now();
+        let key = |port| FlowKey {
+            protocol: 6,
+            guest: "10.0.0.2".parse().unwrap(),
+            remote: "10.0.0.1".parse().unwrap(),
+            guest_port: port,
+            remote_port: 443,
+        };
+        let mut table = ConnTrack::new(2);
+        let mut short_lived = tcp_entry(now);
+        short_lived.expires = now + Duration::from_secs(1);
+        table.insert(key(1), short_lived, now).unwrap();
+        let mut long_lived = tcp_entry(now);
+        long_lived.expires = now + Duration::from_secs(100);
+        table.insert(key(2), long_lived.clone(), now).unwrap();
+        assert_eq!(
+            table.insert(key(3), long_lived.clone(), now),
+            Err(TableFull)
+        );
+        let later = now + Duration::from_secs(2);
+        assert_eq!(table.insert(key(3), long_lived, later), Ok(()));
+        assert!(table.contains_live(&key(2), later));
+        assert!(!table.contains_live(&key(1), later));
+        assert_eq!(table.len(), 2);
     }
 }
