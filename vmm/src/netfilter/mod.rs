@@ -25,6 +25,17 @@
 //! MAC. Inbound frames must be addressed to the guest's MAC (or be
 //! broadcast/multicast) and to one of its addresses, 255.255.255.255 or a
 //! multicast group.
+//!
+//! Fragments: a first fragment (offset 0, with its layer-4 header) is
+//! decided like a whole packet; when it passes, the later fragments of the
+//! same series (addresses, protocol, identification) pass for 30 s. Any
+//! other fragment is dropped. VLAN-tagged frames are dropped.
+//!
+//! Known limits: host names are learned from DNS over UDP only (answers
+//! over TCP pass but teach nothing); the guest's IPv6 link-local address is
+//! assumed to be the EUI-64 one (a guest using stable-privacy link-local
+//! addresses must have that address listed in `guest_ipv6`); subnet-directed
+//! IPv4 broadcasts to the guest are dropped; DHCP leases are not expired.
 
 mod conntrack;
 mod dns;
