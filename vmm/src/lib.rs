@@ -13,6 +13,7 @@ pub mod console;
 pub mod devices;
 pub mod exit;
 pub mod loader;
+pub mod netfilter;
 pub mod policy;
 pub mod seccomp;
 pub mod storage;

@@ -1,0 +1,1144 @@
+//! Whole-filter tests: frames in, verdicts, counters and refusals out.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::{Duration, Instant};
+
+use guest_policy::{Action, Direction, HostPattern, NetRule, NetworkPolicy, PortRange, Protocol};
+
+use super::bench::{echo_frame, tcp_frame, udp_frame};
+use super::*;
+
+const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x00, 0x00, 0x02];
+const PEER_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x00, 0x00, 0x01];
+const OTHER_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x00, 0x00, 0x09];
+const SYN: u8 = 0x02;
+const SYN_ACK: u8 = 0x12;
+const ACK: u8 = 0x10;
+
+fn guest4() -> IpAddr {
+    "192.168.7.2".parse().unwrap()
+}
+
+fn guest6() -> IpAddr {
+    "fd00::2".parse().unwrap()
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+fn rule(
+    action: Action,
+    direction: Direction,
+    protocol: Protocol,
+    remote: &[&str],
+    ports: &[u16],
+) -> NetRule {
+    NetRule {
+        action,
+        direction,
+        protocol,
+        remote: remote.iter().map(|net| net.parse().unwrap()).collect(),
+        ports: ports
+            .iter()
+            .map(|&port| PortRange {
+                first: port,
+                last: port,
+            })
+            .collect(),
+        hosts: Vec::new(),
+        comment: None,
+    }
+}
+
+fn policy(rules: Vec<NetRule>) -> NetworkPolicy {
+    NetworkPolicy {
+        default_action: Action::Deny,
+        rules,
+        dns_resolvers: vec![ip("192.0.2.53")],
+        vpn: None,
+    }
+}
+
+fn filter_with(policy: &NetworkPolicy, capacity: usize, dhcp: bool) -> (Filter, FilterControl) {
+    Filter::new(FilterConfig {
+        guest_mac: GUEST_MAC,
+        guest_ipv4: if dhcp {
+            Vec::new()
+        } else {
+            vec![Ipv4Addr::new(192, 168, 7, 2)]
+        },
+        guest_ipv6: vec!["fd00::2".parse().unwrap()],
+        dhcp,
+        conntrack_capacity: capacity,
+        policy,
+    })
+}
+
+fn new_filter(policy: &NetworkPolicy) -> (Filter, FilterControl) {
+    filter_with(policy, DEFAULT_CONNTRACK_CAPACITY, false)
+}
+
+fn out_tcp(remote: &str, port: u16, flags: u8) -> Vec<u8> {
+    tcp_frame(
+        GUEST_MAC,
+        PEER_MAC,
+        (guest4(), 40_000),
+        (ip(remote), port),
+        flags,
+    )
+}
+
+fn in_tcp(remote: &str, port: u16, flags: u8) -> Vec<u8> {
+    tcp_frame(
+        PEER_MAC,
+        GUEST_MAC,
+        (ip(remote), port),
+        (guest4(), 40_000),
+        flags,
+    )
+}
+
+fn web_policy() -> NetworkPolicy {
+    policy(vec![rule(
+        Action::Allow,
+        Direction::Out,
+        Protocol::Tcp,
+        &["203.0.113.0/24"],
+        &[443],
+    )])
+}
+
+/// An Ethernet + IPv6 frame with a hand-made payload (extension headers, NDP).
+fn ipv6_frame(
+    source_mac: [u8; 6],
+    destination_mac: [u8; 6],
+    source: &str,
+    destination: &str,
+    next_header: u8,
+    hop_limit: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&destination_mac);
+    frame.extend_from_slice(&source_mac);
+    frame.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    frame.extend_from_slice(&[next_header, hop_limit]);
+    frame.extend_from_slice(&source.parse::<Ipv6Addr>().unwrap().octets());
+    frame.extend_from_slice(&destination.parse::<Ipv6Addr>().unwrap().octets());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// An Ethernet + IPv4 frame with fragment fields set by hand.
+fn ipv4_fragment(
+    macs: ([u8; 6], [u8; 6]),
+    addresses: (IpAddr, IpAddr),
+    protocol: u8,
+    (identification, offset_units, more): (u16, u16, bool),
+    payload: &[u8],
+) -> Vec<u8> {
+    let ((source_mac, destination_mac), (source, destination)) = (macs, addresses);
+
+    let (IpAddr::V4(source), IpAddr::V4(destination)) = (source, destination) else {
+        panic!("IPv4 only");
+    };
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&destination_mac);
+    frame.extend_from_slice(&source_mac);
+    frame.extend_from_slice(&[0x08, 0x00, 0x45, 0]);
+    frame.extend_from_slice(&(20 + payload.len() as u16).to_be_bytes());
+    frame.extend_from_slice(&identification.to_be_bytes());
+    frame.extend_from_slice(&((u16::from(more) << 13) | offset_units).to_be_bytes());
+    frame.extend_from_slice(&[64, protocol, 0, 0]);
+    frame.extend_from_slice(&source.octets());
+    frame.extend_from_slice(&destination.octets());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+fn arp_frame(
+    source_mac: [u8; 6],
+    operation: u16,
+    sender_mac: [u8; 6],
+    sender_ip: [u8; 4],
+    target_ip: [u8; 4],
+) -> Vec<u8> {
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&[0xff; 6]);
+    frame.extend_from_slice(&source_mac);
+    frame.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4]);
+    frame.extend_from_slice(&operation.to_be_bytes());
+    frame.extend_from_slice(&sender_mac);
+    frame.extend_from_slice(&sender_ip);
+    frame.extend_from_slice(&[0; 6]);
+    frame.extend_from_slice(&target_ip);
+    frame
+}
+
+#[test]
+fn allowed_outbound_flow_and_its_replies_pass() {
+    let policy = web_policy();
+    let (mut filter, control) = new_filter(&policy);
+    let now = Instant::now();
+    assert_eq!(
+        filter.outbound(&out_tcp("203.0.113.5", 443, SYN), now),
+        Verdict::Pass
+    );
+    assert_eq!(
+        filter.inbound(&in_tcp("203.0.113.5", 443, SYN_ACK), now),
+        Verdict::Pass
+    );
+    assert_eq!(
+        filter.outbound(&out_tcp("203.0.113.5", 443, ACK), now),
+        Verdict::Pass
+    );
+    assert_eq!(
+        filter.inbound(&in_tcp("203.0.113.5", 443, ACK), now),
+        Verdict::Pass
+    );
+    assert_eq!(
+        filter.outbound(&out_tcp("203.0.113.5", 80, SYN), now),
+        Verdict::Drop(DropReason::Default)
+    );
+    assert_eq!(
+        filter.outbound(&out_tcp("198.51.100.5", 443, SYN), now),
+        Verdict::Drop(DropReason::Default)
+    );
+    let counters = control.counters();
+    assert_eq!(counters.outbound.passed, 2);
+    assert_eq!(counters.inbound.passed, 2);
+    assert_eq!(counters.outbound.dropped(DropReason::Default), 2);
+    assert_eq!(counters.tracked_flows, 1);
+}
+
+#[test]
+fn unsolicited_inbound_is_decided_by_in_rules() {
+    let closed = web_policy();
+    let (mut filter, control) = new_filter(&closed);
+    let now = Instant::now();
+    let ssh_in = tcp_frame(
+        PEER_MAC,
+        GUEST_MAC,
+        (ip("198.51.100.7"), 50_000),
+        (guest4(), 22),
+        SYN,
+    );
+    assert_eq!(
+        filter.inbound(&ssh_in, now),
+        Verdict::Drop(DropReason::Default)
+    );
+    let refusals = control.drain_refusals();
+    assert_eq!(refusals.len(), 1);
+    assert_eq!(refusals[0].direction, FrameDirection::Inbound);
+    assert_eq!(refusals[0].destination_port, Some(22));
+    assert_eq!(refusals[0].source, Some(ip("198.51.100.7")));
+
+    let mut rules = closed.rules.clone();
+    rules.push(rule(
+        Action::Deny,
+        Direction::In,
+        Protocol::Tcp,
+        &["198.51.100.66/32"],
+        &[22],
+    ));
+    rules.push(rule(
+        Action::Allow,
+        Direction::In,
+        Protocol::Tcp,
+        &["198.51.100.0/24"],
+        &[22],
+    ));
+    let open = policy(rules);
+    let (mut filter, control) = new_filter(&open);
+    assert_eq!(filter.inbound(&ssh_in, now), Verdict::Pass);
+    let reply = tcp_frame(
+        GUEST_MAC,
+        PEER_MAC,
+        (guest4(), 22),
+        (ip("198.51.100.7"), 50_000),
+        SYN_ACK,
+    );
+    assert_eq!(filter.outbound(&reply, now), Verdict::Pass);
+    let denied = tcp_frame(
+        PEER_MAC,
+        GUEST_MAC,
+        (ip("198.51.100.66"), 50_000),
+        (guest4(), 22),
+        SYN,
+    );
+    assert_eq!(
+        filter.inbound(&denied, now),
+        Verdict::Drop(DropReason::Rule)
+    );
+    assert_eq!(control.drain_refusals()[0].rule, Some(1));
+}
+
+#[test]
+fn udp_flow_expires_after_its_timeout() {
+    let policy = policy(vec![rule(
+        Action::Allow,
+        Direction::Out,
+        Protocol::Udp,
+        &[],
+        &[123],
+    )]);
+    let (mut filter, _) = new_filter(&policy);
+    let start = Instant::now();
+    let query = udp_frame(
+        GUEST_MAC,
+        PEER_MAC,
+        (guest4(), 5000),
+        (ip("198.51.100.1"), 123),
+        b"ntp",
+    );
+    let answer = udp_frame(
+        PEER_MAC,
+        GUEST_MAC,
+        (ip("198.51.100.1"), 123),
+        (guest4(), 5000),
+        b"ntp",
+    );
+    assert_eq!(filter.outbound(&query, start), Verdict::Pass);
+    assert_eq!(
+        filter.inbound(&answer, start + Duration::from_secs(59)),
+        Verdict::Pass
+    );
+    let later = start + Duration::from_secs(59) + conntrack::UDP_TIMEOUT;
+    assert_eq!(
+        filter.inbound(&answer, later),
+        Verdict::Drop(DropReason::Default)
+    );
+}
+
+#[test]
+fn tcp_handshake_and_established_timeouts_differ() {
+    let policy = web_policy();
+    let (mut filter, _) = new_filter(&policy);
+    let start = Instant::now();
+    assert_eq!(
+        filter.outbound(&out_tcp("203.0.113.5", 443, SYN), start),
+        Verdict::Pass
+    );
+    let after_handshake_timeout = start + conntrack::TCP_HANDSHAKE_TIMEOUT;
+    assert_eq!(
+        filter.inbound(
+            &in_tcp("203.0.113.5", 443, SYN_ACK),
+            after_handshake_timeout
+        ),
+        Verdict::Drop(DropReason::Default)
+    );
+
+    assert_eq!(
+        filter.outbound(&out_tcp("203.0.113.6", 443, SYN), start),
+        Verdict::Pass
+    );
+    assert_eq!(
+        filter.inbound(&in_tcp("203.0.113.6", 443, SYN_ACK), start),
+        Verdict::Pass
+    );
+    assert_eq!(
+        filter.outbound(&out_tcp("203.0.113.6", 443, ACK), start),
+        Verdict::Pass
+    );
+    let an_hour_later = start + Duration::from_secs(3600);
+    assert_eq!(
+        filter.inbound(&in_tcp("203.0.113.6", 443, ACK), an_hour_later),
+        Verdict::Pass
+    );
+    assert_eq!(
+        filter.inbound(&in_tcp("203.0.113.6", 443, 0x11), an_hour_later),
+        Verdict::Pass
+    );
+    let after_closing = an_hour_later + conntrack::TCP_CLOSING_TIMEOUT;
+    assert_eq!(
+        filter.inbound(&in_tcp("203.0.113.6", 443, ACK), after_closing),
+        Verdict::Drop(DropReason::Default)
+    );
+}
+
+#[test]
+fn reset_without_flow_is_invalid() {
+    let policy = web_policy();
+    let (mut filter, _) = new_filter(&policy);
+    assert_eq!(
+        filter.outbound(&out_tcp("203.0.113.5", 443, 0x04), Instant::now()),
+        Verdict::Drop(DropReason::Invalid)
+    );
+}
+
+#[test]
+fn echo_replies_follow_requests_only() {
+    let policy = policy(vec![
+        rule(Action::Allow, Direction::Out, Protocol::Icmp, &[], &[]),
+        rule(Action::Allow, Direction::Out, Protocol::Icmpv6, &[], &[]),
+    ]);
+    let (mut filter, _) = new_filter(&policy);
+    let now = Instant::now();
+    let request = echo_frame(GUEST_MAC, PEER_MAC, guest4(), ip("198.51.100.1"), 77, false);
+    let reply = echo_frame(PEER_MAC, GUEST_MAC, ip("198.51.100.1"), guest4(), 77, true);
+    let stray = echo_frame(PEER_MAC, GUEST_MAC, ip("198.51.100.1"), guest4(), 78, true);
+    assert_eq!(
+        filter.inbound(&reply, now),
+        Verdict::Drop(DropReason::Default)
+    );
+    assert_eq!(filter.outbound(&request, now), Verdict::Pass);
+    assert_eq!(filter.inbound(&reply, now), Verdict::Pass);
+    assert_eq!(
+        filter.inbound(&stray, now),
+        Verdict::Drop(DropReason::Default)
+    );
+    let request6 = echo_frame(GUEST_MAC, PEER_MAC, guest6(), ip("2001:db8::1"), 5, false);
+    let reply6 = echo_frame(PEER_MAC, GUEST_MAC, ip("2001:db8::1"), guest6(), 5, true);
+    assert_eq!(filter.outbound(&request6, now), Verdict::Pass);
+    assert_eq!(filter.inbound(&reply6, now), Verdict::Pass);
+    let unsolicited = echo_frame(PEER_MAC, GUEST_MAC, ip("2001:db8::1"), guest6(), 5, false);
+    assert_eq!(
+        filter.inbound(&unsolicited, now),
+        Verdict::Drop(DropReason::Default)
+    );
+}
+
+#[test]
+fn icmp_errors_pass_only_for_tracked_flows() {
+    let policy = policy(vec![rule(
+        Action::Allow,
+        Direction::Out,
+        Protocol::Udp,
+        &[],
+        &[9999],
+    )]);
+    let (mut filter, _) = new_filter(&policy);
+    let now = Instant::now();
+    let datagram = udp_frame(
+        GUEST_MAC,
+        PEER_MAC,
+        (guest4(), 5000),
+        (ip("198.51.100.1"), 9999),
+        b"x",
+    );
+    assert_eq!(filter.outbound(&datagram, now), Verdict::Pass);
+    let unreachable = |quoted: &[u8]| {
+        let mut message = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        message.extend_from_slice(&quoted[14..14 + 28]);
+        ipv4_fragment(
+            (PEER_MAC, GUEST_MAC),
+            (ip("10.9.9.9"), guest4()),
+            1,
+            (1, 0, false),
+            &message,
+        )
+    };
+    assert_eq!(filter.inbound(&unreachable(&datagram), now), Verdict::Pass);
+    let other = udp_frame(
+        GUEST_MAC,
+        PEER_MAC,
+        (guest4(), 5001),
+        (ip("198.51.100.1"), 9999),
+        b"x",
+    );
+    assert_eq!(
+        filter.inbound(&unreachable(&other), now),
+        Verdict::Drop(DropReason::Default)
+    );
+}
+
+#[test]
+fn full_table_refuses_new_flows_and_keeps_old_ones() {
+    let policy = web_policy();
+    let (mut filter, control) = filter_with(&policy, 2, false);
+    let start = Instant::now();
+    assert_eq!(
+        filter.outbound(&out_tcp("203.0.113.1", 443, SYN), start),
+        Verdict::Pass
+    );
+    assert_eq!(
+        filter.outbound(&out_tcp("203.0.113.2", 443, SYN), start),
+        Verdict::Pass
+    );
+    assert_eq!(
+        filter.outbound(&out_tcp("203.0.113.3", 443, SYN), start),
+        Verdict::Drop(DropReason::TableFull)
+    );
+    assert_eq!(
+        filter.inbound(&in_tcp("203.0.113.1", 443, SYN_ACK), start),
+        Verdict::Pass
+    );
+    assert_eq!(
+        filter.inbound(&in_tcp("203.0.113.3", 443, SYN_ACK), start),
+        Verdict::Drop(DropReason::Default)
+    );
+    assert_eq!(
+        control.counters().outbound.dropped(DropReason::TableFull),
+        1
+    );
+    assert_eq!(filter.tracked_flows(), 2);
+    let later = start + conntrack::TCP_HANDSHAKE_TIMEOUT + Duration::from_secs(1);
+    assert_eq!(
+        filter.outbound(&out_tcp("203.0.113.3", 443, SYN), later),
+        Verdict::Pass
+    );
+    assert_eq!(filter.tracked_flows(), 1);
+}
+
+#[test]
+fn guest_may_only_use_its_own_mac_and_addresses() {
+    let policy = policy(vec![rule(
+        Action::Allow,
+        Direction::Both,
+        Protocol::Any,
+        &[],
+        &[],
+    )]);
+    let (mut filter, control) = new_filter(&policy);
+    let now = Instant::now();
+    let wrong_mac = tcp_frame(
+        OTHER_MAC,
+        PEER_MAC,
+        (guest4(), 1),
+        (ip("203.0.113.1"), 443),
+        SYN,
+    );
+    let wrong_ip = tcp_frame(
+        GUEST_MAC,
+        PEER_MAC,
+        (ip("192.168.7.3"), 1),
+        (ip("203.0.113.1"), 443),
+        SYN,
+    );
+    let wrong_ip6 = tcp_frame(
+        GUEST_MAC,
+        PEER_MAC,
+        (ip("fd00::3"), 1),
+        (ip("2001:db8::1"), 443),
+        SYN,
+    );
+    let link_local = IpAddr::V6(link_local_ipv6(GUEST_MAC));
+    let own_link_local = tcp_frame(
+        GUEST_MAC,
+        PEER_MAC,
+        (link_local, 1),
+        (ip("fe80::1"), 443),
+        SYN,
+    );
+    assert_eq!(
+        filter.outbound(&wrong_mac, now),
+        Verdict::Drop(DropReason::Spoof)
+    );
+    assert_eq!(
+        filter.outbound(&wrong_ip, now),
+        Verdict::Drop(DropReason::Spoof)
+    );
+    assert_eq!(
+        filter.outbound(&wrong_ip6, now),
+        Verdict::Drop(DropReason::Spoof)
+    );
+    assert_eq!(filter.outbound(&own_link_local, now), Verdict::Pass);
+    assert_eq!(control.counters().outbound.dropped(DropReason::Spoof), 3);
+
+    let own = arp_frame(GUEST_MAC, 2, GUEST_MAC, [192, 168, 7, 2], [192, 168, 7, 1]);
+    let probe = arp_frame(GUEST_MAC, 1, GUEST_MAC, [0, 0, 0, 0], [192, 168, 7, 2]);
+    let other_ip = arp_frame(GUEST_MAC, 2, GUEST_MAC, [192, 168, 7, 1], [192, 168, 7, 9]);
+    let other_sender_mac = arp_frame(GUEST_MAC, 1, OTHER_MAC, [192, 168, 7, 2], [192, 168, 7, 1]);
+    let from_peer = arp_frame(PEER_MAC, 1, PEER_MAC, [192, 168, 7, 1], [192, 168, 7, 2]);
+    assert_eq!(filter.outbound(&own, now), Verdict::Pass);
+    assert_eq!(filter.outbound(&probe, now), Verdict::Pass);
+    assert_eq!(
+        filter.outbound(&other_ip, now),
+        Verdict::Drop(DropReason::Spoof)
+    );
+    assert_eq!(
+        filter.outbound(&other_sender_mac, now),
+        Verdict::Drop(DropReason::Spoof)
+    );
+    assert_eq!(filter.inbound(&from_peer, now), Verdict::Pass);
+}
+
+fn neighbour_message(kind: u8, target: &str, option_kind: u8, link: [u8; 6]) -> Vec<u8> {
+    let mut message = vec![kind, 0, 0, 0, 0x60, 0, 0, 0];
+    message.extend_from_slice(&target.parse::<Ipv6Addr>().unwrap().octets());
+    message.extend_from_slice(&[option_kind, 1]);
+    message.extend_from_slice(&link);
+    message
+}
+
+#[test]
+fn neighbour_discovery_only_for_the_guests_own_addresses() {
+    let policy = policy(Vec::new());
+    let (mut filter, _) = new_filter(&policy);
+    let now = Instant::now();
+    let own_advert = neighbour_message(136, "fd00::2", 2, GUEST_MAC);
+    let other_advert = neighbour_message(136, "fd00::9", 2, GUEST_MAC);
+    let wrong_link = neighbour_message(136, "fd00::2", 2, OTHER_MAC);
+    let solicitation = neighbour_message(135, "fd00::1", 1, GUEST_MAC);
+    let send = |filter: &mut Filter, source: &str, hop_limit: u8, message: &[u8]| {
+        filter.outbound(
+            &ipv6_frame(
+                GUEST_MAC, PEER_MAC, source, "fd00::1", 58, hop_limit, message,
+            ),
+            now,
+        )
+    };
+    assert_eq!(
+        send(&mut filter, "fd00::2", 255, &own_advert),
+        Verdict::Pass
+    );
+    assert_eq!(
+        send(&mut filter, "fd00::2", 255, &other_advert),
+        Verdict::Drop(DropReason::Spoof)
+    );
+    assert_eq!(
+        send(&mut filter, "fd00::2", 255, &wrong_link),
+        Verdict::Drop(DropReason::Spoof)
+    );
+    assert_eq!(
+        send(&mut filter, "fd00::9", 255, &solicitation),
+        Verdict::Drop(DropReason::Spoof)
+    );
+    assert_eq!(
+        send(&mut filter, "fd00::2", 255, &solicitation),
+        Verdict::Pass
+    );
+    assert_eq!(
+        send(&mut filter, "fd00::2", 64, &solicitation),
+        Verdict::Drop(DropReason::Invalid)
+    );
+    let router_advert = vec![134, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    assert_eq!(
+        send(&mut filter, "fd00::2", 255, &router_advert),
+        Verdict::Drop(DropReason::Spoof)
+    );
+    let inbound_advert = ipv6_frame(
+        PEER_MAC,
+        GUEST_MAC,
+        "fe80::1",
+        "fd00::2",
+        58,
+        255,
+        &router_advert,
+    );
+    assert_eq!(filter.inbound(&inbound_advert, now), Verdict::Pass);
+    let peer_advert = neighbour_message(136, "fd00::1", 2, PEER_MAC);
+    let inbound_neighbour = ipv6_frame(
+        PEER_MAC,
+        GUEST_MAC,
+        "fd00::1",
+        "fd00::2",
+        58,
+        255,
+        &peer_advert,
+    );
+    assert_eq!(filter.inbound(&inbound_neighbour, now), Verdict::Pass);
+}
+
+#[test]
+fn dhcp_exchange_only_when_enabled_and_the_lease_becomes_the_guests() {
+    let policy = policy(vec![rule(
+        Action::Allow,
+        Direction::Out,
+        Protocol::Tcp,
+        &[],
+        &[443],
+    )]);
+    let now = Instant::now();
+    let discover = udp_frame(
+        GUEST_MAC,
+        [0xff; 6],
+        (ip("0.0.0.0"), 68),
+        (ip("255.255.255.255"), 67),
+        &[1; 240],
+    );
+    let (mut static_filter, _) = new_filter(&policy);
+    assert_eq!(
+        static_filter.outbound(&discover, now),
+        Verdict::Drop(DropReason::Spoof)
+    );
+
+    let (mut dhcp_filter, _) = filter_with(&policy, 16, true);
+    assert_eq!(dhcp_filter.outbound(&discover, now), Verdict::Pass);
+    let mut ack = vec![0u8; 240];
+    ack[0] = 2;
+    ack[16..20].copy_from_slice(&[192, 168, 7, 50]);
+    ack[236..240].copy_from_slice(&[99, 130, 83, 99]);
+    ack.extend_from_slice(&[53, 1, 5, 255]);
+    let leased = tcp_frame(
+        GUEST_MAC,
+        PEER_MAC,
+        (ip("192.168.7.50"), 1000),
+        (ip("203.0.113.1"), 443),
+        SYN,
+    );
+    assert_eq!(
+        dhcp_filter.outbound(&leased, now),
+        Verdict::Drop(DropReason::Spoof)
+    );
+    let reply = udp_frame(
+        PEER_MAC,
+        [0xff; 6],
+        (ip("192.168.7.1"), 67),
+        (ip("255.255.255.255"), 68),
+        &ack,
+    );
+    assert_eq!(dhcp_filter.inbound(&reply, now), Verdict::Pass);
+    assert_eq!(dhcp_filter.outbound(&leased, now), Verdict::Pass);
+}
+
+/// A DNS response for `name` with one A record per address.
+fn dns_answer(name: &str, addresses: &[[u8; 4]], ttl: u32) -> Vec<u8> {
+    let mut message = vec![0x12, 0x34, 0x81, 0x80, 0, 1];
+    message.extend_from_slice(&(addresses.len() as u16).to_be_bytes());
+    message.extend_from_slice(&[0, 0, 0, 0]);
+    for label in name.split('.') {
+        message.push(label.len() as u8);
+        message.extend_from_slice(label.as_bytes());
+    }
+    message.extend_from_slice(&[0, 0, 1, 0, 1]);
+    for address in addresses {
+        message.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+        message.extend_from_slice(&ttl.to_be_bytes());
+        message.extend_from_slice(&[0, 4]);
+        message.extend_from_slice(address);
+    }
+    message
+}
+
+fn host_policy() -> NetworkPolicy {
+    let mut web = rule(Action::Allow, Direction::Out, Protocol::Tcp, &[], &[443]);
+    web.hosts = vec![HostPattern::parse("*.example.org").unwrap()];
+    policy(vec![
+        rule(
+            Action::Allow,
+            Direction::Out,
+            Protocol::Udp,
+            &["192.0.2.53/32", "198.51.100.53/32"],
+            &[53],
+        ),
+        web,
+    ])
+}
+
+#[test]
+fn host_rules_use_names_learned_from_the_resolver() {
+    let policy = host_policy();
+    let (mut filter, _) = new_filter(&policy);
+    let start = Instant::now();
+    let query = udp_frame(
+        GUEST_MAC,
+        PEER_MAC,
+        (guest4(), 3333),
+        (ip("192.0.2.53"), 53),
+        b"query",
+    );
+    let answer = udp_frame(
+        PEER_MAC,
+        GUEST_MAC,
+        (ip("192.0.2.53"), 53),
+        (guest4(), 3333),
+        &dns_answer("www.Example.org", &[[203, 0, 113, 80]], 120),
+    );
+    let learned = out_tcp("203.0.113.80", 443, SYN);
+    let direct = out_tcp("203.0.113.81", 443, SYN);
+    assert_eq!(
+        filter.outbound(&learned, start),
+        Verdict::Drop(DropReason::Default)
+    );
+    assert_eq!(filter.outbound(&query, start), Verdict::Pass);
+    assert_eq!(filter.inbound(&answer, start), Verdict::Pass);
+    assert_eq!(filter.outbound(&learned, start), Verdict::Pass);
+    assert_eq!(
+        filter.outbound(&direct, start),
+        Verdict::Drop(DropReason::Default)
+    );
+    let after_ttl = start + Duration::from_secs(121);
+    let again = tcp_frame(
+        GUEST_MAC,
+        PEER_MAC,
+        (guest4(), 40_001),
+        (ip("203.0.113.80"), 443),
+        SYN,
+    );
+    assert_eq!(
+        filter.outbound(&again, after_ttl),
+        Verdict::Drop(DropReason::Default)
+    );
+}
+
+#[test]
+fn answers_from_other_servers_teach_nothing() {
+    let policy = host_policy();
+    let (mut filter, _) = new_filter(&policy);
+    let now = Instant::now();
+    // 198.51.100.53 is allowed by a rule but is not a policy resolver, so DNS to it is refused.
+    let query = udp_frame(
+        GUEST_MAC,
+        PEER_MAC,
+        (guest4(), 3333),
+        (ip("198.51.100.53"), 53),
+        b"query",
+    );
+    assert_eq!(
+        filter.outbound(&query, now),
+        Verdict::Drop(DropReason::DnsResolver)
+    );
+    let answer = udp_frame(
+        PEER_MAC,
+        GUEST_MAC,
+        (ip("198.51.100.53"), 53),
+        (guest4(), 3333),
+        &dns_answer("www.example.org", &[[203, 0, 113, 80]], 120),
+    );
+    assert_eq!(
+        filter.inbound(&answer, now),
+        Verdict::Drop(DropReason::Default)
+    );
+    // A flow to a non-DNS port of the resolver carrying a DNS-looking answer teaches nothing either.
+    let mut rules = policy.rules.clone();
+    rules.insert(
+        0,
+        rule(
+            Action::Allow,
+            Direction::Out,
+            Protocol::Udp,
+            &["192.0.2.53/32"],
+            &[5353],
+        ),
+    );
+    let wider = NetworkPolicy {
+        rules,
+        ..policy.clone()
+    };
+    let (mut filter, _) = new_filter(&wider);
+    let side = udp_frame(
+        GUEST_MAC,
+        PEER_MAC,
+        (guest4(), 4444),
+        (ip("192.0.2.53"), 5353),
+        b"q",
+    );
+    let side_answer = udp_frame(
+        PEER_MAC,
+        GUEST_MAC,
+        (ip("192.0.2.53"), 5353),
+        (guest4(), 4444),
+        &dns_answer("www.example.org", &[[203, 0, 113, 80]], 120),
+    );
+    assert_eq!(filter.outbound(&side, now), Verdict::Pass);
+    assert_eq!(filter.inbound(&side_answer, now), Verdict::Pass);
+    assert_eq!(
+        filter.outbound(&out_tcp("203.0.113.80", 443, SYN), now),
+        Verdict::Drop(DropReason::Default)
+    );
+}
+
+#[test]
+fn replaced_policy_applies_to_new_flows_and_cuts_denied_ones() {
+    let before = policy(vec![
+        rule(
+            Action::Allow,
+            Direction::Out,
+            Protocol::Tcp,
+            &["203.0.113.0/24"],
+            &[443],
+        ),
+        rule(
+            Action::Allow,
+            Direction::Out,
+            Protocol::Tcp,
+            &["198.51.100.0/24"],
+            &[443],
+        ),
+    ]);
+    let (mut filter, control) = new_filter(&before);
+    let now = Instant::now();
+    assert_eq!(
+        filter.outbound(&out_tcp("203.0.113.5", 443, SYN), now),
+        Verdict::Pass
+    );
+    assert_eq!(
+        filter.outbound(&out_tcp("198.51.100.5", 443, SYN), now),
+        Verdict::Pass
+    );
+    assert_eq!(
+        filter.outbound(&out_tcp("192.0.2.99", 443, SYN), now),
+        Verdict::Drop(DropReason::Default)
+    );
+    let after = policy(vec![
+        rule(
+            Action::Deny,
+            Direction::Both,
+            Protocol::Any,
+            &["203.0.113.0/24"],
+            &[],
+        ),
+        rule(Action::Allow, Direction::Out, Protocol::Tcp, &[], &[443]),
+    ]);
+    let handle = std::thread::spawn(move || control.replace_policy(&after));
+    let generation = handle.join().unwrap();
+    assert_eq!(generation, 2);
+    assert_eq!(
+        filter.inbound(&in_tcp("203.0.113.5", 443, SYN_ACK), now),
+        Verdict::Drop(DropReason::Cut)
+    );
+    assert_eq!(
+        filter.inbound(&in_tcp("198.51.100.5", 443, SYN_ACK), now),
+        Verdict::Pass
+    );
+    assert_eq!(
+        filter.outbound(&out_tcp("192.0.2.99", 443, SYN), now),
+        Verdict::Pass
+    );
+    assert_eq!(filter.tracked_flows(), 2);
+    assert_eq!(
+        filter.outbound(&out_tcp("203.0.113.5", 443, SYN), now),
+        Verdict::Drop(DropReason::Rule)
+    );
+}
+
+#[test]
+fn refusal_reports_are_rate_limited_and_counted() {
+    let policy = web_policy();
+    let (mut filter, control) = new_filter(&policy);
+    let start = Instant::now();
+    let denied = out_tcp("198.51.100.1", 22, SYN);
+    for _ in 0..500 {
+        assert_eq!(
+            filter.outbound(&denied, start),
+            Verdict::Drop(DropReason::Default)
+        );
+    }
+    let refusals = control.drain_refusals();
+    assert_eq!(refusals.len(), REFUSAL_BURST as usize);
+    assert_eq!(
+        refusals[0].to_string(),
+        "refused outbound tcp 192.168.7.2:40000 -> 198.51.100.1:22 (default)"
+    );
+    let counters = control.counters();
+    assert_eq!(counters.refusals_reported, u64::from(REFUSAL_BURST));
+    assert_eq!(counters.refusals_suppressed, 500 - u64::from(REFUSAL_BURST));
+    assert_eq!(counters.outbound.dropped_total(), 500);
+    for _ in 0..500 {
+        filter.outbound(&denied, start + Duration::from_secs(1));
+    }
+    assert_eq!(control.drain_refusals().len(), REFUSALS_PER_SECOND as usize);
+}
+
+#[test]
+fn fragments_follow_an_allowed_first_fragment_only() {
+    let policy = policy(vec![rule(
+        Action::Allow,
+        Direction::Out,
+        Protocol::Udp,
+        &[],
+        &[9999],
+    )]);
+    let (mut filter, _) = new_filter(&policy);
+    let now = Instant::now();
+    let mut first_payload = vec![0x13, 0x88, 0x27, 0x0f, 0x00, 0x40, 0, 0];
+    first_payload.extend_from_slice(&[0; 32]);
+    let send =
+        |filter: &mut Filter, identification: u16, offset: u16, more: bool, payload: &[u8]| {
+            filter.outbound(
+                &ipv4_fragment(
+                    (GUEST_MAC, PEER_MAC),
+                    (guest4(), ip("198.51.100.1")),
+                    17,
+                    (identification, offset, more),
+                    payload,
+                ),
+                now,
+            )
+        };
+    assert_eq!(
+        send(&mut filter, 9, 5, false, &[0; 24]),
+        Verdict::Drop(DropReason::Fragment)
+    );
+    assert_eq!(send(&mut filter, 9, 0, true, &first_payload), Verdict::Pass);
+    assert_eq!(send(&mut filter, 9, 5, false, &[0; 24]), Verdict::Pass);
+    let mut denied_first = first_payload.clone();
+    denied_first[2..4].copy_from_slice(&22u16.to_be_bytes());
+    assert_eq!(
+        send(&mut filter, 10, 0, true, &denied_first),
+        Verdict::Drop(DropReason::Default)
+    );
+    assert_eq!(
+        send(&mut filter, 10, 5, false, &[0; 24]),
+        Verdict::Drop(DropReason::Fragment)
+    );
+}
+
+#[test]
+fn ipv6_extension_chains_and_fragments() {
+    let policy = policy(vec![rule(
+        Action::Allow,
+        Direction::Out,
+        Protocol::Tcp,
+        &[],
+        &[443],
+    )]);
+    let (mut filter, _) = new_filter(&policy);
+    let now = Instant::now();
+    let mut tcp = vec![
+        0x9c, 0x40, 0x01, 0xbb, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0,
+    ];
+    // hop-by-hop -> destination options -> fragment (first, more) -> TCP
+    let mut chain = vec![
+        60, 0, 1, 4, 0, 0, 0, 0, 44, 0, 1, 4, 0, 0, 0, 0, 6, 0, 0, 1, 0, 0, 0, 7,
+    ];
+    chain.append(&mut tcp.clone());
+    let first = ipv6_frame(GUEST_MAC, PEER_MAC, "fd00::2", "2001:db8::1", 0, 64, &chain);
+    assert_eq!(filter.outbound(&first, now), Verdict::Pass);
+    let later = ipv6_frame(
+        GUEST_MAC,
+        PEER_MAC,
+        "fd00::2",
+        "2001:db8::1",
+        44,
+        64,
+        &[6, 0, 0, 8, 0, 0, 0, 7, 1, 2, 3, 4, 5, 6, 7, 8],
+    );
+    assert_eq!(filter.outbound(&later, now), Verdict::Pass);
+    let unknown_series = ipv6_frame(
+        GUEST_MAC,
+        PEER_MAC,
+        "fd00::2",
+        "2001:db8::1",
+        44,
+        64,
+        &[6, 0, 0, 8, 0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8],
+    );
+    assert_eq!(
+        filter.outbound(&unknown_series, now),
+        Verdict::Drop(DropReason::Fragment)
+    );
+    // hop-by-hop after another extension header is malformed
+    let mut misplaced = vec![0, 0, 1, 4, 0, 0, 0, 0, 6, 0, 1, 4, 0, 0, 0, 0];
+    misplaced.append(&mut tcp);
+    let bad = ipv6_frame(
+        GUEST_MAC,
+        PEER_MAC,
+        "fd00::2",
+        "2001:db8::1",
+        60,
+        64,
+        &misplaced,
+    );
+    assert_eq!(
+        filter.outbound(&bad, now),
+        Verdict::Drop(DropReason::Unparseable)
+    );
+}
+
+#[test]
+fn truncated_or_odd_frames_never_pass() {
+    let policy = policy(vec![rule(
+        Action::Allow,
+        Direction::Both,
+        Protocol::Any,
+        &[],
+        &[],
+    )]);
+    let (mut filter, _) = new_filter(&policy);
+    let now = Instant::now();
+    let frames = [
+        out_tcp("203.0.113.5", 443, SYN),
+        udp_frame(
+            GUEST_MAC,
+            PEER_MAC,
+            (guest4(), 1),
+            (ip("203.0.113.5"), 2),
+            b"data",
+        ),
+        echo_frame(GUEST_MAC, PEER_MAC, guest6(), ip("2001:db8::1"), 1, false),
+        arp_frame(GUEST_MAC, 1, GUEST_MAC, [192, 168, 7, 2], [192, 168, 7, 1]),
+    ];
+    for frame in &frames {
+        for length in 0..frame.len() {
+            let verdict = filter.outbound(&frame[..length], now);
+            assert!(
+                matches!(verdict, Verdict::Drop(DropReason::Unparseable)),
+                "{length} of {frame:?}: {verdict:?}"
+            );
+        }
+        assert_eq!(filter.outbound(frame, now), Verdict::Pass);
+    }
+    let mut tagged = frames[0].clone();
+    tagged.splice(12..12, [0x81, 0x00, 0x00, 0x05]);
+    assert_eq!(
+        filter.outbound(&tagged, now),
+        Verdict::Drop(DropReason::Unsupported)
+    );
+    let mut bad_offset = frames[0].clone();
+    bad_offset[14 + 20 + 12] = 0x40;
+    assert_eq!(
+        filter.outbound(&bad_offset, now),
+        Verdict::Drop(DropReason::Unparseable)
+    );
+}
+
+#[test]
+fn inbound_frames_for_someone_else_are_dropped() {
+    let policy = policy(vec![rule(
+        Action::Allow,
+        Direction::Both,
+        Protocol::Any,
+        &[],
+        &[],
+    )]);
+    let (mut filter, _) = new_filter(&policy);
+    let now = Instant::now();
+    let other_mac = tcp_frame(
+        PEER_MAC,
+        OTHER_MAC,
+        (ip("203.0.113.5"), 443),
+        (guest4(), 1),
+        SYN,
+    );
+    let other_ip = tcp_frame(
+        PEER_MAC,
+        GUEST_MAC,
+        (ip("203.0.113.5"), 443),
+        (ip("192.168.7.9"), 1),
+        SYN,
+    );
+    let broadcast = udp_frame(
+        PEER_MAC,
+        [0xff; 6],
+        (ip("192.168.7.1"), 1),
+        (ip("255.255.255.255"), 2),
+        b"x",
+    );
+    assert_eq!(
+        filter.inbound(&other_mac, now),
+        Verdict::Drop(DropReason::NotForGuest)
+    );
+    assert_eq!(
+        filter.inbound(&other_ip, now),
+        Verdict::Drop(DropReason::NotForGuest)
+    );
+    assert_eq!(filter.inbound(&broadcast, now), Verdict::Pass);
+}
+
+#[test]
+fn control_is_shareable_and_filter_movable() {
+    fn shareable<T: Clone + Send + Sync + 'static>() {}
+    fn movable<T: Send + 'static>() {}
+    shareable::<FilterControl>();
+    movable::<Filter>();
+    let policy = web_policy();
+    let (_, control) = new_filter(&policy);
+    assert_eq!(control.counters().rules_generation, 1);
+    assert_eq!(control.replace_policy(&policy), 2);
+    assert_eq!(control.clone().counters().rules_generation, 2);
+}
+
+#[test]
+fn benchmark_mix_has_both_verdicts() {
+    let report = bench::measure(10);
+    assert_eq!(report.rules, 10);
+    assert!(
+        report.allowed_fraction > 0.0 && report.allowed_fraction < 1.0,
+        "{report:?}"
+    );
+    assert!(report.new_flow_ns > 0.0 && report.established_ns > 0.0 && report.rule_lookup_ns > 0.0);
+}
