@@ -35,6 +35,8 @@ pub enum ThreadKind {
     NetIo,
     /// Copies the terminal into the serial device.
     ConsoleInput,
+    /// Prints what the network filters refused.
+    Reporter,
     /// Waits for the VM to stop, then stops the other threads.
     Main,
 }
@@ -123,7 +125,7 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<u64>) {
                 .collect(),
             vec![KVM_SIGNAL_MSI()],
         ),
-        ThreadKind::ConsoleInput => (vec![], vec![]),
+        ThreadKind::ConsoleInput | ThreadKind::Reporter => (vec![], vec![]),
         ThreadKind::Main => (
             vec![libc::SYS_ioctl, libc::SYS_tgkill],
             vec![libc::TCGETS, libc::TCSETS],
@@ -232,6 +234,7 @@ mod tests {
             ThreadKind::BlockIo,
             ThreadKind::NetIo,
             ThreadKind::ConsoleInput,
+            ThreadKind::Reporter,
             ThreadKind::Main,
         ] {
             assert!(!filter_for(kind).unwrap().is_empty());

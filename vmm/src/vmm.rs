@@ -5,12 +5,13 @@
 
 use std::fs::File;
 use std::io;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use guest_policy::ExternalMedia;
+use guest_policy::{Action, ExternalMedia, NetworkPolicy};
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use vmm_sys_util::eventfd::EventFd;
@@ -33,9 +34,10 @@ use crate::devices::serial::{SerialDevice, UnbufferedStdout};
 use crate::devices::virtio::block::{
     disk_id_from_path, Block, BlockBackend, BlockError, RawFileBackend,
 };
-use crate::devices::virtio::net::{AllowAll, Net, NetError, Tap, TapError};
+use crate::devices::virtio::net::{Net, NetError, PolicyFilter, Tap, TapError};
 use crate::exit::{ExitNotifier, ExitReason};
 use crate::loader::{load_cmdline, load_initrd, load_kernel, LoaderError};
+use crate::netfilter::{Filter, FilterConfig, FilterControl, DEFAULT_CONNTRACK_CAPACITY};
 use crate::policy::{load_role, ActiveRole, PolicyLoadError};
 use crate::seccomp::{self, SeccompError, ThreadKind};
 use crate::storage::external::ExternalMediaPolicy;
@@ -131,11 +133,7 @@ fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
         None => None,
     };
     let disks = open_disks(config, role.as_ref())?;
-    let mut nets = Vec::with_capacity(config.nets.len());
-    for net in &config.nets {
-        let tap = Tap::open(&net.tap)?;
-        nets.push(Net::new(tap, net.effective_mac(), Box::new(AllowAll))?);
-    }
+    let (nets, filter_controls) = open_nets(config, role.as_ref())?;
 
     let vm = Arc::new(Vm::new(&config.kvm_device)?);
     vm.check_vcpu_count(usize::from(config.cpus))?;
@@ -250,6 +248,7 @@ fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
         source,
     })?;
 
+    spawn_refusal_reporter(filter_controls, config.seccomp)?;
     let stop = Arc::new(AtomicBool::new(false));
     let context = VcpuContext {
         pio,
@@ -285,6 +284,99 @@ fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
         handle.stop();
     }
     Ok(reason)
+}
+
+/// Opens every `--net` TAP with the role's network filter in front of it
+/// (without a policy, one that refuses everything: default deny).
+fn open_nets(
+    config: &VmConfig,
+    role: Option<&ActiveRole>,
+) -> Result<(Vec<Net>, Vec<FilterControl>), VmmError> {
+    let deny_all = NetworkPolicy {
+        default_action: Action::Deny,
+        rules: vec![],
+        dns_resolvers: vec![],
+        vpn: None,
+    };
+    let rules = match role {
+        Some(active) => &active.role.network,
+        None => {
+            if !config.nets.is_empty() {
+                log::warn!("no --policy: the network filter refuses every connection");
+            }
+            &deny_all
+        }
+    };
+    let mut nets = Vec::with_capacity(config.nets.len());
+    let mut controls = Vec::with_capacity(config.nets.len());
+    for net in &config.nets {
+        if net.addresses.is_empty() {
+            log::warn!(
+                "--net {net}: no ip= given, so the guest may send no IP traffic on it (anti-spoofing)"
+            );
+        }
+        let (filter, control) = Filter::new(FilterConfig {
+            guest_mac: net.effective_mac(),
+            guest_ipv4: net
+                .addresses
+                .iter()
+                .filter_map(|a| match a {
+                    IpAddr::V4(v4) => Some(*v4),
+                    IpAddr::V6(_) => None,
+                })
+                .collect(),
+            guest_ipv6: net
+                .addresses
+                .iter()
+                .filter_map(|a| match a {
+                    IpAddr::V6(v6) => Some(*v6),
+                    IpAddr::V4(_) => None,
+                })
+                .collect(),
+            dhcp: false,
+            conntrack_capacity: DEFAULT_CONNTRACK_CAPACITY,
+            policy: rules,
+        });
+        let tap = Tap::open(&net.tap)?;
+        nets.push(Net::new(
+            tap,
+            net.effective_mac(),
+            Box::new(PolicyFilter::new(filter)),
+        )?);
+        controls.push(control);
+    }
+    Ok((nets, controls))
+}
+
+/// Every second, prints the network refusals the filters report (they
+/// rate-limit themselves) on stderr.
+fn spawn_refusal_reporter(controls: Vec<FilterControl>, seccomp_on: bool) -> Result<(), VmmError> {
+    if controls.is_empty() {
+        return Ok(());
+    }
+    std::thread::Builder::new()
+        .name("net-report".into())
+        .spawn(move || {
+            if seccomp_on {
+                if let Err(e) = seccomp::install(ThreadKind::Reporter) {
+                    log::error!("network refusal reports stopped: {e}");
+                    return;
+                }
+            }
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                for control in &controls {
+                    for refusal in control.drain_refusals() {
+                        eprintln!("securevm: network: {refusal}");
+                    }
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(|source| VmmError::Io {
+            what: "starting the network report thread",
+            source,
+        })
 }
 
 /// Opens every `--disk` (LUKS volumes with the disk passphrase, others

@@ -24,3 +24,22 @@ impl FrameFilter for AllowAll {
         true
     }
 }
+
+/// The policy filter ([`crate::netfilter::Filter`]) behind the seam.
+pub struct PolicyFilter(crate::netfilter::Filter);
+
+impl PolicyFilter {
+    pub fn new(filter: crate::netfilter::Filter) -> Self {
+        Self(filter)
+    }
+}
+
+impl FrameFilter for PolicyFilter {
+    fn outbound(&mut self, frame: &[u8]) -> bool {
+        self.0.outbound(frame, std::time::Instant::now()) == crate::netfilter::Verdict::Pass
+    }
+
+    fn inbound(&mut self, frame: &[u8]) -> bool {
+        self.0.inbound(frame, std::time::Instant::now()) == crate::netfilter::Verdict::Pass
+    }
+}

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP};
 
 pub use backend::NetBackend;
-pub use filter::{AllowAll, FrameFilter};
+pub use filter::{AllowAll, FrameFilter, PolicyFilter};
 pub use tap::{check_interface_name, InterfaceNameError, Tap, TapError};
 
 use super::{
