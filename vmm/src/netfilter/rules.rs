@@ -298,6 +298,9 @@ struct Node {
     first_portless: u32,
     ports_at: u32,
     ports_len: u32,
+    /// The rule for every port when the port table has one interval, read
+    /// without touching the shared arrays.
+    uniform_port_rule: u32,
     chain_at: u32,
     chain_len: u32,
 }
@@ -350,6 +353,9 @@ impl<K: AddressKey> AddressTable<K> {
         let Some(port) = port else {
             return node.first_portless;
         };
+        if node.ports_len == 1 {
+            return node.uniform_port_rule;
+        }
         let at = node.ports_at as usize;
         let end = at + node.ports_len as usize;
         let (Some(starts), Some(rules)) =
@@ -562,6 +568,7 @@ fn build_node(
             .map_or(NO_RULE, |(rule, _)| *rule),
         ports_at: ports_at as u32,
         ports_len: (port_rules.len() - ports_at) as u32,
+        uniform_port_rule: port_rules.get(ports_at).copied().unwrap_or(NO_RULE),
         chain_at: 0,
         chain_len: 0,
     }
