@@ -270,16 +270,15 @@ const BUCKETS: usize = 1 << 16;
 struct AddressTable<K> {
     /// Sorted starts of the segments; `segment_starts[0]` is zero.
     segment_starts: Vec<K>,
-    /// The deepest node containing each segment.
-    segment_nodes: Vec<u32>,
+    /// For each segment, its chain in `chain_nodes` as (start, length).
+    segment_chains: Vec<(u32, u32)>,
     /// For each top-16-bit bucket, the segment containing its first address
     /// (empty for small tables and IPv6).
     bucket_segments: Vec<u32>,
-    nodes: Vec<Node>,
-    /// Each node's chain (itself and its enclosing blocks) ordered by
-    /// `first_rule`, at `chain_at..chain_at + chain_len`: a lookup stops at
-    /// the first node that cannot beat the best rule found so far.
-    chains: Vec<u32>,
+    /// Each deepest block's chain (itself and its enclosing blocks) ordered
+    /// by `first_rule`, copied contiguously so a lookup reads it in a line
+    /// or two and stops at the first node that cannot beat the best rule.
+    chain_nodes: Vec<Node>,
     /// All nodes' port tables: sorted interval starts (each table starts at
     /// zero) and the first matching rule of each interval.
     port_starts: Vec<u16>,
@@ -290,16 +289,15 @@ struct AddressTable<K> {
 /// slice `ports_at..ports_at + ports_len` of the table's shared port arrays.
 #[derive(Debug, Clone, Copy)]
 struct Node {
-    /// Enclosing block, `NO_RULE` for the root.
-    parent: u32,
     /// Smallest rule index in this node: lets a lookup skip the node.
     first_rule: u32,
     /// First rule without ports (the only kind that matches port-less traffic).
     first_portless: u32,
     ports_at: u32,
     ports_len: u32,
-    chain_at: u32,
-    chain_len: u32,
+    /// The rule for every port when the port table has one interval, read
+    /// without touching the shared arrays.
+    uniform_port_rule: u32,
 }
 
 impl<K: AddressKey> AddressTable<K> {
@@ -321,23 +319,15 @@ impl<K: AddressKey> AddressTable<K> {
 
     fn first_match(&self, address: K, port: Option<u16>) -> u32 {
         let segment = self.segment_of(address);
-        let Some(deepest) = self
-            .segment_nodes
-            .get(segment)
-            .and_then(|node| self.nodes.get(*node as usize))
-        else {
+        let Some(&(chain_at, chain_len)) = self.segment_chains.get(segment) else {
             return NO_RULE;
         };
-        let chain_at = deepest.chain_at as usize;
         let chain = self
-            .chains
-            .get(chain_at..chain_at + deepest.chain_len as usize)
+            .chain_nodes
+            .get(chain_at as usize..(chain_at + chain_len) as usize)
             .unwrap_or_default();
         let mut best = NO_RULE;
-        for node in chain
-            .iter()
-            .filter_map(|node| self.nodes.get(*node as usize))
-        {
+        for node in chain {
             if node.first_rule >= best {
                 break;
             }
@@ -350,6 +340,9 @@ impl<K: AddressKey> AddressTable<K> {
         let Some(port) = port else {
             return node.first_portless;
         };
+        if node.ports_len == 1 {
+            return node.uniform_port_rule;
+        }
         let at = node.ports_at as usize;
         let end = at + node.ports_len as usize;
         let (Some(starts), Some(rules)) =
@@ -446,23 +439,28 @@ impl<'p, K: AddressKey> TableBuilder<'p, K> {
         let nodes = self
             .rules
             .iter()
-            .zip(parents)
-            .map(|(rules, parent)| build_node(rules, parent, &mut port_starts, &mut port_rules))
+            .map(|rules| build_node(rules, &mut port_starts, &mut port_rules))
             .collect();
-        let mut nodes: Vec<Node> = nodes;
-        let mut chains = Vec::new();
-        for index in 0..nodes.len() {
-            let mut chain = Vec::new();
-            let mut at = index as u32;
-            while let Some(node) = nodes.get(at as usize) {
-                chain.push(at);
-                at = node.parent;
-            }
-            chain.sort_by_key(|node| nodes[*node as usize].first_rule);
-            nodes[index].chain_at = chains.len() as u32;
-            nodes[index].chain_len = chain.len() as u32;
-            chains.extend(chain);
-        }
+        let nodes: Vec<Node> = nodes;
+        let mut chain_nodes = Vec::new();
+        let mut chain_of_node = vec![None; nodes.len()];
+        let segment_chains = segment_nodes
+            .iter()
+            .map(|&deepest| {
+                *chain_of_node[deepest as usize].get_or_insert_with(|| {
+                    let mut chain = Vec::new();
+                    let mut at = deepest;
+                    while let Some(node) = nodes.get(at as usize) {
+                        chain.push(*node);
+                        at = parents[at as usize];
+                    }
+                    chain.sort_by_key(|node| node.first_rule);
+                    let chain_at = chain_nodes.len() as u32;
+                    chain_nodes.extend_from_slice(&chain);
+                    (chain_at, chain.len() as u32)
+                })
+            })
+            .collect();
         let bucket_segments =
             if K::ZERO.bucket().is_some() && segment_starts.len() > BUCKET_INDEX_MIN_SEGMENTS {
                 let mut segment = 0;
@@ -483,10 +481,9 @@ impl<'p, K: AddressKey> TableBuilder<'p, K> {
             };
         AddressTable {
             segment_starts,
-            segment_nodes,
+            segment_chains,
             bucket_segments,
-            nodes,
-            chains,
+            chain_nodes,
             port_starts,
             port_rules,
         }
@@ -497,7 +494,6 @@ impl<'p, K: AddressKey> TableBuilder<'p, K> {
 /// claimed by an earlier rule; a skip list keeps each interval painted once.
 fn build_node(
     rules: &[(u32, &[PortRange])],
-    parent: u32,
     port_starts: &mut Vec<u16>,
     port_rules: &mut Vec<u32>,
 ) -> Node {
@@ -554,7 +550,6 @@ fn build_node(
         }
     }
     Node {
-        parent,
         first_rule: rules.first().map_or(NO_RULE, |(rule, _)| *rule),
         first_portless: rules
             .iter()
@@ -562,8 +557,7 @@ fn build_node(
             .map_or(NO_RULE, |(rule, _)| *rule),
         ports_at: ports_at as u32,
         ports_len: (port_rules.len() - ports_at) as u32,
-        chain_at: 0,
-        chain_len: 0,
+        uniform_port_rule: port_rules.get(ports_at).copied().unwrap_or(NO_RULE),
     }
 }
 
