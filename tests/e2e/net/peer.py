@@ -6,6 +6,7 @@ Serves, on addresses already configured on the TAP:
   udp ADDR:PORT   logs every datagram with its source address
   dns ADDR NAME=IP...  answers A queries for NAME with IP (TTL 60), NXDOMAIN otherwise
   connect ADDR:PORT    (after --delay s) tries to connect to the guest, logs the outcome
+  sink ADDR:PORT  counts what each connection sends, logs bytes and seconds
 Every event is one line in the log file given by --log. Stops on SIGTERM.
 """
 import argparse
@@ -46,6 +47,31 @@ def udp_server(addr, port, path):
     while True:
         data, peer = s.recvfrom(2048)
         log(path, f"udp {addr}:{port} from {peer[0]}:{peer[1]} {data.decode(errors='replace').strip()}")
+
+
+def sink_server(addr, port, path):
+    """Counts the bytes of each connection; logs first-to-last-byte time."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, port))
+    s.listen(1)
+    while True:
+        conn, peer = s.accept()
+        conn.settimeout(30)
+        total, first, last = 0, None, None
+        try:
+            while True:
+                b = conn.recv(1 << 16)
+                if not b:
+                    break
+                last = time.monotonic()
+                first = first or last
+                total += len(b)
+        except OSError:
+            pass
+        conn.close()
+        secs = (last - first) if first else 0.0
+        log(path, f"sink {addr}:{port} from {peer[0]} bytes={total} secs={secs:.3f}")
 
 
 def dns_answer(query, names):
@@ -104,6 +130,7 @@ def main():
     p.add_argument("--name", action="append", default=[], help="NAME=IP for --dns")
     p.add_argument("--connect", action="append", default=[], help="ADDR:PORT to try")
     p.add_argument("--delay", type=float, default=20.0)
+    p.add_argument("--sink", action="append", default=[], help="ADDR:PORT counting received bytes")
     a = p.parse_args()
     threads = []
     for spec in a.tcp:
@@ -115,6 +142,9 @@ def main():
     if a.dns:
         names = dict(n.split("=", 1) for n in a.name)
         threads.append(threading.Thread(target=dns_server, args=(a.dns, names, a.log), daemon=True))
+    for spec in a.sink:
+        addr, port = spec.rsplit(":", 1)
+        threads.append(threading.Thread(target=sink_server, args=(addr, int(port), a.log), daemon=True))
     for spec in a.connect:
         addr, port = spec.rsplit(":", 1)
         threads.append(threading.Thread(target=connector, args=(addr, int(port), a.delay, a.log), daemon=True))
