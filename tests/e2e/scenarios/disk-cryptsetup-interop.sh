@@ -18,7 +18,9 @@ prepare() {
     printf '%s\n' "$MARKER_B" >"$WORK/mount-write"
     make_script_disk "$WORK/b/e2e" "$(guest_script external-check.sh)" \
         "$(guest_script disk-by-serial.sh)" "$WORK/mount-write"
-    mkfs.ext4 -q -F -L plain "$WORK/b/plain.img" 32M
+    # 4096-byte filesystem blocks: the volume has 4096-byte sectors (the
+    # default), and a filesystem with smaller blocks cannot mount on it.
+    mkfs.ext4 -q -F -b 4096 -L plain "$WORK/b/plain.img" 32M
     "$SECUREVM" disk create --from "$WORK/b/plain.img" --kdf-memory 64M --kdf-time 4 \
         --passphrase-file "$WORK/disk.pass" "$WORK/b/stick.img" 2>&1 | grep -v '^warning: these Argon2id costs are weak'
 }
