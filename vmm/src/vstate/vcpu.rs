@@ -92,12 +92,13 @@ impl VcpuHandle {
 /// Runs until the VM is stopped (`None`) or the vCPU hits an exit that
 /// ends the VM (`Some(reason)`).
 fn run_loop(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
+    let mut profile = ExitProfile::new(index);
     loop {
         if ctx.stop.load(Ordering::Acquire) {
             return None;
         }
         match vcpu.run() {
-            Ok(exit) => match exit {
+            Ok(exit) => match profile.record(exit) {
                 VcpuExit::IoIn(port, data) => {
                     if !ctx.pio.read(u64::from(port), data) {
                         data.fill(0xff);
@@ -151,6 +152,49 @@ fn run_loop(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReaso
                     "vcpu{index}: KVM_RUN failed: {e}"
                 )));
             }
+        }
+    }
+}
+
+/// With debug logging on, counts userspace exits by kind and address and
+/// logs the busiest when the vCPU stops: where a guest's boot time goes.
+struct ExitProfile {
+    index: u8,
+    counts: Option<std::collections::BTreeMap<(&'static str, u64), u64>>,
+}
+
+impl ExitProfile {
+    fn new(index: u8) -> Self {
+        let counts = log::log_enabled!(log::Level::Debug).then(std::collections::BTreeMap::new);
+        Self { index, counts }
+    }
+
+    fn record<'a>(&mut self, exit: VcpuExit<'a>) -> VcpuExit<'a> {
+        if let Some(counts) = &mut self.counts {
+            let key = match &exit {
+                VcpuExit::IoIn(port, _) => ("pio-in", u64::from(*port)),
+                VcpuExit::IoOut(port, _) => ("pio-out", u64::from(*port)),
+                VcpuExit::MmioRead(addr, _) => ("mmio-read", *addr & !0xfff),
+                VcpuExit::MmioWrite(addr, _) => ("mmio-write", *addr & !0xfff),
+                _ => ("other", 0),
+            };
+            *counts.entry(key).or_default() += 1;
+        }
+        exit
+    }
+}
+
+impl Drop for ExitProfile {
+    fn drop(&mut self) {
+        if let Some(counts) = &self.counts {
+            let mut busiest: Vec<_> = counts.iter().collect();
+            busiest.sort_by(|a, b| b.1.cmp(a.1));
+            let total: u64 = counts.values().sum();
+            log::debug!(
+                "vcpu{}: {total} userspace exits; busiest: {:x?}",
+                self.index,
+                &busiest[..busiest.len().min(12)]
+            );
         }
     }
 }
