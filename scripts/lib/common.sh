@@ -24,9 +24,10 @@ need_root() {
 # libcryptsetup bindings. Tests: binutils assembles the tiny guests,
 # acpica-tools checks the ACPI tables, minisign checks signature interop,
 # cryptsetup-bin checks LUKS2 interop, qemu-utils and openssl are the disk
-# benchmark's baselines, util-linux's setpriv drops privileges in a test.
+# benchmark's baselines, util-linux's setpriv drops privileges in a test,
+# iproute2 and python3 are the network scenarios' TAP and peer in L1.
 BUILD_PKGS=(gcc libc6-dev make pkg-config libssl-dev libcryptsetup-dev clang libclang-dev)
-TEST_PKGS=(binutils acpica-tools minisign cryptsetup-bin qemu-utils openssl util-linux)
+TEST_PKGS=(binutils acpica-tools minisign cryptsetup-bin qemu-utils openssl util-linux iproute2 python3)
 
 # ensure_pkgs PKG...: apt-get install the packages that are not installed yet.
 # An `apt-get update` is run once if the first attempt fails (fresh CI hosts
