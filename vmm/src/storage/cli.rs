@@ -217,7 +217,7 @@ fn create(args: &CreateArgs) -> Result<(), StorageError> {
     let source = match &args.from {
         Some(raw) => {
             let file = File::open(raw).map_err(StorageError::io(raw))?;
-            let len = file.metadata().map_err(StorageError::io(raw))?.len();
+            let len = super::luks::medium_len(&file).map_err(StorageError::io(raw))?;
             if !len.is_multiple_of(u64::from(args.sector_size)) || len == 0 {
                 return Err(StorageError::InvalidOption(format!(
                     "{} is {len} bytes, not a positive multiple of the {}-byte sector size; \

@@ -26,7 +26,7 @@ pub struct VolumeInfo {
 /// described (see `cryptsetup luksDump`).
 pub fn volume_info(path: &Path) -> Result<VolumeInfo, StorageError> {
     let file = File::open(path).map_err(StorageError::io(path))?;
-    let file_len = file.metadata().map_err(StorageError::io(path))?.len();
+    let file_len = super::luks::medium_len(&file).map_err(StorageError::io(path))?;
     let version = header::luks_version(&file).map_err(|source| StorageError::Header {
         path: path.to_path_buf(),
         source,

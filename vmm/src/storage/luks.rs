@@ -8,7 +8,7 @@
 
 use std::ffi::CStr;
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Seek, SeekFrom};
 use std::os::raw::{c_char, c_int, c_void};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -249,6 +249,12 @@ fn format_file(
 
 /// Whether `path` starts with a LUKS header (either version, or a LUKS2
 /// image whose primary header is damaged but whose secondary survives).
+/// Size of an image file or a block device (whose metadata says 0).
+pub(crate) fn medium_len(file: &File) -> io::Result<u64> {
+    let mut handle = file;
+    handle.seek(SeekFrom::End(0))
+}
+
 pub fn is_luks(path: &Path) -> Result<bool, StorageError> {
     let file = File::open(path).map_err(StorageError::io(path))?;
     match header::luks_version(&file) {
@@ -429,7 +435,7 @@ fn layout_of(
             segment.offset
         )));
     }
-    let file_len = file.metadata().map_err(StorageError::io(path))?.len();
+    let file_len = medium_len(&file).map_err(StorageError::io(path))?;
     let sector = u64::from(segment.sector_size);
     let capacity = match segment.size {
         Some(size) => {
@@ -548,7 +554,7 @@ fn unlock_luks1(
     }
     let data_offset = status.get_data_offset().saturating_mul(512);
     let key_size = usize::try_from(status.get_volume_key_size()).unwrap_or(0);
-    let file_len = file.metadata().map_err(StorageError::io(path))?.len();
+    let file_len = medium_len(&file).map_err(StorageError::io(path))?;
     if file_len < data_offset.saturating_add(512) {
         return Err(StorageError::SegmentBeyondEnd {
             path: path.to_path_buf(),
