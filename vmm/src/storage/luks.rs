@@ -435,7 +435,7 @@ fn layout_of(
             segment.offset
         )));
     }
-    let file_len = medium_len(&file).map_err(StorageError::io(path))?;
+    let file_len = medium_len(file).map_err(StorageError::io(path))?;
     let sector = u64::from(segment.sector_size);
     let capacity = match segment.size {
         Some(size) => {
@@ -554,7 +554,7 @@ fn unlock_luks1(
     }
     let data_offset = status.get_data_offset().saturating_mul(512);
     let key_size = usize::try_from(status.get_volume_key_size()).unwrap_or(0);
-    let file_len = medium_len(&file).map_err(StorageError::io(path))?;
+    let file_len = medium_len(file).map_err(StorageError::io(path))?;
     if file_len < data_offset.saturating_add(512) {
         return Err(StorageError::SegmentBeyondEnd {
             path: path.to_path_buf(),
