@@ -195,8 +195,8 @@ impl fmt::Display for NetConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExternalMediaConfig {
     pub media: Vec<PathBuf>,
-    /// From `--external-policy`; `None` takes the role's rule (or `deny`
-    /// without a policy).
+    /// From `--external-policy`, which only exists without a policy;
+    /// `None` takes the role's rule (or `deny` without a policy).
     pub policy: Option<ExternalMediaPolicy>,
     /// The organisation's medium passphrase, for `encrypt`.
     pub passphrase_file: Option<PathBuf>,

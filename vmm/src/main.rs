@@ -97,8 +97,9 @@ struct RunArgs {
     /// A removable medium (image or block device), attached under --external-policy (repeatable).
     #[arg(long = "external", value_name = "PATH")]
     external: Vec<PathBuf>,
-    /// What happens to external media [default: the role's rule, else deny].
-    #[arg(long, value_enum)]
+    /// What happens to external media without a policy [default: deny]; with
+    /// --policy the role decides, and a user may not override it.
+    #[arg(long, value_enum, conflicts_with = "policy")]
     external_policy: Option<ExternalPolicyArg>,
     /// The organisation's passphrase for external media under `encrypt`.
     #[arg(long, value_name = "FILE")]

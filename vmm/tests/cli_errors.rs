@@ -385,3 +385,30 @@ fn the_role_decides_what_happens_to_external_media() {
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert_eq!(std::fs::read(&stick).unwrap(), vec![0x42u8; 1 << 20]);
 }
+
+#[test]
+fn the_command_line_cannot_override_the_roles_media_rule() {
+    let scratch = Scratch::new("override-role");
+    let kernel = hello(&scratch);
+    let (policy, key) = signed_example_policy(&scratch);
+    let out = securevm(&[
+        "run",
+        "--kernel",
+        &kernel,
+        "--policy",
+        policy.to_str().unwrap(),
+        "--policy-key",
+        key.to_str().unwrap(),
+        "--role",
+        "contractor",
+        "--external-policy",
+        "encrypt",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot be used with"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).is_empty());
+}
