@@ -35,6 +35,8 @@ pub enum ThreadKind {
     NetIo,
     /// Copies the terminal into the serial device.
     ConsoleInput,
+    /// Writes the guest's console output to stdout.
+    ConsoleOutput,
     /// Prints what the network filters refused.
     Reporter,
     /// Waits for the VM to stop, then stops the other threads.
@@ -125,7 +127,9 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<u64>) {
                 .collect(),
             vec![KVM_SIGNAL_MSI()],
         ),
-        ThreadKind::ConsoleInput | ThreadKind::Reporter => (vec![], vec![]),
+        ThreadKind::ConsoleInput | ThreadKind::ConsoleOutput | ThreadKind::Reporter => {
+            (vec![], vec![])
+        }
         ThreadKind::Main => (
             vec![libc::SYS_ioctl, libc::SYS_tgkill],
             vec![libc::TCGETS, libc::TCSETS],
@@ -234,6 +238,7 @@ mod tests {
             ThreadKind::BlockIo,
             ThreadKind::NetIo,
             ThreadKind::ConsoleInput,
+            ThreadKind::ConsoleOutput,
             ThreadKind::Reporter,
             ThreadKind::Main,
         ] {
