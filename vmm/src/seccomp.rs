@@ -37,6 +37,8 @@ pub enum ThreadKind {
     ConsoleInput,
     /// Writes the guest's console output to stdout.
     ConsoleOutput,
+    /// Encrypts and decrypts pieces of large disk requests, with their file I/O.
+    DiskCrypto,
     /// Prints what the network filters refused.
     Reporter,
     /// Waits for the VM to stop, then stops the other threads.
@@ -120,6 +122,7 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<u64>) {
                 .collect(),
             vec![KVM_SIGNAL_MSI()],
         ),
+        ThreadKind::DiskCrypto => (vec![libc::SYS_pread64, libc::SYS_pwrite64], vec![]),
         ThreadKind::NetIo => (
             [libc::SYS_ioctl]
                 .into_iter()
@@ -239,6 +242,7 @@ mod tests {
             ThreadKind::NetIo,
             ThreadKind::ConsoleInput,
             ThreadKind::ConsoleOutput,
+            ThreadKind::DiskCrypto,
             ThreadKind::Reporter,
             ThreadKind::Main,
         ] {

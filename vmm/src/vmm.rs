@@ -133,6 +133,11 @@ fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
         }
         None => None,
     };
+    if config.seccomp {
+        crate::storage::parallel::set_worker_start(|| {
+            seccomp::install(ThreadKind::DiskCrypto).map_err(|e| e.to_string())
+        });
+    }
     let disks = open_disks(config, role.as_ref())?;
     let (nets, filter_controls) = open_nets(config, role.as_ref())?;
 
