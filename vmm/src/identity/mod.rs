@@ -196,4 +196,6 @@ pub fn login(
 }
 
 #[cfg(test)]
+mod enroll_tests;
+#[cfg(test)]
 mod tests;
