@@ -118,8 +118,12 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     let audit = session.audit.clone();
     let result = run_session(config, &session);
     let reason = match &result {
-        Ok(reason) => format!("{reason:?}"),
-        Err(e) => format!("error: {e}"),
+        Ok(ExitReason::PowerOff) => "guest powered off".to_string(),
+        Ok(ExitReason::Reboot) => "guest rebooted".to_string(),
+        Ok(ExitReason::GuestCrash(_)) => "guest crashed".to_string(),
+        Ok(ExitReason::UserQuit) => "stopped from the console".to_string(),
+        Ok(ExitReason::Internal(what)) => format!("securevm failed: {what}"),
+        Err(e) => format!("securevm failed: {e}"),
     };
     audit.record_or_warn(Event::VmStop { reason });
     result
