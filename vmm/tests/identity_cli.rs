@@ -94,8 +94,7 @@ fn wrong_passphrase_and_unknown_user_get_the_same_answer() {
     let setup = Setup::new("wrong-credentials");
     let wrong = assert_login_refused(&setup.login("alice", "not alice's passphrase"));
     let unknown = assert_login_refused(&setup.login("mallory", ALICE_PASSPHRASE));
-    // A card-only user (bob has both here; "carol" does not exist) and a
-    // right passphrase under the wrong name are refused alike.
+    // Someone else's right passphrase under a real user id is refused alike.
     let swapped = assert_login_refused(&setup.login("bob", ALICE_PASSPHRASE));
     assert_eq!(wrong, unknown);
     assert_eq!(wrong, swapped);
