@@ -46,7 +46,7 @@ use crate::storage::luks::is_luks;
 use crate::storage::passphrase::{read_passphrase, PassphraseSource};
 use crate::storage::secret::SecretBuf;
 use crate::storage::{EncryptedBackend, StorageError};
-use crate::vstate::vcpu::{self, VcpuContext, VcpuHandle};
+use crate::vstate::vcpu::{self, VcpuContext, VcpuControl, VcpuHandle};
 use crate::vstate::vm::{Vm, VmError};
 
 #[derive(Debug, thiserror::Error)]
@@ -255,6 +255,7 @@ fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
         mmio,
         exit: exit.clone(),
         stop: stop.clone(),
+        control: VcpuControl::default(),
     };
     let mut vcpus: Vec<VcpuHandle> = Vec::with_capacity(vcpu_fds.len());
     for (index, fd) in vcpu_fds.into_iter().enumerate() {
