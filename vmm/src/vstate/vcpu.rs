@@ -452,7 +452,10 @@ mod tests {
         let me = unsafe { libc::pthread_self() };
         control.register(me);
         let err = control.pause(Duration::from_millis(50)).unwrap_err();
-        assert_eq!(err, VcpuControlError::PauseTimedOut(Duration::from_millis(50)));
+        assert_eq!(
+            err,
+            VcpuControlError::PauseTimedOut(Duration::from_millis(50))
+        );
         assert!(!control.is_paused());
         control.unregister(me);
     }
