@@ -37,6 +37,10 @@ pub enum ThreadKind {
     ConsoleInput,
     /// Prints what the network filters refused.
     Reporter,
+    /// Serves the control socket: accepts clients, reads requests with
+    /// deadlines, records pushed policies in the state file, kicks vCPU
+    /// threads for a pause, removes the socket file at the end.
+    Api,
     /// Waits for the VM to stop, then stops the other threads.
     Main,
 }
@@ -101,6 +105,32 @@ const NET_IO: &[i64] = &[
     libc::SYS_epoll_ctl,
 ];
 
+/// What a control API thread does besides the common set. The state file
+/// is replaced atomically (open, lock, write, fsync, rename, fsync of the
+/// directory); HashMap seeds come from getrandom.
+const API: &[i64] = &[
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_accept4,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_setsockopt,
+    libc::SYS_openat,
+    libc::SYS_statx,
+    libc::SYS_newfstatat,
+    libc::SYS_fstat,
+    libc::SYS_lseek,
+    libc::SYS_flock,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_rename,
+    libc::SYS_renameat,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+    libc::SYS_getrandom,
+    libc::SYS_tgkill,
+];
+
 fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<u64>) {
     let kvm_device_ioctls = [KVM_SIGNAL_MSI(), KVM_IOEVENTFD(), KVM_IRQFD()];
     match kind {
@@ -126,6 +156,7 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<u64>) {
             vec![KVM_SIGNAL_MSI()],
         ),
         ThreadKind::ConsoleInput | ThreadKind::Reporter => (vec![], vec![]),
+        ThreadKind::Api => (API.to_vec(), vec![]),
         ThreadKind::Main => (
             vec![libc::SYS_ioctl, libc::SYS_tgkill],
             vec![libc::TCGETS, libc::TCSETS],
@@ -235,6 +266,7 @@ mod tests {
             ThreadKind::NetIo,
             ThreadKind::ConsoleInput,
             ThreadKind::Reporter,
+            ThreadKind::Api,
             ThreadKind::Main,
         ] {
             assert!(!filter_for(kind).unwrap().is_empty());

@@ -258,21 +258,18 @@ fn accept_loop(listener: &UnixListener, stop: &EventFd, workers: &SyncSender<Uni
             return;
         }
         match listener.accept() {
-            Ok((stream, _)) => {
-                if stream.set_nonblocking(false).is_err() {
-                    continue;
+            // accept4 without SOCK_NONBLOCK: the client's socket blocks,
+            // whatever the listener does.
+            Ok((stream, _)) => match hand_over(workers, stream) {
+                Ok(()) => {}
+                Err(TrySendError::Full(mut stream)) => {
+                    let busy = ApiError::Busy(
+                        "the control API is busy with other requests; try again".into(),
+                    );
+                    write_response(&mut stream, &error_response(&busy), WRITE_TIMEOUT);
                 }
-                match hand_over(workers, stream) {
-                    Ok(()) => {}
-                    Err(TrySendError::Full(mut stream)) => {
-                        let busy = ApiError::Busy(
-                            "the control API is busy with other requests; try again".into(),
-                        );
-                        write_response(&mut stream, &error_response(&busy), WRITE_TIMEOUT);
-                    }
-                    Err(TrySendError::Disconnected(_)) => return,
-                }
-            }
+                Err(TrySendError::Disconnected(_)) => return,
+            },
             Err(e)
                 if matches!(
                     e.kind(),

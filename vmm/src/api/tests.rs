@@ -423,3 +423,129 @@ fn ctl_talks_to_the_server() {
     .unwrap_err();
     assert!(err.to_string().contains("is securevm running"), "{err}");
 }
+
+/// Set in the child process of [`the_api_threads_run_under_their_seccomp_filter`].
+const SECCOMP_CHILD_ENV: &str = "SECUREVM_API_SECCOMP_CHILD";
+
+/// The server threads of the child below install the `Api` filter, then
+/// serve every command against a live controller, including a policy push
+/// that writes the state file, and remove the socket. A syscall missing
+/// from the filter ends the child with the seccomp status.
+#[test]
+fn the_api_threads_run_under_their_seccomp_filter() {
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "api::tests::seccomp_child", "--nocapture"])
+        .env(SECCOMP_CHILD_ENV, "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{:?}\n{text}", output.status);
+    assert!(
+        text.contains("seccomp child: all commands served"),
+        "{text}"
+    );
+}
+
+#[test]
+fn seccomp_child() {
+    use super::client::{run, CtlArgs, CtlCommand};
+    use super::live::{LiveVm, LiveVmParts, NetDevice};
+    use super::policy_push::tests::Fixture;
+    use super::policy_push::PolicyVerifier;
+    use crate::exit::ExitNotifier;
+    use crate::netfilter::{Filter, FilterConfig};
+    use crate::policy::ActiveRole;
+    use crate::seccomp::{self, ThreadKind};
+    use crate::vstate::vcpu::VcpuControl;
+
+    if std::env::var_os(SECCOMP_CHILD_ENV).is_none() {
+        return;
+    }
+    let fixture = Fixture::new("seccomp");
+    let config = fixture.config("staff");
+    let first = fixture.upload(7);
+    let role = guest_policy::validate("p", &first.policy)
+        .unwrap()
+        .policy
+        .roles["staff"]
+        .clone();
+    let (filter, control) = Filter::new(FilterConfig {
+        guest_mac: [2, 0, 0, 0, 0, 1],
+        guest_ipv4: vec![],
+        guest_ipv6: vec![],
+        dhcp: false,
+        conntrack_capacity: 16,
+        policy: &role.network,
+    });
+    let (exit, exits) = ExitNotifier::new();
+    let vm = Arc::new(LiveVm::new(LiveVmParts {
+        user: None,
+        role: Some(ActiveRole {
+            name: "staff".into(),
+            policy_version: 7,
+            role,
+        }),
+        verifier: Some(PolicyVerifier::new(&config).unwrap()),
+        devices: vec![],
+        nets: vec![NetDevice {
+            tap: "tap0".into(),
+            mac: "02:00:00:00:00:01".into(),
+            addresses: vec![],
+            filter: control,
+        }],
+        media: MediaCounters::default(),
+        vcpus: VcpuControl::default(),
+        power_button: Box::new(|| Ok(())),
+        exit,
+    }));
+    let socket = fixture.dir.join("api.sock");
+    let server = ApiServer::start(
+        BoundSocket::bind(&socket).unwrap(),
+        ServerConfig {
+            thread_setup: Some(Arc::new(|| {
+                seccomp::install(ThreadKind::Api).map_err(|e| e.to_string())
+            })),
+            ..ServerConfig::default()
+        },
+        vm.clone(),
+    )
+    .unwrap();
+    let ctl = |command| {
+        run(&CtlArgs {
+            api_socket: socket.clone(),
+            command,
+        })
+    };
+    ctl(CtlCommand::Status { json: true }).unwrap();
+    let policy = fixture.dir.join("policy-8.toml");
+    let upload = fixture.upload(8);
+    std::fs::write(&policy, &upload.policy).unwrap();
+    std::fs::write(fixture.dir.join("policy-8.toml.minisig"), &upload.signature).unwrap();
+    ctl(CtlCommand::PushPolicy {
+        file: policy.clone(),
+    })
+    .unwrap();
+    assert_eq!(fixture.installed_version(), Some(8));
+    ctl(CtlCommand::PushPolicy { file: policy }).unwrap_err();
+    // No vCPUs here: pause is refused, but through the same code path.
+    ctl(CtlCommand::Pause).unwrap_err();
+    ctl(CtlCommand::Resume).unwrap();
+    ctl(CtlCommand::AttachExternal {
+        path: "/dev/null".into(),
+    })
+    .unwrap_err();
+    let main = thread::spawn(move || {
+        let reason = exits.recv().unwrap();
+        vm.vm_stopped(&reason);
+    });
+    ctl(CtlCommand::Shutdown { timeout: 1 }).unwrap_err();
+    main.join().unwrap();
+    server.stop();
+    assert!(!socket.exists());
+    drop(filter);
+    println!("seccomp child: all commands served");
+}
