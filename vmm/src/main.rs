@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use securevm::api::client::CtlArgs;
 use securevm::config::{
     DiskConfig, ExternalMediaConfig, NetConfig, RebootAction, VmConfig, DEFAULT_CMDLINE,
     DEFAULT_MEMORY_MIB,
@@ -33,13 +34,18 @@ enum Command {
     ///
     /// Exit status: 0 guest powered off, 1 error, 2 usage error, 3 guest
     /// rebooted, 4 guest crashed, 130 stopped with Ctrl-A x.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Create and manage LUKS2-encrypted disk images.
     #[command(subcommand)]
     Disk(DiskCommand),
     /// Measure securevm's own costs (figures for the README).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Control a running securevm through its --api-socket.
+    ///
+    /// Exit status: 0 success, 1 the command failed (one line on stderr
+    /// says why), 2 usage error.
+    Ctl(CtlArgs),
 }
 
 #[derive(Subcommand)]
@@ -128,6 +134,9 @@ struct RunArgs {
     /// The KVM device to use.
     #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
     kvm_device: PathBuf,
+    /// Serve the control API (`securevm ctl`) on this Unix socket (created mode 0600).
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
 }
 
 impl From<RunArgs> for VmConfig {
@@ -166,6 +175,7 @@ impl From<RunArgs> for VmConfig {
                 OnReboot::Restart => RebootAction::Restart,
             },
             kvm_device: args.kvm_device,
+            api_socket: args.api_socket,
         }
     }
 }
@@ -188,7 +198,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Run(args) => run(args.into()),
+        Command::Run(args) => run((*args).into()),
         Command::Disk(command) => match run_disk_command(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
@@ -196,6 +206,13 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Disk(args)) => match run_disk_bench(&args) {
             Ok(report) => {
                 print!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+        Command::Ctl(args) => match securevm::api::client::run(&args) {
+            Ok(output) => {
+                println!("{output}");
                 ExitCode::SUCCESS
             }
             Err(e) => fail(&e),

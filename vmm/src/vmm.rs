@@ -16,7 +16,12 @@ use guest_policy::{Action, ExternalMedia, NetworkPolicy};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::acpi::{create_acpi_tables, AcpiError};
+use crate::api::protocol::{Device, MediaCounters};
+use crate::api::{
+    ApiServer, BoundSocket, LiveVm, LiveVmParts, NetDevice, PolicyVerifier, ServerConfig,
+    SocketError,
+};
+use crate::arch::acpi::{create_acpi_tables, AcpiError, POWER_BUTTON_GSI};
 use crate::arch::boot_params::{configure_boot, BootConfig, BootError};
 use crate::arch::layout::{
     COM1_IRQ, COM1_PORT, PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_SIZE, PCI_ECAM_START,
@@ -89,6 +94,8 @@ pub enum VmmError {
     Policy(#[from] PolicyLoadError),
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    #[error(transparent)]
+    ApiSocket(#[from] SocketError),
     #[error("reading KVM's supported CPUID failed: {0}")]
     Cpuid(kvm_ioctls::Error),
     #[error("{what} failed: {source}")]
@@ -99,10 +106,12 @@ pub enum VmmError {
 }
 
 /// Boots the VM described by `config` and runs it until it stops; with
-/// `--on-reboot restart`, a guest reboot builds a fresh VM.
+/// `--on-reboot restart`, a guest reboot builds a fresh VM (under the
+/// policy in force, which may have been pushed since the start).
 pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
+    let mut policy_in_force = None;
     loop {
-        let reason = run_once(config)?;
+        let reason = run_once(config, &mut policy_in_force)?;
         if reason == ExitReason::Reboot && config.on_reboot == RebootAction::Restart {
             log::info!("guest rebooted; starting it again");
             continue;
@@ -111,8 +120,17 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     }
 }
 
-fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
+fn run_once(
+    config: &VmConfig,
+    policy_in_force: &mut Option<ActiveRole>,
+) -> Result<ExitReason, VmmError> {
     config.validate()?;
+    // Bound first, while securevm has no other threads (the socket's mode
+    // comes from a process-wide umask), and so a bad path fails at once.
+    let api_socket = match &config.api_socket {
+        Some(path) => Some(BoundSocket::bind(path)?),
+        None => None,
+    };
     // Every input is opened before KVM is touched: bad input fails fast,
     // and nothing is created or written on its behalf.
     let mut kernel = open_input("kernel", &config.kernel)?;
@@ -120,8 +138,9 @@ fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
         Some(path) => Some(open_input("initrd", path)?),
         None => None,
     };
-    let role = match &config.policy {
-        Some(policy) => {
+    let role = match (policy_in_force.take(), &config.policy) {
+        (Some(pushed), _) => Some(pushed),
+        (None, Some(policy)) => {
             let active = load_role(policy, SystemTime::now())?;
             log::info!(
                 "policy version {} accepted; role '{}' applies",
@@ -130,9 +149,13 @@ fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
             );
             Some(active)
         }
+        (None, None) => None,
+    };
+    let verifier = match &config.policy {
+        Some(policy) => Some(PolicyVerifier::new(policy)?),
         None => None,
     };
-    let disks = open_disks(config, role.as_ref())?;
+    let (disks, devices, media) = open_disks(config, role.as_ref())?;
     let (nets, filter_controls) = open_nets(config, role.as_ref())?;
 
     let vm = Arc::new(Vm::new(&config.kvm_device)?);
@@ -158,6 +181,11 @@ fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
         },
     )?;
     create_acpi_tables(memory.as_ref(), num_cpus)?;
+    let power_button = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::Io {
+        what: "creating the power button interrupt",
+        source,
+    })?;
+    vm.register_irqfd(&power_button, POWER_BUTTON_GSI)?;
 
     let (exit, exit_events) = ExitNotifier::new();
     let pio = Arc::new(Bus::new());
@@ -248,14 +276,15 @@ fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
         source,
     })?;
 
-    spawn_refusal_reporter(filter_controls, config.seccomp)?;
+    spawn_refusal_reporter(filter_controls.clone(), config.seccomp)?;
     let stop = Arc::new(AtomicBool::new(false));
+    let vcpu_control = VcpuControl::default();
     let context = VcpuContext {
         pio,
         mmio,
         exit: exit.clone(),
         stop: stop.clone(),
-        control: VcpuControl::default(),
+        control: vcpu_control.clone(),
     };
     let mut vcpus: Vec<VcpuHandle> = Vec::with_capacity(vcpu_fds.len());
     for (index, fd) in vcpu_fds.into_iter().enumerate() {
@@ -271,6 +300,42 @@ fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
         })?;
         vcpus.push(handle);
     }
+    let live = Arc::new(LiveVm::new(LiveVmParts {
+        user: None,
+        verifier,
+        role,
+        devices,
+        nets: config
+            .nets
+            .iter()
+            .zip(filter_controls)
+            .map(|(net, filter)| NetDevice {
+                tap: net.tap.clone(),
+                mac: format_mac(net.effective_mac()),
+                addresses: net.addresses.iter().map(IpAddr::to_string).collect(),
+                filter,
+            })
+            .collect(),
+        media,
+        vcpus: vcpu_control,
+        power_button: Box::new(move || power_button.write(1).map_err(|e| e.to_string())),
+        exit: exit.clone(),
+    }));
+    let api_server = match api_socket {
+        Some(socket) => Some(ApiServer::start(
+            socket,
+            ServerConfig {
+                thread_setup: config.seccomp.then(|| {
+                    Arc::new(|| seccomp::install(ThreadKind::Api).map_err(|e| e.to_string()))
+                        as crate::api::server::ThreadSetup
+                }),
+                ..ServerConfig::default()
+            },
+            live.clone(),
+        )?),
+        None => None,
+    };
+
     // A restart builds a new VM, which needs syscalls (open, mmap of new
     // memory, KVM setup) that the main thread's filter forbids.
     if config.seccomp && config.on_reboot == RebootAction::Exit {
@@ -284,6 +349,12 @@ fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
     for handle in vcpus {
         handle.stop();
     }
+    // A waiting `ctl shutdown` learns the outcome before the socket goes.
+    live.vm_stopped(&reason);
+    if let Some(server) = api_server {
+        server.stop();
+    }
+    *policy_in_force = live.active_role();
     Ok(reason)
 }
 
@@ -383,15 +454,23 @@ fn spawn_refusal_reporter(controls: Vec<FilterControl>, seccomp_on: bool) -> Res
 /// Opens every `--disk` (LUKS volumes with the disk passphrase, others
 /// raw) and every `--external` medium under the external-media policy.
 /// Secrets are read once and dropped (zeroized) before the VM starts.
-fn open_disks(config: &VmConfig, role: Option<&ActiveRole>) -> Result<Vec<Block>, VmmError> {
+/// Also returns the devices as the control API shows them and the media
+/// decisions.
+fn open_disks(
+    config: &VmConfig,
+    role: Option<&ActiveRole>,
+) -> Result<(Vec<Block>, Vec<Device>, MediaCounters), VmmError> {
     let mut blocks = Vec::new();
+    let mut devices = Vec::new();
+    let mut media = MediaCounters::default();
     let mut disk_passphrase: Option<SecretBuf> = None;
     for disk in &config.disks {
         let disk_error = |source| VmmError::Disk {
             path: disk.path.display().to_string(),
             source,
         };
-        let backend: Box<dyn BlockBackend> = if is_luks(&disk.path)? {
+        let encrypted = is_luks(&disk.path)?;
+        let backend: Box<dyn BlockBackend> = if encrypted {
             if disk_passphrase.is_none() {
                 let source = match &config.passphrase_file {
                     Some(file) => PassphraseSource::File(file),
@@ -411,7 +490,14 @@ fn open_disks(config: &VmConfig, role: Option<&ActiveRole>) -> Result<Vec<Block>
         } else {
             Box::new(RawFileBackend::open(&disk.path, disk.read_only).map_err(disk_error)?)
         };
-        blocks.push(Block::new(backend, &disk_id_from_path(&disk.path)).map_err(disk_error)?);
+        let id = disk_id_from_path(&disk.path);
+        blocks.push(Block::new(backend, &id).map_err(disk_error)?);
+        devices.push(Device::Disk {
+            id,
+            path: disk.path.display().to_string(),
+            read_only: disk.read_only,
+            encrypted,
+        });
     }
     drop(disk_passphrase);
 
@@ -436,20 +522,22 @@ fn open_disks(config: &VmConfig, role: Option<&ActiveRole>) -> Result<Vec<Block>
             eprintln!(
                 "securevm: external medium {shown} not attached: its serial '{id}' is not on the role's allow-list"
             );
+            media.denied += 1;
             continue;
         }
         let key = medium_key.as_ref().map(|k| k.as_bytes());
-        let backend: Box<dyn BlockBackend> =
+        let (backend, mode): (Box<dyn BlockBackend>, &str) =
             match attach_decision(media_policy, medium, key, external.format_blank)? {
                 ExternalAttach::Encrypted { backend, formatted } => {
                     if formatted {
                         log::warn!("external medium {shown} was blank and is now a LUKS2 volume");
                     }
-                    Box::new(backend)
+                    (Box::new(backend), "encrypt")
                 }
-                ExternalAttach::ReadOnly(backend) => Box::new(backend),
+                ExternalAttach::ReadOnly(backend) => (Box::new(backend), "read-only"),
                 ExternalAttach::Denied { reason } => {
                     eprintln!("securevm: external medium {reason}");
+                    media.denied += 1;
                     continue;
                 }
             };
@@ -457,8 +545,18 @@ fn open_disks(config: &VmConfig, role: Option<&ActiveRole>) -> Result<Vec<Block>
             path: shown.to_string(),
             source,
         })?);
+        media.attached += 1;
+        devices.push(Device::External {
+            id,
+            path: shown.to_string(),
+            mode: mode.to_string(),
+        });
     }
-    Ok(blocks)
+    Ok((blocks, devices, media))
+}
+
+fn format_mac(mac: [u8; 6]) -> String {
+    mac.map(|byte| format!("{byte:02x}")).join(":")
 }
 
 fn open_input(what: &'static str, path: &Path) -> Result<File, VmmError> {
