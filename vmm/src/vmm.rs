@@ -107,7 +107,7 @@ pub enum VmmError {
 
 /// Boots the VM described by `config` and runs it until it stops; with
 /// `--on-reboot restart`, a guest reboot builds a fresh VM (under the
-/// policy in force, which may have been pushed since the start).
+/// policy pushed since the start, if one was).
 pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     let mut policy_in_force = None;
     loop {
@@ -354,7 +354,7 @@ fn run_once(
     if let Some(server) = api_server {
         server.stop();
     }
-    *policy_in_force = live.active_role();
+    *policy_in_force = live.pushed_role();
     Ok(reason)
 }
 

@@ -6,6 +6,7 @@
 //! External media hot-plug is part of the protocol but not of this
 //! securevm yet: those requests are answered with 501.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -56,6 +57,8 @@ pub struct LiveVm {
     parts: LiveVmParts,
     /// The role in force; also serialises pushes.
     role: Mutex<Option<ActiveRole>>,
+    /// Whether a push replaced the role given at start.
+    pushed: AtomicBool,
     /// Serialises pause, resume and the start of a shutdown.
     run_state: Mutex<()>,
     stopped: Mutex<Option<ExitReason>>,
@@ -68,6 +71,7 @@ impl LiveVm {
         LiveVm {
             parts,
             role: Mutex::new(role),
+            pushed: AtomicBool::new(false),
             run_state: Mutex::new(()),
             stopped: Mutex::new(None),
             stopped_changed: Condvar::new(),
@@ -86,6 +90,16 @@ impl LiveVm {
     /// The role in force now (a pushed policy replaces the one at start).
     pub fn active_role(&self) -> Option<ActiveRole> {
         lock(&self.role).clone()
+    }
+
+    /// The role of the last pushed policy, if any was pushed: what a
+    /// restarted guest must run under (the file given at start is older).
+    pub fn pushed_role(&self) -> Option<ActiveRole> {
+        if self.pushed.load(Ordering::Acquire) {
+            self.active_role()
+        } else {
+            None
+        }
     }
 
     /// Waits until the VM stopped or `deadline`; returns how it ended.
@@ -107,6 +121,17 @@ impl LiveVm {
 
     fn is_stopping(&self) -> bool {
         lock(&self.stopped).is_some()
+    }
+}
+
+/// How the VM ended, in words for `ctl`.
+fn describe(reason: &ExitReason) -> String {
+    match reason {
+        ExitReason::PowerOff => "the guest powered off".into(),
+        ExitReason::Reboot => "the guest rebooted".into(),
+        ExitReason::GuestCrash(_) => "the guest crashed (securevm printed its registers)".into(),
+        ExitReason::UserQuit => "it was stopped from the console".into(),
+        ExitReason::Internal(what) => what.clone(),
     }
 }
 
@@ -187,6 +212,7 @@ impl VmController for LiveVm {
             network_devices: self.parts.nets.len(),
         };
         *role = Some(accepted);
+        self.pushed.store(true, Ordering::Release);
         Ok(applied)
     }
 
@@ -222,7 +248,7 @@ impl VmController for LiveVm {
         }
         let outcome = match self.wait_stopped(start + timeout) {
             Some(ExitReason::PowerOff) => ShutdownOutcome::PoweredOff,
-            Some(other) => ShutdownOutcome::Stopped(format!("{other:?}")),
+            Some(other) => ShutdownOutcome::Stopped(describe(&other)),
             None => {
                 self.parts.exit.request(ExitReason::Internal(format!(
                     "the guest did not power off within {} s of the ACPI power button; \
@@ -262,7 +288,7 @@ mod tests {
     use crate::api::policy_push::tests::Fixture;
     use crate::netfilter::{Filter, FilterConfig};
     use guest_policy::{Action, NetworkPolicy};
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
     use std::sync::Arc;
 
     fn deny_all() -> NetworkPolicy {
@@ -337,11 +363,13 @@ mod tests {
     fn a_pushed_policy_replaces_every_filters_rules() {
         let h = harness("live-push");
         assert_eq!(h.vm.status().network[0].rules_generation, 1);
+        assert!(h.vm.pushed_role().is_none());
         let applied = h.vm.push_policy(h._fixture.upload(8)).unwrap();
         assert_eq!((applied.previous_version, applied.version), (7, 8));
         let status = h.vm.status();
         assert_eq!(status.policy_version, Some(8));
         assert_eq!(status.network[0].rules_generation, 2);
+        assert_eq!(h.vm.pushed_role().unwrap().policy_version, 8);
         // The same version again changes nothing.
         assert!(h.vm.push_policy(h._fixture.upload(8)).is_err());
         assert_eq!(h.vm.status().network[0].rules_generation, 2);

@@ -14,7 +14,7 @@ use super::protocol::{
     MAX_SHUTDOWN_TIMEOUT_SECS,
 };
 
-/// Every route: path, method, and what `ctl` calls it.
+/// Every route as (method, path); `{id}` stands for one path segment.
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/status"),
     ("PUT", "/policy"),
@@ -81,10 +81,13 @@ fn dispatch(request: &Request, vm: &dyn VmController) -> Result<Response, ApiErr
             let id = vm.attach_external(&attach.path)?;
             Ok(ok(&serde_json::json!({ "id": id })))
         }
-        ("DELETE", _) if external_id(path).is_some() => {
-            vm.detach_external(external_id(path).unwrap_or_default())?;
-            Ok(ok(&serde_json::json!({})))
-        }
+        ("DELETE", _) => match external_id(path) {
+            Some(id) => {
+                vm.detach_external(id)?;
+                Ok(ok(&serde_json::json!({})))
+            }
+            None => Err(unknown(method, path)),
+        },
         _ => Err(unknown(method, path)),
     }
 }
@@ -94,18 +97,20 @@ fn external_id(path: &str) -> Option<&str> {
         .filter(|id| !id.is_empty() && !id.contains('/'))
 }
 
+fn route_matches(route: &str, path: &str) -> bool {
+    match route.strip_suffix("{id}") {
+        Some(prefix) => path.starts_with(prefix) && external_id(path).is_some(),
+        None => route == path,
+    }
+}
+
 fn unknown(method: &str, path: &str) -> ApiError {
-    let known_path = ROUTES.iter().any(|(_, route)| {
-        *route == path || (route.starts_with("/external/") && external_id(path).is_some())
-    });
-    if known_path {
-        let methods: Vec<&str> = ROUTES
-            .iter()
-            .filter(|(_, route)| {
-                *route == path || (route.starts_with("/external/") && external_id(path).is_some())
-            })
-            .map(|(m, _)| *m)
-            .collect();
+    let methods: Vec<&str> = ROUTES
+        .iter()
+        .filter(|(_, route)| route_matches(route, path))
+        .map(|(m, _)| *m)
+        .collect();
+    if !methods.is_empty() {
         ApiError::MethodNotAllowed(format!(
             "{path} does not take {method}; use {}",
             methods.join(" or ")
@@ -151,7 +156,9 @@ fn json_response<T: Serialize>(status: u16, value: &T) -> Response {
         Ok(body) => Response { status, body },
         Err(e) => Response {
             status: 500,
-            body: format!("{{\"error\":\"encoding the response failed: {e}\"}}").into_bytes(),
+            body: serde_json::json!({ "error": format!("encoding the response failed: {e}") })
+                .to_string()
+                .into_bytes(),
         },
     }
 }
