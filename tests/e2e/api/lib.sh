@@ -3,7 +3,7 @@
 # by them on top of tests/e2e/lib.sh: securevm runs in the background with
 # --api-socket while the scenario drives it with `securevm ctl`.
 
-API_DIR=$E2E_DIR/api
+API_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 # api_sign VERSION: $WORK/policy-vVERSION.toml and its minisign signature,
 # signed with $WORK/org.key (made by api_prepare_policies).
@@ -50,9 +50,11 @@ api_cleanup() {
 }
 
 # api_start ARG...: `securevm run ARG... --api-socket $API_SOCKET` in the
-# background, console and messages appended to $SERIAL_LOG.
+# background, console and messages appended to $SERIAL_LOG. The socket is
+# in a private temporary directory: $WORK may be a 9p share, where sockets
+# cannot be created, and its path is longer than a socket address allows.
 api_start() {
-    API_SOCKET=$WORK/api.sock
+    API_SOCKET=$(mktemp -d /tmp/securevm-api.XXXXXX)/vm.sock
     {
         printf '### %s run' "$SECUREVM"
         printf ' %q' "$@" --api-socket "$API_SOCKET"

@@ -6,7 +6,7 @@
 TIMEOUT=900
 BOUND_SECS=120
 # shellcheck source=tests/e2e/api/lib.sh
-source "$E2E_DIR/api/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../api/lib.sh"
 
 prepare() {
     cp --sparse=always "$DEBIAN_ROOTFS" "$WORK/debian-root.img"

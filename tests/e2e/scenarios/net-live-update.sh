@@ -5,7 +5,7 @@
 # cut at once and reported, and the filter counts the cut.
 TIMEOUT=420
 # shellcheck source=tests/e2e/api/lib.sh
-source "$E2E_DIR/api/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/../api/lib.sh"
 
 prepare() { api_prepare_transfers; }
 
