@@ -50,7 +50,9 @@ api_cleanup() {
 }
 
 # api_start ARG...: `securevm run ARG... --api-socket $API_SOCKET` in the
-# background, console and messages appended to $SERIAL_LOG. The socket is
+# background, the guest console appended to $SERIAL_LOG and securevm's own
+# messages to $VMM_ERR (apart, so that its reports cannot split a marker
+# the guest prints at the same moment). The socket is
 # in a private temporary directory: $WORK may be a 9p share, where sockets
 # cannot be created, and its path is longer than a socket address allows.
 api_start() {
@@ -60,8 +62,9 @@ api_start() {
         printf ' %q' "$@" --api-socket "$API_SOCKET"
         echo
     } >>"$SERIAL_LOG"
+    VMM_ERR=$WORK/securevm.err
     VMM_T0=$(date +%s%3N)
-    "$SECUREVM" run "$@" --api-socket "$API_SOCKET" </dev/null >>"$SERIAL_LOG" 2>&1 &
+    "$SECUREVM" run "$@" --api-socket "$API_SOCKET" </dev/null >>"$SERIAL_LOG" 2>>"$VMM_ERR" &
     VMM_PID=$!
 }
 
@@ -85,7 +88,7 @@ api_wait_exit() {
             VMM_EXIT=$?
             set -e
             VMM_SECS=$(awk -v ms=$(($(date +%s%3N) - VMM_T0)) 'BEGIN { printf "%.1f", ms / 1000 }')
-            echo "### exit status $VMM_EXIT after ${VMM_SECS}s" >>"$SERIAL_LOG"
+            echo "### exit status $VMM_EXIT after ${VMM_SECS}s; securevm's messages are in $VMM_ERR" >>"$SERIAL_LOG"
             return 0
         fi
         sleep 0.1
@@ -99,7 +102,7 @@ wait_serial() {
     local i
     for ((i = 0; i < $2 * 10; i++)); do
         tr -d '\r' <"$SERIAL_LOG" | grep -qF -- "$1" && return 0
-        kill -0 "$VMM_PID" 2>/dev/null || fail "securevm exited before the guest printed '$1'"
+        kill -0 "$VMM_PID" 2>/dev/null || fail "securevm exited before the guest printed '$1': $(tail -n1 "$VMM_ERR")"
         sleep 0.1
     done
     fail "the guest did not print '$1' within ${2}s"
@@ -112,6 +115,11 @@ ctl() {
     CTL_OUT=$("$SECUREVM" ctl --api-socket "$API_SOCKET" "$@" 2>&1) || status=$?
     printf '$ securevm ctl %s\n%s\n(status %d)\n' "$*" "$CTL_OUT" "$status" >>"$WORK/ctl.log"
     return "$status"
+}
+
+# expect_vmm_said TEXT: securevm printed a line containing TEXT on stderr.
+expect_vmm_said() {
+    grep -qF -- "$1" "$VMM_ERR" || fail "securevm never printed '$1' (see $VMM_ERR)"
 }
 
 # sink_field PORT KEY: KEY=value of the peer's log line for the sink at PORT.

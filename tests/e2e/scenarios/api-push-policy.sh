@@ -40,5 +40,5 @@ run() {
     denied=$(sink_field 5002 bytes)
     ((denied * 2 < allowed)) ||
         fail "the transfer to the denied sink did not stop: $denied bytes (allowed sink: $allowed)"
-    expect_serial "-> 192.0.2.1:5002 (cut"
+    expect_vmm_said "-> 192.0.2.1:5002 (cut"
 }

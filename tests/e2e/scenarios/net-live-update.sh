@@ -36,5 +36,5 @@ run() {
         fail "the denied transfer ran for ${denied_secs}s ($denied bytes); it should have been cut at the push"
     ((denied > 0)) || fail "the denied transfer never ran before the push"
     ((denied * 2 < allowed)) || fail "the denied transfer moved $denied bytes, the allowed one $allowed"
-    expect_serial "-> 192.0.2.1:5002 (cut"
+    expect_vmm_said "-> 192.0.2.1:5002 (cut"
 }
