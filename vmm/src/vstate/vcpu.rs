@@ -445,10 +445,10 @@ mod tests {
     #[test]
     fn a_thread_that_never_parks_makes_pause_time_out_and_undo() {
         let control = VcpuControl::default();
-        // Registered but never reaching a park point (stuck in a device).
-        // SAFETY: pthread_self has no preconditions; the current thread
-        // ignores the kick (handler installed first).
+        // Registered but never reaching a park point (stuck in a device);
+        // the kick's handler is installed first, so kicks are harmless.
         install_kick_handler().unwrap();
+        // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };
         control.register(me);
         let err = control.pause(Duration::from_millis(50)).unwrap_err();
