@@ -158,3 +158,19 @@ fn ctl_without_a_server_says_what_to_check() {
     );
     assert_eq!(text.lines().count(), 1, "{text}");
 }
+
+#[test]
+fn an_error_after_binding_leaves_no_socket_behind() {
+    let scratch = Scratch::new("api-error");
+    let socket = scratch.path("vm.sock");
+    let out = securevm(&[
+        "run",
+        "--kernel",
+        "/nonexistent",
+        "--api-socket",
+        socket.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("kernel"), "{}", stderr(&out));
+    assert!(!socket.exists());
+}

@@ -188,7 +188,8 @@ impl ApiServer {
                 if run_setup(&acceptor_config) {
                     accept_loop(&socket.listener, &stop_for_acceptor, &sender);
                 }
-                remove_socket_file(&socket);
+                // Dropping `socket` here removes the file.
+                drop(socket);
             })
             .map_err(SocketError::Spawn)?;
         threads.push(acceptor);
@@ -319,11 +320,14 @@ fn serve_connections(
     }
 }
 
-/// Removes the socket file if it is still the one this server created.
-fn remove_socket_file(socket: &BoundSocket) {
-    if let Ok(metadata) = std::fs::symlink_metadata(&socket.path) {
-        if (metadata.dev(), metadata.ino()) == socket.inode {
-            let _ = std::fs::remove_file(&socket.path);
+/// The socket file goes with the socket, whether it was served or not (an
+/// error after binding), if it is still the file this process created.
+impl Drop for BoundSocket {
+    fn drop(&mut self) {
+        if let Ok(metadata) = std::fs::symlink_metadata(&self.path) {
+            if (metadata.dev(), metadata.ino()) == self.inode {
+                let _ = std::fs::remove_file(&self.path);
+            }
         }
     }
 }
