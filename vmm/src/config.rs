@@ -229,6 +229,8 @@ pub struct VmConfig {
     pub seccomp: bool,
     pub on_reboot: RebootAction,
     pub kvm_device: PathBuf,
+    /// `--api-socket PATH`: where the control API listens.
+    pub api_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -296,6 +298,7 @@ mod tests {
             seccomp: true,
             on_reboot: RebootAction::Exit,
             kvm_device: "/dev/kvm".into(),
+            api_socket: None,
         }
     }
 

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use securevm::api::client::CtlArgs;
 use securevm::audit::cli::{run_audit_command, AuditCommand};
 use securevm::audit::AuditConfig;
 use securevm::config::{
@@ -47,6 +48,11 @@ enum Command {
     /// Measure securevm's own costs (figures for the README).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Control a running securevm through its --api-socket.
+    ///
+    /// Exit status: 0 success, 1 the command failed (one line on stderr
+    /// says why), 2 usage error.
+    Ctl(CtlArgs),
 }
 
 #[derive(Subcommand)]
@@ -154,6 +160,9 @@ struct RunArgs {
     /// The KVM device to use.
     #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
     kvm_device: PathBuf,
+    /// Serve the control API (`securevm ctl`) on this Unix socket (created mode 0600).
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
 }
 
 impl From<RunArgs> for VmConfig {
@@ -196,6 +205,7 @@ impl From<RunArgs> for VmConfig {
                 OnReboot::Restart => RebootAction::Restart,
             },
             kvm_device: args.kvm_device,
+            api_socket: args.api_socket,
         }
     }
 }
@@ -243,6 +253,13 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Disk(args)) => match run_disk_bench(&args) {
             Ok(report) => {
                 print!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+        Command::Ctl(args) => match securevm::api::client::run(&args) {
+            Ok(output) => {
+                println!("{output}");
                 ExitCode::SUCCESS
             }
             Err(e) => fail(&e),

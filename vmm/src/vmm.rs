@@ -15,7 +15,12 @@ use guest_policy::{Action, ExternalMedia, NetworkPolicy};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::acpi::{create_acpi_tables, AcpiError};
+use crate::api::protocol::{Device, MediaCounters};
+use crate::api::{
+    ApiServer, BoundSocket, LiveVm, LiveVmParts, NetDevice, PolicyVerifier, ServerConfig,
+    SocketError,
+};
+use crate::arch::acpi::{create_acpi_tables, AcpiError, POWER_BUTTON_GSI};
 use crate::arch::boot_params::{configure_boot, BootConfig, BootError};
 use crate::arch::layout::{
     COM1_IRQ, COM1_PORT, PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_SIZE, PCI_ECAM_START,
@@ -50,7 +55,7 @@ use crate::storage::luks::is_luks;
 use crate::storage::passphrase::{read_passphrase, PassphraseSource};
 use crate::storage::secret::SecretBuf;
 use crate::storage::{EncryptedBackend, StorageError};
-use crate::vstate::vcpu::{self, VcpuContext, VcpuHandle};
+use crate::vstate::vcpu::{self, VcpuContext, VcpuControl, VcpuHandle};
 use crate::vstate::vm::{Vm, VmError};
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +102,8 @@ pub enum VmmError {
     Audit(#[from] AuditError),
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    #[error(transparent)]
+    ApiSocket(#[from] SocketError),
     #[error("reading KVM's supported CPUID failed: {0}")]
     Cpuid(kvm_ioctls::Error),
     #[error("{what} failed: {source}")]
@@ -107,7 +114,8 @@ pub enum VmmError {
 }
 
 /// Boots the VM described by `config` and runs it until it stops; with
-/// `--on-reboot restart`, a guest reboot builds a fresh VM.
+/// `--on-reboot restart`, a guest reboot builds a fresh VM (under the
+/// policy pushed since the start, if one was).
 pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     config.validate()?;
     open_input("kernel", &config.kernel)?;
@@ -131,8 +139,9 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
 }
 
 fn run_session(config: &VmConfig, session: &Session) -> Result<ExitReason, VmmError> {
+    let mut policy_in_force = None;
     loop {
-        let reason = run_once(config, session)?;
+        let reason = run_once(config, session, &mut policy_in_force)?;
         if reason == ExitReason::Reboot && config.on_reboot == RebootAction::Restart {
             log::info!("guest rebooted; starting it again");
             continue;
@@ -141,8 +150,18 @@ fn run_session(config: &VmConfig, session: &Session) -> Result<ExitReason, VmmEr
     }
 }
 
-fn run_once(config: &VmConfig, session: &Session) -> Result<ExitReason, VmmError> {
+fn run_once(
+    config: &VmConfig,
+    session: &Session,
+    policy_in_force: &mut Option<ActiveRole>,
+) -> Result<ExitReason, VmmError> {
     config.validate()?;
+    // Bound first, while securevm has no other threads (the socket's mode
+    // comes from a process-wide umask), and so a bad path fails at once.
+    let api_socket = match &config.api_socket {
+        Some(path) => Some(BoundSocket::bind(path)?),
+        None => None,
+    };
     // Every input is opened before KVM is touched: bad input fails fast,
     // and nothing is created or written on its behalf.
     let mut kernel = open_input("kernel", &config.kernel)?;
@@ -150,14 +169,21 @@ fn run_once(config: &VmConfig, session: &Session) -> Result<ExitReason, VmmError
         Some(path) => Some(open_input("initrd", path)?),
         None => None,
     };
-    let role = session.role.as_ref();
+    // A policy pushed through the control socket outlives a guest reboot.
+    let role = policy_in_force.take().or_else(|| session.role.clone());
+    let verifier = match (&config.policy, &session.login) {
+        (Some(policy), Some(login)) => {
+            Some(PolicyVerifier::new(policy, &login.identity.user_id).map_err(SessionError::from)?)
+        }
+        _ => None,
+    };
     if config.seccomp {
         crate::storage::parallel::set_worker_start(|| {
             seccomp::install(ThreadKind::DiskCrypto).map_err(|e| e.to_string())
         });
     }
-    let disks = open_disks(config, session)?;
-    let (nets, filter_controls) = open_nets(config, role)?;
+    let (disks, devices, media) = open_disks(config, session, role.as_ref())?;
+    let (nets, filter_controls) = open_nets(config, role.as_ref())?;
 
     let vm = Arc::new(Vm::new(&config.kvm_device)?);
     vm.check_vcpu_count(usize::from(config.cpus))?;
@@ -182,6 +208,11 @@ fn run_once(config: &VmConfig, session: &Session) -> Result<ExitReason, VmmError
         },
     )?;
     create_acpi_tables(memory.as_ref(), num_cpus)?;
+    let power_button = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::Io {
+        what: "creating the power button interrupt",
+        source,
+    })?;
+    vm.register_irqfd(&power_button, POWER_BUTTON_GSI)?;
 
     let (exit, exit_events) = ExitNotifier::new();
     let pio = Arc::new(Bus::new());
@@ -284,13 +315,19 @@ fn run_once(config: &VmConfig, session: &Session) -> Result<ExitReason, VmmError
         source,
     })?;
 
-    spawn_refusal_reporter(filter_controls, config.seccomp, session.audit.clone())?;
+    spawn_refusal_reporter(
+        filter_controls.clone(),
+        config.seccomp,
+        session.audit.clone(),
+    )?;
     let stop = Arc::new(AtomicBool::new(false));
+    let vcpu_control = VcpuControl::default();
     let context = VcpuContext {
         pio,
         mmio,
         exit: exit.clone(),
         stop: stop.clone(),
+        control: vcpu_control.clone(),
     };
     session.audit.record(Event::VmStart {
         kernel: config.kernel.display().to_string(),
@@ -311,6 +348,42 @@ fn run_once(config: &VmConfig, session: &Session) -> Result<ExitReason, VmmError
         })?;
         vcpus.push(handle);
     }
+    let live = Arc::new(LiveVm::new(LiveVmParts {
+        user: session.login.as_ref().map(|l| l.identity.user_id.clone()),
+        verifier,
+        role,
+        devices,
+        nets: config
+            .nets
+            .iter()
+            .zip(filter_controls)
+            .map(|(net, filter)| NetDevice {
+                tap: net.tap.clone(),
+                mac: format_mac(net.effective_mac()),
+                addresses: net.addresses.iter().map(IpAddr::to_string).collect(),
+                filter,
+            })
+            .collect(),
+        media,
+        vcpus: vcpu_control,
+        power_button: Box::new(move || power_button.write(1).map_err(|e| e.to_string())),
+        exit: exit.clone(),
+    }));
+    let api_server = match api_socket {
+        Some(socket) => Some(ApiServer::start(
+            socket,
+            ServerConfig {
+                thread_setup: config.seccomp.then(|| {
+                    Arc::new(|| seccomp::install(ThreadKind::Api).map_err(|e| e.to_string()))
+                        as crate::api::server::ThreadSetup
+                }),
+                ..ServerConfig::default()
+            },
+            live.clone(),
+        )?),
+        None => None,
+    };
+
     // A restart builds a new VM, which needs syscalls (open, mmap of new
     // memory, KVM setup) that the main thread's filter forbids.
     if config.seccomp && config.on_reboot == RebootAction::Exit {
@@ -324,6 +397,12 @@ fn run_once(config: &VmConfig, session: &Session) -> Result<ExitReason, VmmError
     for handle in vcpus {
         handle.stop();
     }
+    // A waiting `ctl shutdown` learns the outcome before the socket goes.
+    live.vm_stopped(&reason);
+    if let Some(server) = api_server {
+        server.stop();
+    }
+    *policy_in_force = live.pushed_role();
     Ok(reason)
 }
 
@@ -439,57 +518,71 @@ fn spawn_refusal_reporter(
 
 /// Opens every `--disk` (LUKS volumes with the logged-in user's
 /// credential, or without a login the disk passphrase; others raw) and
-/// every `--external` medium under the external-media policy, recording
-/// each in the audit log. Secrets are read once and dropped (zeroized)
-/// before the VM starts.
-fn open_disks(config: &VmConfig, session: &Session) -> Result<Vec<Block>, VmmError> {
-    let role = session.role.as_ref();
+/// every `--external` medium under `role`'s external-media policy,
+/// recording each in the audit log. Secrets are read once and dropped
+/// (zeroized) before the VM starts. Also returns the devices as the
+/// control API shows them and the media decisions.
+fn open_disks(
+    config: &VmConfig,
+    session: &Session,
+    role: Option<&ActiveRole>,
+) -> Result<(Vec<Block>, Vec<Device>, MediaCounters), VmmError> {
     let audit = &session.audit;
     let mut blocks = Vec::new();
+    let mut devices = Vec::new();
+    let mut media = MediaCounters::default();
     let mut disk_passphrase: Option<SecretBuf> = None;
     for disk in &config.disks {
         let disk_error = |source| VmmError::Disk {
             path: disk.path.display().to_string(),
             source,
         };
-        let luks = is_luks(&disk.path)?;
-        let backend: Box<dyn BlockBackend> = if let (true, Some(login)) = (luks, &session.login) {
-            let unlocked = unlock_for_user(&disk.path, login)?;
-            audit.record(Event::DiskOpened {
-                path: disk.path.display().to_string(),
-                keyslot: Some(unlocked.volume.keyslot),
-                user_slot: unlocked.own_slot,
-                read_only: disk.read_only,
-            })?;
-            Box::new(EncryptedBackend::from_unlocked(
-                &disk.path,
-                unlocked.volume,
-                disk.read_only,
-            )?)
-        } else if luks {
-            if disk_passphrase.is_none() {
-                let source = match &config.passphrase_file {
-                    Some(file) => PassphraseSource::File(file),
-                    None => PassphraseSource::Terminal {
-                        prompt: "Disk passphrase: ",
-                        confirm: false,
-                    },
-                };
-                disk_passphrase = Some(read_passphrase(source)?);
-            }
-            let passphrase = disk_passphrase.as_ref().map_or(&[][..], |p| p.as_bytes());
-            let backend = EncryptedBackend::open(&disk.path, passphrase, disk.read_only)?;
-            audit.record(Event::DiskOpened {
-                path: disk.path.display().to_string(),
-                keyslot: None,
-                user_slot: false,
-                read_only: disk.read_only,
-            })?;
-            Box::new(backend)
-        } else {
-            Box::new(RawFileBackend::open(&disk.path, disk.read_only).map_err(disk_error)?)
-        };
-        blocks.push(Block::new(backend, &disk_id_from_path(&disk.path)).map_err(disk_error)?);
+        let encrypted = is_luks(&disk.path)?;
+        let backend: Box<dyn BlockBackend> =
+            if let (true, Some(login)) = (encrypted, &session.login) {
+                let unlocked = unlock_for_user(&disk.path, login)?;
+                audit.record(Event::DiskOpened {
+                    path: disk.path.display().to_string(),
+                    keyslot: Some(unlocked.volume.keyslot),
+                    user_slot: unlocked.own_slot,
+                    read_only: disk.read_only,
+                })?;
+                Box::new(EncryptedBackend::from_unlocked(
+                    &disk.path,
+                    unlocked.volume,
+                    disk.read_only,
+                )?)
+            } else if encrypted {
+                if disk_passphrase.is_none() {
+                    let source = match &config.passphrase_file {
+                        Some(file) => PassphraseSource::File(file),
+                        None => PassphraseSource::Terminal {
+                            prompt: "Disk passphrase: ",
+                            confirm: false,
+                        },
+                    };
+                    disk_passphrase = Some(read_passphrase(source)?);
+                }
+                let passphrase = disk_passphrase.as_ref().map_or(&[][..], |p| p.as_bytes());
+                let backend = EncryptedBackend::open(&disk.path, passphrase, disk.read_only)?;
+                audit.record(Event::DiskOpened {
+                    path: disk.path.display().to_string(),
+                    keyslot: None,
+                    user_slot: false,
+                    read_only: disk.read_only,
+                })?;
+                Box::new(backend)
+            } else {
+                Box::new(RawFileBackend::open(&disk.path, disk.read_only).map_err(disk_error)?)
+            };
+        let id = disk_id_from_path(&disk.path);
+        blocks.push(Block::new(backend, &id).map_err(disk_error)?);
+        devices.push(Device::Disk {
+            id,
+            path: disk.path.display().to_string(),
+            read_only: disk.read_only,
+            encrypted,
+        });
     }
     drop(disk_passphrase);
 
@@ -525,10 +618,11 @@ fn open_disks(config: &VmConfig, session: &Session) -> Result<Vec<Block>, VmmErr
             eprintln!(
                 "securevm: external medium {shown} not attached: its serial '{id}' is not on the role's allow-list"
             );
+            media.denied += 1;
             continue;
         }
         let key = medium_key.as_ref().map(|k| k.as_bytes());
-        let backend: Box<dyn BlockBackend> =
+        let (backend, mode): (Box<dyn BlockBackend>, &str) =
             match attach_decision(media_policy, medium, key, external.format_blank)? {
                 ExternalAttach::Encrypted { backend, formatted } => {
                     if formatted {
@@ -538,15 +632,16 @@ fn open_disks(config: &VmConfig, session: &Session) -> Result<Vec<Block>, VmmErr
                         "encrypt",
                         formatted.then(|| "formatted a blank medium".into()),
                     )?;
-                    Box::new(backend)
+                    (Box::new(backend), "encrypt")
                 }
                 ExternalAttach::ReadOnly(backend) => {
                     decided("read-only", None)?;
-                    Box::new(backend)
+                    (Box::new(backend), "read-only")
                 }
                 ExternalAttach::Denied { reason } => {
                     decided("deny", Some(reason.clone()))?;
                     eprintln!("securevm: external medium {reason}");
+                    media.denied += 1;
                     continue;
                 }
             };
@@ -554,8 +649,18 @@ fn open_disks(config: &VmConfig, session: &Session) -> Result<Vec<Block>, VmmErr
             path: shown.to_string(),
             source,
         })?);
+        media.attached += 1;
+        devices.push(Device::External {
+            id,
+            path: shown.to_string(),
+            mode: mode.to_string(),
+        });
     }
-    Ok(blocks)
+    Ok((blocks, devices, media))
+}
+
+fn format_mac(mac: [u8; 6]) -> String {
+    mac.map(|byte| format!("{byte:02x}")).join(":")
 }
 
 fn open_input(what: &'static str, path: &Path) -> Result<File, VmmError> {
