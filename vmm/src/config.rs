@@ -220,6 +220,8 @@ pub struct VmConfig {
     pub external: ExternalMediaConfig,
     /// The signed machine policy and the role whose rules apply.
     pub policy: Option<PolicyConfig>,
+    /// This machine's WireGuard private key, for a role with a VPN.
+    pub vpn_key: Option<PathBuf>,
     pub seccomp: bool,
     pub on_reboot: RebootAction,
     pub kvm_device: PathBuf,
@@ -285,6 +287,7 @@ mod tests {
                 format_blank: false,
             },
             policy: None,
+            vpn_key: None,
             seccomp: true,
             on_reboot: RebootAction::Exit,
             kvm_device: "/dev/kvm".into(),

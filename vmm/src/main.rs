@@ -33,7 +33,7 @@ enum Command {
     ///
     /// Exit status: 0 guest powered off, 1 error, 2 usage error, 3 guest
     /// rebooted, 4 guest crashed, 130 stopped with Ctrl-A x.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Create and manage LUKS2-encrypted disk images.
     #[command(subcommand)]
     Disk(DiskCommand),
@@ -119,6 +119,10 @@ struct RunArgs {
     /// The policy role whose rules apply (until users authenticate).
     #[arg(long, value_name = "NAME", requires = "policy")]
     role: Option<String>,
+    /// This machine's WireGuard private key (as `wg genkey` prints it, mode 0600),
+    /// for a role whose policy forces a VPN.
+    #[arg(long, value_name = "FILE")]
+    vpn_key: Option<PathBuf>,
     /// What a guest reboot does.
     #[arg(long, value_enum, default_value = "exit")]
     on_reboot: OnReboot,
@@ -160,6 +164,7 @@ impl From<RunArgs> for VmConfig {
                 }),
                 _ => None,
             },
+            vpn_key: args.vpn_key,
             seccomp: !args.no_seccomp,
             on_reboot: match args.on_reboot {
                 OnReboot::Exit => RebootAction::Exit,
@@ -188,7 +193,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Run(args) => run(args.into()),
+        Command::Run(args) => run((*args).into()),
         Command::Disk(command) => match run_disk_command(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),

@@ -63,7 +63,7 @@ impl PrivateKey {
     }
 
     #[cfg(test)]
-    pub(super) fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+    pub(crate) fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
         Self(StaticSecret::from(bytes))
     }
 }
