@@ -43,8 +43,8 @@ vpn_peer_up() {
     ip -n "$VPN_NS" addr add 198.51.100.2/24 dev wgout
     ip -n "$VPN_NS" link set wgout up
     ip -n "$VPN_NS" link add wg0 type wireguard
-    ip netns exec "$VPN_NS" wg set wg0 listen-port 51820 private-key "$WORK/peer.key" \
-        peer "$(wg pubkey <"$WORK/vpn.key")" allowed-ips 203.0.113.10/32
+    ip netns exec "$VPN_NS" wg set wg0 listen-port 51820 private-key "$WORK/peer.key"
+    vpn_peer_reset
     ip -n "$VPN_NS" addr add 203.0.113.1/24 dev wg0
     ip -n "$VPN_NS" link set wg0 up
     VPN_PEER_LOG=$WORK/vpn-peer.log
@@ -58,6 +58,15 @@ vpn_peer_up() {
         sleep 0.2
     done
     fail "the service behind the tunnel did not start"
+}
+
+# vpn_peer_reset: the peer knows securevm's public key, and nothing else
+# about it yet (no session, no endpoint, so it sends nothing on its own).
+vpn_peer_reset() {
+    local ours
+    ours=$(wg pubkey <"$WORK/vpn.key")
+    ip netns exec "$VPN_NS" wg set wg0 peer "$ours" remove
+    ip netns exec "$VPN_NS" wg set wg0 peer "$ours" allowed-ips 203.0.113.10/32
 }
 
 # capture_start NAME IFACE: tcpdump on IFACE into $WORK/NAME.pcap.
@@ -141,6 +150,7 @@ run() {
     mv "$SERIAL_LOG" "$WORK/serial-right-key.log"
 
     # A wrong peer key: no session, the failure is reported, nothing leaks.
+    vpn_peer_reset
     capture_start outer-wrong "$VPN_OUTER"
     capture_start tap-wrong "$NET_TAP"
     vpn_run vpnwrongkey

@@ -174,9 +174,11 @@ impl VpnTunnel {
             );
             return Routing::Tunnelled;
         }
-        let mut gateway = [0u8; 6];
-        gateway.copy_from_slice(&frame[..6]);
-        self.gateway_mac = Some(gateway);
+        if frame[0] & 1 == 0 {
+            let mut gateway = [0u8; 6];
+            gateway.copy_from_slice(&frame[..6]);
+            self.gateway_mac = Some(gateway);
+        }
         self.stats.encapsulated += 1;
         let packet = &packet[..header.total_len];
         match self.tunn.encapsulate(packet, &mut self.scratch) {

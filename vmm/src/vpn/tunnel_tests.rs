@@ -172,6 +172,10 @@ fn replies_from_the_peer_become_frames_from_the_gateway() {
     let request = ipv4_udp(GUEST_TUNNEL, SERVICE, b"request");
     ours.outbound(&frame(ETHERTYPE_IPV4, &request), &mut wire, now);
     handshake(&mut ours, &mut peer, &mut wire, now);
+    // A frame to a group address names no gateway.
+    let mut broadcast = frame(ETHERTYPE_IPV4, &request);
+    broadcast[..6].fill(0xff);
+    ours.outbound(&broadcast, &mut wire, now);
 
     let reply = ipv4_udp(SERVICE, GUEST_TUNNEL, b"reply");
     let mut out = vec![0u8; MAX_FRAME_LEN];
