@@ -30,6 +30,15 @@
 //! - The tunnel is attached to the role's single `--net` device; a VPN
 //!   role with several devices is refused, and a role without devices
 //!   needs no tunnel.
+//!
+//! Known limits: the guest's ARP for its gateway may name the tunnel
+//! address as its sender (Linux's default `arp_announce`), which shows
+//! that address, not any tunnel traffic, on the local link; inner packets
+//! larger than the outer link's MTU minus 60 bytes are sent as fragmented
+//! UDP by the host (give the guest's tunnel route an MTU of 1420); packets
+//! from the tunnel are dropped until the guest has sent through its
+//! gateway once (its MAC is learned from that); the tunnel's counters are
+//! not yet exported to the control API.
 
 mod key;
 mod report;
