@@ -8,10 +8,12 @@
 //! wraps the KVM VM and vCPUs.
 
 pub mod arch;
+pub mod audit;
 pub mod config;
 pub mod console;
 pub mod devices;
 pub mod exit;
+pub mod identity;
 pub mod loader;
 pub mod netfilter;
 pub mod policy;

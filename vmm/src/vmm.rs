@@ -9,7 +9,6 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use guest_policy::{Action, ExternalMedia, NetworkPolicy};
 
@@ -23,14 +22,16 @@ use crate::arch::layout::{
 };
 use crate::arch::memory::{create_guest_memory, MemoryError};
 use crate::arch::vcpu::{configure_vcpu, ArchError};
+use crate::audit::{Audit, AuditError, Event};
 use crate::config::{ConfigError, RebootAction, VmConfig};
 use crate::console::{spawn_input_thread, RawTerminal};
 use crate::devices::bus::{Bus, BusError};
+use crate::devices::console_output::ConsoleWriter;
 use crate::devices::pci::{PciConfigIo, PciConfigMmio, PciError, PciRoot};
 use crate::devices::power::{
     AcpiPowerDevice, I8042Device, ACPI_POWER_PORT_BASE, ACPI_POWER_PORT_LEN,
 };
-use crate::devices::serial::{SerialDevice, UnbufferedStdout};
+use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::block::{
     disk_id_from_path, Block, BlockBackend, BlockError, RawFileBackend,
 };
@@ -38,9 +39,12 @@ use crate::devices::virtio::net::{
     Net, NetError, PolicyFilter, Tap, TapError, VpnLink, VpnLinkError,
 };
 use crate::exit::{ExitNotifier, ExitReason};
+use crate::identity::disk::{unlock_for_user, UserDiskError};
+use crate::identity::session::{start_session, Session, SessionError};
+use crate::identity::RetryDelay;
 use crate::loader::{load_cmdline, load_initrd, load_kernel, LoaderError};
 use crate::netfilter::{Filter, FilterConfig, FilterControl, DEFAULT_CONNTRACK_CAPACITY};
-use crate::policy::{load_role, ActiveRole, PolicyLoadError};
+use crate::policy::ActiveRole;
 use crate::seccomp::{self, SeccompError, ThreadKind};
 use crate::storage::external::ExternalMediaPolicy;
 use crate::storage::external::{attach_decision, ExternalAttach};
@@ -92,7 +96,11 @@ pub enum VmmError {
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(transparent)]
-    Policy(#[from] PolicyLoadError),
+    Session(#[from] SessionError),
+    #[error(transparent)]
+    UserDisk(#[from] UserDiskError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
     #[error("reading KVM's supported CPUID failed: {0}")]
@@ -107,8 +115,30 @@ pub enum VmmError {
 /// Boots the VM described by `config` and runs it until it stops; with
 /// `--on-reboot restart`, a guest reboot builds a fresh VM.
 pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
+    config.validate()?;
+    open_input("kernel", &config.kernel)?;
+    if let Some(path) = &config.initrd {
+        open_input("initrd", path)?;
+    }
+    // Audit log, policy, login and role: before any guest exists.
+    let session = start_session(config, RetryDelay::default())?;
+    let audit = session.audit.clone();
+    let result = run_session(config, &session);
+    let reason = match &result {
+        Ok(ExitReason::PowerOff) => "guest powered off".to_string(),
+        Ok(ExitReason::Reboot) => "guest rebooted".to_string(),
+        Ok(ExitReason::GuestCrash(_)) => "guest crashed".to_string(),
+        Ok(ExitReason::UserQuit) => "stopped from the console".to_string(),
+        Ok(ExitReason::Internal(what)) => format!("securevm failed: {what}"),
+        Err(e) => format!("securevm failed: {e}"),
+    };
+    audit.record_or_warn(Event::VmStop { reason });
+    result
+}
+
+fn run_session(config: &VmConfig, session: &Session) -> Result<ExitReason, VmmError> {
     loop {
-        let reason = run_once(config)?;
+        let reason = run_once(config, session)?;
         if reason == ExitReason::Reboot && config.on_reboot == RebootAction::Restart {
             log::info!("guest rebooted; starting it again");
             continue;
@@ -117,7 +147,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     }
 }
 
-fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
+fn run_once(config: &VmConfig, session: &Session) -> Result<ExitReason, VmmError> {
     config.validate()?;
     // Every input is opened before KVM is touched: bad input fails fast,
     // and nothing is created or written on its behalf.
@@ -126,20 +156,14 @@ fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
         Some(path) => Some(open_input("initrd", path)?),
         None => None,
     };
-    let role = match &config.policy {
-        Some(policy) => {
-            let active = load_role(policy, SystemTime::now())?;
-            log::info!(
-                "policy version {} accepted; role '{}' applies",
-                active.policy_version,
-                active.name
-            );
-            Some(active)
-        }
-        None => None,
-    };
-    let disks = open_disks(config, role.as_ref())?;
-    let (nets, filter_controls) = open_nets(config, role.as_ref())?;
+    let role = session.role.as_ref();
+    if config.seccomp {
+        crate::storage::parallel::set_worker_start(|| {
+            seccomp::install(ThreadKind::DiskCrypto).map_err(|e| e.to_string())
+        });
+    }
+    let disks = open_disks(config, session)?;
+    let (nets, filter_controls) = open_nets(config, role)?;
 
     let vm = Arc::new(Vm::new(&config.kvm_device)?);
     vm.check_vcpu_count(usize::from(config.cpus))?;
@@ -174,9 +198,22 @@ fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
         source,
     })?;
     vm.register_irqfd(&serial_irq, COM1_IRQ)?;
+    let seccomp_on = config.seccomp;
+    // Dropped (and so drained to stdout) whenever run_once returns.
+    let (_console_writer, console_sink) = ConsoleWriter::spawn(std::io::stdout(), move || {
+        if seccomp_on {
+            seccomp::install(ThreadKind::ConsoleOutput).map_err(|e| e.to_string())
+        } else {
+            Ok(())
+        }
+    })
+    .map_err(|source| VmmError::Io {
+        what: "starting the console output thread",
+        source,
+    })?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(
         serial_irq,
-        Box::new(UnbufferedStdout),
+        Box::new(console_sink),
     )));
     pio.insert(
         serial.clone(),
@@ -241,7 +278,6 @@ fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
         what: "switching the terminal to raw mode",
         source,
     })?;
-    let seccomp_on = config.seccomp;
     spawn_input_thread(serial, exit.clone(), move || {
         if seccomp_on {
             seccomp::install(ThreadKind::ConsoleInput).map_err(|e| e.to_string())
@@ -254,7 +290,7 @@ fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
         source,
     })?;
 
-    spawn_refusal_reporter(filter_controls, config.seccomp)?;
+    spawn_refusal_reporter(filter_controls, config.seccomp, session.audit.clone())?;
     let stop = Arc::new(AtomicBool::new(false));
     let context = VcpuContext {
         pio,
@@ -262,6 +298,11 @@ fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
         exit: exit.clone(),
         stop: stop.clone(),
     };
+    session.audit.record(Event::VmStart {
+        kernel: config.kernel.display().to_string(),
+        cpus: config.cpus,
+        memory_mib: config.memory_mib,
+    })?;
     let mut vcpus: Vec<VcpuHandle> = Vec::with_capacity(vcpu_fds.len());
     for (index, fd) in vcpu_fds.into_iter().enumerate() {
         let setup: Option<vcpu::ThreadSetup> = config.seccomp.then(|| {
@@ -360,9 +401,17 @@ fn open_nets(
     Ok((nets, controls))
 }
 
+/// Most refusals quoted in one audit summary.
+const AUDIT_REFUSAL_EXAMPLES: usize = 5;
+
 /// Every second, prints the network refusals the filters report (they
-/// rate-limit themselves) on stderr.
-fn spawn_refusal_reporter(controls: Vec<FilterControl>, seccomp_on: bool) -> Result<(), VmmError> {
+/// rate-limit themselves) on stderr, and records a summary of them (count
+/// and a few examples) in the audit log.
+fn spawn_refusal_reporter(
+    controls: Vec<FilterControl>,
+    seccomp_on: bool,
+    audit: Audit,
+) -> Result<(), VmmError> {
     if controls.is_empty() {
         return Ok(());
     }
@@ -377,10 +426,19 @@ fn spawn_refusal_reporter(controls: Vec<FilterControl>, seccomp_on: bool) -> Res
             }
             loop {
                 std::thread::sleep(std::time::Duration::from_secs(1));
+                let mut count = 0u64;
+                let mut examples = Vec::new();
                 for control in &controls {
                     for refusal in control.drain_refusals() {
                         eprintln!("securevm: network: {refusal}");
+                        count += 1;
+                        if examples.len() < AUDIT_REFUSAL_EXAMPLES {
+                            examples.push(refusal.to_string());
+                        }
                     }
+                }
+                if count > 0 {
+                    audit.record_or_warn(Event::NetworkRefusals { count, examples });
                 }
             }
         })
@@ -391,10 +449,14 @@ fn spawn_refusal_reporter(controls: Vec<FilterControl>, seccomp_on: bool) -> Res
         })
 }
 
-/// Opens every `--disk` (LUKS volumes with the disk passphrase, others
-/// raw) and every `--external` medium under the external-media policy.
-/// Secrets are read once and dropped (zeroized) before the VM starts.
-fn open_disks(config: &VmConfig, role: Option<&ActiveRole>) -> Result<Vec<Block>, VmmError> {
+/// Opens every `--disk` (LUKS volumes with the logged-in user's
+/// credential, or without a login the disk passphrase; others raw) and
+/// every `--external` medium under the external-media policy, recording
+/// each in the audit log. Secrets are read once and dropped (zeroized)
+/// before the VM starts.
+fn open_disks(config: &VmConfig, session: &Session) -> Result<Vec<Block>, VmmError> {
+    let role = session.role.as_ref();
+    let audit = &session.audit;
     let mut blocks = Vec::new();
     let mut disk_passphrase: Option<SecretBuf> = None;
     for disk in &config.disks {
@@ -402,7 +464,21 @@ fn open_disks(config: &VmConfig, role: Option<&ActiveRole>) -> Result<Vec<Block>
             path: disk.path.display().to_string(),
             source,
         };
-        let backend: Box<dyn BlockBackend> = if is_luks(&disk.path)? {
+        let luks = is_luks(&disk.path)?;
+        let backend: Box<dyn BlockBackend> = if let (true, Some(login)) = (luks, &session.login) {
+            let unlocked = unlock_for_user(&disk.path, login)?;
+            audit.record(Event::DiskOpened {
+                path: disk.path.display().to_string(),
+                keyslot: Some(unlocked.volume.keyslot),
+                user_slot: unlocked.own_slot,
+                read_only: disk.read_only,
+            })?;
+            Box::new(EncryptedBackend::from_unlocked(
+                &disk.path,
+                unlocked.volume,
+                disk.read_only,
+            )?)
+        } else if luks {
             if disk_passphrase.is_none() {
                 let source = match &config.passphrase_file {
                     Some(file) => PassphraseSource::File(file),
@@ -414,11 +490,14 @@ fn open_disks(config: &VmConfig, role: Option<&ActiveRole>) -> Result<Vec<Block>
                 disk_passphrase = Some(read_passphrase(source)?);
             }
             let passphrase = disk_passphrase.as_ref().map_or(&[][..], |p| p.as_bytes());
-            Box::new(EncryptedBackend::open(
-                &disk.path,
-                passphrase,
-                disk.read_only,
-            )?)
+            let backend = EncryptedBackend::open(&disk.path, passphrase, disk.read_only)?;
+            audit.record(Event::DiskOpened {
+                path: disk.path.display().to_string(),
+                keyslot: None,
+                user_slot: false,
+                read_only: disk.read_only,
+            })?;
+            Box::new(backend)
         } else {
             Box::new(RawFileBackend::open(&disk.path, disk.read_only).map_err(disk_error)?)
         };
@@ -443,7 +522,18 @@ fn open_disks(config: &VmConfig, role: Option<&ActiveRole>) -> Result<Vec<Block>
     for medium in &external.media {
         let shown = medium.display();
         let id = disk_id_from_path(medium);
+        let decided = |decision: &str, reason: Option<String>| {
+            audit.record(Event::ExternalMedium {
+                path: shown.to_string(),
+                decision: decision.into(),
+                reason,
+            })
+        };
         if !allowed_serials.is_empty() && !allowed_serials.contains(&id) {
+            decided(
+                "deny",
+                Some(format!("serial '{id}' is not on the role's allow-list")),
+            )?;
             eprintln!(
                 "securevm: external medium {shown} not attached: its serial '{id}' is not on the role's allow-list"
             );
@@ -456,10 +546,18 @@ fn open_disks(config: &VmConfig, role: Option<&ActiveRole>) -> Result<Vec<Block>
                     if formatted {
                         log::warn!("external medium {shown} was blank and is now a LUKS2 volume");
                     }
+                    decided(
+                        "encrypt",
+                        formatted.then(|| "formatted a blank medium".into()),
+                    )?;
                     Box::new(backend)
                 }
-                ExternalAttach::ReadOnly(backend) => Box::new(backend),
+                ExternalAttach::ReadOnly(backend) => {
+                    decided("read-only", None)?;
+                    Box::new(backend)
+                }
                 ExternalAttach::Denied { reason } => {
+                    decided("deny", Some(reason.clone()))?;
                     eprintln!("securevm: external medium {reason}");
                     continue;
                 }

@@ -25,29 +25,6 @@ fn assert_one_line_error(out: &std::process::Output, needle: &str) {
     assert!(stdout(out).is_empty(), "no guest output expected");
 }
 
-/// The example policy (its `contractor` role has a VPN whose tunnel
-/// address is 198.51.100.200), signed by a fresh key.
-fn signed_example_policy(scratch: &Scratch) -> (PathBuf, PathBuf) {
-    use guest_policy::{
-        signature_path_for, trusted_comment_for, validate, SecretKey, SignatureFile,
-    };
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../guest-policy/examples/policy.toml"
-    ))
-    .unwrap();
-    let key = SecretKey::generate().unwrap();
-    let policy_path = scratch.path("policy.toml");
-    let pub_path = scratch.path("org.pub");
-    std::fs::write(&policy_path, &text).unwrap();
-    std::fs::write(&pub_path, key.public_key().to_text()).unwrap();
-    let policy = validate("policy.toml", &text).unwrap().policy;
-    let comment = trusted_comment_for(&policy, "policy.toml", std::time::SystemTime::now());
-    let signature = SignatureFile::sign(&key, text.as_bytes(), &comment).unwrap();
-    std::fs::write(signature_path_for(&policy_path), signature.to_text()).unwrap();
-    (policy_path, pub_path)
-}
-
 fn key_file(scratch: &Scratch, text: &str, mode: u32) -> PathBuf {
     let path = scratch.path("vpn.key");
     std::fs::write(&path, text).unwrap();
@@ -55,11 +32,20 @@ fn key_file(scratch: &Scratch, text: &str, mode: u32) -> PathBuf {
     path
 }
 
-/// `securevm run` as `role` with one NIC (a TAP name no test creates)
-/// and `extra` arguments.
-fn run_as(scratch: &Scratch, role: &str, net: &str, extra: &[&str]) -> std::process::Output {
+/// `securevm run` logged in as `user` of the example policy (alice: role
+/// staff, no VPN; bob: role contractor, whose VPN gives this machine the
+/// tunnel address 198.51.100.200), with one NIC (a TAP name no test
+/// creates) unless `net` is empty, and `extra` arguments.
+fn run_as(scratch: &Scratch, user: &str, net: &str, extra: &[&str]) -> std::process::Output {
     let kernel = tiny_kernel("hello", scratch);
     let (policy, key) = signed_example_policy(scratch);
+    let passphrase = if user == "bob" {
+        BOB_PASSPHRASE
+    } else {
+        ALICE_PASSPHRASE
+    };
+    let pass = write_file(scratch, "user.pass", passphrase);
+    let audit = audit_args(scratch);
     let mut args = vec![
         "run",
         "--kernel",
@@ -68,13 +54,16 @@ fn run_as(scratch: &Scratch, role: &str, net: &str, extra: &[&str]) -> std::proc
         policy.to_str().unwrap(),
         "--policy-key",
         key.to_str().unwrap(),
-        "--role",
-        role,
+        "--user",
+        user,
+        "--passphrase-file",
+        &pass,
     ];
     if !net.is_empty() {
         args.extend(["--net", net]);
     }
     args.extend_from_slice(extra);
+    args.extend(audit.iter().map(String::as_str));
     securevm(&args)
 }
 
@@ -83,7 +72,7 @@ const VPN_NET: &str = "tap=svmvpncli0,ip=198.51.100.200";
 #[test]
 fn a_vpn_role_without_the_machine_key_is_refused() {
     let scratch = Scratch::new("vpn-no-key");
-    let out = run_as(&scratch, "contractor", VPN_NET, &[]);
+    let out = run_as(&scratch, "bob", VPN_NET, &[]);
     assert_one_line_error(&out, "--vpn-key");
     assert!(
         stderr(&out).contains("198.51.100.1:51820"),
@@ -98,7 +87,7 @@ fn a_key_file_others_can_read_is_refused() {
     let key = key_file(&scratch, KEY, 0o644);
     let out = run_as(
         &scratch,
-        "contractor",
+        "bob",
         VPN_NET,
         &["--vpn-key", key.to_str().unwrap()],
     );
@@ -111,7 +100,7 @@ fn a_file_without_a_key_is_refused() {
     let key = key_file(&scratch, "this is not a wireguard key\n", 0o600);
     let out = run_as(
         &scratch,
-        "contractor",
+        "bob",
         VPN_NET,
         &["--vpn-key", key.to_str().unwrap()],
     );
@@ -124,7 +113,7 @@ fn a_guest_without_its_tunnel_address_is_refused() {
     let key = key_file(&scratch, KEY, 0o600);
     let out = run_as(
         &scratch,
-        "contractor",
+        "bob",
         "tap=svmvpncli0,ip=192.0.2.10",
         &["--vpn-key", key.to_str().unwrap()],
     );
@@ -139,7 +128,7 @@ fn a_key_for_a_role_without_a_vpn_is_only_a_warning() {
     }
     let scratch = Scratch::new("vpn-key-unused");
     let key = key_file(&scratch, KEY, 0o600);
-    let out = run_as(&scratch, "staff", "", &["--vpn-key", key.to_str().unwrap()]);
+    let out = run_as(&scratch, "alice", "", &["--vpn-key", key.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert!(
         stderr(&out).contains("--vpn-key is ignored"),

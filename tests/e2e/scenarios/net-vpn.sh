@@ -100,12 +100,17 @@ vpn_down() {
     net_down
 }
 
-# vpn_run ROLE: boot the busybox guest as ROLE with its tunnel address.
+# vpn_run USER: boot the busybox guest with its tunnel address, logged in
+# as USER (tester: role vpnuser; mistaken: role vpnwrongkey).
 vpn_run() {
+    printf '%s\n' "$NET_TESTER_PASSPHRASE" >"$WORK/tester.pass"
+    local audit
+    mapfile -t audit < <(audit_args)
     vmm_run 240 --kernel "$GUEST_KERNEL" --initrd "$BUSYBOX_INITRAMFS" \
         --cmdline "console=ttyS0 reboot=acpi panic=-1 $GUEST_QUIET" --memory 256 \
         --disk "$WORK/e2e" --net "tap=$NET_TAP,ip=$NET_GUEST_IP,ip=203.0.113.10" \
-        --policy "$WORK/policy.toml" --policy-key "$WORK/org.pub" --role "$1" \
+        --policy "$WORK/policy.toml" --policy-key "$WORK/org.pub" \
+        --user "$1" --passphrase-file "$WORK/tester.pass" "${audit[@]}" \
         --vpn-key "$WORK/vpn.key"
 }
 
@@ -128,7 +133,7 @@ run() {
     # The right keys: the service behind the tunnel answers.
     capture_start outer "$VPN_OUTER"
     capture_start tap "$NET_TAP"
-    vpn_run vpnuser
+    vpn_run tester
     captures_stop
     expect_exit 0
     [[ $(serial_value E2E-TCP-VPN) == ok ]] || fail "203.0.113.1:8443 was not reachable through the tunnel"
@@ -158,7 +163,7 @@ run() {
     vpn_peer_reset
     capture_start outer-wrong "$VPN_OUTER"
     capture_start tap-wrong "$NET_TAP"
-    vpn_run vpnwrongkey
+    vpn_run mistaken
     captures_stop
     expect_exit 0
     [[ $(serial_value E2E-TCP-VPN) == fail ]] || fail "the tunnel service was reachable with a wrong peer key"
