@@ -97,20 +97,20 @@ vpn_down() {
     wait "${VPN_PEER_PID:-}" 2>/dev/null || true
     ip netns del "$VPN_NS" 2>/dev/null || true
     ip link del "$VPN_OUTER" 2>/dev/null || true
-    net_down
+    [[ -z ${PEER_PID:-} ]] || net_down
+    ip link del "$NET_TAP" 2>/dev/null || true
 }
 
 # vpn_run USER: boot the busybox guest with its tunnel address, logged in
 # as USER (tester: role vpnuser; mistaken: role vpnwrongkey).
 vpn_run() {
     printf '%s\n' "$NET_TESTER_PASSPHRASE" >"$WORK/tester.pass"
-    local audit
-    mapfile -t audit < <(audit_args)
+    audit_args
     vmm_run 240 --kernel "$GUEST_KERNEL" --initrd "$BUSYBOX_INITRAMFS" \
         --cmdline "console=ttyS0 reboot=acpi panic=-1 $GUEST_QUIET" --memory 256 \
         --disk "$WORK/e2e" --net "tap=$NET_TAP,ip=$NET_GUEST_IP,ip=203.0.113.10" \
         --policy "$WORK/policy.toml" --policy-key "$WORK/org.pub" \
-        --user "$1" --passphrase-file "$WORK/tester.pass" "${audit[@]}" \
+        --user "$1" --passphrase-file "$WORK/tester.pass" "${AUDIT_ARGS[@]}" \
         --vpn-key "$WORK/vpn.key"
 }
 
