@@ -222,6 +222,8 @@ pub struct VmConfig {
     pub external: ExternalMediaConfig,
     /// The signed machine policy.
     pub policy: Option<PolicyConfig>,
+    /// This machine's WireGuard private key, for a role with a VPN.
+    pub vpn_key: Option<PathBuf>,
     /// `--user ID`: the policy user who logs in (required with a policy).
     pub user: Option<String>,
     /// `--audit-log` / `--audit-key`.
@@ -293,6 +295,7 @@ mod tests {
                 format_blank: false,
             },
             policy: None,
+            vpn_key: None,
             user: None,
             audit: AuditConfig::default(),
             seccomp: true,

@@ -21,4 +21,5 @@ pub mod policy;
 pub mod seccomp;
 pub mod storage;
 pub mod vmm;
+pub mod vpn;
 pub mod vstate;

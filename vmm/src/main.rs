@@ -145,6 +145,10 @@ struct RunArgs {
     /// Refused: the role comes from the user who logs in (kept to say so).
     #[arg(long, value_name = "NAME", hide = true)]
     role: Option<String>,
+    /// This machine's WireGuard private key (as `wg genkey` prints it, mode 0600),
+    /// for a role whose policy forces a VPN.
+    #[arg(long, value_name = "FILE")]
+    vpn_key: Option<PathBuf>,
     /// Where audit records go (overrides the policy's [audit] sink).
     #[arg(long, value_name = "FILE")]
     audit_log: Option<PathBuf>,
@@ -194,6 +198,7 @@ impl From<RunArgs> for VmConfig {
                 }),
                 _ => None,
             },
+            vpn_key: args.vpn_key,
             user: args.user,
             audit: AuditConfig {
                 log: args.audit_log,

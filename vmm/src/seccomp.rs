@@ -102,11 +102,15 @@ const BLOCK_IO: &[i64] = &[
 
 /// What a virtio-net I/O thread does besides the common set: frames move
 /// with read/write on the TAP (common), and the thread adds and removes
-/// the TAP in its own epoll set.
+/// the TAP in its own epoll set. With a forced VPN, datagrams move with
+/// read/write on a connected UDP socket and the timer is a timerfd it
+/// reads (common too); WireGuard handshakes need fresh ephemeral keys
+/// (getrandom).
 const NET_IO: &[i64] = &[
     libc::SYS_epoll_wait,
     libc::SYS_epoll_pwait,
     libc::SYS_epoll_ctl,
+    libc::SYS_getrandom,
 ];
 
 /// Appending an audit record: the line is written (common `write`), then

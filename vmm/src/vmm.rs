@@ -40,7 +40,9 @@ use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::block::{
     disk_id_from_path, Block, BlockBackend, BlockError, RawFileBackend,
 };
-use crate::devices::virtio::net::{Net, NetError, PolicyFilter, Tap, TapError};
+use crate::devices::virtio::net::{
+    Net, NetError, PolicyFilter, Tap, TapError, VpnLink, VpnLinkError,
+};
 use crate::exit::{ExitNotifier, ExitReason};
 use crate::identity::disk::{unlock_for_user, UserDiskError};
 use crate::identity::session::{start_session, Session, SessionError};
@@ -88,6 +90,10 @@ pub enum VmmError {
     Tap(#[from] TapError),
     #[error("network device: {0}")]
     Net(#[from] NetError),
+    #[error(transparent)]
+    Vpn(#[from] crate::vpn::VpnSetupError),
+    #[error(transparent)]
+    VpnLink(#[from] VpnLinkError),
     #[error("attaching a device failed: {0}")]
     Pci(#[from] PciError),
     #[error("placing a device on its bus failed: {0}")]
@@ -427,9 +433,11 @@ fn open_nets(
             &deny_all
         }
     };
+    let mut vpn =
+        crate::vpn::plan_vpn(rules.vpn.as_ref(), config.vpn_key.as_deref(), &config.nets)?;
     let mut nets = Vec::with_capacity(config.nets.len());
     let mut controls = Vec::with_capacity(config.nets.len());
-    for net in &config.nets {
+    for (index, net) in config.nets.iter().enumerate() {
         if net.addresses.is_empty() {
             log::warn!(
                 "--net {net}: no ip= given, so the guest may send no IP traffic on it (anti-spoofing)"
@@ -458,11 +466,15 @@ fn open_nets(
             policy: rules,
         });
         let tap = Tap::open(&net.tap)?;
-        nets.push(Net::new(
+        let mut device = Net::new(
             tap,
             net.effective_mac(),
             Box::new(PolicyFilter::new(filter)),
-        )?);
+        )?;
+        if let Some(plan) = vpn.take_if(|plan| plan.net_index == index) {
+            device.attach_vpn(VpnLink::open(plan.config, plan.key)?);
+        }
+        nets.push(device);
         controls.push(control);
     }
     Ok((nets, controls))

@@ -7,10 +7,16 @@
 //! complete in both directions, and each received frame fills one
 //! receive chain. Offered: VERSION_1, MAC, STATUS (link up), EVENT_IDX,
 //! INDIRECT_DESC.
+//!
+//! With a forced VPN ([`VpnLink`], attached with [`Net::attach_vpn`]),
+//! allowed frames for the tunnel's routes go to WireGuard instead of the
+//! TAP, and frames from the tunnel join the TAP's on the way in, through
+//! the same inbound filter.
 
 mod backend;
 mod filter;
 mod tap;
+mod vpn_link;
 mod worker;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -21,12 +27,13 @@ use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_
 pub use backend::NetBackend;
 pub use filter::{AllowAll, FrameFilter, PolicyFilter};
 pub use tap::{check_interface_name, InterfaceNameError, Tap, TapError};
+pub use vpn_link::{TunnelRead, VpnLink, VpnLinkError};
 
 use super::{
     ActivateError, Activation, QueueWorker, ThreadStartHook, VirtioDevice, F_EVENT_IDX,
     F_INDIRECT_DESC, F_VERSION_1, QUEUE_MAX_SIZE,
 };
-use worker::NetWorker;
+use worker::{DeviceParts, NetWorker};
 
 const DEVICE_TYPE_NET: u16 = 1;
 /// Queue numbers (virtio 1.x, 5.1.2).
@@ -63,6 +70,10 @@ pub struct NetCounters {
     /// Frames from the backend too short, with offload requests we did
     /// not negotiate, or larger than the guest's receive buffers.
     pub rx_dropped: AtomicU64,
+    /// Allowed frames the VPN took instead of the backend.
+    pub tx_tunnelled: AtomicU64,
+    /// Frames from the VPN tunnel (before the inbound filter).
+    pub rx_tunnelled: AtomicU64,
 }
 
 impl NetCounters {
@@ -75,6 +86,7 @@ pub struct Net {
     backend: Arc<dyn NetBackend>,
     filter: Arc<Mutex<Box<dyn FrameFilter>>>,
     counters: Arc<NetCounters>,
+    vpn: Option<vpn_link::SharedVpnLink>,
     config: [u8; CONFIG_LEN],
     thread_name: String,
     thread_start_hook: Option<ThreadStartHook>,
@@ -104,6 +116,7 @@ impl Net {
             backend,
             filter: Arc::new(Mutex::new(filter)),
             counters: Arc::new(NetCounters::default()),
+            vpn: None,
             config,
             thread_name: format!("virtio-net{index}"),
             thread_start_hook: None,
@@ -115,6 +128,12 @@ impl Net {
     /// root, which starts the thread.
     pub fn set_thread_start_hook(&mut self, hook: ThreadStartHook) {
         self.thread_start_hook = Some(hook);
+    }
+
+    /// Force the tunnel's routes through `link`. Set it before adding the
+    /// device to the PCI root.
+    pub fn attach_vpn(&mut self, link: VpnLink) {
+        self.vpn = Some(Arc::new(Mutex::new(link)));
     }
 
     /// Name of the I/O thread this device runs ("virtio-netN").
@@ -193,9 +212,12 @@ impl VirtioDevice for Net {
             rx,
             tx,
             activation.interrupt,
-            self.backend.clone(),
-            self.filter.clone(),
-            self.counters.clone(),
+            DeviceParts {
+                backend: self.backend.clone(),
+                filter: self.filter.clone(),
+                counters: self.counters.clone(),
+                vpn: self.vpn.clone(),
+            },
         )))
     }
 

@@ -214,12 +214,24 @@ impl Harness {
     }
 
     fn build(filter: Box<dyn FrameFilter>, hook: Option<ThreadStartHook>, features: u64) -> Self {
+        Self::build_with_vpn(filter, hook, features, None)
+    }
+
+    fn build_with_vpn(
+        filter: Box<dyn FrameFilter>,
+        hook: Option<ThreadStartHook>,
+        features: u64,
+        vpn: Option<VpnLink>,
+    ) -> Self {
         let (device_end, host) = UnixDatagram::pair().unwrap();
         device_end.set_nonblocking(true).unwrap();
         host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut net = Net::with_backend(Arc::new(device_end), MAC, filter).unwrap();
         if let Some(hook) = hook {
             net.set_thread_start_hook(hook);
+        }
+        if let Some(link) = vpn {
+            net.attach_vpn(link);
         }
         let counters = net.counters();
         let thread_name = net.thread_name().to_string();
@@ -998,4 +1010,111 @@ impl PacketSocket {
         };
         assert_eq!(sent, frame.len() as isize, "{}", io::Error::last_os_error());
     }
+}
+
+/// The forced VPN through the whole device, under the NetIo seccomp
+/// filter: a routed frame waits for the handshake with a boringtun peer
+/// on a local UDP socket, then reaches it encrypted and never the TAP;
+/// the peer's reply reaches the guest as a frame from its gateway; other
+/// frames still go to the TAP.
+#[test]
+fn vpn_frames_go_through_wireguard_and_never_to_the_tap() {
+    use boringtun::noise::{Tunn, TunnResult};
+    use boringtun::x25519::{PublicKey, StaticSecret};
+    use std::net::{Ipv4Addr, UdpSocket};
+
+    const GATEWAY: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+    const MARKER: &[u8] = b"E2E-VPN-MARKER";
+    let peer_socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer_socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let ours = [1u8; 32];
+    let theirs = [2u8; 32];
+    let mut peer = Tunn::new(
+        StaticSecret::from(theirs),
+        PublicKey::from(&StaticSecret::from(ours)),
+        None,
+        None,
+        9,
+        None,
+    );
+    let config = crate::vpn::TunnelConfig {
+        endpoint: peer_socket.local_addr().unwrap(),
+        peer_public_key: *PublicKey::from(&StaticSecret::from(theirs)).as_bytes(),
+        routes: vec!["203.0.113.0/24".parse().unwrap()],
+        guest_addresses: vec!["203.0.113.10".parse().unwrap()],
+        persistent_keepalive: None,
+        guest_mac: MAC,
+    };
+    let link = VpnLink::open(config, crate::vpn::PrivateKey::from_bytes(ours)).unwrap();
+    let hook: ThreadStartHook = Arc::new(|| {
+        crate::seccomp::install(crate::seccomp::ThreadKind::NetIo).map_err(|e| e.to_string())
+    });
+    let mut harness =
+        Harness::build_with_vpn(Box::new(AllowAll), Some(hook), BASIC_FEATURES, Some(link));
+
+    let ip_frame = |source: Ipv4Addr, destination: Ipv4Addr, payload: &[u8]| {
+        let mut frame = GATEWAY.to_vec();
+        frame.extend_from_slice(&MAC);
+        frame.extend_from_slice(&[0x08, 0x00]);
+        let total = (20 + payload.len()) as u16;
+        frame.extend_from_slice(&[0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 253, 0, 0]);
+        frame[16..18].copy_from_slice(&total.to_be_bytes());
+        frame.extend_from_slice(&source.octets());
+        frame.extend_from_slice(&destination.octets());
+        frame.extend_from_slice(payload);
+        frame
+    };
+    let guest = Ipv4Addr::new(203, 0, 113, 10);
+    let service = Ipv4Addr::new(203, 0, 113, 1);
+    let request = ip_frame(guest, service, MARKER);
+    harness.transmit(&request);
+    assert_eq!(
+        harness.host_receive(Duration::from_millis(200)),
+        None,
+        "nothing for the tunnel on the TAP"
+    );
+    let mut datagram = vec![0u8; 2048];
+    let (len, device_address) = peer_socket.recv_from(&mut datagram).unwrap();
+    assert_eq!((len, datagram[0]), (148, 1), "a handshake initiation");
+    let mut out = vec![0u8; 2048];
+    let TunnResult::WriteToNetwork(response) = peer.decapsulate(None, &datagram[..len], &mut out)
+    else {
+        panic!("the peer did not answer the initiation");
+    };
+    peer_socket.send_to(response, device_address).unwrap();
+
+    // The keepalive that confirms the session, then the queued packet.
+    let mut delivered = Vec::new();
+    for _ in 0..2 {
+        let len = peer_socket.recv(&mut datagram).unwrap();
+        assert!(!datagram[..len].windows(MARKER.len()).any(|w| w == MARKER));
+        if let TunnResult::WriteToTunnelV4(packet, _) =
+            peer.decapsulate(None, &datagram[..len], &mut out)
+        {
+            delivered.push(packet.to_vec());
+        }
+    }
+    assert_eq!(delivered, vec![request[14..].to_vec()]);
+
+    let reply = ip_frame(service, guest, b"reply");
+    let TunnResult::WriteToNetwork(encrypted) = peer.encapsulate(&reply[14..], &mut out) else {
+        panic!("the peer has no session");
+    };
+    peer_socket.send_to(encrypted, device_address).unwrap();
+    let (_, received) = harness.receive();
+    assert_eq!(&received[..6], &MAC);
+    assert_eq!(&received[6..12], &GATEWAY);
+    assert_eq!(&received[12..], &reply[12..]);
+
+    let direct = frame(60, 3);
+    harness.transmit(&direct);
+    assert_eq!(
+        harness.host_receive(Duration::from_secs(5)),
+        Some(with_header(&direct))
+    );
+    assert_eq!(harness.counter(|c| &c.tx_tunnelled), 1);
+    assert_eq!(harness.counter(|c| &c.rx_tunnelled), 1);
+    assert_eq!(harness.counter(|c| &c.tx_frames), 2);
 }

@@ -10,6 +10,11 @@
 //! is kept, and the worker stops listening until the guest kicks the
 //! receive queue, so an idle guest never makes the thread spin.
 //!
+//! With a VPN, an allowed frame for the tunnel's routes goes to the
+//! tunnel instead of the backend (never both), the endpoint's socket is
+//! read beside the backend (alternately, while the guest has buffers),
+//! and the tunnel's timer is always watched.
+//!
 //! Anything the guest gets wrong drops that frame and returns its chain;
 //! only a corrupt ring stops the device (NEEDS_RESET). Nothing allocates
 //! per frame.
@@ -24,8 +29,10 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::backend::NetBackend;
 use super::filter::FrameFilter;
+use super::vpn_link::{self, SharedVpnLink, TunnelRead};
 use super::{NetCounters, MAX_BUFFER_LEN, RX_QUEUE, TX_QUEUE, VNET_HDR_LEN};
 use crate::devices::virtio::{ActiveQueue, EventSource, QueueWorker, VirtioInterrupt};
+use crate::vpn::Routing;
 
 /// Ethernet destination, source and type.
 const ETH_HEADER_LEN: usize = 14;
@@ -33,6 +40,8 @@ const ETH_HEADER_LEN: usize = 14;
 /// starve the guest's transmissions (epoll wakes us again for the rest).
 const BATCH: usize = 64;
 const BACKEND_TOKEN: u32 = 0;
+const TUNNEL_TOKEN: u32 = 1;
+const TIMER_TOKEN: u32 = 2;
 /// `num_buffers` in `virtio_net_hdr_v1`.
 const NUM_BUFFERS_OFFSET: usize = 10;
 
@@ -56,7 +65,14 @@ pub(super) struct NetWorker {
     /// has taken yet.
     rx_pending: Option<usize>,
     tx_buffer: Vec<u8>,
-    backend_source: [EventSource; 1],
+    vpn: Option<SharedVpnLink>,
+    /// Read the tunnel before the backend next time (fair turns).
+    tunnel_turn: bool,
+    /// What wakes the worker while the guest has receive buffers: the
+    /// backend, and the tunnel's socket and timer with a VPN.
+    listening_sources: Vec<EventSource>,
+    /// What wakes it otherwise: the tunnel's timer with a VPN.
+    idle_sources: Vec<EventSource>,
     listening: bool,
     /// Set once a ring is found corrupt; the driver must reset.
     broken: bool,
@@ -71,20 +87,56 @@ enum Dropped {
     Filtered,
 }
 
+/// What one read from a frame source gave.
+enum Incoming {
+    /// A frame of this length (virtio header included) in `rx_buffer`.
+    Frame(usize),
+    /// Something was read, but there is nothing to deliver.
+    Skipped,
+    /// The source has nothing now.
+    Empty,
+}
+
+/// What a worker takes over from its device, which outlives it.
+pub(super) struct DeviceParts {
+    pub(super) backend: Arc<dyn NetBackend>,
+    pub(super) filter: SharedFilter,
+    pub(super) counters: Arc<NetCounters>,
+    pub(super) vpn: Option<SharedVpnLink>,
+}
+
 impl NetWorker {
     pub(super) fn new(
         mem: Arc<GuestMemoryMmap>,
         rx: ActiveQueue,
         tx: ActiveQueue,
         interrupt: Arc<VirtioInterrupt>,
-        backend: Arc<dyn NetBackend>,
-        filter: SharedFilter,
-        counters: Arc<NetCounters>,
+        parts: DeviceParts,
     ) -> Self {
-        let backend_source = [EventSource {
+        let DeviceParts {
+            backend,
+            filter,
+            counters,
+            vpn,
+        } = parts;
+        let mut listening_sources = vec![EventSource {
             fd: backend.fd(),
             token: BACKEND_TOKEN,
         }];
+        let mut idle_sources = Vec::new();
+        if let Some(link) = &vpn {
+            let link = vpn_link::lock(link);
+            let timer = EventSource {
+                fd: link.timer_fd(),
+                token: TIMER_TOKEN,
+            };
+            listening_sources.push(EventSource {
+                fd: link.socket_fd(),
+                token: TUNNEL_TOKEN,
+            });
+            listening_sources.push(timer);
+            idle_sources.push(timer);
+        }
         Self {
             mem,
             rx: WorkerQueue {
@@ -104,7 +156,10 @@ impl NetWorker {
             rx_buffer: vec![0u8; MAX_BUFFER_LEN],
             rx_pending: None,
             tx_buffer: vec![0u8; MAX_BUFFER_LEN],
-            backend_source,
+            vpn,
+            tunnel_turn: false,
+            listening_sources,
+            idle_sources,
             // The first rx kick (sent at activation) decides.
             listening: false,
             broken: false,
@@ -175,6 +230,12 @@ impl NetWorker {
         if !self.filter().outbound(frame) {
             return Err(Dropped::Filtered);
         }
+        if let Some(link) = &self.vpn {
+            if vpn_link::lock(link).outbound(frame) == Routing::Tunnelled {
+                NetCounters::bump(&self.counters.tx_tunnelled);
+                return Ok(());
+            }
+        }
         // The backend sees only a header we wrote.
         self.tx_buffer[..VNET_HDR_LEN].fill(0);
         match self.backend.write_frame(&self.tx_buffer[..len]) {
@@ -236,28 +297,28 @@ impl NetWorker {
         Ok(())
     }
 
-    /// The next frame from the backend that the filter allows, in
-    /// `rx_buffer` with the header the guest will see; `None` when the
-    /// backend has nothing more for now.
+    /// The next frame from the backend or the tunnel that the filter
+    /// allows, in `rx_buffer` with the header the guest will see; `None`
+    /// when neither has more for now.
     fn read_allowed_frame(&mut self) -> Option<usize> {
         for _ in 0..BATCH {
-            let len = match self.backend.read_frame(&mut self.rx_buffer) {
-                Ok(len) => len,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    // Stop listening so a failing backend cannot spin the
-                    // thread; the guest's next rx kick tries again.
-                    log::warn!("virtio-net: cannot read from the backend: {e}");
-                    self.listening = false;
-                    return None;
+            self.tunnel_turn = !self.tunnel_turn;
+            let incoming = if self.vpn.is_some() && self.tunnel_turn {
+                match self.read_tunnel() {
+                    Incoming::Empty => self.read_backend(),
+                    other => other,
+                }
+            } else {
+                match self.read_backend() {
+                    Incoming::Empty => self.read_tunnel(),
+                    other => other,
                 }
             };
-            let header_ok = len >= VNET_HDR_LEN && plain_header(&self.rx_buffer[..VNET_HDR_LEN]);
-            if !header_ok || len < VNET_HDR_LEN + ETH_HEADER_LEN {
-                NetCounters::bump(&self.counters.rx_dropped);
-                continue;
-            }
+            let len = match incoming {
+                Incoming::Frame(len) => len,
+                Incoming::Skipped => continue,
+                Incoming::Empty => return None,
+            };
             if !self.filter().inbound(&self.rx_buffer[VNET_HDR_LEN..len]) {
                 NetCounters::bump(&self.counters.rx_filtered);
                 continue;
@@ -268,6 +329,43 @@ impl NetWorker {
             return Some(len);
         }
         None
+    }
+
+    fn read_backend(&mut self) -> Incoming {
+        let len = match self.backend.read_frame(&mut self.rx_buffer) {
+            Ok(len) => len,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Incoming::Empty,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Incoming::Skipped,
+            Err(e) => {
+                // Stop listening so a failing backend cannot spin the
+                // thread; the guest's next rx kick tries again.
+                log::warn!("virtio-net: cannot read from the backend: {e}");
+                self.listening = false;
+                return Incoming::Empty;
+            }
+        };
+        let header_ok = len >= VNET_HDR_LEN && plain_header(&self.rx_buffer[..VNET_HDR_LEN]);
+        if !header_ok || len < VNET_HDR_LEN + ETH_HEADER_LEN {
+            NetCounters::bump(&self.counters.rx_dropped);
+            return Incoming::Skipped;
+        }
+        Incoming::Frame(len)
+    }
+
+    /// A frame from the tunnel goes where a backend frame would, after
+    /// the virtio header.
+    fn read_tunnel(&mut self) -> Incoming {
+        let Some(link) = &self.vpn else {
+            return Incoming::Empty;
+        };
+        match vpn_link::lock(link).receive_frame(&mut self.rx_buffer[VNET_HDR_LEN..]) {
+            TunnelRead::Frame(len) => {
+                NetCounters::bump(&self.counters.rx_tunnelled);
+                Incoming::Frame(VNET_HDR_LEN + len)
+            }
+            TunnelRead::Nothing => Incoming::Skipped,
+            TunnelRead::Empty => Incoming::Empty,
+        }
     }
 }
 
@@ -287,19 +385,31 @@ impl QueueWorker for NetWorker {
     }
 
     fn event_sources(&self) -> &[EventSource] {
-        if self.listening && !self.broken {
-            &self.backend_source
-        } else {
+        if self.broken {
             &[]
+        } else if self.listening {
+            &self.listening_sources
+        } else {
+            &self.idle_sources
         }
     }
 
     fn process_event(&mut self, token: u32) {
-        if self.broken || token != BACKEND_TOKEN {
+        if self.broken {
             return;
         }
-        if let Err(e) = self.receive() {
-            self.fail(e);
+        match token {
+            BACKEND_TOKEN | TUNNEL_TOKEN => {
+                if let Err(e) = self.receive() {
+                    self.fail(e);
+                }
+            }
+            TIMER_TOKEN => {
+                if let Some(link) = &self.vpn {
+                    vpn_link::lock(link).on_timer();
+                }
+            }
+            _ => {}
         }
     }
 }
