@@ -128,10 +128,11 @@ fn a_file_in_the_sockets_place_is_refused_before_anything_starts() {
     let scratch = Scratch::new("api-file");
     let path = scratch.path("not-a-socket");
     std::fs::write(&path, b"keep me").unwrap();
+    // Any existing file passes the kernel's open check, which comes first.
     let out = securevm(&[
         "run",
         "--kernel",
-        "/nonexistent",
+        env!("CARGO_BIN_EXE_securevm"),
         "--api-socket",
         path.to_str().unwrap(),
     ]);
