@@ -27,7 +27,7 @@ need_root() {
 # benchmark's baselines, util-linux's setpriv drops privileges in a test,
 # iproute2 and python3 are the network scenarios' TAP and peer in L1.
 BUILD_PKGS=(gcc libc6-dev make pkg-config libssl-dev libcryptsetup-dev clang libclang-dev)
-TEST_PKGS=(binutils acpica-tools minisign cryptsetup-bin qemu-utils openssl util-linux iproute2 python3)
+TEST_PKGS=(binutils acpica-tools minisign cryptsetup-bin qemu-utils openssl util-linux iproute2 python3 softhsm2 opensc)
 
 # ensure_pkgs PKG...: apt-get install the packages that are not installed yet.
 # An `apt-get update` is run once if the first attempt fails (fresh CI hosts

@@ -12,6 +12,7 @@ pub mod config;
 pub mod console;
 pub mod devices;
 pub mod exit;
+pub mod identity;
 pub mod loader;
 pub mod netfilter;
 pub mod policy;

@@ -11,6 +11,7 @@ use securevm::config::{
     DEFAULT_MEMORY_MIB,
 };
 use securevm::exit::{ExitReason, EXIT_ERROR, EXIT_USAGE};
+use securevm::identity::smartcard::cli::{run_enroll, EnrollArgs};
 use securevm::policy::PolicyConfig;
 use securevm::storage::bench::{run_disk_bench, BenchDiskArgs};
 use securevm::storage::external::ExternalMediaPolicy;
@@ -36,10 +37,19 @@ enum Command {
     Run(RunArgs),
     /// Create and manage LUKS2-encrypted disk images.
     #[command(subcommand)]
-    Disk(DiskCommand),
+    Disk(DiskCli),
     /// Measure securevm's own costs (figures for the README).
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum DiskCli {
+    #[command(flatten)]
+    Storage(DiskCommand),
+    /// Add a keyslot that a smart card opens (systemd-cryptenroll's
+    /// systemd-pkcs11 layout: systemd-cryptsetup opens it with the same card).
+    Enroll(EnrollArgs),
 }
 
 #[derive(Subcommand)]
@@ -189,8 +199,15 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run(args) => run(args.into()),
-        Command::Disk(command) => match run_disk_command(command) {
+        Command::Disk(DiskCli::Storage(command)) => match run_disk_command(command) {
             Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
+        Command::Disk(DiskCli::Enroll(args)) => match run_enroll(&args) {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
             Err(e) => fail(&e),
         },
         Command::Bench(BenchCommand::Disk(args)) => match run_disk_bench(&args) {

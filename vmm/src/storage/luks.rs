@@ -271,6 +271,16 @@ pub fn is_luks(path: &Path) -> Result<bool, StorageError> {
 /// Open the volume key of the LUKS2 (or LUKS1) image at `path` with
 /// `passphrase`.
 pub fn unlock(path: &Path, passphrase: &[u8]) -> Result<UnlockedVolume, StorageError> {
+    unlock_keyslot(path, passphrase, None)
+}
+
+/// [`unlock`], trying only `keyslot` when one is given (a LUKS2 token
+/// names its keyslot, so the other slots' key derivations are skipped).
+pub fn unlock_keyslot(
+    path: &Path,
+    passphrase: &[u8],
+    keyslot: Option<u32>,
+) -> Result<UnlockedVolume, StorageError> {
     let file = File::open(path).map_err(StorageError::io(path))?;
     let version = header::luks_version(&file).map_err(header_error(path))?;
     if version == 1 {
@@ -280,7 +290,10 @@ pub fn unlock(path: &Path, passphrase: &[u8]) -> Result<UnlockedVolume, StorageE
     let layout = layout_of(path, &file, &metadata)?;
     let (candidates, refusal) = usable_keyslots(path, &metadata.keyslots);
     let mut device = load(path, EncryptionFormat::Luks2)?;
-    for slot in &candidates {
+    let wanted = candidates
+        .iter()
+        .filter(|slot| keyslot.is_none_or(|wanted| slot.id == wanted));
+    for slot in wanted {
         let mut key = SecretBuf::zeroed(slot.key_size as usize);
         match device
             .volume_key_handle()

@@ -1,0 +1,3 @@
+//! Who is using the machine: user authentication below the guest.
+
+pub mod smartcard;
