@@ -144,6 +144,54 @@ impl Hsm {
         }
     }
 
+    /// A token holding an RSA key and its self-signed certificate, imported
+    /// the way an issuer provisions a card (systemd-cryptenroll needs the
+    /// certificate).
+    fn card_with_certificate(&self, label: &str) {
+        run(Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", &self.conf)
+            .args(["--init-token", "--free", "--label", label])
+            .args(["--so-pin", SO_PIN, "--pin", PIN]));
+        let key =
+            openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
+        let mut name = openssl::x509::X509NameBuilder::new().unwrap();
+        name.append_entry_by_text("CN", label).unwrap();
+        let name = name.build();
+        let mut builder = openssl::x509::X509Builder::new().unwrap();
+        builder.set_version(2).unwrap();
+        builder.set_subject_name(&name).unwrap();
+        builder.set_issuer_name(&name).unwrap();
+        builder.set_pubkey(&key).unwrap();
+        builder
+            .set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
+            .unwrap();
+        builder
+            .set_not_after(&openssl::asn1::Asn1Time::days_from_now(30).unwrap())
+            .unwrap();
+        builder
+            .sign(&key, openssl::hash::MessageDigest::sha256())
+            .unwrap();
+        let key_file = self._dir.path(&format!("{label}.key.der"));
+        let cert_file = self._dir.path(&format!("{label}.crt.der"));
+        std::fs::write(&key_file, key.private_key_to_pkcs8().unwrap()).unwrap();
+        std::fs::write(&cert_file, builder.build().to_der().unwrap()).unwrap();
+        for (file, kind) in [(&key_file, "privkey"), (&cert_file, "cert")] {
+            run(self
+                .tool(label)
+                .args(["--login", "--pin", PIN, "--write-object"])
+                .arg(file)
+                .args([
+                    "--type",
+                    kind,
+                    "--id",
+                    "02",
+                    "--label",
+                    "key",
+                    "--usage-decrypt",
+                ]));
+        }
+    }
+
     fn tool(&self, label: &str) -> Command {
         let mut command = Command::new("pkcs11-tool");
         command
@@ -475,4 +523,34 @@ fn disk_enroll_command_adds_a_card_slot() {
     assert!(stdout.contains("keyslot"), "{stdout}");
     let card = smartcard::open_token(&options).unwrap();
     assert!(disk::unlock(&image, &card).is_ok());
+}
+
+/// Interoperability the other way: a keyslot systemd-cryptenroll bound to
+/// a card opens in securevm with the same card.
+#[test]
+fn systemd_cryptenroll_keyslots_open_with_securevm() {
+    let Some((_lock, hsm)) = hsm() else { return };
+    let p11kit = Command::new("systemd-cryptenroll")
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("+P11KIT"));
+    if !p11kit {
+        eprintln!("SKIPPED: systemd-cryptenroll with PKCS#11 support is not installed");
+        return;
+    }
+    let scratch = Scratch::new("cryptenroll");
+    hsm.card_with_certificate("systemd-card");
+    let image = luks_image(&scratch, b"existing");
+    run(Command::new("systemd-cryptenroll")
+        .env("SOFTHSM2_CONF", &hsm.conf)
+        .env("PASSWORD", "existing")
+        .env("PIN", PIN)
+        .arg("--pkcs11-token-uri=pkcs11:token=systemd-card")
+        .arg(&image));
+    let card = smartcard::open_token(&options(&scratch, "systemd-card", PIN)).unwrap();
+    let volume = disk::unlock(&image, &card).unwrap();
+    assert_eq!(
+        volume.key.as_bytes(),
+        luks::unlock(&image, b"existing").unwrap().key.as_bytes()
+    );
 }
