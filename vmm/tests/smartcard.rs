@@ -147,7 +147,7 @@ impl Hsm {
     /// A token holding an RSA key and its self-signed certificate, imported
     /// the way an issuer provisions a card (systemd-cryptenroll needs the
     /// certificate).
-    fn card_with_certificate(&self, label: &str) {
+    fn card_with_certificate(&self, label: &str) -> [u8; 32] {
         run(Command::new("softhsm2-util")
             .env("SOFTHSM2_CONF", &self.conf)
             .args(["--init-token", "--free", "--label", label])
@@ -190,6 +190,7 @@ impl Hsm {
                     "--usage-decrypt",
                 ]));
         }
+        openssl::sha::sha256(&std::fs::read(&cert_file).unwrap())
     }
 
     fn tool(&self, label: &str) -> Command {
@@ -539,7 +540,7 @@ fn systemd_cryptenroll_keyslots_open_with_securevm() {
         return;
     }
     let scratch = Scratch::new("cryptenroll");
-    hsm.card_with_certificate("systemd-card");
+    let certificate_sha256 = hsm.card_with_certificate("systemd-card");
     let image = luks_image(&scratch, b"existing");
     run(Command::new("systemd-cryptenroll")
         .env("SOFTHSM2_CONF", &hsm.conf)
@@ -553,4 +554,15 @@ fn systemd_cryptenroll_keyslots_open_with_securevm() {
         volume.key.as_bytes(),
         luks::unlock(&image, b"existing").unwrap().key.as_bytes()
     );
+    drop(card);
+
+    // The policy may bind the certificate's fingerprint instead of the key's.
+    let binding = SmartCardBinding {
+        token_label: Some("systemd-card".into()),
+        token_serial: None,
+        manufacturer: None,
+        public_key_sha256: certificate_sha256,
+    };
+    let login = smartcard::authenticate(&options(&scratch, "systemd-card", PIN), &binding).unwrap();
+    assert_eq!(login.key.certificate_sha256, vec![certificate_sha256]);
 }
