@@ -220,6 +220,8 @@ pub struct VmConfig {
     pub external: ExternalMediaConfig,
     /// The signed machine policy and the role whose rules apply.
     pub policy: Option<PolicyConfig>,
+    /// A smart card that opens LUKS disks (and whose removal locks the VM).
+    pub card: Option<crate::identity::smartcard::CardOptions>,
     pub seccomp: bool,
     pub on_reboot: RebootAction,
     pub kvm_device: PathBuf,
@@ -285,6 +287,7 @@ mod tests {
                 format_blank: false,
             },
             policy: None,
+            card: None,
             seccomp: true,
             on_reboot: RebootAction::Exit,
             kvm_device: "/dev/kvm".into(),

@@ -11,7 +11,7 @@ use securevm::config::{
     DEFAULT_MEMORY_MIB,
 };
 use securevm::exit::{ExitReason, EXIT_ERROR, EXIT_USAGE};
-use securevm::identity::smartcard::cli::{run_enroll, EnrollArgs};
+use securevm::identity::smartcard::cli::{run_enroll, CardArgs, EnrollArgs};
 use securevm::policy::PolicyConfig;
 use securevm::storage::bench::{run_disk_bench, BenchDiskArgs};
 use securevm::storage::external::ExternalMediaPolicy;
@@ -34,7 +34,7 @@ enum Command {
     ///
     /// Exit status: 0 guest powered off, 1 error, 2 usage error, 3 guest
     /// rebooted, 4 guest crashed, 130 stopped with Ctrl-A x.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Create and manage LUKS2-encrypted disk images.
     #[command(subcommand)]
     Disk(DiskCli),
@@ -138,6 +138,8 @@ struct RunArgs {
     /// The KVM device to use.
     #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
     kvm_device: PathBuf,
+    #[command(flatten)]
+    card: CardArgs,
 }
 
 impl From<RunArgs> for VmConfig {
@@ -170,6 +172,7 @@ impl From<RunArgs> for VmConfig {
                 }),
                 _ => None,
             },
+            card: args.card.options(),
             seccomp: !args.no_seccomp,
             on_reboot: match args.on_reboot {
                 OnReboot::Exit => RebootAction::Exit,
@@ -198,7 +201,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Run(args) => run(args.into()),
+        Command::Run(args) => run((*args).into()),
         Command::Disk(DiskCli::Storage(command)) => match run_disk_command(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),

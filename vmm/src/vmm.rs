@@ -36,6 +36,7 @@ use crate::devices::virtio::block::{
 };
 use crate::devices::virtio::net::{Net, NetError, PolicyFilter, Tap, TapError};
 use crate::exit::{ExitNotifier, ExitReason};
+use crate::identity::smartcard::{self, disk as card_disk, CardLogin, SmartCardError};
 use crate::loader::{load_cmdline, load_initrd, load_kernel, LoaderError};
 use crate::netfilter::{Filter, FilterConfig, FilterControl, DEFAULT_CONNTRACK_CAPACITY};
 use crate::policy::{load_role, ActiveRole, PolicyLoadError};
@@ -88,6 +89,8 @@ pub enum VmmError {
     #[error(transparent)]
     Policy(#[from] PolicyLoadError),
     #[error(transparent)]
+    SmartCard(#[from] SmartCardError),
+    #[error(transparent)]
     Seccomp(#[from] SeccompError),
     #[error("reading KVM's supported CPUID failed: {0}")]
     Cpuid(kvm_ioctls::Error),
@@ -132,7 +135,11 @@ fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
         }
         None => None,
     };
-    let disks = open_disks(config, role.as_ref())?;
+    let card = match &config.card {
+        Some(options) => Some(smartcard::login_without_policy(options)?),
+        None => None,
+    };
+    let disks = open_disks(config, role.as_ref(), card.as_ref())?;
     let (nets, filter_controls) = open_nets(config, role.as_ref())?;
 
     let vm = Arc::new(Vm::new(&config.kvm_device)?);
@@ -382,7 +389,11 @@ fn spawn_refusal_reporter(controls: Vec<FilterControl>, seccomp_on: bool) -> Res
 /// Opens every `--disk` (LUKS volumes with the disk passphrase, others
 /// raw) and every `--external` medium under the external-media policy.
 /// Secrets are read once and dropped (zeroized) before the VM starts.
-fn open_disks(config: &VmConfig, role: Option<&ActiveRole>) -> Result<Vec<Block>, VmmError> {
+fn open_disks(
+    config: &VmConfig,
+    role: Option<&ActiveRole>,
+    card: Option<&CardLogin>,
+) -> Result<Vec<Block>, VmmError> {
     let mut blocks = Vec::new();
     let mut disk_passphrase: Option<SecretBuf> = None;
     for disk in &config.disks {
@@ -390,7 +401,13 @@ fn open_disks(config: &VmConfig, role: Option<&ActiveRole>) -> Result<Vec<Block>
             path: disk.path.display().to_string(),
             source,
         };
-        let backend: Box<dyn BlockBackend> = if is_luks(&disk.path)? {
+        let by_card = match card {
+            Some(card) if is_luks(&disk.path)? => open_by_card(card, disk)?,
+            _ => None,
+        };
+        let backend: Box<dyn BlockBackend> = if let Some(backend) = by_card {
+            Box::new(backend)
+        } else if is_luks(&disk.path)? {
             if disk_passphrase.is_none() {
                 let source = match &config.passphrase_file {
                     Some(file) => PassphraseSource::File(file),
@@ -458,6 +475,30 @@ fn open_disks(config: &VmConfig, role: Option<&ActiveRole>) -> Result<Vec<Block>
         })?);
     }
     Ok(blocks)
+}
+
+/// A LUKS disk opened by the logged-in card, or `None` when no keyslot
+/// of it is bound to the card (the passphrase is asked instead).
+fn open_by_card(
+    card: &CardLogin,
+    disk: &crate::config::DiskConfig,
+) -> Result<Option<EncryptedBackend>, VmmError> {
+    match card_disk::unlock(&disk.path, &card.token) {
+        Ok(volume) => {
+            log::info!(
+                "{}: opened by the smart card (keyslot {})",
+                disk.path.display(),
+                volume.keyslot
+            );
+            Ok(Some(EncryptedBackend::from_unlocked(
+                &disk.path,
+                volume,
+                disk.read_only,
+            )?))
+        }
+        Err(SmartCardError::NoCardKeyslot { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn open_input(what: &'static str, path: &Path) -> Result<File, VmmError> {

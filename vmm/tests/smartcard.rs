@@ -566,3 +566,65 @@ fn systemd_cryptenroll_keyslots_open_with_securevm() {
     let login = smartcard::authenticate(&options(&scratch, "systemd-card", PIN), &binding).unwrap();
     assert_eq!(login.key.certificate_sha256, vec![certificate_sha256]);
 }
+
+/// `securevm run` opens a LUKS disk with the card and its PIN file alone;
+/// with another card it falls back to the passphrase (none here: refused).
+#[test]
+fn run_opens_a_card_enrolled_disk_with_the_card() {
+    let Some((_lock, hsm)) = hsm() else { return };
+    if !common::kvm_usable() {
+        eprintln!("SKIPPED: /dev/kvm is not usable on this host");
+        return;
+    }
+    let scratch = Scratch::new("run-card");
+    hsm.card("boot-card", KeyType::Rsa);
+    hsm.card("spare-card", KeyType::Rsa);
+    let image = luks_image(&scratch, b"existing");
+    {
+        let card = smartcard::open_token(&options(&scratch, "boot-card", PIN)).unwrap();
+        let key = disk::decryption_key(&card, None).unwrap();
+        disk::enroll(&image, b"existing", &card, &key).unwrap();
+    }
+    let kernel = common::tiny_kernel("hello", &scratch);
+    let boot = |label: &str| {
+        let options = options(&scratch, label, PIN);
+        let PinSource::File(pin_file) = &options.pins else {
+            unreachable!("the tests use PIN files")
+        };
+        common::securevm(&[
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--memory",
+            "64",
+            "--disk",
+            image.to_str().unwrap(),
+            "--pkcs11-module",
+            MODULE,
+            "--token-label",
+            label,
+            "--pin-file",
+            pin_file.to_str().unwrap(),
+        ])
+    };
+    let out = boot("boot-card");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        common::stderr(&out)
+    );
+    assert_eq!(common::stdout(&out), "securevm-tiny-guest: hello\n");
+    let out = boot("spare-card");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stderr: {}",
+        common::stderr(&out)
+    );
+    assert!(
+        common::stderr(&out).contains("passphrase"),
+        "{}",
+        common::stderr(&out)
+    );
+}

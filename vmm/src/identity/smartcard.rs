@@ -120,3 +120,18 @@ pub fn open_token(options: &CardOptions) -> Result<LoggedIn, SmartCardError> {
     let (slot, token) = token::find_token(&module, &selector)?;
     token::log_in(module, slot, token, &options.pins, options.retry)
 }
+
+/// Log in to the token `options` names when no policy binds a key to the
+/// user (disks opened by the card alone): the card's first usable key (by
+/// CKA_ID) answers the challenge, and card removal later asks that same
+/// key again.
+pub fn login_without_policy(options: &CardOptions) -> Result<CardLogin, SmartCardError> {
+    let logged_in = open_token(options)?;
+    let mut keys = keys::private_keys(logged_in.session())?;
+    keys.sort_by(|a, b| a.id.cmp(&b.id));
+    let fingerprint = keys
+        .first()
+        .map(|key| key.spki_sha256)
+        .ok_or(SmartCardError::Rejected(Rejection::KeyNotBound))?;
+    login_with_key(logged_in, &fingerprint)
+}
