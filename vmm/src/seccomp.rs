@@ -35,6 +35,10 @@ pub enum ThreadKind {
     NetIo,
     /// Copies the terminal into the serial device.
     ConsoleInput,
+    /// Writes the guest's console output to stdout.
+    ConsoleOutput,
+    /// Encrypts and decrypts pieces of large disk requests, with their file I/O.
+    DiskCrypto,
     /// Prints what the network filters refused.
     Reporter,
     /// Waits for the VM to stop, then stops the other threads.
@@ -118,6 +122,7 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<u64>) {
                 .collect(),
             vec![KVM_SIGNAL_MSI()],
         ),
+        ThreadKind::DiskCrypto => (vec![libc::SYS_pread64, libc::SYS_pwrite64], vec![]),
         ThreadKind::NetIo => (
             [libc::SYS_ioctl]
                 .into_iter()
@@ -125,7 +130,9 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<u64>) {
                 .collect(),
             vec![KVM_SIGNAL_MSI()],
         ),
-        ThreadKind::ConsoleInput | ThreadKind::Reporter => (vec![], vec![]),
+        ThreadKind::ConsoleInput | ThreadKind::ConsoleOutput | ThreadKind::Reporter => {
+            (vec![], vec![])
+        }
         ThreadKind::Main => (
             vec![libc::SYS_ioctl, libc::SYS_tgkill],
             vec![libc::TCGETS, libc::TCSETS],
@@ -234,6 +241,8 @@ mod tests {
             ThreadKind::BlockIo,
             ThreadKind::NetIo,
             ThreadKind::ConsoleInput,
+            ThreadKind::ConsoleOutput,
+            ThreadKind::DiskCrypto,
             ThreadKind::Reporter,
             ThreadKind::Main,
         ] {

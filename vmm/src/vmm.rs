@@ -26,11 +26,12 @@ use crate::arch::vcpu::{configure_vcpu, ArchError};
 use crate::config::{ConfigError, RebootAction, VmConfig};
 use crate::console::{spawn_input_thread, RawTerminal};
 use crate::devices::bus::{Bus, BusError};
+use crate::devices::console_output::ConsoleWriter;
 use crate::devices::pci::{PciConfigIo, PciConfigMmio, PciError, PciRoot};
 use crate::devices::power::{
     AcpiPowerDevice, I8042Device, ACPI_POWER_PORT_BASE, ACPI_POWER_PORT_LEN,
 };
-use crate::devices::serial::{SerialDevice, UnbufferedStdout};
+use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::block::{
     disk_id_from_path, Block, BlockBackend, BlockError, RawFileBackend,
 };
@@ -135,6 +136,11 @@ fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
         }
         None => None,
     };
+    if config.seccomp {
+        crate::storage::parallel::set_worker_start(|| {
+            seccomp::install(ThreadKind::DiskCrypto).map_err(|e| e.to_string())
+        });
+    }
     let card = match &config.card {
         Some(options) => Some(smartcard::login_without_policy(options)?),
         None => None,
@@ -175,9 +181,22 @@ fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
         source,
     })?;
     vm.register_irqfd(&serial_irq, COM1_IRQ)?;
+    let seccomp_on = config.seccomp;
+    // Dropped (and so drained to stdout) whenever run_once returns.
+    let (_console_writer, console_sink) = ConsoleWriter::spawn(std::io::stdout(), move || {
+        if seccomp_on {
+            seccomp::install(ThreadKind::ConsoleOutput).map_err(|e| e.to_string())
+        } else {
+            Ok(())
+        }
+    })
+    .map_err(|source| VmmError::Io {
+        what: "starting the console output thread",
+        source,
+    })?;
     let serial = Arc::new(Mutex::new(SerialDevice::new(
         serial_irq,
-        Box::new(UnbufferedStdout),
+        Box::new(console_sink),
     )));
     pio.insert(
         serial.clone(),
@@ -242,7 +261,6 @@ fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
         what: "switching the terminal to raw mode",
         source,
     })?;
-    let seccomp_on = config.seccomp;
     spawn_input_thread(serial, exit.clone(), move || {
         if seccomp_on {
             seccomp::install(ThreadKind::ConsoleInput).map_err(|e| e.to_string())

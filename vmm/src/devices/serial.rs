@@ -1,5 +1,5 @@
 //! COM1: a 16550 UART (vm-superio) whose output is the guest console on
-//! securevm's stdout and whose input is fed by the console thread. The
+//! securevm's stdout (through [`super::console_output`]) and whose input is fed by the console thread. The
 //! interrupt line is an eventfd that KVM routes to ISA IRQ 4 (irqfd), so
 //! raising it never needs the vCPU that is running.
 
@@ -70,23 +70,6 @@ impl BusDevice for SerialDevice {
                 log::warn!("serial output failed: {e}");
             }
         }
-    }
-}
-
-/// Console output that reaches the terminal byte by byte: prompts without
-/// a newline must show up at once.
-pub struct UnbufferedStdout;
-
-impl Write for UnbufferedStdout {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut out = io::stdout().lock();
-        out.write_all(buf)?;
-        out.flush()?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        io::stdout().flush()
     }
 }
 

@@ -11,10 +11,13 @@
 //! This measures the I/O path's own cost (copies and crypto), not the
 //! host disk.
 //!
-//! Throughput is bytes per CPU-second (user + system time of the thread
-//! or process doing the I/O), because on a shared, loaded host wall-clock
-//! time mostly measures the other tenants; `openssl speed` reports user
-//! CPU time too. Wall-clock figures are printed beside them.
+//! Throughput is MiB per wall-clock second, the best of [`REPEATS`] runs
+//! (on a shared machine the best run is the one the other tenants
+//! disturbed least). Large encrypted requests are spread over the disk
+//! crypto workers ([`super::parallel`]), as in the VMM, so they can use
+//! more than one core; the CPU cost per MiB (user + system time of the
+//! whole process, or of the qemu-io child) is printed beside each figure
+//! to show what that parallelism costs.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -45,6 +48,8 @@ const DATA: u64 = 0x10_0000;
 /// Largest data segment per descriptor, as a guest with merged pages
 /// would send.
 const SEGMENT: usize = 64 << 10;
+/// Each timed run is repeated this many times; the best counts.
+const REPEATS: usize = 3;
 const BENCH_PASSPHRASE: &str = "securevm-bench-passphrase";
 const VIRTIO_BLK_T_IN: u32 = 0;
 const VIRTIO_BLK_T_OUT: u32 = 1;
@@ -73,10 +78,10 @@ pub struct Measurement {
     pub subject: &'static str,
     pub request_size: usize,
     pub direction: Direction,
-    /// MiB per CPU-second.
-    pub mib_per_s: f64,
     /// MiB per wall-clock second.
-    pub wall_mib_per_s: f64,
+    pub mib_per_s: f64,
+    /// MiB per CPU-second (all threads).
+    pub cpu_mib_per_s: f64,
 }
 
 /// CPU time (user + system) of the calling thread or, for
@@ -123,7 +128,7 @@ impl fmt::Display for DiskBenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "method: page cache for all (images pre-filled), sequential requests at queue depth 1; MiB per CPU-second (wall-clock in brackets)"
+            "method: page cache for all (images pre-filled), sequential requests at queue depth 1; MiB per wall-clock second, best of {REPEATS} (MiB per CPU-second of all threads in brackets)"
         )?;
         for m in &self.measurements {
             let size = if m.request_size >= 1 << 20 {
@@ -137,8 +142,8 @@ impl fmt::Display for DiskBenchReport {
             };
             writeln!(
                 f,
-                "{:<10} {:>5} {:<5} {:>10.1} MiB/s  ({:.1} MiB/s wall)",
-                m.subject, size, direction, m.mib_per_s, m.wall_mib_per_s
+                "{:<10} {:>5} {:<5} {:>10.1} MiB/s  ({:.1} MiB/CPU-s)",
+                m.subject, size, direction, m.mib_per_s, m.cpu_mib_per_s
             )?;
         }
         writeln!(
@@ -260,17 +265,25 @@ fn measure_backend(
         let total = total_bytes(request_size, disk_size);
         rig.run(Direction::Write, total)?;
         for direction in [Direction::Write, Direction::Read] {
-            let start = Instant::now();
-            let cpu_start = cpu_seconds(libc::RUSAGE_THREAD);
-            rig.run(direction, total)?;
-            let cpu = cpu_seconds(libc::RUSAGE_THREAD) - cpu_start;
-            results.push(Measurement {
+            let mut best = Measurement {
                 subject,
                 request_size,
                 direction,
-                mib_per_s: mib_per(total, cpu),
-                wall_mib_per_s: mib_per(total, start.elapsed().as_secs_f64()),
-            });
+                mib_per_s: 0.0,
+                cpu_mib_per_s: 0.0,
+            };
+            for _ in 0..REPEATS {
+                let start = Instant::now();
+                let cpu_start = cpu_seconds(libc::RUSAGE_SELF);
+                rig.run(direction, total)?;
+                let cpu = cpu_seconds(libc::RUSAGE_SELF) - cpu_start;
+                let wall = mib_per(total, start.elapsed().as_secs_f64());
+                if wall > best.mib_per_s {
+                    best.mib_per_s = wall;
+                    best.cpu_mib_per_s = mib_per(total, cpu);
+                }
+            }
+            results.push(best);
         }
     }
     Ok(results)
@@ -500,18 +513,26 @@ fn measure_qemu_luks(dir: &Path, disk_size: u64) -> Result<Vec<Measurement>, Sto
                 Direction::Read => "read",
                 Direction::Write => "write -P 0xab",
             };
-            let commands = (0..total / request_size as u64)
+            let commands: Vec<String> = (0..total / request_size as u64)
                 .map(|i| format!("{verb} {} {request_size}", i * request_size as u64))
                 .collect();
-            let (text, cpu) = qemu_io(commands)?;
-            results.push(Measurement {
+            let mut best = Measurement {
                 subject: "qemu-luks",
                 request_size,
                 direction,
-                mib_per_s: mib_per(total, cpu - startup_cpu),
-                wall_mib_per_s: qemu_io_throughput(&text, request_size)
-                    .ok_or_else(|| bench_error("cannot parse qemu-io timing".to_string()))?,
-            });
+                mib_per_s: 0.0,
+                cpu_mib_per_s: 0.0,
+            };
+            for _ in 0..REPEATS {
+                let (text, cpu) = qemu_io(commands.clone())?;
+                let wall = qemu_io_throughput(&text, request_size)
+                    .ok_or_else(|| bench_error("cannot parse qemu-io timing".to_string()))?;
+                if wall > best.mib_per_s {
+                    best.mib_per_s = wall;
+                    best.cpu_mib_per_s = mib_per(total, cpu - startup_cpu);
+                }
+            }
+            results.push(best);
         }
     }
     Ok(results)
@@ -544,11 +565,13 @@ fn qemu_io_throughput(output: &str, request_size: usize) -> Option<f64> {
     (bytes > 0.0).then(|| bytes / (1024.0 * 1024.0) / seconds)
 }
 
-/// `openssl speed -evp aes-256-xts` on 1 MiB blocks, one process.
+/// `openssl speed -elapsed -evp aes-256-xts` on 1 MiB blocks, one process.
 fn openssl_ceiling() -> Result<f64, StorageError> {
     let output = Command::new("openssl")
         .args([
             "speed",
+            // Wall-clock, like our figures: on a loaded machine both drop.
+            "-elapsed",
             "-evp",
             "aes-256-xts",
             "-bytes",

@@ -9,7 +9,8 @@
 //! - [`passphrase::read_passphrase`]: terminal (no echo) or file;
 //! - [`cli::DiskCommand`] / [`run_disk_command`]: `securevm disk ...`;
 //! - [`bench::BenchDiskArgs`] / [`bench::run_disk_bench`]: `securevm bench disk`;
-//! - [`external::attach_decision`]: removable media under a policy.
+//! - [`external::attach_decision`]: removable media under a policy;
+//! - [`parallel::set_worker_start`]: the seccomp hook of the crypto workers.
 
 pub mod backend;
 pub mod bench;
@@ -19,6 +20,7 @@ pub mod external;
 pub mod header;
 pub mod info;
 pub mod luks;
+pub mod parallel;
 pub mod passphrase;
 pub mod secret;
 pub mod size;

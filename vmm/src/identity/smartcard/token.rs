@@ -252,15 +252,8 @@ pub fn log_in(
         let raw: RawAuthPin = SecretBox::new(Box::new(pin.as_bytes().to_vec()));
         drop(pin);
         match session.login_with_raw(UserType::User, &raw) {
-            Ok(()) => {
-                return Ok(LoggedIn {
-                    session,
-                    slot,
-                    token,
-                    module,
-                })
-            }
-            Err(cryptoki::error::Error::Pkcs11(
+            Ok(())
+            | Err(cryptoki::error::Error::Pkcs11(
                 cryptoki::error::RvError::UserAlreadyLoggedIn,
                 _,
             )) => {

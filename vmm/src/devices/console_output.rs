@@ -1,0 +1,271 @@
+//! Guest console output, written by its own thread. The UART hands every
+//! byte the guest transmits to a [`ConsoleSink`], which only appends it to
+//! a bounded in-memory buffer; a writer thread empties the buffer to the
+//! real output in batches. A vCPU that prints therefore never waits on a
+//! `write(2)` (a slow terminal, a pipe, a file on a network share), and a
+//! burst of output costs one syscall per batch instead of one per byte.
+//!
+//! Nothing is dropped: when the buffer is full the printing vCPU waits for
+//! the writer (the guest's console runs at the speed of the output), and
+//! [`ConsoleWriter::finish`] (also run on drop) writes out everything
+//! buffered before the VMM exits, so the guest's last words survive.
+
+use std::io::{self, Write};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+/// Most bytes held for the writer; past this the producer waits.
+const MAX_PENDING: usize = 64 * 1024;
+
+#[derive(Default)]
+struct State {
+    pending: Vec<u8>,
+    writer_idle: bool,
+    producer_waiting: bool,
+    closed: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    /// The writer waits here for bytes or for the close.
+    has_bytes: Condvar,
+    /// A producer facing a full buffer waits here.
+    has_room: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The UART's end: [`Write`] that queues bytes for the writer thread.
+pub struct ConsoleSink {
+    shared: Arc<Shared>,
+}
+
+impl Write for ConsoleSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut state = self.shared.lock();
+        while state.pending.len() >= MAX_PENDING && !state.closed {
+            state.producer_waiting = true;
+            state = self
+                .shared
+                .has_room
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        if state.closed {
+            // The VM is stopping; the writer has gone.
+            return Ok(buf.len());
+        }
+        let room = MAX_PENDING - state.pending.len();
+        let taken = buf.len().min(room);
+        state.pending.extend_from_slice(&buf[..taken]);
+        // Waking the writer costs a syscall: only when it sleeps.
+        if state.writer_idle {
+            state.writer_idle = false;
+            self.shared.has_bytes.notify_one();
+        }
+        Ok(taken)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Owns the writer thread.
+pub struct ConsoleWriter {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ConsoleWriter {
+    /// Starts the writer thread over `output`; `thread_start` runs first
+    /// in the new thread (it installs the thread's seccomp filter) and the
+    /// writer does not start if it fails.
+    pub fn spawn<W, F>(output: W, thread_start: F) -> io::Result<(Self, ConsoleSink)>
+    where
+        W: Write + Send + 'static,
+        F: FnOnce() -> Result<(), String> + Send + 'static,
+    {
+        let shared = Arc::new(Shared::default());
+        let writer_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("console-out".into())
+            .spawn(move || {
+                if let Err(e) = thread_start() {
+                    log::error!("console output thread: {e}; guest console output is lost");
+                    writer_shared.lock().closed = true;
+                    writer_shared.has_room.notify_all();
+                    return;
+                }
+                write_until_closed(&writer_shared, output);
+            })?;
+        let sink = ConsoleSink {
+            shared: shared.clone(),
+        };
+        Ok((
+            Self {
+                shared,
+                thread: Some(thread),
+            },
+            sink,
+        ))
+    }
+
+    /// Writes out what is still buffered, then stops the thread. Bytes
+    /// the guest prints afterwards are discarded.
+    pub fn finish(&mut self) {
+        {
+            let mut state = self.shared.lock();
+            state.closed = true;
+            self.shared.has_bytes.notify_one();
+        }
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                log::error!("the console output thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for ConsoleWriter {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+fn write_until_closed<W: Write>(shared: &Shared, mut output: W) {
+    let mut batch = Vec::with_capacity(MAX_PENDING);
+    let mut output_failed = false;
+    loop {
+        {
+            let mut state = shared.lock();
+            while state.pending.is_empty() && !state.closed {
+                state.writer_idle = true;
+                state = shared
+                    .has_bytes
+                    .wait(state)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            if state.pending.is_empty() {
+                return;
+            }
+            std::mem::swap(&mut batch, &mut state.pending);
+            if state.producer_waiting {
+                state.producer_waiting = false;
+                shared.has_room.notify_all();
+            }
+        }
+        // A console nobody reads any more must not stop the guest: report
+        // once, then discard.
+        if !output_failed {
+            if let Err(e) = output.write_all(&batch).and_then(|()| output.flush()) {
+                log::warn!("guest console output stopped: {e}");
+                output_failed = true;
+            }
+        }
+        batch.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Output that records what it got and in how many writes.
+    #[derive(Clone, Default)]
+    struct Recorder {
+        bytes: Arc<Mutex<Vec<u8>>>,
+        writes: Arc<AtomicUsize>,
+        delay: Option<std::time::Duration>,
+    }
+
+    impl Write for Recorder {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if let Some(delay) = self.delay {
+                std::thread::sleep(delay);
+            }
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            self.bytes.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_byte_arrives_in_order_after_finish() {
+        let recorder = Recorder::default();
+        let (mut writer, mut sink) = ConsoleWriter::spawn(recorder.clone(), || Ok(())).unwrap();
+        let expected: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        for byte in &expected {
+            sink.write_all(std::slice::from_ref(byte)).unwrap();
+        }
+        writer.finish();
+        assert_eq!(*recorder.bytes.lock().unwrap(), expected);
+    }
+
+    #[test]
+    fn a_slow_output_gets_batches_not_single_bytes() {
+        let recorder = Recorder {
+            delay: Some(std::time::Duration::from_millis(2)),
+            ..Recorder::default()
+        };
+        let (mut writer, mut sink) = ConsoleWriter::spawn(recorder.clone(), || Ok(())).unwrap();
+        for _ in 0..5_000 {
+            sink.write_all(b"x").unwrap();
+        }
+        writer.finish();
+        assert_eq!(recorder.bytes.lock().unwrap().len(), 5_000);
+        let writes = recorder.writes.load(Ordering::Relaxed);
+        assert!(writes < 500, "{writes} writes for 5000 bytes");
+    }
+
+    #[test]
+    fn a_full_buffer_makes_the_producer_wait_instead_of_dropping() {
+        let recorder = Recorder {
+            delay: Some(std::time::Duration::from_millis(20)),
+            ..Recorder::default()
+        };
+        let (mut writer, mut sink) = ConsoleWriter::spawn(recorder.clone(), || Ok(())).unwrap();
+        let burst = vec![b'y'; 3 * MAX_PENDING + 17];
+        sink.write_all(&burst).unwrap();
+        writer.finish();
+        assert_eq!(recorder.bytes.lock().unwrap().len(), burst.len());
+    }
+
+    #[test]
+    fn a_failing_output_never_blocks_the_guest() {
+        struct Broken;
+        impl Write for Broken {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                Err(io::Error::from(io::ErrorKind::BrokenPipe))
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let (mut writer, mut sink) = ConsoleWriter::spawn(Broken, || Ok(())).unwrap();
+        for _ in 0..(4 * MAX_PENDING / 1024) {
+            sink.write_all(&[b'z'; 1024]).unwrap();
+        }
+        writer.finish();
+    }
+
+    #[test]
+    fn a_failed_thread_start_discards_output_without_blocking() {
+        let recorder = Recorder::default();
+        let (mut writer, mut sink) =
+            ConsoleWriter::spawn(recorder.clone(), || Err("no filter".into())).unwrap();
+        sink.write_all(&vec![b'q'; 2 * MAX_PENDING]).unwrap();
+        writer.finish();
+        assert!(recorder.bytes.lock().unwrap().is_empty());
+    }
+}
