@@ -154,13 +154,69 @@ net_down() {
     ip link del "$NET_TAP" 2>/dev/null || true
 }
 
-# net_run SECONDS: boot the busybox guest with the policy's role and the NIC.
+# The login passphrase of the policy's user `tester` (role netuser).
+NET_TESTER_PASSPHRASE="e2e tester passphrase"
+
+# audit_args: --audit-log $WORK/audit.jsonl --audit-key $WORK/audit.key
+# (the key is created on first use); the policy's own sink is a path of the
+# real machine.
+audit_args() {
+    [[ -e $WORK/audit.key ]] || "$SECUREVM" audit init-key "$WORK/audit.key" >/dev/null
+    printf '%s\n' --audit-log "$WORK/audit.jsonl" --audit-key "$WORK/audit.key"
+}
+
+# net_run SECONDS: boot the busybox guest with the NIC, logged in as the
+# policy's user `tester` (so role netuser's rules apply).
 net_run() {
+    printf '%s\n' "$NET_TESTER_PASSPHRASE" >"$WORK/tester.pass"
+    local audit
+    mapfile -t audit < <(audit_args)
     vmm_run "$1" --kernel "$GUEST_KERNEL" --initrd "$BUSYBOX_INITRAMFS" \
         --cmdline "console=ttyS0 reboot=acpi panic=-1 $GUEST_QUIET" --memory 256 \
         --disk "$WORK/e2e" --net "tap=$NET_TAP,ip=$NET_GUEST_IP" \
-        --policy "$WORK/policy.toml" --policy-key "$WORK/org.pub" --role netuser
+        --policy "$WORK/policy.toml" --policy-key "$WORK/org.pub" \
+        --user tester --passphrase-file "$WORK/tester.pass" "${audit[@]}"
 }
 
 # peer_saw TEXT: the peer logged a line containing TEXT.
 peer_saw() { grep -qF -- "$1" "$PEER_LOG"; }
+
+# Identity scenarios (id-*, audit-verify): tests/e2e/identity/policy.toml,
+# whose users log in with these passphrases.
+ID_ALICE_PASSPHRASE="alice e2e passphrase"
+ID_BOB_PASSPHRASE="bob e2e passphrase"
+
+# id_prepare: the identity policy signed with a fresh minisign key, and the
+# users' passphrase files alice.pass and bob.pass.
+id_prepare() {
+    cp "$E2E_DIR/identity/policy.toml" "$WORK/policy.toml"
+    rm -f "$WORK/org.key" "$WORK/org.pub"
+    minisign -G -W -p "$WORK/org.pub" -s "$WORK/org.key" >/dev/null
+    minisign -S -s "$WORK/org.key" -m "$WORK/policy.toml" -t "securevm-policy version=1" >/dev/null
+    printf '%s\n' "$ID_ALICE_PASSPHRASE" >"$WORK/alice.pass"
+    printf '%s\n' "$ID_BOB_PASSPHRASE" >"$WORK/bob.pass"
+}
+
+# id_run SECONDS USER PASSPHRASE_FILE [ARG...]: boot the busybox guest with
+# the e2e disk, logged in as USER, auditing into $WORK/audit.jsonl.
+id_run() {
+    local limit=$1 user=$2 pass=$3 audit
+    shift 3
+    mapfile -t audit < <(audit_args)
+    vmm_run "$limit" --kernel "$GUEST_KERNEL" --initrd "$BUSYBOX_INITRAMFS" \
+        --cmdline "console=ttyS0 reboot=acpi panic=-1 $GUEST_QUIET" --memory 256 \
+        --disk "$WORK/e2e" --policy "$WORK/policy.toml" --policy-key "$WORK/org.pub" \
+        --user "$user" --passphrase-file "$pass" "${audit[@]}" "$@"
+}
+
+# audit_count EVENT: how many records of EVENT $WORK/audit.jsonl holds.
+audit_count() { grep -c "\"event\":\"$1\"" "$WORK/audit.jsonl" || true; }
+
+# audit_verify FILE: `securevm audit verify FILE` with the scenario's key;
+# its output in AUDIT_OUT, its status in AUDIT_EXIT.
+audit_verify() {
+    set +e
+    AUDIT_OUT=$("$SECUREVM" audit verify "$1" --audit-key "$WORK/audit.key" 2>&1)
+    AUDIT_EXIT=$?
+    set -e
+}

@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use crate::audit::AuditConfig;
 use crate::policy::PolicyConfig;
 use crate::storage::external::ExternalMediaPolicy;
 
@@ -214,14 +215,19 @@ pub struct VmConfig {
     pub memory_mib: u64,
     pub disks: Vec<DiskConfig>,
     pub nets: Vec<NetConfig>,
-    /// Passphrase of the LUKS disks among `disks`; the terminal is asked
-    /// when absent.
+    /// With `user`: that user's login passphrase, which also opens their
+    /// keyslots. Without: the passphrase of the LUKS disks among `disks`.
+    /// The terminal is asked when absent.
     pub passphrase_file: Option<PathBuf>,
     pub external: ExternalMediaConfig,
-    /// The signed machine policy and the role whose rules apply.
+    /// The signed machine policy.
     pub policy: Option<PolicyConfig>,
     /// A smart card that opens LUKS disks (and whose removal locks the VM).
     pub card: Option<crate::identity::smartcard::CardOptions>,
+    /// `--user ID`: the policy user who logs in (required with a policy).
+    pub user: Option<String>,
+    /// `--audit-log` / `--audit-key`.
+    pub audit: AuditConfig,
     pub seccomp: bool,
     pub on_reboot: RebootAction,
     pub kvm_device: PathBuf,
@@ -288,6 +294,8 @@ mod tests {
             },
             policy: None,
             card: None,
+            user: None,
+            audit: AuditConfig::default(),
             seccomp: true,
             on_reboot: RebootAction::Exit,
             kvm_device: "/dev/kvm".into(),

@@ -17,6 +17,9 @@ pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_REBOOT: i32 = 3;
 /// Exit status when the guest crashed (triple fault, failed VM entry).
 pub const EXIT_GUEST_CRASH: i32 = 4;
+/// Exit status when login was refused after the retry bound (wrong user id
+/// or credential; the guest never ran).
+pub const EXIT_LOGIN_REFUSED: i32 = 5;
 /// Exit status when the user stopped the VM from the console (Ctrl-A x).
 pub const EXIT_USER_QUIT: i32 = 130;
 
@@ -82,6 +85,7 @@ mod tests {
             ExitReason::UserQuit.exit_code(),
             ExitReason::Internal(String::new()).exit_code(),
             EXIT_USAGE,
+            EXIT_LOGIN_REFUSED,
         ];
         let mut sorted = codes.to_vec();
         sorted.sort();

@@ -8,6 +8,7 @@
 //! wraps the KVM VM and vCPUs.
 
 pub mod arch;
+pub mod audit;
 pub mod config;
 pub mod console;
 pub mod devices;

@@ -6,16 +6,20 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use securevm::audit::cli::{run_audit_command, AuditCommand};
+use securevm::audit::AuditConfig;
 use securevm::config::{
     DiskConfig, ExternalMediaConfig, NetConfig, RebootAction, VmConfig, DEFAULT_CMDLINE,
     DEFAULT_MEMORY_MIB,
 };
-use securevm::exit::{ExitReason, EXIT_ERROR, EXIT_USAGE};
-use securevm::identity::smartcard::cli::{run_enroll, CardArgs, EnrollArgs};
+use securevm::exit::{ExitReason, EXIT_ERROR, EXIT_LOGIN_REFUSED, EXIT_USAGE};
+use securevm::identity::enroll::{run_enroll_command, EnrollCommand};
+use securevm::identity::smartcard::cli::{run_enroll, CardArgs, CardEnrollArgs};
 use securevm::policy::PolicyConfig;
 use securevm::storage::bench::{run_disk_bench, BenchDiskArgs};
 use securevm::storage::external::ExternalMediaPolicy;
 use securevm::storage::{run_disk_command, DiskCommand};
+use securevm::vmm::VmmError;
 
 #[derive(Parser)]
 #[command(
@@ -33,11 +37,14 @@ enum Command {
     /// Boot a guest kernel. The guest console is this terminal (Ctrl-A x quits).
     ///
     /// Exit status: 0 guest powered off, 1 error, 2 usage error, 3 guest
-    /// rebooted, 4 guest crashed, 130 stopped with Ctrl-A x.
+    /// rebooted, 4 guest crashed, 5 login refused, 130 stopped with Ctrl-A x.
     Run(Box<RunArgs>),
-    /// Create and manage LUKS2-encrypted disk images.
+    /// Create and manage LUKS2-encrypted disk images and their users' keyslots.
     #[command(subcommand)]
     Disk(DiskCli),
+    /// The audit log: create the machine audit key, verify a log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Measure securevm's own costs (figures for the README).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -46,10 +53,12 @@ enum Command {
 #[derive(Subcommand)]
 enum DiskCli {
     #[command(flatten)]
-    Storage(DiskCommand),
+    Volume(DiskCommand),
+    #[command(flatten)]
+    Users(EnrollCommand),
     /// Add a keyslot that a smart card opens (systemd-cryptenroll's
     /// systemd-pkcs11 layout: systemd-cryptsetup opens it with the same card).
-    Enroll(EnrollArgs),
+    EnrollCard(CardEnrollArgs),
 }
 
 #[derive(Subcommand)]
@@ -101,7 +110,8 @@ struct RunArgs {
     /// A virtio-net device on host TAP NAME, created if missing (repeatable).
     #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
     nets: Vec<NetConfig>,
-    /// Passphrase file for LUKS disks (one trailing newline is ignored); else the terminal asks.
+    /// Passphrase file (one trailing newline is ignored); else the terminal asks. With --user:
+    /// the user's login passphrase (it also opens their disk keyslot); without: the disks'.
     #[arg(long, value_name = "FILE")]
     passphrase_file: Option<PathBuf>,
     /// A removable medium (image or block device), attached under --external-policy (repeatable).
@@ -118,7 +128,7 @@ struct RunArgs {
     #[arg(long)]
     format_blank_external: bool,
     /// The signed machine policy (its signature is FILE.minisig).
-    #[arg(long, value_name = "FILE", requires_all = ["policy_key", "role"])]
+    #[arg(long, value_name = "FILE", requires_all = ["policy_key", "user"])]
     policy: Option<PathBuf>,
     /// The organisation's public key (minisign format) that must have signed the policy.
     #[arg(long, value_name = "PUB", requires = "policy")]
@@ -126,9 +136,19 @@ struct RunArgs {
     /// State file recording the installed policy version (refuses rollback).
     #[arg(long, value_name = "FILE", requires = "policy")]
     policy_state: Option<PathBuf>,
-    /// The policy role whose rules apply (until users authenticate).
-    #[arg(long, value_name = "NAME", requires = "policy")]
+    /// The policy user who logs in (passphrase from --passphrase-file or the
+    /// terminal); their role's rules apply.
+    #[arg(long, value_name = "ID", requires = "policy")]
+    user: Option<String>,
+    /// Refused: the role comes from the user who logs in (kept to say so).
+    #[arg(long, value_name = "NAME", hide = true)]
     role: Option<String>,
+    /// Where audit records go (overrides the policy's [audit] sink).
+    #[arg(long, value_name = "FILE")]
+    audit_log: Option<PathBuf>,
+    /// The machine audit key (32 bytes, mode 0600) that MACs the records.
+    #[arg(long, value_name = "FILE")]
+    audit_key: Option<PathBuf>,
     /// What a guest reboot does.
     #[arg(long, value_enum, default_value = "exit")]
     on_reboot: OnReboot,
@@ -163,16 +183,20 @@ impl From<RunArgs> for VmConfig {
                 passphrase_file: args.external_passphrase_file,
                 format_blank: args.format_blank_external,
             },
-            policy: match (args.policy, args.policy_key, args.role) {
-                (Some(path), Some(public_key), Some(role)) => Some(PolicyConfig {
+            policy: match (args.policy, args.policy_key) {
+                (Some(path), Some(public_key)) => Some(PolicyConfig {
                     path,
                     public_key,
                     state: args.policy_state,
-                    role,
                 }),
                 _ => None,
             },
             card: args.card.options(),
+            user: args.user,
+            audit: AuditConfig {
+                log: args.audit_log,
+                key: args.audit_key,
+            },
             seccomp: !args.no_seccomp,
             on_reboot: match args.on_reboot {
                 OnReboot::Exit => RebootAction::Exit,
@@ -201,16 +225,33 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Run(args) => run((*args).into()),
-        Command::Disk(DiskCli::Storage(command)) => match run_disk_command(command) {
+        Command::Run(args) => {
+            if args.role.is_some() {
+                eprintln!(
+                    "securevm: error: --role is not accepted: the role comes from the policy's entry for the user who logs in; pass --user ID"
+                );
+                return ExitCode::from(EXIT_USAGE as u8);
+            }
+            run((*args).into())
+        }
+        Command::Disk(DiskCli::Volume(command)) => match run_disk_command(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(&e),
         },
-        Command::Disk(DiskCli::Enroll(args)) => match run_enroll(&args) {
+        Command::Disk(DiskCli::Users(command)) => match run_enroll_command(&command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
+        Command::Disk(DiskCli::EnrollCard(args)) => match run_enroll(&args) {
             Ok(report) => {
                 println!("{report}");
                 ExitCode::SUCCESS
             }
+            Err(e) => fail(&e),
+        },
+        Command::Audit(command) => match run_audit_command(&command) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(EXIT_ERROR as u8),
             Err(e) => fail(&e),
         },
         Command::Bench(BenchCommand::Disk(args)) => match run_disk_bench(&args) {
@@ -257,6 +298,10 @@ fn run(config: VmConfig) -> ExitCode {
                 ExitReason::PowerOff | ExitReason::Reboot | ExitReason::UserQuit => {}
             }
             ExitCode::from(reason.exit_code() as u8)
+        }
+        Err(VmmError::Session(e)) if e.is_login_refused() => {
+            eprintln!("securevm: error: {e}");
+            ExitCode::from(EXIT_LOGIN_REFUSED as u8)
         }
         Err(e) => fail(&e),
     }

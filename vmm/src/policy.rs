@@ -1,15 +1,17 @@
 //! The signed machine policy as `securevm run` uses it: verified with the
 //! organisation's public key, checked against the installed-version state
 //! (no rollback, no policy from another key), and narrowed to the role
-//! whose rules apply to this session. Until ID management selects the
-//! role from the authenticated user, `--role` names it.
+//! whose rules apply to this session: the role of the user who logged in
+//! (`crate::identity`). Every valid policy lists its users, so the role
+//! always comes from an authenticated user; there is no way to pick a role
+//! on the command line (`--role` is refused), which would bypass login.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use guest_policy::{load_policy, PolicyError, PolicyState, PublicKey, Role, SigningError};
+use guest_policy::{load_policy, Policy, PolicyError, PolicyState, PublicKey, Role, SigningError};
 
-/// `--policy FILE --policy-key PUB [--policy-state FILE] --role NAME`.
+/// `--policy FILE --policy-key PUB [--policy-state FILE]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyConfig {
     pub path: PathBuf,
@@ -17,7 +19,13 @@ pub struct PolicyConfig {
     /// Where the installed version is recorded; without it only the
     /// signature and expiry are checked.
     pub state: Option<PathBuf>,
-    pub role: String,
+}
+
+/// A policy whose signature, expiry and version were accepted.
+#[derive(Debug, Clone)]
+pub struct AcceptedPolicy {
+    pub version: u64,
+    pub policy: Policy,
 }
 
 /// The rules in force for this VM.
@@ -47,8 +55,12 @@ pub enum PolicyLoadError {
     },
 }
 
-/// Verifies and accepts the policy, then returns the named role's rules.
-pub fn load_role(config: &PolicyConfig, now: SystemTime) -> Result<ActiveRole, PolicyLoadError> {
+/// Verifies the policy and records it as installed (when a state file is
+/// given); booting again under the installed version is fine.
+pub fn accept_policy(
+    config: &PolicyConfig,
+    now: SystemTime,
+) -> Result<AcceptedPolicy, PolicyLoadError> {
     let key = read_public_key(&config.public_key)?;
     let refused = |source| PolicyLoadError::Refused {
         path: config.path.clone(),
@@ -65,21 +77,35 @@ pub fn load_role(config: &PolicyConfig, now: SystemTime) -> Result<ActiveRole, P
             state.accept(&verified).map_err(refused)?;
         }
     }
-    let policy_version = verified.version();
-    let policy = verified.into_policy();
-    let role =
-        policy
-            .roles
-            .get(&config.role)
-            .cloned()
-            .ok_or_else(|| PolicyLoadError::UnknownRole {
-                path: config.path.clone(),
-                role: config.role.clone(),
-                known: policy.roles.keys().cloned().collect::<Vec<_>>().join(", "),
-            })?;
+    Ok(AcceptedPolicy {
+        version: verified.version(),
+        policy: verified.into_policy(),
+    })
+}
+
+/// The rules of the role the policy gives `user_id` (an authenticated user).
+pub fn role_for_user(
+    accepted: &AcceptedPolicy,
+    path: &Path,
+    user_id: &str,
+) -> Result<ActiveRole, PolicyLoadError> {
+    let policy = &accepted.policy;
+    let name = policy
+        .user(user_id)
+        .map(|user| user.role.clone())
+        .unwrap_or_default();
+    let role = policy
+        .roles
+        .get(&name)
+        .cloned()
+        .ok_or_else(|| PolicyLoadError::UnknownRole {
+            path: path.to_path_buf(),
+            role: name.clone(),
+            known: policy.roles.keys().cloned().collect::<Vec<_>>().join(", "),
+        })?;
     Ok(ActiveRole {
-        name: config.role.clone(),
-        policy_version,
+        name,
+        policy_version: accepted.version,
         role,
     })
 }
@@ -130,12 +156,11 @@ mod tests {
             path
         }
 
-        fn config(&self, path: PathBuf, role: &str, state: bool) -> PolicyConfig {
+        fn config(&self, path: PathBuf, state: bool) -> PolicyConfig {
             PolicyConfig {
                 path,
                 public_key: self.dir.join("org.pub"),
                 state: state.then(|| self.dir.join("policy.state")),
-                role: role.into(),
             }
         }
     }
@@ -151,33 +176,35 @@ mod tests {
     }
 
     #[test]
-    fn the_named_role_is_selected() {
+    fn the_users_role_is_selected() {
         let f = Fixture::new("select");
-        let active =
-            load_role(&f.config(f.signed(7), "contractor", false), before_expiry()).unwrap();
-        assert_eq!(active.name, "contractor");
-        assert_eq!(active.policy_version, 7);
-        assert_ne!(active.role.storage.external_media, ExternalMedia::Encrypt);
+        let config = f.config(f.signed(7), false);
+        let accepted = accept_policy(&config, before_expiry()).unwrap();
+        let bob = role_for_user(&accepted, &config.path, "bob").unwrap();
+        assert_eq!(bob.name, "contractor");
+        assert_eq!(bob.policy_version, 7);
+        assert_ne!(bob.role.storage.external_media, ExternalMedia::Encrypt);
+        let alice = role_for_user(&accepted, &config.path, "alice").unwrap();
+        assert_eq!(alice.name, "staff");
+        assert_eq!(alice.role.storage.external_media, ExternalMedia::Encrypt);
     }
 
     #[test]
-    fn an_unknown_role_lists_the_known_ones() {
-        let f = Fixture::new("unknown-role");
-        let err = load_role(&f.config(f.signed(7), "admin", false), before_expiry()).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("no role 'admin'; its roles are: contractor, staff"),
-            "{err}"
-        );
+    fn a_user_the_policy_does_not_know_gets_no_role() {
+        let f = Fixture::new("unknown-user");
+        let config = f.config(f.signed(7), false);
+        let accepted = accept_policy(&config, before_expiry()).unwrap();
+        let err = role_for_user(&accepted, &config.path, "mallory").unwrap_err();
+        assert!(matches!(err, PolicyLoadError::UnknownRole { .. }), "{err}");
     }
 
     #[test]
     fn the_installed_version_boots_again_but_rollback_is_refused() {
         let f = Fixture::new("state");
         PolicyState::initialise(&f.dir.join("policy.state")).unwrap();
-        load_role(&f.config(f.signed(8), "staff", true), before_expiry()).unwrap();
-        load_role(&f.config(f.signed(8), "staff", true), before_expiry()).unwrap();
-        let err = load_role(&f.config(f.signed(7), "staff", true), before_expiry()).unwrap_err();
+        accept_policy(&f.config(f.signed(8), true), before_expiry()).unwrap();
+        accept_policy(&f.config(f.signed(8), true), before_expiry()).unwrap();
+        let err = accept_policy(&f.config(f.signed(7), true), before_expiry()).unwrap_err();
         assert!(err.to_string().contains("refusing to roll back"), "{err}");
     }
 
@@ -187,16 +214,16 @@ mod tests {
         let path = f.signed(7);
         let other = SecretKey::generate().unwrap();
         std::fs::write(f.dir.join("org.pub"), other.public_key().to_text()).unwrap();
-        let err = load_role(&f.config(path, "staff", false), before_expiry()).unwrap_err();
+        let err = accept_policy(&f.config(path, false), before_expiry()).unwrap_err();
         assert!(matches!(err, PolicyLoadError::Refused { .. }), "{err}");
     }
 
     #[test]
     fn an_unreadable_key_is_reported() {
         let f = Fixture::new("no-key");
-        let mut config = f.config(f.signed(7), "staff", false);
+        let mut config = f.config(f.signed(7), false);
         config.public_key = f.dir.join("missing.pub");
-        let err = load_role(&config, before_expiry()).unwrap_err();
+        let err = accept_policy(&config, before_expiry()).unwrap_err();
         assert!(
             matches!(err, PolicyLoadError::KeyUnreadable { .. }),
             "{err}"

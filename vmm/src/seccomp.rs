@@ -39,9 +39,9 @@ pub enum ThreadKind {
     ConsoleOutput,
     /// Encrypts and decrypts pieces of large disk requests, with their file I/O.
     DiskCrypto,
-    /// Prints what the network filters refused.
+    /// Prints what the network filters refused and records it in the audit log.
     Reporter,
-    /// Waits for the VM to stop, then stops the other threads.
+    /// Waits for the VM to stop, records that, then stops the other threads.
     Main,
 }
 
@@ -105,6 +105,10 @@ const NET_IO: &[i64] = &[
     libc::SYS_epoll_ctl,
 ];
 
+/// Appending an audit record: the line is written (common `write`), then
+/// made durable before the decision it records takes effect.
+const AUDIT: &[i64] = &[libc::SYS_fdatasync, libc::SYS_fsync];
+
 fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<u64>) {
     let kvm_device_ioctls = [KVM_SIGNAL_MSI(), KVM_IOEVENTFD(), KVM_IRQFD()];
     match kind {
@@ -130,11 +134,13 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<u64>) {
                 .collect(),
             vec![KVM_SIGNAL_MSI()],
         ),
-        ThreadKind::ConsoleInput | ThreadKind::ConsoleOutput | ThreadKind::Reporter => {
-            (vec![], vec![])
-        }
+        ThreadKind::ConsoleInput | ThreadKind::ConsoleOutput => (vec![], vec![]),
+        ThreadKind::Reporter => (AUDIT.to_vec(), vec![]),
         ThreadKind::Main => (
-            vec![libc::SYS_ioctl, libc::SYS_tgkill],
+            [libc::SYS_ioctl, libc::SYS_tgkill]
+                .into_iter()
+                .chain(AUDIT.iter().copied())
+                .collect(),
             vec![libc::TCGETS, libc::TCSETS],
         ),
     }

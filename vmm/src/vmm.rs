@@ -9,7 +9,6 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use guest_policy::{Action, ExternalMedia, NetworkPolicy};
 
@@ -23,6 +22,7 @@ use crate::arch::layout::{
 };
 use crate::arch::memory::{create_guest_memory, MemoryError};
 use crate::arch::vcpu::{configure_vcpu, ArchError};
+use crate::audit::{Audit, AuditError, Event};
 use crate::config::{ConfigError, RebootAction, VmConfig};
 use crate::console::{spawn_input_thread, RawTerminal};
 use crate::devices::bus::{Bus, BusError};
@@ -37,10 +37,14 @@ use crate::devices::virtio::block::{
 };
 use crate::devices::virtio::net::{Net, NetError, PolicyFilter, Tap, TapError};
 use crate::exit::{ExitNotifier, ExitReason};
-use crate::identity::smartcard::{self, disk as card_disk, CardLogin, SmartCardError};
+use crate::identity::disk::{unlock_for_user, UserDiskError};
+use crate::identity::session::{start_session, Session, SessionError};
+use crate::identity::smartcard::login::CardCredential;
+use crate::identity::smartcard::{self, disk as card_disk, SmartCardError};
+use crate::identity::RetryDelay;
 use crate::loader::{load_cmdline, load_initrd, load_kernel, LoaderError};
 use crate::netfilter::{Filter, FilterConfig, FilterControl, DEFAULT_CONNTRACK_CAPACITY};
-use crate::policy::{load_role, ActiveRole, PolicyLoadError};
+use crate::policy::ActiveRole;
 use crate::seccomp::{self, SeccompError, ThreadKind};
 use crate::storage::external::ExternalMediaPolicy;
 use crate::storage::external::{attach_decision, ExternalAttach};
@@ -88,7 +92,11 @@ pub enum VmmError {
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(transparent)]
-    Policy(#[from] PolicyLoadError),
+    Session(#[from] SessionError),
+    #[error(transparent)]
+    UserDisk(#[from] UserDiskError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
     #[error(transparent)]
     SmartCard(#[from] SmartCardError),
     #[error(transparent)]
@@ -105,8 +113,46 @@ pub enum VmmError {
 /// Boots the VM described by `config` and runs it until it stops; with
 /// `--on-reboot restart`, a guest reboot builds a fresh VM.
 pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
+    config.validate()?;
+    open_input("kernel", &config.kernel)?;
+    if let Some(path) = &config.initrd {
+        open_input("initrd", path)?;
+    }
+    // Audit log, policy, login and role: before any guest exists.
+    let session = start_session(config, RetryDelay::default())?;
+    let audit = session.audit.clone();
+    // Without a policy there is no user, but a card may still open disks.
+    let card_only = match (&config.card, &config.policy) {
+        (Some(options), None) => {
+            let login = smartcard::login_without_policy(options)?;
+            Some(CardCredential::new(
+                login,
+                options.pins.clone(),
+                options.retry,
+            ))
+        }
+        _ => None,
+    };
+    let result = run_session(config, &session, card_only.as_ref());
+    let reason = match &result {
+        Ok(ExitReason::PowerOff) => "guest powered off".to_string(),
+        Ok(ExitReason::Reboot) => "guest rebooted".to_string(),
+        Ok(ExitReason::GuestCrash(_)) => "guest crashed".to_string(),
+        Ok(ExitReason::UserQuit) => "stopped from the console".to_string(),
+        Ok(ExitReason::Internal(what)) => format!("securevm failed: {what}"),
+        Err(e) => format!("securevm failed: {e}"),
+    };
+    audit.record_or_warn(Event::VmStop { reason });
+    result
+}
+
+fn run_session(
+    config: &VmConfig,
+    session: &Session,
+    card_only: Option<&CardCredential>,
+) -> Result<ExitReason, VmmError> {
     loop {
-        let reason = run_once(config)?;
+        let reason = run_once(config, session, card_only)?;
         if reason == ExitReason::Reboot && config.on_reboot == RebootAction::Restart {
             log::info!("guest rebooted; starting it again");
             continue;
@@ -115,7 +161,11 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     }
 }
 
-fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
+fn run_once(
+    config: &VmConfig,
+    session: &Session,
+    card_only: Option<&CardCredential>,
+) -> Result<ExitReason, VmmError> {
     config.validate()?;
     // Every input is opened before KVM is touched: bad input fails fast,
     // and nothing is created or written on its behalf.
@@ -124,29 +174,14 @@ fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
         Some(path) => Some(open_input("initrd", path)?),
         None => None,
     };
-    let role = match &config.policy {
-        Some(policy) => {
-            let active = load_role(policy, SystemTime::now())?;
-            log::info!(
-                "policy version {} accepted; role '{}' applies",
-                active.policy_version,
-                active.name
-            );
-            Some(active)
-        }
-        None => None,
-    };
+    let role = session.role.as_ref();
     if config.seccomp {
         crate::storage::parallel::set_worker_start(|| {
             seccomp::install(ThreadKind::DiskCrypto).map_err(|e| e.to_string())
         });
     }
-    let card = match &config.card {
-        Some(options) => Some(smartcard::login_without_policy(options)?),
-        None => None,
-    };
-    let disks = open_disks(config, role.as_ref(), card.as_ref())?;
-    let (nets, filter_controls) = open_nets(config, role.as_ref())?;
+    let disks = open_disks(config, session, card_only)?;
+    let (nets, filter_controls) = open_nets(config, role)?;
 
     let vm = Arc::new(Vm::new(&config.kvm_device)?);
     vm.check_vcpu_count(usize::from(config.cpus))?;
@@ -273,7 +308,7 @@ fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
         source,
     })?;
 
-    spawn_refusal_reporter(filter_controls, config.seccomp)?;
+    spawn_refusal_reporter(filter_controls, config.seccomp, session.audit.clone())?;
     let stop = Arc::new(AtomicBool::new(false));
     let context = VcpuContext {
         pio,
@@ -281,6 +316,11 @@ fn run_once(config: &VmConfig) -> Result<ExitReason, VmmError> {
         exit: exit.clone(),
         stop: stop.clone(),
     };
+    session.audit.record(Event::VmStart {
+        kernel: config.kernel.display().to_string(),
+        cpus: config.cpus,
+        memory_mib: config.memory_mib,
+    })?;
     let mut vcpus: Vec<VcpuHandle> = Vec::with_capacity(vcpu_fds.len());
     for (index, fd) in vcpu_fds.into_iter().enumerate() {
         let setup: Option<vcpu::ThreadSetup> = config.seccomp.then(|| {
@@ -373,9 +413,17 @@ fn open_nets(
     Ok((nets, controls))
 }
 
+/// Most refusals quoted in one audit summary.
+const AUDIT_REFUSAL_EXAMPLES: usize = 5;
+
 /// Every second, prints the network refusals the filters report (they
-/// rate-limit themselves) on stderr.
-fn spawn_refusal_reporter(controls: Vec<FilterControl>, seccomp_on: bool) -> Result<(), VmmError> {
+/// rate-limit themselves) on stderr, and records a summary of them (count
+/// and a few examples) in the audit log.
+fn spawn_refusal_reporter(
+    controls: Vec<FilterControl>,
+    seccomp_on: bool,
+    audit: Audit,
+) -> Result<(), VmmError> {
     if controls.is_empty() {
         return Ok(());
     }
@@ -390,10 +438,19 @@ fn spawn_refusal_reporter(controls: Vec<FilterControl>, seccomp_on: bool) -> Res
             }
             loop {
                 std::thread::sleep(std::time::Duration::from_secs(1));
+                let mut count = 0u64;
+                let mut examples = Vec::new();
                 for control in &controls {
                     for refusal in control.drain_refusals() {
                         eprintln!("securevm: network: {refusal}");
+                        count += 1;
+                        if examples.len() < AUDIT_REFUSAL_EXAMPLES {
+                            examples.push(refusal.to_string());
+                        }
                     }
+                }
+                if count > 0 {
+                    audit.record_or_warn(Event::NetworkRefusals { count, examples });
                 }
             }
         })
@@ -404,14 +461,18 @@ fn spawn_refusal_reporter(controls: Vec<FilterControl>, seccomp_on: bool) -> Res
         })
 }
 
-/// Opens every `--disk` (LUKS volumes with the disk passphrase, others
-/// raw) and every `--external` medium under the external-media policy.
-/// Secrets are read once and dropped (zeroized) before the VM starts.
+/// Opens every `--disk` (LUKS volumes with the logged-in user's
+/// credential, or without a login the disk passphrase; others raw) and
+/// every `--external` medium under the external-media policy, recording
+/// each in the audit log. Secrets are read once and dropped (zeroized)
+/// before the VM starts.
 fn open_disks(
     config: &VmConfig,
-    role: Option<&ActiveRole>,
-    card: Option<&CardLogin>,
+    session: &Session,
+    card_only: Option<&CardCredential>,
 ) -> Result<Vec<Block>, VmmError> {
+    let role = session.role.as_ref();
+    let audit = &session.audit;
     let mut blocks = Vec::new();
     let mut disk_passphrase: Option<SecretBuf> = None;
     for disk in &config.disks {
@@ -419,13 +480,32 @@ fn open_disks(
             path: disk.path.display().to_string(),
             source,
         };
-        let by_card = match card {
-            Some(card) if is_luks(&disk.path)? => open_by_card(card, disk)?,
+        let luks = is_luks(&disk.path)?;
+        let backend: Box<dyn BlockBackend> = if let (true, Some(login)) = (luks, &session.login) {
+            let unlocked = unlock_for_user(&disk.path, login)?;
+            audit.record(Event::DiskOpened {
+                path: disk.path.display().to_string(),
+                keyslot: Some(unlocked.volume.keyslot),
+                user_slot: unlocked.own_slot,
+                read_only: disk.read_only,
+            })?;
+            Box::new(EncryptedBackend::from_unlocked(
+                &disk.path,
+                unlocked.volume,
+                disk.read_only,
+            )?)
+        } else if let Some((backend, keyslot)) = match card_only {
+            Some(card) if luks => open_by_card(card, disk)?,
             _ => None,
-        };
-        let backend: Box<dyn BlockBackend> = if let Some(backend) = by_card {
+        } {
+            audit.record(Event::DiskOpened {
+                path: disk.path.display().to_string(),
+                keyslot: Some(keyslot),
+                user_slot: false,
+                read_only: disk.read_only,
+            })?;
             Box::new(backend)
-        } else if is_luks(&disk.path)? {
+        } else if luks {
             if disk_passphrase.is_none() {
                 let source = match &config.passphrase_file {
                     Some(file) => PassphraseSource::File(file),
@@ -437,11 +517,14 @@ fn open_disks(
                 disk_passphrase = Some(read_passphrase(source)?);
             }
             let passphrase = disk_passphrase.as_ref().map_or(&[][..], |p| p.as_bytes());
-            Box::new(EncryptedBackend::open(
-                &disk.path,
-                passphrase,
-                disk.read_only,
-            )?)
+            let backend = EncryptedBackend::open(&disk.path, passphrase, disk.read_only)?;
+            audit.record(Event::DiskOpened {
+                path: disk.path.display().to_string(),
+                keyslot: None,
+                user_slot: false,
+                read_only: disk.read_only,
+            })?;
+            Box::new(backend)
         } else {
             Box::new(RawFileBackend::open(&disk.path, disk.read_only).map_err(disk_error)?)
         };
@@ -466,7 +549,18 @@ fn open_disks(
     for medium in &external.media {
         let shown = medium.display();
         let id = disk_id_from_path(medium);
+        let decided = |decision: &str, reason: Option<String>| {
+            audit.record(Event::ExternalMedium {
+                path: shown.to_string(),
+                decision: decision.into(),
+                reason,
+            })
+        };
         if !allowed_serials.is_empty() && !allowed_serials.contains(&id) {
+            decided(
+                "deny",
+                Some(format!("serial '{id}' is not on the role's allow-list")),
+            )?;
             eprintln!(
                 "securevm: external medium {shown} not attached: its serial '{id}' is not on the role's allow-list"
             );
@@ -479,10 +573,18 @@ fn open_disks(
                     if formatted {
                         log::warn!("external medium {shown} was blank and is now a LUKS2 volume");
                     }
+                    decided(
+                        "encrypt",
+                        formatted.then(|| "formatted a blank medium".into()),
+                    )?;
                     Box::new(backend)
                 }
-                ExternalAttach::ReadOnly(backend) => Box::new(backend),
+                ExternalAttach::ReadOnly(backend) => {
+                    decided("read-only", None)?;
+                    Box::new(backend)
+                }
                 ExternalAttach::Denied { reason } => {
+                    decided("deny", Some(reason.clone()))?;
                     eprintln!("securevm: external medium {reason}");
                     continue;
                 }
@@ -495,24 +597,22 @@ fn open_disks(
     Ok(blocks)
 }
 
-/// A LUKS disk opened by the logged-in card, or `None` when no keyslot
+/// A LUKS disk opened by the logged-in card (and the keyslot that
+/// opened it), or `None` when no keyslot
 /// of it is bound to the card (the passphrase is asked instead).
 fn open_by_card(
-    card: &CardLogin,
+    card: &CardCredential,
     disk: &crate::config::DiskConfig,
-) -> Result<Option<EncryptedBackend>, VmmError> {
-    match card_disk::unlock(&disk.path, &card.token) {
+) -> Result<Option<(EncryptedBackend, u32)>, VmmError> {
+    match card.with_login(|login| card_disk::unlock(&disk.path, &login.token)) {
         Ok(volume) => {
+            let keyslot = volume.keyslot;
             log::info!(
-                "{}: opened by the smart card (keyslot {})",
-                disk.path.display(),
-                volume.keyslot
+                "{}: opened by the smart card (keyslot {keyslot})",
+                disk.path.display()
             );
-            Ok(Some(EncryptedBackend::from_unlocked(
-                &disk.path,
-                volume,
-                disk.read_only,
-            )?))
+            let backend = EncryptedBackend::from_unlocked(&disk.path, volume, disk.read_only)?;
+            Ok(Some((backend, keyslot)))
         }
         Err(SmartCardError::NoCardKeyslot { .. }) => Ok(None),
         Err(e) => Err(e.into()),

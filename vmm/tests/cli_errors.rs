@@ -295,27 +295,6 @@ fn external_media_denied_by_policy_are_reported_and_not_attached() {
 }
 
 /// The example policy, signed by a fresh key: (policy path, public key path).
-fn signed_example_policy(scratch: &Scratch) -> (std::path::PathBuf, std::path::PathBuf) {
-    use guest_policy::{
-        signature_path_for, trusted_comment_for, validate, SecretKey, SignatureFile,
-    };
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../guest-policy/examples/policy.toml"
-    ))
-    .unwrap();
-    let key = SecretKey::generate().unwrap();
-    let policy_path = scratch.path("policy.toml");
-    let pub_path = scratch.path("org.pub");
-    std::fs::write(&policy_path, &text).unwrap();
-    std::fs::write(&pub_path, key.public_key().to_text()).unwrap();
-    let policy = validate("policy.toml", &text).unwrap().policy;
-    let comment = trusted_comment_for(&policy, "policy.toml", std::time::SystemTime::now());
-    let signature = SignatureFile::sign(&key, text.as_bytes(), &comment).unwrap();
-    std::fs::write(signature_path_for(&policy_path), signature.to_text()).unwrap();
-    (policy_path, pub_path)
-}
-
 #[test]
 fn a_tampered_policy_is_refused_before_the_guest_starts() {
     let scratch = Scratch::new("tampered-policy");
@@ -333,15 +312,15 @@ fn a_tampered_policy_is_refused_before_the_guest_starts() {
         policy.to_str().unwrap(),
         "--policy-key",
         key.to_str().unwrap(),
-        "--role",
-        "staff",
+        "--user",
+        "alice",
     ]);
     assert_one_line_error(&out, "policy");
 }
 
 #[test]
-fn an_unknown_role_is_refused() {
-    let scratch = Scratch::new("unknown-role");
+fn a_role_cannot_be_chosen_on_the_command_line() {
+    let scratch = Scratch::new("role-flag");
     let kernel = hello(&scratch);
     let (policy, key) = signed_example_policy(&scratch);
     let out = securevm(&[
@@ -352,10 +331,20 @@ fn an_unknown_role_is_refused() {
         policy.to_str().unwrap(),
         "--policy-key",
         key.to_str().unwrap(),
+        "--user",
+        "bob",
         "--role",
-        "visitor",
+        "staff",
     ]);
-    assert_one_line_error(&out, "no role 'visitor'");
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "--role is not accepted: the role comes from the policy's entry for the user"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).is_empty());
 }
 
 #[test]
@@ -369,7 +358,9 @@ fn the_role_decides_what_happens_to_external_media() {
     let (policy, key) = signed_example_policy(&scratch);
     let stick = scratch.path("stick.img");
     std::fs::write(&stick, vec![0x42u8; 1 << 20]).unwrap();
-    let out = securevm(&[
+    let pass = write_file(&scratch, "bob.pass", BOB_PASSPHRASE);
+    let audit = audit_args(&scratch);
+    let mut args = vec![
         "run",
         "--kernel",
         &kernel,
@@ -377,11 +368,15 @@ fn the_role_decides_what_happens_to_external_media() {
         policy.to_str().unwrap(),
         "--policy-key",
         key.to_str().unwrap(),
-        "--role",
-        "contractor",
+        "--user",
+        "bob",
+        "--passphrase-file",
+        &pass,
         "--external",
         stick.to_str().unwrap(),
-    ]);
+    ];
+    args.extend(audit.iter().map(String::as_str));
+    let out = securevm(&args);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert_eq!(std::fs::read(&stick).unwrap(), vec![0x42u8; 1 << 20]);
 }
@@ -399,8 +394,8 @@ fn the_command_line_cannot_override_the_roles_media_rule() {
         policy.to_str().unwrap(),
         "--policy-key",
         key.to_str().unwrap(),
-        "--role",
-        "contractor",
+        "--user",
+        "bob",
         "--external-policy",
         "encrypt",
     ]);

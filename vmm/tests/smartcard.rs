@@ -271,8 +271,7 @@ fn a_wrong_pin_is_rejected_without_saying_so() {
     let scratch = Scratch::new("wrong-pin");
     let card = hsm.card("pin-card", KeyType::Ec);
     let error = smartcard::authenticate(&options(&scratch, "pin-card", "999999"), &card.binding())
-        .err()
-        .expect("a wrong PIN must not log in");
+        .expect_err("a wrong PIN must not log in");
     assert!(matches!(
         error,
         SmartCardError::Rejected(Rejection::WrongPin)
@@ -291,8 +290,7 @@ fn a_card_without_the_bound_key_is_rejected() {
     let mut binding = bound.binding();
     binding.token_label = Some(other.label.clone());
     let error = smartcard::authenticate(&options(&scratch, "other-card", PIN), &binding)
-        .err()
-        .expect("a foreign key must not log in");
+        .expect_err("a foreign key must not log in");
     assert!(matches!(
         error,
         SmartCardError::Rejected(Rejection::KeyNotBound)
@@ -313,8 +311,7 @@ fn a_card_without_the_bound_key_is_rejected() {
         },
         &binding,
     )
-    .err()
-    .expect("a token the policy does not name must not log in");
+    .expect_err("a token the policy does not name must not log in");
     assert_eq!(error.to_string(), REJECTED);
 }
 
@@ -452,7 +449,8 @@ fn pulling_the_card_pauses_and_reinserting_it_with_the_pin_resumes() {
             }
         }),
     };
-    let monitor = RemovalMonitor::spawn(login, watched, hooks).unwrap();
+    drop(login);
+    let monitor = RemovalMonitor::spawn(watched, hooks).unwrap();
     let wait = || events.recv_timeout(Duration::from_secs(10));
     assert!(
         events.recv_timeout(Duration::from_millis(500)).is_err(),
@@ -502,7 +500,7 @@ fn disk_enroll_command_adds_a_card_slot() {
         .env("SOFTHSM2_CONF", &hsm.conf)
         .args([
             "disk",
-            "enroll",
+            "enroll-card",
             "--pkcs11-module",
             MODULE,
             "--token-label",

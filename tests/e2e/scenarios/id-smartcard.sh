@@ -1,6 +1,6 @@
 # shellcheck shell=bash disable=SC2034 # TIMEOUT is read by tests/e2e/runner.sh
 # id-smartcard: a LUKS2 disk gets a keyslot bound to a SoftHSM2 card
-# (`securevm disk enroll`, systemd-cryptenroll's systemd-pkcs11 layout,
+# (`securevm disk enroll-card`, systemd-cryptenroll's systemd-pkcs11 layout,
 # which cryptsetup shows); the guest boots and reads the disk with the card
 # and its PIN alone; a wrong PIN is refused with the one message that does
 # not say what was wrong.
@@ -24,9 +24,9 @@ run() {
     local disk
     disk=$CARD_DIR/card.luks
     cp "$WORK/card.luks" "$disk"
-    "$SECUREVM" disk enroll --pkcs11-module "$CARD_MODULE" --token-label e2e-card \
+    "$SECUREVM" disk enroll-card --pkcs11-module "$CARD_MODULE" --token-label e2e-card \
         --pin-file "$CARD_DIR/pin" --passphrase-file "$WORK/disk.pass" "$disk" >>"$WORK/run.log" 2>&1 ||
-        fail "securevm disk enroll failed"
+        fail "securevm disk enroll-card failed"
     cryptsetup luksDump "$disk" | grep -q systemd-pkcs11 || fail "cryptsetup does not show a systemd-pkcs11 token"
 
     local guest=(--kernel "$GUEST_KERNEL" --initrd "$BUSYBOX_INITRAMFS"

@@ -16,6 +16,7 @@ pub mod cli;
 pub mod disk;
 pub mod error;
 pub mod keys;
+pub mod login;
 pub mod monitor;
 pub mod token;
 
@@ -38,6 +39,7 @@ pub struct CardOptions {
 
 /// A user proven to hold the bound card: the logged-in token and the key
 /// that answered the challenge.
+#[derive(Debug)]
 pub struct CardLogin {
     pub token: LoggedIn,
     pub key: TokenKey,

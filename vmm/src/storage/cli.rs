@@ -111,7 +111,7 @@ pub struct KdfArgs {
 }
 
 impl KdfArgs {
-    fn settings(&self) -> Result<KdfSettings, StorageError> {
+    pub(crate) fn settings(&self) -> Result<KdfSettings, StorageError> {
         if self.kdf_memory.is_none() && self.kdf_time.is_none() {
             return Ok(KdfSettings::Benchmarked);
         }

@@ -20,6 +20,7 @@ use libcryptsetup_rs::{
     CryptDevice, CryptInit, CryptParamsLuks2, CryptParamsLuks2Ref, CryptPbkdfType, Either,
     LibcryptErr,
 };
+use libcryptsetup_rs::{CryptTokenInfo, TokenInput};
 
 use super::error::StorageError;
 use super::header::{self, HeaderCopy, Keyslot, Luks2Metadata};
@@ -36,6 +37,8 @@ pub const MAX_KDF_MEMORY_KIB: u64 = 1 << 20;
 const VOLUME_KEY_BYTES: usize = 64;
 /// libcryptsetup never defines more LUKS2 keyslots than this.
 const MAX_KEYSLOTS: u32 = 32;
+/// Nor more LUKS2 tokens than this.
+const MAX_TOKENS: u32 = 32;
 
 /// How keyslot passphrases are stretched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,15 +274,23 @@ pub fn is_luks(path: &Path) -> Result<bool, StorageError> {
 /// Open the volume key of the LUKS2 (or LUKS1) image at `path` with
 /// `passphrase`.
 pub fn unlock(path: &Path, passphrase: &[u8]) -> Result<UnlockedVolume, StorageError> {
-    unlock_keyslot(path, passphrase, None)
+    unlock_with(path, passphrase, None)
 }
 
-/// [`unlock`], trying only `keyslot` when one is given (a LUKS2 token
-/// names its keyslot, so the other slots' key derivations are skipped).
-pub fn unlock_keyslot(
+/// Like [`unlock`], trying only the LUKS2 keyslots in `only` (a user's
+/// own slots), so that the other slots' Argon2 costs are not paid.
+pub fn unlock_keyslots(
     path: &Path,
     passphrase: &[u8],
-    keyslot: Option<u32>,
+    only: &[u32],
+) -> Result<UnlockedVolume, StorageError> {
+    unlock_with(path, passphrase, Some(only))
+}
+
+fn unlock_with(
+    path: &Path,
+    passphrase: &[u8],
+    only: Option<&[u32]>,
 ) -> Result<UnlockedVolume, StorageError> {
     let file = File::open(path).map_err(StorageError::io(path))?;
     let version = header::luks_version(&file).map_err(header_error(path))?;
@@ -290,10 +301,8 @@ pub fn unlock_keyslot(
     let layout = layout_of(path, &file, &metadata)?;
     let (candidates, refusal) = usable_keyslots(path, &metadata.keyslots);
     let mut device = load(path, EncryptionFormat::Luks2)?;
-    let wanted = candidates
-        .iter()
-        .filter(|slot| keyslot.is_none_or(|wanted| slot.id == wanted));
-    for slot in wanted {
+    let wanted = |slot: &&&Keyslot| only.is_none_or(|only| only.contains(&slot.id));
+    for slot in candidates.iter().filter(wanted) {
         let mut key = SecretBuf::zeroed(slot.key_size as usize);
         match device
             .volume_key_handle()
@@ -373,6 +382,51 @@ pub fn remove_key(
         .destroy(target)
         .map_err(|e| cryptsetup_error(path, "remove the keyslot", e))?;
     Ok(target)
+}
+
+/// LUKS2 tokens (JSON objects in the header) with their numbers; none
+/// for LUKS1 images, which have no tokens.
+pub fn tokens(path: &Path) -> Result<Vec<(u32, serde_json::Value)>, StorageError> {
+    let file = File::open(path).map_err(StorageError::io(path))?;
+    if header::luks_version(&file).map_err(header_error(path))? == 1 {
+        return Ok(Vec::new());
+    }
+    let mut device = load(path, EncryptionFormat::Luks2)?;
+    let mut found = Vec::new();
+    for token in 0..MAX_TOKENS {
+        let active = !matches!(
+            device.token_handle().status(token),
+            Ok(CryptTokenInfo::Inactive | CryptTokenInfo::Invalid) | Err(_)
+        );
+        if active {
+            let json = device
+                .token_handle()
+                .json_get(token)
+                .map_err(|e| cryptsetup_error(path, "read a token", e))?;
+            found.push((token, json));
+        }
+    }
+    Ok(found)
+}
+
+/// Stores `json` (an object with `type` and `keyslots`) as a new LUKS2
+/// token; returns its number.
+pub fn add_token(path: &Path, json: &serde_json::Value) -> Result<u32, StorageError> {
+    let mut device = load(path, EncryptionFormat::Luks2)?;
+    device
+        .token_handle()
+        .json_set(TokenInput::AddToken(json))
+        .map_err(|e| cryptsetup_error(path, "add a token", e))
+}
+
+/// Removes LUKS2 token `token`.
+pub fn remove_token(path: &Path, token: u32) -> Result<(), StorageError> {
+    let mut device = load(path, EncryptionFormat::Luks2)?;
+    device
+        .token_handle()
+        .json_set(TokenInput::RemoveToken(token))
+        .map(|_| ())
+        .map_err(|e| cryptsetup_error(path, "remove a token", e))
 }
 
 /// Keyslot numbers in use.

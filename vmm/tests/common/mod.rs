@@ -135,3 +135,63 @@ pub fn stdout(output: &Output) -> String {
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+/// Login passphrases the signed example policy of [`signed_example_policy`]
+/// gives alice (role staff) and bob (role contractor).
+pub const ALICE_PASSPHRASE: &str = "alice's long passphrase";
+pub const BOB_PASSPHRASE: &str = "bob's long passphrase";
+
+/// `guest-policy/examples/policy.toml` with passphrase hashes of
+/// [`ALICE_PASSPHRASE`] and [`BOB_PASSPHRASE`], signed with a fresh key
+/// (`policy.toml`, `policy.toml.minisig`, `org.pub` in `scratch`).
+/// Returns the policy and public key paths.
+pub fn signed_example_policy(scratch: &Scratch) -> (PathBuf, PathBuf) {
+    use guest_policy::{
+        passphrase, signature_path_for, trusted_comment_for, validate, SecretKey, SignatureFile,
+    };
+    const EXAMPLE_ALICE_HASH: &str = "$argon2id$v=19$m=65536,t=3,p=1$A5OCxQAsircygJv5dXDVUA$ujqHB/OcTM3cjG0vVXTxYY5evQecWMs/jDY27IHDnWc";
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../guest-policy/examples/policy.toml"
+    ))
+    .unwrap();
+    let alice = passphrase::hash(ALICE_PASSPHRASE.as_bytes()).unwrap();
+    let bob = passphrase::hash(BOB_PASSPHRASE.as_bytes()).unwrap();
+    let text = text.replace(EXAMPLE_ALICE_HASH, &alice).replacen(
+        "role = \"contractor\"\n",
+        &format!("role = \"contractor\"\npassphrase = \"{bob}\"\n"),
+        1,
+    );
+    let key = SecretKey::generate().unwrap();
+    let policy_path = scratch.path("policy.toml");
+    let pub_path = scratch.path("org.pub");
+    std::fs::write(&policy_path, &text).unwrap();
+    std::fs::write(&pub_path, key.public_key().to_text()).unwrap();
+    let policy = validate("policy.toml", &text).unwrap().policy;
+    let comment = trusted_comment_for(&policy, "policy.toml", std::time::SystemTime::now());
+    let signature = SignatureFile::sign(&key, text.as_bytes(), &comment).unwrap();
+    std::fs::write(signature_path_for(&policy_path), signature.to_text()).unwrap();
+    (policy_path, pub_path)
+}
+
+/// A file in `scratch` holding `content`.
+pub fn write_file(scratch: &Scratch, name: &str, content: &str) -> String {
+    let path = scratch.path(name);
+    std::fs::write(&path, content).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+/// `--audit-log LOG --audit-key KEY` in `scratch`, with a fresh key.
+pub fn audit_args(scratch: &Scratch) -> Vec<String> {
+    let key = scratch.path("audit.key");
+    if !key.exists() {
+        let out = securevm(&["audit", "init-key", key.to_str().unwrap()]);
+        assert!(out.status.success(), "init-key: {}", stderr(&out));
+    }
+    vec![
+        "--audit-log".into(),
+        scratch.path("audit.jsonl").to_str().unwrap().to_owned(),
+        "--audit-key".into(),
+        key.to_str().unwrap().to_owned(),
+    ]
+}

@@ -1,6 +1,6 @@
 //! Command-line pieces for smart cards: the options that name a card
 //! (`--pkcs11-module`, `--token-label`, `--pin-file`) and
-//! `securevm disk enroll`, which binds a new LUKS2 keyslot to a card.
+//! `securevm disk enroll-card`, which binds a new LUKS2 keyslot to a card.
 
 use std::path::PathBuf;
 
@@ -41,9 +41,9 @@ impl CardArgs {
     }
 }
 
-/// `securevm disk enroll`: a keyslot the card opens, in systemd-cryptenroll's layout.
+/// `securevm disk enroll-card`: a keyslot the card opens, in systemd-cryptenroll's layout.
 #[derive(Debug, Clone, clap::Args)]
-pub struct EnrollArgs {
+pub struct CardEnrollArgs {
     #[command(flatten)]
     pub card: CardArgs,
     /// The RSA key to use, by its PKCS#11 CKA_ID in hex (as `pkcs11-tool
@@ -57,8 +57,8 @@ pub struct EnrollArgs {
     pub image: PathBuf,
 }
 
-/// Run `securevm disk enroll`; returns the line to print.
-pub fn run_enroll(args: &EnrollArgs) -> Result<String, SmartCardError> {
+/// Run `securevm disk enroll-card`; returns the line to print.
+pub fn run_enroll(args: &CardEnrollArgs) -> Result<String, SmartCardError> {
     let Some(options) = args.card.options() else {
         return Err(SmartCardError::NoModule);
     };

@@ -199,7 +199,7 @@ pub fn unlock(path: &Path, card: &LoggedIn) -> Result<UnlockedVolume, SmartCardE
         let secret = decrypt_on_card(card, key, &encrypted)?;
         let passphrase = base64_secret(&secret);
         for slot in token.keyslots.iter().filter_map(|slot| slot.parse().ok()) {
-            match luks::unlock_keyslot(path, passphrase.as_bytes(), Some(slot)) {
+            match luks::unlock_keyslots(path, passphrase.as_bytes(), &[slot]) {
                 Ok(volume) => return Ok(volume),
                 Err(StorageError::WrongPassphrase { .. }) => {}
                 Err(e) => return Err(e.into()),

@@ -44,7 +44,7 @@ pub enum SmartCardError {
     NoDecryptionKey,
     #[error("{count} RSA keys on the card could be used; choose one with --key-id HEX (see `pkcs11-tool --list-objects`)")]
     AmbiguousKey { count: usize },
-    #[error("no keyslot of {} is bound to this smart card; enroll one with `securevm disk enroll --pkcs11-module MODULE`, or use the passphrase", path.display())]
+    #[error("no keyslot of {} is bound to this smart card; enroll one with `securevm disk enroll-card --pkcs11-module MODULE`, or use the passphrase", path.display())]
     NoCardKeyslot { path: PathBuf },
     #[error(transparent)]
     Storage(#[from] StorageError),

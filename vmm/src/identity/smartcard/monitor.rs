@@ -90,14 +90,16 @@ enum State {
 }
 
 impl RemovalMonitor {
-    /// Start watching. `login` is consumed: its module is finalized first,
-    /// because the monitor re-initializes the module on every poll.
-    pub fn spawn(
-        login: CardLogin,
-        card: WatchedCard,
-        hooks: SessionHooks,
-    ) -> std::io::Result<Self> {
-        drop(login);
+    /// Start watching. The module must not be initialized elsewhere in
+    /// the process any more (drop the [`CardLogin`] first): the monitor
+    /// initializes and finalizes it on every poll.
+    ///
+    /// The thread runs the card's PKCS#11 module (arbitrary vendor code
+    /// that opens files, maps libraries and talks to pcscd), so it gets no
+    /// seccomp filter of its own; spawn it before the main thread installs
+    /// its filter, which it would otherwise inherit. It never touches guest
+    /// memory or anything the guest controls.
+    pub fn spawn(card: WatchedCard, hooks: SessionHooks) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = Arc::clone(&stop);
         let thread = thread::Builder::new()

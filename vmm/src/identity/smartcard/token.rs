@@ -298,6 +298,20 @@ fn check_pin_state(module: &Module, slot: Slot) -> Result<(), SmartCardError> {
     Ok(())
 }
 
+impl std::fmt::Debug for LoggedIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoggedIn")
+            .field("token", &self.token)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Module {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Module").field("path", &self.path).finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -347,9 +361,7 @@ mod tests {
 
     #[test]
     fn a_missing_module_is_reported_with_its_path() {
-        let error = Module::load(Path::new("/nonexistent/pkcs11.so"))
-            .err()
-            .expect("no module there");
+        let error = Module::load(Path::new("/nonexistent/pkcs11.so")).expect_err("no module there");
         let text = error.to_string();
         assert!(text.contains("/nonexistent/pkcs11.so"), "{text}");
         assert!(text.contains("--pkcs11-module"), "{text}");

@@ -1,0 +1,327 @@
+//! Bad credentials and bad audit inputs fed to the `securevm` binary:
+//! login refusals must not say which of user id or passphrase was wrong,
+//! must exit with the login status (5) before any guest output, and must
+//! be in the audit log; bad audit keys and tampered logs are refused.
+
+mod common;
+
+use common::*;
+
+const EXIT_LOGIN_REFUSED: i32 = 5;
+
+struct Setup {
+    scratch: Scratch,
+    kernel: String,
+    policy: String,
+    key: String,
+}
+
+impl Setup {
+    fn new(name: &str) -> Setup {
+        let scratch = Scratch::new(name);
+        let kernel = tiny_kernel("hello", &scratch).to_str().unwrap().to_owned();
+        let (policy, key) = signed_example_policy(&scratch);
+        Setup {
+            kernel,
+            policy: policy.to_str().unwrap().to_owned(),
+            key: key.to_str().unwrap().to_owned(),
+            scratch,
+        }
+    }
+
+    /// `securevm run` of the tiny guest under the policy with `extra`.
+    fn run(&self, extra: &[&str]) -> std::process::Output {
+        let mut args = vec![
+            "run",
+            "--kernel",
+            &self.kernel,
+            "--policy",
+            &self.policy,
+            "--policy-key",
+            &self.key,
+        ];
+        args.extend(extra);
+        securevm(&args)
+    }
+
+    /// Logs in as `user` with `passphrase` from a file, auditing into the scratch log.
+    fn login(&self, user: &str, passphrase: &str) -> std::process::Output {
+        let pass = write_file(&self.scratch, "login.pass", passphrase);
+        let audit = audit_args(&self.scratch);
+        let mut extra = vec!["--user", user, "--passphrase-file", &pass];
+        extra.extend(audit.iter().map(String::as_str));
+        self.run(&extra)
+    }
+
+    fn audit_log(&self) -> String {
+        std::fs::read_to_string(self.scratch.path("audit.jsonl")).unwrap_or_default()
+    }
+
+    fn verify(&self, log: &str) -> std::process::Output {
+        let path = write_file(&self.scratch, "copy.jsonl", log);
+        let key = self.scratch.path("audit.key");
+        securevm(&[
+            "audit",
+            "verify",
+            &path,
+            "--audit-key",
+            key.to_str().unwrap(),
+        ])
+    }
+}
+
+fn assert_login_refused(out: &std::process::Output) -> String {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(EXIT_LOGIN_REFUSED), "stderr: {err}");
+    assert!(
+        stdout(out).is_empty(),
+        "no guest output expected: {}",
+        stdout(out)
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let last = err.lines().last().unwrap_or_default().to_owned();
+    assert!(
+        last.contains(
+            "login refused after 1 failed attempt(s): the user id or the credential is wrong"
+        ),
+        "{err}"
+    );
+    last
+}
+
+#[test]
+fn wrong_passphrase_and_unknown_user_get_the_same_answer() {
+    let setup = Setup::new("wrong-credentials");
+    let wrong = assert_login_refused(&setup.login("alice", "not alice's passphrase"));
+    let unknown = assert_login_refused(&setup.login("mallory", ALICE_PASSPHRASE));
+    // A card-only user (bob has both here; "carol" does not exist) and a
+    // right passphrase under the wrong name are refused alike.
+    let swapped = assert_login_refused(&setup.login("bob", ALICE_PASSPHRASE));
+    assert_eq!(wrong, unknown);
+    assert_eq!(wrong, swapped);
+    let log = setup.audit_log();
+    assert_eq!(log.matches(r#""event":"auth-failure""#).count(), 3, "{log}");
+    assert_eq!(log.matches(r#""event":"auth-lockout""#).count(), 3, "{log}");
+    assert!(
+        !log.contains(ALICE_PASSPHRASE) && !log.contains("not alice's"),
+        "{log}"
+    );
+    assert!(!log.contains("vm-start"), "{log}");
+    let out = setup.verify(&log);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(stdout(&out).contains("records verify"), "{}", stdout(&out));
+}
+
+#[test]
+fn a_policy_with_users_needs_user() {
+    let setup = Setup::new("no-user");
+    let out = setup.run(&[]);
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", stderr(&out));
+    assert!(stderr(&out).contains("--user"), "{}", stderr(&out));
+    assert!(stdout(&out).is_empty());
+}
+
+#[test]
+fn a_policy_audit_log_needs_the_audit_key() {
+    let setup = Setup::new("no-audit-key");
+    let pass = write_file(&setup.scratch, "alice.pass", ALICE_PASSPHRASE);
+    let out = setup.run(&["--user", "alice", "--passphrase-file", &pass]);
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    assert!(stderr(&out).contains("--audit-key"), "{}", stderr(&out));
+}
+
+#[test]
+fn audit_keys_readable_by_others_or_of_the_wrong_size_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let setup = Setup::new("bad-audit-key");
+    let key = setup.scratch.path("audit.key");
+    let log = setup.scratch.path("audit.jsonl");
+    let out = securevm(&["audit", "init-key", key.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let again = securevm(&["audit", "init-key", key.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("never overwrites"),
+        "{}",
+        stderr(&again)
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let pass = write_file(&setup.scratch, "alice.pass", ALICE_PASSPHRASE);
+    let args = |key: &str| {
+        setup.run(&[
+            "--user",
+            "alice",
+            "--passphrase-file",
+            &pass,
+            "--audit-log",
+            log.to_str().unwrap(),
+            "--audit-key",
+            key,
+        ])
+    };
+    let out = args(key.to_str().unwrap());
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("readable by group or others"),
+        "{}",
+        stderr(&out)
+    );
+    let short = setup.scratch.path("short.key");
+    std::fs::write(&short, b"0123456789abcdef").unwrap();
+    std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = args(short.to_str().unwrap());
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("16 bytes, not 32"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).is_empty());
+}
+
+#[test]
+fn the_policy_sink_syslog_is_refused_not_dropped() {
+    let setup = Setup::new("syslog-sink");
+    let policy = std::fs::read_to_string(&setup.policy).unwrap().replace(
+        "sink = \"file\"\npath = \"/var/log/securevm/audit.jsonl\"",
+        "sink = \"syslog\"",
+    );
+    let (policy_path, key_path) = resign(&setup.scratch, &policy);
+    let pass = write_file(&setup.scratch, "alice.pass", ALICE_PASSPHRASE);
+    let key = setup.scratch.path("audit.key");
+    securevm(&["audit", "init-key", key.to_str().unwrap()]);
+    let out = securevm(&[
+        "run",
+        "--kernel",
+        &setup.kernel,
+        "--policy",
+        &policy_path,
+        "--policy-key",
+        &key_path,
+        "--user",
+        "alice",
+        "--passphrase-file",
+        &pass,
+        "--audit-key",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("syslog, which securevm does not support yet; pass --audit-log"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Signs `text` with a fresh key; returns the policy and key paths.
+fn resign(scratch: &Scratch, text: &str) -> (String, String) {
+    use guest_policy::{
+        signature_path_for, trusted_comment_for, validate, SecretKey, SignatureFile,
+    };
+    let key = SecretKey::generate().unwrap();
+    let policy_path = scratch.path("resigned.toml");
+    let pub_path = scratch.path("resigned.pub");
+    std::fs::write(&policy_path, text).unwrap();
+    std::fs::write(&pub_path, key.public_key().to_text()).unwrap();
+    let policy = validate("policy.toml", text).unwrap().policy;
+    let comment = trusted_comment_for(&policy, "policy.toml", std::time::SystemTime::now());
+    let signature = SignatureFile::sign(&key, text.as_bytes(), &comment).unwrap();
+    std::fs::write(signature_path_for(&policy_path), signature.to_text()).unwrap();
+    (
+        policy_path.to_str().unwrap().to_owned(),
+        pub_path.to_str().unwrap().to_owned(),
+    )
+}
+
+#[test]
+fn audit_verify_names_each_kind_of_tampering() {
+    let setup = Setup::new("tampered");
+    for user in ["alice", "mallory", "bob"] {
+        setup.login(user, "wrong");
+    }
+    let log = setup.audit_log();
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.len() >= 8, "{log}");
+    let out = setup.verify(&log);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("audit: all {} records verify", lines.len())
+    );
+    let rebuild = |lines: &[&str]| lines.iter().map(|l| format!("{l}\n")).collect::<String>();
+    let mut edited = lines.clone();
+    let changed = lines[2].replace("\"attempt\":1", "\"attempt\":2");
+    assert_ne!(changed, lines[2]);
+    edited[2] = &changed;
+    let mut removed = lines.clone();
+    removed.remove(3);
+    let mut swapped = lines.clone();
+    swapped.swap(3, 4);
+    let cut = &log[..log.len() - 25];
+    for (what, copy, expected) in [
+        ("edited", rebuild(&edited), "line 3 (seq 3): record altered"),
+        (
+            "removed",
+            rebuild(&removed),
+            "line 4 (seq 5): record(s) removed",
+        ),
+        (
+            "swapped",
+            rebuild(&swapped),
+            "line 4 (seq 5): records reordered",
+        ),
+        ("truncated", cut.to_owned(), "the log is truncated"),
+    ] {
+        let out = setup.verify(&copy);
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", stdout(&out));
+        assert!(stdout(&out).contains(expected), "{what}: {}", stdout(&out));
+    }
+    let other_key = setup.scratch.path("other.key");
+    securevm(&["audit", "init-key", other_key.to_str().unwrap()]);
+    let path = write_file(&setup.scratch, "copy.jsonl", &log);
+    let out = securevm(&[
+        "audit",
+        "verify",
+        &path,
+        "--audit-key",
+        other_key.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("line 1 (seq 1): record altered"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn a_login_is_audited_through_to_the_vm_stop() {
+    if !kvm_usable() {
+        eprintln!("skipping: /dev/kvm is not usable on this host");
+        return;
+    }
+    let setup = Setup::new("session");
+    let out = setup.login("alice", ALICE_PASSPHRASE);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let log = setup.audit_log();
+    for event in [
+        "log-opened",
+        "policy-accepted",
+        "auth-success",
+        "role-selected",
+        "vm-start",
+        "vm-stop",
+    ] {
+        assert!(
+            log.contains(&format!("\"event\":\"{event}\"")),
+            "{event}: {log}"
+        );
+    }
+    assert!(log.contains(r#""role":"staff""#), "{log}");
+    assert!(
+        log.lines().last().unwrap().contains(r#""user":"alice""#),
+        "{log}"
+    );
+    let out = setup.verify(&log);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+}
