@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use common::{Scratch, SECUREVM};
 use guest_policy::model::SmartCardBinding;
+use securevm::audit::Audit;
 use securevm::identity::smartcard::disk;
-use securevm::identity::smartcard::monitor::{
-    MonitorEvent, RemovalMonitor, SessionHooks, WatchedCard,
-};
+use securevm::identity::smartcard::login::CardCredential;
+use securevm::identity::smartcard::monitor::watch_session;
 use securevm::identity::smartcard::{
     self, CardOptions, PinSource, Rejection, RetryPolicy, SmartCardError, REJECTED,
 };
@@ -436,21 +436,32 @@ fn pulling_the_card_pauses_and_reinserting_it_with_the_pin_resumes() {
     let card = hsm.card("removable-card", KeyType::Ec);
     let options = options(&scratch, "removable-card", PIN);
     let login = smartcard::authenticate(&options, &card.binding()).unwrap();
-    let mut watched = WatchedCard::of(&login, options.pins.clone(), options.retry);
-    watched.poll = Duration::from_millis(100);
+    let mut credential = CardCredential::new(login, options.pins.clone(), options.retry);
+    credential.card.poll = Duration::from_millis(100);
+    let audit_key = scratch.path("audit.key");
+    assert!(
+        common::securevm(&["audit", "init-key", audit_key.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let audit_log = scratch.path("audit.jsonl");
+    let audit = Audit::open(&audit_log, Some(&audit_key)).unwrap();
     let (sender, events) = mpsc::channel();
-    let (pause, resume) = (sender.clone(), sender.clone());
-    let hooks = SessionHooks {
-        pause: Box::new(move || pause.send("pause").unwrap()),
-        resume: Box::new(move || resume.send("resume").unwrap()),
-        event: Box::new(move |event| {
-            if let MonitorEvent::ReauthenticationFailed(_) = event {
-                sender.send("failed").unwrap();
-            }
-        }),
+    let (pause, resume) = (sender.clone(), sender);
+    let monitor = watch_session(
+        &credential,
+        "bob",
+        audit,
+        Box::new(move || pause.send("pause").unwrap()),
+        Box::new(move || resume.send("resume").unwrap()),
+    )
+    .unwrap();
+    let audited = |what: &str| {
+        std::fs::read_to_string(&audit_log)
+            .unwrap()
+            .matches(what)
+            .count()
     };
-    drop(login);
-    let monitor = RemovalMonitor::spawn(watched, hooks).unwrap();
     let wait = || events.recv_timeout(Duration::from_secs(10));
     assert!(
         events.recv_timeout(Duration::from_millis(500)).is_err(),
@@ -471,7 +482,16 @@ fn pulling_the_card_pauses_and_reinserting_it_with_the_pin_resumes() {
     };
     std::fs::write(pin_file, "000000\n").unwrap();
     card.insert(&away);
-    assert_eq!(wait(), Ok("failed"));
+    let mut waited = 0;
+    while audited(r#""reason":"wrong-pin""#) == 0 && waited < 100 {
+        std::thread::sleep(Duration::from_millis(100));
+        waited += 1;
+    }
+    assert_eq!(
+        audited(r#""reason":"wrong-pin""#),
+        1,
+        "the failed PIN is audited"
+    );
     assert!(
         events.recv_timeout(Duration::from_millis(500)).is_err(),
         "a failed PIN is not retried while the card stays in"
@@ -482,6 +502,8 @@ fn pulling_the_card_pauses_and_reinserting_it_with_the_pin_resumes() {
     card.insert(&away);
     assert_eq!(wait(), Ok("resume"));
     monitor.stop();
+    assert_eq!(audited(r#""event":"session-locked""#), 2);
+    assert_eq!(audited(r#""event":"session-unlocked""#), 2);
 }
 
 #[test]
@@ -711,6 +733,8 @@ fn policy_users_log_in_with_their_card() {
             user,
             "--pkcs11-module",
             MODULE,
+            "--token-label",
+            "bob-card",
             "--pin-file",
             pin_file.to_str().unwrap(),
         ];

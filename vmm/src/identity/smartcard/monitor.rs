@@ -20,8 +20,10 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::error::SmartCardError;
+use super::login::CardCredential;
 use super::token::{self, Module, PinSource, RetryPolicy, TokenSelector};
 use super::{login_with_key, CardLogin};
+use crate::audit::{Audit, Event};
 
 /// The console line when the card is pulled.
 pub const LOCKED_MESSAGE: &str = "securevm: session locked: smart card removed";
@@ -193,6 +195,45 @@ fn reauthenticate(card: &WatchedCard) -> Result<(), SmartCardError> {
     let (slot, token) = token::find_token(&module, &card.selector)?;
     let logged_in = token::log_in(module, slot, token, &card.pins, card.retry)?;
     login_with_key(logged_in, &card.fingerprint).map(drop)
+}
+
+/// Watch the card of `user`'s session: finalize its login (the monitor
+/// re-initializes the module), pause and resume the VM with `pause` and
+/// `resume` (the vCPU control), and record every lock, unlock and failed
+/// re-authentication in `audit`.
+pub fn watch_session(
+    card: &CardCredential,
+    user: &str,
+    audit: Audit,
+    pause: Box<dyn Fn() + Send>,
+    resume: Box<dyn Fn() + Send>,
+) -> std::io::Result<RemovalMonitor> {
+    drop(card.take_login());
+    let user = user.to_string();
+    let event = Box::new(move |event: &MonitorEvent| {
+        audit.record_or_warn(match event {
+            MonitorEvent::Locked => Event::SessionLocked {
+                reason: "smart card removed".to_string(),
+            },
+            MonitorEvent::Unlocked => Event::SessionUnlocked {
+                method: "smartcard".to_string(),
+            },
+            MonitorEvent::ReauthenticationFailed(error) => Event::AuthFailure {
+                method: "smartcard".to_string(),
+                claimed_user: user.clone(),
+                attempt: 1,
+                reason: Some(error.reason()),
+            },
+        })
+    });
+    RemovalMonitor::spawn(
+        card.card.clone(),
+        SessionHooks {
+            pause,
+            resume,
+            event,
+        },
+    )
 }
 
 #[cfg(test)]
