@@ -41,7 +41,7 @@ use crate::identity::disk::{unlock_for_user, UserDiskError};
 use crate::identity::session::{start_session, Session, SessionError};
 use crate::identity::smartcard::login::CardCredential;
 use crate::identity::smartcard::{self, disk as card_disk, SmartCardError};
-use crate::identity::RetryDelay;
+use crate::identity::{Credential, RetryDelay};
 use crate::loader::{load_cmdline, load_initrd, load_kernel, LoaderError};
 use crate::netfilter::{Filter, FilterConfig, FilterControl, DEFAULT_CONNTRACK_CAPACITY};
 use crate::policy::ActiveRole;
@@ -161,6 +161,18 @@ fn run_session(
     }
 }
 
+/// The smart card of this session: the logged-in user's, or without a
+/// policy the one given to open disks.
+fn session_card<'a>(
+    session: &'a Session,
+    card_only: Option<&'a CardCredential>,
+) -> Option<&'a CardCredential> {
+    match session.login.as_ref().map(|login| &login.credential) {
+        Some(Credential::SmartCard(card)) => Some(card),
+        _ => card_only,
+    }
+}
+
 fn run_once(
     config: &VmConfig,
     session: &Session,
@@ -181,6 +193,12 @@ fn run_once(
         });
     }
     let disks = open_disks(config, session, card_only)?;
+    // The card's session ends once the disks are open: its module is
+    // finalized before any guest code runs and before seccomp narrows the
+    // main thread (a restart logs the card in again).
+    if let Some(card) = session_card(session, card_only) {
+        drop(card.take_login());
+    }
     let (nets, filter_controls) = open_nets(config, role)?;
 
     let vm = Arc::new(Vm::new(&config.kvm_device)?);
