@@ -68,8 +68,6 @@ pub enum Rejection {
     /// The token signed, but the signature does not verify with the bound
     /// public key.
     BadSignature,
-    /// The user gave up (empty PIN, end of input).
-    Abandoned,
 }
 
 impl Rejection {
@@ -80,7 +78,6 @@ impl Rejection {
             Rejection::TokenNotBound => "token-not-bound",
             Rejection::KeyNotBound => "key-not-bound",
             Rejection::BadSignature => "bad-signature",
-            Rejection::Abandoned => "abandoned",
         }
     }
 }
@@ -96,11 +93,6 @@ impl SmartCardError {
             SmartCardError::Removed => "card-removed".to_string(),
             other => format!("error: {other}"),
         }
-    }
-
-    /// Whether the credentials (not the machinery) were at fault.
-    pub fn is_rejection(&self) -> bool {
-        matches!(self, SmartCardError::Rejected(_))
     }
 
     pub(crate) fn module(operation: &'static str) -> impl Fn(cryptoki::error::Error) -> Self {
