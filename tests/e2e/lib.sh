@@ -157,25 +157,24 @@ net_down() {
 # The login passphrase of the policy's user `tester` (role netuser).
 NET_TESTER_PASSPHRASE="e2e tester passphrase"
 
-# audit_args: --audit-log $WORK/audit.jsonl --audit-key $WORK/audit.key
-# (the key is created on first use); the policy's own sink is a path of the
-# real machine.
+# audit_args: sets AUDIT_ARGS to --audit-log $WORK/audit.jsonl --audit-key
+# $WORK/audit.key (the key is created on first use); the policy's own sink
+# is a path of the real machine. (L1 has no /dev/fd for `< <(...)`.)
 audit_args() {
     [[ -e $WORK/audit.key ]] || "$SECUREVM" audit init-key "$WORK/audit.key" >/dev/null
-    printf '%s\n' --audit-log "$WORK/audit.jsonl" --audit-key "$WORK/audit.key"
+    AUDIT_ARGS=(--audit-log "$WORK/audit.jsonl" --audit-key "$WORK/audit.key")
 }
 
 # net_run SECONDS: boot the busybox guest with the NIC, logged in as the
 # policy's user `tester` (so role netuser's rules apply).
 net_run() {
     printf '%s\n' "$NET_TESTER_PASSPHRASE" >"$WORK/tester.pass"
-    local audit
-    mapfile -t audit < <(audit_args)
+    audit_args
     vmm_run "$1" --kernel "$GUEST_KERNEL" --initrd "$BUSYBOX_INITRAMFS" \
         --cmdline "console=ttyS0 reboot=acpi panic=-1 $GUEST_QUIET" --memory 256 \
         --disk "$WORK/e2e" --net "tap=$NET_TAP,ip=$NET_GUEST_IP" \
         --policy "$WORK/policy.toml" --policy-key "$WORK/org.pub" \
-        --user tester --passphrase-file "$WORK/tester.pass" "${audit[@]}"
+        --user tester --passphrase-file "$WORK/tester.pass" "${AUDIT_ARGS[@]}"
 }
 
 # peer_saw TEXT: the peer logged a line containing TEXT.
@@ -198,15 +197,16 @@ id_prepare() {
 }
 
 # id_run SECONDS USER PASSPHRASE_FILE [ARG...]: boot the busybox guest with
-# the e2e disk, logged in as USER, auditing into $WORK/audit.jsonl.
+# the e2e disk ($ID_DISK, default $WORK/e2e), logged in as USER, auditing
+# into $WORK/audit.jsonl.
 id_run() {
-    local limit=$1 user=$2 pass=$3 audit
+    local limit=$1 user=$2 pass=$3
     shift 3
-    mapfile -t audit < <(audit_args)
+    audit_args
     vmm_run "$limit" --kernel "$GUEST_KERNEL" --initrd "$BUSYBOX_INITRAMFS" \
         --cmdline "console=ttyS0 reboot=acpi panic=-1 $GUEST_QUIET" --memory 256 \
-        --disk "$WORK/e2e" --policy "$WORK/policy.toml" --policy-key "$WORK/org.pub" \
-        --user "$user" --passphrase-file "$pass" "${audit[@]}" "$@"
+        --disk "${ID_DISK:-$WORK/e2e}" --policy "$WORK/policy.toml" --policy-key "$WORK/org.pub" \
+        --user "$user" --passphrase-file "$pass" "${AUDIT_ARGS[@]}" "$@"
 }
 
 # audit_count EVENT: how many records of EVENT $WORK/audit.jsonl holds.

@@ -94,8 +94,7 @@ fn wrong_passphrase_and_unknown_user_get_the_same_answer() {
     let setup = Setup::new("wrong-credentials");
     let wrong = assert_login_refused(&setup.login("alice", "not alice's passphrase"));
     let unknown = assert_login_refused(&setup.login("mallory", ALICE_PASSPHRASE));
-    // A card-only user (bob has both here; "carol" does not exist) and a
-    // right passphrase under the wrong name are refused alike.
+    // Someone else's right passphrase under a real user id is refused alike.
     let swapped = assert_login_refused(&setup.login("bob", ALICE_PASSPHRASE));
     assert_eq!(wrong, unknown);
     assert_eq!(wrong, swapped);
@@ -324,4 +323,111 @@ fn a_login_is_audited_through_to_the_vm_stop() {
     );
     let out = setup.verify(&log);
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+}
+
+/// Runs `securevm` with a pseudo-terminal as its controlling terminal,
+/// answering each passphrase prompt with the next of `answers`; returns
+/// what it printed, its exit status, the prompts seen and the time taken.
+fn run_on_terminal(
+    args: &[&str],
+    answers: &[&str],
+) -> (String, Option<i32>, usize, std::time::Duration) {
+    use std::io::{Read, Write};
+    use std::os::fd::FromRawFd;
+    use std::os::unix::process::CommandExt;
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty writes two descriptors into the locals; the name,
+    // termios and window-size arguments may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(rc, 0, "openpty failed");
+    // SAFETY: both descriptors were just created and are owned here.
+    let (mut master, slave) = unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            std::fs::File::from_raw_fd(slave),
+        )
+    };
+    let mut command = std::process::Command::new(SECUREVM);
+    command
+        .args(args)
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave.try_clone().unwrap());
+    // SAFETY: setsid and ioctl are async-signal-safe; they make the pty
+    // (the child's stdin) its controlling terminal, which /dev/tty opens.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let start = std::time::Instant::now();
+    let mut child = command.spawn().unwrap();
+    // Only the child may hold the terminal open, or reading never ends.
+    drop(command);
+    drop(slave);
+    let mut output = String::new();
+    let mut prompts = 0;
+    let mut buffer = [0u8; 1024];
+    // Reading the master fails with EIO once the child has closed the pty.
+    while let Ok(n) = master.read(&mut buffer) {
+        if n == 0 {
+            break;
+        }
+        output.push_str(&String::from_utf8_lossy(&buffer[..n]));
+        while output.matches("Passphrase for").count() > prompts {
+            // Give the prompt time to switch echo off before answering.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            if let Some(answer) = answers.get(prompts) {
+                master.write_all(format!("{answer}\n").as_bytes()).unwrap();
+            }
+            prompts += 1;
+        }
+    }
+    let status = child.wait().unwrap();
+    (output, status.code(), prompts, start.elapsed())
+}
+
+#[test]
+fn three_tries_at_the_terminal_with_growing_waits_then_refusal() {
+    let setup = Setup::new("terminal");
+    let audit = audit_args(&setup.scratch);
+    let mut args = vec![
+        "run",
+        "--kernel",
+        &setup.kernel,
+        "--policy",
+        &setup.policy,
+        "--policy-key",
+        &setup.key,
+        "--user",
+        "alice",
+    ];
+    args.extend(audit.iter().map(String::as_str));
+    let (output, code, prompts, elapsed) =
+        run_on_terminal(&args, &["wrong one", "wrong two", "wrong three"]);
+    assert_eq!(code, Some(EXIT_LOGIN_REFUSED), "{output}");
+    assert_eq!(prompts, 3, "{output}");
+    assert!(
+        output.contains("login refused after 3 failed attempt(s)"),
+        "{output}"
+    );
+    assert!(
+        !output.contains("wrong two"),
+        "the passphrase was echoed: {output}"
+    );
+    // Waits of 1 s, 2 s and 4 s after the three failures.
+    assert!(elapsed >= std::time::Duration::from_secs(7), "{elapsed:?}");
+    let log = setup.audit_log();
+    assert_eq!(log.matches(r#""event":"auth-failure""#).count(), 3, "{log}");
 }

@@ -300,3 +300,18 @@ fn records_from_several_threads_form_one_chain() {
         ("audit: all 41 records verify".into(), true)
     );
 }
+
+#[test]
+fn a_record_whose_newline_was_cut_is_continued_on_a_new_line() {
+    let scratch = Scratch::new("no-newline");
+    let content = six_records(&scratch);
+    std::fs::write(scratch.log(), &content[..content.len() - 1]).unwrap();
+    let log = AuditLog::open(&scratch.log(), key()).unwrap();
+    log.record(failure(1)).unwrap();
+    drop(log);
+    let content = std::fs::read(scratch.log()).unwrap();
+    assert_eq!(
+        report(&content, &key()),
+        ("audit: all 8 records verify".into(), true)
+    );
+}

@@ -86,7 +86,13 @@ impl AuditLog {
         let mut content = Vec::new();
         file.read_to_end(&mut content).map_err(io_error)?;
         let (end, torn) = match verify_log(&content, &key) {
-            Verdict::Intact { end, .. } => (end, None),
+            Verdict::Intact { end, .. } => {
+                // A whole record whose newline a crash cut off.
+                if content.last().is_some_and(|&byte| byte != b'\n') {
+                    file.write_all(b"\n").map_err(io_error)?;
+                }
+                (end, None)
+            }
             Verdict::TornTail { end, torn, .. } => {
                 log::warn!(
                     "audit log {}: line {} is a record cut by a crash; it is kept, acknowledged in the next record, and the chain continues from seq {}",
