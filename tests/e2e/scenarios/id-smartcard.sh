@@ -53,11 +53,8 @@ run() {
     rm -f "$WORK/policy.toml.minisig"
     minisign -S -s "$WORK/org.key" -m "$WORK/policy.toml" -t "securevm-policy version=1" >/dev/null
     local login
-    # audit_args creates the key; its arguments spelled out (process
-    # substitution needs /dev/fd, which L1 may not have).
-    audit_args >/dev/null
-    login=(--policy "$WORK/policy.toml" --policy-key "$WORK/org.pub" --user bob
-        --audit-log "$WORK/audit.jsonl" --audit-key "$WORK/audit.key")
+    audit_args
+    login=(--policy "$WORK/policy.toml" --policy-key "$WORK/org.pub" --user bob "${AUDIT_ARGS[@]}")
     : >"$SERIAL_LOG.policy"
     SERIAL_LOG=$SERIAL_LOG.policy vmm_run 180 "${guest[@]}" "${login[@]}" --pin-file "$CARD_DIR/pin"
     SERIAL_LOG=$SERIAL_LOG.policy expect_exit 0
