@@ -231,6 +231,8 @@ pub struct VmConfig {
     pub seccomp: bool,
     pub on_reboot: RebootAction,
     pub kvm_device: PathBuf,
+    /// `--api-socket PATH`: where the control API listens.
+    pub api_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -299,6 +301,7 @@ mod tests {
             seccomp: true,
             on_reboot: RebootAction::Exit,
             kvm_device: "/dev/kvm".into(),
+            api_socket: None,
         }
     }
 

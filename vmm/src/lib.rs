@@ -7,6 +7,7 @@
 //! `devices` owns each emulated device and its event handling; `vstate`
 //! wraps the KVM VM and vCPUs.
 
+pub mod api;
 pub mod arch;
 pub mod audit;
 pub mod config;

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use securevm::api::client::CtlArgs;
 use securevm::audit::cli::{run_audit_command, AuditCommand};
 use securevm::audit::AuditConfig;
 use securevm::config::{
@@ -48,6 +49,11 @@ enum Command {
     /// Measure securevm's own costs (figures for the README).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Control a running securevm through its --api-socket.
+    ///
+    /// Exit status: 0 success, 1 the command failed (one line on stderr
+    /// says why), 2 usage error.
+    Ctl(CtlArgs),
 }
 
 #[derive(Subcommand)]
@@ -158,6 +164,9 @@ struct RunArgs {
     /// The KVM device to use.
     #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
     kvm_device: PathBuf,
+    /// Serve the control API (`securevm ctl`) on this Unix socket (created mode 0600).
+    #[arg(long, value_name = "PATH")]
+    api_socket: Option<PathBuf>,
     #[command(flatten)]
     card: CardArgs,
 }
@@ -203,6 +212,7 @@ impl From<RunArgs> for VmConfig {
                 OnReboot::Restart => RebootAction::Restart,
             },
             kvm_device: args.kvm_device,
+            api_socket: args.api_socket,
         }
     }
 }
@@ -257,6 +267,13 @@ fn main() -> ExitCode {
         Command::Bench(BenchCommand::Disk(args)) => match run_disk_bench(&args) {
             Ok(report) => {
                 print!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+        Command::Ctl(args) => match securevm::api::client::run(&args) {
+            Ok(output) => {
+                println!("{output}");
                 ExitCode::SUCCESS
             }
             Err(e) => fail(&e),

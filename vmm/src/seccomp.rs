@@ -41,6 +41,10 @@ pub enum ThreadKind {
     DiskCrypto,
     /// Prints what the network filters refused and records it in the audit log.
     Reporter,
+    /// Serves the control socket: accepts clients, reads requests with
+    /// deadlines, records pushed policies in the state file, kicks vCPU
+    /// threads for a pause, removes the socket file at the end.
+    Api,
     /// Waits for the VM to stop, records that, then stops the other threads.
     Main,
 }
@@ -108,6 +112,31 @@ const NET_IO: &[i64] = &[
 /// Appending an audit record: the line is written (common `write`), then
 /// made durable before the decision it records takes effect.
 const AUDIT: &[i64] = &[libc::SYS_fdatasync, libc::SYS_fsync];
+/// What a control API thread does besides the common set. The state file
+/// is replaced atomically (open, lock, write, fsync, rename, fsync of the
+/// directory); HashMap seeds come from getrandom.
+const API: &[i64] = &[
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_accept4,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_setsockopt,
+    libc::SYS_openat,
+    libc::SYS_statx,
+    libc::SYS_newfstatat,
+    libc::SYS_fstat,
+    libc::SYS_lseek,
+    libc::SYS_flock,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_rename,
+    libc::SYS_renameat,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+    libc::SYS_getrandom,
+    libc::SYS_tgkill,
+];
 
 fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<u64>) {
     let kvm_device_ioctls = [KVM_SIGNAL_MSI(), KVM_IOEVENTFD(), KVM_IRQFD()];
@@ -136,6 +165,7 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<u64>) {
         ),
         ThreadKind::ConsoleInput | ThreadKind::ConsoleOutput => (vec![], vec![]),
         ThreadKind::Reporter => (AUDIT.to_vec(), vec![]),
+        ThreadKind::Api => (API.to_vec(), vec![]),
         ThreadKind::Main => (
             [libc::SYS_ioctl, libc::SYS_tgkill]
                 .into_iter()
@@ -250,6 +280,7 @@ mod tests {
             ThreadKind::ConsoleOutput,
             ThreadKind::DiskCrypto,
             ThreadKind::Reporter,
+            ThreadKind::Api,
             ThreadKind::Main,
         ] {
             assert!(!filter_for(kind).unwrap().is_empty());

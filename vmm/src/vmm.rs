@@ -15,7 +15,12 @@ use guest_policy::{Action, ExternalMedia, NetworkPolicy};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::acpi::{create_acpi_tables, AcpiError};
+use crate::api::protocol::{Device, MediaCounters};
+use crate::api::{
+    ApiServer, BoundSocket, LiveVm, LiveVmParts, NetDevice, PolicyVerifier, ServerConfig,
+    SocketError,
+};
+use crate::arch::acpi::{create_acpi_tables, AcpiError, POWER_BUTTON_GSI};
 use crate::arch::boot_params::{configure_boot, BootConfig, BootError};
 use crate::arch::layout::{
     COM1_IRQ, COM1_PORT, PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_SIZE, PCI_ECAM_START,
@@ -40,6 +45,7 @@ use crate::exit::{ExitNotifier, ExitReason};
 use crate::identity::disk::{unlock_for_user, UserDiskError};
 use crate::identity::session::{start_session, Session, SessionError};
 use crate::identity::smartcard::login::CardCredential;
+use crate::identity::smartcard::monitor::{watch_session, RemovalMonitor};
 use crate::identity::smartcard::{self, disk as card_disk, SmartCardError};
 use crate::identity::{Credential, RetryDelay};
 use crate::loader::{load_cmdline, load_initrd, load_kernel, LoaderError};
@@ -52,7 +58,7 @@ use crate::storage::luks::is_luks;
 use crate::storage::passphrase::{read_passphrase, PassphraseSource};
 use crate::storage::secret::SecretBuf;
 use crate::storage::{EncryptedBackend, StorageError};
-use crate::vstate::vcpu::{self, VcpuContext, VcpuHandle};
+use crate::vstate::vcpu::{self, VcpuContext, VcpuControl, VcpuControlError, VcpuHandle};
 use crate::vstate::vm::{Vm, VmError};
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +107,8 @@ pub enum VmmError {
     SmartCard(#[from] SmartCardError),
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
+    #[error(transparent)]
+    ApiSocket(#[from] SocketError),
     #[error("reading KVM's supported CPUID failed: {0}")]
     Cpuid(kvm_ioctls::Error),
     #[error("{what} failed: {source}")]
@@ -111,7 +119,8 @@ pub enum VmmError {
 }
 
 /// Boots the VM described by `config` and runs it until it stops; with
-/// `--on-reboot restart`, a guest reboot builds a fresh VM.
+/// `--on-reboot restart`, a guest reboot builds a fresh VM (under the
+/// policy pushed since the start, if one was).
 pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     config.validate()?;
     open_input("kernel", &config.kernel)?;
@@ -151,8 +160,9 @@ fn run_session(
     session: &Session,
     card_only: Option<&CardCredential>,
 ) -> Result<ExitReason, VmmError> {
+    let mut policy_in_force = None;
     loop {
-        let reason = run_once(config, session, card_only)?;
+        let reason = run_once(config, session, card_only, &mut policy_in_force)?;
         if reason == ExitReason::Reboot && config.on_reboot == RebootAction::Restart {
             log::info!("guest rebooted; starting it again");
             continue;
@@ -177,8 +187,15 @@ fn run_once(
     config: &VmConfig,
     session: &Session,
     card_only: Option<&CardCredential>,
+    policy_in_force: &mut Option<ActiveRole>,
 ) -> Result<ExitReason, VmmError> {
     config.validate()?;
+    // Bound first, while securevm has no other threads (the socket's mode
+    // comes from a process-wide umask), and so a bad path fails at once.
+    let api_socket = match &config.api_socket {
+        Some(path) => Some(BoundSocket::bind(path)?),
+        None => None,
+    };
     // Every input is opened before KVM is touched: bad input fails fast,
     // and nothing is created or written on its behalf.
     let mut kernel = open_input("kernel", &config.kernel)?;
@@ -186,20 +203,27 @@ fn run_once(
         Some(path) => Some(open_input("initrd", path)?),
         None => None,
     };
-    let role = session.role.as_ref();
+    // A policy pushed through the control socket outlives a guest reboot.
+    let role = policy_in_force.take().or_else(|| session.role.clone());
+    let verifier = match (&config.policy, &session.login) {
+        (Some(policy), Some(login)) => {
+            Some(PolicyVerifier::new(policy, &login.identity.user_id).map_err(SessionError::from)?)
+        }
+        _ => None,
+    };
     if config.seccomp {
         crate::storage::parallel::set_worker_start(|| {
             seccomp::install(ThreadKind::DiskCrypto).map_err(|e| e.to_string())
         });
     }
-    let disks = open_disks(config, session, card_only)?;
+    let (disks, devices, media) = open_disks(config, session, role.as_ref(), card_only)?;
     // The card's session ends once the disks are open: its module is
     // finalized before any guest code runs and before seccomp narrows the
     // main thread (a restart logs the card in again).
     if let Some(card) = session_card(session, card_only) {
         drop(card.take_login());
     }
-    let (nets, filter_controls) = open_nets(config, role)?;
+    let (nets, filter_controls) = open_nets(config, role.as_ref())?;
 
     let vm = Arc::new(Vm::new(&config.kvm_device)?);
     vm.check_vcpu_count(usize::from(config.cpus))?;
@@ -224,6 +248,11 @@ fn run_once(
         },
     )?;
     create_acpi_tables(memory.as_ref(), num_cpus)?;
+    let power_button = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::Io {
+        what: "creating the power button interrupt",
+        source,
+    })?;
+    vm.register_irqfd(&power_button, POWER_BUTTON_GSI)?;
 
     let (exit, exit_events) = ExitNotifier::new();
     let pio = Arc::new(Bus::new());
@@ -326,13 +355,19 @@ fn run_once(
         source,
     })?;
 
-    spawn_refusal_reporter(filter_controls, config.seccomp, session.audit.clone())?;
+    spawn_refusal_reporter(
+        filter_controls.clone(),
+        config.seccomp,
+        session.audit.clone(),
+    )?;
     let stop = Arc::new(AtomicBool::new(false));
+    let vcpu_control = VcpuControl::default();
     let context = VcpuContext {
         pio,
         mmio,
         exit: exit.clone(),
         stop: stop.clone(),
+        control: vcpu_control.clone(),
     };
     session.audit.record(Event::VmStart {
         kernel: config.kernel.display().to_string(),
@@ -353,6 +388,48 @@ fn run_once(
         })?;
         vcpus.push(handle);
     }
+    // Before the main thread's filter: the monitor thread runs the card's
+    // PKCS#11 module and must not inherit it.
+    let _card_monitor = match session_card(session, card_only) {
+        Some(card) => Some(watch_card(card, session, &vcpu_control)?),
+        None => None,
+    };
+    let live = Arc::new(LiveVm::new(LiveVmParts {
+        user: session.login.as_ref().map(|l| l.identity.user_id.clone()),
+        verifier,
+        role,
+        devices,
+        nets: config
+            .nets
+            .iter()
+            .zip(filter_controls)
+            .map(|(net, filter)| NetDevice {
+                tap: net.tap.clone(),
+                mac: format_mac(net.effective_mac()),
+                addresses: net.addresses.iter().map(IpAddr::to_string).collect(),
+                filter,
+            })
+            .collect(),
+        media,
+        vcpus: vcpu_control,
+        power_button: Box::new(move || power_button.write(1).map_err(|e| e.to_string())),
+        exit: exit.clone(),
+    }));
+    let api_server = match api_socket {
+        Some(socket) => Some(ApiServer::start(
+            socket,
+            ServerConfig {
+                thread_setup: config.seccomp.then(|| {
+                    Arc::new(|| seccomp::install(ThreadKind::Api).map_err(|e| e.to_string()))
+                        as crate::api::server::ThreadSetup
+                }),
+                ..ServerConfig::default()
+            },
+            live.clone(),
+        )?),
+        None => None,
+    };
+
     // A restart builds a new VM, which needs syscalls (open, mmap of new
     // memory, KVM setup) that the main thread's filter forbids.
     if config.seccomp && config.on_reboot == RebootAction::Exit {
@@ -366,6 +443,12 @@ fn run_once(
     for handle in vcpus {
         handle.stop();
     }
+    // A waiting `ctl shutdown` learns the outcome before the socket goes.
+    live.vm_stopped(&reason);
+    if let Some(server) = api_server {
+        server.stop();
+    }
+    *policy_in_force = live.pushed_role();
     Ok(reason)
 }
 
@@ -481,72 +564,83 @@ fn spawn_refusal_reporter(
 
 /// Opens every `--disk` (LUKS volumes with the logged-in user's
 /// credential, or without a login the disk passphrase; others raw) and
-/// every `--external` medium under the external-media policy, recording
-/// each in the audit log. Secrets are read once and dropped (zeroized)
-/// before the VM starts.
+/// every `--external` medium under `role`'s external-media policy,
+/// recording each in the audit log. Secrets are read once and dropped
+/// (zeroized) before the VM starts. Also returns the devices as the
+/// control API shows them and the media decisions.
 fn open_disks(
     config: &VmConfig,
     session: &Session,
+    role: Option<&ActiveRole>,
     card_only: Option<&CardCredential>,
-) -> Result<Vec<Block>, VmmError> {
-    let role = session.role.as_ref();
+) -> Result<(Vec<Block>, Vec<Device>, MediaCounters), VmmError> {
     let audit = &session.audit;
     let mut blocks = Vec::new();
+    let mut devices = Vec::new();
+    let mut media = MediaCounters::default();
     let mut disk_passphrase: Option<SecretBuf> = None;
     for disk in &config.disks {
         let disk_error = |source| VmmError::Disk {
             path: disk.path.display().to_string(),
             source,
         };
-        let luks = is_luks(&disk.path)?;
-        let backend: Box<dyn BlockBackend> = if let (true, Some(login)) = (luks, &session.login) {
-            let unlocked = unlock_for_user(&disk.path, login)?;
-            audit.record(Event::DiskOpened {
-                path: disk.path.display().to_string(),
-                keyslot: Some(unlocked.volume.keyslot),
-                user_slot: unlocked.own_slot,
-                read_only: disk.read_only,
-            })?;
-            Box::new(EncryptedBackend::from_unlocked(
-                &disk.path,
-                unlocked.volume,
-                disk.read_only,
-            )?)
-        } else if let Some((backend, keyslot)) = match card_only {
-            Some(card) if luks => open_by_card(card, disk)?,
-            _ => None,
-        } {
-            audit.record(Event::DiskOpened {
-                path: disk.path.display().to_string(),
-                keyslot: Some(keyslot),
-                user_slot: false,
-                read_only: disk.read_only,
-            })?;
-            Box::new(backend)
-        } else if luks {
-            if disk_passphrase.is_none() {
-                let source = match &config.passphrase_file {
-                    Some(file) => PassphraseSource::File(file),
-                    None => PassphraseSource::Terminal {
-                        prompt: "Disk passphrase: ",
-                        confirm: false,
-                    },
-                };
-                disk_passphrase = Some(read_passphrase(source)?);
-            }
-            let passphrase = disk_passphrase.as_ref().map_or(&[][..], |p| p.as_bytes());
-            let backend = EncryptedBackend::open(&disk.path, passphrase, disk.read_only)?;
-            audit.record(Event::DiskOpened {
-                path: disk.path.display().to_string(),
-                keyslot: None,
-                user_slot: false,
-                read_only: disk.read_only,
-            })?;
-            Box::new(backend)
-        } else {
-            Box::new(RawFileBackend::open(&disk.path, disk.read_only).map_err(disk_error)?)
-        };
-        blocks.push(Block::new(backend, &disk_id_from_path(&disk.path)).map_err(disk_error)?);
+        let encrypted = is_luks(&disk.path)?;
+        let backend: Box<dyn BlockBackend> =
+            if let (true, Some(login)) = (encrypted, &session.login) {
+                let unlocked = unlock_for_user(&disk.path, login)?;
+                audit.record(Event::DiskOpened {
+                    path: disk.path.display().to_string(),
+                    keyslot: Some(unlocked.volume.keyslot),
+                    user_slot: unlocked.own_slot,
+                    read_only: disk.read_only,
+                })?;
+                Box::new(EncryptedBackend::from_unlocked(
+                    &disk.path,
+                    unlocked.volume,
+                    disk.read_only,
+                )?)
+            } else if let Some((backend, keyslot)) = match card_only {
+                Some(card) if encrypted => open_by_card(card, disk)?,
+                _ => None,
+            } {
+                audit.record(Event::DiskOpened {
+                    path: disk.path.display().to_string(),
+                    keyslot: Some(keyslot),
+                    user_slot: false,
+                    read_only: disk.read_only,
+                })?;
+                Box::new(backend)
+            } else if encrypted {
+                if disk_passphrase.is_none() {
+                    let source = match &config.passphrase_file {
+                        Some(file) => PassphraseSource::File(file),
+                        None => PassphraseSource::Terminal {
+                            prompt: "Disk passphrase: ",
+                            confirm: false,
+                        },
+                    };
+                    disk_passphrase = Some(read_passphrase(source)?);
+                }
+                let passphrase = disk_passphrase.as_ref().map_or(&[][..], |p| p.as_bytes());
+                let backend = EncryptedBackend::open(&disk.path, passphrase, disk.read_only)?;
+                audit.record(Event::DiskOpened {
+                    path: disk.path.display().to_string(),
+                    keyslot: None,
+                    user_slot: false,
+                    read_only: disk.read_only,
+                })?;
+                Box::new(backend)
+            } else {
+                Box::new(RawFileBackend::open(&disk.path, disk.read_only).map_err(disk_error)?)
+            };
+        let id = disk_id_from_path(&disk.path);
+        blocks.push(Block::new(backend, &id).map_err(disk_error)?);
+        devices.push(Device::Disk {
+            id,
+            path: disk.path.display().to_string(),
+            read_only: disk.read_only,
+            encrypted,
+        });
     }
     drop(disk_passphrase);
 
@@ -582,10 +676,11 @@ fn open_disks(
             eprintln!(
                 "securevm: external medium {shown} not attached: its serial '{id}' is not on the role's allow-list"
             );
+            media.denied += 1;
             continue;
         }
         let key = medium_key.as_ref().map(|k| k.as_bytes());
-        let backend: Box<dyn BlockBackend> =
+        let (backend, mode): (Box<dyn BlockBackend>, &str) =
             match attach_decision(media_policy, medium, key, external.format_blank)? {
                 ExternalAttach::Encrypted { backend, formatted } => {
                     if formatted {
@@ -595,15 +690,16 @@ fn open_disks(
                         "encrypt",
                         formatted.then(|| "formatted a blank medium".into()),
                     )?;
-                    Box::new(backend)
+                    (Box::new(backend), "encrypt")
                 }
                 ExternalAttach::ReadOnly(backend) => {
                     decided("read-only", None)?;
-                    Box::new(backend)
+                    (Box::new(backend), "read-only")
                 }
                 ExternalAttach::Denied { reason } => {
                     decided("deny", Some(reason.clone()))?;
                     eprintln!("securevm: external medium {reason}");
+                    media.denied += 1;
                     continue;
                 }
             };
@@ -611,9 +707,53 @@ fn open_disks(
             path: shown.to_string(),
             source,
         })?);
+        media.attached += 1;
+        devices.push(Device::External {
+            id,
+            path: shown.to_string(),
+            mode: mode.to_string(),
+        });
     }
-    Ok(blocks)
+    Ok((blocks, devices, media))
 }
+
+fn format_mac(mac: [u8; 6]) -> String {
+    mac.map(|byte| format!("{byte:02x}")).join(":")
+}
+
+/// Pause the vCPUs while the session's card is out, resume them when it
+/// is back and verified (see `identity::smartcard::monitor`).
+fn watch_card(
+    card: &CardCredential,
+    session: &Session,
+    vcpus: &VcpuControl,
+) -> Result<RemovalMonitor, VmmError> {
+    let (pause, resume) = (vcpus.clone(), vcpus.clone());
+    let user = session
+        .login
+        .as_ref()
+        .map_or("", |login| login.identity.user_id.as_str());
+    watch_session(
+        card,
+        user,
+        session.audit.clone(),
+        Box::new(move || {
+            // A vCPU stuck in a long exit is asked again: a locked session
+            // must not keep running.
+            while let Err(VcpuControlError::PauseTimedOut(_)) = pause.pause(CARD_PAUSE_TIMEOUT) {
+                log::warn!("card removed: the vCPUs have not stopped yet; trying again");
+            }
+        }),
+        Box::new(move || resume.resume()),
+    )
+    .map_err(|source| VmmError::Io {
+        what: "starting the smart-card monitor",
+        source,
+    })
+}
+
+/// How long one pause attempt waits for the vCPUs after the card is pulled.
+const CARD_PAUSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A LUKS disk opened by the logged-in card (and the keyslot that
 /// opened it), or `None` when no keyslot

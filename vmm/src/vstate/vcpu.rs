@@ -3,13 +3,20 @@
 //! failed entry, internal error) with a register dump. The main thread
 //! stops them by setting a flag and kicking them out of `KVM_RUN` with a
 //! signal whose handler does nothing.
+//!
+//! [`VcpuControl`] pauses and resumes them (the control API, and later a
+//! smart-card removal monitor): a pause kicks every thread out of
+//! `KVM_RUN` and parks it between two runs, so the guest continues exactly
+//! where it stopped. A kick can arrive just before a thread enters
+//! `KVM_RUN` and be lost, so a pause repeats it until every live thread is
+//! parked.
 
 use std::fmt::Write as _;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
@@ -24,6 +31,125 @@ pub struct VcpuContext {
     pub mmio: Arc<Bus>,
     pub exit: ExitNotifier,
     pub stop: Arc<AtomicBool>,
+    pub control: VcpuControl,
+}
+
+/// How long a parked vCPU sleeps before it looks at the stop flag again.
+const PARK_RECHECK: Duration = Duration::from_millis(50);
+/// How often a pause re-sends the kick to threads not yet parked.
+const KICK_INTERVAL: Duration = Duration::from_millis(1);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VcpuControlError {
+    #[error("the vCPUs did not stop within {0:?}; the VM keeps running")]
+    PauseTimedOut(Duration),
+    #[error("the VM has no running vCPUs (it is stopping)")]
+    NotRunning,
+}
+
+/// Pauses and resumes every vCPU of one VM; cheap to clone and share.
+#[derive(Clone, Default)]
+pub struct VcpuControl {
+    shared: Arc<ControlShared>,
+}
+
+#[derive(Default)]
+struct ControlShared {
+    state: Mutex<ControlState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct ControlState {
+    paused: bool,
+    /// Threads parked in [`VcpuControl::park_while_paused`] right now.
+    parked: usize,
+    /// Threads still in their run loop, by pthread handle, so a pause can
+    /// kick them. A handle leaves this list (under the lock) before its
+    /// thread is joined, so a kick never reaches a joined thread.
+    live: Vec<libc::pthread_t>,
+}
+
+impl VcpuControl {
+    fn lock(&self) -> MutexGuard<'_, ControlState> {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Stops every vCPU between two runs and returns once all are parked.
+    /// Pausing a paused VM does nothing. On timeout the pause is undone.
+    pub fn pause(&self, timeout: Duration) -> Result<(), VcpuControlError> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        if state.live.is_empty() {
+            return Err(VcpuControlError::NotRunning);
+        }
+        state.paused = true;
+        while state.parked < state.live.len() {
+            let now = Instant::now();
+            if now >= deadline {
+                state.paused = false;
+                self.shared.changed.notify_all();
+                return Err(VcpuControlError::PauseTimedOut(timeout));
+            }
+            for &thread in &state.live {
+                // SAFETY: every handle in `live` belongs to a thread that has
+                // not been joined (see `ControlState::live`); the kick's
+                // handler does nothing.
+                unsafe { libc::pthread_kill(thread, kick_signal()) };
+            }
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, KICK_INTERVAL.min(deadline - now))
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    /// Lets parked vCPUs run again; resuming a running VM does nothing.
+    pub fn resume(&self) {
+        let mut state = self.lock();
+        state.paused = false;
+        self.shared.changed.notify_all();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.lock().paused
+    }
+
+    fn register(&self, thread: libc::pthread_t) {
+        self.lock().live.push(thread);
+    }
+
+    fn unregister(&self, thread: libc::pthread_t) {
+        let mut state = self.lock();
+        state.live.retain(|&t| t != thread);
+        self.shared.changed.notify_all();
+    }
+
+    /// Called by a vCPU thread between runs: parks it while the VM is
+    /// paused, until resumed or stopped.
+    fn park_while_paused(&self, stop: &AtomicBool) {
+        let mut state = self.lock();
+        if !state.paused {
+            return;
+        }
+        state.parked += 1;
+        self.shared.changed.notify_all();
+        while state.paused && !stop.load(Ordering::Acquire) {
+            state = self
+                .shared
+                .changed
+                .wait_timeout(state, PARK_RECHECK)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+        state.parked -= 1;
+    }
 }
 
 /// Installs the filter for this thread just before it starts the guest.
@@ -31,6 +157,7 @@ pub type ThreadSetup = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
 pub struct VcpuHandle {
     thread: JoinHandle<()>,
+    control: VcpuControl,
 }
 
 fn kick_signal() -> libc::c_int {
@@ -58,21 +185,23 @@ pub fn spawn(
     setup: Option<ThreadSetup>,
 ) -> std::io::Result<VcpuHandle> {
     install_kick_handler().map_err(std::io::Error::other)?;
+    let control = ctx.control.clone();
     let thread = thread::Builder::new()
         .name(format!("vcpu{index}"))
         .spawn(move || {
-            if let Some(setup) = setup {
-                if let Err(e) = setup() {
-                    ctx.exit
-                        .request(ExitReason::Internal(format!("vcpu{index}: {e}")));
-                    return;
-                }
-            }
-            if let Some(reason) = run_loop(index, &mut vcpu, &ctx) {
+            // SAFETY: pthread_self has no preconditions.
+            let this_thread = unsafe { libc::pthread_self() };
+            ctx.control.register(this_thread);
+            let reason = match setup.map_or(Ok(()), |setup| setup()) {
+                Ok(()) => run_loop(index, &mut vcpu, &ctx),
+                Err(e) => Some(ExitReason::Internal(format!("vcpu{index}: {e}"))),
+            };
+            ctx.control.unregister(this_thread);
+            if let Some(reason) = reason {
                 ctx.exit.request(reason);
             }
         })?;
-    Ok(VcpuHandle { thread })
+    Ok(VcpuHandle { thread, control })
 }
 
 impl VcpuHandle {
@@ -80,11 +209,13 @@ impl VcpuHandle {
     /// The caller has already set the shared stop flag.
     pub fn stop(self) {
         while !self.thread.is_finished() {
+            // Parked threads see the stop flag by themselves.
             // SAFETY: the pthread handle is valid until the thread is
             // joined below; the signal's handler does nothing.
             unsafe { libc::pthread_kill(self.thread.as_pthread_t(), kick_signal()) };
             thread::sleep(Duration::from_millis(1));
         }
+        self.control.unregister(self.thread.as_pthread_t());
         let _ = self.thread.join();
     }
 }
@@ -94,6 +225,7 @@ impl VcpuHandle {
 fn run_loop(index: u8, vcpu: &mut VcpuFd, ctx: &VcpuContext) -> Option<ExitReason> {
     let mut profile = ExitProfile::new(index);
     loop {
+        ctx.control.park_while_paused(&ctx.stop);
         if ctx.stop.load(Ordering::Acquire) {
             return None;
         }
@@ -233,4 +365,107 @@ pub fn dump_registers(vcpu: &VcpuFd) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    /// A stand-in vCPU: blocks in poll(2) (as KVM_RUN blocks) until the
+    /// kick interrupts it, and counts its "runs".
+    fn fake_vcpu(
+        control: VcpuControl,
+        stop: Arc<AtomicBool>,
+        runs: Arc<AtomicU64>,
+    ) -> JoinHandle<()> {
+        install_kick_handler().unwrap();
+        thread::spawn(move || {
+            // SAFETY: pthread_self has no preconditions.
+            let me = unsafe { libc::pthread_self() };
+            control.register(me);
+            loop {
+                control.park_while_paused(&stop);
+                if stop.load(Ordering::Acquire) {
+                    break;
+                }
+                runs.fetch_add(1, Ordering::Relaxed);
+                // SAFETY: poll with no descriptors only sleeps.
+                unsafe { libc::poll(std::ptr::null_mut(), 0, 200) };
+            }
+            control.unregister(me);
+        })
+    }
+
+    fn wait_until(what: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !what() {
+            assert!(Instant::now() < deadline, "condition not reached in 5 s");
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn pause_parks_every_thread_and_resume_continues() {
+        let control = VcpuControl::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let runs: Vec<_> = (0..2).map(|_| Arc::new(AtomicU64::new(0))).collect();
+        let threads: Vec<_> = runs
+            .iter()
+            .map(|r| fake_vcpu(control.clone(), stop.clone(), r.clone()))
+            .collect();
+        wait_until(|| control.lock().live.len() == 2);
+
+        control.pause(Duration::from_secs(5)).unwrap();
+        assert!(control.is_paused());
+        let frozen: Vec<u64> = runs.iter().map(|r| r.load(Ordering::Relaxed)).collect();
+        thread::sleep(Duration::from_millis(300));
+        let later: Vec<u64> = runs.iter().map(|r| r.load(Ordering::Relaxed)).collect();
+        assert_eq!(frozen, later, "a paused vCPU ran");
+        // Pausing again is harmless.
+        control.pause(Duration::from_secs(1)).unwrap();
+
+        control.resume();
+        assert!(!control.is_paused());
+        wait_until(|| {
+            runs.iter()
+                .zip(&frozen)
+                .all(|(r, f)| r.load(Ordering::Relaxed) > *f)
+        });
+
+        // Stop reaches parked threads too.
+        control.pause(Duration::from_secs(5)).unwrap();
+        stop.store(true, Ordering::Release);
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(control.lock().live.is_empty());
+    }
+
+    #[test]
+    fn a_thread_that_never_parks_makes_pause_time_out_and_undo() {
+        let control = VcpuControl::default();
+        // Registered but never reaching a park point (stuck in a device);
+        // the kick's handler is installed first, so kicks are harmless.
+        install_kick_handler().unwrap();
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        control.register(me);
+        let err = control.pause(Duration::from_millis(50)).unwrap_err();
+        assert_eq!(
+            err,
+            VcpuControlError::PauseTimedOut(Duration::from_millis(50))
+        );
+        assert!(!control.is_paused());
+        control.unregister(me);
+    }
+
+    #[test]
+    fn pausing_without_vcpus_is_an_error() {
+        let control = VcpuControl::default();
+        assert_eq!(
+            control.pause(Duration::from_millis(10)),
+            Err(VcpuControlError::NotRunning)
+        );
+    }
 }

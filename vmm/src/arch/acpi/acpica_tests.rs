@@ -6,16 +6,17 @@
 //!   cannot.
 //! - `acpiexec` loads the DSDT with our FADT into the ACPICA interpreter,
 //!   evaluates `\_S5_`, decodes every `_CRS` the way Linux's resource code
-//!   does, and runs the S5 sleep sequence, which must take the
-//!   hardware-reduced path.
+//!   does, runs the Generic Event Device's `_EVT` (it must notify the power
+//!   button for the button's interrupt and for no other), and runs the S5
+//!   sleep sequence, which must take the hardware-reduced path.
 //!
 //! Each test is skipped, with a message, when its tool is not installed.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::create_acpi_tables;
 use super::test_support::{low_memory, read, read_table, table, u64_at};
+use super::{create_acpi_tables, POWER_BUTTON_GSI};
 use crate::arch::layout::{
     ACPI_RESET_PORT, ACPI_S5_SLP_TYP, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT,
 };
@@ -154,7 +155,18 @@ fn iasl_disassembles_every_table_and_recompiles_the_dsdt() {
             "0x00000004,",
             "Name (_S5, Package (0x04)",
             "0x05,",
+            "Device (PWRB)",
+            "Name (_HID, EisaId (\"PNP0C0C\")",
+            "Device (GED0)",
+            "Name (_HID, \"ACPI0013\"",
+            "Method (_EVT, 1, Serialized)",
+            "If ((Arg0 == 0x05))",
+            "Notify (\\_SB.PWRB, 0x80)",
         ],
+    );
+    assert!(
+        dsdt.contains(&format!("0x{POWER_BUTTON_GSI:08X},")),
+        "GED interrupt missing in:\n{dsdt}"
     );
 
     // The disassembly compiles back to AML: iasl accepts every construct.
@@ -255,7 +267,8 @@ fn acpica_interpreter_loads_the_dsdt_decodes_resources_and_powers_off() {
         &[
             "-b",
             "evaluate \\_S5_; resources \\_SB.PCI0; resources \\_SB.MBRD; \
-             resources \\_SB.COM1; sleep 5",
+             resources \\_SB.COM1; resources \\_SB.GED0; \
+             evaluate \\_SB.GED0._EVT 5; evaluate \\_SB.GED0._EVT 4; sleep 5",
             "dsdt.dat",
             "facp.dat",
         ],
@@ -287,6 +300,8 @@ fn acpica_interpreter_loads_the_dsdt_decodes_resources_and_powers_off() {
             "Address Minimum : 03F8",
             "Triggering : Edge",
             "Dword00 : 00000004",
+            // GED0 _CRS
+            &format!("Dword00 : {POWER_BUTTON_GSI:08X}"),
             // S5 through the FADT sleep registers, as Linux does it.
             &format!("Sleep-A: {:02X}", ACPI_S5_SLP_TYP),
             "HwExtendedSleep",
@@ -305,7 +320,14 @@ fn acpica_interpreter_loads_the_dsdt_decodes_resources_and_powers_off() {
             .join("\n")
             .matches("Resource Conversion Comparison:\nEvaluating _SRS")
             .count(),
-        3,
+        4,
         "{output}"
     );
+    // The GED's event method presses the button for its own interrupt only.
+    assert_eq!(
+        output.matches("Received a Device Notify on [PWRB]").count(),
+        1,
+        "{output}"
+    );
+    assert!(output.contains("Value 0x80"), "{output}");
 }

@@ -10,16 +10,23 @@
 //! - `\_SB_.COM1`: the 16550 with its interrupt. In hardware-reduced mode
 //!   Linux has no legacy PIC and maps no ISA IRQs by default, so the
 //!   serial port only gets its interrupt through this `_CRS`.
+//! - `\_SB_.PWRB`: a control-method power button (PNP0C0C). Linux's
+//!   `button` driver turns its notification 0x80 into a KEY_POWER input
+//!   event, which systemd-logind or acpid answer with a clean shutdown.
+//! - `\_SB_.GED0`: a Generic Event Device (ACPI0013). Hardware-reduced ACPI
+//!   has no GPE block or fixed power button; a GED is how such a platform
+//!   raises events. Its interrupt is [`POWER_BUTTON_GSI`] (edge, active
+//!   high, raised by the VMM through an irqfd); its `_EVT` notifies `PWRB`.
 //! - `\_S5_`: the sleep type value the OS writes to power off.
 //!
 //! There is no `_PRT`: virtio-pci devices interrupt through MSI-X only and
 //! need no INTx routing. PCI hot-plug fits in later as slot devices
-//! (`_ADR`/`_EJ0`) inside `PCI0` plus a Generic Event Device (ACPI0013) to
-//! notify them; hardware-reduced ACPI has no GPE block for that.
+//! (`_ADR`/`_EJ0`) inside `PCI0`, notified from `GED0`'s `_EVT` on an
+//! interrupt of its own.
 
 use acpi_tables::aml::{
-    AddressSpace, AddressSpaceCacheable, Device, EISAName, Interrupt, Memory32Fixed, Name, Package,
-    Path, ResourceTemplate, Scope, IO, ZERO,
+    AddressSpace, AddressSpaceCacheable, Arg, Device, EISAName, Equal, If, Interrupt,
+    Memory32Fixed, Method, Name, Notify, Package, Path, ResourceTemplate, Scope, IO, ZERO,
 };
 use acpi_tables::sdt::Sdt;
 use acpi_tables::{Aml, AmlSink};
@@ -31,6 +38,14 @@ use crate::arch::layout::{
     COM1_PORT, PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO32_SIZE,
     PCI_MMIO32_START,
 };
+
+/// The interrupt (an IOAPIC pin no other device uses) through which the
+/// VMM presses the power button.
+pub const POWER_BUTTON_GSI: u32 = 5;
+const _: () = assert!(POWER_BUTTON_GSI != COM1_IRQ);
+
+/// The notification value that means "button pressed" (ACPI 6.5, 5.6.6).
+const BUTTON_PRESSED: u8 = 0x80;
 
 /// Revision 2 makes AML integers 64 bits wide.
 const DSDT_REVISION: u8 = 2;
@@ -53,6 +68,8 @@ pub fn build_dsdt() -> Vec<u8> {
     pci_host_bridge(&mut system_bus);
     motherboard_resources(&mut system_bus);
     com1(&mut system_bus);
+    power_button(&mut system_bus);
+    generic_event_device(&mut system_bus);
 
     let mut aml = Scope::raw(Path::new("\\_SB_"), system_bus);
     soft_off_sleep_type(&mut aml);
@@ -150,6 +167,38 @@ fn com1(sink: &mut dyn AmlSink) {
     .to_aml_bytes(sink);
 }
 
+fn power_button(sink: &mut dyn AmlSink) {
+    Device::new(
+        Path::new("PWRB"),
+        vec![
+            &Name::new(Path::new("_HID"), &EISAName::new("PNP0C0C")),
+            &Name::new(Path::new("_UID"), &ZERO),
+        ],
+    )
+    .to_aml_bytes(sink);
+}
+
+/// `GED0`: `_EVT (Arg0 = GSI)` notifies the power button for its interrupt.
+fn generic_event_device(sink: &mut dyn AmlSink) {
+    // ExtendedInterrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive): an
+    // irqfd raises the line and lowers it at once, an edge.
+    let irq = Interrupt::new(true, true, false, false, POWER_BUTTON_GSI);
+    let pwrb = Path::new("\\_SB_.PWRB");
+    let notify = Notify::new(&pwrb, &BUTTON_PRESSED);
+    let is_power_button = Equal::new(&Arg(0), &POWER_BUTTON_GSI);
+    let on_power_button = If::new(&is_power_button, vec![&notify]);
+    Device::new(
+        Path::new("GED0"),
+        vec![
+            &Name::new(Path::new("_HID"), &"ACPI0013"),
+            &Name::new(Path::new("_UID"), &ZERO),
+            &Name::new(Path::new("_CRS"), &ResourceTemplate::new(vec![&irq])),
+            &Method::new(Path::new("_EVT"), 1, true, vec![&on_power_button]),
+        ],
+    )
+    .to_aml_bytes(sink);
+}
+
 /// `Name (_S5_, Package () { SLP_TYP, 0, 0, 0 })`. ACPICA takes SLP_TYPa
 /// from element 0; hardware-reduced sleep uses only that value.
 fn soft_off_sleep_type(sink: &mut dyn AmlSink) {
@@ -188,6 +237,10 @@ mod tests {
             b"PCI0",
             b"MBRD",
             b"COM1",
+            b"PWRB",
+            b"GED0",
+            b"ACPI0013",
+            b"_EVT",
             b"_CRS",
             b"_SEG",
             b"_BBN",

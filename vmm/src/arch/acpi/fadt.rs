@@ -50,7 +50,8 @@ pub fn build_fadt(dsdt_address: u64) -> Vec<u8> {
         .flag(Flags::ResetRegSup)
         // There are no fixed-feature buttons in a hardware-reduced platform;
         // these bits say so, so the OS does not register fixed-event
-        // handlers that can never fire.
+        // handlers that can never fire. The power button is the DSDT's
+        // control-method PNP0C0C device instead.
         .flag(Flags::PwrButton)
         .flag(Flags::SlpButton);
     fadt.iapc_boot_arch = IAPC_BOOT_ARCH.into();

@@ -5,7 +5,9 @@
 //! The platform is "hardware-reduced" ACPI: no PM1 blocks, GPEs or SCI to
 //! emulate. Power-off and reset go through the FADT sleep-control and reset
 //! registers, CPUs come from the MADT, and the PCI host bridge (ECAM from the
-//! MCFG, windows from its `_CRS`) from the DSDT.
+//! MCFG, windows from its `_CRS`) from the DSDT. The power button is a
+//! control-method button notified by a Generic Event Device whose interrupt
+//! is [`POWER_BUTTON_GSI`].
 //!
 //! Every table is built in host memory first and its placement checked
 //! against [`ACPI_TABLES_END`] before a single byte reaches the guest, so a
@@ -18,6 +20,8 @@ mod mcfg;
 
 #[cfg(test)]
 mod acpica_tests;
+
+pub use dsdt::POWER_BUTTON_GSI;
 
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::xsdt::XSDT;

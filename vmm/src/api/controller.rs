@@ -1,0 +1,23 @@
+//! The VM as the control server sees it: one trait, so the server and its
+//! routing are tested against a fake, without KVM. `LiveVm` (in `live.rs`)
+//! implements it for a running VM.
+
+use std::time::Duration;
+
+use super::protocol::{ApiError, PolicyApplied, PolicyUpload, ShutdownReport, VmStatus};
+
+/// What the control API may do to a VM. Calls come from several worker
+/// threads; implementations serialise what must not interleave.
+pub trait VmController: Send + Sync {
+    fn status(&self) -> VmStatus;
+    /// Verifies, version-checks and applies a pushed policy; on any error
+    /// nothing changes.
+    fn push_policy(&self, upload: PolicyUpload) -> Result<PolicyApplied, ApiError>;
+    fn pause(&self) -> Result<(), ApiError>;
+    fn resume(&self) -> Result<(), ApiError>;
+    /// Presses the ACPI power button and waits up to `timeout` for the
+    /// guest to power off; then stops the VM.
+    fn shutdown(&self, timeout: Duration) -> Result<ShutdownReport, ApiError>;
+    fn attach_external(&self, path: &str) -> Result<String, ApiError>;
+    fn detach_external(&self, id: &str) -> Result<(), ApiError>;
+}

@@ -1,0 +1,428 @@
+//! The control API's view of a running VM: status from the devices and
+//! the packet filters, pushed policies applied to every filter at once,
+//! pause and resume through the vCPU control, and shutdown through the
+//! ACPI power button with a bounded wait.
+//!
+//! External media hot-plug is part of the protocol but not of this
+//! securevm yet: those requests are answered with 501.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::controller::VmController;
+use super::policy_push::PolicyVerifier;
+use super::protocol::{
+    ApiError, Device, MediaCounters, NetworkCounters, PolicyApplied, PolicyUpload, RunState,
+    ShutdownOutcome, ShutdownReport, VmStatus,
+};
+use crate::exit::{ExitNotifier, ExitReason};
+use crate::netfilter::{DropReason, FilterControl};
+use crate::policy::ActiveRole;
+use crate::vstate::vcpu::VcpuControl;
+
+/// How long a pause may take before it is given up.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a forced stop, how long shutdown waits to see the VM gone.
+const FORCED_STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Presses the guest's ACPI power button (raises its interrupt).
+pub type PowerButton = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// One network device and the control of its filter.
+pub struct NetDevice {
+    pub tap: String,
+    pub mac: String,
+    pub addresses: Vec<String>,
+    pub filter: FilterControl,
+}
+
+/// Everything the control API needs from the VM, handed over at start.
+pub struct LiveVmParts {
+    pub user: Option<String>,
+    pub role: Option<ActiveRole>,
+    /// `None` when the VM runs without `--policy`: pushes are refused.
+    pub verifier: Option<PolicyVerifier>,
+    /// Disks and attached external media.
+    pub devices: Vec<Device>,
+    pub nets: Vec<NetDevice>,
+    pub media: MediaCounters,
+    pub vcpus: VcpuControl,
+    pub power_button: PowerButton,
+    pub exit: ExitNotifier,
+}
+
+/// A running VM, as [`VmController`].
+pub struct LiveVm {
+    parts: LiveVmParts,
+    /// The role in force; also serialises pushes.
+    role: Mutex<Option<ActiveRole>>,
+    /// Whether a push replaced the role given at start.
+    pushed: AtomicBool,
+    /// Serialises pause, resume and the start of a shutdown.
+    run_state: Mutex<()>,
+    stopped: Mutex<Option<ExitReason>>,
+    stopped_changed: Condvar,
+}
+
+impl LiveVm {
+    pub fn new(mut parts: LiveVmParts) -> LiveVm {
+        let role = parts.role.take();
+        LiveVm {
+            parts,
+            role: Mutex::new(role),
+            pushed: AtomicBool::new(false),
+            run_state: Mutex::new(()),
+            stopped: Mutex::new(None),
+            stopped_changed: Condvar::new(),
+        }
+    }
+
+    /// Tells waiting shutdown requests how the VM ended.
+    pub fn vm_stopped(&self, reason: &ExitReason) {
+        let mut stopped = lock(&self.stopped);
+        if stopped.is_none() {
+            *stopped = Some(reason.clone());
+        }
+        self.stopped_changed.notify_all();
+    }
+
+    /// The role in force now (a pushed policy replaces the one at start).
+    pub fn active_role(&self) -> Option<ActiveRole> {
+        lock(&self.role).clone()
+    }
+
+    /// The role of the last pushed policy, if any was pushed: what a
+    /// restarted guest must run under (the file given at start is older).
+    pub fn pushed_role(&self) -> Option<ActiveRole> {
+        if self.pushed.load(Ordering::Acquire) {
+            self.active_role()
+        } else {
+            None
+        }
+    }
+
+    /// Waits until the VM stopped or `deadline`; returns how it ended.
+    fn wait_stopped(&self, deadline: Instant) -> Option<ExitReason> {
+        let mut stopped = lock(&self.stopped);
+        while stopped.is_none() {
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            stopped = self
+                .stopped_changed
+                .wait_timeout(stopped, deadline - now)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+        stopped.clone()
+    }
+
+    fn is_stopping(&self) -> bool {
+        lock(&self.stopped).is_some()
+    }
+}
+
+/// How the VM ended, in words for `ctl`.
+fn describe(reason: &ExitReason) -> String {
+    match reason {
+        ExitReason::PowerOff => "the guest powered off".into(),
+        ExitReason::Reboot => "the guest rebooted".into(),
+        ExitReason::GuestCrash(_) => "the guest crashed (securevm printed its registers)".into(),
+        ExitReason::UserQuit => "it was stopped from the console".into(),
+        ExitReason::Internal(what) => what.clone(),
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn network_counters(net: &NetDevice) -> NetworkCounters {
+    let counters = net.filter.counters();
+    let mut refused_by_reason = std::collections::BTreeMap::new();
+    for reason in DropReason::ALL {
+        let count = counters.outbound.dropped(reason) + counters.inbound.dropped(reason);
+        if count > 0 {
+            refused_by_reason.insert(reason.as_str().to_string(), count);
+        }
+    }
+    NetworkCounters {
+        tap: net.tap.clone(),
+        passed_out: counters.outbound.passed,
+        passed_in: counters.inbound.passed,
+        refused_out: counters.outbound.dropped_total(),
+        refused_in: counters.inbound.dropped_total(),
+        refused_by_reason,
+        tracked_flows: counters.tracked_flows,
+        rules_generation: counters.rules_generation,
+    }
+}
+
+impl VmController for LiveVm {
+    fn status(&self) -> VmStatus {
+        let role = self.active_role();
+        let mut devices = self.parts.devices.clone();
+        devices.extend(self.parts.nets.iter().map(|net| Device::Net {
+            tap: net.tap.clone(),
+            mac: net.mac.clone(),
+            addresses: net.addresses.clone(),
+        }));
+        VmStatus {
+            state: if self.parts.vcpus.is_paused() {
+                RunState::Paused
+            } else {
+                RunState::Running
+            },
+            user: self.parts.user.clone(),
+            role: role.as_ref().map(|r| r.name.clone()),
+            policy_version: role.as_ref().map(|r| r.policy_version),
+            devices,
+            network: self.parts.nets.iter().map(network_counters).collect(),
+            media: self.parts.media,
+        }
+    }
+
+    fn push_policy(&self, upload: PolicyUpload) -> Result<PolicyApplied, ApiError> {
+        let Some(verifier) = &self.parts.verifier else {
+            return Err(ApiError::Conflict(
+                "this VM runs without --policy, so there is no key to verify a pushed policy \
+                 with; start it with --policy, --policy-key and --role"
+                    .into(),
+            ));
+        };
+        let mut role = lock(&self.role);
+        let previous_version = role.as_ref().map_or(0, |r| r.policy_version);
+        let accepted = verifier.accept(&upload, previous_version, SystemTime::now())?;
+        for net in &self.parts.nets {
+            net.filter.replace_policy(&accepted.role.network);
+        }
+        log::warn!(
+            "policy version {} pushed and applied (was {previous_version}); role '{}'",
+            accepted.policy_version,
+            accepted.name
+        );
+        let applied = PolicyApplied {
+            version: accepted.policy_version,
+            previous_version,
+            role: accepted.name.clone(),
+            network_devices: self.parts.nets.len(),
+        };
+        *role = Some(accepted);
+        self.pushed.store(true, Ordering::Release);
+        Ok(applied)
+    }
+
+    fn pause(&self) -> Result<(), ApiError> {
+        let _serialised = lock(&self.run_state);
+        if self.is_stopping() {
+            return Err(ApiError::Conflict("the VM is stopping".into()));
+        }
+        self.parts
+            .vcpus
+            .pause(PAUSE_TIMEOUT)
+            .map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    fn resume(&self) -> Result<(), ApiError> {
+        let _serialised = lock(&self.run_state);
+        self.parts.vcpus.resume();
+        Ok(())
+    }
+
+    fn shutdown(&self, timeout: Duration) -> Result<ShutdownReport, ApiError> {
+        let start = Instant::now();
+        {
+            let _serialised = lock(&self.run_state);
+            if self.is_stopping() {
+                return Err(ApiError::Conflict("the VM is already stopping".into()));
+            }
+            // A paused guest could never answer the button.
+            self.parts.vcpus.resume();
+            (self.parts.power_button)().map_err(|e| {
+                ApiError::Internal(format!("pressing the power button failed: {e}"))
+            })?;
+        }
+        let outcome = match self.wait_stopped(start + timeout) {
+            Some(ExitReason::PowerOff) => ShutdownOutcome::PoweredOff,
+            Some(other) => ShutdownOutcome::Stopped(describe(&other)),
+            None => {
+                self.parts.exit.request(ExitReason::Internal(format!(
+                    "the guest did not power off within {} s of the ACPI power button; \
+                     securevm stopped it",
+                    timeout.as_secs()
+                )));
+                self.wait_stopped(Instant::now() + FORCED_STOP_GRACE);
+                ShutdownOutcome::Forced
+            }
+        };
+        Ok(ShutdownReport {
+            outcome,
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    fn attach_external(&self, _path: &str) -> Result<String, ApiError> {
+        Err(ApiError::NotSupported(
+            "attaching external media to a running VM is not supported yet (needs PCI \
+             hot-plug); give the medium with --external when starting securevm"
+                .into(),
+        ))
+    }
+
+    fn detach_external(&self, _id: &str) -> Result<(), ApiError> {
+        Err(ApiError::NotSupported(
+            "detaching external media from a running VM is not supported yet (needs PCI \
+             hot-plug); power the guest off to remove a medium"
+                .into(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::policy_push::tests::Fixture;
+    use crate::netfilter::{Filter, FilterConfig};
+    use guest_policy::{Action, NetworkPolicy};
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+
+    fn deny_all() -> NetworkPolicy {
+        NetworkPolicy {
+            default_action: Action::Deny,
+            rules: vec![],
+            dns_resolvers: vec![],
+            vpn: None,
+        }
+    }
+
+    struct Harness {
+        vm: Arc<LiveVm>,
+        presses: Arc<AtomicUsize>,
+        exits: std::sync::mpsc::Receiver<ExitReason>,
+        _filter: Filter,
+        _fixture: Fixture,
+    }
+
+    fn harness(name: &str) -> Harness {
+        let fixture = Fixture::new(name);
+        let config = fixture.config();
+        let policy = deny_all();
+        let (filter, control) = Filter::new(FilterConfig {
+            guest_mac: [2, 0, 0, 0, 0, 1],
+            guest_ipv4: vec![],
+            guest_ipv6: vec![],
+            dhcp: false,
+            conntrack_capacity: 16,
+            policy: &policy,
+        });
+        let presses = Arc::new(AtomicUsize::new(0));
+        let counted = presses.clone();
+        let (exit, exits) = ExitNotifier::new();
+        let vm = Arc::new(LiveVm::new(LiveVmParts {
+            user: None,
+            role: Some(ActiveRole {
+                name: "staff".into(),
+                policy_version: 7,
+                role: guest_policy::validate("p", &fixture.upload(7).policy)
+                    .unwrap()
+                    .policy
+                    .roles["staff"]
+                    .clone(),
+            }),
+            verifier: Some(PolicyVerifier::new(&config, "alice").unwrap()),
+            devices: vec![],
+            nets: vec![NetDevice {
+                tap: "tap0".into(),
+                mac: "02:00:00:00:00:01".into(),
+                addresses: vec![],
+                filter: control,
+            }],
+            media: MediaCounters::default(),
+            vcpus: VcpuControl::default(),
+            power_button: Box::new(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }),
+            exit,
+        }));
+        Harness {
+            vm,
+            presses,
+            exits,
+            _filter: filter,
+            _fixture: fixture,
+        }
+    }
+
+    #[test]
+    fn a_pushed_policy_replaces_every_filters_rules() {
+        let h = harness("live-push");
+        assert_eq!(h.vm.status().network[0].rules_generation, 1);
+        assert!(h.vm.pushed_role().is_none());
+        let applied = h.vm.push_policy(h._fixture.upload(8)).unwrap();
+        assert_eq!((applied.previous_version, applied.version), (7, 8));
+        let status = h.vm.status();
+        assert_eq!(status.policy_version, Some(8));
+        assert_eq!(status.network[0].rules_generation, 2);
+        assert_eq!(h.vm.pushed_role().unwrap().policy_version, 8);
+        // The same version again changes nothing.
+        assert!(h.vm.push_policy(h._fixture.upload(8)).is_err());
+        assert_eq!(h.vm.status().network[0].rules_generation, 2);
+    }
+
+    #[test]
+    fn shutdown_presses_the_button_and_reports_a_clean_power_off() {
+        let h = harness("live-shutdown");
+        let vm = h.vm.clone();
+        let guest = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            vm.vm_stopped(&ExitReason::PowerOff);
+        });
+        let report = h.vm.shutdown(Duration::from_secs(5)).unwrap();
+        guest.join().unwrap();
+        assert_eq!(report.outcome, ShutdownOutcome::PoweredOff);
+        assert_eq!(h.presses.load(Ordering::SeqCst), 1);
+        assert!(
+            h.exits.try_recv().is_err(),
+            "a clean power-off needs no forced stop"
+        );
+        assert_eq!(
+            h.vm.shutdown(Duration::from_secs(1)).unwrap_err().status(),
+            409
+        );
+    }
+
+    #[test]
+    fn a_guest_that_ignores_the_button_is_stopped_after_the_timeout() {
+        let h = harness("live-forced");
+        // Plays the main thread: stops the VM for the first reason asked.
+        let vm = h.vm.clone();
+        let exits = h.exits;
+        let main = std::thread::spawn(move || {
+            let reason = exits.recv().unwrap();
+            vm.vm_stopped(&reason);
+            reason
+        });
+        let start = Instant::now();
+        let report = h.vm.shutdown(Duration::from_millis(500)).unwrap();
+        assert_eq!(report.outcome, ShutdownOutcome::Forced);
+        assert!(start.elapsed() >= Duration::from_millis(500));
+        assert!(start.elapsed() < FORCED_STOP_GRACE);
+        match main.join().unwrap() {
+            ExitReason::Internal(text) => assert!(text.contains("did not power off"), "{text}"),
+            other => panic!("expected a forced stop, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn hot_plug_requests_are_501() {
+        let h = harness("live-hotplug");
+        assert_eq!(h.vm.attach_external("/dev/sdb").unwrap_err().status(), 501);
+        assert_eq!(h.vm.detach_external("stick").unwrap_err().status(), 501);
+    }
+}

@@ -1,0 +1,224 @@
+//! What travels over the control socket: the JSON bodies of requests and
+//! responses (shared by the server and `securevm ctl`), and the errors a
+//! request can end in, each with its HTTP status. The routes and their
+//! meaning are documented in `docs/api.md` and `docs/api.yaml`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Shutdown waits this long for the guest when the request names no bound.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 30;
+/// The longest shutdown wait a request may ask for.
+pub const MAX_SHUTDOWN_TIMEOUT_SECS: u64 = 3600;
+
+/// Whether the vCPUs run guest code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunState {
+    Running,
+    Paused,
+}
+
+/// `GET /status`. New fields are added with defaults, so older clients
+/// keep reading newer servers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmStatus {
+    pub state: RunState,
+    /// The authenticated user, once ID management selects one.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The policy role whose rules apply.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// Version of the policy in force (`None`: no `--policy`).
+    #[serde(default)]
+    pub policy_version: Option<u64>,
+    #[serde(default)]
+    pub devices: Vec<Device>,
+    /// One entry per network device.
+    #[serde(default)]
+    pub network: Vec<NetworkCounters>,
+    #[serde(default)]
+    pub media: MediaCounters,
+}
+
+/// A device the guest sees.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Device {
+    Disk {
+        id: String,
+        path: String,
+        read_only: bool,
+        encrypted: bool,
+    },
+    External {
+        id: String,
+        path: String,
+        /// `encrypt` or `read-only`: how the medium is attached.
+        mode: String,
+    },
+    Net {
+        tap: String,
+        mac: String,
+        addresses: Vec<String>,
+    },
+}
+
+/// The packet filter's counters of one network device.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkCounters {
+    pub tap: String,
+    pub passed_out: u64,
+    pub passed_in: u64,
+    pub refused_out: u64,
+    pub refused_in: u64,
+    /// Refused frames (both directions) by reason, e.g. `default`, `cut`.
+    pub refused_by_reason: BTreeMap<String, u64>,
+    pub tracked_flows: u64,
+    /// 1 for the policy at start, +1 for every policy pushed since.
+    pub rules_generation: u64,
+}
+
+/// External media decisions since the VM started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MediaCounters {
+    pub attached: u64,
+    pub denied: u64,
+}
+
+/// `PUT /policy`: the policy file and its minisign signature, as text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyUpload {
+    /// The exact bytes of the policy file (TOML, UTF-8).
+    pub policy: String,
+    /// The `.minisig` file's text.
+    pub signature: String,
+    /// The file name, used only in messages.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// The answer to an accepted `PUT /policy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyApplied {
+    pub version: u64,
+    pub previous_version: u64,
+    pub role: String,
+    /// Network devices whose rules were replaced.
+    pub network_devices: usize,
+}
+
+/// `PUT /vm/shutdown`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownRequest {
+    #[serde(default = "default_shutdown_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_shutdown_timeout() -> u64 {
+    DEFAULT_SHUTDOWN_TIMEOUT_SECS
+}
+
+/// How a shutdown ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ShutdownOutcome {
+    /// The guest powered itself off after the power button.
+    PoweredOff,
+    /// The guest did not power off in time; securevm stopped the VM.
+    Forced,
+    /// The VM stopped for another reason while waiting (the text says which).
+    Stopped(String),
+}
+
+/// The answer to `PUT /vm/shutdown`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShutdownReport {
+    pub outcome: ShutdownOutcome,
+    pub seconds: f64,
+}
+
+/// `PUT /vm/pause` and `PUT /vm/resume` answer the state after the call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateReport {
+    pub state: RunState,
+}
+
+/// `PUT /external`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachRequest {
+    pub path: String,
+}
+
+/// Every error body: `{"error": "..."}`, one line a user can act on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// Why a request failed; each maps to one HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// The request itself is wrong (malformed JSON, missing field).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such route.
+    #[error("{0}")]
+    NotFound(String),
+    /// The route exists, but not with this method.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// The client sent its request too slowly.
+    #[error("{0}")]
+    Timeout(String),
+    /// A body without Content-Length.
+    #[error("{0}")]
+    LengthRequired(String),
+    /// Request larger than the server accepts.
+    #[error("{0}")]
+    TooLarge(String),
+    /// A policy that fails verification, the version check or the role lookup.
+    #[error("{0}")]
+    PolicyRefused(String),
+    /// The VM's state does not allow the request now.
+    #[error("{0}")]
+    Conflict(String),
+    /// Every worker is busy.
+    #[error("{0}")]
+    Busy(String),
+    /// The command exists in the protocol but this securevm cannot do it yet.
+    #[error("{0}")]
+    NotSupported(String),
+    /// securevm failed while carrying out a valid request.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::BadRequest(_) => 400,
+            ApiError::NotFound(_) => 404,
+            ApiError::MethodNotAllowed(_) => 405,
+            ApiError::Timeout(_) => 408,
+            ApiError::Conflict(_) => 409,
+            ApiError::LengthRequired(_) => 411,
+            ApiError::TooLarge(_) => 413,
+            ApiError::PolicyRefused(_) => 422,
+            ApiError::Internal(_) => 500,
+            ApiError::NotSupported(_) => 501,
+            ApiError::Busy(_) => 503,
+        }
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: self.to_string(),
+        }
+    }
+}
