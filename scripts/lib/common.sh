@@ -26,10 +26,11 @@ need_root() {
 # cryptsetup-bin checks LUKS2 interop, qemu-utils and openssl are the disk
 # benchmark's baselines, util-linux's setpriv drops privileges in a test,
 # iproute2 and python3 are the network scenarios' TAP and peer in L1,
-# wireguard-tools configures net-vpn's kernel WireGuard peer and tcpdump
-# captures its links.
+# wireguard-tools configures net-vpn's kernel WireGuard peer, tcpdump
+# captures its links, and softhsm2 + opensc make the smart cards of the
+# id-smartcard tests.
 BUILD_PKGS=(gcc libc6-dev make pkg-config libssl-dev libcryptsetup-dev clang libclang-dev)
-TEST_PKGS=(binutils acpica-tools minisign cryptsetup-bin qemu-utils openssl util-linux iproute2 python3 wireguard-tools tcpdump)
+TEST_PKGS=(binutils acpica-tools minisign cryptsetup-bin qemu-utils openssl util-linux iproute2 python3 wireguard-tools tcpdump softhsm2 opensc)
 
 # ensure_pkgs PKG...: apt-get install the packages that are not installed yet.
 # An `apt-get update` is run once if the first attempt fails (fresh CI hosts

@@ -224,6 +224,8 @@ pub struct VmConfig {
     pub policy: Option<PolicyConfig>,
     /// This machine's WireGuard private key, for a role with a VPN.
     pub vpn_key: Option<PathBuf>,
+    /// A smart card that opens LUKS disks (and whose removal locks the VM).
+    pub card: Option<crate::identity::smartcard::CardOptions>,
     /// `--user ID`: the policy user who logs in (required with a policy).
     pub user: Option<String>,
     /// `--audit-log` / `--audit-key`.
@@ -296,6 +298,7 @@ mod tests {
             },
             policy: None,
             vpn_key: None,
+            card: None,
             user: None,
             audit: AuditConfig::default(),
             seccomp: true,

@@ -15,6 +15,7 @@ use securevm::config::{
 };
 use securevm::exit::{ExitReason, EXIT_ERROR, EXIT_LOGIN_REFUSED, EXIT_USAGE};
 use securevm::identity::enroll::{run_enroll_command, EnrollCommand};
+use securevm::identity::smartcard::cli::{run_enroll, CardArgs, CardEnrollArgs};
 use securevm::policy::PolicyConfig;
 use securevm::storage::bench::{run_disk_bench, BenchDiskArgs};
 use securevm::storage::external::ExternalMediaPolicy;
@@ -61,6 +62,9 @@ enum DiskCli {
     Volume(DiskCommand),
     #[command(flatten)]
     Users(EnrollCommand),
+    /// Add a keyslot that a smart card opens (systemd-cryptenroll's
+    /// systemd-pkcs11 layout: systemd-cryptsetup opens it with the same card).
+    EnrollCard(CardEnrollArgs),
 }
 
 #[derive(Subcommand)]
@@ -167,6 +171,8 @@ struct RunArgs {
     /// Serve the control API (`securevm ctl`) on this Unix socket (created mode 0600).
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
+    #[command(flatten)]
+    card: CardArgs,
 }
 
 impl From<RunArgs> for VmConfig {
@@ -199,6 +205,7 @@ impl From<RunArgs> for VmConfig {
                 _ => None,
             },
             vpn_key: args.vpn_key,
+            card: args.card.options(),
             user: args.user,
             audit: AuditConfig {
                 log: args.audit_log,
@@ -248,6 +255,13 @@ fn main() -> ExitCode {
         },
         Command::Disk(DiskCli::Users(command)) => match run_enroll_command(&command) {
             Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
+        Command::Disk(DiskCli::EnrollCard(args)) => match run_enroll(&args) {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
             Err(e) => fail(&e),
         },
         Command::Audit(command) => match run_audit_command(&command) {

@@ -46,7 +46,10 @@ use crate::devices::virtio::net::{
 use crate::exit::{ExitNotifier, ExitReason};
 use crate::identity::disk::{unlock_for_user, UserDiskError};
 use crate::identity::session::{start_session, Session, SessionError};
-use crate::identity::RetryDelay;
+use crate::identity::smartcard::login::CardCredential;
+use crate::identity::smartcard::monitor::{watch_session, RemovalMonitor};
+use crate::identity::smartcard::{self, disk as card_disk, SmartCardError};
+use crate::identity::{Credential, RetryDelay};
 use crate::loader::{load_cmdline, load_initrd, load_kernel, LoaderError};
 use crate::netfilter::{Filter, FilterConfig, FilterControl, DEFAULT_CONNTRACK_CAPACITY};
 use crate::policy::ActiveRole;
@@ -57,7 +60,7 @@ use crate::storage::luks::is_luks;
 use crate::storage::passphrase::{read_passphrase, PassphraseSource};
 use crate::storage::secret::SecretBuf;
 use crate::storage::{EncryptedBackend, StorageError};
-use crate::vstate::vcpu::{self, VcpuContext, VcpuControl, VcpuHandle};
+use crate::vstate::vcpu::{self, VcpuContext, VcpuControl, VcpuControlError, VcpuHandle};
 use crate::vstate::vm::{Vm, VmError};
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +110,8 @@ pub enum VmmError {
     #[error(transparent)]
     Audit(#[from] AuditError),
     #[error(transparent)]
+    SmartCard(#[from] SmartCardError),
+    #[error(transparent)]
     Seccomp(#[from] SeccompError),
     #[error(transparent)]
     ApiSocket(#[from] SocketError),
@@ -131,7 +136,19 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     // Audit log, policy, login and role: before any guest exists.
     let session = start_session(config, RetryDelay::default())?;
     let audit = session.audit.clone();
-    let result = run_session(config, &session);
+    // Without a policy there is no user, but a card may still open disks.
+    let card_only = match (&config.card, &config.policy) {
+        (Some(options), None) => {
+            let login = smartcard::login_without_policy(options)?;
+            Some(CardCredential::new(
+                login,
+                options.pins.clone(),
+                options.retry,
+            ))
+        }
+        _ => None,
+    };
+    let result = run_session(config, &session, card_only.as_ref());
     let reason = match &result {
         Ok(ExitReason::PowerOff) => "guest powered off".to_string(),
         Ok(ExitReason::Reboot) => "guest rebooted".to_string(),
@@ -144,10 +161,14 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     result
 }
 
-fn run_session(config: &VmConfig, session: &Session) -> Result<ExitReason, VmmError> {
+fn run_session(
+    config: &VmConfig,
+    session: &Session,
+    card_only: Option<&CardCredential>,
+) -> Result<ExitReason, VmmError> {
     let mut policy_in_force = None;
     loop {
-        let reason = run_once(config, session, &mut policy_in_force)?;
+        let reason = run_once(config, session, card_only, &mut policy_in_force)?;
         if reason == ExitReason::Reboot && config.on_reboot == RebootAction::Restart {
             log::info!("guest rebooted; starting it again");
             continue;
@@ -156,9 +177,22 @@ fn run_session(config: &VmConfig, session: &Session) -> Result<ExitReason, VmmEr
     }
 }
 
+/// The smart card of this session: the logged-in user's, or without a
+/// policy the one given to open disks.
+fn session_card<'a>(
+    session: &'a Session,
+    card_only: Option<&'a CardCredential>,
+) -> Option<&'a CardCredential> {
+    match session.login.as_ref().map(|login| &login.credential) {
+        Some(Credential::SmartCard(card)) => Some(card),
+        _ => card_only,
+    }
+}
+
 fn run_once(
     config: &VmConfig,
     session: &Session,
+    card_only: Option<&CardCredential>,
     policy_in_force: &mut Option<ActiveRole>,
 ) -> Result<ExitReason, VmmError> {
     config.validate()?;
@@ -188,7 +222,13 @@ fn run_once(
             seccomp::install(ThreadKind::DiskCrypto).map_err(|e| e.to_string())
         });
     }
-    let (disks, devices, media) = open_disks(config, session, role.as_ref())?;
+    let (disks, devices, media) = open_disks(config, session, role.as_ref(), card_only)?;
+    // The card's session ends once the disks are open: its module is
+    // finalized before any guest code runs and before seccomp narrows the
+    // main thread (a restart logs the card in again).
+    if let Some(card) = session_card(session, card_only) {
+        drop(card.take_login());
+    }
     let (nets, filter_controls) = open_nets(config, role.as_ref())?;
 
     let vm = Arc::new(Vm::new(&config.kvm_device)?);
@@ -354,6 +394,12 @@ fn run_once(
         })?;
         vcpus.push(handle);
     }
+    // Before the main thread's filter: the monitor thread runs the card's
+    // PKCS#11 module and must not inherit it.
+    let _card_monitor = match session_card(session, card_only) {
+        Some(card) => Some(watch_card(card, session, &vcpu_control)?),
+        None => None,
+    };
     let live = Arc::new(LiveVm::new(LiveVmParts {
         user: session.login.as_ref().map(|l| l.identity.user_id.clone()),
         verifier,
@@ -538,6 +584,7 @@ fn open_disks(
     config: &VmConfig,
     session: &Session,
     role: Option<&ActiveRole>,
+    card_only: Option<&CardCredential>,
 ) -> Result<(Vec<Block>, Vec<Device>, MediaCounters), VmmError> {
     let audit = &session.audit;
     let mut blocks = Vec::new();
@@ -564,6 +611,17 @@ fn open_disks(
                     unlocked.volume,
                     disk.read_only,
                 )?)
+            } else if let Some((backend, keyslot)) = match card_only {
+                Some(card) if encrypted => open_by_card(card, disk)?,
+                _ => None,
+            } {
+                audit.record(Event::DiskOpened {
+                    path: disk.path.display().to_string(),
+                    keyslot: Some(keyslot),
+                    user_slot: false,
+                    read_only: disk.read_only,
+                })?;
+                Box::new(backend)
             } else if encrypted {
                 if disk_passphrase.is_none() {
                     let source = match &config.passphrase_file {
@@ -673,6 +731,62 @@ fn open_disks(
 
 fn format_mac(mac: [u8; 6]) -> String {
     mac.map(|byte| format!("{byte:02x}")).join(":")
+}
+
+/// Pause the vCPUs while the session's card is out, resume them when it
+/// is back and verified (see `identity::smartcard::monitor`).
+fn watch_card(
+    card: &CardCredential,
+    session: &Session,
+    vcpus: &VcpuControl,
+) -> Result<RemovalMonitor, VmmError> {
+    let (pause, resume) = (vcpus.clone(), vcpus.clone());
+    let user = session
+        .login
+        .as_ref()
+        .map_or("", |login| login.identity.user_id.as_str());
+    watch_session(
+        card,
+        user,
+        session.audit.clone(),
+        Box::new(move || {
+            // A vCPU stuck in a long exit is asked again: a locked session
+            // must not keep running.
+            while let Err(VcpuControlError::PauseTimedOut(_)) = pause.pause(CARD_PAUSE_TIMEOUT) {
+                log::warn!("card removed: the vCPUs have not stopped yet; trying again");
+            }
+        }),
+        Box::new(move || resume.resume()),
+    )
+    .map_err(|source| VmmError::Io {
+        what: "starting the smart-card monitor",
+        source,
+    })
+}
+
+/// How long one pause attempt waits for the vCPUs after the card is pulled.
+const CARD_PAUSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A LUKS disk opened by the logged-in card (and the keyslot that
+/// opened it), or `None` when no keyslot
+/// of it is bound to the card (the passphrase is asked instead).
+fn open_by_card(
+    card: &CardCredential,
+    disk: &crate::config::DiskConfig,
+) -> Result<Option<(EncryptedBackend, u32)>, VmmError> {
+    match card.with_login(|login| card_disk::unlock(&disk.path, &login.token)) {
+        Ok(volume) => {
+            let keyslot = volume.keyslot;
+            log::info!(
+                "{}: opened by the smart card (keyslot {keyslot})",
+                disk.path.display()
+            );
+            let backend = EncryptedBackend::from_unlocked(&disk.path, volume, disk.read_only)?;
+            Ok(Some((backend, keyslot)))
+        }
+        Err(SmartCardError::NoCardKeyslot { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn open_input(what: &'static str, path: &Path) -> Result<File, VmmError> {

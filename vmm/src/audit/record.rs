@@ -53,6 +53,10 @@ pub enum Event {
         method: String,
         claimed_user: String,
         attempt: u32,
+        /// What exactly was wrong, when the method can tell (e.g. a smart
+        /// card's "wrong-pin" or "key-not-bound"); never on the console.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        reason: Option<String>,
     },
     /// The retry bound was reached; the VM does not start.
     AuthLockout {

@@ -41,6 +41,7 @@ fn failure(attempt: u32) -> Event {
         method: "passphrase".into(),
         claimed_user: "alice".into(),
         attempt,
+        reason: None,
     }
 }
 

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::{Credential, Login};
+use super::{smartcard, Credential, Login};
 use crate::storage::luks::{self, UnlockedVolume};
 use crate::storage::StorageError;
 
@@ -83,6 +83,8 @@ pub struct UserUnlock {
 pub enum UserDiskError {
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    SmartCard(#[from] super::smartcard::SmartCardError),
     #[error("{} has no keyslot for user '{user}'; an administrator adds one with `securevm disk enroll --user {user} --policy POLICY --policy-key PUB {}`", path.display(), path.display())]
     NotEnrolled {
         path: std::path::PathBuf,
@@ -95,7 +97,17 @@ pub enum UserDiskError {
 /// keyslot their passphrase opens.
 pub fn unlock_for_user(path: &Path, login: &Login) -> Result<UserUnlock, UserDiskError> {
     let user = &login.identity.user_id;
-    let Credential::Passphrase(passphrase) = &login.credential;
+    let passphrase = match &login.credential {
+        Credential::Passphrase(passphrase) => passphrase,
+        Credential::SmartCard(card) => {
+            // The card's keyslots carry systemd-pkcs11 tokens naming the card.
+            let volume = card.with_login(|card| smartcard::disk::unlock(path, &card.token))?;
+            return Ok(UserUnlock {
+                volume,
+                own_slot: true,
+            });
+        }
+    };
     let own = keyslots_of(path, user)?;
     let result = if own.is_empty() {
         luks::unlock(path, passphrase.as_bytes())

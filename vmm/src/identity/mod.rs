@@ -20,6 +20,7 @@ pub mod disk;
 pub mod enroll;
 pub mod passphrase;
 pub mod session;
+pub mod smartcard;
 
 use std::time::Duration;
 
@@ -45,6 +46,8 @@ pub struct Identity {
 pub enum AuthMethod {
     /// The passphrase whose Argon2id hash the policy holds.
     Passphrase,
+    /// A PKCS#11 smart card holding the key the policy binds to the user.
+    SmartCard,
 }
 
 impl AuthMethod {
@@ -52,6 +55,7 @@ impl AuthMethod {
     pub fn as_str(self) -> &'static str {
         match self {
             AuthMethod::Passphrase => "passphrase",
+            AuthMethod::SmartCard => "smartcard",
         }
     }
 }
@@ -62,6 +66,7 @@ impl AuthMethod {
 #[derive(Debug)]
 pub enum Credential {
     Passphrase(SecretBuf),
+    SmartCard(Box<smartcard::login::CardCredential>),
 }
 
 /// A successful login.
@@ -90,6 +95,11 @@ pub trait Authenticator {
     /// a real user and reject). An `Err` is a problem reading input, not
     /// a wrong credential.
     fn attempt(&mut self, user_id: &str, user: Option<&User>) -> Result<Attempt, LoginError>;
+    /// Why the last attempt was rejected, for the audit log only (the
+    /// console never says).
+    fn rejection_reason(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The growing wait after failed attempts.
@@ -179,6 +189,7 @@ pub fn login(
                     method: method.as_str().into(),
                     claimed_user: claimed(user_id),
                     attempt,
+                    reason: authenticator.rejection_reason(),
                 })?;
                 eprintln!("securevm: login failed: the user id or the credential is wrong");
                 // Also after the last attempt: a script that restarts

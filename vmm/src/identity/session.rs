@@ -14,6 +14,7 @@ use std::time::SystemTime;
 use guest_policy::Policy;
 
 use super::passphrase::{PassphraseAuthenticator, PassphraseInput};
+use super::smartcard::login::SmartCardAuthenticator;
 use super::{login, Authenticator, Login, LoginError, RetryDelay};
 use crate::audit::{Audit, AuditError, AuditSetupError, Event};
 use crate::config::VmConfig;
@@ -50,9 +51,12 @@ impl SessionError {
     }
 }
 
-/// The authenticator for this run: the passphrase from
-/// `--passphrase-file`, or the terminal.
+/// The authenticator for this run: the smart card of `--pkcs11-module`,
+/// else the passphrase from `--passphrase-file`, or the terminal.
 fn authenticator_for(config: &VmConfig, policy: &Policy) -> Box<dyn Authenticator> {
+    if let Some(card) = &config.card {
+        return Box::new(SmartCardAuthenticator::new(card.clone()));
+    }
     let input = match &config.passphrase_file {
         Some(path) => PassphraseInput::File(path.clone()),
         None => PassphraseInput::Terminal,
