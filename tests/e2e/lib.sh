@@ -43,9 +43,12 @@ vmm_run() {
     set -e
     VMM_SECS=$(awk -v ms=$(($(date +%s%3N) - t0)) 'BEGIN { printf "%.1f", ms / 1000 }')
     echo "### exit status $VMM_EXIT after ${VMM_SECS}s" >>"$SERIAL_LOG"
-    # scripts/e2e gives a scenario whose guest crashed one more run.
+    # scripts/e2e gives a scenario whose guest crashed or hung one more run.
     [[ $VMM_EXIT -ne 4 ]] || touch "$WORK/guest-crashed"
-    [[ $VMM_EXIT -ne 124 ]] || fail "securevm still running after ${limit}s (killed)"
+    [[ $VMM_EXIT -ne 124 ]] || {
+        touch "$WORK/guest-hung"
+        fail "securevm still running after ${limit}s (killed)"
+    }
 }
 
 # expect_exit CODE: the last vmm_run exited with CODE.

@@ -752,11 +752,13 @@ fn watch_card(
         Box::new(move || {
             // A vCPU stuck in a long exit is asked again: a locked session
             // must not keep running.
-            while let Err(VcpuControlError::PauseTimedOut(_)) = pause.pause(CARD_PAUSE_TIMEOUT) {
+            while let Err(VcpuControlError::PauseTimedOut(_)) =
+                pause.lock_session(CARD_PAUSE_TIMEOUT)
+            {
                 log::warn!("card removed: the vCPUs have not stopped yet; trying again");
             }
         }),
-        Box::new(move || resume.resume()),
+        Box::new(move || resume.unlock_session()),
     )
     .map_err(|source| VmmError::Io {
         what: "starting the smart-card monitor",

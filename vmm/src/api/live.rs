@@ -172,7 +172,9 @@ impl VmController for LiveVm {
             addresses: net.addresses.clone(),
         }));
         VmStatus {
-            state: if self.parts.vcpus.is_paused() {
+            state: if self.parts.vcpus.is_locked() {
+                RunState::Locked
+            } else if self.parts.vcpus.is_paused() {
                 RunState::Paused
             } else {
                 RunState::Running
@@ -230,6 +232,13 @@ impl VmController for LiveVm {
     fn resume(&self) -> Result<(), ApiError> {
         let _serialised = lock(&self.run_state);
         self.parts.vcpus.resume();
+        if self.parts.vcpus.is_locked() {
+            return Err(ApiError::Conflict(
+                "the session is locked because its smart card was removed; \
+                 it runs again when the card is back and its PIN verifies"
+                    .into(),
+            ));
+        }
         Ok(())
     }
 

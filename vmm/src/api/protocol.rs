@@ -18,6 +18,9 @@ pub const MAX_SHUTDOWN_TIMEOUT_SECS: u64 = 3600;
 pub enum RunState {
     Running,
     Paused,
+    /// Stopped because the session's smart card was removed; only the
+    /// card (reinserted, PIN verified again) lets it run.
+    Locked,
 }
 
 /// `GET /status`. New fields are added with defaults, so older clients

@@ -61,7 +61,11 @@ struct ControlShared {
 
 #[derive(Default)]
 struct ControlState {
+    /// Paused by an operator (`ctl pause`).
     paused: bool,
+    /// Locked because the session's credential went away (a pulled smart
+    /// card). Independent of `paused`: an operator's resume cannot lift it.
+    locked: bool,
     /// Threads parked in [`VcpuControl::park_while_paused`] right now.
     parked: usize,
     /// Threads still in their run loop, by pthread handle, so a pause can
@@ -81,16 +85,56 @@ impl VcpuControl {
     /// Stops every vCPU between two runs and returns once all are parked.
     /// Pausing a paused VM does nothing. On timeout the pause is undone.
     pub fn pause(&self, timeout: Duration) -> Result<(), VcpuControlError> {
+        self.hold(timeout, |state, on| state.paused = on)
+    }
+
+    /// Lets parked vCPUs run again unless the session is locked; resuming
+    /// a running VM does nothing.
+    pub fn resume(&self) {
+        let mut state = self.lock();
+        state.paused = false;
+        self.shared.changed.notify_all();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.lock().paused
+    }
+
+    /// Like [`VcpuControl::pause`], for a locked session: the vCPUs stay
+    /// stopped until [`VcpuControl::unlock_session`], whatever `resume`
+    /// says meanwhile.
+    pub fn lock_session(&self, timeout: Duration) -> Result<(), VcpuControlError> {
+        self.hold(timeout, |state, on| state.locked = on)
+    }
+
+    /// Lifts the session lock; the vCPUs run unless also paused.
+    pub fn unlock_session(&self) {
+        let mut state = self.lock();
+        state.locked = false;
+        self.shared.changed.notify_all();
+    }
+
+    pub fn is_locked(&self) -> bool {
+        self.lock().locked
+    }
+
+    /// Sets one reason to stop with `set(state, true)`, kicks the vCPUs
+    /// until all are parked, and clears it again on timeout.
+    fn hold(
+        &self,
+        timeout: Duration,
+        set: fn(&mut ControlState, bool),
+    ) -> Result<(), VcpuControlError> {
         let deadline = Instant::now() + timeout;
         let mut state = self.lock();
         if state.live.is_empty() {
             return Err(VcpuControlError::NotRunning);
         }
-        state.paused = true;
+        set(&mut state, true);
         while state.parked < state.live.len() {
             let now = Instant::now();
             if now >= deadline {
-                state.paused = false;
+                set(&mut state, false);
                 self.shared.changed.notify_all();
                 return Err(VcpuControlError::PauseTimedOut(timeout));
             }
@@ -110,17 +154,6 @@ impl VcpuControl {
         Ok(())
     }
 
-    /// Lets parked vCPUs run again; resuming a running VM does nothing.
-    pub fn resume(&self) {
-        let mut state = self.lock();
-        state.paused = false;
-        self.shared.changed.notify_all();
-    }
-
-    pub fn is_paused(&self) -> bool {
-        self.lock().paused
-    }
-
     fn register(&self, thread: libc::pthread_t) {
         self.lock().live.push(thread);
     }
@@ -135,12 +168,12 @@ impl VcpuControl {
     /// paused, until resumed or stopped.
     fn park_while_paused(&self, stop: &AtomicBool) {
         let mut state = self.lock();
-        if !state.paused {
+        if !state.paused && !state.locked {
             return;
         }
         state.parked += 1;
         self.shared.changed.notify_all();
-        while state.paused && !stop.load(Ordering::Acquire) {
+        while (state.paused || state.locked) && !stop.load(Ordering::Acquire) {
             state = self
                 .shared
                 .changed
@@ -440,6 +473,28 @@ mod tests {
             t.join().unwrap();
         }
         assert!(control.lock().live.is_empty());
+    }
+
+    #[test]
+    fn an_operator_resume_does_not_lift_a_session_lock() {
+        let control = VcpuControl::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let runs = Arc::new(AtomicU64::new(0));
+        let thread = fake_vcpu(control.clone(), stop.clone(), runs.clone());
+        wait_until(|| control.lock().live.len() == 1);
+
+        control.lock_session(Duration::from_secs(5)).unwrap();
+        control.pause(Duration::from_secs(5)).unwrap();
+        control.resume();
+        assert!(control.is_locked() && !control.is_paused());
+        let frozen = runs.load(Ordering::Relaxed);
+        thread::sleep(Duration::from_millis(300));
+        assert_eq!(runs.load(Ordering::Relaxed), frozen, "a locked vCPU ran");
+
+        control.unlock_session();
+        wait_until(|| runs.load(Ordering::Relaxed) > frozen);
+        stop.store(true, Ordering::Release);
+        thread.join().unwrap();
     }
 
     #[test]
