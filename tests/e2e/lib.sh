@@ -27,9 +27,11 @@ fail() {
 
 # vmm_run SECONDS ARG...: run `$SECUREVM run ARG...` with stdin closed, its
 # console output in $SERIAL_LOG (appended), killed after SECONDS. Sets
-# VMM_EXIT to its exit status (124 = killed by the timeout) and VMM_SECS.
+# VMM_EXIT to its exit status (124 = killed at the limit) and VMM_SECS.
+# Before killing a hung securevm it writes what each of its threads was
+# doing to $WORK/hang-diagnostics.txt, so a rare stall leaves evidence.
 vmm_run() {
-    local limit=$1 t0
+    local limit=$1 t0 pid deadline
     shift
     t0=$(date +%s%3N)
     {
@@ -37,18 +39,69 @@ vmm_run() {
         printf ' %q' "$@"
         echo
     } >>"$SERIAL_LOG"
-    set +e
-    timeout -k 5 "$limit" "$SECUREVM" run "$@" </dev/null >>"$SERIAL_LOG" 2>&1
-    VMM_EXIT=$?
-    set -e
+    "$SECUREVM" run "$@" </dev/null >>"$SERIAL_LOG" 2>&1 &
+    pid=$!
+    deadline=$(($(date +%s) + limit))
+    while process_running "$pid" && [[ $(date +%s) -lt $deadline ]]; do
+        sleep 0.5
+    done
+    if process_running "$pid"; then
+        hang_diagnostics "$pid" >"$WORK/hang-diagnostics.txt" 2>&1 || true
+        kill -TERM "$pid" 2>/dev/null || true
+        sleep 5
+        kill -KILL "$pid" 2>/dev/null || true
+        wait_killed "$pid" 15 ||
+            echo "securevm (pid $pid) survived SIGKILL for 15 s: a thread is stuck in the kernel" >>"$WORK/hang-diagnostics.txt"
+        VMM_EXIT=124
+    else
+        set +e
+        wait "$pid"
+        VMM_EXIT=$?
+        set -e
+    fi
     VMM_SECS=$(awk -v ms=$(($(date +%s%3N) - t0)) 'BEGIN { printf "%.1f", ms / 1000 }')
     echo "### exit status $VMM_EXIT after ${VMM_SECS}s" >>"$SERIAL_LOG"
     # scripts/e2e gives a scenario whose guest crashed or hung one more run.
     [[ $VMM_EXIT -ne 4 ]] || touch "$WORK/guest-crashed"
     [[ $VMM_EXIT -ne 124 ]] || {
         touch "$WORK/guest-hung"
-        fail "securevm still running after ${limit}s (killed)"
+        fail "securevm still running after ${limit}s (killed; see hang-diagnostics.txt)"
     }
+}
+
+# process_running PID: PID exists and is not a zombie.
+process_running() {
+    local state
+    state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ -n $state && $state != Z ]]
+}
+
+# wait_killed PID SECONDS: reap PID if it dies within SECONDS.
+wait_killed() {
+    local i
+    for ((i = 0; i < $2 * 2; i++)); do
+        process_running "$1" || {
+            wait "$1" 2>/dev/null || true
+            return 0
+        }
+        sleep 0.5
+    done
+    return 1
+}
+
+# hang_diagnostics PID: each thread's name, state, kernel wait channel,
+# current system call and kernel stack, then the kernel log's tail.
+hang_diagnostics() {
+    local task
+    echo "securevm pid $1 at $(date -u +%H:%M:%S), limit reached"
+    for task in /proc/"$1"/task/*; do
+        printf -- '--- thread %s (%s): state %s, wchan %s\n' "${task##*/}" \
+            "$(cat "$task/comm")" "$(awk '{ print $3 }' "$task/stat")" "$(cat "$task/wchan")"
+        printf '    syscall: %s\n' "$(cat "$task/syscall")"
+        sed 's/^/    /' "$task/stack"
+    done
+    echo "--- kernel log (last 30 lines)"
+    dmesg | tail -n 30
 }
 
 # expect_exit CODE: the last vmm_run exited with CODE.

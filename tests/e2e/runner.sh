@@ -8,7 +8,7 @@
 #                                    (plus the tail of its serial log)
 #
 # Per scenario, RESULTS/NAME/ is its working directory and keeps serial.log
-# (guest console + securevm output), prepare.log, run.log and `result`
+# (guest console + securevm output), prepare.log, run.log, `started` and `result`
 # (PASS SECONDS | FAIL REASON), which scripts/e2e reads for the summary.
 # Disk images (*.img, e2e) are deleted afterwards unless E2E_KEEP_IMAGES=1.
 set -euo pipefail
@@ -76,6 +76,8 @@ run_one() {
     limit=$(scenario_timeout "$name")
     t0=$(date +%s)
     rm -f "$dir/fail-reason"
+    # scripts/e2e's watchdog on the host times the scenario from this file.
+    echo "$t0" >"$dir/started"
     if [[ ! -x $SECUREVM ]]; then
         echo "FAIL securevm binary missing ($SECUREVM); build it with: cargo build --release -p securevm" >"$dir/result"
     else
@@ -101,7 +103,7 @@ report() {
     fi
     echo "FAIL $name: $rest"
     local f
-    for f in run.log serial.log; do
+    for f in run.log serial.log hang-diagnostics.txt; do
         [[ -s $dir/$f ]] || continue
         echo "    --- last $LOG_TAIL_LINES lines of $dir/$f"
         tail -n "$LOG_TAIL_LINES" "$dir/$f" | tr -d '\r' | sed 's/^/    | /'

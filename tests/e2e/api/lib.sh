@@ -97,19 +97,23 @@ api_wait_exit() {
         fi
         sleep 0.1
     done
+    hang_diagnostics "$VMM_PID" >"$WORK/hang-diagnostics.txt" 2>&1 || true
+    touch "$WORK/guest-hung"
     kill "$VMM_PID" 2>/dev/null || true
-    fail "securevm still running after ${1}s (killed)"
+    fail "securevm still running after ${1}s (killed; see hang-diagnostics.txt)"
 }
 
 # wait_serial TEXT SECONDS: until the console shows TEXT; fails after SECONDS.
 wait_serial() {
     local i
     for ((i = 0; i < $2 * 10; i++)); do
-        tr -d '\r' <"$SERIAL_LOG" | grep -qF -- "$1" && return 0
+        tr -d '\r' <"$SERIAL_LOG" | grep -F -- "$1" >/dev/null && return 0
         kill -0 "$VMM_PID" 2>/dev/null || fail "securevm exited before the guest printed '$1': $(tail -n1 "$VMM_ERR")"
         sleep 0.1
     done
-    fail "the guest did not print '$1' within ${2}s"
+    hang_diagnostics "$VMM_PID" >"$WORK/hang-diagnostics.txt" 2>&1 || true
+    touch "$WORK/guest-hung"
+    fail "the guest did not print '$1' within ${2}s (see hang-diagnostics.txt)"
 }
 
 # ctl ARG...: `securevm ctl` on the scenario's socket; output (both

@@ -3,7 +3,7 @@
 # stock Debian guest sees the key on its "Power Button" input device and
 # shuts down in order (units stopped, then ACPI S5); ctl reports the clean
 # power-off, securevm exits 0 within the bound and removes its socket.
-TIMEOUT=900
+TIMEOUT=420
 BOUND_SECS=120
 # shellcheck source=tests/e2e/api/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../api/lib.sh"
@@ -18,7 +18,7 @@ run() {
     api_start --kernel "$DEBIAN_KERNEL" --initrd "$DEBIAN_INITRD" \
         --cmdline "console=ttyS0 reboot=acpi panic=-1 root=/dev/vda rw $GUEST_QUIET e2e=1" \
         --cpus 2 --memory 1024 --disk "$WORK/debian-root.img" --disk "$WORK/e2e"
-    wait_serial "E2E-POWER-BUTTON=ready" 700
+    wait_serial "E2E-POWER-BUTTON=ready" 330
     ctl status || fail "status failed: $CTL_OUT"
     [[ $CTL_OUT == *"state: running"* ]] || fail "status before shutdown: $CTL_OUT"
     local t0=$SECONDS

@@ -2,7 +2,7 @@
 # boot-debian: stock kernel + Debian's own initrd + debootstrap rootfs on
 # virtio-blk, 2 vCPUs, 1 GiB: reaches multi-user; the guest sees 2 CPUs and
 # the RAM, and writes/reads back a file on a second disk.
-TIMEOUT=900
+TIMEOUT=420
 MEMORY_MIB=1024
 
 prepare() {
@@ -13,7 +13,7 @@ prepare() {
 }
 
 run() {
-    vmm_run 840 --kernel "$DEBIAN_KERNEL" --initrd "$DEBIAN_INITRD" \
+    vmm_run 360 --kernel "$DEBIAN_KERNEL" --initrd "$DEBIAN_INITRD" \
         --cmdline "console=ttyS0 reboot=acpi panic=-1 root=/dev/vda rw $GUEST_QUIET e2e=1" \
         --cpus 2 --memory "$MEMORY_MIB" \
         --disk "$WORK/debian-root.img" --disk "$WORK/e2e" --disk "$WORK/data.img"

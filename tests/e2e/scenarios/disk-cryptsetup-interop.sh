@@ -5,7 +5,7 @@
 #      dm-crypt; the guest under securevm (same passphrase) reads the file.
 #   B. `securevm disk create --from` an ext4 image; the guest writes a file;
 #      `cryptsetup luksDump` accepts the header and dm-crypt reads the file.
-TIMEOUT=600
+TIMEOUT=420
 MARKER_A=written-by-dm-crypt-e2e
 MARKER_B=written-by-the-guest-e2e
 

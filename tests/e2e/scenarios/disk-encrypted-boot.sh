@@ -3,7 +3,7 @@
 # `securevm disk create --from`, boots to multi-user with the disk
 # passphrase; a marker the guest writes to its root filesystem is nowhere
 # in the image in clear.
-TIMEOUT=900
+TIMEOUT=420
 MARKER=SECUREVM-PLAINTEXT-MARKER-encrypted-root
 
 prepare() {
@@ -28,7 +28,7 @@ run() {
     local root
     root=$(mktemp -d)/root.luks
     cp "$WORK/root.luks" "$root"
-    vmm_run 840 --kernel "$DEBIAN_KERNEL" --initrd "$DEBIAN_INITRD" \
+    vmm_run 360 --kernel "$DEBIAN_KERNEL" --initrd "$DEBIAN_INITRD" \
         --cmdline "console=ttyS0 reboot=acpi panic=-1 root=/dev/vda rw $GUEST_QUIET e2e=1" \
         --cpus 2 --memory 1024 --disk "$root" --disk "$WORK/e2e" \
         --passphrase-file "$WORK/root.pass"

@@ -9,7 +9,7 @@ TIMEOUT=420
 wait_for() {
     local i
     for ((i = 0; i < $2 * 5; i++)); do
-        tr -d '\r' <"$SERIAL_LOG" | grep -qF -- "$1" && return 0
+        tr -d '\r' <"$SERIAL_LOG" | grep -F -- "$1" >/dev/null && return 0
         kill -0 "$VMM_PID" 2>/dev/null || fail "securevm ended before printing '$1'"
         sleep 0.2
     done

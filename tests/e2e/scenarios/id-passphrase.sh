@@ -27,11 +27,11 @@ run() {
     id_run 240 alice "$WORK/alice.pass"
     expect_exit 0
     expect_serial "E2E-ID-RUN=ok"
-    grep '"event":"disk-opened"' "$WORK/audit.jsonl" | grep -q '"keyslot":1,' ||
+    grep '"event":"disk-opened"' "$WORK/audit.jsonl" | grep '"keyslot":1,' >/dev/null ||
         fail "the audit log does not show the disk opened through keyslot 1"
-    grep '"event":"disk-opened"' "$WORK/audit.jsonl" | grep '"user":"alice"' | grep -q '"user_slot":true' ||
+    grep '"event":"disk-opened"' "$WORK/audit.jsonl" | grep '"user":"alice"' | grep '"user_slot":true' >/dev/null ||
         fail "the disk was not opened through alice's own slot"
-    grep '"event":"role-selected"' "$WORK/audit.jsonl" | grep -q '"role":"office"' ||
+    grep '"event":"role-selected"' "$WORK/audit.jsonl" | grep '"role":"office"' >/dev/null ||
         fail "alice's role (office) was not selected"
     audit_verify "$WORK/audit.jsonl"
     [[ $AUDIT_EXIT -eq 0 ]] || fail "the audit log does not verify: $AUDIT_OUT"

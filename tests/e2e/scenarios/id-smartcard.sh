@@ -29,7 +29,7 @@ run() {
     "$SECUREVM" disk enroll-card --pkcs11-module "$CARD_MODULE" --token-label e2e-card \
         --pin-file "$CARD_DIR/pin" --passphrase-file "$WORK/disk.pass" "$disk" >>"$WORK/run.log" 2>&1 ||
         fail "securevm disk enroll-card failed"
-    cryptsetup luksDump "$disk" | grep -q systemd-pkcs11 || fail "cryptsetup does not show a systemd-pkcs11 token"
+    cryptsetup luksDump "$disk" | grep systemd-pkcs11 >/dev/null || fail "cryptsetup does not show a systemd-pkcs11 token"
 
     local guest=(--kernel "$GUEST_KERNEL" --initrd "$BUSYBOX_INITRAMFS"
         --cmdline "console=ttyS0 reboot=acpi panic=-1 $GUEST_QUIET e2e.cmd=\"head -n1 /dev/vda\""
@@ -59,9 +59,9 @@ run() {
     SERIAL_LOG=$SERIAL_LOG.policy vmm_run 180 "${guest[@]}" "${login[@]}" --pin-file "$CARD_DIR/pin"
     SERIAL_LOG=$SERIAL_LOG.policy expect_exit 0
     grep -qF "$MARKER" "$SERIAL_LOG.policy" || fail "bob's card did not open the disk"
-    grep '"event":"auth-success"' "$WORK/audit.jsonl" | grep -q '"method":"smartcard"' ||
+    grep '"event":"auth-success"' "$WORK/audit.jsonl" | grep '"method":"smartcard"' >/dev/null ||
         fail "the audit log does not show bob's smart-card login"
-    grep '"event":"role-selected"' "$WORK/audit.jsonl" | grep -q '"role":"visitor"' ||
+    grep '"event":"role-selected"' "$WORK/audit.jsonl" | grep '"role":"visitor"' >/dev/null ||
         fail "bob's role (visitor) was not selected"
 
     : >"$SERIAL_LOG.policy-wrong"
@@ -69,7 +69,7 @@ run() {
     SERIAL_LOG=$SERIAL_LOG.policy-wrong expect_exit 5
     grep -q "the user id or the credential is wrong" "$SERIAL_LOG.policy-wrong" ||
         fail "bob's wrong PIN was not refused with the login's message"
-    grep '"event":"auth-failure"' "$WORK/audit.jsonl" | grep -q '"reason":"wrong-pin"' ||
+    grep '"event":"auth-failure"' "$WORK/audit.jsonl" | grep '"reason":"wrong-pin"' >/dev/null ||
         fail "the audit log does not give the wrong PIN as the reason"
     audit_verify "$WORK/audit.jsonl"
     [[ $AUDIT_EXIT -eq 0 ]] || fail "the audit log does not verify: $AUDIT_OUT"
