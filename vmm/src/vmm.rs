@@ -422,6 +422,7 @@ fn run_once(
         vcpus: vcpu_control,
         power_button: Box::new(move || power_button.write(1).map_err(|e| e.to_string())),
         exit: exit.clone(),
+        audit: session.audit.clone(),
     }));
     let api_server = match api_socket {
         Some(socket) => Some(ApiServer::start(

@@ -502,6 +502,7 @@ fn seccomp_child() {
         vcpus: VcpuControl::default(),
         power_button: Box::new(|| Ok(())),
         exit,
+        audit: crate::audit::Audit::disabled(),
     }));
     let socket = fixture.dir.join("api.sock");
     let server = ApiServer::start(
