@@ -3,7 +3,7 @@
 # to the running guest (its transfer to the newly denied sink stops), then
 # refuses a rolled-back, a tampered and an unsigned policy; the version in
 # `status` and in the state file stays at the pushed one; the audit log
-# records the push and the three refusals.
+# records the push and the refusals that reached securevm.
 TIMEOUT=420
 # shellcheck source=tests/e2e/api/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../api/lib.sh"
@@ -47,6 +47,8 @@ run() {
         fail "the audit log does not verify"
     [[ $(grep -c '"event":"policy-pushed"' "$WORK/audit.jsonl") -eq 1 ]] ||
         fail "the applied push is not audited once"
-    [[ $(grep -c '"event":"policy-push-refused"' "$WORK/audit.jsonl") -eq 3 ]] ||
-        fail "the three refused pushes are not all audited"
+    # The unsigned policy never reaches securevm: ctl finds no signature
+    # file to send with it.
+    [[ $(grep -c '"event":"policy-push-refused"' "$WORK/audit.jsonl") -eq 2 ]] ||
+        fail "the rolled-back and the tampered push are not both audited"
 }
