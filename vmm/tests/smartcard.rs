@@ -430,6 +430,19 @@ fn cryptsetup_sees_a_systemd_token(image: &Path, keyslot: u32, conf: &Path) {
     );
 }
 
+/// A fresh audit key and log in `scratch`: the log's writer and its path.
+fn audit_in(scratch: &Scratch) -> (Audit, PathBuf) {
+    let audit_key = scratch.path("audit.key");
+    assert!(
+        common::securevm(&["audit", "init-key", audit_key.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let audit_log = scratch.path("audit.jsonl");
+    let audit = Audit::open(&audit_log, Some(&audit_key)).unwrap();
+    (audit, audit_log)
+}
+
 #[test]
 fn pulling_the_card_pauses_and_reinserting_it_with_the_pin_resumes() {
     let Some((_lock, hsm)) = hsm() else { return };
@@ -439,14 +452,7 @@ fn pulling_the_card_pauses_and_reinserting_it_with_the_pin_resumes() {
     let login = smartcard::authenticate(&options, &card.binding()).unwrap();
     let mut credential = CardCredential::new(login, options.pins.clone(), options.retry);
     credential.card.poll = Duration::from_millis(100);
-    let audit_key = scratch.path("audit.key");
-    assert!(
-        common::securevm(&["audit", "init-key", audit_key.to_str().unwrap()])
-            .status
-            .success()
-    );
-    let audit_log = scratch.path("audit.jsonl");
-    let audit = Audit::open(&audit_log, Some(&audit_key)).unwrap();
+    let (audit, audit_log) = audit_in(&scratch);
     let (sender, events) = mpsc::channel();
     let (pause, resume) = (sender.clone(), sender);
     let monitor = watch_session(
@@ -517,14 +523,7 @@ fn a_pin_asked_on_the_terminal_at_login_is_typed_on_the_console_after_reinsertio
     let login = smartcard::authenticate(&options, &card.binding()).unwrap();
     let mut credential = CardCredential::new(login, PinSource::Terminal, options.retry);
     credential.card.poll = Duration::from_millis(100);
-    let audit_key = scratch.path("audit.key");
-    assert!(
-        common::securevm(&["audit", "init-key", audit_key.to_str().unwrap()])
-            .status
-            .success()
-    );
-    let audit_log = scratch.path("audit.jsonl");
-    let audit = Audit::open(&audit_log, Some(&audit_key)).unwrap();
+    let (audit, audit_log) = audit_in(&scratch);
     let console = ConsoleGate::new();
     let (sender, events) = mpsc::channel();
     let (pause, resume) = (sender.clone(), sender);
