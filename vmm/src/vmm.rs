@@ -22,10 +22,11 @@ use crate::api::{
 };
 use crate::arch::acpi::{create_acpi_tables, AcpiError, POWER_BUTTON_GSI};
 use crate::arch::boot_params::{configure_boot, BootConfig, BootError};
+use crate::arch::guest_ram::GuestRam;
 use crate::arch::layout::{
     COM1_IRQ, COM1_PORT, PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_SIZE, PCI_ECAM_START,
 };
-use crate::arch::memory::{create_guest_memory, MemoryError};
+use crate::arch::memory::MemoryError;
 use crate::arch::vcpu::{configure_vcpu, ArchError};
 use crate::audit::{Audit, AuditError, Event};
 use crate::config::{ConfigError, RebootAction, VmConfig};
@@ -235,7 +236,10 @@ fn run_once(
     let vm = Arc::new(Vm::new(&config.kvm_device)?);
     vm.check_vcpu_count(usize::from(config.cpus))?;
     let num_cpus = config.cpus as u8;
-    let memory = Arc::new(create_guest_memory(config.memory_bytes())?);
+    // Declared before every part that uses the RAM, so dropped after them
+    // (GuestRam unmaps it only once nothing holds it).
+    let guest_ram = GuestRam::new(config.memory_bytes())?;
+    let memory = guest_ram.memory().clone();
     vm.register_memory(&memory)?;
     vm.create_interrupt_controllers()?;
 

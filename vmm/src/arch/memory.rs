@@ -30,6 +30,12 @@ pub enum MemoryError {
         #[source]
         source: vm_memory::mmap::FromRangesError,
     },
+    #[error("cannot map {size_mib} MiB of guest memory ({source}): give a smaller --memory or free host memory")]
+    Mapping {
+        size_mib: u64,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What a range of the firmware memory map holds, as the guest must treat it.
@@ -64,6 +70,17 @@ pub fn ram_regions(mem_size_bytes: u64) -> Vec<(GuestAddress, usize)> {
 /// Allocates anonymous host memory for `mem_size_bytes` of guest RAM laid out
 /// as `ram_regions` says.
 pub fn create_guest_memory(mem_size_bytes: u64) -> Result<GuestMemoryMmap, MemoryError> {
+    validate_size(mem_size_bytes)?;
+    GuestMemoryMmap::from_ranges(&ram_regions(mem_size_bytes)).map_err(|source| {
+        MemoryError::Allocation {
+            size_mib: mem_size_bytes >> 20,
+            source,
+        }
+    })
+}
+
+/// Whether `mem_size_bytes` of guest RAM can be laid out on this host.
+pub(super) fn validate_size(mem_size_bytes: u64) -> Result<(), MemoryError> {
     if mem_size_bytes == 0 || !mem_size_bytes.is_multiple_of(PAGE_SIZE) {
         return Err(MemoryError::InvalidSize(mem_size_bytes));
     }
@@ -72,12 +89,7 @@ pub fn create_guest_memory(mem_size_bytes: u64) -> Result<GuestMemoryMmap, Memor
     {
         return Err(MemoryError::TooLarge(mem_size_bytes));
     }
-    GuestMemoryMmap::from_ranges(&ram_regions(mem_size_bytes)).map_err(|source| {
-        MemoryError::Allocation {
-            size_mib: mem_size_bytes >> 20,
-            source,
-        }
-    })
+    Ok(())
 }
 
 /// End (exclusive) of the RAM range that starts at address 0.

@@ -6,6 +6,7 @@ pub mod acpi;
 pub mod boot_params;
 pub mod cpuid;
 pub mod gdt;
+pub mod guest_ram;
 pub mod interrupts;
 pub mod layout;
 pub mod memory;
