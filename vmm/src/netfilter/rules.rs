@@ -224,74 +224,70 @@ impl ClassTable {
 trait AddressKey: Copy + Ord + std::hash::Hash + std::fmt::Debug {
     const ZERO: Self;
     const MAX: Self;
+    const BITS: u32;
     fn successor(self) -> Option<Self>;
-    /// The top 16 bits, for the segment index of large IPv4 tables; `None`
-    /// for families without one.
-    fn bucket(self) -> Option<usize>;
-    fn bucket_start(bucket: usize) -> Self;
+    fn widen(self) -> u128;
 }
 
 impl AddressKey for u32 {
     const ZERO: Self = 0;
     const MAX: Self = u32::MAX;
+    const BITS: u32 = 32;
     fn successor(self) -> Option<Self> {
         self.checked_add(1)
     }
-    fn bucket(self) -> Option<usize> {
-        Some((self >> 16) as usize)
-    }
-    fn bucket_start(bucket: usize) -> Self {
-        (bucket as u32) << 16
+    fn widen(self) -> u128 {
+        u128::from(self)
     }
 }
 
 impl AddressKey for u128 {
     const ZERO: Self = 0;
     const MAX: Self = u128::MAX;
+    const BITS: u32 = 128;
     fn successor(self) -> Option<Self> {
         self.checked_add(1)
     }
-    fn bucket(self) -> Option<usize> {
-        None
-    }
-    fn bucket_start(_bucket: usize) -> Self {
-        0
+    fn widen(self) -> u128 {
+        self
     }
 }
 
-/// Segment count above which an IPv4 table gets a 64 Ki-entry index by the
-/// address's top 16 bits (256 KiB), so a lookup binary-searches only the
-/// few segments of its bucket.
-const BUCKET_INDEX_MIN_SEGMENTS: usize = 2048;
-const BUCKETS: usize = 1 << 16;
+/// Segment count above which a table gets a [`SegmentIndex`], so a lookup
+/// binary-searches only the few segments of its bucket.
+const SEGMENT_INDEX_MIN_SEGMENTS: usize = 2048;
+const INDEX_BITS: u32 = 16;
+const BUCKETS: usize = 1 << INDEX_BITS;
 
 /// Blocks of one class and family; see the module documentation.
 ///
-/// A cold lookup is a chain of dependent cache misses (bucket, segment,
-/// chain, port table), so what one step reads is kept together: a segment
-/// holds its chain's position, a port interval its rule.
+/// A cold lookup is a chain of dependent cache misses, so each step reads
+/// one place: the bucket, then the segment, which already holds the first
+/// matching rule of its whole chain of blocks (for port-less traffic, and
+/// for every port when that answer does not depend on the port), and only
+/// otherwise the segment's port table.
 #[derive(Debug)]
 struct AddressTable<K> {
     /// Sorted by start; `segments[0]` starts at zero.
     segments: Vec<Segment<K>>,
-    /// For each top-16-bit bucket, the segment containing its first address
-    /// (empty for small tables and IPv6).
-    bucket_segments: Vec<u32>,
-    /// Each deepest block's chain (itself and its enclosing blocks) ordered
-    /// by `first_rule`, copied contiguously so a lookup reads it in a line
-    /// or two and stops at the first node that cannot beat the best rule.
-    chain_nodes: Vec<Node>,
-    /// All nodes' port tables, each sorted by start and starting at zero.
+    /// `None` for small tables.
+    index: Option<SegmentIndex>,
+    /// Every segment's port table, each sorted by start and starting at zero.
     port_intervals: Vec<PortInterval>,
 }
 
-/// Addresses from `start` up to the next segment's start share one chain
-/// of blocks: `chain_nodes[chain_at..chain_at + chain_len]`.
+/// Addresses from `start` up to the next segment's start lie in the same
+/// blocks, so they share one answer: the first rule of those blocks that
+/// matches port-less traffic, and per port the table
+/// `port_intervals[ports_at..ports_at + ports_len]`.
 #[derive(Debug, Clone, Copy)]
 struct Segment<K> {
     start: K,
-    chain_at: u32,
-    chain_len: u32,
+    portless: u32,
+    /// The rule for every port when the port table has one interval.
+    uniform: u32,
+    ports_at: u32,
+    ports_len: u32,
 }
 
 /// Ports from `start` up to the next interval's start: first matching rule.
@@ -301,31 +297,67 @@ struct PortInterval {
     rule: u32,
 }
 
-/// One address block and the rules naming it. Its port table is the
-/// slice `ports_at..ports_at + ports_len` of the table's port intervals.
-#[derive(Debug, Clone, Copy)]
-struct Node {
-    /// Smallest rule index in this node: lets a lookup skip the node.
-    first_rule: u32,
-    /// First rule without ports (the only kind that matches port-less traffic).
-    first_portless: u32,
-    ports_at: u32,
-    ports_len: u32,
-    /// The rule for every port when the port table has one interval, read
-    /// without touching the shared arrays.
-    uniform_port_rule: u32,
+/// Maps an address to the few segments that can hold it: the blocks of a
+/// policy usually share a long prefix (an organisation's networks), and
+/// the 16 bits below that prefix pick a bucket that knows its first
+/// segment. Addresses outside the prefix are searched in the whole table.
+#[derive(Debug)]
+struct SegmentIndex {
+    /// The prefix every indexed address has: `address >> (shift + 16)`.
+    prefix: u128,
+    shift: u32,
+    /// For each bucket, the segment holding its first address.
+    first_segment: Vec<u32>,
+}
+
+impl SegmentIndex {
+    fn bucket(&self, address: u128) -> Option<usize> {
+        let above = address.checked_shr(self.shift + INDEX_BITS).unwrap_or(0);
+        (above == self.prefix).then(|| ((address >> self.shift) as usize) & (BUCKETS - 1))
+    }
+
+    /// An index over the range `low..=high` that every block lies in.
+    fn build<K: AddressKey>(segments: &[Segment<K>], low: u128, high: u128) -> SegmentIndex {
+        let shared_bits = ((low ^ high).leading_zeros() - (128 - K::BITS)).min(K::BITS);
+        let shift = (K::BITS - shared_bits).saturating_sub(INDEX_BITS);
+        let prefix = low.checked_shr(shift + INDEX_BITS).unwrap_or(0);
+        let base = prefix.checked_shl(shift + INDEX_BITS).unwrap_or(0);
+        let mut segment = 0;
+        let first_segment = (0..BUCKETS)
+            .map(|bucket| {
+                let first_address = base | ((bucket as u128) << shift);
+                while segments
+                    .get(segment + 1)
+                    .is_some_and(|next| next.start.widen() <= first_address)
+                {
+                    segment += 1;
+                }
+                segment as u32
+            })
+            .collect();
+        SegmentIndex {
+            prefix,
+            shift,
+            first_segment,
+        }
+    }
 }
 
 impl<K: AddressKey> AddressTable<K> {
     fn segment_of(&self, address: K) -> usize {
-        let (low, high) = match address.bucket() {
-            Some(bucket) if !self.bucket_segments.is_empty() => (
-                self.bucket_segments[bucket] as usize,
-                self.bucket_segments
+        let bucket = self
+            .index
+            .as_ref()
+            .and_then(|index| Some((index, index.bucket(address.widen())?)));
+        let (low, high) = match bucket {
+            Some((index, bucket)) => (
+                index.first_segment[bucket] as usize,
+                index
+                    .first_segment
                     .get(bucket + 1)
                     .map_or(self.segments.len(), |segment| *segment as usize + 1),
             ),
-            _ => (0, self.segments.len()),
+            None => (0, self.segments.len()),
         };
         let candidates = self.segments.get(low..high).unwrap_or_default();
         low + candidates
@@ -334,45 +366,29 @@ impl<K: AddressKey> AddressTable<K> {
     }
 
     fn first_match(&self, address: K, port: Option<u16>) -> u32 {
-        let Some(&Segment {
-            chain_at,
-            chain_len,
-            ..
-        }) = self.segments.get(self.segment_of(address))
-        else {
+        let Some(segment) = self.segments.get(self.segment_of(address)) else {
             return NO_RULE;
         };
-        let chain = self
-            .chain_nodes
-            .get(chain_at as usize..(chain_at + chain_len) as usize)
-            .unwrap_or_default();
-        let mut best = NO_RULE;
-        for node in chain {
-            if node.first_rule >= best {
-                break;
-            }
-            best = best.min(self.node_first_match(node, port));
-        }
-        best
-    }
-
-    fn node_first_match(&self, node: &Node, port: Option<u16>) -> u32 {
         let Some(port) = port else {
-            return node.first_portless;
+            return segment.portless;
         };
-        if node.ports_len == 1 {
-            return node.uniform_port_rule;
+        if segment.ports_len == 1 {
+            return segment.uniform;
         }
-        let at = node.ports_at as usize;
-        let end = at + node.ports_len as usize;
-        let Some(intervals) = self.port_intervals.get(at..end) else {
+        let at = segment.ports_at as usize;
+        let Some(intervals) = self.port_intervals.get(at..at + segment.ports_len as usize) else {
             return NO_RULE;
         };
-        let interval = intervals.partition_point(|interval| interval.start <= port);
-        intervals
-            .get(interval.saturating_sub(1))
-            .map_or(NO_RULE, |interval| interval.rule)
+        port_rule(intervals, port)
     }
+}
+
+/// The rule of the interval of a port table that holds `port`.
+fn port_rule(intervals: &[PortInterval], port: u16) -> u32 {
+    let interval = intervals.partition_point(|interval| interval.start <= port);
+    intervals
+        .get(interval.saturating_sub(1))
+        .map_or(NO_RULE, |interval| interval.rule)
 }
 
 /// Collects blocks and their rules before the segment structure is built.
@@ -393,6 +409,16 @@ impl<K: AddressKey> Default for TableBuilder<'_, K> {
             rules: vec![Vec::new()],
         }
     }
+}
+
+/// One address block's own answer, before chains are merged: the first
+/// rule naming the block that has no ports, and its port table (a slice of
+/// the builder's port intervals).
+#[derive(Debug, Clone, Copy)]
+struct Node {
+    first_portless: u32,
+    ports_at: u32,
+    ports_len: u32,
 }
 
 impl<'p, K: AddressKey> TableBuilder<'p, K> {
@@ -451,65 +477,97 @@ impl<'p, K: AddressKey> TableBuilder<'p, K> {
             }
         }
 
-        let mut port_intervals = Vec::new();
-        let nodes = self
+        let mut node_ports = Vec::new();
+        let nodes: Vec<Node> = self
             .rules
             .iter()
-            .map(|rules| build_node(rules, &mut port_intervals))
+            .map(|rules| build_node(rules, &mut node_ports))
             .collect();
-        let nodes: Vec<Node> = nodes;
-        let mut chain_nodes = Vec::new();
-        let mut chain_of_node = vec![None; nodes.len()];
-        let segment_chains: Vec<(u32, u32)> = segment_nodes
+        let mut port_intervals = Vec::new();
+        let mut answer_of_node: Vec<Option<Segment<K>>> = vec![None; nodes.len()];
+        let segments: Vec<Segment<K>> = segment_starts
             .iter()
-            .map(|&deepest| {
-                *chain_of_node[deepest as usize].get_or_insert_with(|| {
+            .zip(&segment_nodes)
+            .map(|(&start, &deepest)| {
+                let answer = *answer_of_node[deepest as usize].get_or_insert_with(|| {
                     let mut chain = Vec::new();
                     let mut at = deepest;
                     while let Some(node) = nodes.get(at as usize) {
                         chain.push(*node);
                         at = parents[at as usize];
                     }
-                    chain.sort_by_key(|node| node.first_rule);
-                    let chain_at = chain_nodes.len() as u32;
-                    chain_nodes.extend_from_slice(&chain);
-                    (chain_at, chain.len() as u32)
-                })
+                    merge_chain(&chain, &node_ports, &mut port_intervals)
+                });
+                Segment { start, ..answer }
             })
             .collect();
-        let bucket_segments =
-            if K::ZERO.bucket().is_some() && segment_starts.len() > BUCKET_INDEX_MIN_SEGMENTS {
-                let mut segment = 0;
-                (0..BUCKETS)
-                    .map(|bucket| {
-                        let start = K::bucket_start(bucket);
-                        while segment_starts
-                            .get(segment + 1)
-                            .is_some_and(|next| *next <= start)
-                        {
-                            segment += 1;
-                        }
-                        segment as u32
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
-        let segments = segment_starts
-            .into_iter()
-            .zip(segment_chains)
-            .map(|(start, (chain_at, chain_len))| Segment {
-                start,
-                chain_at,
-                chain_len,
+        let index = (segments.len() > SEGMENT_INDEX_MIN_SEGMENTS)
+            .then(|| {
+                let low = self
+                    .blocks
+                    .iter()
+                    .skip(1)
+                    .map(|block| block.0.widen())
+                    .min()?;
+                let high = self
+                    .blocks
+                    .iter()
+                    .skip(1)
+                    .map(|block| block.1.widen())
+                    .max()?;
+                Some(SegmentIndex::build(&segments, low, high))
             })
-            .collect();
+            .flatten();
         AddressTable {
             segments,
-            bucket_segments,
-            chain_nodes,
+            index,
             port_intervals,
         }
+    }
+}
+
+/// The answer of a chain of blocks (a deepest block and all that enclose
+/// it): per port and for port-less traffic, the smallest rule index of any
+/// block in the chain. Its port table is appended to `port_intervals`.
+fn merge_chain<K: AddressKey>(
+    chain: &[Node],
+    node_ports: &[PortInterval],
+    port_intervals: &mut Vec<PortInterval>,
+) -> Segment<K> {
+    let table = |node: &Node| {
+        let at = node.ports_at as usize;
+        node_ports
+            .get(at..at + node.ports_len as usize)
+            .unwrap_or_default()
+    };
+    let mut starts: Vec<u16> = chain
+        .iter()
+        .flat_map(|node| table(node).iter().map(|interval| interval.start))
+        .collect();
+    starts.push(0);
+    starts.sort_unstable();
+    starts.dedup();
+    let ports_at = port_intervals.len();
+    for start in starts {
+        let rule = chain
+            .iter()
+            .map(|node| port_rule(table(node), start))
+            .min()
+            .unwrap_or(NO_RULE);
+        if port_intervals.len() == ports_at || port_intervals.last().map(|i| i.rule) != Some(rule) {
+            port_intervals.push(PortInterval { start, rule });
+        }
+    }
+    Segment {
+        start: K::ZERO,
+        portless: chain
+            .iter()
+            .map(|node| node.first_portless)
+            .min()
+            .unwrap_or(NO_RULE),
+        uniform: port_intervals.get(ports_at).map_or(NO_RULE, |i| i.rule),
+        ports_at: ports_at as u32,
+        ports_len: (port_intervals.len() - ports_at) as u32,
     }
 }
 
@@ -571,14 +629,12 @@ fn build_node(rules: &[(u32, &[PortRange])], port_intervals: &mut Vec<PortInterv
         }
     }
     Node {
-        first_rule: rules.first().map_or(NO_RULE, |(rule, _)| *rule),
         first_portless: rules
             .iter()
             .find(|(_, ports)| ports.is_empty())
             .map_or(NO_RULE, |(rule, _)| *rule),
         ports_at: ports_at as u32,
         ports_len: (port_intervals.len() - ports_at) as u32,
-        uniform_port_rule: port_intervals.get(ports_at).map_or(NO_RULE, |i| i.rule),
     }
 }
 
@@ -736,7 +792,7 @@ mod tests {
         let indexed = compiled
             .classes
             .iter()
-            .filter(|class| !class.v4.bucket_segments.is_empty())
+            .filter(|class| class.v4.index.is_some())
             .count();
         assert!(indexed > 0, "no table large enough for the bucket index");
         let mut rule_decisions = 0;
