@@ -2,16 +2,19 @@
 //! the same answer as `NetworkPolicy::decide` without scanning the rules.
 //!
 //! Rules are split by the (direction, protocol) class of connection they can
-//! match. Within a class, every CIDR of every rule becomes a node of a tree:
-//! CIDR blocks are either nested or disjoint, so the blocks containing an
+//! match. Within a class, every CIDR of every rule becomes a block: CIDR
+//! blocks are either nested or disjoint, so the blocks containing an
 //! address form one chain from the most specific block up to the root
-//! (which holds the rules without addresses). A sorted array of segment
-//! starts maps an address to the deepest block containing it in one binary
-//! search. Each node keeps its rules' port ranges painted in rule order into
-//! a small sorted port table, so a node answers "first rule here matching
-//! this port" with one more binary search. The answer for a connection is
-//! the smallest rule index along the chain, which is exactly "first match".
-//! Memory is linear in the size of the policy.
+//! (which holds the rules without addresses), and the address space falls
+//! into segments whose addresses share a chain. Each block's rules have
+//! their port ranges painted in rule order into a port table; each
+//! segment then gets its chain's merged answer, the smallest rule index of
+//! any block in the chain (which is exactly "first match"): for port-less
+//! traffic, and per port as one rule or a merged port table. A lookup finds
+//! the segment with one binary search (narrowed by a 16-bit index below the
+//! prefix all blocks share, for large tables) and, when the answer depends
+//! on the port, one more in the segment's port table. Memory is linear in
+//! the policy size times the depth of block nesting.
 //!
 //! Rules with `hosts` only match names learned from DNS; they sit in a name
 //! index (exact names and parent domains) and are consulted only for
