@@ -275,6 +275,10 @@ struct AddressTable<K> {
     segments: Vec<Segment<K>>,
     /// `None` for small tables.
     index: Option<SegmentIndex>,
+    /// The answer of the rules without addresses, which every chain ends
+    /// in: kept apart rather than merged into every segment (it is often
+    /// the largest port table, and shared it stays in cache).
+    root: Segment<K>,
     /// Every segment's port table, each sorted by start and starting at zero.
     port_intervals: Vec<PortInterval>,
 }
@@ -369,9 +373,14 @@ impl<K: AddressKey> AddressTable<K> {
     }
 
     fn first_match(&self, address: K, port: Option<u16>) -> u32 {
-        let Some(segment) = self.segments.get(self.segment_of(address)) else {
-            return NO_RULE;
-        };
+        let in_blocks = self
+            .segments
+            .get(self.segment_of(address))
+            .map_or(NO_RULE, |segment| self.answer(segment, port));
+        in_blocks.min(self.answer(&self.root, port))
+    }
+
+    fn answer(&self, segment: &Segment<K>, port: Option<u16>) -> u32 {
         let Some(port) = port else {
             return segment.portless;
         };
@@ -495,7 +504,11 @@ impl<'p, K: AddressKey> TableBuilder<'p, K> {
                 let answer = *answer_of_node[deepest as usize].get_or_insert_with(|| {
                     let mut chain = Vec::new();
                     let mut at = deepest;
-                    while let Some(node) = nodes.get(at as usize) {
+                    // Up to, not including, the root (node 0).
+                    while at != 0 {
+                        let Some(node) = nodes.get(at as usize) else {
+                            break;
+                        };
                         chain.push(*node);
                         at = parents[at as usize];
                     }
@@ -521,9 +534,15 @@ impl<'p, K: AddressKey> TableBuilder<'p, K> {
                 Some(SegmentIndex::build(&segments, low, high))
             })
             .flatten();
+        let root = merge_chain(
+            nodes.get(..1).unwrap_or_default(),
+            &node_ports,
+            &mut port_intervals,
+        );
         AddressTable {
             segments,
             index,
+            root,
             port_intervals,
         }
     }
