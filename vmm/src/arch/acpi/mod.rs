@@ -21,7 +21,7 @@ mod mcfg;
 #[cfg(test)]
 mod acpica_tests;
 
-pub use dsdt::POWER_BUTTON_GSI;
+pub use dsdt::{PCI_HOTPLUG_GSI, POWER_BUTTON_GSI};
 
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::xsdt::XSDT;

@@ -15,6 +15,7 @@
 
 mod access;
 mod config;
+pub mod hotplug;
 mod root;
 
 pub use access::{PciConfigIo, PciConfigMmio};
@@ -22,6 +23,7 @@ pub use config::{
     DecodedBar, PciConfiguration, PciHeader, BAR_COUNT, COMMAND_BUS_MASTER, COMMAND_MEMORY_SPACE,
     CONFIG_SPACE_SIZE,
 };
+pub use hotplug::{PciHotplug, PciHotplugPorts};
 pub use root::PciRoot;
 
 /// Capability IDs used by our devices.
@@ -49,6 +51,12 @@ pub enum PciError {
         #[source]
         source: crate::devices::bus::BusError,
     },
+    #[error("PCI slot {0} holds no device")]
+    EmptySlot(u8),
+    #[error(
+        "the device in PCI slot {0} was there at boot and cannot be removed while the guest runs"
+    )]
+    NotRemovable(u8),
     #[error("cannot set up the virtio transport: {0}")]
     Transport(String),
 }
