@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use guest_policy::{Action, ExternalMedia, NetworkPolicy};
+use guest_policy::{Action, NetworkPolicy};
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use vmm_sys_util::eventfd::EventFd;
@@ -44,6 +44,9 @@ use crate::devices::virtio::net::{
     Net, NetError, PolicyFilter, Tap, TapError, VpnLink, VpnLinkError,
 };
 use crate::exit::{ExitNotifier, ExitReason};
+use crate::external_media::{
+    allowed_serials, decide_medium, media_policy, MediaRules, MediumError, MediumOutcome,
+};
 use crate::identity::disk::{unlock_for_user, UserDiskError};
 use crate::identity::session::{start_session, Session, SessionError};
 use crate::identity::smartcard::login::CardCredential;
@@ -54,8 +57,6 @@ use crate::loader::{load_cmdline, load_initrd, load_kernel, LoaderError};
 use crate::netfilter::{Filter, FilterConfig, FilterControl, DEFAULT_CONNTRACK_CAPACITY};
 use crate::policy::ActiveRole;
 use crate::seccomp::{self, SeccompError, ThreadKind};
-use crate::storage::external::ExternalMediaPolicy;
-use crate::storage::external::{attach_decision, ExternalAttach};
 use crate::storage::luks::is_luks;
 use crate::storage::passphrase::{read_passphrase, PassphraseSource};
 use crate::storage::secret::SecretBuf;
@@ -103,6 +104,8 @@ pub enum VmmError {
     Bus(#[from] BusError),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Medium(#[from] MediumError),
     #[error(transparent)]
     Session(#[from] SessionError),
     #[error(transparent)]
@@ -657,64 +660,26 @@ fn open_disks(
     drop(disk_passphrase);
 
     let external = &config.external;
-    let storage_rules = role.map(|active| &active.role.storage);
-    let media_policy = external
-        .policy
-        .unwrap_or(match storage_rules.map(|s| s.external_media) {
-            Some(ExternalMedia::Encrypt) => ExternalMediaPolicy::Encrypt,
-            Some(ExternalMedia::ReadOnly) => ExternalMediaPolicy::ReadOnly,
-            Some(ExternalMedia::Deny) | None => ExternalMediaPolicy::Deny,
-        });
-    let allowed_serials = storage_rules.map_or(&[][..], |s| &s.allowed_media_serials[..]);
     let medium_key = match (&external.passphrase_file, external.media.is_empty()) {
         (Some(file), false) => Some(read_passphrase(PassphraseSource::File(file))?),
         _ => None,
     };
+    let rules = MediaRules {
+        policy: media_policy(external, role),
+        allowed_serials: allowed_serials(role),
+        key: medium_key.as_ref().map(|k| k.as_bytes()),
+        format_blank: external.format_blank,
+    };
     for medium in &external.media {
         let shown = medium.display();
-        let id = disk_id_from_path(medium);
-        let decided = |decision: &str, reason: Option<String>| {
-            audit.record(Event::ExternalMedium {
-                path: shown.to_string(),
-                decision: decision.into(),
-                reason,
-            })
+        let (backend, mode) = match decide_medium(medium, &rules, audit)? {
+            MediumOutcome::Attach { backend, mode } => (backend, mode),
+            MediumOutcome::Denied { .. } => {
+                media.denied += 1;
+                continue;
+            }
         };
-        if !allowed_serials.is_empty() && !allowed_serials.contains(&id) {
-            decided(
-                "deny",
-                Some(format!("serial '{id}' is not on the role's allow-list")),
-            )?;
-            eprintln!(
-                "securevm: external medium {shown} not attached: its serial '{id}' is not on the role's allow-list"
-            );
-            media.denied += 1;
-            continue;
-        }
-        let key = medium_key.as_ref().map(|k| k.as_bytes());
-        let (backend, mode): (Box<dyn BlockBackend>, &str) =
-            match attach_decision(media_policy, medium, key, external.format_blank)? {
-                ExternalAttach::Encrypted { backend, formatted } => {
-                    if formatted {
-                        log::warn!("external medium {shown} was blank and is now a LUKS2 volume");
-                    }
-                    decided(
-                        "encrypt",
-                        formatted.then(|| "formatted a blank medium".into()),
-                    )?;
-                    (Box::new(backend), "encrypt")
-                }
-                ExternalAttach::ReadOnly(backend) => {
-                    decided("read-only", None)?;
-                    (Box::new(backend), "read-only")
-                }
-                ExternalAttach::Denied { reason } => {
-                    decided("deny", Some(reason.clone()))?;
-                    eprintln!("securevm: external medium {reason}");
-                    media.denied += 1;
-                    continue;
-                }
-            };
+        let id = disk_id_from_path(medium);
         blocks.push(Block::new(backend, &id).map_err(|source| VmmError::Disk {
             path: shown.to_string(),
             source,
