@@ -20,7 +20,7 @@ use crate::api::{
     ApiServer, BoundSocket, LiveVm, LiveVmParts, NetDevice, PolicyVerifier, ServerConfig,
     SocketError,
 };
-use crate::arch::acpi::{create_acpi_tables, AcpiError, POWER_BUTTON_GSI};
+use crate::arch::acpi::{create_acpi_tables, AcpiError, PCI_HOTPLUG_GSI, POWER_BUTTON_GSI};
 use crate::arch::boot_params::{configure_boot, BootConfig, BootError};
 use crate::arch::layout::{
     COM1_IRQ, COM1_PORT, PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_SIZE, PCI_ECAM_START,
@@ -32,7 +32,10 @@ use crate::config::{ConfigError, RebootAction, VmConfig};
 use crate::console::{spawn_input_thread, RawTerminal};
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::console_output::ConsoleWriter;
-use crate::devices::pci::{PciConfigIo, PciConfigMmio, PciError, PciRoot};
+use crate::devices::pci::hotplug::{HOTPLUG_PORT_BASE, HOTPLUG_PORT_LEN};
+use crate::devices::pci::{
+    PciConfigIo, PciConfigMmio, PciError, PciHotplug, PciHotplugPorts, PciRoot,
+};
 use crate::devices::power::{
     AcpiPowerDevice, I8042Device, ACPI_POWER_PORT_BASE, ACPI_POWER_PORT_LEN,
 };
@@ -54,6 +57,7 @@ use crate::identity::smartcard::monitor::{watch_session, RemovalMonitor};
 use crate::identity::smartcard::{self, disk as card_disk, SmartCardError};
 use crate::identity::{Credential, RetryDelay};
 use crate::loader::{load_cmdline, load_initrd, load_kernel, LoaderError};
+use crate::media_hotplug::{MediaHotplug, MediaHotplugParts, EJECT_TIMEOUT};
 use crate::netfilter::{Filter, FilterConfig, FilterControl, DEFAULT_CONNTRACK_CAPACITY};
 use crate::policy::ActiveRole;
 use crate::seccomp::{self, SeccompError, ThreadKind};
@@ -327,6 +331,7 @@ fn run_once(
         u64::from(PCI_CONFIG_ADDRESS_PORT),
         8,
     )?;
+    let hotplug = pci_hotplug_controller(&vm, &pio)?;
     mmio.insert(
         Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))),
         PCI_ECAM_START,
@@ -403,6 +408,25 @@ fn run_once(
         Some(card) => Some(watch_card(card, session, &vcpu_control)?),
         None => None,
     };
+    // Media can be hot-plugged only through the control socket.
+    let media_hotplug = match &api_socket {
+        Some(_) => Some(
+            MediaHotplug::start(MediaHotplugParts {
+                pci: pci.clone(),
+                memory: memory.clone(),
+                controller: hotplug,
+                audit: session.audit.clone(),
+                external: config.external.clone(),
+                seccomp: config.seccomp,
+                eject_timeout: EJECT_TIMEOUT,
+            })
+            .map_err(|source| VmmError::Io {
+                what: "starting the media hot-plug thread",
+                source,
+            })?,
+        ),
+        None => None,
+    };
     let live = Arc::new(LiveVm::new(LiveVmParts {
         user: session.login.as_ref().map(|l| l.identity.user_id.clone()),
         verifier,
@@ -423,6 +447,7 @@ fn run_once(
         vcpus: vcpu_control,
         power_button: Box::new(move || power_button.write(1).map_err(|e| e.to_string())),
         exit: exit.clone(),
+        media_hotplug,
     }));
     let api_server = match api_socket {
         Some(socket) => Some(ApiServer::start(
@@ -454,11 +479,29 @@ fn run_once(
     }
     // A waiting `ctl shutdown` learns the outcome before the socket goes.
     live.vm_stopped(&reason);
+    live.stop_media_hotplug();
     if let Some(server) = api_server {
         server.stop();
     }
     *policy_in_force = live.pushed_role();
     Ok(reason)
+}
+
+/// The ACPI PCI hot-plug controller on its ports, raising its own GED
+/// interrupt.
+fn pci_hotplug_controller(vm: &Vm, pio: &Bus) -> Result<Arc<PciHotplug>, VmmError> {
+    let interrupt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::Io {
+        what: "creating the PCI hot-plug interrupt",
+        source,
+    })?;
+    vm.register_irqfd(&interrupt, PCI_HOTPLUG_GSI)?;
+    let controller = Arc::new(PciHotplug::new(Box::new(move || interrupt.write(1))));
+    pio.insert(
+        Arc::new(Mutex::new(PciHotplugPorts::new(controller.clone()))),
+        u64::from(HOTPLUG_PORT_BASE),
+        u64::from(HOTPLUG_PORT_LEN),
+    )?;
+    Ok(controller)
 }
 
 /// Opens every `--net` TAP with the role's network filter in front of it
