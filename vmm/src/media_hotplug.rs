@@ -111,7 +111,8 @@ pub struct MediaHotplugParts {
 enum Request {
     Attach {
         path: PathBuf,
-        role: Option<ActiveRole>,
+        /// Boxed: a role (its network rules) is large beside a detach.
+        role: Box<Option<ActiveRole>>,
         /// Ids already in use by devices present at boot.
         taken: Vec<String>,
         reply: Sender<Result<AttachedMedium, MediaError>>,
@@ -183,7 +184,7 @@ impl MediaHotplug {
         let (reply, answer) = mpsc::channel();
         self.send(Request::Attach {
             path: path.to_path_buf(),
-            role,
+            role: Box::new(role),
             taken,
             reply,
         })?;
@@ -255,7 +256,7 @@ impl Worker {
                     taken,
                     reply,
                 } => {
-                    let result = self.attach(&path, role.as_ref(), &taken);
+                    let result = self.attach(&path, role.as_ref().as_ref(), &taken);
                     if let Err(e) = &result {
                         log::warn!("attaching {}: {e}", path.display());
                     }

@@ -175,7 +175,7 @@ impl PciHotplugPorts {
 impl BusDevice for PciHotplugPorts {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
-        if data.len() == 4 && offset % 4 == 0 {
+        if data.len() == 4 && offset.is_multiple_of(4) {
             data.copy_from_slice(&self.controller.guest_read(offset).to_le_bytes());
         }
     }
