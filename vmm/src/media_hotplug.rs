@@ -127,6 +127,7 @@ enum Request {
 pub struct MediaHotplug {
     requests: Mutex<Option<Sender<Request>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    controller: Arc<PciHotplug>,
 }
 
 impl MediaHotplug {
@@ -135,6 +136,7 @@ impl MediaHotplug {
     pub fn start(parts: MediaHotplugParts) -> io::Result<Self> {
         let (requests, receiver) = mpsc::channel();
         let (started, start_result) = mpsc::channel();
+        let controller = parts.controller.clone();
         let thread = std::thread::Builder::new()
             .name("media-hotplug".into())
             .spawn(move || {
@@ -157,6 +159,7 @@ impl MediaHotplug {
             Ok(Ok(())) => Ok(Self {
                 requests: Mutex::new(Some(requests)),
                 thread: Mutex::new(Some(thread)),
+                controller,
             }),
             Ok(Err(reason)) => {
                 let _ = thread.join();
@@ -201,9 +204,10 @@ impl MediaHotplug {
         answer.recv().map_err(|_| MediaError::Stopped)?
     }
 
-    /// Ends the thread (after the request in progress); its devices go
-    /// with the PCI root.
+    /// Ends the thread (after the request in progress, whose wait for an
+    /// eject ends at once); its devices go with the PCI root.
     pub fn stop(&self) {
+        self.controller.close();
         lock(&self.requests).take();
         if let Some(thread) = lock(&self.thread).take() {
             if thread.join().is_err() {

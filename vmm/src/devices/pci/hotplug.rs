@@ -49,6 +49,8 @@ struct Registers {
     down: u32,
     /// Slots the guest ejected and the VMM has not taken back yet.
     ejected: u32,
+    /// The VM stopped: nobody will eject anything any more.
+    closed: bool,
 }
 
 /// The controller's state, shared by the I/O bus (guest side) and the
@@ -102,7 +104,7 @@ impl PciHotplug {
                 return Ok(true);
             }
             let now = Instant::now();
-            if now >= deadline {
+            if now >= deadline || registers.closed {
                 return Ok(false);
             }
             registers = self
@@ -111,6 +113,13 @@ impl PciHotplug {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .0;
         }
+    }
+
+    /// The VM stopped: a waiting detach gives up at once instead of
+    /// holding up the shutdown until its deadline.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.ejected_changed.notify_all();
     }
 
     /// Forgets any pending state of `slot` (its device is gone).
@@ -264,6 +273,25 @@ mod tests {
             Ok(false)
         );
         assert!(start.elapsed() >= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn closing_releases_a_waiting_detach_at_once() {
+        let (hotplug, _, _) = controller();
+        hotplug.request_eject(9).unwrap();
+        let waiter = {
+            let hotplug = hotplug.clone();
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                let ejected = hotplug.wait_ejected(9, start + Duration::from_secs(30));
+                (ejected, start.elapsed())
+            })
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        hotplug.close();
+        let (ejected, waited) = waiter.join().unwrap();
+        assert_eq!(ejected, Ok(false));
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
     }
 
     #[test]

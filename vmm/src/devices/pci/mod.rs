@@ -12,6 +12,11 @@
 //! lifetime: ECAM holds it only weakly. When the root and the PIO bus
 //! (whose `PciConfigIo` holds it) are dropped, the devices drop too and
 //! their I/O threads are stopped and joined.
+//!
+//! PCI hot-plug: `hotplug::PciHotplug` on the PIO bus (its registers at
+//! `HOTPLUG_PORT_BASE`, driven by the DSDT's AML) tells the guest about
+//! devices that `PciRoot::add_hotplug_virtio_device` put in a free slot and
+//! asks it to eject those `PciRoot::remove_device` will take out.
 
 mod access;
 mod config;
