@@ -10,6 +10,7 @@
 #   3. waits for it to appear again, mounts it read-only and prints the
 #      marker it reads as E2E-HOTPLUG-READBACK=.
 here=$(dirname "$0")
+# shellcheck source=tests/e2e/guest/disk-by-serial.sh
 . "$here/disk-by-serial.sh"
 marker=$(cat "$here/marker")
 
@@ -26,7 +27,9 @@ wait_disk() {
     return 1
 }
 
-echo "E2E-HOTPLUG=waiting disks=$(ls /sys/block | tr '\n' ,)"
+disks=
+for s in /sys/block/*; do disks="$disks${s##*/},"; done
+echo "E2E-HOTPLUG=waiting disks=$disks"
 wait_disk present 240 || { echo "E2E-HOTPLUG-SEEN=no"; exit 1; }
 echo "E2E-HOTPLUG-SEEN=$dev ro=$(cat "/sys/block/${dev#/dev/}/ro") slot=$(basename "$(readlink -f "/sys/block/${dev#/dev/}/device/..")")"
 mkdir -p /mnt/stick
