@@ -104,6 +104,17 @@ hang_diagnostics() {
     dmesg | tail -n 30
 }
 
+# debian_root_copy IMAGE: a copy of the Debian root filesystem shrunk to
+# what it holds plus 256 MiB (the guest's logs and markers fit): every byte
+# of an image crosses L1's 9p share when the scenario starts, holes too.
+debian_root_copy() {
+    cp --sparse=always "$DEBIAN_ROOTFS" "$1"
+    e2fsck -fy "$1" >/dev/null 2>&1 || true
+    resize2fs -M "$1" >/dev/null 2>&1
+    truncate -s +256M "$1"
+    resize2fs "$1" >/dev/null 2>&1
+}
+
 # expect_exit CODE: the last vmm_run exited with CODE.
 expect_exit() {
     [[ $VMM_EXIT -eq $1 ]] || fail "securevm exited $VMM_EXIT, expected $1 ($(vmm_exit_meaning "$VMM_EXIT"))"

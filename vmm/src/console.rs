@@ -8,6 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::console_gate::ConsoleGate;
 use crate::devices::serial::SerialDevice;
 use crate::exit::{ExitNotifier, ExitReason};
 
@@ -81,17 +84,21 @@ impl Drop for RawTerminal {
     }
 }
 
-/// Starts the thread that copies stdin to the serial device until EOF.
-/// `setup` runs first on that thread (it installs the seccomp filter).
+/// Starts the thread that copies stdin to the serial device until EOF,
+/// through `gate` (which withholds input while the session is locked and
+/// takes the PIN typed to unlock it). `setup` runs first on that thread
+/// (it installs the seccomp filter).
 pub fn spawn_input_thread(
     serial: Arc<Mutex<SerialDevice>>,
     exit: ExitNotifier,
+    gate: ConsoleGate,
     setup: impl FnOnce() -> Result<(), String> + Send + 'static,
 ) -> io::Result<thread::JoinHandle<()>> {
     thread::Builder::new()
         .name("console-in".into())
         .spawn(move || {
             if let Err(e) = setup() {
+                gate.input_closed();
                 exit.request(ExitReason::Internal(format!("console thread: {e}")));
                 return;
             }
@@ -100,21 +107,25 @@ pub fn spawn_input_thread(
             let mut stdin = io::stdin().lock();
             loop {
                 let n = match stdin.read(&mut buf) {
-                    Ok(0) => return,
+                    Ok(0) => break,
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
                         log::warn!("console input stopped: {e}");
-                        return;
+                        break;
                     }
                 };
+                // Input may be a PIN (see ConsoleGate): no copy outlives its use.
                 let (bytes, quit) = filter.feed(&buf[..n]);
-                deliver(&serial, &bytes);
+                let bytes = Zeroizing::new(bytes);
+                buf[..n].zeroize();
+                deliver(&serial, &gate.filter_input(&bytes));
                 if quit {
                     exit.request(ExitReason::UserQuit);
                     return;
                 }
             }
+            gate.input_closed();
         })
 }
 

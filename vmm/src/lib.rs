@@ -12,6 +12,7 @@ pub mod arch;
 pub mod audit;
 pub mod config;
 pub mod console;
+pub mod console_gate;
 pub mod devices;
 pub mod exit;
 pub mod external_media;

@@ -30,6 +30,7 @@ use crate::arch::vcpu::{configure_vcpu, ArchError};
 use crate::audit::{Audit, AuditError, Event};
 use crate::config::{ConfigError, RebootAction, VmConfig};
 use crate::console::{spawn_input_thread, RawTerminal};
+use crate::console_gate::ConsoleGate;
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::console_output::ConsoleWriter;
 use crate::devices::pci::hotplug::{HOTPLUG_PORT_BASE, HOTPLUG_PORT_LEN};
@@ -357,7 +358,8 @@ fn run_once(
         what: "switching the terminal to raw mode",
         source,
     })?;
-    spawn_input_thread(serial, exit.clone(), move || {
+    let console_gate = ConsoleGate::new();
+    spawn_input_thread(serial, exit.clone(), console_gate.clone(), move || {
         if seccomp_on {
             seccomp::install(ThreadKind::ConsoleInput).map_err(|e| e.to_string())
         } else {
@@ -405,7 +407,7 @@ fn run_once(
     // Before the main thread's filter: the monitor thread runs the card's
     // PKCS#11 module and must not inherit it.
     let _card_monitor = match session_card(session, card_only) {
-        Some(card) => Some(watch_card(card, session, &vcpu_control)?),
+        Some(card) => Some(watch_card(card, session, &vcpu_control, console_gate)?),
         None => None,
     };
     // Media can be hot-plugged only through the control socket.
@@ -447,6 +449,7 @@ fn run_once(
         vcpus: vcpu_control,
         power_button: Box::new(move || power_button.write(1).map_err(|e| e.to_string())),
         exit: exit.clone(),
+        audit: session.audit.clone(),
         media_hotplug,
     }));
     let api_server = match api_socket {
@@ -741,14 +744,17 @@ fn format_mac(mac: [u8; 6]) -> String {
     mac.map(|byte| format!("{byte:02x}")).join(":")
 }
 
-/// Pause the vCPUs while the session's card is out, resume them when it
-/// is back and verified (see `identity::smartcard::monitor`).
+/// Pause the vCPUs and withhold console input while the session's card
+/// is out; resume them when it is back and verified, its PIN typed on the
+/// console (see `identity::smartcard::monitor` and `console_gate`).
 fn watch_card(
     card: &CardCredential,
     session: &Session,
     vcpus: &VcpuControl,
+    console: ConsoleGate,
 ) -> Result<RemovalMonitor, VmmError> {
     let (pause, resume) = (vcpus.clone(), vcpus.clone());
+    let (lock_console, unlock_console) = (console.clone(), console.clone());
     let user = session
         .login
         .as_ref()
@@ -757,7 +763,9 @@ fn watch_card(
         card,
         user,
         session.audit.clone(),
+        console,
         Box::new(move || {
+            lock_console.lock();
             // A vCPU stuck in a long exit is asked again: a locked session
             // must not keep running.
             while let Err(VcpuControlError::PauseTimedOut(_)) =
@@ -766,7 +774,10 @@ fn watch_card(
                 log::warn!("card removed: the vCPUs have not stopped yet; trying again");
             }
         }),
-        Box::new(move || resume.unlock_session()),
+        Box::new(move || {
+            unlock_console.unlock();
+            resume.unlock_session();
+        }),
     )
     .map_err(|source| VmmError::Io {
         what: "starting the smart-card monitor",

@@ -18,6 +18,7 @@ use std::time::Duration;
 use common::{Scratch, SECUREVM};
 use guest_policy::model::SmartCardBinding;
 use securevm::audit::Audit;
+use securevm::console_gate::ConsoleGate;
 use securevm::identity::smartcard::disk;
 use securevm::identity::smartcard::login::CardCredential;
 use securevm::identity::smartcard::monitor::watch_session;
@@ -429,6 +430,19 @@ fn cryptsetup_sees_a_systemd_token(image: &Path, keyslot: u32, conf: &Path) {
     );
 }
 
+/// A fresh audit key and log in `scratch`: the log's writer and its path.
+fn audit_in(scratch: &Scratch) -> (Audit, PathBuf) {
+    let audit_key = scratch.path("audit.key");
+    assert!(
+        common::securevm(&["audit", "init-key", audit_key.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let audit_log = scratch.path("audit.jsonl");
+    let audit = Audit::open(&audit_log, Some(&audit_key)).unwrap();
+    (audit, audit_log)
+}
+
 #[test]
 fn pulling_the_card_pauses_and_reinserting_it_with_the_pin_resumes() {
     let Some((_lock, hsm)) = hsm() else { return };
@@ -438,20 +452,14 @@ fn pulling_the_card_pauses_and_reinserting_it_with_the_pin_resumes() {
     let login = smartcard::authenticate(&options, &card.binding()).unwrap();
     let mut credential = CardCredential::new(login, options.pins.clone(), options.retry);
     credential.card.poll = Duration::from_millis(100);
-    let audit_key = scratch.path("audit.key");
-    assert!(
-        common::securevm(&["audit", "init-key", audit_key.to_str().unwrap()])
-            .status
-            .success()
-    );
-    let audit_log = scratch.path("audit.jsonl");
-    let audit = Audit::open(&audit_log, Some(&audit_key)).unwrap();
+    let (audit, audit_log) = audit_in(&scratch);
     let (sender, events) = mpsc::channel();
     let (pause, resume) = (sender.clone(), sender);
     let monitor = watch_session(
         &credential,
         "bob",
         audit,
+        ConsoleGate::new(),
         Box::new(move || pause.send("pause").unwrap()),
         Box::new(move || resume.send("resume").unwrap()),
     )
@@ -504,6 +512,68 @@ fn pulling_the_card_pauses_and_reinserting_it_with_the_pin_resumes() {
     monitor.stop();
     assert_eq!(audited(r#""event":"session-locked""#), 2);
     assert_eq!(audited(r#""event":"session-unlocked""#), 2);
+}
+
+#[test]
+fn a_pin_asked_on_the_terminal_at_login_is_typed_on_the_console_after_reinsertion() {
+    let Some((_lock, hsm)) = hsm() else { return };
+    let scratch = Scratch::new("console-pin");
+    let card = hsm.card("console-card", KeyType::Ec);
+    let options = options(&scratch, "console-card", PIN);
+    let login = smartcard::authenticate(&options, &card.binding()).unwrap();
+    let mut credential = CardCredential::new(login, PinSource::Terminal, options.retry);
+    credential.card.poll = Duration::from_millis(100);
+    let (audit, audit_log) = audit_in(&scratch);
+    let console = ConsoleGate::new();
+    let (sender, events) = mpsc::channel();
+    let (pause, resume) = (sender.clone(), sender);
+    let (lock, unlock) = (console.clone(), console.clone());
+    let monitor = watch_session(
+        &credential,
+        "bob",
+        audit,
+        console.clone(),
+        Box::new(move || {
+            lock.lock();
+            pause.send("pause").unwrap()
+        }),
+        Box::new(move || {
+            unlock.unlock();
+            resume.send("resume").unwrap()
+        }),
+    )
+    .unwrap();
+    let wait = || events.recv_timeout(Duration::from_secs(10));
+    let type_when_asked = |typed: &[u8]| {
+        let mut waited = 0;
+        while !console.is_asking() && waited < 200 {
+            std::thread::sleep(Duration::from_millis(50));
+            waited += 1;
+        }
+        assert!(console.is_asking(), "no PIN was asked on the console");
+        assert!(
+            console.filter_input(typed).is_empty(),
+            "the PIN reached the guest"
+        );
+    };
+
+    let away = card.remove();
+    assert_eq!(wait(), Ok("pause"));
+    assert!(
+        console.filter_input(b"typed while locked").is_empty(),
+        "input reached the guest while the session was locked"
+    );
+    card.insert(&away);
+    type_when_asked(b"000000\r");
+    type_when_asked(format!("{PIN}\r").as_bytes());
+    assert_eq!(wait(), Ok("resume"));
+    assert_eq!(console.filter_input(b"ls\r"), b"ls\r");
+    monitor.stop();
+    let audited = std::fs::read_to_string(&audit_log).unwrap();
+    assert!(
+        audited.contains(r#""event":"session-unlocked""#),
+        "{audited}"
+    );
 }
 
 #[test]

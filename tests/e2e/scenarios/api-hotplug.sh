@@ -13,7 +13,7 @@ MARKER=SECUREVM-PLAINTEXT-MARKER-api-hotplug
 source "$(dirname "${BASH_SOURCE[0]}")/../api/lib.sh"
 
 prepare() {
-    cp --sparse=always "$DEBIAN_ROOTFS" "$WORK/debian-root.img"
+    debian_root_copy "$WORK/debian-root.img"
     printf '%s' 'organisation medium passphrase' >"$WORK/medium.pass"
     printf '%s\n' "$MARKER" >"$WORK/marker"
     make_script_disk "$WORK/e2e" "$E2E_DIR/api/hotplug-guest.sh" \

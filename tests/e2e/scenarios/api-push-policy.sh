@@ -2,7 +2,8 @@
 # api-push-policy: `securevm ctl push-policy` applies a newer signed policy
 # to the running guest (its transfer to the newly denied sink stops), then
 # refuses a rolled-back, a tampered and an unsigned policy; the version in
-# `status` and in the state file stays at the pushed one.
+# `status` and in the state file stays at the pushed one; the audit log
+# records the push and the refusals that reached securevm.
 TIMEOUT=420
 # shellcheck source=tests/e2e/api/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../api/lib.sh"
@@ -41,4 +42,13 @@ run() {
     ((denied * 2 < allowed)) ||
         fail "the transfer to the denied sink did not stop: $denied bytes (allowed sink: $allowed)"
     expect_vmm_said "-> 192.0.2.1:5002 (cut"
+
+    "$SECUREVM" audit verify --audit-key "$WORK/audit.key" "$WORK/audit.jsonl" >/dev/null ||
+        fail "the audit log does not verify"
+    [[ $(grep -c '"event":"policy-pushed"' "$WORK/audit.jsonl") -eq 1 ]] ||
+        fail "the applied push is not audited once"
+    # The unsigned policy never reaches securevm: ctl finds no signature
+    # file to send with it.
+    [[ $(grep -c '"event":"policy-push-refused"' "$WORK/audit.jsonl") -eq 2 ]] ||
+        fail "the rolled-back and the tampered push are not both audited"
 }

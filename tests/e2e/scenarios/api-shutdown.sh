@@ -9,7 +9,7 @@ BOUND_SECS=120
 source "$(dirname "${BASH_SOURCE[0]}")/../api/lib.sh"
 
 prepare() {
-    cp --sparse=always "$DEBIAN_ROOTFS" "$WORK/debian-root.img"
+    debian_root_copy "$WORK/debian-root.img"
     make_script_disk "$WORK/e2e" "$E2E_DIR/api/power-key.sh"
 }
 

@@ -6,7 +6,7 @@ TIMEOUT=420
 MEMORY_MIB=1024
 
 prepare() {
-    cp --sparse=always "$DEBIAN_ROOTFS" "$WORK/debian-root.img"
+    debian_root_copy "$WORK/debian-root.img"
     truncate -s 64M "$WORK/data.img"
     mkfs.ext4 -q -F -L data "$WORK/data.img"
     make_script_disk "$WORK/e2e" "$(guest_script debian-check.sh)"

@@ -8,13 +8,7 @@ MARKER=SECUREVM-PLAINTEXT-MARKER-encrypted-root
 
 prepare() {
     printf '%s' 'root disk passphrase' >"$WORK/root.pass"
-    # Shrink a copy of the root filesystem to what it holds (plus room for
-    # the boot), so that the ciphertext copied into L1 stays small.
-    cp --sparse=always "$DEBIAN_ROOTFS" "$WORK/root.img"
-    e2fsck -fy "$WORK/root.img" >/dev/null 2>&1 || true
-    resize2fs -M "$WORK/root.img" >/dev/null 2>&1
-    truncate -s +128M "$WORK/root.img"
-    resize2fs "$WORK/root.img" >/dev/null 2>&1
+    debian_root_copy "$WORK/root.img"
     "$SECUREVM" disk create --from "$WORK/root.img" --kdf-memory 64M --kdf-time 4 \
         --passphrase-file "$WORK/root.pass" "$WORK/root.luks" 2>&1 | grep -v '^warning: these Argon2id costs are weak'
     rm -f "$WORK/root.img"
@@ -23,11 +17,9 @@ prepare() {
 }
 
 run() {
-    # libcryptsetup reads headers with direct I/O, which the 9p share
-    # holding $WORK does not offer: the volume goes to L1's tmpfs.
-    local root
-    root=$(mktemp -d)/root.luks
-    cp "$WORK/root.luks" "$root"
+    # $WORK is the runner's local copy (libcryptsetup reads headers with
+    # direct I/O, which the 9p share holding the results does not offer).
+    local root=$WORK/root.luks
     vmm_run 360 --kernel "$DEBIAN_KERNEL" --initrd "$DEBIAN_INITRD" \
         --cmdline "console=ttyS0 reboot=acpi panic=-1 root=/dev/vda rw $GUEST_QUIET e2e=1" \
         --cpus 2 --memory 1024 --disk "$root" --disk "$WORK/e2e" \

@@ -5,11 +5,11 @@
 # resumes the guest where it stopped, and it runs to its end.
 TIMEOUT=420
 
-# wait_for TEXT SECONDS: until the console log holds TEXT.
+# wait_for TEXT SECONDS [FILE]: until FILE (default the console log) holds TEXT.
 wait_for() {
     local i
     for ((i = 0; i < $2 * 5; i++)); do
-        tr -d '\r' <"$SERIAL_LOG" | grep -F -- "$1" >/dev/null && return 0
+        tr -d '\r' <"${3:-$SERIAL_LOG}" | grep -F -- "$1" >/dev/null && return 0
         kill -0 "$VMM_PID" 2>/dev/null || fail "securevm ended before printing '$1'"
         sleep 0.2
     done
@@ -27,12 +27,14 @@ run() {
     "$SECUREVM" run --kernel "$GUEST_KERNEL" --initrd "$BUSYBOX_INITRAMFS" \
         --cmdline "console=ttyS0 reboot=acpi panic=-1 $GUEST_QUIET e2e.cmd=\"$loop\"" \
         --cpus 1 --memory 256 --pkcs11-module "$CARD_MODULE" --token-label removal-card \
-        --pin-file "$CARD_DIR/pin" </dev/null >>"$SERIAL_LOG" 2>&1 &
+        --pin-file "$CARD_DIR/pin" </dev/null >>"$SERIAL_LOG" 2>>"$WORK/securevm.err" &
     VMM_PID=$!
     wait_for "E2E-COUNT=3" 180
 
     card_remove
-    wait_for "securevm: session locked: smart card removed" 20
+    # securevm's own messages go apart from the console, where they could
+    # land in the middle of a counter line.
+    wait_for "securevm: session locked: smart card removed" 20 "$WORK/securevm.err"
     sleep 2
     local stopped_at
     stopped_at=$(count)
@@ -40,7 +42,7 @@ run() {
     [[ $(count) == "$stopped_at" ]] || fail "the guest kept counting while locked ($stopped_at -> $(count))"
 
     card_insert
-    wait_for "securevm: session unlocked" 30
+    wait_for "securevm: session unlocked" 30 "$WORK/securevm.err"
     local i
     for ((i = 0; i < 100; i++)); do
         (($(count) > stopped_at)) && break

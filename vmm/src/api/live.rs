@@ -16,6 +16,7 @@ use super::protocol::{
     ApiError, Device, MediaCounters, NetworkCounters, PolicyApplied, PolicyUpload, RunState,
     ShutdownOutcome, ShutdownReport, VmStatus,
 };
+use crate::audit::{Audit, Event};
 use crate::exit::{ExitNotifier, ExitReason};
 use crate::external_media::MediumError;
 use crate::media_hotplug::{AttachedMedium, MediaError, MediaHotplug};
@@ -52,6 +53,8 @@ pub struct LiveVmParts {
     pub vcpus: VcpuControl,
     pub power_button: PowerButton,
     pub exit: ExitNotifier,
+    /// Where pushes (applied or refused) are recorded.
+    pub audit: Audit,
     /// `None`: media cannot be attached while the VM runs (501).
     pub media_hotplug: Option<MediaHotplug>,
 }
@@ -267,10 +270,23 @@ impl VmController for LiveVm {
         };
         let mut role = lock(&self.role);
         let previous_version = role.as_ref().map_or(0, |r| r.policy_version);
-        let accepted = verifier.accept(&upload, previous_version, SystemTime::now())?;
+        let accepted = match verifier.accept(&upload, previous_version, SystemTime::now()) {
+            Ok(accepted) => accepted,
+            Err(refusal) => {
+                self.parts.audit.record_or_warn(Event::PolicyPushRefused {
+                    reason: refusal.to_string(),
+                });
+                return Err(refusal);
+            }
+        };
         for net in &self.parts.nets {
             net.filter.replace_policy(&accepted.role.network);
         }
+        self.parts.audit.record_or_warn(Event::PolicyPushed {
+            version: accepted.policy_version,
+            previous_version,
+            role: accepted.name.clone(),
+        });
         log::warn!(
             "policy version {} pushed and applied (was {previous_version}); role '{}'",
             accepted.policy_version,
@@ -469,6 +485,11 @@ mod tests {
                 Ok(())
             }),
             exit,
+            audit: {
+                let key = fixture.dir.join("audit.key");
+                crate::audit::AuditKey::create(&key).unwrap();
+                Audit::open(&fixture.dir.join("audit.jsonl"), Some(&key)).unwrap()
+            },
             media_hotplug,
         }));
         Harness {
@@ -494,6 +515,27 @@ mod tests {
         // The same version again changes nothing.
         assert!(h.vm.push_policy(h._fixture.upload(8)).is_err());
         assert_eq!(h.vm.status().network[0].rules_generation, 2);
+        let audited: Vec<serde_json::Value> =
+            std::fs::read_to_string(h._fixture.dir.join("audit.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|line| serde_json::from_str(line).unwrap())
+                .collect();
+        let pushed = &audited[1];
+        assert_eq!(pushed["event"], "policy-pushed");
+        assert_eq!(
+            (
+                &pushed["version"],
+                &pushed["previous_version"],
+                &pushed["role"]
+            ),
+            (&8.into(), &7.into(), &"staff".into())
+        );
+        assert_eq!(audited[2]["event"], "policy-push-refused");
+        assert!(audited[2]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not newer than version 8"));
     }
 
     #[test]

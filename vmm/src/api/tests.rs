@@ -502,6 +502,7 @@ fn seccomp_child() {
         vcpus: VcpuControl::default(),
         power_button: Box::new(|| Ok(())),
         exit,
+        audit: crate::audit::Audit::disabled(),
         media_hotplug: None,
     }));
     let socket = fixture.dir.join("api.sock");

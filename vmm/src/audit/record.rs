@@ -44,6 +44,16 @@ pub enum Event {
     PolicyAccepted { version: u64, organisation: String },
     /// A policy was refused (bad signature, rollback, expiry, ...).
     PolicyRefused { reason: String },
+    /// A policy pushed through the control socket was applied to the
+    /// running VM (`role`: the logged-in user's role under it).
+    PolicyPushed {
+        version: u64,
+        previous_version: u64,
+        role: String,
+    },
+    /// A policy pushed through the control socket was refused; the VM
+    /// kept the rules it had.
+    PolicyPushRefused { reason: String },
     /// A user proved who they are.
     AuthSuccess { method: String, attempt: u32 },
     /// A login attempt failed. `claimed_user` is the id typed, or

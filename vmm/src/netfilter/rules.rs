@@ -266,12 +266,14 @@ const BUCKET_INDEX_MIN_SEGMENTS: usize = 2048;
 const BUCKETS: usize = 1 << 16;
 
 /// Blocks of one class and family; see the module documentation.
+///
+/// A cold lookup is a chain of dependent cache misses (bucket, segment,
+/// chain, port table), so what one step reads is kept together: a segment
+/// holds its chain's position, a port interval its rule.
 #[derive(Debug)]
 struct AddressTable<K> {
-    /// Sorted starts of the segments; `segment_starts[0]` is zero.
-    segment_starts: Vec<K>,
-    /// For each segment, its chain in `chain_nodes` as (start, length).
-    segment_chains: Vec<(u32, u32)>,
+    /// Sorted by start; `segments[0]` starts at zero.
+    segments: Vec<Segment<K>>,
     /// For each top-16-bit bucket, the segment containing its first address
     /// (empty for small tables and IPv6).
     bucket_segments: Vec<u32>,
@@ -279,14 +281,28 @@ struct AddressTable<K> {
     /// by `first_rule`, copied contiguously so a lookup reads it in a line
     /// or two and stops at the first node that cannot beat the best rule.
     chain_nodes: Vec<Node>,
-    /// All nodes' port tables: sorted interval starts (each table starts at
-    /// zero) and the first matching rule of each interval.
-    port_starts: Vec<u16>,
-    port_rules: Vec<u32>,
+    /// All nodes' port tables, each sorted by start and starting at zero.
+    port_intervals: Vec<PortInterval>,
+}
+
+/// Addresses from `start` up to the next segment's start share one chain
+/// of blocks: `chain_nodes[chain_at..chain_at + chain_len]`.
+#[derive(Debug, Clone, Copy)]
+struct Segment<K> {
+    start: K,
+    chain_at: u32,
+    chain_len: u32,
+}
+
+/// Ports from `start` up to the next interval's start: first matching rule.
+#[derive(Debug, Clone, Copy)]
+struct PortInterval {
+    start: u16,
+    rule: u32,
 }
 
 /// One address block and the rules naming it. Its port table is the
-/// slice `ports_at..ports_at + ports_len` of the table's shared port arrays.
+/// slice `ports_at..ports_at + ports_len` of the table's port intervals.
 #[derive(Debug, Clone, Copy)]
 struct Node {
     /// Smallest rule index in this node: lets a lookup skip the node.
@@ -307,19 +323,23 @@ impl<K: AddressKey> AddressTable<K> {
                 self.bucket_segments[bucket] as usize,
                 self.bucket_segments
                     .get(bucket + 1)
-                    .map_or(self.segment_starts.len(), |segment| *segment as usize + 1),
+                    .map_or(self.segments.len(), |segment| *segment as usize + 1),
             ),
-            _ => (0, self.segment_starts.len()),
+            _ => (0, self.segments.len()),
         };
-        let candidates = self.segment_starts.get(low..high).unwrap_or_default();
+        let candidates = self.segments.get(low..high).unwrap_or_default();
         low + candidates
-            .partition_point(|start| *start <= address)
+            .partition_point(|segment| segment.start <= address)
             .saturating_sub(1)
     }
 
     fn first_match(&self, address: K, port: Option<u16>) -> u32 {
-        let segment = self.segment_of(address);
-        let Some(&(chain_at, chain_len)) = self.segment_chains.get(segment) else {
+        let Some(&Segment {
+            chain_at,
+            chain_len,
+            ..
+        }) = self.segments.get(self.segment_of(address))
+        else {
             return NO_RULE;
         };
         let chain = self
@@ -345,16 +365,13 @@ impl<K: AddressKey> AddressTable<K> {
         }
         let at = node.ports_at as usize;
         let end = at + node.ports_len as usize;
-        let (Some(starts), Some(rules)) =
-            (self.port_starts.get(at..end), self.port_rules.get(at..end))
-        else {
+        let Some(intervals) = self.port_intervals.get(at..end) else {
             return NO_RULE;
         };
-        let interval = starts.partition_point(|start| *start <= port);
-        rules
+        let interval = intervals.partition_point(|interval| interval.start <= port);
+        intervals
             .get(interval.saturating_sub(1))
-            .copied()
-            .unwrap_or(NO_RULE)
+            .map_or(NO_RULE, |interval| interval.rule)
     }
 }
 
@@ -434,17 +451,16 @@ impl<'p, K: AddressKey> TableBuilder<'p, K> {
             }
         }
 
-        let mut port_starts = Vec::new();
-        let mut port_rules = Vec::new();
+        let mut port_intervals = Vec::new();
         let nodes = self
             .rules
             .iter()
-            .map(|rules| build_node(rules, &mut port_starts, &mut port_rules))
+            .map(|rules| build_node(rules, &mut port_intervals))
             .collect();
         let nodes: Vec<Node> = nodes;
         let mut chain_nodes = Vec::new();
         let mut chain_of_node = vec![None; nodes.len()];
-        let segment_chains = segment_nodes
+        let segment_chains: Vec<(u32, u32)> = segment_nodes
             .iter()
             .map(|&deepest| {
                 *chain_of_node[deepest as usize].get_or_insert_with(|| {
@@ -479,24 +495,27 @@ impl<'p, K: AddressKey> TableBuilder<'p, K> {
             } else {
                 Vec::new()
             };
+        let segments = segment_starts
+            .into_iter()
+            .zip(segment_chains)
+            .map(|(start, (chain_at, chain_len))| Segment {
+                start,
+                chain_at,
+                chain_len,
+            })
+            .collect();
         AddressTable {
-            segment_starts,
-            segment_chains,
+            segments,
             bucket_segments,
             chain_nodes,
-            port_starts,
-            port_rules,
+            port_intervals,
         }
     }
 }
 
 /// Paints each rule's port ranges, in rule order, over the intervals not yet
 /// claimed by an earlier rule; a skip list keeps each interval painted once.
-fn build_node(
-    rules: &[(u32, &[PortRange])],
-    port_starts: &mut Vec<u16>,
-    port_rules: &mut Vec<u32>,
-) -> Node {
+fn build_node(rules: &[(u32, &[PortRange])], port_intervals: &mut Vec<PortInterval>) -> Node {
     let mut bounds: Vec<u32> = vec![0];
     for (_, ports) in rules {
         for range in *ports {
@@ -542,11 +561,13 @@ fn build_node(
         }
     }
 
-    let ports_at = port_rules.len();
+    let ports_at = port_intervals.len();
     for (start, rule) in bounds.iter().zip(painted) {
-        if port_rules.len() == ports_at || port_rules.last() != Some(&rule) {
-            port_starts.push(*start as u16);
-            port_rules.push(rule);
+        if port_intervals.len() == ports_at || port_intervals.last().map(|i| i.rule) != Some(rule) {
+            port_intervals.push(PortInterval {
+                start: *start as u16,
+                rule,
+            });
         }
     }
     Node {
@@ -556,8 +577,8 @@ fn build_node(
             .find(|(_, ports)| ports.is_empty())
             .map_or(NO_RULE, |(rule, _)| *rule),
         ports_at: ports_at as u32,
-        ports_len: (port_rules.len() - ports_at) as u32,
-        uniform_port_rule: port_rules.get(ports_at).copied().unwrap_or(NO_RULE),
+        ports_len: (port_intervals.len() - ports_at) as u32,
+        uniform_port_rule: port_intervals.get(ports_at).map_or(NO_RULE, |i| i.rule),
     }
 }
 

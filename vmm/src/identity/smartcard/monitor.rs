@@ -24,6 +24,7 @@ use super::login::CardCredential;
 use super::token::{self, Module, PinSource, RetryPolicy, TokenSelector};
 use super::{login_with_key, CardLogin};
 use crate::audit::{Audit, Event};
+use crate::console_gate::ConsoleGate;
 
 /// The console line when the card is pulled.
 pub const LOCKED_MESSAGE: &str = "securevm: session locked: smart card removed";
@@ -200,15 +201,21 @@ fn reauthenticate(card: &WatchedCard) -> Result<(), SmartCardError> {
 /// Watch the card of `user`'s session: finalize its login (the monitor
 /// re-initializes the module), pause and resume the VM with `pause` and
 /// `resume` (the vCPU control), and record every lock, unlock and failed
-/// re-authentication in `audit`.
+/// re-authentication in `audit`. A PIN that was asked on the terminal at
+/// login is asked on the console through `console` when the card is back.
 pub fn watch_session(
     card: &CardCredential,
     user: &str,
     audit: Audit,
+    console: ConsoleGate,
     pause: Box<dyn Fn() + Send>,
     resume: Box<dyn Fn() + Send>,
 ) -> std::io::Result<RemovalMonitor> {
     drop(card.take_login());
+    let mut watched = card.card.clone();
+    if watched.pins == PinSource::Terminal {
+        watched.pins = PinSource::Console(console);
+    }
     let user = user.to_string();
     let event = Box::new(move |event: &MonitorEvent| {
         audit.record_or_warn(match event {
@@ -227,7 +234,7 @@ pub fn watch_session(
         })
     });
     RemovalMonitor::spawn(
-        card.card.clone(),
+        watched,
         SessionHooks {
             pause,
             resume,

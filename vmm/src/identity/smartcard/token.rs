@@ -13,8 +13,10 @@ use cryptoki::types::RawAuthPin;
 use secrecy::SecretBox;
 
 use super::error::{Rejection, SmartCardError};
+use crate::console_gate::ConsoleGate;
 use crate::storage::passphrase::{read_passphrase, PassphraseSource};
 use crate::storage::secret::SecretBuf;
+use crate::storage::StorageError;
 
 /// An initialized PKCS#11 module; finalized when dropped.
 pub struct Module {
@@ -159,7 +161,14 @@ pub enum PinSource {
     Terminal,
     /// Read this file (one trailing newline ignored), for automation.
     File(PathBuf),
+    /// Ask on the guest console while the VM runs (the console input
+    /// thread owns the terminal then): re-authentication after the card
+    /// was pulled and inserted again.
+    Console(ConsoleGate),
 }
+
+/// How long a PIN asked on the console may take to be typed.
+const CONSOLE_PIN_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl PinSource {
     /// Read one PIN for `token`.
@@ -171,13 +180,18 @@ impl PinSource {
                 confirm: false,
             },
             PinSource::File(path) => PassphraseSource::File(path),
+            PinSource::Console(gate) => {
+                return gate
+                    .read_pin(&prompt, CONSOLE_PIN_TIMEOUT)
+                    .map_err(|e| SmartCardError::Pin(StorageError::Passphrase(e.to_string())));
+            }
         };
         read_passphrase(source).map_err(SmartCardError::Pin)
     }
 
     /// Whether asking again can give a different PIN.
     fn can_retry(&self) -> bool {
-        matches!(self, PinSource::Terminal)
+        matches!(self, PinSource::Terminal | PinSource::Console(_))
     }
 }
 
