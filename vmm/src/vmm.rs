@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use guest_policy::{Action, ExternalMedia, NetworkPolicy};
+use guest_policy::{Action, NetworkPolicy};
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use vmm_sys_util::eventfd::EventFd;
@@ -20,7 +20,7 @@ use crate::api::{
     ApiServer, BoundSocket, LiveVm, LiveVmParts, NetDevice, PolicyVerifier, ServerConfig,
     SocketError,
 };
-use crate::arch::acpi::{create_acpi_tables, AcpiError, POWER_BUTTON_GSI};
+use crate::arch::acpi::{create_acpi_tables, AcpiError, PCI_HOTPLUG_GSI, POWER_BUTTON_GSI};
 use crate::arch::boot_params::{configure_boot, BootConfig, BootError};
 use crate::arch::guest_ram::GuestRam;
 use crate::arch::layout::{
@@ -34,7 +34,10 @@ use crate::console::{spawn_input_thread, RawTerminal};
 use crate::console_gate::ConsoleGate;
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::console_output::ConsoleWriter;
-use crate::devices::pci::{PciConfigIo, PciConfigMmio, PciError, PciRoot};
+use crate::devices::pci::hotplug::{HOTPLUG_PORT_BASE, HOTPLUG_PORT_LEN};
+use crate::devices::pci::{
+    PciConfigIo, PciConfigMmio, PciError, PciHotplug, PciHotplugPorts, PciRoot,
+};
 use crate::devices::power::{
     AcpiPowerDevice, I8042Device, ACPI_POWER_PORT_BASE, ACPI_POWER_PORT_LEN,
 };
@@ -46,6 +49,9 @@ use crate::devices::virtio::net::{
     Net, NetError, PolicyFilter, Tap, TapError, VpnLink, VpnLinkError,
 };
 use crate::exit::{ExitNotifier, ExitReason};
+use crate::external_media::{
+    allowed_serials, decide_medium, media_policy, MediaRules, MediumError, MediumOutcome,
+};
 use crate::identity::disk::{unlock_for_user, UserDiskError};
 use crate::identity::session::{start_session, Session, SessionError};
 use crate::identity::smartcard::login::CardCredential;
@@ -53,11 +59,10 @@ use crate::identity::smartcard::monitor::{watch_session, RemovalMonitor};
 use crate::identity::smartcard::{self, disk as card_disk, SmartCardError};
 use crate::identity::{Credential, RetryDelay};
 use crate::loader::{load_cmdline, load_initrd, load_kernel, LoaderError};
+use crate::media_hotplug::{MediaHotplug, MediaHotplugParts, EJECT_TIMEOUT};
 use crate::netfilter::{Filter, FilterConfig, FilterControl, DEFAULT_CONNTRACK_CAPACITY};
 use crate::policy::ActiveRole;
 use crate::seccomp::{self, SeccompError, ThreadKind};
-use crate::storage::external::ExternalMediaPolicy;
-use crate::storage::external::{attach_decision, ExternalAttach};
 use crate::storage::luks::is_luks;
 use crate::storage::passphrase::{read_passphrase, PassphraseSource};
 use crate::storage::secret::SecretBuf;
@@ -105,6 +110,8 @@ pub enum VmmError {
     Bus(#[from] BusError),
     #[error(transparent)]
     Storage(#[from] StorageError),
+    #[error(transparent)]
+    Medium(#[from] MediumError),
     #[error(transparent)]
     Session(#[from] SessionError),
     #[error(transparent)]
@@ -329,6 +336,7 @@ fn run_once(
         u64::from(PCI_CONFIG_ADDRESS_PORT),
         8,
     )?;
+    let hotplug = pci_hotplug_controller(&vm, &pio)?;
     mmio.insert(
         Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))),
         PCI_ECAM_START,
@@ -406,6 +414,25 @@ fn run_once(
         Some(card) => Some(watch_card(card, session, &vcpu_control, console_gate)?),
         None => None,
     };
+    // Media can be hot-plugged only through the control socket.
+    let media_hotplug = match &api_socket {
+        Some(_) => Some(
+            MediaHotplug::start(MediaHotplugParts {
+                pci: pci.clone(),
+                memory: memory.clone(),
+                controller: hotplug,
+                audit: session.audit.clone(),
+                external: config.external.clone(),
+                seccomp: config.seccomp,
+                eject_timeout: EJECT_TIMEOUT,
+            })
+            .map_err(|source| VmmError::Io {
+                what: "starting the media hot-plug thread",
+                source,
+            })?,
+        ),
+        None => None,
+    };
     let live = Arc::new(LiveVm::new(LiveVmParts {
         user: session.login.as_ref().map(|l| l.identity.user_id.clone()),
         verifier,
@@ -427,6 +454,7 @@ fn run_once(
         power_button: Box::new(move || power_button.write(1).map_err(|e| e.to_string())),
         exit: exit.clone(),
         audit: session.audit.clone(),
+        media_hotplug,
     }));
     let api_server = match api_socket {
         Some(socket) => Some(ApiServer::start(
@@ -458,11 +486,29 @@ fn run_once(
     }
     // A waiting `ctl shutdown` learns the outcome before the socket goes.
     live.vm_stopped(&reason);
+    live.stop_media_hotplug();
     if let Some(server) = api_server {
         server.stop();
     }
     *policy_in_force = live.pushed_role();
     Ok(reason)
+}
+
+/// The ACPI PCI hot-plug controller on its ports, raising its own GED
+/// interrupt.
+fn pci_hotplug_controller(vm: &Vm, pio: &Bus) -> Result<Arc<PciHotplug>, VmmError> {
+    let interrupt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::Io {
+        what: "creating the PCI hot-plug interrupt",
+        source,
+    })?;
+    vm.register_irqfd(&interrupt, PCI_HOTPLUG_GSI)?;
+    let controller = Arc::new(PciHotplug::new(Box::new(move || interrupt.write(1))));
+    pio.insert(
+        Arc::new(Mutex::new(PciHotplugPorts::new(controller.clone()))),
+        u64::from(HOTPLUG_PORT_BASE),
+        u64::from(HOTPLUG_PORT_LEN),
+    )?;
+    Ok(controller)
 }
 
 /// Opens every `--net` TAP with the role's network filter in front of it
@@ -664,64 +710,26 @@ fn open_disks(
     drop(disk_passphrase);
 
     let external = &config.external;
-    let storage_rules = role.map(|active| &active.role.storage);
-    let media_policy = external
-        .policy
-        .unwrap_or(match storage_rules.map(|s| s.external_media) {
-            Some(ExternalMedia::Encrypt) => ExternalMediaPolicy::Encrypt,
-            Some(ExternalMedia::ReadOnly) => ExternalMediaPolicy::ReadOnly,
-            Some(ExternalMedia::Deny) | None => ExternalMediaPolicy::Deny,
-        });
-    let allowed_serials = storage_rules.map_or(&[][..], |s| &s.allowed_media_serials[..]);
     let medium_key = match (&external.passphrase_file, external.media.is_empty()) {
         (Some(file), false) => Some(read_passphrase(PassphraseSource::File(file))?),
         _ => None,
     };
+    let rules = MediaRules {
+        policy: media_policy(external, role),
+        allowed_serials: allowed_serials(role),
+        key: medium_key.as_ref().map(|k| k.as_bytes()),
+        format_blank: external.format_blank,
+    };
     for medium in &external.media {
         let shown = medium.display();
-        let id = disk_id_from_path(medium);
-        let decided = |decision: &str, reason: Option<String>| {
-            audit.record(Event::ExternalMedium {
-                path: shown.to_string(),
-                decision: decision.into(),
-                reason,
-            })
+        let (backend, mode) = match decide_medium(medium, &rules, audit)? {
+            MediumOutcome::Attach { backend, mode } => (backend, mode),
+            MediumOutcome::Denied { .. } => {
+                media.denied += 1;
+                continue;
+            }
         };
-        if !allowed_serials.is_empty() && !allowed_serials.contains(&id) {
-            decided(
-                "deny",
-                Some(format!("serial '{id}' is not on the role's allow-list")),
-            )?;
-            eprintln!(
-                "securevm: external medium {shown} not attached: its serial '{id}' is not on the role's allow-list"
-            );
-            media.denied += 1;
-            continue;
-        }
-        let key = medium_key.as_ref().map(|k| k.as_bytes());
-        let (backend, mode): (Box<dyn BlockBackend>, &str) =
-            match attach_decision(media_policy, medium, key, external.format_blank)? {
-                ExternalAttach::Encrypted { backend, formatted } => {
-                    if formatted {
-                        log::warn!("external medium {shown} was blank and is now a LUKS2 volume");
-                    }
-                    decided(
-                        "encrypt",
-                        formatted.then(|| "formatted a blank medium".into()),
-                    )?;
-                    (Box::new(backend), "encrypt")
-                }
-                ExternalAttach::ReadOnly(backend) => {
-                    decided("read-only", None)?;
-                    (Box::new(backend), "read-only")
-                }
-                ExternalAttach::Denied { reason } => {
-                    decided("deny", Some(reason.clone()))?;
-                    eprintln!("securevm: external medium {reason}");
-                    media.denied += 1;
-                    continue;
-                }
-            };
+        let id = disk_id_from_path(medium);
         blocks.push(Block::new(backend, &id).map_err(|source| VmmError::Disk {
             path: shown.to_string(),
             source,

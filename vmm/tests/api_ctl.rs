@@ -94,9 +94,31 @@ fn pause_resume_status_and_forced_shutdown_of_a_running_vm() {
         printed() > frozen
     });
 
-    let refused = ctl(&socket, &["attach-external", "/dev/null"]);
-    assert_eq!(refused.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("not supported yet"));
+    // Without a policy external media are denied: the hot-plug thread
+    // judges the medium under its seccomp filter and refuses it.
+    let stick = scratch.path("stick.img");
+    std::fs::write(&stick, vec![0u8; 4096]).unwrap();
+    let refused = ctl(&socket, &["attach-external", stick.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("the policy denies external media"),
+        "{refused:?}"
+    );
+    let not_a_medium = ctl(&socket, &["attach-external", "/dev/null"]);
+    assert!(
+        String::from_utf8_lossy(&not_a_medium.stderr).contains("neither an image file"),
+        "{not_a_medium:?}"
+    );
+    let unknown = ctl(&socket, &["detach-external", "stick.img"]);
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no external medium 'stick.img'"),
+        "{unknown:?}"
+    );
+    let counted = ctl(&socket, &["status", "--json"]);
+    assert!(
+        String::from_utf8_lossy(&counted.stdout).contains("\"denied\": 1"),
+        "{counted:?}"
+    );
 
     let shutdown = ctl(&socket, &["shutdown", "--timeout", "1"]);
     assert_eq!(shutdown.status.code(), Some(1), "{shutdown:?}");

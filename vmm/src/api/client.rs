@@ -18,6 +18,9 @@ use super::protocol::{
 
 /// How long a command other than shutdown may take.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Attaching unlocks LUKS2 (Argon2, seconds) and detaching waits up to
+/// `media_hotplug::EJECT_TIMEOUT` for the guest.
+const MEDIA_REPLY_TIMEOUT: Duration = Duration::from_secs(90);
 /// Extra time a shutdown reply may take beyond the guest's bound.
 const SHUTDOWN_REPLY_MARGIN: Duration = Duration::from_secs(15);
 
@@ -43,12 +46,14 @@ pub enum CtlCommand {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
-    /// Attach an external medium under the role's media rule (not supported yet).
+    /// Hot-plug an external medium (image file or block device) under the
+    /// role's media rule; prints the id to detach it with.
     AttachExternal {
         #[arg(value_name = "PATH")]
         path: PathBuf,
     },
-    /// Detach an external medium (not supported yet).
+    /// Flush and hot-unplug a medium attached with attach-external (the
+    /// guest is asked to release it first).
     DetachExternal {
         #[arg(value_name = "ID")]
         id: String,
@@ -115,13 +120,22 @@ pub fn run(args: &CtlArgs) -> Result<String, CtlError> {
             ))
         }
         CtlCommand::AttachExternal { path } => {
+            // securevm resolves the path from its own working directory.
+            let path = std::path::absolute(path).map_err(|source| CtlError::Input {
+                what: "the medium path",
+                path: path.display().to_string(),
+                source,
+            })?;
             let body = serde_json::to_vec(&AttachRequest {
                 path: path.display().to_string(),
             })
             .unwrap_or_default();
             let attached: serde_json::Value =
-                call(socket, "PUT", "/external", &body, REPLY_TIMEOUT)?;
-            Ok(format!("attached as {}", attached["id"]))
+                call(socket, "PUT", "/external", &body, MEDIA_REPLY_TIMEOUT)?;
+            let id = attached["id"].as_str().ok_or_else(|| CtlError::Garbled {
+                path: socket.display().to_string(),
+            })?;
+            Ok(format!("attached as {id}"))
         }
         CtlCommand::DetachExternal { id } => {
             let _: serde_json::Value = call(
@@ -129,7 +143,7 @@ pub fn run(args: &CtlArgs) -> Result<String, CtlError> {
                 "DELETE",
                 &format!("/external/{id}"),
                 b"",
-                REPLY_TIMEOUT,
+                MEDIA_REPLY_TIMEOUT,
             )?;
             Ok(format!("detached {id}"))
         }

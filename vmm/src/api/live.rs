@@ -1,10 +1,10 @@
 //! The control API's view of a running VM: status from the devices and
 //! the packet filters, pushed policies applied to every filter at once,
-//! pause and resume through the vCPU control, and shutdown through the
-//! ACPI power button with a bounded wait.
-//!
-//! External media hot-plug is part of the protocol but not of this
-//! securevm yet: those requests are answered with 501.
+//! pause and resume through the vCPU control, shutdown through the ACPI
+//! power button with a bounded wait, and external media attached and
+//! detached through the media hot-plug thread (`media_hotplug`) under the
+//! role in force at that moment (a pushed policy's rules apply to media
+//! attached after it).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -18,6 +18,8 @@ use super::protocol::{
 };
 use crate::audit::{Audit, Event};
 use crate::exit::{ExitNotifier, ExitReason};
+use crate::external_media::MediumError;
+use crate::media_hotplug::{AttachedMedium, MediaError, MediaHotplug};
 use crate::netfilter::{DropReason, FilterControl};
 use crate::policy::ActiveRole;
 use crate::vstate::vcpu::VcpuControl;
@@ -53,6 +55,8 @@ pub struct LiveVmParts {
     pub exit: ExitNotifier,
     /// Where pushes (applied or refused) are recorded.
     pub audit: Audit,
+    /// `None`: media cannot be attached while the VM runs (501).
+    pub media_hotplug: Option<MediaHotplug>,
 }
 
 /// A running VM, as [`VmController`].
@@ -66,13 +70,19 @@ pub struct LiveVm {
     run_state: Mutex<()>,
     stopped: Mutex<Option<ExitReason>>,
     stopped_changed: Condvar,
+    /// Media attached through the API and not detached since.
+    hot_media: Mutex<Vec<AttachedMedium>>,
+    media: Mutex<MediaCounters>,
 }
 
 impl LiveVm {
     pub fn new(mut parts: LiveVmParts) -> LiveVm {
         let role = parts.role.take();
+        let media = parts.media;
         LiveVm {
             parts,
+            hot_media: Mutex::new(Vec::new()),
+            media: Mutex::new(media),
             role: Mutex::new(role),
             pushed: AtomicBool::new(false),
             run_state: Mutex::new(()),
@@ -88,6 +98,14 @@ impl LiveVm {
             *stopped = Some(reason.clone());
         }
         self.stopped_changed.notify_all();
+    }
+
+    /// Ends the media hot-plug thread (the VM stopped); later requests
+    /// are refused.
+    pub fn stop_media_hotplug(&self) {
+        if let Some(media) = &self.parts.media_hotplug {
+            media.stop();
+        }
     }
 
     /// The role in force now (a pushed policy replaces the one at start).
@@ -124,6 +142,52 @@ impl LiveVm {
 
     fn is_stopping(&self) -> bool {
         lock(&self.stopped).is_some()
+    }
+
+    fn media_hotplug(&self) -> Result<&MediaHotplug, ApiError> {
+        if self.is_stopping() {
+            return Err(ApiError::Conflict("the VM is stopping".into()));
+        }
+        self.parts.media_hotplug.as_ref().ok_or_else(|| {
+            ApiError::NotSupported(
+                "this VM cannot attach media while it runs; give the medium with --external \
+                 when starting securevm"
+                    .into(),
+            )
+        })
+    }
+
+    /// Ids of the disks and media the VM started with.
+    fn boot_ids(&self) -> Vec<String> {
+        self.parts
+            .devices
+            .iter()
+            .filter_map(|device| match device {
+                Device::Disk { id, .. } | Device::External { id, .. } => Some(id.clone()),
+                Device::Net { .. } => None,
+            })
+            .collect()
+    }
+}
+
+/// The HTTP answer to a failed attach or detach.
+fn media_api_error(error: MediaError) -> ApiError {
+    let text = error.to_string();
+    match error {
+        MediaError::BadPath { .. } | MediaError::NotAMedium { .. } => ApiError::BadRequest(text),
+        MediaError::Medium(MediumError::Storage(_)) => ApiError::BadRequest(text),
+        MediaError::Denied(_) => ApiError::Forbidden(text),
+        MediaError::UnknownId { .. } => ApiError::NotFound(text),
+        MediaError::AlreadyAttached { .. } | MediaError::NotEjected { .. } => {
+            ApiError::Conflict(text)
+        }
+        MediaError::Stopped => ApiError::Conflict(text),
+        MediaError::Medium(MediumError::Audit(_))
+        | MediaError::Block { .. }
+        | MediaError::Pci(_)
+        | MediaError::Hotplug(_)
+        | MediaError::Flush { .. }
+        | MediaError::Audit(_) => ApiError::Internal(text),
     }
 }
 
@@ -169,6 +233,11 @@ impl VmController for LiveVm {
     fn status(&self) -> VmStatus {
         let role = self.active_role();
         let mut devices = self.parts.devices.clone();
+        devices.extend(lock(&self.hot_media).iter().map(|medium| Device::External {
+            id: medium.id.clone(),
+            path: medium.path.clone(),
+            mode: medium.mode.clone(),
+        }));
         devices.extend(self.parts.nets.iter().map(|net| Device::Net {
             tap: net.tap.clone(),
             mac: net.mac.clone(),
@@ -187,7 +256,7 @@ impl VmController for LiveVm {
             policy_version: role.as_ref().map(|r| r.policy_version),
             devices,
             network: self.parts.nets.iter().map(network_counters).collect(),
-            media: self.parts.media,
+            media: *lock(&self.media),
         }
     }
 
@@ -290,20 +359,49 @@ impl VmController for LiveVm {
         })
     }
 
-    fn attach_external(&self, _path: &str) -> Result<String, ApiError> {
-        Err(ApiError::NotSupported(
-            "attaching external media to a running VM is not supported yet (needs PCI \
-             hot-plug); give the medium with --external when starting securevm"
-                .into(),
-        ))
+    fn attach_external(&self, path: &str) -> Result<String, ApiError> {
+        let media = self.media_hotplug()?;
+        if path.is_empty() {
+            return Err(ApiError::BadRequest(
+                "the path of the medium is empty".into(),
+            ));
+        }
+        match media.attach(
+            std::path::Path::new(path),
+            self.active_role(),
+            self.boot_ids(),
+        ) {
+            Ok(medium) => {
+                let id = medium.id.clone();
+                lock(&self.hot_media).push(medium);
+                lock(&self.media).attached += 1;
+                Ok(id)
+            }
+            Err(error) => {
+                if matches!(error, MediaError::Denied(_)) {
+                    lock(&self.media).denied += 1;
+                }
+                Err(media_api_error(error))
+            }
+        }
     }
 
-    fn detach_external(&self, _id: &str) -> Result<(), ApiError> {
-        Err(ApiError::NotSupported(
-            "detaching external media from a running VM is not supported yet (needs PCI \
-             hot-plug); power the guest off to remove a medium"
-                .into(),
-        ))
+    fn detach_external(&self, id: &str) -> Result<(), ApiError> {
+        let media = self.media_hotplug()?;
+        if self.boot_ids().iter().any(|boot| boot == id) {
+            return Err(ApiError::Conflict(format!(
+                "'{id}' was attached when the VM started and cannot be removed while it runs; \
+                 power the guest off to remove it"
+            )));
+        }
+        if self.parts.vcpus.is_paused() || self.parts.vcpus.is_locked() {
+            return Err(ApiError::Conflict(
+                "the guest is not running, so it cannot release the medium; resume it first".into(),
+            ));
+        }
+        media.detach(id).map_err(media_api_error)?;
+        lock(&self.hot_media).retain(|medium| medium.id != id);
+        Ok(())
     }
 }
 
@@ -311,7 +409,12 @@ impl VmController for LiveVm {
 mod tests {
     use super::*;
     use crate::api::policy_push::tests::Fixture;
+    use crate::devices::bus::BusDevice;
+    use crate::devices::pci::hotplug::REGISTER_EJECT;
+    use crate::devices::pci::PciHotplugPorts;
+    use crate::media_hotplug::tests::{rig, Scratch};
     use crate::netfilter::{Filter, FilterConfig};
+    use crate::storage::external::ExternalMediaPolicy;
     use guest_policy::{Action, NetworkPolicy};
     use std::sync::atomic::AtomicUsize;
     use std::sync::Arc;
@@ -334,6 +437,14 @@ mod tests {
     }
 
     fn harness(name: &str) -> Harness {
+        harness_with(name, vec![], None)
+    }
+
+    fn harness_with(
+        name: &str,
+        devices: Vec<Device>,
+        media_hotplug: Option<MediaHotplug>,
+    ) -> Harness {
         let fixture = Fixture::new(name);
         let config = fixture.config();
         let policy = deny_all();
@@ -360,7 +471,7 @@ mod tests {
                     .clone(),
             }),
             verifier: Some(PolicyVerifier::new(&config, "alice").unwrap()),
-            devices: vec![],
+            devices,
             nets: vec![NetDevice {
                 tap: "tap0".into(),
                 mac: "02:00:00:00:00:01".into(),
@@ -379,6 +490,7 @@ mod tests {
                 crate::audit::AuditKey::create(&key).unwrap();
                 Audit::open(&fixture.dir.join("audit.jsonl"), Some(&key)).unwrap()
             },
+            media_hotplug,
         }));
         Harness {
             vm,
@@ -471,9 +583,112 @@ mod tests {
     }
 
     #[test]
-    fn hot_plug_requests_are_501() {
+    fn without_a_hot_plug_thread_media_requests_are_501() {
         let h = harness("live-hotplug");
         assert_eq!(h.vm.attach_external("/dev/sdb").unwrap_err().status(), 501);
         assert_eq!(h.vm.detach_external("stick").unwrap_err().status(), 501);
+    }
+
+    /// A serial on the allow-list of the example policy's role.
+    const ALLOWED_SERIAL: &str = "4C530001230517105083";
+
+    fn boot_disk() -> Device {
+        Device::Disk {
+            id: "root.img".into(),
+            path: "/images/root.img".into(),
+            read_only: false,
+            encrypted: true,
+        }
+    }
+
+    #[test]
+    fn an_attached_medium_shows_in_status_until_it_is_detached() {
+        let scratch = Scratch::new("live-attach");
+        let stick = scratch.raw(ALLOWED_SERIAL);
+        let rig = rig(ExternalMediaPolicy::ReadOnly, None, false);
+        let controller = rig.controller.clone();
+        let h = harness_with("live-attach", vec![boot_disk()], Some(rig.media));
+        let id = h.vm.attach_external(&stick.display().to_string()).unwrap();
+        assert_eq!(id, ALLOWED_SERIAL);
+        let status = h.vm.status();
+        assert_eq!(status.media.attached, 1);
+        assert!(status.devices.contains(&Device::External {
+            id: id.clone(),
+            path: stick.display().to_string(),
+            mode: "read-only".into(),
+        }));
+
+        let refused = h.vm.detach_external("root.img").unwrap_err();
+        assert_eq!(refused.status(), 409);
+        assert!(
+            refused.to_string().contains("when the VM started"),
+            "{refused}"
+        );
+        assert_eq!(h.vm.detach_external("nothing").unwrap_err().status(), 404);
+        assert_eq!(h.vm.attach_external("").unwrap_err().status(), 400);
+        assert_eq!(
+            h.vm.attach_external("/nonexistent/stick.img")
+                .unwrap_err()
+                .status(),
+            400
+        );
+        // A boot disk's id cannot be taken by a medium.
+        let clash = scratch.raw("root.img");
+        assert_eq!(
+            h.vm.attach_external(&clash.display().to_string())
+                .unwrap_err()
+                .status(),
+            409
+        );
+
+        let mut ports = PciHotplugPorts::new(controller);
+        let guest = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            ports.write(REGISTER_EJECT, &(1u32 << 1).to_le_bytes());
+        });
+        h.vm.detach_external(&id).unwrap();
+        guest.join().unwrap();
+        let status = h.vm.status();
+        assert!(!status
+            .devices
+            .iter()
+            .any(|d| matches!(d, Device::External { .. })));
+    }
+
+    #[test]
+    fn a_medium_off_the_roles_allow_list_is_403_counted_and_not_attached() {
+        let scratch = Scratch::new("live-deny");
+        let stick = scratch.raw("stick.img");
+        let rig = rig(ExternalMediaPolicy::ReadOnly, None, false);
+        let h = harness_with("live-deny", vec![], Some(rig.media));
+        let refused =
+            h.vm.attach_external(&stick.display().to_string())
+                .unwrap_err();
+        assert_eq!(refused.status(), 403);
+        assert!(refused.to_string().contains("allow-list"), "{refused}");
+        let status = h.vm.status();
+        assert_eq!((status.media.attached, status.media.denied), (0, 1));
+        assert!(!status
+            .devices
+            .iter()
+            .any(|d| matches!(d, Device::External { .. })));
+    }
+
+    #[test]
+    fn a_stopping_vm_takes_no_media_requests() {
+        let scratch = Scratch::new("live-stopping");
+        let stick = scratch.raw(ALLOWED_SERIAL);
+        let rig = rig(ExternalMediaPolicy::ReadOnly, None, false);
+        let h = harness_with("live-stopping", vec![], Some(rig.media));
+        let id = h.vm.attach_external(&stick.display().to_string()).unwrap();
+        h.vm.vm_stopped(&ExitReason::PowerOff);
+        h.vm.stop_media_hotplug();
+        assert_eq!(h.vm.detach_external(&id).unwrap_err().status(), 409);
+        assert_eq!(
+            h.vm.attach_external(&stick.display().to_string())
+                .unwrap_err()
+                .status(),
+            409
+        );
     }
 }

@@ -191,6 +191,9 @@ pub enum ApiError {
     /// The VM's state does not allow the request now.
     #[error("{0}")]
     Conflict(String),
+    /// Policy refuses the request (e.g. an external medium under `deny`).
+    #[error("{0}")]
+    Forbidden(String),
     /// Every worker is busy.
     #[error("{0}")]
     Busy(String),
@@ -206,6 +209,7 @@ impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
             ApiError::BadRequest(_) => 400,
+            ApiError::Forbidden(_) => 403,
             ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed(_) => 405,
             ApiError::Timeout(_) => 408,

@@ -503,6 +503,7 @@ fn seccomp_child() {
         power_button: Box::new(|| Ok(())),
         exit,
         audit: crate::audit::Audit::disabled(),
+        media_hotplug: None,
     }));
     let socket = fixture.dir.join("api.sock");
     let server = ApiServer::start(

@@ -7,7 +7,8 @@
 //! - `acpiexec` loads the DSDT with our FADT into the ACPICA interpreter,
 //!   evaluates `\_S5_`, decodes every `_CRS` the way Linux's resource code
 //!   does, runs the Generic Event Device's `_EVT` (it must notify the power
-//!   button for the button's interrupt and for no other), and runs the S5
+//!   button for the button's interrupt and for no other, and scan the
+//!   hot-plug slots for theirs), runs a slot's `_EJ0`, and runs the S5
 //!   sleep sequence, which must take the hardware-reduced path.
 //!
 //! Each test is skipped, with a message, when its tool is not installed.
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::test_support::{low_memory, read, read_table, table, u64_at};
-use super::{create_acpi_tables, POWER_BUTTON_GSI};
+use super::{create_acpi_tables, PCI_HOTPLUG_GSI, POWER_BUTTON_GSI};
 use crate::arch::layout::{
     ACPI_RESET_PORT, ACPI_S5_SLP_TYP, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT,
 };
@@ -162,6 +163,26 @@ fn iasl_disassembles_every_table_and_recompiles_the_dsdt() {
             "Method (_EVT, 1, Serialized)",
             "If ((Arg0 == 0x05))",
             "Notify (\\_SB.PWRB, 0x80)",
+            // PCI hot-plug
+            "OperationRegion (PHPR, SystemIO, 0x0AE0, 0x0C)",
+            "Field (PHPR, DWordAcc, NoLock, WriteAsZeros)",
+            "PCIU,   32",
+            "B0EJ,   32",
+            "Device (S01)",
+            "Name (_ADR, 0x00010000)",
+            "Device (S1F)",
+            "Name (_ADR, 0x001F0000)",
+            "Name (_SUN, 0x1F)",
+            "Method (_EJ0, 1, NotSerialized)",
+            "B0EJ = 0x80000000",
+            "Method (PSCN, 0, Serialized)",
+            "Local0 = PCIU",
+            "Local1 = PCID",
+            "Notify (S1F, One)",
+            "Notify (S1F, 0x03)",
+            "If ((Arg0 == 0x06))",
+            "\\_SB.PCI0.PSCN ()",
+            "0x0AE0,             // Range Minimum",
         ],
     );
     assert!(
@@ -268,7 +289,9 @@ fn acpica_interpreter_loads_the_dsdt_decodes_resources_and_powers_off() {
             "-b",
             "evaluate \\_S5_; resources \\_SB.PCI0; resources \\_SB.MBRD; \
              resources \\_SB.COM1; resources \\_SB.GED0; \
-             evaluate \\_SB.GED0._EVT 5; evaluate \\_SB.GED0._EVT 4; sleep 5",
+             evaluate \\_SB.GED0._EVT 5; evaluate \\_SB.GED0._EVT 4; \
+             evaluate \\_SB.GED0._EVT 6; evaluate \\_SB.PCI0.S03_._EJ0 1; \
+             evaluate \\_SB.PCI0.S03_._SUN; sleep 5",
             "dsdt.dat",
             "facp.dat",
         ],
@@ -296,12 +319,16 @@ fn acpica_interpreter_loads_the_dsdt_decodes_resources_and_powers_off() {
             "Address Length : 00100000",
             "Address Minimum : 03C0",
             "Address Minimum : 03C4",
+            "Address Minimum : 0AE0",
             // COM1 _CRS
             "Address Minimum : 03F8",
             "Triggering : Edge",
             "Dword00 : 00000004",
             // GED0 _CRS
             &format!("Dword00 : {POWER_BUTTON_GSI:08X}"),
+            &format!("Dword00 : {PCI_HOTPLUG_GSI:08X}"),
+            // S03_._SUN
+            "[Integer] = 0000000000000003",
             // S5 through the FADT sleep registers, as Linux does it.
             &format!("Sleep-A: {:02X}", ACPI_S5_SLP_TYP),
             "HwExtendedSleep",

@@ -19,14 +19,24 @@
 //!   high, raised by the VMM through an irqfd); its `_EVT` notifies `PWRB`.
 //! - `\_S5_`: the sleep type value the OS writes to power off.
 //!
+//! - PCI hot-plug (ACPI, as Linux's `acpiphp` drives it): inside `PCI0`
+//!   one device `Sxx_` per slot 1-31 (`_ADR` = slot << 16, `_SUN`, and an
+//!   `_EJ0` that writes the slot's bit to the controller's eject
+//!   register), the controller's registers as an I/O operation region
+//!   (reserved in `MBRD`), and `PSCN`, which reads the "up" and "down"
+//!   bitmaps and notifies each slot: 1 (device check) for a new device, 3
+//!   (eject request) for one the VMM wants back. `GED0` runs `PSCN` on
+//!   its second interrupt, [`PCI_HOTPLUG_GSI`]. The register semantics
+//!   live in `devices::pci::hotplug`.
+//!
 //! There is no `_PRT`: virtio-pci devices interrupt through MSI-X only and
-//! need no INTx routing. PCI hot-plug fits in later as slot devices
-//! (`_ADR`/`_EJ0`) inside `PCI0`, notified from `GED0`'s `_EVT` on an
-//! interrupt of its own.
+//! need no INTx routing.
 
 use acpi_tables::aml::{
-    AddressSpace, AddressSpaceCacheable, Arg, Device, EISAName, Equal, If, Interrupt,
-    Memory32Fixed, Method, Name, Notify, Package, Path, ResourceTemplate, Scope, IO, ZERO,
+    AddressSpace, AddressSpaceCacheable, And, Arg, Device, EISAName, Equal, Field, FieldAccessType,
+    FieldEntry, FieldLockRule, FieldUpdateRule, If, Interrupt, Local, Memory32Fixed, Method,
+    MethodCall, Name, NotEqual, Notify, OpRegion, OpRegionSpace, Package, Path, ResourceTemplate,
+    Scope, Store, IO, ZERO,
 };
 use acpi_tables::sdt::Sdt;
 use acpi_tables::{Aml, AmlSink};
@@ -38,11 +48,27 @@ use crate::arch::layout::{
     COM1_PORT, PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO32_SIZE,
     PCI_MMIO32_START,
 };
+use crate::devices::pci::hotplug::{
+    HOTPLUG_PORT_BASE, HOTPLUG_PORT_LEN, REGISTER_DOWN, REGISTER_EJECT, REGISTER_UP,
+};
+use crate::devices::pci::SLOT_COUNT;
 
 /// The interrupt (an IOAPIC pin no other device uses) through which the
 /// VMM presses the power button.
 pub const POWER_BUTTON_GSI: u32 = 5;
 const _: () = assert!(POWER_BUTTON_GSI != COM1_IRQ);
+
+/// The interrupt through which the VMM asks the guest to scan the
+/// hot-plug slots.
+pub const PCI_HOTPLUG_GSI: u32 = 6;
+const _: () = assert!(PCI_HOTPLUG_GSI != COM1_IRQ && PCI_HOTPLUG_GSI != POWER_BUTTON_GSI);
+
+/// Notification values for a slot (ACPI 6.5, 5.6.6).
+const DEVICE_CHECK: u8 = 1;
+const EJECT_REQUEST: u8 = 3;
+/// The register layout the AML fields below are written against.
+const _: () = assert!(REGISTER_UP == 0 && REGISTER_DOWN == 4 && REGISTER_EJECT == 8);
+const _: () = assert!(HOTPLUG_PORT_LEN == 12);
 
 /// The notification value that means "button pressed" (ACPI 6.5, 5.6.6).
 const BUTTON_PRESSED: u8 = 0x80;
@@ -114,18 +140,115 @@ fn pci_host_bridge(sink: &mut dyn AmlSink) {
         &ports_above_config,
         &mmio32_window,
     ]);
-    Device::new(
-        Path::new("PCI0"),
+    let hid = Name::new(Path::new("_HID"), &EISAName::new("PNP0A08"));
+    let cid = Name::new(Path::new("_CID"), &EISAName::new("PNP0A03"));
+    let seg = Name::new(Path::new("_SEG"), &PCI_SEGMENT);
+    let bbn = Name::new(Path::new("_BBN"), &ZERO);
+    let uid = Name::new(Path::new("_UID"), &ZERO);
+    let crs = Name::new(Path::new("_CRS"), &resources);
+    let mut children: Vec<&dyn Aml> = vec![&hid, &cid, &seg, &bbn, &uid, &crs];
+    let mut hotplug = Vec::new();
+    hotplug_slots(&mut hotplug);
+    let hotplug = EncodedAml(hotplug);
+    children.push(&hotplug);
+    Device::new(Path::new("PCI0"), children).to_aml_bytes(sink);
+}
+
+/// AML terms already encoded, to sit among other terms.
+struct EncodedAml(Vec<u8>);
+
+impl Aml for EncodedAml {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        sink.vec(&self.0);
+    }
+}
+
+/// The slot name of device number `slot`: `S01_` .. `S1F_`.
+fn slot_name(slot: usize) -> String {
+    format!("S{slot:02X}_")
+}
+
+/// The hot-plug registers, one device per slot and the scan method, as
+/// AML inside `PCI0` (see the module comment).
+fn hotplug_slots(sink: &mut Vec<u8>) {
+    let port_base = u32::from(HOTPLUG_PORT_BASE);
+    let port_len = u32::from(HOTPLUG_PORT_LEN);
+    OpRegion::new(
+        Path::new("PHPR"),
+        OpRegionSpace::SystemIO,
+        &port_base,
+        &port_len,
+    )
+    .to_aml_bytes(sink);
+    Field::new(
+        Path::new("PHPR"),
+        FieldAccessType::DWord,
+        FieldLockRule::NoLock,
+        FieldUpdateRule::WriteAsZeroes,
         vec![
-            &Name::new(Path::new("_HID"), &EISAName::new("PNP0A08")),
-            &Name::new(Path::new("_CID"), &EISAName::new("PNP0A03")),
-            &Name::new(Path::new("_SEG"), &PCI_SEGMENT),
-            &Name::new(Path::new("_BBN"), &ZERO),
-            &Name::new(Path::new("_UID"), &ZERO),
-            &Name::new(Path::new("_CRS"), &resources),
+            FieldEntry::Named(*b"PCIU", 32),
+            FieldEntry::Named(*b"PCID", 32),
+            FieldEntry::Named(*b"B0EJ", 32),
         ],
     )
     .to_aml_bytes(sink);
+    let eject_register = Path::new("B0EJ");
+    for slot in 1..SLOT_COUNT {
+        let address = (slot as u32) << 16;
+        let sun = slot as u32;
+        let bit = 1u32 << slot;
+        let eject = Store::new(&eject_register, &bit);
+        Device::new(
+            Path::new(&slot_name(slot)),
+            vec![
+                &Name::new(Path::new("_ADR"), &address),
+                &Name::new(Path::new("_SUN"), &sun),
+                &Method::new(Path::new("_EJ0"), 1, false, vec![&eject]),
+            ],
+        )
+        .to_aml_bytes(sink);
+    }
+    // Local0 = PCIU, Local1 = PCID (each read once: reading clears), then
+    // one notification per set bit.
+    let (up_register, down_register) = (Path::new("PCIU"), Path::new("PCID"));
+    let read_up = Store::new(&Local(0), &up_register);
+    let read_down = Store::new(&Local(1), &down_register);
+    let bits: Vec<u32> = (1..SLOT_COUNT).map(|slot| 1u32 << slot).collect();
+    let names: Vec<Path> = (1..SLOT_COUNT)
+        .map(|slot| Path::new(&slot_name(slot)))
+        .collect();
+    let up_tests: Vec<And> = bits
+        .iter()
+        .map(|bit| And::new(&ZERO, &Local(0), bit))
+        .collect();
+    let down_tests: Vec<And> = bits
+        .iter()
+        .map(|bit| And::new(&ZERO, &Local(1), bit))
+        .collect();
+    let up_set: Vec<NotEqual> = up_tests
+        .iter()
+        .map(|test| NotEqual::new(test, &ZERO))
+        .collect();
+    let down_set: Vec<NotEqual> = down_tests
+        .iter()
+        .map(|test| NotEqual::new(test, &ZERO))
+        .collect();
+    let checks: Vec<Notify> = names
+        .iter()
+        .map(|name| Notify::new(name, &DEVICE_CHECK))
+        .collect();
+    let ejects: Vec<Notify> = names
+        .iter()
+        .map(|name| Notify::new(name, &EJECT_REQUEST))
+        .collect();
+    let mut scan: Vec<If> = Vec::with_capacity(2 * names.len());
+    for index in 0..names.len() {
+        scan.push(If::new(&up_set[index], vec![&checks[index]]));
+        scan.push(If::new(&down_set[index], vec![&ejects[index]]));
+    }
+    let mut body: Vec<&dyn Aml> = vec![&read_up, &read_down];
+    body.extend(scan.iter().map(|step| step as &dyn Aml));
+    Method::new(Path::new("PSCN"), 0, true, body).to_aml_bytes(sink);
 }
 
 /// Claims the ECAM range and the FADT's sleep and reset ports, so that no
@@ -134,6 +257,12 @@ fn motherboard_resources(sink: &mut dyn AmlSink) {
     let ecam = Memory32Fixed::new(true, PCI_ECAM_START as u32, PCI_ECAM_SIZE as u32);
     let sleep_ports = IO::new(ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_CONTROL_PORT, 1, 2);
     let reset_port = IO::new(ACPI_RESET_PORT, ACPI_RESET_PORT, 1, 1);
+    let hotplug_ports = IO::new(
+        HOTPLUG_PORT_BASE,
+        HOTPLUG_PORT_BASE,
+        1,
+        HOTPLUG_PORT_LEN as u8,
+    );
     Device::new(
         Path::new("MBRD"),
         vec![
@@ -141,7 +270,7 @@ fn motherboard_resources(sink: &mut dyn AmlSink) {
             &Name::new(Path::new("_UID"), &ZERO),
             &Name::new(
                 Path::new("_CRS"),
-                &ResourceTemplate::new(vec![&ecam, &sleep_ports, &reset_port]),
+                &ResourceTemplate::new(vec![&ecam, &sleep_ports, &reset_port, &hotplug_ports]),
             ),
         ],
     )
@@ -178,22 +307,35 @@ fn power_button(sink: &mut dyn AmlSink) {
     .to_aml_bytes(sink);
 }
 
-/// `GED0`: `_EVT (Arg0 = GSI)` notifies the power button for its interrupt.
+/// `GED0`: `_EVT (Arg0 = GSI)` notifies the power button for its
+/// interrupt and scans the hot-plug slots for theirs.
 fn generic_event_device(sink: &mut dyn AmlSink) {
     // ExtendedInterrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive): an
     // irqfd raises the line and lowers it at once, an edge.
     let irq = Interrupt::new(true, true, false, false, POWER_BUTTON_GSI);
+    let hotplug_irq = Interrupt::new(true, true, false, false, PCI_HOTPLUG_GSI);
     let pwrb = Path::new("\\_SB_.PWRB");
     let notify = Notify::new(&pwrb, &BUTTON_PRESSED);
     let is_power_button = Equal::new(&Arg(0), &POWER_BUTTON_GSI);
     let on_power_button = If::new(&is_power_button, vec![&notify]);
+    let scan = MethodCall::new(Path::new("\\_SB_.PCI0.PSCN"), vec![]);
+    let is_hotplug = Equal::new(&Arg(0), &PCI_HOTPLUG_GSI);
+    let on_hotplug = If::new(&is_hotplug, vec![&scan]);
     Device::new(
         Path::new("GED0"),
         vec![
             &Name::new(Path::new("_HID"), &"ACPI0013"),
             &Name::new(Path::new("_UID"), &ZERO),
-            &Name::new(Path::new("_CRS"), &ResourceTemplate::new(vec![&irq])),
-            &Method::new(Path::new("_EVT"), 1, true, vec![&on_power_button]),
+            &Name::new(
+                Path::new("_CRS"),
+                &ResourceTemplate::new(vec![&irq, &hotplug_irq]),
+            ),
+            &Method::new(
+                Path::new("_EVT"),
+                1,
+                true,
+                vec![&on_power_button, &on_hotplug],
+            ),
         ],
     )
     .to_aml_bytes(sink);
@@ -304,6 +446,43 @@ mod tests {
         IO::new(ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_CONTROL_PORT, 1, 2).to_aml_bytes(&mut ports);
         IO::new(ACPI_RESET_PORT, ACPI_RESET_PORT, 1, 1).to_aml_bytes(&mut ports);
         assert!(contains(&dsdt, &ports));
+    }
+
+    #[test]
+    fn every_slot_has_an_address_a_number_and_an_eject_method() {
+        let dsdt = build_dsdt();
+        for slot in 1..SLOT_COUNT {
+            let mut device = Vec::new();
+            Name::new(Path::new("_ADR"), &((slot as u32) << 16)).to_aml_bytes(&mut device);
+            Name::new(Path::new("_SUN"), &(slot as u32)).to_aml_bytes(&mut device);
+            assert!(contains(&dsdt, slot_name(slot).as_bytes()), "slot {slot}");
+            assert!(contains(&dsdt, &device), "slot {slot} _ADR/_SUN");
+        }
+        assert!(!contains(&dsdt, b"S00_"), "the host bridge is no slot");
+        assert_eq!(
+            dsdt.windows(4).filter(|name| *name == b"_EJ0").count(),
+            SLOT_COUNT - 1
+        );
+        for name in [&b"PHPR"[..], b"PCIU", b"PCID", b"B0EJ", b"PSCN"] {
+            assert!(contains(&dsdt, name), "{}", name.escape_ascii());
+        }
+    }
+
+    #[test]
+    fn hotplug_ports_are_reserved_and_the_ged_listens_on_their_interrupt() {
+        let dsdt = build_dsdt();
+        let mut ports = Vec::new();
+        IO::new(
+            HOTPLUG_PORT_BASE,
+            HOTPLUG_PORT_BASE,
+            1,
+            HOTPLUG_PORT_LEN as u8,
+        )
+        .to_aml_bytes(&mut ports);
+        assert!(contains(&dsdt, &ports));
+        let mut irq = Vec::new();
+        Interrupt::new(true, true, false, false, PCI_HOTPLUG_GSI).to_aml_bytes(&mut irq);
+        assert!(contains(&dsdt, &irq));
     }
 
     #[test]

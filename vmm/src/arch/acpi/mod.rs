@@ -7,7 +7,8 @@
 //! registers, CPUs come from the MADT, and the PCI host bridge (ECAM from the
 //! MCFG, windows from its `_CRS`) from the DSDT. The power button is a
 //! control-method button notified by a Generic Event Device whose interrupt
-//! is [`POWER_BUTTON_GSI`].
+//! is [`POWER_BUTTON_GSI`]; the same device scans the PCI hot-plug slots on
+//! [`PCI_HOTPLUG_GSI`].
 //!
 //! Every table is built in host memory first and its placement checked
 //! against [`ACPI_TABLES_END`] before a single byte reaches the guest, so a
@@ -21,7 +22,7 @@ mod mcfg;
 #[cfg(test)]
 mod acpica_tests;
 
-pub use dsdt::POWER_BUTTON_GSI;
+pub use dsdt::{PCI_HOTPLUG_GSI, POWER_BUTTON_GSI};
 
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::xsdt::XSDT;

@@ -12,9 +12,15 @@
 //! lifetime: ECAM holds it only weakly. When the root and the PIO bus
 //! (whose `PciConfigIo` holds it) are dropped, the devices drop too and
 //! their I/O threads are stopped and joined.
+//!
+//! PCI hot-plug: `hotplug::PciHotplug` on the PIO bus (its registers at
+//! `HOTPLUG_PORT_BASE`, driven by the DSDT's AML) tells the guest about
+//! devices that `PciRoot::add_hotplug_virtio_device` put in a free slot and
+//! asks it to eject those `PciRoot::remove_device` will take out.
 
 mod access;
 mod config;
+pub mod hotplug;
 mod root;
 
 pub use access::{PciConfigIo, PciConfigMmio};
@@ -22,6 +28,7 @@ pub use config::{
     DecodedBar, PciConfiguration, PciHeader, BAR_COUNT, COMMAND_BUS_MASTER, COMMAND_MEMORY_SPACE,
     CONFIG_SPACE_SIZE,
 };
+pub use hotplug::{PciHotplug, PciHotplugPorts};
 pub use root::PciRoot;
 
 /// Capability IDs used by our devices.
@@ -49,6 +56,12 @@ pub enum PciError {
         #[source]
         source: crate::devices::bus::BusError,
     },
+    #[error("PCI slot {0} holds no device")]
+    EmptySlot(u8),
+    #[error(
+        "the device in PCI slot {0} was there at boot and cannot be removed while the guest runs"
+    )]
+    NotRemovable(u8),
     #[error("cannot set up the virtio transport: {0}")]
     Transport(String),
 }

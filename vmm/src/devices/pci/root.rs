@@ -1,7 +1,12 @@
 //! The root complex: a host bridge at 00:00.0 and up to 31 devices on
-//! bus 0. It places BARs in the 32-bit window when a device is added and
-//! keeps the MMIO bus in step with what the guest programs, because only
-//! it sees both the configuration writes and the bus.
+//! bus 0. It places BARs in the 32-bit window when a device is added at
+//! boot and keeps the MMIO bus in step with what the guest programs,
+//! because only it sees both the configuration writes and the bus.
+//!
+//! Devices added while the guest runs (PCI hot-plug) arrive the way a
+//! card plugged into a running machine does: BARs unassigned and decoding
+//! off, for the guest's own resource allocator to place when it scans the
+//! slot. Only those devices can be removed again; boot devices stay.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -27,6 +32,8 @@ struct Slot {
     device: SharedPciDevice,
     /// Where each BAR is inserted on the MMIO bus right now.
     mapped: [Option<u64>; BAR_COUNT],
+    /// Added while the guest runs, so it may be removed again.
+    removable: bool,
 }
 
 pub struct PciRoot {
@@ -42,6 +49,7 @@ impl PciRoot {
         slots[0] = Some(Slot {
             device: Arc::new(Mutex::new(HostBridge::new())),
             mapped: [None; BAR_COUNT],
+            removable: false,
         });
         Arc::new(Self {
             mmio_bus,
@@ -74,6 +82,7 @@ impl PciRoot {
         let mut slot = Slot {
             device,
             mapped: [None; BAR_COUNT],
+            removable: false,
         };
         let wanted = lock(&slot.device).config().decoded_bars();
         for bar in wanted {
@@ -98,6 +107,64 @@ impl PciRoot {
     ) -> Result<u8, PciError> {
         let transport = VirtioPciDevice::new(device, mem, self.vm.clone())?;
         self.add_device(Arc::new(Mutex::new(transport)))
+    }
+
+    /// Put `device` in the first free slot while the guest runs: BARs
+    /// unassigned and decoding off, removable later. Returns the slot; the
+    /// caller tells the guest (see `hotplug`).
+    pub fn add_hotplug_device(&self, device: SharedPciDevice) -> Result<u8, PciError> {
+        let mut slots = lock(&self.slots);
+        let slot_index = slots
+            .iter()
+            .position(Option::is_none)
+            .ok_or(PciError::NoFreeSlot)?;
+        {
+            let mut dev = lock(&device);
+            for index in 0..BAR_COUNT {
+                if dev.config().bar_size(index).is_some() {
+                    dev.config_mut().set_bar_address(index, 0)?;
+                }
+            }
+            let command = dev.config().command() & !COMMAND_MEMORY_SPACE;
+            dev.config_mut().set_command(command);
+        }
+        slots[slot_index] = Some(Slot {
+            device,
+            mapped: [None; BAR_COUNT],
+            removable: true,
+        });
+        Ok(slot_index as u8)
+    }
+
+    /// [`PciRoot::add_hotplug_device`] for a virtio device.
+    pub fn add_hotplug_virtio_device(
+        &self,
+        device: Box<dyn VirtioDevice>,
+        mem: Arc<GuestMemoryMmap>,
+    ) -> Result<u8, PciError> {
+        let transport = VirtioPciDevice::new(device, mem, self.vm.clone())?;
+        self.add_hotplug_device(Arc::new(Mutex::new(transport)))
+    }
+
+    /// Take the hot-plugged device out of `slot`: its BARs leave the MMIO
+    /// bus (and with them its doorbells), the slot reads empty. Returns
+    /// the device; dropping it stops its I/O thread, so the caller drops
+    /// it on a thread that may wait, never on a vCPU.
+    pub fn remove_device(&self, slot: u8) -> Result<SharedPciDevice, PciError> {
+        let mut slots = lock(&self.slots);
+        let entry = slots
+            .get_mut(usize::from(slot))
+            .ok_or(PciError::EmptySlot(slot))?;
+        match entry {
+            None => return Err(PciError::EmptySlot(slot)),
+            Some(present) if !present.removable => return Err(PciError::NotRemovable(slot)),
+            Some(_) => {}
+        }
+        let Some(mut removed) = entry.take() else {
+            return Err(PciError::EmptySlot(slot));
+        };
+        self.remap(&mut removed, &[]);
+        Ok(removed.device)
     }
 
     fn allocate_mmio(&self, size: u64) -> Result<u64, PciError> {
@@ -425,6 +492,68 @@ mod tests {
             root.add_device(Arc::new(Mutex::new(huge))),
             Err(PciError::MmioWindowFull { .. })
         ));
+    }
+
+    #[test]
+    fn a_hot_plugged_device_waits_for_the_guest_to_place_its_bars() {
+        let (bus, root) = setup();
+        let (boot, _) = TwoBars::new();
+        let boot_slot = root.add_device(Arc::new(Mutex::new(boot))).unwrap();
+        let (device, mapped) = TwoBars::new();
+        let slot = root
+            .add_hotplug_device(Arc::new(Mutex::new(device)))
+            .unwrap();
+        assert_eq!(slot, boot_slot + 1);
+        assert_eq!(read_u32(&root, slot, 0), 0x5678_1234, "present at once");
+        assert_eq!(read_u32(&root, slot, 0x10), 0, "BAR 0 unassigned");
+        assert_eq!(
+            read_u32(&root, slot, 4) & u32::from(COMMAND_MEMORY_SPACE),
+            0
+        );
+        assert!(mapped.lock().unwrap().is_empty());
+
+        write_u32(&root, slot, 0x10, 0xd000_0000);
+        write_u32(&root, slot, 4, u32::from(COMMAND_MEMORY_SPACE));
+        assert_eq!(bus_byte(&bus, 0xd000_0000), Some(0x10));
+
+        let removed = root.remove_device(slot).unwrap();
+        assert_eq!(bus_byte(&bus, 0xd000_0000), None, "BAR unmapped");
+        assert_eq!(read_u32(&root, slot, 0), u32::MAX, "slot reads empty");
+        assert!(
+            mapped.lock().unwrap().contains(&(0, None)),
+            "the device learns its BAR is gone"
+        );
+        drop(removed);
+
+        // The slot is free for the next device.
+        let (again, _) = TwoBars::new();
+        assert_eq!(
+            root.add_hotplug_device(Arc::new(Mutex::new(again)))
+                .unwrap(),
+            slot
+        );
+    }
+
+    #[test]
+    fn boot_devices_and_empty_slots_cannot_be_removed() {
+        let (bus, root) = setup();
+        let (boot, _) = TwoBars::new();
+        let slot = root.add_device(Arc::new(Mutex::new(boot))).unwrap();
+        let bar0 = u64::from(read_u32(&root, slot, 0x10));
+        assert!(matches!(
+            root.remove_device(slot),
+            Err(PciError::NotRemovable(s)) if s == slot
+        ));
+        assert!(matches!(
+            root.remove_device(0),
+            Err(PciError::NotRemovable(0))
+        ));
+        assert!(matches!(root.remove_device(9), Err(PciError::EmptySlot(9))));
+        assert!(matches!(
+            root.remove_device(200),
+            Err(PciError::EmptySlot(200))
+        ));
+        assert_eq!(bus_byte(&bus, bar0), Some(0x10), "boot device untouched");
     }
 
     #[test]

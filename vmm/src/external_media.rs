@@ -1,0 +1,244 @@
+//! The decision on one external medium, shared by the boot sequence
+//! (`--external`) and the control API's hot-plug (`ctl attach-external`),
+//! so that a medium is treated the same whenever it arrives: the role's
+//! allow-list of serials first, then its rule (`encrypt`, `read-only`,
+//! `deny`) through `storage::external::attach_decision`, each decision
+//! recorded in the audit log before it takes effect.
+
+use std::path::Path;
+
+use guest_policy::ExternalMedia;
+
+use crate::audit::{Audit, AuditError, Event};
+use crate::config::ExternalMediaConfig;
+use crate::devices::virtio::block::{disk_id_from_path, BlockBackend};
+use crate::policy::ActiveRole;
+use crate::storage::external::{attach_decision, ExternalAttach, ExternalMediaPolicy};
+use crate::storage::StorageError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MediumError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+/// The rules a medium is judged by: the role's (or, without a policy,
+/// `--external-policy`'s) and the organisation key.
+pub struct MediaRules<'a> {
+    pub policy: ExternalMediaPolicy,
+    /// Empty: every serial may attach.
+    pub allowed_serials: &'a [String],
+    pub key: Option<&'a [u8]>,
+    pub format_blank: bool,
+}
+
+/// The media policy in force: `--external-policy` when given (only
+/// without a policy), else the role's rule, else `deny`.
+pub fn media_policy(
+    external: &ExternalMediaConfig,
+    role: Option<&ActiveRole>,
+) -> ExternalMediaPolicy {
+    external.policy.unwrap_or(
+        match role.map(|active| active.role.storage.external_media) {
+            Some(ExternalMedia::Encrypt) => ExternalMediaPolicy::Encrypt,
+            Some(ExternalMedia::ReadOnly) => ExternalMediaPolicy::ReadOnly,
+            Some(ExternalMedia::Deny) | None => ExternalMediaPolicy::Deny,
+        },
+    )
+}
+
+/// The role's allow-list of medium serials (empty: any).
+pub fn allowed_serials(role: Option<&ActiveRole>) -> &[String] {
+    role.map_or(&[][..], |active| {
+        &active.role.storage.allowed_media_serials[..]
+    })
+}
+
+/// What became of a medium.
+pub enum MediumOutcome {
+    /// Open and ready for a virtio-blk device; `mode` is `encrypt` or
+    /// `read-only`, as status shows it.
+    Attach {
+        backend: Box<dyn BlockBackend>,
+        mode: &'static str,
+    },
+    /// Refused by policy; the reason is for the user.
+    Denied { reason: String },
+}
+
+/// Judges and opens `medium` under `rules`, records the decision in the
+/// audit log and prints refusals on stderr. Failing to open a medium that
+/// should attach (wrong key, damaged header, I/O) is an error.
+pub fn decide_medium(
+    medium: &Path,
+    rules: &MediaRules<'_>,
+    audit: &Audit,
+) -> Result<MediumOutcome, MediumError> {
+    let shown = medium.display();
+    let id = disk_id_from_path(medium);
+    let decided = |decision: &str, reason: Option<String>| {
+        audit.record(Event::ExternalMedium {
+            path: shown.to_string(),
+            decision: decision.into(),
+            reason,
+        })
+    };
+    if !rules.allowed_serials.is_empty() && !rules.allowed_serials.contains(&id) {
+        decided(
+            "deny",
+            Some(format!("serial '{id}' is not on the role's allow-list")),
+        )?;
+        let reason = format!(
+            "external medium {shown} not attached: its serial '{id}' is not on the role's allow-list"
+        );
+        eprintln!("securevm: {reason}");
+        return Ok(MediumOutcome::Denied { reason });
+    }
+    match attach_decision(rules.policy, medium, rules.key, rules.format_blank)? {
+        ExternalAttach::Encrypted { backend, formatted } => {
+            if formatted {
+                log::warn!("external medium {shown} was blank and is now a LUKS2 volume");
+            }
+            decided(
+                "encrypt",
+                formatted.then(|| "formatted a blank medium".into()),
+            )?;
+            Ok(MediumOutcome::Attach {
+                backend: Box::new(backend),
+                mode: "encrypt",
+            })
+        }
+        ExternalAttach::ReadOnly(backend) => {
+            decided("read-only", None)?;
+            Ok(MediumOutcome::Attach {
+                backend: Box::new(backend),
+                mode: "read-only",
+            })
+        }
+        ExternalAttach::Denied { reason } => {
+            decided("deny", Some(reason.clone()))?;
+            eprintln!("securevm: external medium {reason}");
+            Ok(MediumOutcome::Denied {
+                reason: format!("external medium {reason}"),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// A scratch directory under /var/tmp (libcryptsetup wants a real
+    /// filesystem), removed at the end of the test.
+    pub(crate) struct TempDir(PathBuf);
+
+    impl TempDir {
+        pub(crate) fn new(tag: &str) -> Self {
+            let path = Path::new("/var/tmp").join(format!(
+                "securevm-{tag}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).unwrap();
+            TempDir(path)
+        }
+
+        pub(crate) fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn rules(policy: ExternalMediaPolicy, allowed: &[String]) -> MediaRules<'_> {
+        MediaRules {
+            policy,
+            allowed_serials: allowed,
+            key: None,
+            format_blank: false,
+        }
+    }
+
+    fn stick(dir: &TempDir, name: &str) -> PathBuf {
+        let path = dir.path().join(name);
+        std::fs::write(&path, vec![0x5a; 4096]).unwrap();
+        path
+    }
+
+    #[test]
+    fn a_serial_off_the_allow_list_is_denied_before_the_rule() {
+        let dir = TempDir::new("medium-allow");
+        let medium = stick(&dir, "other.img");
+        let allowed = vec!["stick.img".to_string()];
+        match decide_medium(
+            &medium,
+            &rules(ExternalMediaPolicy::ReadOnly, &allowed),
+            &Audit::default(),
+        )
+        .unwrap()
+        {
+            MediumOutcome::Denied { reason } => assert!(reason.contains("allow-list"), "{reason}"),
+            MediumOutcome::Attach { .. } => panic!("attached a medium off the allow-list"),
+        }
+    }
+
+    #[test]
+    fn read_only_attaches_a_read_only_device() {
+        let dir = TempDir::new("medium-ro");
+        let medium = stick(&dir, "stick.img");
+        let allowed = vec!["stick.img".to_string()];
+        match decide_medium(
+            &medium,
+            &rules(ExternalMediaPolicy::ReadOnly, &allowed),
+            &Audit::default(),
+        )
+        .unwrap()
+        {
+            MediumOutcome::Attach { backend, mode } => {
+                assert_eq!(mode, "read-only");
+                assert!(backend.read_only());
+            }
+            MediumOutcome::Denied { reason } => panic!("denied: {reason}"),
+        }
+    }
+
+    #[test]
+    fn deny_and_encrypt_without_a_key_are_refusals_not_errors() {
+        let dir = TempDir::new("medium-deny");
+        let medium = stick(&dir, "stick.img");
+        for policy in [ExternalMediaPolicy::Deny, ExternalMediaPolicy::Encrypt] {
+            match decide_medium(&medium, &rules(policy, &[]), &Audit::default()).unwrap() {
+                MediumOutcome::Denied { reason } => {
+                    assert!(reason.starts_with("external medium "), "{reason}")
+                }
+                MediumOutcome::Attach { .. } => panic!("{policy:?} attached"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_role_decides_unless_the_command_line_does() {
+        let external = ExternalMediaConfig {
+            media: vec![],
+            policy: None,
+            passphrase_file: None,
+            format_blank: false,
+        };
+        assert_eq!(media_policy(&external, None), ExternalMediaPolicy::Deny);
+        let forced = ExternalMediaConfig {
+            policy: Some(ExternalMediaPolicy::ReadOnly),
+            ..external
+        };
+        assert_eq!(media_policy(&forced, None), ExternalMediaPolicy::ReadOnly);
+        assert!(allowed_serials(None).is_empty());
+    }
+}

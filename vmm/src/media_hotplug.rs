@@ -1,0 +1,679 @@
+//! External media attached and detached while the guest runs (PCI
+//! hot-plug of a virtio-blk device), for `ctl attach-external` and
+//! `ctl detach-external`.
+//!
+//! Threading and seccomp: attaching opens an image, may unlock LUKS2
+//! through libcryptsetup (files, Argon2 worker threads, the kernel's
+//! crypto sockets), creates eventfds and starts the device's I/O thread.
+//! The control API's threads and the main thread are narrowed far below
+//! that, and vCPU threads must never wait for such work. So one thread of
+//! its own kind, `media-hotplug`, is started at boot and does all of it:
+//! it installs its own filter ([`ThreadKind::MediaHotplug`], reviewed in
+//! `seccomp.rs`) before it takes the first request, and every thread it
+//! starts inherits that filter and narrows it further (an I/O thread
+//! installs `BlockIo` on top). The API thread only sends a request and
+//! waits for the answer. A vCPU only flips bits in the hot-plug
+//! controller's registers. With `--no-seccomp` the same thread does the
+//! same work without a filter.
+//!
+//! Detaching flushes the image, asks the guest to eject the slot, waits
+//! (bounded) for the guest's `_EJ0`, then takes the device out of the PCI
+//! root (its BARs and doorbells leave with it), stops its I/O thread and
+//! flushes again. A guest that does not eject in time keeps the device,
+//! and the caller learns why. Media present at boot are not removable.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use vm_memory::GuestMemoryMmap;
+
+use crate::audit::{Audit, AuditError, Event};
+use crate::config::ExternalMediaConfig;
+use crate::devices::pci::hotplug::HotplugError;
+use crate::devices::pci::{PciError, PciHotplug, PciRoot};
+use crate::devices::virtio::block::{disk_id_from_path, Block, BlockError};
+use crate::devices::virtio::ThreadStartHook;
+use crate::external_media::{
+    allowed_serials, decide_medium, media_policy, MediaRules, MediumError, MediumOutcome,
+};
+use crate::policy::ActiveRole;
+use crate::seccomp::{self, ThreadKind};
+use crate::storage::external::ExternalMediaPolicy;
+use crate::storage::passphrase::{read_passphrase, PassphraseSource};
+
+/// How long a detach waits for the guest to eject the slot.
+pub const EJECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MediaError {
+    #[error("{path}: {source}; give the path of an existing image file or block device")]
+    BadPath { path: String, source: io::Error },
+    #[error("{path} is neither an image file nor a block device")]
+    NotAMedium { path: String },
+    #[error("a medium with the id '{id}' is already attached; detach it first")]
+    AlreadyAttached { id: String },
+    /// Refused by policy (counted as denied and audited).
+    #[error("{0}")]
+    Denied(String),
+    #[error("{0}")]
+    Medium(#[from] MediumError),
+    #[error(
+        "no external medium '{id}' was attached while the VM runs; see `ctl status` for the ids"
+    )]
+    UnknownId { id: String },
+    #[error(
+        "the guest did not release '{id}' within {} s (still mounted and busy, or no ACPI \
+         hot-plug in the guest); it stays attached: unmount it in the guest and try again",
+        .timeout.as_secs()
+    )]
+    NotEjected { id: String, timeout: Duration },
+    #[error("cannot create the virtio-blk device for {path}: {source}")]
+    Block { path: String, source: BlockError },
+    #[error("cannot plug the device into the PCI bus: {0}")]
+    Pci(#[from] PciError),
+    #[error("cannot signal the guest: {0}")]
+    Hotplug(#[from] HotplugError),
+    #[error("cannot flush {path}: {source}")]
+    Flush { path: String, source: io::Error },
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error("the media hot-plug thread has stopped; securevm is shutting down")]
+    Stopped,
+}
+
+/// A medium attached at runtime, as status shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachedMedium {
+    pub id: String,
+    pub path: String,
+    /// `encrypt` or `read-only`.
+    pub mode: String,
+}
+
+/// Everything the hot-plug thread works with, handed over at boot.
+pub struct MediaHotplugParts {
+    pub pci: Arc<PciRoot>,
+    pub memory: Arc<GuestMemoryMmap>,
+    pub controller: Arc<PciHotplug>,
+    pub audit: Audit,
+    /// `--external-policy`, `--external-passphrase-file`, `--format-blank-external`.
+    pub external: ExternalMediaConfig,
+    /// Install seccomp filters on this thread and the I/O threads it starts.
+    pub seccomp: bool,
+    pub eject_timeout: Duration,
+}
+
+enum Request {
+    Attach {
+        path: PathBuf,
+        /// Boxed: a role (its network rules) is large beside a detach.
+        role: Box<Option<ActiveRole>>,
+        /// Ids already in use by devices present at boot.
+        taken: Vec<String>,
+        reply: Sender<Result<AttachedMedium, MediaError>>,
+    },
+    Detach {
+        id: String,
+        reply: Sender<Result<(), MediaError>>,
+    },
+}
+
+/// The handle the control API holds: requests go to the hot-plug thread.
+pub struct MediaHotplug {
+    requests: Mutex<Option<Sender<Request>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    controller: Arc<PciHotplug>,
+}
+
+impl MediaHotplug {
+    /// Starts the `media-hotplug` thread; returns once its filter is in
+    /// place (or with the reason it is not).
+    pub fn start(parts: MediaHotplugParts) -> io::Result<Self> {
+        let (requests, receiver) = mpsc::channel();
+        let (started, start_result) = mpsc::channel();
+        let controller = parts.controller.clone();
+        let thread = std::thread::Builder::new()
+            .name("media-hotplug".into())
+            .spawn(move || {
+                let filtered = if parts.seccomp {
+                    seccomp::install(ThreadKind::MediaHotplug).map_err(|e| e.to_string())
+                } else {
+                    Ok(())
+                };
+                let ok = filtered.is_ok();
+                if started.send(filtered).is_err() || !ok {
+                    return;
+                }
+                Worker {
+                    parts,
+                    attached: Vec::new(),
+                }
+                .serve(&receiver);
+            })?;
+        match start_result.recv() {
+            Ok(Ok(())) => Ok(Self {
+                requests: Mutex::new(Some(requests)),
+                thread: Mutex::new(Some(thread)),
+                controller,
+            }),
+            Ok(Err(reason)) => {
+                let _ = thread.join();
+                Err(io::Error::other(format!(
+                    "the media hot-plug thread could not start: {reason}"
+                )))
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(io::Error::other(
+                    "the media hot-plug thread died while starting",
+                ))
+            }
+        }
+    }
+
+    /// Attaches the medium at `path` under `role`'s rules; `taken` are the
+    /// ids of devices present at boot.
+    pub fn attach(
+        &self,
+        path: &Path,
+        role: Option<ActiveRole>,
+        taken: Vec<String>,
+    ) -> Result<AttachedMedium, MediaError> {
+        let (reply, answer) = mpsc::channel();
+        self.send(Request::Attach {
+            path: path.to_path_buf(),
+            role: Box::new(role),
+            taken,
+            reply,
+        })?;
+        answer.recv().map_err(|_| MediaError::Stopped)?
+    }
+
+    /// Detaches the medium attached at runtime as `id`.
+    pub fn detach(&self, id: &str) -> Result<(), MediaError> {
+        let (reply, answer) = mpsc::channel();
+        self.send(Request::Detach {
+            id: id.to_string(),
+            reply,
+        })?;
+        answer.recv().map_err(|_| MediaError::Stopped)?
+    }
+
+    /// Ends the thread (after the request in progress, whose wait for an
+    /// eject ends at once); its devices go with the PCI root.
+    pub fn stop(&self) {
+        self.controller.close();
+        lock(&self.requests).take();
+        if let Some(thread) = lock(&self.thread).take() {
+            if thread.join().is_err() {
+                log::error!("the media hot-plug thread panicked");
+            }
+        }
+    }
+
+    fn send(&self, request: Request) -> Result<(), MediaError> {
+        lock(&self.requests)
+            .as_ref()
+            .ok_or(MediaError::Stopped)?
+            .send(request)
+            .map_err(|_| MediaError::Stopped)
+    }
+}
+
+impl Drop for MediaHotplug {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One medium in a hot-plug slot.
+struct Plugged {
+    medium: AttachedMedium,
+    slot: u8,
+    /// A second handle on the image, to flush it around the detach.
+    image: File,
+}
+
+struct Worker {
+    parts: MediaHotplugParts,
+    attached: Vec<Plugged>,
+}
+
+impl Worker {
+    fn serve(&mut self, requests: &Receiver<Request>) {
+        while let Ok(request) = requests.recv() {
+            match request {
+                Request::Attach {
+                    path,
+                    role,
+                    taken,
+                    reply,
+                } => {
+                    let result = self.attach(&path, role.as_ref().as_ref(), &taken);
+                    if let Err(e) = &result {
+                        log::warn!("attaching {}: {e}", path.display());
+                    }
+                    let _ = reply.send(result);
+                }
+                Request::Detach { id, reply } => {
+                    let _ = reply.send(self.detach(&id));
+                }
+            }
+        }
+    }
+
+    fn attach(
+        &mut self,
+        path: &Path,
+        role: Option<&ActiveRole>,
+        taken: &[String],
+    ) -> Result<AttachedMedium, MediaError> {
+        let shown = path.display().to_string();
+        let metadata = std::fs::metadata(path).map_err(|source| MediaError::BadPath {
+            path: shown.clone(),
+            source,
+        })?;
+        if !is_medium(&metadata) {
+            return Err(MediaError::NotAMedium { path: shown });
+        }
+        let id = disk_id_from_path(path);
+        if taken.contains(&id) || self.attached.iter().any(|p| p.medium.id == id) {
+            return Err(MediaError::AlreadyAttached { id });
+        }
+        let external = &self.parts.external;
+        let policy = media_policy(external, role);
+        // Read per attach, so the key is in memory only while it is used.
+        let key = match (&external.passphrase_file, policy) {
+            (Some(file), ExternalMediaPolicy::Encrypt) => {
+                Some(read_passphrase(PassphraseSource::File(file)).map_err(MediumError::from)?)
+            }
+            _ => None,
+        };
+        let rules = MediaRules {
+            policy,
+            allowed_serials: allowed_serials(role),
+            key: key.as_ref().map(|k| k.as_bytes()),
+            format_blank: external.format_blank,
+        };
+        let (backend, mode) = match decide_medium(path, &rules, &self.parts.audit)? {
+            MediumOutcome::Attach { backend, mode } => (backend, mode),
+            MediumOutcome::Denied { reason } => return Err(MediaError::Denied(reason)),
+        };
+        drop(key);
+        let image = File::open(path).map_err(|source| MediaError::BadPath {
+            path: shown.clone(),
+            source,
+        })?;
+        let mut block = Block::new(backend, &id).map_err(|source| MediaError::Block {
+            path: shown.clone(),
+            source,
+        })?;
+        if self.parts.seccomp {
+            let hook: ThreadStartHook =
+                Arc::new(|| seccomp::install(ThreadKind::BlockIo).map_err(|e| e.to_string()));
+            block.set_thread_start_hook(hook);
+        }
+        let slot = self
+            .parts
+            .pci
+            .add_hotplug_virtio_device(Box::new(block), self.parts.memory.clone())?;
+        if let Err(e) = self.parts.controller.announce_insert(slot) {
+            drop(self.parts.pci.remove_device(slot));
+            return Err(e.into());
+        }
+        log::info!("external medium {shown} attached as '{id}' in PCI slot {slot} ({mode})");
+        let medium = AttachedMedium {
+            id,
+            path: shown,
+            mode: mode.to_string(),
+        };
+        self.attached.push(Plugged {
+            medium: medium.clone(),
+            slot,
+            image,
+        });
+        Ok(medium)
+    }
+
+    fn detach(&mut self, id: &str) -> Result<(), MediaError> {
+        let index = self
+            .attached
+            .iter()
+            .position(|p| p.medium.id == id)
+            .ok_or_else(|| MediaError::UnknownId { id: id.to_string() })?;
+        let plugged = &self.attached[index];
+        flush(plugged)?;
+        let controller = &self.parts.controller;
+        controller.request_eject(plugged.slot)?;
+        let deadline = Instant::now() + self.parts.eject_timeout;
+        if !controller.wait_ejected(plugged.slot, deadline)? {
+            return Err(MediaError::NotEjected {
+                id: id.to_string(),
+                timeout: self.parts.eject_timeout,
+            });
+        }
+        let plugged = self.attached.remove(index);
+        // Dropped here, on this thread: the I/O thread stops and the
+        // backend (and its key) goes.
+        drop(self.parts.pci.remove_device(plugged.slot)?);
+        controller.clear(plugged.slot)?;
+        flush(&plugged)?;
+        self.parts.audit.record(Event::ExternalMedium {
+            path: plugged.medium.path.clone(),
+            decision: "detached".into(),
+            reason: None,
+        })?;
+        log::info!(
+            "external medium {} ('{id}') detached from PCI slot {}",
+            plugged.medium.path,
+            plugged.slot
+        );
+        Ok(())
+    }
+}
+
+fn is_medium(metadata: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    metadata.is_file() || metadata.file_type().is_block_device()
+}
+
+fn flush(plugged: &Plugged) -> Result<(), MediaError> {
+    plugged
+        .image
+        .sync_all()
+        .map_err(|source| MediaError::Flush {
+            path: plugged.medium.path.clone(),
+            source,
+        })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::devices::bus::{Bus, BusDevice};
+    use crate::devices::pci::hotplug::{
+        PciHotplugPorts, REGISTER_DOWN, REGISTER_EJECT, REGISTER_UP,
+    };
+    use crate::devices::pci::test_support::FakeVm;
+    use crate::storage::luks::{self, FormatOptions, KdfSettings};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use vm_memory::GuestAddress;
+
+    pub(crate) const MEDIUM_KEY: &[u8] = b"organisation medium key";
+
+    /// A scratch directory under /var/tmp (libcryptsetup wants a real
+    /// filesystem with direct I/O), removed at the end of the test.
+    pub(crate) struct Scratch(PathBuf);
+
+    impl Scratch {
+        pub(crate) fn new(tag: &str) -> Self {
+            let path = Path::new("/var/tmp").join(format!(
+                "securevm-hotplug-{tag}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = std::fs::remove_dir_all(&path);
+            std::fs::create_dir_all(&path).unwrap();
+            Scratch(path)
+        }
+
+        pub(crate) fn raw(&self, name: &str) -> PathBuf {
+            let path = self.0.join(name);
+            std::fs::write(&path, vec![0x5a; 1 << 16]).unwrap();
+            path
+        }
+
+        pub(crate) fn luks(&self, name: &str) -> PathBuf {
+            let path = self.0.join(name);
+            let options = FormatOptions {
+                kdf: KdfSettings::Fixed {
+                    memory_kib: 1024,
+                    time_cost: 4,
+                    parallel: 1,
+                },
+                ..FormatOptions::default()
+            };
+            luks::format(&path, 1 << 20, &options, MEDIUM_KEY).unwrap();
+            path
+        }
+
+        pub(crate) fn key_file(&self) -> PathBuf {
+            let path = self.0.join("medium.key");
+            std::fs::write(&path, MEDIUM_KEY).unwrap();
+            path
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A hot-plug thread over a fake VM, and the guest's view of it.
+    pub(crate) struct Rig {
+        pub(crate) media: MediaHotplug,
+        pub(crate) pci: Arc<PciRoot>,
+        pub(crate) controller: Arc<PciHotplug>,
+        pub(crate) interrupts: Arc<AtomicUsize>,
+    }
+
+    pub(crate) fn rig(
+        policy: ExternalMediaPolicy,
+        key_file: Option<PathBuf>,
+        seccomp: bool,
+    ) -> Rig {
+        let pci = PciRoot::new(Arc::new(Bus::new()), Arc::new(FakeVm::default()));
+        let interrupts = Arc::new(AtomicUsize::new(0));
+        let counter = interrupts.clone();
+        let controller = Arc::new(PciHotplug::new(Box::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })));
+        let memory = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap());
+        let media = MediaHotplug::start(MediaHotplugParts {
+            pci: pci.clone(),
+            memory,
+            controller: controller.clone(),
+            audit: Audit::default(),
+            external: ExternalMediaConfig {
+                media: vec![],
+                policy: Some(policy),
+                passphrase_file: key_file,
+                format_blank: false,
+            },
+            seccomp,
+            eject_timeout: Duration::from_millis(300),
+        })
+        .unwrap();
+        Rig {
+            media,
+            pci,
+            controller,
+            interrupts,
+        }
+    }
+
+    impl Rig {
+        pub(crate) fn vendor_at(&self, slot: u8) -> u32 {
+            let mut data = [0u8; 4];
+            self.pci.config_read(0, slot, 0, 0, &mut data);
+            u32::from_le_bytes(data)
+        }
+
+        pub(crate) fn guest_reads(&self, register: u64) -> u32 {
+            let mut data = [0u8; 4];
+            PciHotplugPorts::new(self.controller.clone()).read(register, &mut data);
+            u32::from_le_bytes(data)
+        }
+
+        /// What the guest's `_EJ0` does, `after` a while, on another thread.
+        pub(crate) fn guest_ejects_after(&self, slot: u8, after: Duration) -> JoinHandle<()> {
+            let mut ports = PciHotplugPorts::new(self.controller.clone());
+            std::thread::spawn(move || {
+                std::thread::sleep(after);
+                ports.write(REGISTER_EJECT, &(1u32 << slot).to_le_bytes());
+            })
+        }
+    }
+
+    const VIRTIO_BLOCK: u32 = 0x1042_1af4;
+
+    #[test]
+    fn a_read_only_medium_appears_in_a_slot_and_leaves_after_the_guests_eject() {
+        let scratch = Scratch::new("ro");
+        let stick = scratch.raw("stick.img");
+        let rig = rig(ExternalMediaPolicy::ReadOnly, None, false);
+        let medium = rig.media.attach(&stick, None, vec![]).unwrap();
+        assert_eq!(
+            (medium.id.as_str(), medium.mode.as_str()),
+            ("stick.img", "read-only")
+        );
+        assert_eq!(rig.vendor_at(1), VIRTIO_BLOCK);
+        assert_eq!(rig.interrupts.load(Ordering::SeqCst), 1);
+        assert_eq!(rig.guest_reads(REGISTER_UP), 1 << 1);
+
+        // Nobody ejects within the bound: the device stays.
+        let detach = rig.media.detach("stick.img");
+        assert!(
+            matches!(detach, Err(MediaError::NotEjected { .. })),
+            "{detach:?}"
+        );
+        assert_eq!(rig.vendor_at(1), VIRTIO_BLOCK, "kept after the timeout");
+        assert_eq!(
+            rig.guest_reads(REGISTER_DOWN),
+            1 << 1,
+            "eject was requested"
+        );
+
+        // The guest ejects while the detach waits.
+        let guest = rig.guest_ejects_after(1, Duration::from_millis(50));
+        rig.media.detach("stick.img").unwrap();
+        guest.join().unwrap();
+        assert_eq!(rig.vendor_at(1), u32::MAX, "slot empty");
+        assert!(matches!(
+            rig.media.detach("stick.img"),
+            Err(MediaError::UnknownId { .. })
+        ));
+        // The slot takes the next medium.
+        rig.media.attach(&stick, None, vec![]).unwrap();
+        assert_eq!(rig.vendor_at(1), VIRTIO_BLOCK);
+    }
+
+    #[test]
+    fn a_denied_medium_is_refused_and_nothing_is_plugged() {
+        let scratch = Scratch::new("deny");
+        let stick = scratch.raw("stick.img");
+        let rig = rig(ExternalMediaPolicy::Deny, None, false);
+        match rig.media.attach(&stick, None, vec![]) {
+            Err(MediaError::Denied(reason)) => {
+                assert!(reason.contains("denies external media"), "{reason}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert_eq!(rig.vendor_at(1), u32::MAX);
+        assert_eq!(rig.interrupts.load(Ordering::SeqCst), 0);
+
+        // Encrypt refuses a plain medium the same way it does at boot.
+        let scratch_key = scratch.key_file();
+        let rig = super::tests::rig(ExternalMediaPolicy::Encrypt, Some(scratch_key), false);
+        assert!(matches!(
+            rig.media.attach(&stick, None, vec![]),
+            Err(MediaError::Denied(reason)) if reason.contains("not an encrypted")
+        ));
+        assert_eq!(rig.vendor_at(1), u32::MAX);
+    }
+
+    #[test]
+    fn bad_paths_and_taken_ids_are_refused() {
+        let scratch = Scratch::new("bad");
+        let rig = rig(ExternalMediaPolicy::ReadOnly, None, false);
+        assert!(matches!(
+            rig.media
+                .attach(&scratch.0.join("missing.img"), None, vec![]),
+            Err(MediaError::BadPath { .. })
+        ));
+        assert!(matches!(
+            rig.media.attach(&scratch.0, None, vec![]),
+            Err(MediaError::NotAMedium { .. })
+        ));
+        let stick = scratch.raw("root.img");
+        assert!(matches!(
+            rig.media.attach(&stick, None, vec!["root.img".into()]),
+            Err(MediaError::AlreadyAttached { .. })
+        ));
+        rig.media.attach(&stick, None, vec![]).unwrap();
+        assert!(matches!(
+            rig.media.attach(&stick, None, vec![]),
+            Err(MediaError::AlreadyAttached { .. })
+        ));
+        assert_eq!(rig.vendor_at(2), u32::MAX, "only one device");
+    }
+
+    #[test]
+    fn an_encrypted_medium_opens_with_the_organisation_key() {
+        let scratch = Scratch::new("luks");
+        let stick = scratch.luks("usb.img");
+        let rig = rig(
+            ExternalMediaPolicy::Encrypt,
+            Some(scratch.key_file()),
+            false,
+        );
+        let medium = rig.media.attach(&stick, None, vec![]).unwrap();
+        assert_eq!(medium.mode, "encrypt");
+        assert_eq!(rig.vendor_at(1), VIRTIO_BLOCK);
+    }
+
+    /// The whole attach and detach of an encrypted medium under the
+    /// thread's real filter, in a forked child: a syscall the filter
+    /// lacks ends the child with the seccomp status instead of 0.
+    #[test]
+    fn attach_and_detach_run_under_the_media_hotplug_filter() {
+        let scratch = Scratch::new("seccomp");
+        let stick = scratch.luks("usb.img");
+        let key = scratch.key_file();
+        // SAFETY: the child runs this test's code on one thread of its
+        // own and ends with _exit, never returning into the test harness.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let outcome = std::panic::catch_unwind(|| {
+                let rig = rig(ExternalMediaPolicy::Encrypt, Some(key), true);
+                let medium = rig.media.attach(&stick, None, vec![]).unwrap();
+                let guest = rig.guest_ejects_after(1, Duration::from_millis(20));
+                rig.media.detach(&medium.id).unwrap();
+                guest.join().unwrap();
+                rig.media.stop();
+            });
+            // SAFETY: _exit is always safe.
+            unsafe { libc::_exit(if outcome.is_ok() { 0 } else { 100 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status), "status {status:#x}");
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "31: a syscall outside the filter; 100: the flow failed"
+        );
+    }
+
+    #[test]
+    fn a_stopped_thread_answers_every_request() {
+        let rig = rig(ExternalMediaPolicy::ReadOnly, None, false);
+        rig.media.stop();
+        assert!(matches!(rig.media.detach("x"), Err(MediaError::Stopped)));
+    }
+}
