@@ -49,19 +49,24 @@ impl Drop for ScratchPath {
         ] {
             let _ = std::fs::remove_file(path);
         }
-        // Succeeds only for the last scratch file of the run.
+        // Fails (and leaves it) only if a test put more files there.
         if let Some(dir) = self.0.parent() {
             let _ = std::fs::remove_dir(dir);
         }
     }
 }
 
-/// A fresh path under /var/tmp (not tmpfs) unique to this test run.
+/// A fresh path under /var/tmp (not tmpfs), in a directory of its own:
+/// removing it cannot race with another test creating its own.
 pub fn scratch_path(name: &str) -> ScratchPath {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let dir = Path::new("/var/tmp").join(format!("securevm-storage-test-{}", std::process::id()));
+    let dir = Path::new("/var/tmp").join(format!(
+        "securevm-storage-test-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::create_dir_all(&dir).unwrap();
-    ScratchPath(dir.join(format!("{}-{name}", NEXT.fetch_add(1, Ordering::Relaxed))))
+    ScratchPath(dir.join(name))
 }
 
 /// A new LUKS2 image of `size` data bytes with [`PASSPHRASE`].
