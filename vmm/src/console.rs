@@ -25,7 +25,10 @@ pub struct EscapeFilter {
 impl EscapeFilter {
     /// Returns the bytes meant for the guest and whether the user quit.
     pub fn feed(&mut self, input: &[u8]) -> (Vec<u8>, bool) {
-        let mut guest = Vec::with_capacity(input.len());
+        // One more than the input: a Ctrl-A held over from the last read
+        // comes out as two bytes. The Vec never grows (the input may be a
+        // PIN, which must not be left behind in a reallocated buffer).
+        let mut guest = Vec::with_capacity(input.len() + 1);
         for &byte in input {
             if self.after_ctrl_a {
                 self.after_ctrl_a = false;

@@ -156,7 +156,9 @@ impl ConsoleGate {
         if state.input_closed {
             return Err(PinEntryError::NoInput);
         }
-        state.capture = Some(Zeroizing::new(Vec::new()));
+        // Room for the longest PIN up front: a growing Vec would leave
+        // copies of the digits typed so far in freed, unwiped memory.
+        state.capture = Some(Zeroizing::new(Vec::with_capacity(MAX_PIN_LEN)));
         state.answer = None;
         // The terminal is in raw mode: start at the left margin.
         eprint!("\r\n{prompt}");
