@@ -748,9 +748,9 @@ fn format_mac(mac: [u8; 6]) -> String {
     mac.map(|byte| format!("{byte:02x}")).join(":")
 }
 
-/// Pause the vCPUs and withhold console input while the session's card
-/// is out; resume them when it is back and verified, its PIN typed on the
-/// console (see `identity::smartcard::monitor` and `console_gate`).
+/// Pause the vCPUs (and, through `console`, withhold console input) while
+/// the session's card is out; resume them when it is back and verified
+/// (see `identity::smartcard::monitor` and `console_gate`).
 fn watch_card(
     card: &CardCredential,
     session: &Session,
@@ -758,7 +758,6 @@ fn watch_card(
     console: ConsoleGate,
 ) -> Result<RemovalMonitor, VmmError> {
     let (pause, resume) = (vcpus.clone(), vcpus.clone());
-    let (lock_console, unlock_console) = (console.clone(), console.clone());
     let user = session
         .login
         .as_ref()
@@ -769,7 +768,6 @@ fn watch_card(
         session.audit.clone(),
         console,
         Box::new(move || {
-            lock_console.lock();
             // A vCPU stuck in a long exit is asked again: a locked session
             // must not keep running.
             while let Err(VcpuControlError::PauseTimedOut(_)) =
@@ -778,10 +776,7 @@ fn watch_card(
                 log::warn!("card removed: the vCPUs have not stopped yet; trying again");
             }
         }),
-        Box::new(move || {
-            unlock_console.unlock();
-            resume.unlock_session();
-        }),
+        Box::new(move || resume.unlock_session()),
     )
     .map_err(|source| VmmError::Io {
         what: "starting the smart-card monitor",

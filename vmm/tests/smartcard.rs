@@ -527,20 +527,13 @@ fn a_pin_asked_on_the_terminal_at_login_is_typed_on_the_console_after_reinsertio
     let console = ConsoleGate::new();
     let (sender, events) = mpsc::channel();
     let (pause, resume) = (sender.clone(), sender);
-    let (lock, unlock) = (console.clone(), console.clone());
     let monitor = watch_session(
         &credential,
         "bob",
         audit,
         console.clone(),
-        Box::new(move || {
-            lock.lock();
-            pause.send("pause").unwrap()
-        }),
-        Box::new(move || {
-            unlock.unlock();
-            resume.send("resume").unwrap()
-        }),
+        Box::new(move || pause.send("pause").unwrap()),
+        Box::new(move || resume.send("resume").unwrap()),
     )
     .unwrap();
     let wait = || events.recv_timeout(Duration::from_secs(10));

@@ -201,8 +201,9 @@ fn reauthenticate(card: &WatchedCard) -> Result<(), SmartCardError> {
 /// Watch the card of `user`'s session: finalize its login (the monitor
 /// re-initializes the module), pause and resume the VM with `pause` and
 /// `resume` (the vCPU control), and record every lock, unlock and failed
-/// re-authentication in `audit`. A PIN that was asked on the terminal at
-/// login is asked on the console through `console` when the card is back.
+/// re-authentication in `audit`. While the session is locked, `console`
+/// withholds what is typed from the guest; a PIN that was asked on the
+/// terminal at login is asked through it when the card is back.
 pub fn watch_session(
     card: &CardCredential,
     user: &str,
@@ -214,8 +215,17 @@ pub fn watch_session(
     drop(card.take_login());
     let mut watched = card.card.clone();
     if watched.pins == PinSource::Terminal {
-        watched.pins = PinSource::Console(console);
+        watched.pins = PinSource::Console(console.clone());
     }
+    let unlock_console = console.clone();
+    let pause = Box::new(move || {
+        console.lock();
+        pause();
+    });
+    let resume = Box::new(move || {
+        unlock_console.unlock();
+        resume();
+    });
     let user = user.to_string();
     let event = Box::new(move |event: &MonitorEvent| {
         audit.record_or_warn(match event {
