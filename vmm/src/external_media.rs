@@ -130,34 +130,7 @@ pub fn decide_medium(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
-
-    /// A scratch directory under /var/tmp (libcryptsetup wants a real
-    /// filesystem), removed at the end of the test.
-    pub(crate) struct TempDir(PathBuf);
-
-    impl TempDir {
-        pub(crate) fn new(tag: &str) -> Self {
-            let path = Path::new("/var/tmp").join(format!(
-                "securevm-{tag}-{}-{:?}",
-                std::process::id(),
-                std::thread::current().id()
-            ));
-            let _ = std::fs::remove_dir_all(&path);
-            std::fs::create_dir_all(&path).unwrap();
-            TempDir(path)
-        }
-
-        pub(crate) fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::media_hotplug::tests::Scratch;
 
     fn rules(policy: ExternalMediaPolicy, allowed: &[String]) -> MediaRules<'_> {
         MediaRules {
@@ -168,16 +141,10 @@ mod tests {
         }
     }
 
-    fn stick(dir: &TempDir, name: &str) -> PathBuf {
-        let path = dir.path().join(name);
-        std::fs::write(&path, vec![0x5a; 4096]).unwrap();
-        path
-    }
-
     #[test]
     fn a_serial_off_the_allow_list_is_denied_before_the_rule() {
-        let dir = TempDir::new("medium-allow");
-        let medium = stick(&dir, "other.img");
+        let dir = Scratch::new("medium-allow");
+        let medium = dir.raw("other.img");
         let allowed = vec!["stick.img".to_string()];
         match decide_medium(
             &medium,
@@ -193,8 +160,8 @@ mod tests {
 
     #[test]
     fn read_only_attaches_a_read_only_device() {
-        let dir = TempDir::new("medium-ro");
-        let medium = stick(&dir, "stick.img");
+        let dir = Scratch::new("medium-ro");
+        let medium = dir.raw("stick.img");
         let allowed = vec!["stick.img".to_string()];
         match decide_medium(
             &medium,
@@ -213,8 +180,8 @@ mod tests {
 
     #[test]
     fn deny_and_encrypt_without_a_key_are_refusals_not_errors() {
-        let dir = TempDir::new("medium-deny");
-        let medium = stick(&dir, "stick.img");
+        let dir = Scratch::new("medium-deny");
+        let medium = dir.raw("stick.img");
         for policy in [ExternalMediaPolicy::Deny, ExternalMediaPolicy::Encrypt] {
             match decide_medium(&medium, &rules(policy, &[]), &Audit::default()).unwrap() {
                 MediumOutcome::Denied { reason } => {
