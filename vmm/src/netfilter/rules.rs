@@ -279,6 +279,9 @@ struct AddressTable<K> {
     /// in: kept apart rather than merged into every segment (it is often
     /// the largest port table, and shared it stays in cache).
     root: Segment<K>,
+    /// The smallest rule index in `root`: a block rule before it decides
+    /// without looking at the root.
+    root_first: u32,
     /// Every segment's port table, each sorted by start and starting at zero.
     port_intervals: Vec<PortInterval>,
 }
@@ -377,6 +380,9 @@ impl<K: AddressKey> AddressTable<K> {
             .segments
             .get(self.segment_of(address))
             .map_or(NO_RULE, |segment| self.answer(segment, port));
+        if in_blocks < self.root_first {
+            return in_blocks;
+        }
         in_blocks.min(self.answer(&self.root, port))
     }
 
@@ -539,10 +545,18 @@ impl<'p, K: AddressKey> TableBuilder<'p, K> {
             &node_ports,
             &mut port_intervals,
         );
+        let root_intervals = port_intervals
+            .get(root.ports_at as usize..(root.ports_at + root.ports_len) as usize)
+            .unwrap_or_default();
+        let root_first = root_intervals
+            .iter()
+            .map(|interval| interval.rule)
+            .fold(root.portless, u32::min);
         AddressTable {
             segments,
             index,
             root,
+            root_first,
             port_intervals,
         }
     }
