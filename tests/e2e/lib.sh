@@ -123,7 +123,7 @@ expect_exit() {
 vmm_exit_meaning() {
     case $1 in
     0) echo "guest powered off" ;;
-    1) echo "securevm error: $(grep -v '^###' "$SERIAL_LOG" | grep -i error | tail -n1)" ;;
+    1) echo "securevm error: $(cat "$SERIAL_LOG" ${VMM_ERR:+"$VMM_ERR"} | grep -v '^###' | grep -i error | tail -n1)" ;;
     2) echo "command-line usage error" ;;
     3) echo "guest rebooted" ;;
     4) echo "guest crashed" ;;

@@ -93,6 +93,8 @@ api_wait_exit() {
             set -e
             VMM_SECS=$(awk -v ms=$(($(date +%s%3N) - VMM_T0)) 'BEGIN { printf "%.1f", ms / 1000 }')
             echo "### exit status $VMM_EXIT after ${VMM_SECS}s; securevm's messages are in $VMM_ERR" >>"$SERIAL_LOG"
+            # scripts/e2e gives a scenario whose guest crashed another run.
+            [[ $VMM_EXIT -ne 4 ]] || touch "$WORK/guest-crashed"
             return 0
         fi
         sleep 0.1
@@ -108,7 +110,10 @@ wait_serial() {
     local i
     for ((i = 0; i < $2 * 10; i++)); do
         tr -d '\r' <"$SERIAL_LOG" | grep -F -- "$1" >/dev/null && return 0
-        kill -0 "$VMM_PID" 2>/dev/null || fail "securevm exited before the guest printed '$1': $(tail -n1 "$VMM_ERR")"
+        kill -0 "$VMM_PID" 2>/dev/null || {
+            api_wait_exit 10
+            fail "securevm exited $VMM_EXIT ($(vmm_exit_meaning "$VMM_EXIT")) before the guest printed '$1': $(grep -v -e '^[a-z0-9 ]*=0x' -e '^(' "$VMM_ERR" | tail -n1)"
+        }
         sleep 0.1
     done
     hang_diagnostics "$VMM_PID" >"$WORK/hang-diagnostics.txt" 2>&1 || true

@@ -368,6 +368,10 @@ fn crash(index: u8, vcpu: &VcpuFd, what: &str) -> ExitReason {
     ExitReason::GuestCrash(format!("vcpu{index}: {what}\n{}", dump_registers(vcpu)))
 }
 
+/// Where an x86 CPU starts after reset: CS base and RIP of the reset vector.
+const RESET_CS_BASE: u64 = 0xffff_0000;
+const RESET_RIP: u64 = 0xfff0;
+
 /// The guest state a developer needs to see where it died.
 pub fn dump_registers(vcpu: &VcpuFd) -> String {
     let mut out = String::new();
@@ -392,6 +396,12 @@ pub fn dump_registers(vcpu: &VcpuFd) -> String {
                 s.cr0, s.cr2, s.cr3, s.cr4, s.efer, s.cs.selector, s.cs.base, s.cs.l,
                 s.ss.selector, s.ds.selector
             );
+            if s.cs.base == RESET_CS_BASE && vcpu.get_regs().is_ok_and(|r| r.rip == RESET_RIP) {
+                out.push_str(
+                    "\n(this is the reset state: on AMD SVM, KVM reinitializes a vCPU before \
+                     it reports a shutdown, so where the guest died is not known)",
+                );
+            }
         }
         Err(e) => {
             let _ = write!(out, "special registers unavailable: {e}");
