@@ -295,14 +295,15 @@ fn bench_net() {
     for rules in [10, 1_000, 10_000] {
         let report = bench::measure(rules);
         println!(
-            "rules {:>6}: rule decision {:>6.1} ns (hot cache {:>5.1} ns, linear scan {:>8.1} ns); whole frame: new flow {:>6.1} ns, established flow {:>6.1} ns ({:.0}% of new flows allowed)",
+            "rules {:>6}: rule decision {:>6.1} ns (hot cache {:>5.1} ns, linear scan {:>8.1} ns); whole frame: new flow {:>6.1} ns, established flow {:>6.1} ns ({:.0}% of new flows allowed; tables {} KiB)",
             report.rules,
             report.rule_lookup_ns,
             report.rule_lookup_hot_ns,
             report.linear_scan_ns,
             report.new_flow_ns,
             report.established_ns,
-            report.allowed_fraction * 100.0
+            report.allowed_fraction * 100.0,
+            report.table_bytes / 1024
         );
     }
     println!(

@@ -50,6 +50,8 @@ pub struct NetBenchReport {
     pub established_ns: f64,
     /// Share of new flows the rules allowed (sanity: the mix is not all one verdict).
     pub allowed_fraction: f64,
+    /// Bytes of the compiled lookup tables.
+    pub table_bytes: usize,
 }
 
 /// The benchmark's rule and address space: 10.0.0.0/8 and 2001:db8::/104
@@ -389,6 +391,7 @@ pub fn measure(rule_count: usize) -> NetBenchReport {
         new_flow_ns: nanoseconds_per(new_flow_time, ROUNDS * frames.len()),
         established_ns: nanoseconds_per(established_time, established_packets),
         allowed_fraction: allowed as f64 / (ROUNDS * frames.len()) as f64,
+        table_bytes: compiled.table_bytes(),
     }
 }
 

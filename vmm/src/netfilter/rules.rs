@@ -114,6 +114,15 @@ impl CompiledRules {
         }
     }
 
+    /// Bytes of the lookup tables (segments, indexes, port tables): what a
+    /// cold decision may have to bring into cache.
+    pub(crate) fn table_bytes(&self) -> usize {
+        self.classes
+            .iter()
+            .map(|class| class.v4.bytes() + class.v6.bytes())
+            .sum()
+    }
+
     /// True when `address` is one of the policy's DNS resolvers.
     pub(crate) fn is_resolver(&self, address: IpAddr) -> bool {
         self.policy.dns_resolvers.contains(&address)
@@ -259,8 +268,9 @@ impl AddressKey for u128 {
 /// Segment count above which a table gets a [`SegmentIndex`], so a lookup
 /// binary-searches only the few segments of its bucket.
 const SEGMENT_INDEX_MIN_SEGMENTS: usize = 2048;
-const INDEX_BITS: u32 = 16;
-const BUCKETS: usize = 1 << INDEX_BITS;
+/// At most 2^16 buckets (256 KiB): the index has about as many buckets as
+/// the table has segments, so it stays small enough to remain in cache.
+const INDEX_MAX_BITS: u32 = 16;
 
 /// Blocks of one class and family; see the module documentation.
 ///
@@ -309,33 +319,40 @@ struct PortInterval {
 
 /// Maps an address to the few segments that can hold it: the blocks of a
 /// policy usually share a long prefix (an organisation's networks), and
-/// the 16 bits below that prefix pick a bucket that knows its first
+/// the `bits` bits below that prefix pick a bucket that knows its first
 /// segment. Addresses outside the prefix are searched in the whole table.
 #[derive(Debug)]
 struct SegmentIndex {
-    /// The prefix every indexed address has: `address >> (shift + 16)`.
+    /// The prefix every indexed address has: `address >> (shift + bits)`.
     prefix: u128,
     shift: u32,
+    bits: u32,
     /// For each bucket, the segment holding its first address.
     first_segment: Vec<u32>,
 }
 
 impl SegmentIndex {
     fn bucket(&self, address: u128) -> Option<usize> {
-        let above = address.checked_shr(self.shift + INDEX_BITS).unwrap_or(0);
-        (above == self.prefix).then(|| ((address >> self.shift) as usize) & (BUCKETS - 1))
+        let above = address.checked_shr(self.shift + self.bits).unwrap_or(0);
+        let mask = (1usize << self.bits) - 1;
+        (above == self.prefix).then(|| ((address >> self.shift) as usize) & mask)
     }
 
     /// An index over the range `low..=high` that every block lies in.
     fn build<K: AddressKey>(segments: &[Segment<K>], low: u128, high: u128) -> SegmentIndex {
+        let bits = segments
+            .len()
+            .next_power_of_two()
+            .trailing_zeros()
+            .min(INDEX_MAX_BITS);
         let shared_bits = ((low ^ high).leading_zeros() - (128 - K::BITS)).min(K::BITS);
-        let shift = (K::BITS - shared_bits).saturating_sub(INDEX_BITS);
-        let prefix = low.checked_shr(shift + INDEX_BITS).unwrap_or(0);
-        let base = prefix.checked_shl(shift + INDEX_BITS).unwrap_or(0);
+        let shift = (K::BITS - shared_bits).saturating_sub(bits);
+        let prefix = low.checked_shr(shift + bits).unwrap_or(0);
+        let base = prefix.checked_shl(shift + bits).unwrap_or(0);
         let mut segment = 0;
-        let first_segment = (0..BUCKETS)
+        let first_segment = (0..1u128 << bits)
             .map(|bucket| {
-                let first_address = base | ((bucket as u128) << shift);
+                let first_address = base | (bucket << shift);
                 while segments
                     .get(segment + 1)
                     .is_some_and(|next| next.start.widen() <= first_address)
@@ -348,12 +365,22 @@ impl SegmentIndex {
         SegmentIndex {
             prefix,
             shift,
+            bits,
             first_segment,
         }
     }
 }
 
 impl<K: AddressKey> AddressTable<K> {
+    fn bytes(&self) -> usize {
+        self.segments.len() * std::mem::size_of::<Segment<K>>()
+            + self
+                .index
+                .as_ref()
+                .map_or(0, |index| index.first_segment.len() * 4)
+            + self.port_intervals.len() * std::mem::size_of::<PortInterval>()
+    }
+
     fn segment_of(&self, address: K) -> usize {
         let bucket = self
             .index
