@@ -267,7 +267,7 @@ impl AddressKey for u128 {
 
 /// Segment count above which a table gets a [`SegmentIndex`], so a lookup
 /// binary-searches only the few segments of its bucket.
-const SEGMENT_INDEX_MIN_SEGMENTS: usize = 2048;
+const SEGMENT_INDEX_MIN_SEGMENTS: usize = 256;
 /// At most 2^16 buckets (256 KiB): the index has about as many buckets as
 /// the table has segments, so it stays small enough to remain in cache.
 const INDEX_MAX_BITS: u32 = 16;
