@@ -394,12 +394,3 @@ pub fn measure(rule_count: usize) -> NetBenchReport {
         table_bytes: compiled.table_bytes(),
     }
 }
-
-/// Mean time of one rule decision (the compiled lookup that replaces the
-/// linear scan of `NetworkPolicy::decide`) with a random policy of
-/// `rule_count` rules: the figure for `securevm bench net`'s
-/// `filter-ns-per-packet-10k` line. [`measure`] also gives the whole
-/// per-frame cost for new and established flows.
-pub fn decision_ns_per_packet(rule_count: usize) -> f64 {
-    measure(rule_count).rule_lookup_ns
-}
