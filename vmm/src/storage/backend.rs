@@ -4,9 +4,7 @@
 //! buffer; writes encrypt into a reusable per-request scratch buffer
 //! taken from a small pool, so the hot path allocates nothing once warm.
 //! Large requests are split over the disk crypto workers
-//! ([`super::parallel`]): each piece does its own file I/O and cipher, in
-//! steps of [`CACHE_STEP`] so that the cipher works on bytes the file I/O
-//! has just left in the CPU cache, rather than going to memory twice.
+//! ([`super::parallel`]): each piece does its own file I/O and cipher.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -23,11 +21,6 @@ use super::xts::SectorCipher;
 
 /// Writes are encrypted and written in pieces of at most this size.
 const SCRATCH_LEN: usize = 1 << 20;
-
-/// Bytes a worker reads and decrypts (or encrypts and writes) at a time:
-/// well inside a core's L2 cache, and large enough that the extra system
-/// calls cost little. A multiple of both encryption sector sizes.
-const CACHE_STEP: usize = 64 * 1024;
 
 pub struct EncryptedBackend {
     file: File,
@@ -118,18 +111,11 @@ impl EncryptedBackend {
                 &mut scratch[..n],
                 self.unit(),
                 |start, plain, cipher| {
-                    for (step, (plain, cipher)) in plain
-                        .chunks(CACHE_STEP)
-                        .zip(cipher.chunks_mut(CACHE_STEP))
-                        .enumerate()
-                    {
-                        let at = base + (start + step * CACHE_STEP) as u64;
-                        self.cipher
-                            .encrypt_into(offset + at, plain, cipher)
-                            .map_err(io::Error::other)?;
-                        self.file.write_all_at(cipher, file_offset + at)?;
-                    }
-                    Ok(())
+                    let at = base + start as u64;
+                    self.cipher
+                        .encrypt_into(offset + at, plain, cipher)
+                        .map_err(io::Error::other)?;
+                    self.file.write_all_at(cipher, file_offset + at)
                 },
             )?;
             done += n;
@@ -146,14 +132,11 @@ impl BlockBackend for EncryptedBackend {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let file_offset = self.file_offset(offset, buf.len())?;
         parallel::for_each_piece(buf, self.unit(), |start, piece| {
-            for (step, piece) in piece.chunks_mut(CACHE_STEP).enumerate() {
-                let at = (start + step * CACHE_STEP) as u64;
-                self.file.read_exact_at(piece, file_offset + at)?;
-                self.cipher
-                    .decrypt_in_place(offset + at, piece)
-                    .map_err(io::Error::other)?;
-            }
-            Ok(())
+            let at = start as u64;
+            self.file.read_exact_at(piece, file_offset + at)?;
+            self.cipher
+                .decrypt_in_place(offset + at, piece)
+                .map_err(io::Error::other)
         })
     }
 
