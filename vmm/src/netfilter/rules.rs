@@ -11,9 +11,10 @@
 //! segment then gets its chain's merged answer, the smallest rule index of
 //! any block in the chain (which is exactly "first match"): for port-less
 //! traffic, and per port as one rule or a merged port table. A lookup finds
-//! the segment with one binary search (narrowed by a 16-bit index below the
-//! prefix all blocks share, for large tables) and, when the answer depends
-//! on the port, one more in the segment's port table. Memory is linear in
+//! the segment with one binary search (narrowed, in tables of 256 segments
+//! or more, by an index of about one bucket per segment below the prefix
+//! all blocks share) and, when the answer depends on the port, one more in
+//! the segment's port table. Memory is linear in
 //! the policy size times the depth of block nesting.
 //!
 //! Rules with `hosts` only match names learned from DNS; they sit in a name
