@@ -20,12 +20,16 @@
 //! (bounded) for the guest's `_EJ0`, then takes the device out of the PCI
 //! root (its BARs and doorbells leave with it), stops its I/O thread and
 //! flushes again. A guest that does not eject in time keeps the device,
-//! and the caller learns why. Media present at boot are not removable.
+//! and the caller learns why. A guest may also eject a medium on its own
+//! (the user's "safely remove", or `echo 0 > /sys/bus/pci/slots/N/power`):
+//! the thread looks for such ejects between requests, at least every
+//! [`GUEST_EJECT_POLL`], and takes the device out the same way. Media
+//! present at boot are not removable.
 
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -48,6 +52,10 @@ use crate::storage::passphrase::{read_passphrase, PassphraseSource};
 
 /// How long a detach waits for the guest to eject the slot.
 pub const EJECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How soon a medium the guest ejected on its own leaves the VM (and
+/// `ctl status`) at the latest.
+pub const GUEST_EJECT_POLL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MediaError {
@@ -128,6 +136,8 @@ pub struct MediaHotplug {
     requests: Mutex<Option<Sender<Request>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     controller: Arc<PciHotplug>,
+    /// What is plugged now, kept by the hot-plug thread.
+    attached: Arc<Mutex<Vec<AttachedMedium>>>,
 }
 
 impl MediaHotplug {
@@ -137,6 +147,8 @@ impl MediaHotplug {
         let (requests, receiver) = mpsc::channel();
         let (started, start_result) = mpsc::channel();
         let controller = parts.controller.clone();
+        let attached = Arc::new(Mutex::new(Vec::new()));
+        let shown = attached.clone();
         let thread = std::thread::Builder::new()
             .name("media-hotplug".into())
             .spawn(move || {
@@ -151,7 +163,8 @@ impl MediaHotplug {
                 }
                 Worker {
                     parts,
-                    attached: Vec::new(),
+                    plugged: Vec::new(),
+                    shown,
                 }
                 .serve(&receiver);
             })?;
@@ -160,6 +173,7 @@ impl MediaHotplug {
                 requests: Mutex::new(Some(requests)),
                 thread: Mutex::new(Some(thread)),
                 controller,
+                attached,
             }),
             Ok(Err(reason)) => {
                 let _ = thread.join();
@@ -202,6 +216,11 @@ impl MediaHotplug {
             reply,
         })?;
         answer.recv().map_err(|_| MediaError::Stopped)?
+    }
+
+    /// The media attached at runtime and still plugged, oldest first.
+    pub fn attached(&self) -> Vec<AttachedMedium> {
+        lock(&self.attached).clone()
     }
 
     /// Ends the thread (after the request in progress, whose wait for an
@@ -247,30 +266,64 @@ struct Plugged {
 
 struct Worker {
     parts: MediaHotplugParts,
-    attached: Vec<Plugged>,
+    plugged: Vec<Plugged>,
+    /// `plugged`'s media, for [`MediaHotplug::attached`].
+    shown: Arc<Mutex<Vec<AttachedMedium>>>,
 }
 
 impl Worker {
     fn serve(&mut self, requests: &Receiver<Request>) {
-        while let Ok(request) = requests.recv() {
+        loop {
+            let request = match requests.recv_timeout(GUEST_EJECT_POLL) {
+                Ok(request) => Some(request),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
             match request {
-                Request::Attach {
+                None => {}
+                Some(Request::Attach {
                     path,
                     role,
                     taken,
                     reply,
-                } => {
+                }) => {
                     let result = self.attach(&path, role.as_ref().as_ref(), &taken);
                     if let Err(e) = &result {
                         log::warn!("attaching {}: {e}", path.display());
                     }
                     let _ = reply.send(result);
                 }
-                Request::Detach { id, reply } => {
+                Some(Request::Detach { id, reply }) => {
                     let _ = reply.send(self.detach(&id));
                 }
             }
+            self.take_back_guest_ejects();
         }
+    }
+
+    /// Takes out every medium whose slot the guest ejected without being
+    /// asked. (An eject answering a detach is consumed by that detach.)
+    fn take_back_guest_ejects(&mut self) {
+        let now = Instant::now();
+        let mut index = 0;
+        while index < self.plugged.len() {
+            let slot = self.plugged[index].slot;
+            if !matches!(self.parts.controller.wait_ejected(slot, now), Ok(true)) {
+                index += 1;
+                continue;
+            }
+            let plugged = self.plugged.remove(index);
+            let id = plugged.medium.id.clone();
+            match self.take_out(plugged, "ejected-by-guest") {
+                Ok(()) => log::info!("the guest ejected external medium '{id}'"),
+                Err(e) => log::warn!("removing external medium '{id}' the guest ejected: {e}"),
+            }
+        }
+    }
+
+    /// `plugged` is already out of `self.plugged`: lists it no more.
+    fn forget(&self, id: &str) {
+        lock(&self.shown).retain(|medium| medium.id != id);
     }
 
     fn attach(
@@ -288,7 +341,7 @@ impl Worker {
             return Err(MediaError::NotAMedium { path: shown });
         }
         let id = disk_id_from_path(path);
-        if taken.contains(&id) || self.attached.iter().any(|p| p.medium.id == id) {
+        if taken.contains(&id) || self.plugged.iter().any(|p| p.medium.id == id) {
             return Err(MediaError::AlreadyAttached { id });
         }
         let external = &self.parts.external;
@@ -338,21 +391,22 @@ impl Worker {
             path: shown,
             mode: mode.to_string(),
         };
-        self.attached.push(Plugged {
+        self.plugged.push(Plugged {
             medium: medium.clone(),
             slot,
             image,
         });
+        lock(&self.shown).push(medium.clone());
         Ok(medium)
     }
 
     fn detach(&mut self, id: &str) -> Result<(), MediaError> {
         let index = self
-            .attached
+            .plugged
             .iter()
             .position(|p| p.medium.id == id)
             .ok_or_else(|| MediaError::UnknownId { id: id.to_string() })?;
-        let plugged = &self.attached[index];
+        let plugged = &self.plugged[index];
         flush(plugged)?;
         let controller = &self.parts.controller;
         controller.request_eject(plugged.slot)?;
@@ -363,20 +417,27 @@ impl Worker {
                 timeout: self.parts.eject_timeout,
             });
         }
-        let plugged = self.attached.remove(index);
+        let plugged = self.plugged.remove(index);
+        self.take_out(plugged, "detached")
+    }
+
+    /// Removes an ejected medium's device and audits `decision`.
+    fn take_out(&mut self, plugged: Plugged, decision: &str) -> Result<(), MediaError> {
+        self.forget(&plugged.medium.id);
         // Dropped here, on this thread: the I/O thread stops and the
         // backend (and its key) goes.
         drop(self.parts.pci.remove_device(plugged.slot)?);
-        controller.clear(plugged.slot)?;
+        self.parts.controller.clear(plugged.slot)?;
         flush(&plugged)?;
         self.parts.audit.record(Event::ExternalMedium {
             path: plugged.medium.path.clone(),
-            decision: "detached".into(),
+            decision: decision.into(),
             reason: None,
         })?;
         log::info!(
-            "external medium {} ('{id}') detached from PCI slot {}",
+            "external medium {} ('{}') left PCI slot {} ({decision})",
             plugged.medium.path,
+            plugged.medium.id,
             plugged.slot
         );
         Ok(())
@@ -569,6 +630,39 @@ pub(crate) mod tests {
         // The slot takes the next medium.
         rig.media.attach(&stick, None, vec![]).unwrap();
         assert_eq!(rig.vendor_at(1), VIRTIO_BLOCK);
+    }
+
+    #[test]
+    fn a_medium_the_guest_ejects_unasked_leaves_the_vm_and_the_list() {
+        let scratch = Scratch::new("guest-eject");
+        let stick = scratch.raw("stick.img");
+        let other = scratch.raw("other.img");
+        let rig = rig(ExternalMediaPolicy::ReadOnly, None, false);
+        rig.media.attach(&stick, None, vec![]).unwrap();
+        rig.media.attach(&other, None, vec![]).unwrap();
+        let ids =
+            |rig: &Rig| -> Vec<String> { rig.media.attached().into_iter().map(|m| m.id).collect() };
+        assert_eq!(ids(&rig), ["stick.img", "other.img"]);
+        assert_eq!(rig.vendor_at(1), VIRTIO_BLOCK);
+
+        // The user removes the first stick inside the guest: no detach
+        // was asked for, yet its device goes and the other one stays.
+        rig.guest_ejects_after(1, Duration::ZERO).join().unwrap();
+        let deadline = Instant::now() + GUEST_EJECT_POLL * 10;
+        while rig.vendor_at(1) != u32::MAX && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(rig.vendor_at(1), u32::MAX, "the ejected device is gone");
+        assert_eq!(rig.vendor_at(2), VIRTIO_BLOCK, "the other stays");
+        assert_eq!(ids(&rig), ["other.img"]);
+        assert!(matches!(
+            rig.media.detach("stick.img"),
+            Err(MediaError::UnknownId { .. })
+        ));
+        // Its slot and id are free again.
+        rig.media.attach(&stick, None, vec![]).unwrap();
+        assert_eq!(rig.vendor_at(1), VIRTIO_BLOCK);
+        assert_eq!(ids(&rig), ["other.img", "stick.img"]);
     }
 
     #[test]

@@ -8,7 +8,10 @@
 #      it while mounted); prints E2E-HOTPLUG-GONE=yes and drops the dead
 #      mount;
 #   3. waits for it to appear again, mounts it read-only and prints the
-#      marker it reads as E2E-HOTPLUG-READBACK=.
+#      marker it reads as E2E-HOTPLUG-READBACK=;
+#   4. unmounts it and ejects it itself, as a user's "safely remove" does
+#      (power off its ACPI hot-plug slot); prints E2E-HOTPLUG-GUEST-EJECT=
+#      yes once the disk is gone.
 here=$(dirname "$0")
 # shellcheck source=tests/e2e/guest/disk-by-serial.sh
 . "$here/disk-by-serial.sh"
@@ -49,4 +52,14 @@ echo "E2E-HOTPLUG-AGAIN=$dev"
 mount -t ext4 -o ro "$dev" /mnt/stick &&
     echo "E2E-HOTPLUG-READBACK=$(cat /mnt/stick/marker.txt)" || echo "E2E-HOTPLUG-READBACK=mount-failed"
 umount /mnt/stick
+
+function=$(basename "$(readlink -f "/sys/block/${dev#/dev/}/device/..")")
+slot=
+for candidate in /sys/bus/pci/slots/*; do
+    [ "$(cat "$candidate/address" 2>/dev/null)" = "${function%.*}" ] && slot=$candidate
+done
+[ -n "$slot" ] || { echo "E2E-HOTPLUG-GUEST-EJECT=no-slot-for-$function"; exit 1; }
+echo 0 >"$slot/power" || { echo "E2E-HOTPLUG-GUEST-EJECT=power-off-failed"; exit 1; }
+wait_disk absent 60 || { echo "E2E-HOTPLUG-GUEST-EJECT=still-there"; exit 1; }
+echo "E2E-HOTPLUG-GUEST-EJECT=yes"
 exit 0

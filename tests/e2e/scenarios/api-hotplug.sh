@@ -5,8 +5,10 @@
 # which is ciphertext on the host. `ctl detach-external` while the guest
 # still has it mounted: the guest gets the eject request and lets go, the
 # marker survives (dm-crypt in L1 reads it, and the guest reads it again
-# after a second attach). A plain medium is refused under `encrypt`
-# (403, counted as denied) and a boot disk cannot be detached.
+# after a second attach). Then the guest ejects the medium itself (as a
+# user's "safely remove" does) and securevm takes it out without a ctl
+# call. A plain medium is refused under `encrypt` (403, counted as
+# denied) and a boot disk cannot be detached.
 TIMEOUT=600
 MARKER=SECUREVM-PLAINTEXT-MARKER-api-hotplug
 # shellcheck source=tests/e2e/api/lib.sh
@@ -84,6 +86,20 @@ run() {
     wait_serial "E2E-HOTPLUG-READBACK=" 120
     [[ $(serial_value E2E-HOTPLUG-READBACK) == "$MARKER" ]] ||
         fail "after re-attaching the guest read '$(serial_value E2E-HOTPLUG-READBACK)'"
+
+    wait_serial "E2E-HOTPLUG-GUEST-EJECT=" 90
+    [[ $(serial_value E2E-HOTPLUG-GUEST-EJECT) == yes ]] ||
+        fail "the guest could not eject the medium: $(serial_value E2E-HOTPLUG-GUEST-EJECT)"
+    local listed=yes i
+    for ((i = 0; i < 20; i++)); do
+        ctl status --json || fail "status failed: $CTL_OUT"
+        [[ $CTL_OUT == *'"stick.img"'* ]] || {
+            listed=no
+            break
+        }
+        sleep 0.5
+    done
+    [[ $listed == no ]] || fail "status still lists the medium the guest ejected: $CTL_OUT"
     api_wait_exit 120
     expect_exit 0
     expect_serial "SECUREVM-E2E: exit=0"

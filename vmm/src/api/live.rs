@@ -19,7 +19,7 @@ use super::protocol::{
 use crate::audit::{Audit, Event};
 use crate::exit::{ExitNotifier, ExitReason};
 use crate::external_media::MediumError;
-use crate::media_hotplug::{AttachedMedium, MediaError, MediaHotplug};
+use crate::media_hotplug::{MediaError, MediaHotplug};
 use crate::netfilter::{DropReason, FilterControl};
 use crate::policy::ActiveRole;
 use crate::vstate::vcpu::VcpuControl;
@@ -70,8 +70,6 @@ pub struct LiveVm {
     run_state: Mutex<()>,
     stopped: Mutex<Option<ExitReason>>,
     stopped_changed: Condvar,
-    /// Media attached through the API and not detached since.
-    hot_media: Mutex<Vec<AttachedMedium>>,
     media: Mutex<MediaCounters>,
 }
 
@@ -81,7 +79,6 @@ impl LiveVm {
         let media = parts.media;
         LiveVm {
             parts,
-            hot_media: Mutex::new(Vec::new()),
             media: Mutex::new(media),
             role: Mutex::new(role),
             pushed: AtomicBool::new(false),
@@ -233,10 +230,16 @@ impl VmController for LiveVm {
     fn status(&self) -> VmStatus {
         let role = self.active_role();
         let mut devices = self.parts.devices.clone();
-        devices.extend(lock(&self.hot_media).iter().map(|medium| Device::External {
-            id: medium.id.clone(),
-            path: medium.path.clone(),
-            mode: medium.mode.clone(),
+        let hot_media = self
+            .parts
+            .media_hotplug
+            .as_ref()
+            .map(|media| media.attached())
+            .unwrap_or_default();
+        devices.extend(hot_media.into_iter().map(|medium| Device::External {
+            id: medium.id,
+            path: medium.path,
+            mode: medium.mode,
         }));
         devices.extend(self.parts.nets.iter().map(|net| Device::Net {
             tap: net.tap.clone(),
@@ -372,10 +375,8 @@ impl VmController for LiveVm {
             self.boot_ids(),
         ) {
             Ok(medium) => {
-                let id = medium.id.clone();
-                lock(&self.hot_media).push(medium);
                 lock(&self.media).attached += 1;
-                Ok(id)
+                Ok(medium.id)
             }
             Err(error) => {
                 if matches!(error, MediaError::Denied(_)) {
@@ -399,9 +400,7 @@ impl VmController for LiveVm {
                 "the guest is not running, so it cannot release the medium; resume it first".into(),
             ));
         }
-        media.detach(id).map_err(media_api_error)?;
-        lock(&self.hot_media).retain(|medium| medium.id != id);
-        Ok(())
+        media.detach(id).map_err(media_api_error)
     }
 }
 
