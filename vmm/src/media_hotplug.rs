@@ -274,14 +274,8 @@ struct Worker {
 impl Worker {
     fn serve(&mut self, requests: &Receiver<Request>) {
         loop {
-            let request = match requests.recv_timeout(GUEST_EJECT_POLL) {
-                Ok(request) => Some(request),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => return,
-            };
-            match request {
-                None => {}
-                Some(Request::Attach {
+            match requests.recv_timeout(GUEST_EJECT_POLL) {
+                Ok(Request::Attach {
                     path,
                     role,
                     taken,
@@ -293,9 +287,11 @@ impl Worker {
                     }
                     let _ = reply.send(result);
                 }
-                Some(Request::Detach { id, reply }) => {
+                Ok(Request::Detach { id, reply }) => {
                     let _ = reply.send(self.detach(&id));
                 }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
             }
             self.take_back_guest_ejects();
         }
@@ -321,7 +317,7 @@ impl Worker {
         }
     }
 
-    /// `plugged` is already out of `self.plugged`: lists it no more.
+    /// Drops `id` from the list `ctl status` shows.
     fn forget(&self, id: &str) {
         lock(&self.shown).retain(|medium| medium.id != id);
     }

@@ -266,6 +266,8 @@ pub fn filter_for(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     for &syscall in COMMON.iter().chain(extra.iter()) {
         rules.insert(syscall, vec![]);
     }
+    // A thread that may create sockets at all (libcryptsetup on the media
+    // hot-plug thread) gets the kernel crypto API's family and no other.
     if extra.contains(&libc::SYS_socket) {
         let kernel_crypto_only = SeccompCondition::new(
             0,

@@ -89,6 +89,10 @@ fn triple_fault_dumps_registers_and_exits_with_the_crash_status() {
         err.contains("rax=0x00000000deadbeef"),
         "register dump missing: {err}"
     );
+    assert!(
+        !err.contains("reset state"),
+        "a dump of real registers is not called the reset state: {err}"
+    );
 }
 
 #[test]

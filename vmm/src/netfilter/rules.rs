@@ -618,9 +618,7 @@ fn merge_chain<K: AddressKey>(
             .map(|node| port_rule(table(node), start))
             .min()
             .unwrap_or(NO_RULE);
-        if port_intervals.len() == ports_at || port_intervals.last().map(|i| i.rule) != Some(rule) {
-            port_intervals.push(PortInterval { start, rule });
-        }
+        push_interval(port_intervals, ports_at, start, rule);
     }
     Segment {
         start: K::ZERO,
@@ -632,6 +630,14 @@ fn merge_chain<K: AddressKey>(
         uniform: port_intervals.get(ports_at).map_or(NO_RULE, |i| i.rule),
         ports_at: ports_at as u32,
         ports_len: (port_intervals.len() - ports_at) as u32,
+    }
+}
+
+/// Appends the interval from `start` to the port table that begins at
+/// `table_at`, unless it would only continue the previous interval's rule.
+fn push_interval(port_intervals: &mut Vec<PortInterval>, table_at: usize, start: u16, rule: u32) {
+    if port_intervals.len() == table_at || port_intervals.last().map(|i| i.rule) != Some(rule) {
+        port_intervals.push(PortInterval { start, rule });
     }
 }
 
@@ -685,12 +691,7 @@ fn build_node(rules: &[(u32, &[PortRange])], port_intervals: &mut Vec<PortInterv
 
     let ports_at = port_intervals.len();
     for (start, rule) in bounds.iter().zip(painted) {
-        if port_intervals.len() == ports_at || port_intervals.last().map(|i| i.rule) != Some(rule) {
-            port_intervals.push(PortInterval {
-                start: *start as u16,
-                rule,
-            });
-        }
+        push_interval(port_intervals, ports_at, *start as u16, rule);
     }
     Node {
         first_portless: rules

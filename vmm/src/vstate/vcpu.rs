@@ -375,7 +375,8 @@ const RESET_RIP: u64 = 0xfff0;
 /// The guest state a developer needs to see where it died.
 pub fn dump_registers(vcpu: &VcpuFd) -> String {
     let mut out = String::new();
-    match vcpu.get_regs() {
+    let regs = vcpu.get_regs();
+    match &regs {
         Ok(r) => {
             let _ = writeln!(
                 out,
@@ -396,7 +397,7 @@ pub fn dump_registers(vcpu: &VcpuFd) -> String {
                 s.cr0, s.cr2, s.cr3, s.cr4, s.efer, s.cs.selector, s.cs.base, s.cs.l,
                 s.ss.selector, s.ds.selector
             );
-            if s.cs.base == RESET_CS_BASE && vcpu.get_regs().is_ok_and(|r| r.rip == RESET_RIP) {
+            if s.cs.base == RESET_CS_BASE && regs.is_ok_and(|r| r.rip == RESET_RIP) {
                 out.push_str(
                     "\n(this is the reset state: on AMD SVM, KVM reinitializes a vCPU before \
                      it reports a shutdown, so where the guest died is not known)",
