@@ -86,15 +86,20 @@ const PROTOCOLS: [Protocol; 5] = [
 ];
 const DIRECTIONS: [Direction; 2] = [Direction::In, Direction::Out];
 
+/// The class table of a connection; `PROTOCOLS` and `DIRECTIONS` give the
+/// order in which `compile` builds them.
 fn class_index(direction: Direction, protocol: Protocol) -> usize {
     let direction_index = match direction {
         Direction::In => 0,
         Direction::Out | Direction::Both => 1,
     };
-    let protocol_index = PROTOCOLS
-        .iter()
-        .position(|candidate| *candidate == protocol)
-        .unwrap_or(0);
+    let protocol_index = match protocol {
+        Protocol::Any => 0,
+        Protocol::Tcp => 1,
+        Protocol::Udp => 2,
+        Protocol::Icmp => 3,
+        Protocol::Icmpv6 => 4,
+    };
     direction_index * PROTOCOLS.len() + protocol_index
 }
 
@@ -240,6 +245,12 @@ trait AddressKey: Copy + Ord + std::hash::Hash + std::fmt::Debug {
     const BITS: u32;
     fn successor(self) -> Option<Self>;
     fn widen(self) -> u128;
+    /// The low bits of a `u128` known to fit.
+    fn narrow(value: u128) -> Self;
+    /// `self >> bits`, or zero when `bits` is the width or more.
+    fn shift_right(self, bits: u32) -> Self;
+    /// The low bits as a `usize`.
+    fn low_bits(self) -> usize;
 }
 
 impl AddressKey for u32 {
@@ -252,6 +263,15 @@ impl AddressKey for u32 {
     fn widen(self) -> u128 {
         u128::from(self)
     }
+    fn narrow(value: u128) -> Self {
+        value as u32
+    }
+    fn shift_right(self, bits: u32) -> Self {
+        self.checked_shr(bits).unwrap_or(0)
+    }
+    fn low_bits(self) -> usize {
+        self as usize
+    }
 }
 
 impl AddressKey for u128 {
@@ -263,6 +283,15 @@ impl AddressKey for u128 {
     }
     fn widen(self) -> u128 {
         self
+    }
+    fn narrow(value: u128) -> Self {
+        value
+    }
+    fn shift_right(self, bits: u32) -> Self {
+        self.checked_shr(bits).unwrap_or(0)
+    }
+    fn low_bits(self) -> usize {
+        self as usize
     }
 }
 
@@ -285,7 +314,7 @@ struct AddressTable<K> {
     /// Sorted by start; `segments[0]` starts at zero.
     segments: Vec<Segment<K>>,
     /// `None` for small tables.
-    index: Option<SegmentIndex>,
+    index: Option<SegmentIndex<K>>,
     /// The answer of the rules without addresses, which every chain ends
     /// in: kept apart rather than merged into every segment (it is often
     /// the largest port table, and shared it stays in cache).
@@ -323,24 +352,24 @@ struct PortInterval {
 /// the `bits` bits below that prefix pick a bucket that knows its first
 /// segment. Addresses outside the prefix are searched in the whole table.
 #[derive(Debug)]
-struct SegmentIndex {
+struct SegmentIndex<K> {
     /// The prefix every indexed address has: `address >> (shift + bits)`.
-    prefix: u128,
+    prefix: K,
     shift: u32,
     bits: u32,
     /// For each bucket, the segment holding its first address.
     first_segment: Vec<u32>,
 }
 
-impl SegmentIndex {
-    fn bucket(&self, address: u128) -> Option<usize> {
-        let above = address.checked_shr(self.shift + self.bits).unwrap_or(0);
+impl<K: AddressKey> SegmentIndex<K> {
+    fn bucket(&self, address: K) -> Option<usize> {
+        let above = address.shift_right(self.shift + self.bits);
         let mask = (1usize << self.bits) - 1;
-        (above == self.prefix).then(|| ((address >> self.shift) as usize) & mask)
+        (above == self.prefix).then(|| address.shift_right(self.shift).low_bits() & mask)
     }
 
     /// An index over the range `low..=high` that every block lies in.
-    fn build<K: AddressKey>(segments: &[Segment<K>], low: u128, high: u128) -> SegmentIndex {
+    fn build(segments: &[Segment<K>], low: u128, high: u128) -> Self {
         let bits = segments
             .len()
             .next_power_of_two()
@@ -364,7 +393,7 @@ impl SegmentIndex {
             })
             .collect();
         SegmentIndex {
-            prefix,
+            prefix: K::narrow(prefix),
             shift,
             bits,
             first_segment,
@@ -386,7 +415,7 @@ impl<K: AddressKey> AddressTable<K> {
         let bucket = self
             .index
             .as_ref()
-            .and_then(|index| Some((index, index.bucket(address.widen())?)));
+            .and_then(|index| Some((index, index.bucket(address)?)));
         let (low, high) = match bucket {
             Some((index, bucket)) => (
                 index.first_segment[bucket] as usize,
