@@ -15,6 +15,8 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use crate::devices::virtio::block::ExtentRange;
+
 /// Requests smaller than this are served on the calling thread: handing
 /// work to the pool costs a few microseconds.
 pub const PARALLEL_MIN: usize = 128 * 1024;
@@ -108,6 +110,77 @@ where
                 .try_for_each(|(index, (from, to))| work(index * piece, from, to))
         }),
         None => work(0, input, output),
+    }
+}
+
+/// Calls `work(start, piece)` for consecutive unit-aligned pieces of the
+/// guest buffers `range` that together cover it, in parallel when the
+/// range is large; `start` is the piece's offset in the range. Returns
+/// the first error.
+pub fn for_each_extent_piece<F>(range: ExtentRange<'_>, unit: usize, work: F) -> io::Result<()>
+where
+    F: Fn(u64, ExtentRange<'_>) -> io::Result<()> + Sync,
+{
+    let pieces = range.split::<MAX_WORKERS>(extent_pieces(range.len, unit), unit);
+    match pool() {
+        Some(pool) if pieces.iter().flatten().count() > 1 => pool.install(|| {
+            pieces
+                .par_iter()
+                .flatten()
+                .try_for_each(|(start, piece)| work(*start, *piece))
+        }),
+        _ => pieces
+            .iter()
+            .flatten()
+            .try_for_each(|(start, piece)| work(*start, *piece)),
+    }
+}
+
+/// Like [`for_each_extent_piece`], also handing each piece the matching
+/// part of `output`, which must be as long as `range`.
+pub fn for_each_extent_piece_with<F>(
+    range: ExtentRange<'_>,
+    output: &mut [u8],
+    unit: usize,
+    work: F,
+) -> io::Result<()>
+where
+    F: Fn(u64, ExtentRange<'_>, &mut [u8]) -> io::Result<()> + Sync,
+{
+    if output.len() != range.len {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "output and guest buffers differ in length",
+        ));
+    }
+    let pieces = range.split::<MAX_WORKERS>(extent_pieces(range.len, unit), unit);
+    let mut jobs: [Option<(u64, ExtentRange<'_>, &mut [u8])>; MAX_WORKERS] =
+        std::array::from_fn(|_| None);
+    let mut rest = output;
+    for (job, (start, piece)) in jobs.iter_mut().zip(pieces.into_iter().flatten()) {
+        let (mine, others) = std::mem::take(&mut rest).split_at_mut(piece.len);
+        *job = Some((start, piece, mine));
+        rest = others;
+    }
+    let run = |job: &mut Option<(u64, ExtentRange<'_>, &mut [u8])>| match job {
+        Some((start, piece, out)) => work(*start, *piece, out),
+        None => Ok(()),
+    };
+    match pool() {
+        Some(pool) if jobs.iter().flatten().count() > 1 => {
+            pool.install(|| jobs.par_iter_mut().try_for_each(run))
+        }
+        _ => jobs.iter_mut().try_for_each(run),
+    }
+}
+
+/// How many pieces a `len`-byte range of guest buffers is cut into.
+fn extent_pieces(len: usize, unit: usize) -> usize {
+    match pool() {
+        Some(pool) if len >= PARALLEL_MIN && unit > 0 => {
+            pool.current_num_threads().min(len / unit).max(1)
+        }
+        _ => 1,
     }
 }
 

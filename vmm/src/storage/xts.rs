@@ -92,7 +92,9 @@ impl SectorCipher {
         segment_offset: u64,
         data: &mut [u8],
     ) -> Result<(), CryptoError> {
-        self.run(Direction::Encrypt, segment_offset, data)
+        let at = data.as_mut_ptr();
+        // SAFETY: `data` is valid for `data.len()` bytes; in place is allowed.
+        unsafe { self.run(Direction::Encrypt, segment_offset, at, at, data.len()) }
     }
 
     /// Decrypt `data` in place; see [`SectorCipher::encrypt_in_place`].
@@ -101,7 +103,9 @@ impl SectorCipher {
         segment_offset: u64,
         data: &mut [u8],
     ) -> Result<(), CryptoError> {
-        self.run(Direction::Decrypt, segment_offset, data)
+        let at = data.as_mut_ptr();
+        // SAFETY: as in `encrypt_in_place`.
+        unsafe { self.run(Direction::Decrypt, segment_offset, at, at, data.len()) }
     }
 
     /// Encrypt `input` into `output` (same length), leaving `input` as it
@@ -113,96 +117,93 @@ impl SectorCipher {
         input: &[u8],
         output: &mut [u8],
     ) -> Result<(), CryptoError> {
-        if input.len() != output.len()
-            || !input.len().is_multiple_of(self.unit)
-            || !segment_offset.is_multiple_of(self.unit as u64)
-        {
+        if input.len() != output.len() {
             return Err(CryptoError::Unaligned {
                 len: input.len(),
                 unit: self.unit,
             });
         }
-        let mut pair = self.take()?;
-        let result = self.encrypt_units(&mut pair, segment_offset, input, output);
-        self.give_back(pair);
-        result
-    }
-
-    fn encrypt_units(
-        &self,
-        pair: &mut ContextPair,
-        segment_offset: u64,
-        input: &[u8],
-        output: &mut [u8],
-    ) -> Result<(), CryptoError> {
-        let sectors_per_unit = self.unit as u64 / IV_SECTOR;
-        let mut sector = self.iv_tweak.wrapping_add(segment_offset / IV_SECTOR);
-        let mut iv = [0u8; 16];
-        for (plain, cipher) in input
-            .chunks_exact(self.unit)
-            .zip(output.chunks_exact_mut(self.unit))
-        {
-            iv[..8].copy_from_slice(&sector.to_le_bytes());
-            // SAFETY: `plain` and `cipher` are distinct slices of exactly
-            // one unit each.
-            unsafe {
-                xts_unit(
-                    &mut pair.encrypt,
-                    true,
-                    &iv,
-                    plain.as_ptr(),
-                    cipher.as_mut_ptr(),
-                    self.unit,
-                )?
-            };
-            sector = sector.wrapping_add(sectors_per_unit);
+        // SAFETY: two distinct slices of the same length.
+        unsafe {
+            self.run(
+                Direction::Encrypt,
+                segment_offset,
+                input.as_ptr(),
+                output.as_mut_ptr(),
+                input.len(),
+            )
         }
-        Ok(())
     }
 
-    fn run(
+    /// Decrypt `len` bytes of guest memory at `data` in place.
+    ///
+    /// # Safety
+    /// `data` must be valid for reads and writes of `len` bytes.
+    pub unsafe fn decrypt_raw(
+        &self,
+        segment_offset: u64,
+        data: *mut u8,
+        len: usize,
+    ) -> Result<(), CryptoError> {
+        // SAFETY: passed on from the caller.
+        unsafe { self.run(Direction::Decrypt, segment_offset, data, data, len) }
+    }
+
+    /// Encrypt `len` bytes of guest memory at `input` into `output`.
+    ///
+    /// # Safety
+    /// `input` must be valid for reads and `output` for writes of `len`
+    /// bytes, and the two must not overlap.
+    pub unsafe fn encrypt_raw(
+        &self,
+        segment_offset: u64,
+        input: *const u8,
+        output: *mut u8,
+        len: usize,
+    ) -> Result<(), CryptoError> {
+        // SAFETY: passed on from the caller.
+        unsafe { self.run(Direction::Encrypt, segment_offset, input, output, len) }
+    }
+
+    /// # Safety
+    /// `input` must be valid for reads and `output` for writes of `len`
+    /// bytes; they are either the same pointer or do not overlap.
+    unsafe fn run(
         &self,
         direction: Direction,
         segment_offset: u64,
-        data: &mut [u8],
+        input: *const u8,
+        output: *mut u8,
+        len: usize,
     ) -> Result<(), CryptoError> {
-        let unaligned = CryptoError::Unaligned {
-            len: data.len(),
-            unit: self.unit,
-        };
-        if !data.len().is_multiple_of(self.unit) || !segment_offset.is_multiple_of(self.unit as u64)
-        {
-            return Err(unaligned);
+        if !len.is_multiple_of(self.unit) || !segment_offset.is_multiple_of(self.unit as u64) {
+            return Err(CryptoError::Unaligned {
+                len,
+                unit: self.unit,
+            });
         }
         let mut pair = self.take()?;
-        let result = self.run_with(&mut pair, direction, segment_offset, data);
-        self.give_back(pair);
-        result
-    }
-
-    fn run_with(
-        &self,
-        pair: &mut ContextPair,
-        direction: Direction,
-        segment_offset: u64,
-        data: &mut [u8],
-    ) -> Result<(), CryptoError> {
-        let sectors_per_unit = self.unit as u64 / IV_SECTOR;
-        let mut sector = self.iv_tweak.wrapping_add(segment_offset / IV_SECTOR);
-        let mut iv = [0u8; 16];
         let (ctx, encrypt) = match direction {
             Direction::Encrypt => (&mut pair.encrypt, true),
             Direction::Decrypt => (&mut pair.decrypt, false),
         };
-        for unit in data.chunks_exact_mut(self.unit) {
+        let sectors_per_unit = self.unit as u64 / IV_SECTOR;
+        let mut sector = self.iv_tweak.wrapping_add(segment_offset / IV_SECTOR);
+        let mut iv = [0u8; 16];
+        let mut result = Ok(());
+        for at in (0..len).step_by(self.unit) {
             iv[..8].copy_from_slice(&sector.to_le_bytes());
-            let at = unit.as_mut_ptr();
-            // SAFETY: in-place XTS on one whole unit; OpenSSL allows input
-            // and output to be the same buffer.
-            unsafe { xts_unit(ctx, encrypt, &iv, at, at, self.unit)? };
+            // SAFETY: `at + unit <= len`, inside both buffers the caller
+            // vouched for; OpenSSL allows input and output to be the same.
+            result =
+                unsafe { xts_unit(ctx, encrypt, &iv, input.add(at), output.add(at), self.unit) };
+            if result.is_err() {
+                break;
+            }
             sector = sector.wrapping_add(sectors_per_unit);
         }
-        Ok(())
+        self.give_back(pair);
+        result
     }
 
     fn take(&self) -> Result<ContextPair, CryptoError> {

@@ -2,11 +2,18 @@
 //! file backend here, an encrypting backend later, the request path does
 //! not change. Offsets and lengths are guest-visible disk bytes, always
 //! multiples of the backend's block size.
+//!
+//! Reads and writes normally go straight between the file and guest
+//! memory ([`BlockBackend::read_to_guest`]); `read_at`/`write_at` serve
+//! the buffer layouts a backend cannot take directly, through a bounce
+//! buffer.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+use super::guest_io::{self, ExtentRange};
 
 pub const SECTOR_SIZE: u64 = 512;
 
@@ -18,6 +25,17 @@ pub trait BlockBackend: Send + Sync {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Store `buf` at disk byte `offset`. Never called on read-only disks.
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()>;
+    /// Fill the guest memory of `range` from disk byte `offset` without a
+    /// bounce copy; `None` when this backend cannot take these buffers as
+    /// they are, and the request path falls back to `read_at`.
+    fn read_to_guest(&self, _offset: u64, _range: ExtentRange<'_>) -> Option<io::Result<()>> {
+        None
+    }
+    /// Store the guest memory of `range` at disk byte `offset` without a
+    /// bounce copy; `None` as for [`BlockBackend::read_to_guest`].
+    fn write_from_guest(&self, _offset: u64, _range: ExtentRange<'_>) -> Option<io::Result<()>> {
+        None
+    }
     /// Make completed writes durable (the guest's FLUSH).
     fn flush(&self) -> io::Result<()>;
     /// Disk size in bytes, a multiple of [`BlockBackend::block_size`].
@@ -107,6 +125,17 @@ impl BlockBackend for RawFileBackend {
             return Err(io::Error::from_raw_os_error(libc::EROFS));
         }
         self.file.write_all_at(buf, offset)
+    }
+
+    fn read_to_guest(&self, offset: u64, range: ExtentRange<'_>) -> Option<io::Result<()>> {
+        Some(guest_io::read_exact_at(&self.file, range, offset))
+    }
+
+    fn write_from_guest(&self, offset: u64, range: ExtentRange<'_>) -> Option<io::Result<()>> {
+        if self.read_only {
+            return Some(Err(io::Error::from_raw_os_error(libc::EROFS)));
+        }
+        Some(guest_io::write_all_at(&self.file, range, offset))
     }
 
     fn flush(&self) -> io::Result<()> {

@@ -3,6 +3,7 @@
 //! GET_ID; read-only disks advertise VIRTIO_BLK_F_RO and fail writes.
 
 mod backend;
+pub mod guest_io;
 mod request;
 
 use std::path::Path;
@@ -16,6 +17,7 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 pub use backend::{BlockBackend, BlockError, RawFileBackend, SECTOR_SIZE};
+pub use guest_io::{ExtentRange, GuestExtent};
 pub use request::{DiskId, RequestHandler, SEG_MAX};
 
 use super::{

@@ -1,6 +1,7 @@
 //! The virtio-blk request path: take descriptor chains off a queue,
-//! check their shape, do the I/O on the backend through a bounded bounce
-//! buffer, write the status byte and return the chain. Anything the
+//! check their shape, do the I/O on the backend (straight between the
+//! file and guest memory where the backend can, else through a bounded
+//! bounce buffer), write the status byte and return the chain. Anything the
 //! guest gets wrong becomes an error status (or a dropped chain when
 //! there is nowhere to put a status), never a panic.
 //!
@@ -16,9 +17,10 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader, Writer};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::backend::{BlockBackend, SECTOR_SIZE};
+use super::guest_io::{ExtentRange, GuestExtent};
 
 /// Data segments per request we advertise (SEG_MAX); with the header and
 /// status descriptors this is the longest chain we accept.
@@ -28,6 +30,9 @@ const HEADER_LEN: usize = 16;
 /// Requests are copied through a buffer of at most this size, so a
 /// guest cannot make the VMM allocate gigabytes with one request.
 const CHUNK_LEN: usize = 1 << 20;
+/// Guest-memory extents one request may map: a descriptor split across
+/// two memory regions takes two.
+const MAX_EXTENTS: usize = 2 * MAX_DESCRIPTORS;
 
 pub type DiskId = [u8; VIRTIO_BLK_ID_BYTES as usize];
 
@@ -36,6 +41,34 @@ pub struct RequestHandler {
     backend: Arc<dyn BlockBackend>,
     disk_id: DiskId,
     buffer: Vec<u8>,
+    /// The current request's data buffers, for direct I/O.
+    extents: Vec<GuestExtent>,
+}
+
+/// One request as `handle_chain` hands it to `execute`.
+struct Request<'a, 'm, 'c> {
+    mem: &'m GuestMemoryMmap,
+    chain: &'c DescriptorChain<&'m GuestMemoryMmap>,
+    data_in: &'a mut Reader<'m>,
+    data_out: &'a mut Writer<'m>,
+}
+
+/// How a request that did not fail ended.
+enum Done {
+    /// Data (if any) went through the Reader/Writer; this is the status.
+    Copied(u8),
+    /// The backend moved the data itself; `written` bytes of guest
+    /// buffers were filled.
+    Direct { written: usize },
+}
+
+impl Done {
+    fn status(&self) -> u8 {
+        match self {
+            Done::Copied(status) => *status,
+            Done::Direct { .. } => VIRTIO_BLK_S_OK as u8,
+        }
+    }
 }
 
 /// Why a request failed; for the debug log only, the guest sees IOERR.
@@ -57,6 +90,7 @@ impl RequestHandler {
             // not allow mprotect). Zeroed allocation maps pages lazily:
             // only what requests actually use becomes resident.
             buffer: vec![0u8; CHUNK_LEN],
+            extents: Vec::with_capacity(MAX_EXTENTS),
         }
     }
 
@@ -132,13 +166,25 @@ impl RequestHandler {
                 "readable descriptor after a writable one",
             ))
         } else {
-            match Reader::new(mem, chain) {
-                Ok(mut data_in) => self.execute(&mut data_in, &mut data_out),
+            match Reader::new(mem, chain.clone()) {
+                Ok(mut data_in) => {
+                    let request = Request {
+                        mem,
+                        chain: &chain,
+                        data_in: &mut data_in,
+                        data_out: &mut data_out,
+                    };
+                    self.execute(request)
+                }
                 Err(_) => Err(Failure::Malformed("readable buffers outside guest memory")),
             }
         };
+        let direct_written = match &result {
+            Ok(Done::Direct { written }) => Some(*written),
+            _ => None,
+        };
         let status = match result {
-            Ok(status) => status,
+            Ok(done) => done.status(),
             // Guest mistakes stay at debug level so a guest cannot flood
             // the log; host disk errors are the operator's business.
             Err(failure @ Failure::Io(_)) => {
@@ -153,16 +199,19 @@ impl RequestHandler {
         if status_out.write_all(&[status]).is_err() {
             return 0;
         }
-        // Only an error before any data moved could leave bytes_written
-        // short; the count is what the guest may trust either way.
-        data_out.bytes_written() as u32 + 1
+        // Only an error before any data moved could leave the count
+        // short; it is what the guest may trust either way.
+        let written = direct_written.unwrap_or_else(|| data_out.bytes_written());
+        written as u32 + 1
     }
 
-    fn execute(
-        &mut self,
-        data_in: &mut Reader<'_>,
-        data_out: &mut Writer<'_>,
-    ) -> Result<u8, Failure> {
+    fn execute(&mut self, request: Request<'_, '_, '_>) -> Result<Done, Failure> {
+        let Request {
+            mem,
+            chain,
+            data_in,
+            data_out,
+        } = request;
         let mut header = [0u8; HEADER_LEN];
         data_in
             .read_exact(&mut header)
@@ -180,6 +229,13 @@ impl RequestHandler {
                 }
                 let len = data_out.available_bytes();
                 let offset = self.checked_range(sector, len)?;
+                if self.map_data(mem, chain, true, 0, len) {
+                    let range = ExtentRange::whole(&self.extents);
+                    if let Some(result) = self.backend.read_to_guest(offset, range) {
+                        result.map_err(Failure::Io)?;
+                        return Ok(Done::Direct { written: len });
+                    }
+                }
                 self.read_into_guest(offset, len, data_out)?;
             }
             VIRTIO_BLK_T_OUT => {
@@ -193,6 +249,13 @@ impl RequestHandler {
                 }
                 let len = data_in.available_bytes();
                 let offset = self.checked_range(sector, len)?;
+                if self.map_data(mem, chain, false, HEADER_LEN, len) {
+                    let range = ExtentRange::whole(&self.extents);
+                    if let Some(result) = self.backend.write_from_guest(offset, range) {
+                        result.map_err(Failure::Io)?;
+                        return Ok(Done::Direct { written: 0 });
+                    }
+                }
                 self.write_from_guest(offset, len, data_in)?;
             }
             VIRTIO_BLK_T_FLUSH => self.backend.flush().map_err(Failure::Io)?,
@@ -202,9 +265,57 @@ impl RequestHandler {
                     .write_all(&self.disk_id[..len])
                     .map_err(|_| Failure::Malformed("GET_ID buffer not writable"))?;
             }
-            _ => return Ok(VIRTIO_BLK_S_UNSUPP as u8),
+            _ => return Ok(Done::Copied(VIRTIO_BLK_S_UNSUPP as u8)),
         }
-        Ok(VIRTIO_BLK_S_OK as u8)
+        Ok(Done::Copied(VIRTIO_BLK_S_OK as u8))
+    }
+
+    /// Maps `len` bytes of the chain's device-writable (`writable`) or
+    /// device-readable buffers, after the first `skip` of them, into
+    /// `self.extents`. False when some part is not plain guest RAM or the
+    /// request needs more extents than were set aside; the bounce path
+    /// then serves it.
+    fn map_data(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        chain: &DescriptorChain<&GuestMemoryMmap>,
+        writable: bool,
+        mut skip: usize,
+        len: usize,
+    ) -> bool {
+        self.extents.clear();
+        let mut left = len;
+        for descriptor in chain.clone() {
+            if left == 0 {
+                break;
+            }
+            if descriptor.is_write_only() != writable {
+                continue;
+            }
+            let descriptor_len = descriptor.len() as usize;
+            if skip >= descriptor_len {
+                skip -= descriptor_len;
+                continue;
+            }
+            let Some(start) = descriptor.addr().checked_add(skip as u64) else {
+                return false;
+            };
+            let take = (descriptor_len - skip).min(left);
+            skip = 0;
+            left -= take;
+            for slice in mem.get_slices(start, take) {
+                let Ok(slice) = slice else { return false };
+                if self.extents.len() == self.extents.capacity() {
+                    return false;
+                }
+                // SAFETY: the slice is guest RAM, mapped for as long as
+                // the VM (and so this handler's memory) exists.
+                let extent =
+                    unsafe { GuestExtent::new(slice.ptr_guard_mut().as_ptr(), slice.len()) };
+                self.extents.push(extent);
+            }
+        }
+        left == 0
     }
 
     /// Disk byte offset of a `len`-byte transfer at `sector`, if it is

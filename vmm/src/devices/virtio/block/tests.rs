@@ -155,6 +155,36 @@ fn data_split_over_several_descriptors() {
 }
 
 #[test]
+fn header_with_data_and_data_with_status_in_one_buffer() {
+    // Framing is the driver's choice (virtio 1.x 2.6.4): the write's header
+    // and data share one buffer, the read's data and status another.
+    let path = image("framing", &patterned_disk());
+    let mut driver = driver_for(&path, false);
+    let written: Vec<u8> = (0..1024u32).map(|i| (i * 13) as u8).collect();
+    let mut header_and_data = vec![0u8; 16];
+    header_and_data[..4].copy_from_slice(&VIRTIO_BLK_T_OUT.to_le_bytes());
+    header_and_data[8..].copy_from_slice(&6u64.to_le_bytes());
+    header_and_data.extend_from_slice(&written);
+    let out = driver.alloc(header_and_data.len() as u64);
+    driver.write_guest(out, &header_and_data);
+    let status = status_byte(&mut driver);
+    submit(
+        &mut driver,
+        &[(out, header_and_data.len() as u32, false), status],
+    );
+    assert_eq!(driver.read_guest(status.0, 1), [OK]);
+    assert_eq!(&std::fs::read(&path).unwrap()[3072..4096], &written[..]);
+
+    let hdr = header(&mut driver, VIRTIO_BLK_T_IN, 6);
+    let data_and_status = driver.alloc(1025);
+    let (_, used_len) = submit(&mut driver, &[hdr, (data_and_status, 1025, true)]);
+    assert_eq!(used_len, 1025);
+    let back = driver.read_guest(data_and_status, 1025);
+    assert_eq!(&back[..1024], &written[..]);
+    assert_eq!(back[1024], OK);
+}
+
+#[test]
 fn flush_and_get_id() {
     let path = image("flush-and-id", &patterned_disk());
     let mut driver = driver_for(&path, false);
