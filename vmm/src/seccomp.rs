@@ -228,7 +228,15 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<u64>) {
                 .collect(),
             vec![KVM_SIGNAL_MSI()],
         ),
-        ThreadKind::DiskCrypto => (vec![libc::SYS_pread64, libc::SYS_pwrite64], vec![]),
+        ThreadKind::DiskCrypto => (
+            vec![
+                libc::SYS_pread64,
+                libc::SYS_pwrite64,
+                libc::SYS_preadv,
+                libc::SYS_pwritev,
+            ],
+            vec![],
+        ),
         ThreadKind::NetIo => (
             [libc::SYS_ioctl]
                 .into_iter()

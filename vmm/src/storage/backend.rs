@@ -369,6 +369,65 @@ mod tests {
             .is_err());
     }
 
+    /// Set in the environment of the child process that runs
+    /// [`direct_io_in_child_process`].
+    const FILTERED_CHILD: &str = "SECUREVM_TEST_FILTERED_CRYPTO_CHILD";
+
+    /// Large direct reads and writes with every disk crypto worker under
+    /// its real seccomp filter, in a fresh process (this test binary again,
+    /// running only `direct_io_in_child_process`): the worker pool is
+    /// global, so only a new process gets workers with the filter. A
+    /// syscall the filter lacks ends the child with status 31.
+    #[test]
+    fn direct_io_runs_under_the_disk_crypto_filter() {
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "storage::backend::tests::direct_io_in_child_process",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env(FILTERED_CHILD, "1")
+            .output()
+            .unwrap();
+        let output = String::from_utf8_lossy(&child.stdout);
+        assert!(
+            child.status.success(),
+            "child {} (31: a syscall outside the filter; 101: the I/O failed):\n{output}{}",
+            child.status,
+            String::from_utf8_lossy(&child.stderr)
+        );
+        assert!(
+            output.contains("1 passed"),
+            "the child did not run the I/O:\n{output}"
+        );
+    }
+
+    /// The child process of `direct_io_runs_under_the_disk_crypto_filter`;
+    /// run among the ignored tests (not as that child) it is that test.
+    #[test]
+    #[ignore = "runs as the child of direct_io_runs_under_the_disk_crypto_filter"]
+    fn direct_io_in_child_process() {
+        if std::env::var_os(FILTERED_CHILD).is_none() {
+            return direct_io_runs_under_the_disk_crypto_filter();
+        }
+        parallel::set_worker_start(|| {
+            crate::seccomp::install(crate::seccomp::ThreadKind::DiskCrypto)
+                .map_err(|e| e.to_string())
+        });
+        let path = new_volume("filtered.img", 4 * MIB, 4096);
+        let backend = EncryptedBackend::open(&path, PASSPHRASE, false).unwrap();
+        let data = pattern(2 * MIB as usize, 3);
+        let (mut buffers, extents) = guest_buffers(&[MIB as usize, MIB as usize]);
+        buffers[0].copy_from_slice(&data[..MIB as usize]);
+        buffers[1].copy_from_slice(&data[MIB as usize..]);
+        let range = ExtentRange::whole(&extents);
+        backend.write_from_guest(0, range).unwrap().unwrap();
+        buffers.iter_mut().for_each(|buffer| buffer.fill(0));
+        backend.read_to_guest(0, range).unwrap().unwrap();
+        assert_eq!(buffers.concat(), data);
+    }
+
     #[test]
     fn virtio_block_device_accepts_the_backend() {
         use crate::devices::virtio::block::Block;
