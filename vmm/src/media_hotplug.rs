@@ -730,34 +730,13 @@ pub(crate) mod tests {
     const FILTERED_CHILD: &str = "SECUREVM_TEST_FILTERED_MEDIA_CHILD";
 
     /// The whole attach and detach of an encrypted medium under the
-    /// thread's real filter, in a child process (this test binary again,
-    /// running only `filtered_flow_in_child_process`): a syscall the filter
-    /// lacks ends the child with the seccomp status (31) instead of 0. A
-    /// fresh process, not a fork: a fork of the multi-threaded test
-    /// harness inherits whatever lock another test holds at that moment
-    /// (libcryptsetup-rs's global mutex once), and the child hangs on it.
+    /// thread's real filter, in a fresh process running only
+    /// `filtered_flow_in_child_process`.
     #[test]
     fn attach_and_detach_run_under_the_media_hotplug_filter() {
-        let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "media_hotplug::tests::filtered_flow_in_child_process",
-                "--ignored",
-                "--test-threads=1",
-            ])
-            .env(FILTERED_CHILD, "1")
-            .output()
-            .unwrap();
-        let output = String::from_utf8_lossy(&child.stdout);
-        assert!(
-            child.status.success(),
-            "child {} (31: a syscall outside the filter; 101: the flow failed):\n{output}{}",
-            child.status,
-            String::from_utf8_lossy(&child.stderr)
-        );
-        assert!(
-            output.contains("1 passed"),
-            "the child did not run the flow:\n{output}"
+        crate::seccomp::test_support::run_in_fresh_process(
+            "media_hotplug::tests::filtered_flow_in_child_process",
+            FILTERED_CHILD,
         );
     }
 

@@ -372,6 +372,37 @@ fn format_decimal(value: i32, out: &mut [u8]) -> usize {
     len
 }
 
+/// For tests that must run code under a thread's real filter in a process
+/// of their own.
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// Runs the ignored test `test` (its full path) alone in a fresh
+    /// process (this test binary again) with `marker` set in its
+    /// environment, and fails unless it passed. A fresh process, not a
+    /// fork: a fork of the multi-threaded test harness inherits whatever
+    /// lock another test holds at that moment (libcryptsetup-rs's global
+    /// mutex once), and the child hangs on it. A syscall outside a filter
+    /// ends the child with status 31.
+    pub(crate) fn run_in_fresh_process(test: &str, marker: &str) {
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", test, "--ignored", "--test-threads=1"])
+            .env(marker, "1")
+            .output()
+            .unwrap();
+        let output = String::from_utf8_lossy(&child.stdout);
+        assert!(
+            child.status.success(),
+            "child {} (31: a syscall outside the filter; 101: the test failed):\n{output}{}",
+            child.status,
+            String::from_utf8_lossy(&child.stderr)
+        );
+        assert!(
+            output.contains("1 passed"),
+            "the child did not run {test}:\n{output}"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

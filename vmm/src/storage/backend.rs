@@ -374,32 +374,14 @@ mod tests {
     const FILTERED_CHILD: &str = "SECUREVM_TEST_FILTERED_CRYPTO_CHILD";
 
     /// Large direct reads and writes with every disk crypto worker under
-    /// its real seccomp filter, in a fresh process (this test binary again,
-    /// running only `direct_io_in_child_process`): the worker pool is
-    /// global, so only a new process gets workers with the filter. A
-    /// syscall the filter lacks ends the child with status 31.
+    /// its real seccomp filter, in a fresh process running only
+    /// `direct_io_in_child_process`: the worker pool is global, so only a
+    /// new process gets workers with the filter.
     #[test]
     fn direct_io_runs_under_the_disk_crypto_filter() {
-        let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "storage::backend::tests::direct_io_in_child_process",
-                "--ignored",
-                "--test-threads=1",
-            ])
-            .env(FILTERED_CHILD, "1")
-            .output()
-            .unwrap();
-        let output = String::from_utf8_lossy(&child.stdout);
-        assert!(
-            child.status.success(),
-            "child {} (31: a syscall outside the filter; 101: the I/O failed):\n{output}{}",
-            child.status,
-            String::from_utf8_lossy(&child.stderr)
-        );
-        assert!(
-            output.contains("1 passed"),
-            "the child did not run the I/O:\n{output}"
+        crate::seccomp::test_support::run_in_fresh_process(
+            "storage::backend::tests::direct_io_in_child_process",
+            FILTERED_CHILD,
         );
     }
 
