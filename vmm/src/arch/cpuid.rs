@@ -6,6 +6,11 @@
 //! `num_cpus` cores of one thread each, APIC ID = vCPU index, on Intel
 //! (leaves 4, 0xB, 0x1F) and AMD (leaves 0x8000_0008, 0x8000_001D,
 //! 0x8000_001E) alike; the KVM paravirtual leaves are kept as KVM gives them.
+//!
+//! The guest gets no hardware virtualization (VMX, SVM): a desktop OS has
+//! no use for it, and nested virtualization would put KVM's nested VMX/SVM
+//! emulation, a part with a record of guest-to-host escapes, within the
+//! guest's reach.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 use thiserror::Error;
@@ -14,13 +19,17 @@ const LEAF_VENDOR: u32 = 0;
 const LEAF_FEATURES: u32 = 1;
 const LEAF_CACHE_PARAMETERS: u32 = 4;
 const LEAF_PERFORMANCE_MONITORING: u32 = 0xa;
+const LEAF_AMD_FEATURES: u32 = 0x8000_0001;
+const LEAF_AMD_SVM: u32 = 0x8000_000a;
 const LEAF_EXTENDED_TOPOLOGY: u32 = 0xb;
 const LEAF_V2_EXTENDED_TOPOLOGY: u32 = 0x1f;
 const LEAF_AMD_SIZE_IDENTIFIERS: u32 = 0x8000_0008;
 const LEAF_AMD_CACHE_TOPOLOGY: u32 = 0x8000_001d;
 const LEAF_AMD_PROCESSOR_TOPOLOGY: u32 = 0x8000_001e;
 
+const LEAF1_ECX_VMX: u32 = 1 << 5;
 const LEAF1_ECX_TSC_DEADLINE: u32 = 1 << 24;
+const AMD_FEATURES_ECX_SVM: u32 = 1 << 2;
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 const LEAF1_EDX_HTT: u32 = 1 << 28;
 const TOPOLOGY_LEVEL_SMT: u32 = 1;
@@ -91,7 +100,11 @@ pub fn vcpu_cpuid_entries(
 
     let mut entries: Vec<kvm_cpuid_entry2> = supported
         .iter()
-        .filter(|e| e.function != LEAF_EXTENDED_TOPOLOGY && e.function != LEAF_V2_EXTENDED_TOPOLOGY)
+        .filter(|e| {
+            e.function != LEAF_EXTENDED_TOPOLOGY
+                && e.function != LEAF_V2_EXTENDED_TOPOLOGY
+                && e.function != LEAF_AMD_SVM
+        })
         .copied()
         .collect();
     for entry in &mut entries {
@@ -100,6 +113,7 @@ pub fn vcpu_cpuid_entries(
                 let logical_count = (max_core_id + 1).min(0xff);
                 entry.ebx = (entry.ebx & 0x0000_ffff) | (apic_id << 24) | (logical_count << 16);
                 entry.ecx |= LEAF1_ECX_HYPERVISOR;
+                entry.ecx &= !LEAF1_ECX_VMX;
                 if tsc_deadline {
                     entry.ecx |= LEAF1_ECX_TSC_DEADLINE;
                 } else {
@@ -128,6 +142,7 @@ pub fn vcpu_cpuid_entries(
                 entry.ecx = 0;
                 entry.edx = 0;
             }
+            LEAF_AMD_FEATURES => entry.ecx &= !AMD_FEATURES_ECX_SVM,
             LEAF_AMD_SIZE_IDENTIFIERS if vendor == Vendor::Amd => {
                 entry.ecx = (entry.ecx & !0xf0ff) | (core_bits << 12) | u32::from(num_cpus - 1);
             }
@@ -258,7 +273,9 @@ mod tests {
         vec![
             vendor_leaf(b"AuthenticAMD"),
             leaf(1, 0, [0x00830f10, 0x0008_0800, 0xfef8_3203, 0x178b_fbff]),
+            leaf(0x8000_0001, 0, [0x00830f10, 0, 0x0075_f3ff, 0x2fd3_fbff]),
             leaf(0x8000_0008, 0, [0x3030, 0, 0x0000_700f, 0]),
+            leaf(0x8000_000a, 0, [1, 0x8000, 0, 0x0001_b6ff]),
             leaf(0x8000_001d, 0, [0x0000_4121, 0x01c0_003f, 0x3f, 0]),
             leaf(0x8000_001d, 3, [0x0003_c163, 0x03c0_003f, 0x3fff, 1]),
             leaf(0x8000_001e, 0, [5, 0x0000_0105, 0x0000_0003, 0]),
@@ -283,6 +300,26 @@ mod tests {
         assert_ne!(features.ecx & LEAF1_ECX_HYPERVISOR, 0);
         assert_ne!(features.ecx & LEAF1_ECX_TSC_DEADLINE, 0);
         assert_ne!(features.edx & LEAF1_EDX_HTT, 0);
+    }
+
+    #[test]
+    fn the_guest_gets_no_hardware_virtualization() {
+        let mut intel = intel_supported();
+        intel[1].ecx |= LEAF1_ECX_VMX;
+        let entries = vcpu_cpuid_entries(&intel, 0, 2, true).unwrap();
+        assert_eq!(find(&entries, 1, 0).ecx & LEAF1_ECX_VMX, 0);
+
+        let amd = amd_supported();
+        assert_ne!(find(&amd, 0x8000_0001, 0).ecx & AMD_FEATURES_ECX_SVM, 0);
+        let entries = vcpu_cpuid_entries(&amd, 1, 2, true).unwrap();
+        let extended = find(&entries, 0x8000_0001, 0);
+        assert_eq!(extended.ecx & AMD_FEATURES_ECX_SVM, 0);
+        assert_eq!(
+            extended.ecx,
+            0x0075_f3ff & !AMD_FEATURES_ECX_SVM,
+            "other features kept"
+        );
+        assert!(entries.iter().all(|e| e.function != LEAF_AMD_SVM));
     }
 
     #[test]
@@ -367,6 +404,7 @@ mod tests {
     fn builds_a_kvm_cpuid_table() {
         let supported = CpuId::from_entries(&amd_supported()).unwrap();
         let cpuid = vcpu_cpuid(&supported, 0, 1, false).unwrap();
-        assert_eq!(cpuid.as_slice().len(), amd_supported().len());
+        // Every supported leaf but the SVM one.
+        assert_eq!(cpuid.as_slice().len(), amd_supported().len() - 1);
     }
 }
