@@ -160,14 +160,9 @@ impl EncryptedBackend {
         let mut done = 0;
         while done < range.len && result.is_ok() {
             let n = (range.len - done).min(scratch.len());
-            let window = ExtentRange {
-                extents: range.extents,
-                skip: range.skip + done,
-                len: n,
-            };
             let base = done as u64;
             result = parallel::for_each_extent_piece_with(
-                window,
+                range.part(done, n),
                 &mut scratch[..n],
                 self.unit(),
                 |start, piece, cipher| {

@@ -84,6 +84,15 @@ impl<'a> ExtentRange<'a> {
         }
     }
 
+    /// The `len` bytes of this range from byte `from` on.
+    pub fn part(&self, from: usize, len: usize) -> Self {
+        Self {
+            extents: self.extents,
+            skip: self.skip + from,
+            len: len.min(self.len.saturating_sub(from)),
+        }
+    }
+
     /// The extents of the range, trimmed to it, in order; empty ones left out.
     pub fn iter(&self) -> impl Iterator<Item = GuestExtent> + 'a {
         let mut skip = self.skip;
@@ -155,11 +164,7 @@ fn transfer(
 ) -> io::Result<()> {
     let mut done = 0usize;
     while done < range.len {
-        let rest = ExtentRange {
-            extents: range.extents,
-            skip: range.skip + done,
-            len: range.len - done,
-        };
+        let rest = range.part(done, range.len - done);
         let mut iovecs = [libc::iovec {
             iov_base: std::ptr::null_mut(),
             iov_len: 0,
@@ -240,6 +245,8 @@ mod tests {
         };
         let lens: Vec<usize> = range.iter().map(|e| e.len()).collect();
         assert_eq!(lens, [50, 300, 10]);
+        let tail: Vec<usize> = range.part(100, 1000).iter().map(|e| e.len()).collect();
+        assert_eq!(tail, [250, 10], "a part stops where the range does");
         let pieces = range.split::<4>(3, 64);
         let pieces: Vec<(u64, Vec<usize>)> = pieces
             .iter()

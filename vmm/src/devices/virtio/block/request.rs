@@ -45,14 +45,6 @@ pub struct RequestHandler {
     extents: Vec<GuestExtent>,
 }
 
-/// One request as `handle_chain` hands it to `execute`.
-struct Request<'a, 'm, 'c> {
-    mem: &'m GuestMemoryMmap,
-    chain: &'c DescriptorChain<&'m GuestMemoryMmap>,
-    data_in: &'a mut Reader<'m>,
-    data_out: &'a mut Writer<'m>,
-}
-
 /// How a request that did not fail ended.
 enum Done {
     /// Data (if any) went through the Reader/Writer; this is the status.
@@ -60,15 +52,6 @@ enum Done {
     /// The backend moved the data itself; `written` bytes of guest
     /// buffers were filled.
     Direct { written: usize },
-}
-
-impl Done {
-    fn status(&self) -> u8 {
-        match self {
-            Done::Copied(status) => *status,
-            Done::Direct { .. } => VIRTIO_BLK_S_OK as u8,
-        }
-    }
 }
 
 /// Why a request failed; for the debug log only, the guest sees IOERR.
@@ -167,33 +150,22 @@ impl RequestHandler {
             ))
         } else {
             match Reader::new(mem, chain.clone()) {
-                Ok(mut data_in) => {
-                    let request = Request {
-                        mem,
-                        chain: &chain,
-                        data_in: &mut data_in,
-                        data_out: &mut data_out,
-                    };
-                    self.execute(request)
-                }
+                Ok(mut data_in) => self.execute(mem, &chain, &mut data_in, &mut data_out),
                 Err(_) => Err(Failure::Malformed("readable buffers outside guest memory")),
             }
         };
-        let direct_written = match &result {
-            Ok(Done::Direct { written }) => Some(*written),
-            _ => None,
-        };
-        let status = match result {
-            Ok(done) => done.status(),
+        let (status, direct_written) = match result {
+            Ok(Done::Copied(status)) => (status, None),
+            Ok(Done::Direct { written }) => (VIRTIO_BLK_S_OK as u8, Some(written)),
             // Guest mistakes stay at debug level so a guest cannot flood
             // the log; host disk errors are the operator's business.
             Err(failure @ Failure::Io(_)) => {
                 log::warn!("virtio-blk: {failure}");
-                VIRTIO_BLK_S_IOERR as u8
+                (VIRTIO_BLK_S_IOERR as u8, None)
             }
             Err(failure) => {
                 log::debug!("virtio-blk: {failure}");
-                VIRTIO_BLK_S_IOERR as u8
+                (VIRTIO_BLK_S_IOERR as u8, None)
             }
         };
         if status_out.write_all(&[status]).is_err() {
@@ -205,13 +177,13 @@ impl RequestHandler {
         written as u32 + 1
     }
 
-    fn execute(&mut self, request: Request<'_, '_, '_>) -> Result<Done, Failure> {
-        let Request {
-            mem,
-            chain,
-            data_in,
-            data_out,
-        } = request;
+    fn execute(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        chain: &DescriptorChain<&GuestMemoryMmap>,
+        data_in: &mut Reader<'_>,
+        data_out: &mut Writer<'_>,
+    ) -> Result<Done, Failure> {
         let mut header = [0u8; HEADER_LEN];
         data_in
             .read_exact(&mut header)
