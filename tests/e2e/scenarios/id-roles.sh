@@ -32,6 +32,12 @@ as_user() {
 # seen USER KEY: the value USER's guest printed for KEY.
 seen() { SERIAL_LOG=$WORK/serial-$1.log serial_value "$2"; }
 
+# network USER: USER's connection results and securevm's network messages,
+# on one line, for a failure's reason.
+network() {
+    tr -d '\r' <"$WORK/serial-$1.log" | grep -E 'E2E-TCP|E2E-NET|securevm: network' | tr '\n' '|'
+}
+
 run() {
     local before after
     before=$(sha256sum <"$WORK/stick.img")
@@ -43,13 +49,13 @@ run() {
     net_down
     after=$(sha256sum <"$WORK/stick.img")
     [[ $alice_exit -eq 0 && $bob_exit -eq 0 ]] || fail "securevm exited $alice_exit (alice) and $bob_exit (bob)"
-    [[ $(seen alice E2E-TCP-OFFICE) == ok ]] || fail "alice could not reach 8080"
-    [[ $(seen alice E2E-TCP-PORTAL) == fail ]] || fail "alice reached 9090"
+    [[ $(seen alice E2E-TCP-OFFICE) == ok ]] || fail "alice could not reach 8080: $(network alice)"
+    [[ $(seen alice E2E-TCP-PORTAL) == fail ]] || fail "alice reached 9090: $(network alice)"
     [[ $(seen alice E2E-STICK) == present ]] || fail "alice's guest has no stick"
     [[ $(seen alice E2E-STICK-RO) == 1 ]] || fail "alice's stick is not read-only"
     [[ $(seen alice E2E-MOUNT-READ) == id-roles-medium ]] || fail "alice could not read the stick"
-    [[ $(seen bob E2E-TCP-OFFICE) == fail ]] || fail "bob reached 8080"
-    [[ $(seen bob E2E-TCP-PORTAL) == ok ]] || fail "bob could not reach 9090"
+    [[ $(seen bob E2E-TCP-OFFICE) == fail ]] || fail "bob reached 8080: $(network bob)"
+    [[ $(seen bob E2E-TCP-PORTAL) == ok ]] || fail "bob could not reach 9090: $(network bob)"
     [[ $(seen bob E2E-STICK) == absent ]] || fail "bob's guest sees the stick"
     grep -q "external medium $WORK/stick.img not attached" "$WORK/serial-bob.log" ||
         fail "the stick's refusal for bob was not reported"
