@@ -3,8 +3,9 @@
 //! `ctl detach-external`.
 //!
 //! Threading and seccomp: attaching opens an image, may unlock LUKS2
-//! through libcryptsetup (files, Argon2 worker threads, the kernel's
-//! crypto sockets), creates eventfds and starts the device's I/O thread.
+//! (through the LUKS helper process, which is started here, before any
+//! filter, and kept: the filter allows no new processes), creates
+//! eventfds and starts the device's I/O thread.
 //! The control API's threads and the main thread are narrowed far below
 //! that, and vCPU threads must never wait for such work. So one thread of
 //! its own kind, `media-hotplug`, is started at boot and does all of it:
@@ -48,6 +49,7 @@ use crate::external_media::{
 use crate::policy::ActiveRole;
 use crate::seccomp::{self, ThreadKind};
 use crate::storage::external::ExternalMediaPolicy;
+use crate::storage::luks_helper;
 use crate::storage::passphrase::{read_passphrase, PassphraseSource};
 
 /// How long a detach waits for the guest to eject the slot.
@@ -144,6 +146,11 @@ impl MediaHotplug {
     /// Starts the `media-hotplug` thread; returns once its filter is in
     /// place (or with the reason it is not).
     pub fn start(parts: MediaHotplugParts) -> io::Result<Self> {
+        luks_helper::keep_running()?;
+        // OpenSSL's one-time setup asks the kernel about the machine
+        // (sysinfo), which the filter forbids; the first encrypted medium
+        // may be the first use of OpenSSL in this process.
+        openssl::init();
         let (requests, receiver) = mpsc::channel();
         let (started, start_result) = mpsc::channel();
         let controller = parts.controller.clone();

@@ -151,61 +151,35 @@ const API: &[i64] = &[
 /// - Judging a medium: stat and open the image and the key file, read
 ///   its header, lock the key in memory (mlock), append the decision to
 ///   the audit log (fdatasync).
-/// - libcryptsetup unlocking LUKS2: its own file handles on the image
-///   (openat, fstat, lseek, flock, pread), the system page size and
-///   memory for Argon2 (sysinfo, uname), its Argon2 threads (clone3 and
-///   what a new thread runs before its closure: set_robust_list, rseq,
-///   prctl for the name, sched_getaffinity), and the kernel crypto API
-///   for a keyslot cipher its OpenSSL backend lacks (socket, for the
-///   AF_ALG family only, bind, accept4, setsockopt, sendmsg, recvmsg).
+/// - Unlocking or formatting LUKS: requests to the LUKS helper process
+///   started before this filter, on its pipes (write, read). libcryptsetup
+///   itself, with its Argon2 threads and kernel crypto sockets, runs
+///   there and needs nothing here.
 /// - A new device: eventfds and the I/O thread's epoll set (eventfd2,
-///   epoll_create1, epoll_ctl), starting that thread (as above) which
-///   then narrows this filter with its own (seccomp, prctl; a filter can
-///   only ever take syscalls away), and on removal moving its doorbells
-///   (the KVM_IOEVENTFD ioctl).
+///   epoll_create1, epoll_ctl), starting that thread (clone3 and what a
+///   new thread runs before its closure: set_robust_list, rseq, prctl for
+///   the name, sched_getaffinity), which then narrows this filter with its
+///   own (seccomp, prctl; a filter can only ever take syscalls away), and
+///   on removal moving its doorbells (the KVM_IOEVENTFD ioctl).
 /// - Everything the I/O threads and disk-crypto workers it starts do
 ///   before and after their own filter narrows this one: BLOCK_IO.
 ///
 /// An attach and detach of a LUKS2 medium runs under this filter in
-/// `media_hotplug`'s tests and in the api-hotplug e2e scenario. The
-/// entries no test reaches (access, readlink, getdents64, uname, getuid,
-/// getrandom, the AF_ALG socket calls) are libcryptsetup's paths for
-/// formatting a blank medium and for LUKS1 and kernel-only ciphers: a
-/// missing one would end securevm in the middle of a session.
+/// `media_hotplug`'s tests and in the api-hotplug e2e scenario.
 const MEDIA_HOTPLUG: &[i64] = &[
     libc::SYS_openat,
     libc::SYS_statx,
     libc::SYS_newfstatat,
     libc::SYS_fstat,
-    libc::SYS_fstatfs,
     libc::SYS_lseek,
-    libc::SYS_flock,
-    libc::SYS_readlink,
-    libc::SYS_readlinkat,
-    libc::SYS_getdents64,
-    libc::SYS_access,
-    libc::SYS_faccessat,
-    libc::SYS_faccessat2,
     libc::SYS_mlock,
     libc::SYS_mlock2,
-    libc::SYS_sysinfo,
-    libc::SYS_uname,
-    libc::SYS_getuid,
-    libc::SYS_geteuid,
-    libc::SYS_getrandom,
     libc::SYS_clone,
     libc::SYS_clone3,
     libc::SYS_set_robust_list,
     libc::SYS_rseq,
     libc::SYS_prctl,
     libc::SYS_sched_getaffinity,
-    libc::SYS_socket,
-    libc::SYS_bind,
-    libc::SYS_accept,
-    libc::SYS_accept4,
-    libc::SYS_setsockopt,
-    libc::SYS_sendmsg,
-    libc::SYS_recvmsg,
     libc::SYS_eventfd2,
     libc::SYS_epoll_create1,
     libc::SYS_seccomp,

@@ -407,3 +407,46 @@ fn the_command_line_cannot_override_the_roles_media_rule() {
     );
     assert!(stdout(&out).is_empty());
 }
+
+#[test]
+fn a_missing_luks_helper_is_named_and_leaves_no_half_made_image() {
+    let scratch = Scratch::new("no-helper-create");
+    let pass = scratch.path("create.pass");
+    std::fs::write(&pass, "right horse battery").unwrap();
+    let disk = scratch.path("new.img");
+    let out = std::process::Command::new(SECUREVM)
+        .args(["disk", "create", "--size", "8M"])
+        .arg("--passphrase-file")
+        .arg(&pass)
+        .arg(&disk)
+        .env("SECUREVM_LUKS_HELPER", "/nonexistent/securevm-luks")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_one_line_error(
+        &out,
+        "cannot start the LUKS helper /nonexistent/securevm-luks",
+    );
+    assert!(!disk.exists(), "a half-made image was left behind");
+}
+
+#[test]
+fn a_missing_luks_helper_stops_an_encrypted_boot() {
+    let scratch = Scratch::new("no-helper-run");
+    let kernel = hello(&scratch);
+    let disk = luks_disk(&scratch, "right horse battery");
+    let before = std::fs::read(&disk).unwrap();
+    let pass = scratch.path("run.pass");
+    std::fs::write(&pass, "right horse battery").unwrap();
+    let out = std::process::Command::new(SECUREVM)
+        .args(["run", "--kernel", &kernel, "--disk"])
+        .arg(&disk)
+        .arg("--passphrase-file")
+        .arg(&pass)
+        .env("SECUREVM_LUKS_HELPER", "/nonexistent/securevm-luks")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_one_line_error(&out, "LUKS helper");
+    assert_eq!(std::fs::read(&disk).unwrap(), before, "image unchanged");
+}

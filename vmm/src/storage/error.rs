@@ -56,6 +56,12 @@ pub enum StorageError {
         #[source]
         source: io::Error,
     },
+    #[error("{}: {source}", path.display())]
+    LuksHelper {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("{}: keyslot {slot} is not in use; run `securevm disk info` to list the keyslots", path.display())]
     NoSuchKeyslot { path: PathBuf, slot: u32 },
     #[error("{}: keyslot {slot} is the last one; removing it makes the data unrecoverable. Pass --force if that is what you want", path.display())]

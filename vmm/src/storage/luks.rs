@@ -2,28 +2,20 @@
 //! (volume key only; no device-mapper), add and remove keyslots, and a
 //! secret-free description. libcryptsetup is the reference
 //! implementation of the format, so headers, keyslots, the anti-forensic
-//! splitter, Argon2 and the atomic two-copy header update are its job;
-//! we check the metadata ourselves first (see [`super::header`]) so that
-//! hostile images are refused before any key derivation runs.
+//! splitter, Argon2 and the atomic two-copy header update are its job; it
+//! runs in the `securevm-luks` helper process ([`super::luks_helper`]),
+//! never in the VMM. We check the metadata ourselves first (see
+//! [`super::header`]) so that hostile images are refused before any key
+//! derivation runs.
 
-use std::ffi::CStr;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
-use std::os::raw::{c_char, c_int, c_void};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::Once;
-
-use libcryptsetup_rs::consts::flags::{CryptPbkdf, CryptVolumeKey};
-use libcryptsetup_rs::consts::vals::{CryptKdf, EncryptionFormat, KeyslotInfo};
-use libcryptsetup_rs::{
-    CryptDevice, CryptInit, CryptParamsLuks2, CryptParamsLuks2Ref, CryptPbkdfType, Either,
-    LibcryptErr,
-};
-use libcryptsetup_rs::{CryptTokenInfo, TokenInput};
 
 use super::error::StorageError;
 use super::header::{self, HeaderCopy, Keyslot, Luks2Metadata};
+use super::luks_helper::{self, LuksVersion, Pbkdf, Reply, Request};
 use super::secret::SecretBuf;
 
 /// Where the data segment starts on volumes we create, as cryptsetup does.
@@ -35,10 +27,6 @@ pub const SUPPORTED_CIPHER: &str = "aes-xts-plain64";
 /// any allocation, as is any cost above the host's available memory.
 pub const MAX_KDF_MEMORY_KIB: u64 = 1 << 20;
 const VOLUME_KEY_BYTES: usize = 64;
-/// libcryptsetup never defines more LUKS2 keyslots than this.
-const MAX_KEYSLOTS: u32 = 32;
-/// Nor more LUKS2 tokens than this.
-const MAX_TOKENS: u32 = 32;
 
 /// How keyslot passphrases are stretched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,31 +56,23 @@ impl KdfSettings {
         }
     }
 
-    fn pbkdf(&self) -> CryptPbkdfType {
-        let (time_ms, iterations, max_memory_kb, parallel_threads, flags) = match *self {
-            KdfSettings::Benchmarked => {
-                (2000, 0, MAX_KDF_MEMORY_KIB as u32, 4, CryptPbkdf::empty())
-            }
+    fn pbkdf(&self) -> Pbkdf {
+        let (iterations, max_memory_kib, parallel_threads, benchmark) = match *self {
+            KdfSettings::Benchmarked => (0, MAX_KDF_MEMORY_KIB as u32, 4, true),
             KdfSettings::Fixed {
                 memory_kib,
                 time_cost,
                 parallel,
-            } => (
-                2000,
-                time_cost,
-                memory_kib,
-                parallel,
-                CryptPbkdf::NO_BENCHMARK,
-            ),
+            } => (time_cost, memory_kib, parallel, false),
         };
-        CryptPbkdfType {
-            type_: CryptKdf::Argon2Id,
-            hash: Some("sha256".to_string()),
-            time_ms,
+        Pbkdf {
+            kind: "argon2id".to_string(),
+            hash: "sha256".to_string(),
+            time_ms: 2000,
             iterations,
-            max_memory_kb,
+            max_memory_kib,
             parallel_threads,
-            flags,
+            benchmark,
         }
     }
 }
@@ -219,35 +199,14 @@ fn format_file(
     options: &FormatOptions,
     passphrase: &[u8],
 ) -> Result<(), StorageError> {
-    let mut device = init(path)?;
-    let params = CryptParamsLuks2 {
-        pbkdf: Some(options.kdf.pbkdf()),
-        integrity: None,
-        integrity_params: None,
-        data_alignment: (DEFAULT_DATA_OFFSET / 512) as usize,
-        data_device: None,
+    let request = Request::Format {
+        path: path.to_path_buf(),
         sector_size: options.sector_size,
-        label: None,
-        subsystem: None,
+        data_offset: DEFAULT_DATA_OFFSET,
+        key_bytes: VOLUME_KEY_BYTES,
+        pbkdf: options.kdf.pbkdf(),
     };
-    let mut params_ref: CryptParamsLuks2Ref<'_> = (&params)
-        .try_into()
-        .map_err(|e| cryptsetup_error(path, "prepare format parameters", e))?;
-    device
-        .context_handle()
-        .format(
-            EncryptionFormat::Luks2,
-            ("aes", "xts-plain64"),
-            None,
-            Either::Right(VOLUME_KEY_BYTES),
-            Some(&mut params_ref),
-        )
-        .map_err(|e| cryptsetup_error(path, "format the volume", e))?;
-    device
-        .keyslot_handle()
-        .add_by_key(None, None, passphrase, CryptVolumeKey::empty())
-        .map_err(|e| cryptsetup_error(path, "add the first keyslot", e))?;
-    Ok(())
+    expect_done(path, "format the volume", &request, &[passphrase])
 }
 
 /// Whether `path` starts with a LUKS header (either version, or a LUKS2
@@ -300,24 +259,21 @@ fn unlock_with(
     let metadata = read_checked_metadata(path, &file)?;
     let layout = layout_of(path, &file, &metadata)?;
     let (candidates, refusal) = usable_keyslots(path, &metadata.keyslots);
-    let mut device = load(path, EncryptionFormat::Luks2)?;
     let wanted = |slot: &&&Keyslot| only.is_none_or(|only| only.contains(&slot.id));
     for slot in candidates.iter().filter(wanted) {
-        let mut key = SecretBuf::zeroed(slot.key_size as usize);
-        match device
-            .volume_key_handle()
-            .get(Some(slot.id), key.as_mut_bytes(), Some(passphrase))
-        {
-            Ok((_, len)) => {
-                key.truncate(len);
-                return Ok(UnlockedVolume {
-                    key,
-                    layout,
-                    keyslot: slot.id,
-                });
-            }
-            Err(LibcryptErr::IOError(e)) if is_wrong_key(&e) => {}
-            Err(e) => return Err(cryptsetup_error(path, "open a keyslot", e)),
+        let opened = volume_key(
+            path,
+            LuksVersion::Luks2,
+            Some(slot.id),
+            slot.key_size as usize,
+            passphrase,
+        )?;
+        if let Some((key, _)) = opened {
+            return Ok(UnlockedVolume {
+                key,
+                layout,
+                keyslot: slot.id,
+            });
         }
     }
     Err(refusal.unwrap_or_else(|| StorageError::WrongPassphrase {
@@ -334,21 +290,32 @@ pub fn add_key(
     kdf: &KdfSettings,
 ) -> Result<u32, StorageError> {
     let unlocked = unlock(path, passphrase)?;
-    let mut device = load(path, format_of(&unlocked))?;
-    let pbkdf = kdf.pbkdf();
-    device
-        .settings_handle()
-        .set_pbkdf_type(&pbkdf)
-        .map_err(|e| cryptsetup_error(path, "set the KDF", e))?;
-    device
-        .keyslot_handle()
-        .add_by_key(
-            None,
-            Some(Either::Left(unlocked.key.as_bytes())),
-            new_passphrase,
-            CryptVolumeKey::empty(),
-        )
-        .map_err(|e| cryptsetup_error(path, "add a keyslot", e))
+    add_keyslot(path, &unlocked, new_passphrase, kdf.pbkdf())
+}
+
+/// Add a keyslot for `new_passphrase` to the volume `unlocked` opened,
+/// its passphrase stretched as `pbkdf` says. Returns the slot number.
+pub(crate) fn add_keyslot(
+    path: &Path,
+    unlocked: &UnlockedVolume,
+    new_passphrase: &[u8],
+    pbkdf: Pbkdf,
+) -> Result<u32, StorageError> {
+    let request = Request::AddKeyslot {
+        path: path.to_path_buf(),
+        version: version_of(unlocked),
+        pbkdf,
+    };
+    const OPERATION: &str = "add a keyslot";
+    match call(
+        path,
+        OPERATION,
+        &request,
+        &[unlocked.key.as_bytes(), new_passphrase],
+    )? {
+        (Reply::Number(slot), _) => Ok(slot),
+        (other, _) => Err(unexpected(path, OPERATION, other)),
+    }
 }
 
 /// Remove a keyslot. With `slot` unset, the slot `passphrase` opens is
@@ -362,9 +329,9 @@ pub fn remove_key(
     force: bool,
 ) -> Result<u32, StorageError> {
     let unlocked = unlock(path, passphrase)?;
-    let mut device = load(path, format_of(&unlocked))?;
+    let version = version_of(&unlocked);
     let target = slot.unwrap_or(unlocked.keyslot);
-    let active = active_keyslots(&mut device);
+    let active = active_keyslots(path, version)?;
     if !active.contains(&target) {
         return Err(StorageError::NoSuchKeyslot {
             path: path.to_path_buf(),
@@ -377,11 +344,22 @@ pub fn remove_key(
             slot: target,
         });
     }
-    device
-        .keyslot_handle()
-        .destroy(target)
-        .map_err(|e| cryptsetup_error(path, "remove the keyslot", e))?;
+    destroy_keyslot(path, version, target)?;
     Ok(target)
+}
+
+/// Wipe keyslot `slot`.
+pub(crate) fn destroy_keyslot(
+    path: &Path,
+    version: LuksVersion,
+    slot: u32,
+) -> Result<(), StorageError> {
+    let request = Request::DestroyKeyslot {
+        path: path.to_path_buf(),
+        version,
+        slot,
+    };
+    expect_done(path, "remove the keyslot", &request, &[])
 }
 
 /// LUKS2 tokens (JSON objects in the header) with their numbers; none
@@ -391,61 +369,57 @@ pub fn tokens(path: &Path) -> Result<Vec<(u32, serde_json::Value)>, StorageError
     if header::luks_version(&file).map_err(header_error(path))? == 1 {
         return Ok(Vec::new());
     }
-    let mut device = load(path, EncryptionFormat::Luks2)?;
-    let mut found = Vec::new();
-    for token in 0..MAX_TOKENS {
-        let active = !matches!(
-            device.token_handle().status(token),
-            Ok(CryptTokenInfo::Inactive | CryptTokenInfo::Invalid) | Err(_)
-        );
-        if active {
-            let json = device
-                .token_handle()
-                .json_get(token)
-                .map_err(|e| cryptsetup_error(path, "read a token", e))?;
-            found.push((token, json));
-        }
+    const OPERATION: &str = "read the tokens";
+    let request = Request::Tokens {
+        path: path.to_path_buf(),
+    };
+    match call(path, OPERATION, &request, &[])? {
+        (Reply::Tokens(found), _) => Ok(found),
+        (other, _) => Err(unexpected(path, OPERATION, other)),
     }
-    Ok(found)
 }
 
 /// Stores `json` (an object with `type` and `keyslots`) as a new LUKS2
 /// token; returns its number.
 pub fn add_token(path: &Path, json: &serde_json::Value) -> Result<u32, StorageError> {
-    let mut device = load(path, EncryptionFormat::Luks2)?;
-    device
-        .token_handle()
-        .json_set(TokenInput::AddToken(json))
-        .map_err(|e| cryptsetup_error(path, "add a token", e))
+    const OPERATION: &str = "add a token";
+    let request = Request::AddToken {
+        path: path.to_path_buf(),
+        json: json.clone(),
+    };
+    match call(path, OPERATION, &request, &[])? {
+        (Reply::Number(token), _) => Ok(token),
+        (other, _) => Err(unexpected(path, OPERATION, other)),
+    }
 }
 
 /// Removes LUKS2 token `token`.
 pub fn remove_token(path: &Path, token: u32) -> Result<(), StorageError> {
-    let mut device = load(path, EncryptionFormat::Luks2)?;
-    device
-        .token_handle()
-        .json_set(TokenInput::RemoveToken(token))
-        .map(|_| ())
-        .map_err(|e| cryptsetup_error(path, "remove a token", e))
+    let request = Request::RemoveToken {
+        path: path.to_path_buf(),
+        token,
+    };
+    expect_done(path, "remove a token", &request, &[])
 }
 
 /// Keyslot numbers in use.
-fn active_keyslots(device: &mut CryptDevice) -> Vec<u32> {
-    (0..MAX_KEYSLOTS)
-        .filter(|&slot| {
-            matches!(
-                device.keyslot_handle().status(slot),
-                Ok(KeyslotInfo::Active | KeyslotInfo::ActiveLast)
-            )
-        })
-        .collect()
+fn active_keyslots(path: &Path, version: LuksVersion) -> Result<Vec<u32>, StorageError> {
+    const OPERATION: &str = "list the keyslots";
+    let request = Request::ActiveKeyslots {
+        path: path.to_path_buf(),
+        version,
+    };
+    match call(path, OPERATION, &request, &[])? {
+        (Reply::Numbers(active), _) => Ok(active),
+        (other, _) => Err(unexpected(path, OPERATION, other)),
+    }
 }
 
-fn format_of(unlocked: &UnlockedVolume) -> EncryptionFormat {
+fn version_of(unlocked: &UnlockedVolume) -> LuksVersion {
     if unlocked.layout.luks_version == 1 {
-        EncryptionFormat::Luks1
+        LuksVersion::Luks1
     } else {
-        EncryptionFormat::Luks2
+        LuksVersion::Luks2
     }
 }
 
@@ -606,21 +580,27 @@ fn unlock_luks1(
     file: &File,
     passphrase: &[u8],
 ) -> Result<UnlockedVolume, StorageError> {
-    let mut device = load(path, EncryptionFormat::Luks1)?;
-    let mut status = device.status_handle();
-    let cipher = format!(
-        "{}-{}",
-        status.get_cipher().unwrap_or_default(),
-        status.get_cipher_mode().unwrap_or_default()
-    );
+    const OPERATION: &str = "read the LUKS1 header";
+    let request = Request::Luks1Info {
+        path: path.to_path_buf(),
+    };
+    let (cipher, data_offset, key_size) = match call(path, OPERATION, &request, &[])? {
+        (
+            Reply::Luks1 {
+                cipher,
+                data_offset,
+                key_size,
+            },
+            _,
+        ) => (cipher, data_offset, key_size),
+        (other, _) => return Err(unexpected(path, OPERATION, other)),
+    };
     if cipher != SUPPORTED_CIPHER {
         return Err(StorageError::UnsupportedCipher {
             path: path.to_path_buf(),
             cipher,
         });
     }
-    let data_offset = status.get_data_offset().saturating_mul(512);
-    let key_size = usize::try_from(status.get_volume_key_size()).unwrap_or(0);
     let file_len = medium_len(file).map_err(StorageError::io(path))?;
     if file_len < data_offset.saturating_add(512) {
         return Err(StorageError::SegmentBeyondEnd {
@@ -629,21 +609,11 @@ fn unlock_luks1(
             file_len,
         });
     }
-    let mut key = SecretBuf::zeroed(key_size.max(1));
-    let slot = match device
-        .volume_key_handle()
-        .get(None, key.as_mut_bytes(), Some(passphrase))
-    {
-        Ok((slot, len)) => {
-            key.truncate(len);
-            slot
-        }
-        Err(LibcryptErr::IOError(e)) if is_wrong_key(&e) => {
-            return Err(StorageError::WrongPassphrase {
-                path: path.to_path_buf(),
-            })
-        }
-        Err(e) => return Err(cryptsetup_error(path, "open a keyslot", e)),
+    let Some((key, slot)) = volume_key(path, LuksVersion::Luks1, None, key_size, passphrase)?
+    else {
+        return Err(StorageError::WrongPassphrase {
+            path: path.to_path_buf(),
+        });
     };
     Ok(UnlockedVolume {
         key,
@@ -654,37 +624,75 @@ fn unlock_luks1(
             sector_size: 512,
             iv_tweak: 0,
         },
-        keyslot: u32::try_from(slot).unwrap_or(0),
+        keyslot: slot,
     })
 }
 
-fn is_wrong_key(error: &io::Error) -> bool {
-    matches!(error.raw_os_error(), Some(libc::EPERM) | Some(libc::ENOENT))
-}
-
-fn init(path: &Path) -> Result<CryptDevice, StorageError> {
-    route_cryptsetup_log();
-    CryptInit::init(path).map_err(|e| cryptsetup_error(path, "open the image", e))
-}
-
-fn load(path: &Path, format: EncryptionFormat) -> Result<CryptDevice, StorageError> {
-    let mut device = init(path)?;
-    device
-        .context_handle()
-        .load::<()>(Some(format), None)
-        .map_err(|e| cryptsetup_error(path, "load the LUKS header", e))?;
-    Ok(device)
-}
-
-fn cryptsetup_error(path: &Path, operation: &'static str, error: LibcryptErr) -> StorageError {
-    let source = match error {
-        LibcryptErr::IOError(e) => e,
-        other => io::Error::other(other.to_string()),
-    };
-    StorageError::Cryptsetup {
+/// The volume key through `slot` (any when unset) and the slot that
+/// opened, or `None` when `passphrase` opens no slot tried.
+fn volume_key(
+    path: &Path,
+    version: LuksVersion,
+    slot: Option<u32>,
+    key_size: usize,
+    passphrase: &[u8],
+) -> Result<Option<(SecretBuf, u32)>, StorageError> {
+    const OPERATION: &str = "open a keyslot";
+    let request = Request::VolumeKey {
         path: path.to_path_buf(),
-        operation,
-        source,
+        version,
+        slot,
+        key_size,
+    };
+    match call(path, OPERATION, &request, &[passphrase])? {
+        (Reply::Unlocked { slot }, Some(key)) => Ok(Some((key, slot))),
+        (Reply::WrongKey, _) => Ok(None),
+        (other, _) => Err(unexpected(path, OPERATION, other)),
+    }
+}
+
+/// One helper call; a `Failed` reply becomes [`StorageError::Cryptsetup`]
+/// for `operation`.
+fn call(
+    path: &Path,
+    operation: &'static str,
+    request: &Request,
+    secrets: &[&[u8]],
+) -> Result<(Reply, Option<SecretBuf>), StorageError> {
+    match luks_helper::call(request, secrets) {
+        Ok((Reply::Failed { errno, message }, _)) => Err(StorageError::Cryptsetup {
+            path: path.to_path_buf(),
+            operation,
+            source: Reply::failure(errno, &message),
+        }),
+        Ok(answer) => Ok(answer),
+        Err(source) => Err(StorageError::LuksHelper {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn expect_done(
+    path: &Path,
+    operation: &'static str,
+    request: &Request,
+    secrets: &[&[u8]],
+) -> Result<(), StorageError> {
+    match call(path, operation, request, secrets)? {
+        (Reply::Done, _) => Ok(()),
+        (other, _) => Err(unexpected(path, operation, other)),
+    }
+}
+
+/// A reply that does not answer the request: a helper from another
+/// version of securevm.
+fn unexpected(path: &Path, operation: &'static str, reply: Reply) -> StorageError {
+    StorageError::LuksHelper {
+        path: path.to_path_buf(),
+        source: io::Error::other(format!(
+            "answered {reply:?} when asked to {operation}; install the securevm-luks built with this securevm"
+        )),
     }
 }
 
@@ -693,33 +701,6 @@ fn header_error(path: &Path) -> impl FnOnce(header::HeaderError) -> StorageError
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// Send libcryptsetup's messages to our log instead of nowhere.
-fn route_cryptsetup_log() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| libcryptsetup_rs::set_log_callback::<()>(Some(forward_log), None));
-}
-
-unsafe extern "C" fn forward_log(level: c_int, message: *const c_char, _user: *mut c_void) {
-    if message.is_null() {
-        return;
-    }
-    // SAFETY: libcryptsetup passes a NUL-terminated string valid for the
-    // duration of the call.
-    let text = unsafe { CStr::from_ptr(message) }.to_string_lossy();
-    let text = text.trim_end();
-    match level {
-        libcryptsetup_rs_sys_levels::ERROR => log::warn!("libcryptsetup: {text}"),
-        libcryptsetup_rs_sys_levels::NORMAL => log::info!("libcryptsetup: {text}"),
-        _ => log::debug!("libcryptsetup: {text}"),
-    }
-}
-
-/// libcryptsetup's CRYPT_LOG_* levels.
-mod libcryptsetup_rs_sys_levels {
-    pub const NORMAL: i32 = 0;
-    pub const ERROR: i32 = 1;
 }
 
 #[cfg(test)]

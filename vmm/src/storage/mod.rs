@@ -1,7 +1,7 @@
 //! Encrypted storage below the guest: LUKS2 volumes (headers and keyslots
-//! through libcryptsetup, the data path in Rust on OpenSSL's AES-XTS), the
-//! `securevm disk` commands, the external-media policy and the disk
-//! benchmark.
+//! through libcryptsetup in the `securevm-luks` helper process, the data
+//! path in Rust on OpenSSL's AES-XTS), the `securevm disk` commands, the
+//! external-media policy and the disk benchmark.
 //!
 //! What the rest of the VMM uses:
 //! - [`EncryptedBackend`]: a LUKS image as a virtio-blk `BlockBackend`;
@@ -20,6 +20,7 @@ pub mod external;
 pub mod header;
 pub mod info;
 pub mod luks;
+pub mod luks_helper;
 pub mod parallel;
 pub mod passphrase;
 pub mod secret;

@@ -17,15 +17,11 @@
 //! secret exists in clear only in locked, zeroized memory.
 
 use std::fs::File;
-use std::io;
 use std::path::Path;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use cryptoki::mechanism::Mechanism;
-use libcryptsetup_rs::consts::flags::{CryptPbkdf, CryptVolumeKey};
-use libcryptsetup_rs::consts::vals::{CryptKdf, EncryptionFormat};
-use libcryptsetup_rs::{CryptDevice, CryptInit, CryptPbkdfType, Either, LibcryptErr, TokenInput};
 use openssl::rsa::Padding;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroize;
@@ -34,13 +30,12 @@ use super::error::SmartCardError;
 use super::keys::{self, KeyKind, TokenKey};
 use super::token::{LoggedIn, TokenDescription};
 use crate::storage::luks::{self, UnlockedVolume};
+use crate::storage::luks_helper::{LuksVersion, Pbkdf};
 use crate::storage::secret::SecretBuf;
 use crate::storage::StorageError;
 
 /// The LUKS2 token type systemd-cryptenroll writes for PKCS#11 cards.
 pub const TOKEN_TYPE: &str = "systemd-pkcs11";
-/// LUKS2 headers hold at most this many tokens.
-const MAX_TOKENS: u32 = 32;
 /// systemd's "minimal" PBKDF for high-entropy token secrets.
 const TOKEN_KDF_ITERATIONS: u32 = 1000;
 
@@ -122,29 +117,16 @@ pub fn enroll(
     }
     let keyslot_passphrase = base64_secret(&secret);
     let uri = token_uri(card.token(), key);
-    let mut device = load(path)?;
-    let cryptsetup = |operation| move |e| cryptsetup_error(path, operation, e);
-    device
-        .settings_handle()
-        .set_pbkdf_type(&CryptPbkdfType {
-            type_: CryptKdf::Pbkdf2,
-            hash: Some("sha512".to_string()),
-            time_ms: 0,
-            iterations: TOKEN_KDF_ITERATIONS,
-            max_memory_kb: 0,
-            parallel_threads: 0,
-            flags: CryptPbkdf::NO_BENCHMARK,
-        })
-        .map_err(cryptsetup("set the keyslot KDF"))?;
-    let keyslot = device
-        .keyslot_handle()
-        .add_by_key(
-            None,
-            Some(Either::Left(unlocked.key.as_bytes())),
-            keyslot_passphrase.as_bytes(),
-            CryptVolumeKey::empty(),
-        )
-        .map_err(cryptsetup("add the card's keyslot"))?;
+    let pbkdf = Pbkdf {
+        kind: "pbkdf2".to_string(),
+        hash: "sha512".to_string(),
+        time_ms: 0,
+        iterations: TOKEN_KDF_ITERATIONS,
+        max_memory_kib: 0,
+        parallel_threads: 0,
+        benchmark: false,
+    };
+    let keyslot = luks::add_keyslot(path, &unlocked, keyslot_passphrase.as_bytes(), pbkdf)?;
     let token = SystemdPkcs11Token {
         kind: TOKEN_TYPE.to_string(),
         keyslots: vec![keyslot.to_string()],
@@ -155,12 +137,12 @@ pub fn enroll(
         operation: "encoding the token",
         detail: e.to_string(),
     })?;
-    let token_id = match device.token_handle().json_set(TokenInput::AddToken(&json)) {
+    let token_id = match luks::add_token(path, &json) {
         Ok(id) => id,
         Err(e) => {
             // A keyslot without its token could never be opened by the card.
-            let _ = device.keyslot_handle().destroy(keyslot);
-            return Err(cryptsetup_error(path, "add the card's token", e));
+            let _ = luks::destroy_keyslot(path, LuksVersion::Luks2, keyslot);
+            return Err(e.into());
         }
     };
     Ok(Enrolled {
@@ -217,12 +199,8 @@ pub fn card_tokens(path: &Path) -> Result<Vec<(u32, SystemdPkcs11Token)>, SmartC
     // libcryptsetup parses it.
     let file = File::open(path).map_err(StorageError::io(path))?;
     luks::read_checked_metadata(path, &file)?;
-    let mut device = load(path)?;
     let mut tokens = Vec::new();
-    for id in 0..MAX_TOKENS {
-        let Ok(json) = device.token_handle().json_get(id) else {
-            continue;
-        };
+    for (id, json) in luks::tokens(path)? {
         if json.get("type").and_then(|t| t.as_str()) != Some(TOKEN_TYPE) {
             continue;
         }
@@ -279,28 +257,6 @@ fn base64_secret(secret: &SecretBuf) -> SecretBuf {
     let passphrase = SecretBuf::from_slice(text.as_bytes());
     text.zeroize();
     passphrase
-}
-
-fn load(path: &Path) -> Result<CryptDevice, SmartCardError> {
-    let mut device =
-        CryptInit::init(path).map_err(|e| cryptsetup_error(path, "open the image", e))?;
-    device
-        .context_handle()
-        .load::<()>(Some(EncryptionFormat::Luks2), None)
-        .map_err(|e| cryptsetup_error(path, "read the LUKS2 header", e))?;
-    Ok(device)
-}
-
-fn cryptsetup_error(path: &Path, operation: &'static str, error: LibcryptErr) -> SmartCardError {
-    let source = match error {
-        LibcryptErr::IOError(e) => e,
-        other => io::Error::other(other.to_string()),
-    };
-    SmartCardError::Storage(StorageError::Cryptsetup {
-        path: path.to_path_buf(),
-        operation,
-        source,
-    })
 }
 
 /// RFC 3986 percent-encoding; `all` encodes every byte (binary ids).

@@ -1,0 +1,287 @@
+//! `securevm-luks`: the process in which libcryptsetup runs on behalf of
+//! `securevm` (see `securevm::storage::luks_helper` for why and for the
+//! wire format). It reads requests on stdin until end of input, carries
+//! each out with libcryptsetup and writes the reply on stdout. It makes
+//! no decisions: securevm has already checked each header and decides
+//! what to ask. Not meant to be run by hand.
+
+use std::ffi::CStr;
+use std::io::{self, BufReader, BufWriter, Write};
+use std::os::raw::{c_char, c_int, c_void};
+use std::path::Path;
+use std::process::ExitCode;
+
+use libcryptsetup_rs::consts::flags::{CryptPbkdf, CryptVolumeKey};
+use libcryptsetup_rs::consts::vals::{CryptKdf, EncryptionFormat, KeyslotInfo};
+use libcryptsetup_rs::{
+    CryptDevice, CryptInit, CryptParamsLuks2, CryptParamsLuks2Ref, CryptPbkdfType, CryptTokenInfo,
+    Either, LibcryptErr, TokenInput,
+};
+use securevm::storage::luks_helper::{
+    read_message, read_secret, write_message, LuksVersion, Pbkdf, Reply, Request,
+};
+use securevm::storage::secret::SecretBuf;
+
+/// libcryptsetup never defines more LUKS2 keyslots or tokens than this.
+const MAX_SLOTS: u32 = 32;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_target(false)
+        .format_timestamp(None)
+        .init();
+    if std::env::args_os().len() > 1 {
+        eprintln!("securevm-luks: takes no arguments; securevm starts it and talks to it on stdin and stdout");
+        return ExitCode::from(2);
+    }
+    libcryptsetup_rs::set_log_callback::<()>(Some(forward_log), None);
+    match serve() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("securevm-luks: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve() -> io::Result<()> {
+    let mut input = BufReader::new(io::stdin().lock());
+    let mut output = BufWriter::new(io::stdout().lock());
+    while let Some(request) = read_message::<_, Request>(&mut input)? {
+        let secrets = (0..request.secret_count())
+            .map(|_| read_secret(&mut input))
+            .collect::<io::Result<Vec<SecretBuf>>>()?;
+        let (reply, key) = match carry_out(&request, &secrets) {
+            Ok(answer) => answer,
+            Err(error) => (failed(error), None),
+        };
+        let frames: Vec<&[u8]> = key.iter().map(SecretBuf::as_bytes).collect();
+        write_message(&mut output, &reply, &frames)?;
+    }
+    output.flush()
+}
+
+fn carry_out(
+    request: &Request,
+    secrets: &[SecretBuf],
+) -> Result<(Reply, Option<SecretBuf>), LibcryptErr> {
+    let done = |_| (Reply::Done, None);
+    match request {
+        Request::Format {
+            path,
+            sector_size,
+            data_offset,
+            key_bytes,
+            pbkdf,
+        } => format(
+            path,
+            *sector_size,
+            *data_offset,
+            *key_bytes,
+            pbkdf,
+            &secrets[0],
+        )
+        .map(done),
+        Request::VolumeKey {
+            path,
+            version,
+            slot,
+            key_size,
+        } => {
+            let mut device = load(path, *version)?;
+            let mut key = SecretBuf::zeroed((*key_size).max(1));
+            let passphrase = secrets[0].as_bytes();
+            match device
+                .volume_key_handle()
+                .get(*slot, key.as_mut_bytes(), Some(passphrase))
+            {
+                Ok((opened, len)) => {
+                    key.truncate(len);
+                    let slot = u32::try_from(opened).unwrap_or(0);
+                    Ok((Reply::Unlocked { slot }, Some(key)))
+                }
+                Err(LibcryptErr::IOError(e))
+                    if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::ENOENT)) =>
+                {
+                    Ok((Reply::WrongKey, None))
+                }
+                Err(e) => Err(e),
+            }
+        }
+        Request::Luks1Info { path } => {
+            let mut device = load(path, LuksVersion::Luks1)?;
+            let mut status = device.status_handle();
+            let cipher = format!(
+                "{}-{}",
+                status.get_cipher().unwrap_or_default(),
+                status.get_cipher_mode().unwrap_or_default()
+            );
+            let reply = Reply::Luks1 {
+                cipher,
+                data_offset: status.get_data_offset().saturating_mul(512),
+                key_size: usize::try_from(status.get_volume_key_size()).unwrap_or(0),
+            };
+            Ok((reply, None))
+        }
+        Request::AddKeyslot {
+            path,
+            version,
+            pbkdf,
+        } => {
+            let mut device = load(path, *version)?;
+            device
+                .settings_handle()
+                .set_pbkdf_type(&crypt_pbkdf(pbkdf))?;
+            let slot = device.keyslot_handle().add_by_key(
+                None,
+                Some(Either::Left(secrets[0].as_bytes())),
+                secrets[1].as_bytes(),
+                CryptVolumeKey::empty(),
+            )?;
+            Ok((Reply::Number(slot), None))
+        }
+        Request::ActiveKeyslots { path, version } => {
+            let mut device = load(path, *version)?;
+            let active = (0..MAX_SLOTS)
+                .filter(|&slot| {
+                    matches!(
+                        device.keyslot_handle().status(slot),
+                        Ok(KeyslotInfo::Active | KeyslotInfo::ActiveLast)
+                    )
+                })
+                .collect();
+            Ok((Reply::Numbers(active), None))
+        }
+        Request::DestroyKeyslot {
+            path,
+            version,
+            slot,
+        } => load(path, *version)?
+            .keyslot_handle()
+            .destroy(*slot)
+            .map(done),
+        Request::Tokens { path } => {
+            let mut device = load(path, LuksVersion::Luks2)?;
+            let mut found = Vec::new();
+            for token in 0..MAX_SLOTS {
+                let active = !matches!(
+                    device.token_handle().status(token),
+                    Ok(CryptTokenInfo::Inactive | CryptTokenInfo::Invalid) | Err(_)
+                );
+                if active {
+                    found.push((token, device.token_handle().json_get(token)?));
+                }
+            }
+            Ok((Reply::Tokens(found), None))
+        }
+        Request::AddToken { path, json } => {
+            let token = load(path, LuksVersion::Luks2)?
+                .token_handle()
+                .json_set(TokenInput::AddToken(json))?;
+            Ok((Reply::Number(token), None))
+        }
+        Request::RemoveToken { path, token } => load(path, LuksVersion::Luks2)?
+            .token_handle()
+            .json_set(TokenInput::RemoveToken(*token))
+            .map(|_| (Reply::Done, None)),
+    }
+}
+
+fn format(
+    path: &Path,
+    sector_size: u32,
+    data_offset: u64,
+    key_bytes: usize,
+    pbkdf: &Pbkdf,
+    passphrase: &SecretBuf,
+) -> Result<(), LibcryptErr> {
+    let mut device = CryptInit::init(path)?;
+    let params = CryptParamsLuks2 {
+        pbkdf: Some(crypt_pbkdf(pbkdf)),
+        integrity: None,
+        integrity_params: None,
+        data_alignment: (data_offset / 512) as usize,
+        data_device: None,
+        sector_size,
+        label: None,
+        subsystem: None,
+    };
+    let mut params_ref: CryptParamsLuks2Ref<'_> = (&params).try_into()?;
+    device.context_handle().format(
+        EncryptionFormat::Luks2,
+        ("aes", "xts-plain64"),
+        None,
+        Either::Right(key_bytes),
+        Some(&mut params_ref),
+    )?;
+    device.keyslot_handle().add_by_key(
+        None,
+        None,
+        passphrase.as_bytes(),
+        CryptVolumeKey::empty(),
+    )?;
+    Ok(())
+}
+
+fn load(path: &Path, version: LuksVersion) -> Result<CryptDevice, LibcryptErr> {
+    let mut device = CryptInit::init(path)?;
+    let format = match version {
+        LuksVersion::Luks1 => EncryptionFormat::Luks1,
+        LuksVersion::Luks2 => EncryptionFormat::Luks2,
+    };
+    device.context_handle().load::<()>(Some(format), None)?;
+    Ok(device)
+}
+
+fn crypt_pbkdf(pbkdf: &Pbkdf) -> CryptPbkdfType {
+    CryptPbkdfType {
+        type_: if pbkdf.kind == "pbkdf2" {
+            CryptKdf::Pbkdf2
+        } else {
+            CryptKdf::Argon2Id
+        },
+        hash: Some(pbkdf.hash.clone()),
+        time_ms: pbkdf.time_ms,
+        iterations: pbkdf.iterations,
+        max_memory_kb: pbkdf.max_memory_kib,
+        parallel_threads: pbkdf.parallel_threads,
+        flags: if pbkdf.benchmark {
+            CryptPbkdf::empty()
+        } else {
+            CryptPbkdf::NO_BENCHMARK
+        },
+    }
+}
+
+fn failed(error: LibcryptErr) -> Reply {
+    match error {
+        LibcryptErr::IOError(e) => Reply::Failed {
+            errno: e.raw_os_error(),
+            message: e.to_string(),
+        },
+        other => Reply::Failed {
+            errno: None,
+            message: other.to_string(),
+        },
+    }
+}
+
+/// libcryptsetup's CRYPT_LOG_NORMAL and CRYPT_LOG_ERROR.
+const LOG_NORMAL: c_int = 0;
+const LOG_ERROR: c_int = 1;
+
+/// Send libcryptsetup's messages to the log (stderr, shared with securevm).
+unsafe extern "C" fn forward_log(level: c_int, message: *const c_char, _user: *mut c_void) {
+    if message.is_null() {
+        return;
+    }
+    // SAFETY: libcryptsetup passes a NUL-terminated string valid for the
+    // duration of the call.
+    let text = unsafe { CStr::from_ptr(message) }.to_string_lossy();
+    let text = text.trim_end();
+    match level {
+        LOG_ERROR => log::warn!("libcryptsetup: {text}"),
+        LOG_NORMAL => log::info!("libcryptsetup: {text}"),
+        _ => log::debug!("libcryptsetup: {text}"),
+    }
+}
