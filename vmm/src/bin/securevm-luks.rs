@@ -6,7 +6,9 @@
 //! what to ask. Not meant to be run by hand.
 
 use std::ffi::CStr;
-use std::io::{self, BufReader, BufWriter, Write};
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
 use std::os::raw::{c_char, c_int, c_void};
 use std::path::Path;
 use std::process::ExitCode;
@@ -45,8 +47,10 @@ fn main() -> ExitCode {
 }
 
 fn serve() -> io::Result<()> {
-    let mut input = BufReader::new(io::stdin().lock());
-    let mut output = BufWriter::new(io::stdout().lock());
+    // The descriptors themselves, not std's buffered stdin and stdout:
+    // their buffers would keep copies of passphrases and keys.
+    let mut input = File::from(io::stdin().as_fd().try_clone_to_owned()?);
+    let mut output = File::from(io::stdout().as_fd().try_clone_to_owned()?);
     while let Some(request) = read_message::<_, Request>(&mut input)? {
         let secrets = (0..request.secret_count())
             .map(|_| read_secret(&mut input))
@@ -58,7 +62,7 @@ fn serve() -> io::Result<()> {
         let frames: Vec<&[u8]> = key.iter().map(SecretBuf::as_bytes).collect();
         write_message(&mut output, &reply, &frames)?;
     }
-    output.flush()
+    Ok(())
 }
 
 fn carry_out(

@@ -10,14 +10,16 @@
 //! helper's stdin and stdout, and the client. A request or reply is one
 //! line of JSON that never holds a secret; the secrets a request carries
 //! (passphrases, a volume key) and the volume key a reply carries follow
-//! it as length-prefixed frames read straight into [`SecretBuf`]s.
+//! it as length-prefixed frames read straight into [`SecretBuf`]s. Both
+//! sides read and write the pipes unbuffered, so no stdio or BufReader
+//! buffer ever holds a copy of a secret.
 //!
 //! Each call normally starts a helper and lets it exit afterwards. The
 //! media hot-plug thread, which runs under a seccomp filter that cannot
 //! start processes, calls [`keep_running`] before its filter is installed;
 //! from then on every call of the process goes to that one helper.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -180,13 +182,18 @@ pub fn write_message<W: Write>(
     out.flush()
 }
 
-/// Read one JSON line; `None` at a clean end of input.
-pub fn read_message<R: BufRead, T: DeserializeOwned>(input: &mut R) -> io::Result<Option<T>> {
+/// Read one JSON line; `None` at a clean end of input. Byte by byte, so
+/// that nothing after the line (a secret frame) is read into a buffer.
+pub fn read_message<R: Read, T: DeserializeOwned>(input: &mut R) -> io::Result<Option<T>> {
     let mut line = Vec::new();
-    let read = input
-        .take(MAX_LINE as u64 + 1)
-        .read_until(b'\n', &mut line)?;
-    if read == 0 {
+    let mut byte = [0u8; 1];
+    while line.len() <= MAX_LINE && line.last() != Some(&b'\n') {
+        if input.read(&mut byte)? == 0 {
+            break;
+        }
+        line.push(byte[0]);
+    }
+    if line.is_empty() {
         return Ok(None);
     }
     if line.last() != Some(&b'\n') {
@@ -224,7 +231,7 @@ pub fn read_secret<R: Read>(input: &mut R) -> io::Result<SecretBuf> {
 pub struct LuksHelper {
     child: Child,
     requests: Option<ChildStdin>,
-    replies: BufReader<ChildStdout>,
+    replies: ChildStdout,
 }
 
 impl LuksHelper {
@@ -245,7 +252,7 @@ impl LuksHelper {
             )
         })?;
         let requests = child.stdin.take();
-        let replies = BufReader::new(child.stdout.take().expect("stdout was piped"));
+        let replies = child.stdout.take().expect("stdout was piped");
         Ok(Self {
             child,
             requests,
