@@ -20,7 +20,7 @@ use libcryptsetup_rs::{
     Either, LibcryptErr, TokenInput,
 };
 use securevm::storage::luks_helper::{
-    read_message, read_secret, write_message, LuksVersion, Pbkdf, Reply, Request,
+    read_message, read_secret, write_message, LuksVersion, Pbkdf, PbkdfKind, Reply, Request,
 };
 use securevm::storage::secret::SecretBuf;
 
@@ -239,10 +239,9 @@ fn load(path: &Path, version: LuksVersion) -> Result<CryptDevice, LibcryptErr> {
 
 fn crypt_pbkdf(pbkdf: &Pbkdf) -> CryptPbkdfType {
     CryptPbkdfType {
-        type_: if pbkdf.kind == "pbkdf2" {
-            CryptKdf::Pbkdf2
-        } else {
-            CryptKdf::Argon2Id
+        type_: match pbkdf.kind {
+            PbkdfKind::Argon2id => CryptKdf::Argon2Id,
+            PbkdfKind::Pbkdf2 => CryptKdf::Pbkdf2,
         },
         hash: Some(pbkdf.hash.clone()),
         time_ms: pbkdf.time_ms,

@@ -15,7 +15,7 @@ use std::path::Path;
 
 use super::error::StorageError;
 use super::header::{self, HeaderCopy, Keyslot, Luks2Metadata};
-use super::luks_helper::{self, LuksVersion, Pbkdf, Reply, Request};
+use super::luks_helper::{self, LuksVersion, Pbkdf, PbkdfKind, Reply, Request};
 use super::secret::SecretBuf;
 
 /// Where the data segment starts on volumes we create, as cryptsetup does.
@@ -66,7 +66,7 @@ impl KdfSettings {
             } => (time_cost, memory_kib, parallel, false),
         };
         Pbkdf {
-            kind: "argon2id".to_string(),
+            kind: PbkdfKind::Argon2id,
             hash: "sha256".to_string(),
             time_ms: 2000,
             iterations,

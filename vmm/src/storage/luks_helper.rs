@@ -48,11 +48,18 @@ pub enum LuksVersion {
     Luks2,
 }
 
+/// The key derivation functions securevm creates keyslots with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PbkdfKind {
+    Argon2id,
+    Pbkdf2,
+}
+
 /// How a new keyslot stretches its passphrase.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pbkdf {
-    /// "argon2id" or "pbkdf2".
-    pub kind: String,
+    pub kind: PbkdfKind,
     /// PBKDF2's hash (LUKS2 records one for Argon2 keyslots too).
     pub hash: String,
     /// Target time when benchmarking.
@@ -402,7 +409,7 @@ mod tests {
             path: PathBuf::from("/images/a disk.img"),
             version: LuksVersion::Luks2,
             pbkdf: Pbkdf {
-                kind: "argon2id".into(),
+                kind: PbkdfKind::Argon2id,
                 hash: "sha256".into(),
                 time_ms: 2000,
                 iterations: 0,

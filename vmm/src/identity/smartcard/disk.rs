@@ -30,7 +30,7 @@ use super::error::SmartCardError;
 use super::keys::{self, KeyKind, TokenKey};
 use super::token::{LoggedIn, TokenDescription};
 use crate::storage::luks::{self, UnlockedVolume};
-use crate::storage::luks_helper::{LuksVersion, Pbkdf};
+use crate::storage::luks_helper::{LuksVersion, Pbkdf, PbkdfKind};
 use crate::storage::secret::SecretBuf;
 use crate::storage::StorageError;
 
@@ -118,7 +118,7 @@ pub fn enroll(
     let keyslot_passphrase = base64_secret(&secret);
     let uri = token_uri(card.token(), key);
     let pbkdf = Pbkdf {
-        kind: "pbkdf2".to_string(),
+        kind: PbkdfKind::Pbkdf2,
         hash: "sha512".to_string(),
         time_ms: 0,
         iterations: TOKEN_KDF_ITERATIONS,
