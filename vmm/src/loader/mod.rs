@@ -804,6 +804,94 @@ mod tests {
         );
     }
 
+    fn unpackable_bzimage(kaslr: bool) -> Vec<u8> {
+        let vmlinux = unpack::fake::vmlinux_and_relocations();
+        unpack::fake::bzimage(&unpack::fake::lz4_payload(&vmlinux, 0x1800), kaslr)
+    }
+
+    #[test]
+    fn unpacks_an_lz4_kaslr_bzimage_below_the_initrd() {
+        let mem = memory(64);
+        let initrd_size = 30 * MIB;
+        let placement = KernelPlacement {
+            cmdline: "console=ttyS0",
+            initrd_size,
+        };
+        let kernel =
+            load_kernel(&mem, &mut Cursor::new(unpackable_bzimage(true)), &placement).unwrap();
+        assert_eq!(kernel.format, KernelFormat::UnpackedBzImage);
+        assert_eq!(kernel.entry_64, kernel.load_address);
+        let header = kernel.setup_header.unwrap();
+        assert_eq!(header.loadflags & KASLR_FLAG, KASLR_FLAG);
+        assert!(kernel.footprint_end <= 64 * MIB - initrd_size);
+        let initrd = load_initrd(
+            &mem,
+            &mut Cursor::new(vec![1u8; initrd_size as usize]),
+            &kernel,
+        )
+        .unwrap();
+        assert!(initrd.address.0 >= kernel.footprint_end);
+    }
+
+    #[test]
+    fn nokaslr_unpacks_at_the_preferred_address_without_the_kaslr_flag() {
+        let placement = KernelPlacement {
+            cmdline: "quiet nokaslr",
+            initrd_size: 0,
+        };
+        let kernel = load_kernel(
+            &memory(64),
+            &mut Cursor::new(unpackable_bzimage(true)),
+            &placement,
+        )
+        .unwrap();
+        assert_eq!(kernel.format, KernelFormat::UnpackedBzImage);
+        assert_eq!(kernel.load_address.0, unpack::fake::LOAD);
+        assert_eq!(kernel.setup_header.unwrap().loadflags & KASLR_FLAG, 0);
+    }
+
+    #[test]
+    fn a_kernel_without_kaslr_keeps_its_decompressor() {
+        let kernel = load_kernel(
+            &memory(64),
+            &mut Cursor::new(unpackable_bzimage(false)),
+            &NO_PLACEMENT_LIMITS,
+        )
+        .unwrap();
+        assert_eq!(kernel.format, KernelFormat::BzImage);
+        assert_eq!(kernel.entry_64.0, kernel.load_address.0 + ENTRY_64_OFFSET);
+    }
+
+    #[test]
+    fn an_unpackable_kernel_too_big_for_memory_asks_for_more() {
+        let placement = KernelPlacement {
+            cmdline: "",
+            initrd_size: 14 * MIB,
+        };
+        let error = load_kernel(
+            &memory(32),
+            &mut Cursor::new(unpackable_bzimage(true)),
+            &placement,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(error, LoaderError::MemoryTooSmall { .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("--memory"), "{error}");
+    }
+
+    #[test]
+    fn a_damaged_payload_is_reported_not_booted() {
+        let mut image = unpackable_bzimage(true);
+        let payload_at = unpack::fake::setup_bytes() as usize + 0x200;
+        image[payload_at + 4..payload_at + 8].copy_from_slice(&u32::MAX.to_le_bytes());
+        let error =
+            load_kernel(&memory(64), &mut Cursor::new(image), &NO_PLACEMENT_LIMITS).unwrap_err();
+        assert!(matches!(error, LoaderError::Unpack(_)), "{error}");
+        assert!(error.to_string().contains("copy or download"), "{error}");
+    }
+
     #[test]
     fn initrd_goes_page_aligned_to_the_top_of_low_ram() {
         let mem = memory(32);

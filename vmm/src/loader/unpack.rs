@@ -70,23 +70,23 @@ const ELF_MACHINE_X86_64: u16 = 62;
 /// Why a payload that looked unpackable could not be unpacked.
 #[derive(Debug, Error)]
 pub enum UnpackError {
-    #[error("its LZ4 payload is damaged ({0})")]
+    #[error("its LZ4 payload is damaged ({0}); copy or download the kernel again")]
     Lz4(&'static str),
-    #[error("its LZ4 payload inflates to {actual} bytes, not the {expected} its trailer gives")]
+    #[error("its LZ4 payload inflates to {actual} bytes, not the {expected} its trailer gives; copy or download the kernel again")]
     LengthMismatch { expected: u64, actual: u64 },
-    #[error("the vmlinux in its payload is malformed ({0})")]
+    #[error("the vmlinux in its payload is malformed ({0}); copy or download the kernel again")]
     Elf(&'static str),
-    #[error("its relocation table is malformed ({0})")]
+    #[error("its relocation table is malformed ({0}); copy or download the kernel again")]
     Relocations(&'static str),
     #[error(
-        "a relocation points outside the kernel (at offset {offset:#x} of a {span:#x}-byte image)"
+        "a relocation points outside the kernel (at offset {offset:#x} of a {span:#x}-byte image); copy or download the kernel again"
     )]
     RelocationOutside { offset: u64, span: u64 },
     #[error(
         "it needs {needed_mib} MiB below the initrd and only {available_mib} MiB are free there"
     )]
     NoRoom { needed_mib: u64, available_mib: u64 },
-    #[error("the host gave no random numbers for KASLR: {0}")]
+    #[error("the host gave no random numbers for KASLR ({0}); securevm does not boot a kernel at a predictable address")]
     Random(#[source] std::io::Error),
     #[error("cannot write it into guest memory: {0}")]
     GuestMemory(#[source] GuestMemoryError),
@@ -578,4 +578,423 @@ enum Kind {
     Add32,
     Subtract32,
     Add64,
+}
+
+/// A small kernel in the shape the decompressor handles: an ELF with a text
+/// and a data segment, the relocation table after it, LZ4-compressed in
+/// legacy blocks, inside a bzImage.
+#[cfg(test)]
+pub(crate) mod fake {
+    use linux_loader::loader::bootparam::{setup_header, LOADED_HIGH, XLF_KERNEL_64};
+    use vm_memory::ByteValued;
+
+    use super::{KASLR_MARKER, LZ4_LEGACY_MAGIC, START_KERNEL_MAP};
+
+    pub const LOAD: u64 = 16 << 20;
+    pub const ALIGN: u32 = 2 << 20;
+    /// File offset and link-time physical address of the two segments.
+    pub const TEXT_OFFSET: u64 = 0x1000;
+    pub const TEXT_SIZE: u64 = 0x3000;
+    pub const DATA_OFFSET: u64 = 0x4000;
+    pub const DATA_PADDR: u64 = LOAD + 0x20_0000;
+    pub const DATA_FILE: u64 = 0x1000;
+    pub const DATA_MEMORY: u64 = 0x5000;
+    /// `_end - _text`.
+    pub const SPAN: u64 = DATA_PADDR + DATA_MEMORY - LOAD;
+    /// Offsets (from `_text`) of the relocated fields and their values.
+    pub const FIELD_64: u64 = 0x100;
+    pub const FIELD_32: u64 = 0x200;
+    pub const FIELD_INVERSE: u64 = 0x300;
+    pub const FIELD_IN_DATA: u64 = DATA_PADDR - LOAD + 0x40;
+    pub const INVERSE_VALUE: i32 = 0x1234;
+    const SETUP_SECTS: u8 = 4;
+
+    pub fn link_address(offset: u64) -> u64 {
+        START_KERNEL_MAP + LOAD + offset
+    }
+
+    /// The uncompressed vmlinux plus relocation table, and how long the
+    /// ELF part is.
+    pub fn vmlinux_and_relocations() -> Vec<u8> {
+        let mut file = vec![0u8; (DATA_OFFSET + DATA_FILE) as usize];
+        file[..16].copy_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+        file[16..18].copy_from_slice(&2u16.to_le_bytes());
+        file[18..20].copy_from_slice(&62u16.to_le_bytes());
+        file[24..32].copy_from_slice(&LOAD.to_le_bytes());
+        file[32..40].copy_from_slice(&64u64.to_le_bytes());
+        file[54..56].copy_from_slice(&56u16.to_le_bytes());
+        file[56..58].copy_from_slice(&2u16.to_le_bytes());
+        let segments = [
+            (TEXT_OFFSET, LOAD, TEXT_SIZE, TEXT_SIZE),
+            (DATA_OFFSET, DATA_PADDR, DATA_FILE, DATA_MEMORY),
+        ];
+        for (index, (offset, paddr, filesz, memsz)) in segments.into_iter().enumerate() {
+            let at = 64 + index * 56;
+            file[at..at + 4].copy_from_slice(&1u32.to_le_bytes());
+            for (field, value) in [(8, offset), (16, START_KERNEL_MAP + paddr), (24, paddr)] {
+                file[at + field..at + field + 8].copy_from_slice(&value.to_le_bytes());
+            }
+            file[at + 32..at + 40].copy_from_slice(&filesz.to_le_bytes());
+            file[at + 40..at + 48].copy_from_slice(&memsz.to_le_bytes());
+        }
+        let mut put = |offset: u64, bytes: &[u8]| {
+            let at = if offset < TEXT_SIZE {
+                TEXT_OFFSET + offset
+            } else {
+                DATA_OFFSET + offset - (DATA_PADDR - LOAD)
+            } as usize;
+            file[at..at + bytes.len()].copy_from_slice(bytes);
+        };
+        put(FIELD_64, &link_address(FIELD_64).to_le_bytes());
+        put(FIELD_32, &(link_address(FIELD_32) as u32).to_le_bytes());
+        put(FIELD_INVERSE, &INVERSE_VALUE.to_le_bytes());
+        put(FIELD_IN_DATA, &link_address(0).to_le_bytes());
+        // Read from the end: 32-bit list, 0, inverse list, 0, 64-bit list, 0.
+        let entry = |offset: u64| (link_address(offset) as u32).to_le_bytes();
+        for part in [
+            [0; 4],
+            entry(FIELD_IN_DATA),
+            entry(FIELD_64),
+            [0; 4],
+            entry(FIELD_INVERSE),
+            [0; 4],
+            entry(FIELD_32),
+        ] {
+            file.extend_from_slice(&part);
+        }
+        file
+    }
+
+    /// `data` as the kernel's LZ4 payload: legacy stream in blocks of
+    /// `block` bytes, then the inflated length.
+    pub fn lz4_payload(data: &[u8], block: usize) -> Vec<u8> {
+        let mut payload = LZ4_LEGACY_MAGIC.to_le_bytes().to_vec();
+        for chunk in data.chunks(block) {
+            let mut compressed = vec![0; lz4_flex::block::get_maximum_output_size(chunk.len())];
+            let len = lz4_flex::block::compress_into(chunk, &mut compressed).unwrap();
+            payload.extend_from_slice(&(len as u32).to_le_bytes());
+            payload.extend_from_slice(&compressed[..len]);
+        }
+        payload.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        payload
+    }
+
+    pub fn header(payload_len: usize) -> setup_header {
+        setup_header {
+            setup_sects: SETUP_SECTS,
+            boot_flag: 0xaa55,
+            jump: 0x6aeb,
+            header: u32::from_le_bytes(*b"HdrS"),
+            version: 0x020f,
+            loadflags: LOADED_HIGH,
+            code32_start: 0x10_0000,
+            initrd_addr_max: 0x7fff_ffff,
+            kernel_alignment: ALIGN,
+            relocatable_kernel: 1,
+            xloadflags: XLF_KERNEL_64,
+            cmdline_size: 2047,
+            payload_offset: 0x200,
+            payload_length: payload_len as u32,
+            pref_address: LOAD,
+            init_size: 0x80_0000,
+            ..Default::default()
+        }
+    }
+
+    pub fn setup_bytes() -> u64 {
+        (u64::from(SETUP_SECTS) + 1) * 512
+    }
+
+    /// A bzImage around `payload`; its "decompressor" names `nokaslr` when
+    /// `kaslr` says the kernel was built with KASLR.
+    pub fn bzimage(payload: &[u8], kaslr: bool) -> Vec<u8> {
+        let mut header = header(payload.len());
+        let setup = setup_bytes() as usize;
+        let mut image = vec![0u8; setup + 0x200];
+        let protected_len = (image.len() + payload.len() + 0x100 - setup).next_multiple_of(16);
+        let decompressor_len = setup + protected_len;
+        header.syssize = (protected_len / 16) as u32;
+        image[0x1f1..0x1f1 + std::mem::size_of::<setup_header>()]
+            .copy_from_slice(header.as_slice());
+        if kaslr {
+            image[setup + 0x10..setup + 0x10 + KASLR_MARKER.len()].copy_from_slice(KASLR_MARKER);
+        }
+        image.extend_from_slice(payload);
+        image.resize(decompressor_len, 0xcc);
+        image
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fake::*;
+    use super::*;
+    use vm_memory::GuestAddress;
+
+    fn memory(mib: u64) -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), (mib << 20) as usize)]).unwrap()
+    }
+
+    fn payload() -> Vec<u8> {
+        lz4_payload(&vmlinux_and_relocations(), 0x1800)
+    }
+
+    fn unpack_with(
+        mem: &GuestMemoryMmap,
+        payload: &[u8],
+        room: Range<u64>,
+        nokaslr: bool,
+        random: &mut dyn FnMut() -> Result<u64, UnpackError>,
+    ) -> Result<Unpacked, UnpackError> {
+        unpack(mem, &header(payload.len()), payload, room, nokaslr, random)
+    }
+
+    fn read<T: vm_memory::ByteValued>(mem: &GuestMemoryMmap, address: u64) -> T {
+        mem.read_obj(GuestAddress(address)).unwrap()
+    }
+
+    #[test]
+    fn places_segments_and_relocates_for_the_random_slots() {
+        let mem = memory(128);
+        // Physical slot 3 of the room, virtual slot 5.
+        let mut draws = [3u64, 5].into_iter();
+        let unpacked = unpack_with(&mem, &payload(), LOAD..(128 << 20), false, &mut || {
+            Ok(draws.next().unwrap())
+        })
+        .unwrap();
+        let base = LOAD + 3 * u64::from(ALIGN);
+        let delta = 5 * u64::from(ALIGN);
+        assert_eq!(
+            unpacked,
+            Unpacked {
+                entry: base,
+                start: base,
+                end: base + SPAN,
+                randomized: true,
+            }
+        );
+        assert_eq!(
+            read::<u64>(&mem, base + FIELD_64),
+            link_address(FIELD_64) + delta
+        );
+        assert_eq!(
+            read::<u32>(&mem, base + FIELD_32),
+            (link_address(FIELD_32) + delta) as u32
+        );
+        assert_eq!(
+            read::<i32>(&mem, base + FIELD_INVERSE),
+            INVERSE_VALUE - delta as i32
+        );
+        assert_eq!(
+            read::<u64>(&mem, base + FIELD_IN_DATA),
+            link_address(0) + delta
+        );
+        // The data segment keeps its distance from the text.
+        let data = base + (DATA_PADDR - LOAD);
+        assert_eq!(read::<u64>(&mem, data + 0x40), link_address(0) + delta);
+        // Nothing was written where the kernel would have gone unmoved.
+        assert_eq!(read::<u64>(&mem, LOAD + FIELD_64), 0);
+    }
+
+    #[test]
+    fn nokaslr_places_the_kernel_at_its_link_address_unrelocated() {
+        let mem = memory(64);
+        let unpacked = unpack_with(&mem, &payload(), LOAD..(64 << 20), true, &mut || {
+            panic!("no randomness is needed with nokaslr")
+        })
+        .unwrap();
+        assert_eq!(unpacked.start, LOAD);
+        assert!(!unpacked.randomized);
+        assert_eq!(read::<u64>(&mem, LOAD + FIELD_64), link_address(FIELD_64));
+        assert_eq!(read::<i32>(&mem, LOAD + FIELD_INVERSE), INVERSE_VALUE);
+    }
+
+    #[test]
+    fn slots_stay_inside_the_room_and_vary() {
+        let room_end = 40 << 20;
+        let mut bases = std::collections::BTreeSet::new();
+        for _ in 0..24 {
+            let mem = memory(64);
+            let unpacked =
+                unpack_with(&mem, &payload(), LOAD..room_end, false, &mut host_random).unwrap();
+            assert!(unpacked.start >= LOAD && unpacked.end <= room_end);
+            assert_eq!(unpacked.start % u64::from(ALIGN), 0);
+            bases.insert(unpacked.start);
+        }
+        // 12 physical slots: 24 draws all landing on one is a broken RNG.
+        assert!(bases.len() > 1, "every boot used {bases:?}");
+    }
+
+    #[test]
+    fn the_highest_slot_ends_inside_the_room() {
+        let room_end = 24 << 20;
+        let mem = memory(32);
+        let unpacked = unpack_with(&mem, &payload(), LOAD..room_end, false, &mut || {
+            Ok(u64::MAX)
+        })
+        .unwrap();
+        assert!(unpacked.end <= room_end, "{unpacked:?}");
+    }
+
+    #[test]
+    fn refuses_a_room_smaller_than_the_kernel() {
+        let mem = memory(64);
+        let error = unpack_with(
+            &mem,
+            &payload(),
+            LOAD..LOAD + 0x10_0000,
+            false,
+            &mut host_random,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(error, UnpackError::NoRoom { needed_mib: 3, .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn refuses_damaged_payloads_without_panicking() {
+        let good = payload();
+        let mem = memory(64);
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("empty", vec![]),
+            ("only the magic", LZ4_LEGACY_MAGIC.to_le_bytes().to_vec()),
+            ("cut in a block", good[..good.len() / 2].to_vec()),
+            ("wrong length trailer", {
+                let mut bad = good.clone();
+                let at = bad.len() - 4;
+                bad[at..].copy_from_slice(&1000u32.to_le_bytes());
+                bad
+            }),
+            ("block size past the end", {
+                let mut bad = good.clone();
+                bad[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+                bad
+            }),
+        ];
+        for (what, bad) in cases {
+            let result = unpack_with(&mem, &bad, LOAD..(64 << 20), false, &mut host_random);
+            assert!(result.is_err(), "{what} was accepted");
+        }
+    }
+
+    #[test]
+    fn random_corruption_never_panics() {
+        let good = payload();
+        let mem = memory(64);
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..300 {
+            let mut bad = good.clone();
+            for _ in 0..4 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let at = (state % bad.len() as u64) as usize;
+                bad[at] ^= (state >> 32) as u8 | 1;
+            }
+            let _ = unpack_with(&mem, &bad, LOAD..(64 << 20), false, &mut host_random);
+        }
+    }
+
+    #[test]
+    fn refuses_a_relocation_outside_the_kernel() {
+        let mut vmlinux = vmlinux_and_relocations();
+        let last = vmlinux.len() - 4;
+        vmlinux[last..].copy_from_slice(&(link_address(SPAN + 0x1000) as u32).to_le_bytes());
+        let bad = lz4_payload(&vmlinux, 0x1800);
+        let error =
+            unpack_with(&memory(64), &bad, LOAD..(64 << 20), false, &mut || Ok(1)).unwrap_err();
+        assert!(
+            matches!(error, UnpackError::RelocationOutside { .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn refuses_a_relocation_table_without_terminators() {
+        let mut vmlinux = vmlinux_and_relocations();
+        let relocations_start = (DATA_OFFSET + DATA_FILE) as usize;
+        vmlinux[relocations_start..relocations_start + 4].copy_from_slice(&[1, 0, 0, 0x81]);
+        let bad = lz4_payload(&vmlinux, 0x1800);
+        let error =
+            unpack_with(&memory(64), &bad, LOAD..(64 << 20), false, &mut || Ok(1)).unwrap_err();
+        assert!(matches!(error, UnpackError::Relocations(_)), "{error}");
+    }
+
+    #[test]
+    fn refuses_an_elf_segment_outside_the_file() {
+        let mut vmlinux = vmlinux_and_relocations();
+        // Second program header's p_filesz.
+        vmlinux[64 + 56 + 32..64 + 56 + 40].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        let bad = lz4_payload(&vmlinux, 0x1800);
+        let error =
+            unpack_with(&memory(64), &bad, LOAD..(64 << 20), false, &mut || Ok(1)).unwrap_err();
+        assert!(matches!(error, UnpackError::Elf(_)), "{error}");
+    }
+
+    #[test]
+    fn a_failing_random_source_fails_the_boot() {
+        let error = unpack_with(
+            &memory(64),
+            &payload(),
+            LOAD..(64 << 20),
+            false,
+            &mut || Err(UnpackError::Random(std::io::Error::other("no entropy"))),
+        )
+        .unwrap_err();
+        assert!(matches!(error, UnpackError::Random(_)), "{error}");
+    }
+
+    #[test]
+    fn unpacks_only_kaslr_lz4_kernels_with_a_plain_command_line() {
+        let payload = payload();
+        let image = bzimage(&payload, true);
+        let header = header(payload.len());
+        let range = unpackable_payload(&header, &image, setup_bytes(), "console=ttyS0").unwrap();
+        assert_eq!(&image[range], &payload[..]);
+
+        let without_kaslr = bzimage(&payload, false);
+        assert_eq!(
+            unpackable_payload(&header, &without_kaslr, setup_bytes(), ""),
+            None
+        );
+        for cmdline in [
+            "mem=512M",
+            "quiet memmap=64M$0x1000000",
+            "hugepagesz=1G hugepages=2",
+            "movable_node",
+        ] {
+            assert_eq!(
+                unpackable_payload(&header, &image, setup_bytes(), cmdline),
+                None,
+                "{cmdline}"
+            );
+        }
+        // Inside a quoted value, `mem=` is not an option.
+        assert!(
+            unpackable_payload(&header, &image, setup_bytes(), "e2e.cmd=\"x mem=1\"").is_some()
+        );
+        let mut gzip = image.clone();
+        let at = setup_bytes() as usize + 0x200;
+        gzip[at..at + 2].copy_from_slice(&[0x1f, 0x8b]);
+        assert_eq!(unpackable_payload(&header, &gzip, setup_bytes(), ""), None);
+        let not_relocatable = setup_header {
+            relocatable_kernel: 0,
+            ..header
+        };
+        assert_eq!(
+            unpackable_payload(&not_relocatable, &image, setup_bytes(), ""),
+            None
+        );
+    }
+
+    #[test]
+    fn nokaslr_is_read_as_the_kernel_reads_it() {
+        assert!(kaslr_disabled("quiet nokaslr"));
+        assert!(kaslr_disabled("nokaslr"));
+        assert!(!kaslr_disabled("quiet"));
+        assert!(!kaslr_disabled("nokaslrx"));
+        assert!(!kaslr_disabled("e2e.cmd=\"echo nokaslr\""));
+    }
 }
