@@ -58,7 +58,7 @@ use crate::identity::smartcard::login::CardCredential;
 use crate::identity::smartcard::monitor::{watch_session, RemovalMonitor};
 use crate::identity::smartcard::{self, disk as card_disk, SmartCardError};
 use crate::identity::{Credential, RetryDelay};
-use crate::loader::{load_cmdline, load_initrd, load_kernel, KernelPlacement, LoaderError};
+use crate::loader::{load_cmdline, load_initrd, load_kernel, LoaderError};
 use crate::media_hotplug::{MediaHotplug, MediaHotplugParts, EJECT_TIMEOUT};
 use crate::netfilter::{Filter, FilterConfig, FilterControl, DEFAULT_CONNTRACK_CAPACITY};
 use crate::policy::ActiveRole;
@@ -250,29 +250,7 @@ fn run_once(
     vm.register_memory(&memory)?;
     vm.create_interrupt_controllers()?;
 
-    let initrd_size = match initrd.as_ref() {
-        Some(file) => file
-            .metadata()
-            .map_err(|source| LoaderError::Read {
-                what: "initrd",
-                source,
-            })?
-            .len(),
-        None => 0,
-    };
-    let kernel_image = load_kernel(
-        &memory,
-        &mut kernel,
-        &KernelPlacement {
-            cmdline: &config.cmdline,
-            initrd_size,
-        },
-    )?;
-    log::debug!("kernel loaded as {:?}", kernel_image.format);
-    // Unpacking a bzImage frees a payload copy and an 8 MiB block buffer;
-    // glibc would keep that heap resident for the life of the VM.
-    // SAFETY: malloc_trim only returns free heap pages to the kernel.
-    unsafe { libc::malloc_trim(0) };
+    let kernel_image = load_kernel(&memory, &mut kernel)?;
     let initrd_info = match initrd.as_mut() {
         Some(file) => Some(load_initrd(&memory, file, &kernel_image)?),
         None => None,

@@ -25,13 +25,7 @@ use securevm::arch::layout::{
 use securevm::arch::memory::create_guest_memory;
 use securevm::arch::msr::MSR_MTRR_DEF_TYPE;
 use securevm::arch::vcpu::configure_vcpu;
-use securevm::loader::{load_cmdline, load_initrd, load_kernel, KernelPlacement};
-
-/// The tiny test guests are bzImages without a payload: nothing to unpack.
-const NO_PLACEMENT_LIMITS: KernelPlacement = KernelPlacement {
-    cmdline: "",
-    initrd_size: 0,
-};
+use securevm::loader::{load_cmdline, load_initrd, load_kernel};
 use vm_memory::{
     ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
 };
@@ -263,12 +257,7 @@ fn run_until(vcpu: VcpuFd, done_port: u16) -> PortWrites {
 fn boot_vcpu_starts_in_long_mode_with_zero_page() {
     let Some(kvm) = kvm_or_skip() else { return };
     let mem = create_guest_memory(MEM_SIZE).unwrap();
-    let kernel = load_kernel(
-        &mem,
-        &mut Cursor::new(bzimage(LONG_MODE_GUEST)),
-        &NO_PLACEMENT_LIMITS,
-    )
-    .unwrap();
+    let kernel = load_kernel(&mem, &mut Cursor::new(bzimage(LONG_MODE_GUEST))).unwrap();
     let cmdline = load_cmdline(&mem, "console=ttyS0", &kernel).unwrap();
     let initrd = load_initrd(&mem, &mut Cursor::new(vec![0x5au8; 8192]), &kernel).unwrap();
     let entry = configure_boot(
@@ -320,12 +309,7 @@ fn boot_vcpu_starts_in_long_mode_with_zero_page() {
 fn boot_vcpu_starts_in_protected_mode_for_pvh() {
     let Some(kvm) = kvm_or_skip() else { return };
     let mem = create_guest_memory(MEM_SIZE).unwrap();
-    let kernel = load_kernel(
-        &mem,
-        &mut Cursor::new(pvh_elf(PVH_GUEST)),
-        &NO_PLACEMENT_LIMITS,
-    )
-    .unwrap();
+    let kernel = load_kernel(&mem, &mut Cursor::new(pvh_elf(PVH_GUEST))).unwrap();
     let cmdline = load_cmdline(&mem, "console=ttyS0", &kernel).unwrap();
     let entry = configure_boot(
         &mem,
@@ -405,12 +389,7 @@ fn vcpu_index_beyond_the_vm_is_refused() {
 fn application_processor_starts_on_init_sipi() {
     let Some(kvm) = kvm_or_skip() else { return };
     let mem = create_guest_memory(MEM_SIZE).unwrap();
-    let kernel = load_kernel(
-        &mem,
-        &mut Cursor::new(bzimage(SMP_BOOT_GUEST)),
-        &NO_PLACEMENT_LIMITS,
-    )
-    .unwrap();
+    let kernel = load_kernel(&mem, &mut Cursor::new(bzimage(SMP_BOOT_GUEST))).unwrap();
     let cmdline = load_cmdline(&mem, "", &kernel).unwrap();
     let entry = configure_boot(
         &mem,

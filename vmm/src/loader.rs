@@ -3,18 +3,14 @@
 //! Two kernel formats are accepted: a bzImage (what distributions ship as
 //! `/boot/vmlinuz-*`, entered through the Linux 64-bit boot protocol) and an
 //! uncompressed ELF `vmlinux` (entered through PVH when it carries the PVH
-//! note, else through the 64-bit protocol at its ELF entry). A bzImage whose
-//! payload securevm can unpack itself is unpacked here rather than by its
-//! decompressor in the guest ([`unpack`]); otherwise the copying is done by
-//! linux-loader. This module first checks the image itself so that a user
-//! who passes the wrong file, a truncated download, a kernel too old for
+//! note, else through the 64-bit protocol at its ELF entry). The copying is
+//! done by linux-loader; this module first checks the image itself so that a
+//! user who passes the wrong file, a truncated download, a kernel too old for
 //! 64-bit entry or too little `--memory` is told exactly that.
-
-mod unpack;
 
 use std::io::{self, Read, Seek, SeekFrom};
 
-use linux_loader::loader::bootparam::{setup_header, KASLR_FLAG, LOADED_HIGH, XLF_KERNEL_64};
+use linux_loader::loader::bootparam::{setup_header, LOADED_HIGH, XLF_KERNEL_64};
 use linux_loader::loader::{BzImage, Elf, KernelLoader, PvhBootCapability};
 use thiserror::Error;
 use vm_memory::{
@@ -23,8 +19,6 @@ use vm_memory::{
 };
 
 use crate::arch::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, HIGH_MEMORY_START};
-
-pub use unpack::UnpackError;
 
 const MIB: u64 = 1 << 20;
 const PAGE_SIZE: u64 = 4096;
@@ -47,9 +41,6 @@ const ELF_MACHINE_X86_64: u16 = 62;
 const ELF_HEADER_SIZE: usize = 64;
 const ELF_PROGRAM_HEADER_SIZE: usize = 56;
 const ELF_PT_LOAD: u32 = 1;
-/// The boot page tables identity-map the first 4 GiB; an unpacked kernel is
-/// entered with paging on, so it must lie below.
-const IDENTITY_MAPPED_END: u64 = 4 << 30;
 /// How much of a kernel file is read up front to recognise its format.
 const PROBE_SIZE: u64 = 0x1000;
 
@@ -84,8 +75,6 @@ pub enum LoaderError {
     MemoryTooSmall { needed_mib: u64, suggested_mib: u64 },
     #[error("cannot copy the kernel into guest memory: {0}")]
     Load(#[source] linux_loader::loader::Error),
-    #[error("cannot unpack the bzImage: {0}")]
-    Unpack(#[source] UnpackError),
     #[error("the initrd file is empty: give an initramfs (e.g. /boot/initrd.img-*) with --initrd or leave --initrd out")]
     EmptyInitrd,
     #[error("the initrd ({size_mib} MiB) does not fit in guest memory next to the kernel ({available_mib} MiB free below the initrd limit): give a larger --memory or a smaller initrd")]
@@ -105,10 +94,7 @@ pub enum LoaderError {
 /// The on-disk format the kernel was loaded from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KernelFormat {
-    /// Entered at its 64-bit entry; its decompressor runs in the guest.
     BzImage,
-    /// A bzImage whose payload securevm unpacked (see [`unpack`]).
-    UnpackedBzImage,
     Elf,
 }
 
@@ -147,22 +133,8 @@ pub struct CmdlineInfo {
     pub len: usize,
 }
 
-/// What, besides the kernel file, decides where a kernel may go.
-#[derive(Clone, Copy, Debug)]
-pub struct KernelPlacement<'a> {
-    /// The kernel command line (`nokaslr` and options that constrain where
-    /// the kernel may be placed are honoured).
-    pub cmdline: &'a str,
-    /// Size of the initrd that [`load_initrd`] will place, 0 without one.
-    pub initrd_size: u64,
-}
-
 /// Loads a bzImage or ELF vmlinux into `mem`.
-pub fn load_kernel<F>(
-    mem: &GuestMemoryMmap,
-    kernel: &mut F,
-    placement: &KernelPlacement,
-) -> Result<KernelImage, LoaderError>
+pub fn load_kernel<F>(mem: &GuestMemoryMmap, kernel: &mut F) -> Result<KernelImage, LoaderError>
 where
     F: Read + ReadVolatile + Seek,
 {
@@ -185,7 +157,7 @@ where
     if probe.starts_with(ELF_MAGIC) {
         load_elf(mem, kernel, &probe)
     } else if probe.get(SETUP_MAGIC_OFFSET..SETUP_MAGIC_OFFSET + 4) == Some(SETUP_MAGIC) {
-        load_bzimage(mem, kernel, &probe, file_len, placement)
+        load_bzimage(mem, kernel, &probe, file_len)
     } else {
         Err(LoaderError::NotAKernel)
     }
@@ -196,15 +168,11 @@ fn load_bzimage<F>(
     kernel: &mut F,
     probe: &[u8],
     file_len: u64,
-    placement: &KernelPlacement,
 ) -> Result<KernelImage, LoaderError>
 where
     F: Read + ReadVolatile + Seek,
 {
     let header = parse_setup_header(probe, file_len)?;
-    if let Some(kernel) = load_unpacked(mem, kernel, &header, placement)? {
-        return Ok(kernel);
-    }
     let load_address = u64::from(header.code32_start);
     if load_address < HIGH_MEMORY_START {
         return Err(LoaderError::LoadAddressTooLow {
@@ -227,72 +195,6 @@ where
         cmdline_max: (header.cmdline_size as usize).min(CMDLINE_MAX_SIZE - 1),
         initrd_addr_max: u64::from(header.initrd_addr_max),
     })
-}
-
-/// Unpacks the bzImage into place when [`unpack`] can (`None` when its
-/// decompressor must run instead).
-fn load_unpacked<F: Read + Seek>(
-    mem: &GuestMemoryMmap,
-    kernel: &mut F,
-    header: &setup_header,
-    placement: &KernelPlacement,
-) -> Result<Option<KernelImage>, LoaderError> {
-    let mut image = Vec::new();
-    kernel
-        .rewind()
-        .and_then(|_| kernel.read_to_end(&mut image))
-        .map_err(|source| LoaderError::Read {
-            what: "kernel",
-            source,
-        })?;
-    let setup = setup_bytes(header);
-    let Some(payload) = unpack::unpackable_payload(header, &image, setup, placement.cmdline) else {
-        return Ok(None);
-    };
-    let room_end = match placement.initrd_size {
-        0 => low_ram_end(mem),
-        size => {
-            initrd_top(mem, u64::from(header.initrd_addr_max)).saturating_sub(size)
-                & !(PAGE_SIZE - 1)
-        }
-    }
-    .min(IDENTITY_MAPPED_END);
-    let nokaslr = unpack::kaslr_disabled(placement.cmdline);
-    let unpacked = unpack::unpack(
-        mem,
-        header,
-        &image[payload],
-        HIGH_MEMORY_START..room_end,
-        nokaslr,
-        &mut unpack::host_random,
-    )
-    .map_err(|error| match error {
-        UnpackError::NoRoom { needed_mib, .. } => {
-            let needed_mib =
-                needed_mib + HIGH_MEMORY_START / MIB + placement.initrd_size.div_ceil(MIB);
-            LoaderError::MemoryTooSmall {
-                needed_mib,
-                suggested_mib: (needed_mib + 64).div_ceil(64) * 64,
-            }
-        }
-        other => LoaderError::Unpack(other),
-    })?;
-    let mut setup_header = *header;
-    if unpacked.randomized {
-        setup_header.loadflags |= KASLR_FLAG;
-    } else {
-        setup_header.loadflags &= !KASLR_FLAG;
-    }
-    Ok(Some(KernelImage {
-        format: KernelFormat::UnpackedBzImage,
-        load_address: GuestAddress(unpacked.start),
-        entry_64: GuestAddress(unpacked.entry),
-        pvh_entry: None,
-        setup_header: Some(setup_header),
-        footprint_end: unpacked.end,
-        cmdline_max: (header.cmdline_size as usize).min(CMDLINE_MAX_SIZE - 1),
-        initrd_addr_max: u64::from(header.initrd_addr_max),
-    }))
 }
 
 /// Size of the real-mode setup part that precedes the protected-mode kernel.
@@ -359,12 +261,6 @@ fn check_fits(mem: &GuestMemoryMmap, footprint_end: u64) -> Result<(), LoaderErr
         needed_mib,
         suggested_mib,
     })
-}
-
-/// End (exclusive) of where the initrd may go: low RAM, below the kernel's
-/// initrd limit.
-fn initrd_top(mem: &GuestMemoryMmap, initrd_addr_max: u64) -> u64 {
-    low_ram_end(mem).min(initrd_addr_max.saturating_add(1))
 }
 
 /// End (exclusive) of the guest RAM region that starts at address 0.
@@ -476,7 +372,7 @@ where
     }
     initrd.rewind().map_err(read_error)?;
 
-    let top = initrd_top(mem, kernel.initrd_addr_max);
+    let top = low_ram_end(mem).min(kernel.initrd_addr_max.saturating_add(1));
     let available = top.saturating_sub(kernel.footprint_end);
     let address = top
         .checked_sub(size)
@@ -540,11 +436,6 @@ mod tests {
 
     const SETUP_SECTS: u8 = 1;
     const PAYLOAD: usize = 0x1000;
-
-    const NO_PLACEMENT_LIMITS: KernelPlacement = KernelPlacement {
-        cmdline: "",
-        initrd_size: 0,
-    };
 
     fn memory(mib: u64) -> GuestMemoryMmap {
         crate::arch::memory::create_guest_memory(mib * MIB).unwrap()
@@ -622,22 +513,13 @@ mod tests {
     }
 
     fn load(image: Vec<u8>, mem_mib: u64) -> Result<KernelImage, LoaderError> {
-        load_kernel(
-            &memory(mem_mib),
-            &mut Cursor::new(image),
-            &NO_PLACEMENT_LIMITS,
-        )
+        load_kernel(&memory(mem_mib), &mut Cursor::new(image))
     }
 
     #[test]
     fn loads_bzimage_with_64bit_entry() {
         let mem = memory(32);
-        let kernel = load_kernel(
-            &mem,
-            &mut Cursor::new(bzimage(&valid_header())),
-            &NO_PLACEMENT_LIMITS,
-        )
-        .unwrap();
+        let kernel = load_kernel(&mem, &mut Cursor::new(bzimage(&valid_header()))).unwrap();
         assert_eq!(kernel.format, KernelFormat::BzImage);
         assert_eq!(kernel.load_address, GuestAddress(0x10_0000));
         assert_eq!(kernel.entry_64, GuestAddress(0x10_0200));
@@ -807,12 +689,7 @@ mod tests {
     #[test]
     fn initrd_goes_page_aligned_to_the_top_of_low_ram() {
         let mem = memory(32);
-        let kernel = load_kernel(
-            &mem,
-            &mut Cursor::new(bzimage(&valid_header())),
-            &NO_PLACEMENT_LIMITS,
-        )
-        .unwrap();
+        let kernel = load_kernel(&mem, &mut Cursor::new(bzimage(&valid_header()))).unwrap();
         let initrd = load_initrd(&mem, &mut Cursor::new(vec![0xabu8; 10_000]), &kernel).unwrap();
         assert_eq!(initrd.size, 10_000);
         assert_eq!(initrd.address.0, (32 * MIB - 10_000) & !0xfff);
@@ -829,12 +706,7 @@ mod tests {
             initrd_addr_max: (16 << 20) - 1,
             ..valid_header()
         };
-        let kernel = load_kernel(
-            &mem,
-            &mut Cursor::new(bzimage(&header)),
-            &NO_PLACEMENT_LIMITS,
-        )
-        .unwrap();
+        let kernel = load_kernel(&mem, &mut Cursor::new(bzimage(&header))).unwrap();
         let initrd = load_initrd(&mem, &mut Cursor::new(vec![1u8; 4096]), &kernel).unwrap();
         assert_eq!(initrd.address, GuestAddress((16 << 20) - 4096));
     }
@@ -842,12 +714,7 @@ mod tests {
     #[test]
     fn rejects_initrd_too_big_for_memory() {
         let mem = memory(32);
-        let kernel = load_kernel(
-            &mem,
-            &mut Cursor::new(bzimage(&valid_header())),
-            &NO_PLACEMENT_LIMITS,
-        )
-        .unwrap();
+        let kernel = load_kernel(&mem, &mut Cursor::new(bzimage(&valid_header()))).unwrap();
         let err = load_initrd(&mem, &mut Cursor::new(vec![0u8; 31 << 20]), &kernel).unwrap_err();
         assert!(
             matches!(
@@ -865,12 +732,7 @@ mod tests {
     #[test]
     fn rejects_empty_initrd() {
         let mem = memory(32);
-        let kernel = load_kernel(
-            &mem,
-            &mut Cursor::new(bzimage(&valid_header())),
-            &NO_PLACEMENT_LIMITS,
-        )
-        .unwrap();
+        let kernel = load_kernel(&mem, &mut Cursor::new(bzimage(&valid_header()))).unwrap();
         let err = load_initrd(&mem, &mut Cursor::new(Vec::new()), &kernel).unwrap_err();
         assert!(matches!(err, LoaderError::EmptyInitrd), "{err}");
     }
@@ -878,12 +740,7 @@ mod tests {
     #[test]
     fn cmdline_is_written_nul_terminated() {
         let mem = memory(32);
-        let kernel = load_kernel(
-            &mem,
-            &mut Cursor::new(bzimage(&valid_header())),
-            &NO_PLACEMENT_LIMITS,
-        )
-        .unwrap();
+        let kernel = load_kernel(&mem, &mut Cursor::new(bzimage(&valid_header()))).unwrap();
         let info = load_cmdline(&mem, "console=ttyS0 panic=-1", &kernel).unwrap();
         assert_eq!(
             info,
@@ -901,12 +758,7 @@ mod tests {
     #[test]
     fn rejects_cmdline_longer_than_the_kernel_accepts() {
         let mem = memory(32);
-        let kernel = load_kernel(
-            &mem,
-            &mut Cursor::new(bzimage(&valid_header())),
-            &NO_PLACEMENT_LIMITS,
-        )
-        .unwrap();
+        let kernel = load_kernel(&mem, &mut Cursor::new(bzimage(&valid_header()))).unwrap();
         let err = load_cmdline(&mem, &"a".repeat(2048), &kernel).unwrap_err();
         assert!(
             matches!(
@@ -935,12 +787,7 @@ mod tests {
     #[test]
     fn rejects_cmdline_with_nul() {
         let mem = memory(32);
-        let kernel = load_kernel(
-            &mem,
-            &mut Cursor::new(bzimage(&valid_header())),
-            &NO_PLACEMENT_LIMITS,
-        )
-        .unwrap();
+        let kernel = load_kernel(&mem, &mut Cursor::new(bzimage(&valid_header()))).unwrap();
         let err = load_cmdline(&mem, "root=/dev/vda\0init=/bin/sh", &kernel).unwrap_err();
         assert!(matches!(err, LoaderError::CmdlineHasNul), "{err}");
     }
