@@ -143,16 +143,7 @@ main() {
     shift 2
     export RESULTS
     : "${SECUREVM_ASSETS:?SECUREVM_ASSETS must name the asset cache (see scripts/guest-assets)}"
-    local name failed=0 heartbeat=''
-    if [[ $mode == run ]]; then
-        # While L1 lives this file's time moves; scripts/e2e kills an L1
-        # whose heartbeat stops (a frozen L1 runs no timeouts of its own).
-        (while :; do
-            touch "$RESULTS/l1-heartbeat"
-            sleep 5
-        done) &
-        heartbeat=$!
-    fi
+    local name failed=0
     for name in "$@"; do
         case $mode in
         prepare) prepare_one "$name" || failed=1 ;;
@@ -164,7 +155,6 @@ main() {
         esac
     done
     if [[ $mode == run ]]; then
-        kill "$heartbeat" 2>/dev/null || true
         for name in "$@"; do
             grep -q '^PASS' "$RESULTS/$name/result" 2>/dev/null || failed=1
         done
