@@ -132,8 +132,13 @@ vmm_exit_meaning() {
 }
 
 # serial_value KEY: the value printed by the guest as `KEY=value` (last one).
+# securevm's own messages share the log and can land in the middle of a
+# guest line (`E2E-TCP-securevm: network: ...` then `VPN=ok`); such a
+# spliced-in message (or run of them) is cut out so that the guest's line
+# is whole again.
 serial_value() {
-    tr -d '\r' <"$SERIAL_LOG" | sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" | tail -n1
+    tr -d '\r' <"$SERIAL_LOG" | perl -0pe 's/(?<=[^\n])(?:securevm: [^\n]*\n)+//g' |
+        sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" | tail -n1
 }
 
 # expect_serial TEXT: the guest printed a line containing TEXT.
