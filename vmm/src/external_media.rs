@@ -93,7 +93,7 @@ pub fn decide_medium(
         let reason = format!(
             "external medium {shown} not attached: its serial '{id}' is not on the role's allow-list"
         );
-        eprintln!("securevm: {reason}");
+        crate::notice!("securevm: {reason}");
         return Ok(MediumOutcome::Denied { reason });
     }
     match attach_decision(rules.policy, medium, rules.key, rules.format_blank)? {
@@ -119,7 +119,7 @@ pub fn decide_medium(
         }
         ExternalAttach::Denied { reason } => {
             decided("deny", Some(reason.clone()))?;
-            eprintln!("securevm: external medium {reason}");
+            crate::notice!("securevm: external medium {reason}");
             Ok(MediumOutcome::Denied {
                 reason: format!("external medium {reason}"),
             })

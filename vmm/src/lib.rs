@@ -20,6 +20,7 @@ pub mod identity;
 pub mod loader;
 pub mod media_hotplug;
 pub mod netfilter;
+pub mod notice;
 pub mod policy;
 pub mod seccomp;
 pub mod storage;

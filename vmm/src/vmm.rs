@@ -608,7 +608,7 @@ fn spawn_refusal_reporter(
                 let mut examples = Vec::new();
                 for control in &controls {
                     for refusal in control.drain_refusals() {
-                        eprintln!("securevm: network: {refusal}");
+                        crate::notice!("securevm: network: {refusal}");
                         count += 1;
                         if examples.len() < AUDIT_REFUSAL_EXAMPLES {
                             examples.push(refusal.to_string());

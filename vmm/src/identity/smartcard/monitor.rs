@@ -140,19 +140,19 @@ fn watch(card: &WatchedCard, hooks: &SessionHooks, stop: &AtomicBool) {
         state = match (state, present) {
             (State::Unlocked, false) => {
                 (hooks.pause)();
-                eprintln!("{LOCKED_MESSAGE}");
+                crate::notice!("{LOCKED_MESSAGE}");
                 (hooks.event)(&MonitorEvent::Locked);
                 State::Locked
             }
             (State::Locked, true) => match reauthenticate(card) {
                 Ok(()) => {
                     (hooks.resume)();
-                    eprintln!("{UNLOCKED_MESSAGE}");
+                    crate::notice!("{UNLOCKED_MESSAGE}");
                     (hooks.event)(&MonitorEvent::Unlocked);
                     State::Unlocked
                 }
                 Err(error) => {
-                    eprintln!("securevm: {error}; the session stays locked: remove the card and insert it again to retry");
+                    crate::notice!("securevm: {error}; the session stays locked: remove the card and insert it again to retry");
                     (hooks.event)(&MonitorEvent::ReauthenticationFailed(error));
                     State::LockedUntilReinserted
                 }

@@ -285,7 +285,7 @@ pub fn log_in(
                 {
                     return Err(error);
                 }
-                eprintln!("securevm: {error}");
+                crate::notice!("securevm: {error}");
                 thread::sleep(delay);
                 delay = delay.saturating_mul(2);
             }
@@ -305,9 +305,11 @@ fn check_pin_state(module: &Module, slot: Slot) -> Result<(), SmartCardError> {
         return Err(SmartCardError::PinLocked);
     }
     if info.user_pin_final_try() {
-        eprintln!("securevm: warning: the card allows one more PIN try before it locks itself");
+        crate::notice!(
+            "securevm: warning: the card allows one more PIN try before it locks itself"
+        );
     } else if info.user_pin_count_low() {
-        eprintln!("securevm: warning: a wrong PIN was entered on this card before; few tries remain before it locks itself");
+        crate::notice!("securevm: warning: a wrong PIN was entered on this card before; few tries remain before it locks itself");
     }
     Ok(())
 }

@@ -166,7 +166,7 @@ impl VpnLink {
 
     fn print_events(&mut self) {
         while let Some(event) = self.tunnel.take_event() {
-            eprintln!("securevm: network: {event}");
+            crate::notice!("securevm: network: {event}");
         }
     }
 }
