@@ -20,7 +20,9 @@ use crate::api::{
     ApiServer, BoundSocket, LiveVm, LiveVmParts, NetDevice, PolicyVerifier, ServerConfig,
     SocketError,
 };
-use crate::arch::acpi::{create_acpi_tables, AcpiError, PCI_HOTPLUG_GSI, POWER_BUTTON_GSI};
+use crate::arch::acpi::{
+    create_acpi_tables, AcpiError, PciHotplugSlots, PCI_HOTPLUG_GSI, POWER_BUTTON_GSI,
+};
 use crate::arch::boot_params::{configure_boot, BootConfig, BootError};
 use crate::arch::guest_ram::GuestRam;
 use crate::arch::layout::{
@@ -265,7 +267,14 @@ fn run_once(
             mem_size: config.memory_bytes(),
         },
     )?;
-    create_acpi_tables(memory.as_ref(), num_cpus)?;
+    // Media can be hot-plugged only through the control socket; without
+    // one the guest is shown no slots and the controller does not exist.
+    let hotplug_slots = if api_socket.is_some() {
+        PciHotplugSlots::Present
+    } else {
+        PciHotplugSlots::Absent
+    };
+    create_acpi_tables(memory.as_ref(), num_cpus, hotplug_slots)?;
     let power_button = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::Io {
         what: "creating the power button interrupt",
         source,
@@ -336,7 +345,10 @@ fn run_once(
         u64::from(PCI_CONFIG_ADDRESS_PORT),
         8,
     )?;
-    let hotplug = pci_hotplug_controller(&vm, &pio)?;
+    let hotplug = match hotplug_slots {
+        PciHotplugSlots::Present => Some(pci_hotplug_controller(&vm, &pio)?),
+        PciHotplugSlots::Absent => None,
+    };
     mmio.insert(
         Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))),
         PCI_ECAM_START,
@@ -414,13 +426,12 @@ fn run_once(
         Some(card) => Some(watch_card(card, session, &vcpu_control, console_gate)?),
         None => None,
     };
-    // Media can be hot-plugged only through the control socket.
-    let media_hotplug = match &api_socket {
-        Some(_) => Some(
+    let media_hotplug = match hotplug {
+        Some(controller) => Some(
             MediaHotplug::start(MediaHotplugParts {
                 pci: pci.clone(),
                 memory: memory.clone(),
-                controller: hotplug,
+                controller,
                 audit: session.audit.clone(),
                 external: config.external.clone(),
                 seccomp: config.seccomp,

@@ -10,6 +10,8 @@
 //!   button for the button's interrupt and for no other, and scan the
 //!   hot-plug slots for theirs), runs a slot's `_EJ0`, and runs the S5
 //!   sleep sequence, which must take the hardware-reduced path.
+//! - Both again for the DSDT of a VM without hot-plug, which must have no
+//!   trace of the slots left.
 //!
 //! Each test is skipped, with a message, when its tool is not installed.
 
@@ -17,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::test_support::{low_memory, read, read_table, table, u64_at};
-use super::{create_acpi_tables, PCI_HOTPLUG_GSI, POWER_BUTTON_GSI};
+use super::{create_acpi_tables, PciHotplugSlots, PCI_HOTPLUG_GSI, POWER_BUTTON_GSI};
 use crate::arch::layout::{
     ACPI_RESET_PORT, ACPI_S5_SLP_TYP, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT,
 };
@@ -120,7 +122,9 @@ fn iasl_disassembles_every_table_and_recompiles_the_dsdt() {
     }
     let dir = ScratchDir::new("iasl");
     let mem = low_memory();
-    let rsdp = create_acpi_tables(&mem, 2).expect("tables fit").0;
+    let rsdp = create_acpi_tables(&mem, 2, PciHotplugSlots::Present)
+        .expect("tables fit")
+        .0;
 
     let fadt_bytes = table(&mem, rsdp, b"FACP");
     let dsdt_bytes = read_table(&mem, u64_at(&fadt_bytes, 140));
@@ -276,7 +280,9 @@ fn acpica_interpreter_loads_the_dsdt_decodes_resources_and_powers_off() {
     }
     let dir = ScratchDir::new("acpiexec");
     let mem = low_memory();
-    let rsdp = create_acpi_tables(&mem, 1).expect("tables fit").0;
+    let rsdp = create_acpi_tables(&mem, 1, PciHotplugSlots::Present)
+        .expect("tables fit")
+        .0;
     let fadt = table(&mem, rsdp, b"FACP");
     let dsdt = read_table(&mem, u64_at(&fadt, 140));
     std::fs::write(dir.0.join("dsdt.dat"), &dsdt).expect("write DSDT");
@@ -357,4 +363,77 @@ fn acpica_interpreter_loads_the_dsdt_decodes_resources_and_powers_off() {
         "{output}"
     );
     assert!(output.contains("Value 0x80"), "{output}");
+}
+
+#[test]
+fn without_hotplug_the_dsdt_recompiles_loads_and_has_no_slots() {
+    if !tool_available("iasl") || !tool_available("acpiexec") {
+        return;
+    }
+    let dir = ScratchDir::new("no-hotplug");
+    let mem = low_memory();
+    let rsdp = create_acpi_tables(&mem, 1, PciHotplugSlots::Absent)
+        .expect("tables fit")
+        .0;
+    let fadt = table(&mem, rsdp, b"FACP");
+    let dsdt_bytes = read_table(&mem, u64_at(&fadt, 140));
+
+    let dsdt = disassemble(&dir.0, "dsdt", &dsdt_bytes);
+    assert_contains_all(
+        &dsdt,
+        &[
+            "Device (PCI0)",
+            "Device (MBRD)",
+            "Device (GED0)",
+            "Notify (\\_SB.PWRB, 0x80)",
+        ],
+    );
+    for absent in [
+        "PHPR",
+        "PSCN",
+        "Device (S01)",
+        "_EJ0",
+        "0x0AE0",
+        "If ((Arg0 == 0x06))",
+    ] {
+        assert!(!dsdt.contains(absent), "{absent} in:\n{dsdt}");
+    }
+    let compiled = run_tool(&dir.0, "iasl", &["-p", "recompiled", "dsdt.dsl"]);
+    assert!(
+        compiled.contains("0 Errors, 0 Warnings, 0 Remarks"),
+        "{compiled}"
+    );
+
+    std::fs::write(dir.0.join("dsdt.dat"), &dsdt_bytes).expect("write DSDT");
+    std::fs::write(dir.0.join("facp.dat"), &fadt).expect("write FADT");
+    let output = run_tool(
+        &dir.0,
+        "acpiexec",
+        &[
+            "-b",
+            "resources \\_SB.MBRD; resources \\_SB.GED0; \
+             evaluate \\_SB.GED0._EVT 5; evaluate \\_SB.GED0._EVT 6; sleep 5",
+            "dsdt.dat",
+            "facp.dat",
+        ],
+    );
+    assert_contains_all(
+        &output,
+        &[
+            "Table [DSDT: SECUREVM]",
+            "Address : E0000000",
+            &format!("Dword00 : {POWER_BUTTON_GSI:08X}"),
+            "Entering sleep state [S5]",
+        ],
+    );
+    assert!(
+        !output.contains(&format!("Dword00 : {PCI_HOTPLUG_GSI:08X}")),
+        "{output}"
+    );
+    assert!(!output.contains("Address Minimum : 0AE0"), "{output}");
+    assert_eq!(
+        output.matches("Received a Device Notify on [PWRB]").count(),
+        1,
+        "{output}"
+    );
 }

@@ -19,7 +19,8 @@
 //!   high, raised by the VMM through an irqfd); its `_EVT` notifies `PWRB`.
 //! - `\_S5_`: the sleep type value the OS writes to power off.
 //!
-//! - PCI hot-plug (ACPI, as Linux's `acpiphp` drives it): inside `PCI0`
+//! - PCI hot-plug (ACPI, as Linux's `acpiphp` drives it), only for a VM
+//!   that can be given devices while it runs ([`PciHotplugSlots`]): inside `PCI0`
 //!   one device `Sxx_` per slot 1-31 (`_ADR` = slot << 16, `_SUN`, and an
 //!   `_EJ0` that writes the slot's bit to the controller's eject
 //!   register), the controller's registers as an I/O operation region
@@ -28,6 +29,11 @@
 //!   (eject request) for one the VMM wants back. `GED0` runs `PSCN` on
 //!   its second interrupt, [`PCI_HOTPLUG_GSI`]. The register semantics
 //!   live in `devices::pci::hotplug`.
+//!
+//! Without hot-plug the DSDT has none of that: no slots, no controller
+//! ports in `MBRD` and no second GED interrupt. Slots nothing can fill are
+//! no use to the guest and cost its boot time (Linux makes an ACPI device,
+//! a hot-plug slot and config-space probes for each).
 //!
 //! There is no `_PRT`: virtio-pci devices interrupt through MSI-X only and
 //! need no INTx routing.
@@ -88,14 +94,24 @@ const _: () = assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= 1 << 32);
 const PCI_MMIO32_FIRST: u32 = PCI_MMIO32_START as u32;
 const PCI_MMIO32_LAST: u32 = (PCI_MMIO32_START + PCI_MMIO32_SIZE - 1) as u32;
 
+/// Whether the guest is shown PCI hot-plug slots, their controller and its
+/// interrupt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PciHotplugSlots {
+    /// Devices can arrive and leave while the VM runs.
+    Present,
+    /// The device set is fixed at boot.
+    Absent,
+}
+
 /// Builds the complete DSDT, header included.
-pub fn build_dsdt() -> Vec<u8> {
+pub fn build_dsdt(hotplug: PciHotplugSlots) -> Vec<u8> {
     let mut system_bus = Vec::new();
-    pci_host_bridge(&mut system_bus);
-    motherboard_resources(&mut system_bus);
+    pci_host_bridge(&mut system_bus, hotplug);
+    motherboard_resources(&mut system_bus, hotplug);
     com1(&mut system_bus);
     power_button(&mut system_bus);
-    generic_event_device(&mut system_bus);
+    generic_event_device(&mut system_bus, hotplug);
 
     let mut aml = Scope::raw(Path::new("\\_SB_"), system_bus);
     soft_off_sleep_type(&mut aml);
@@ -112,7 +128,7 @@ pub fn build_dsdt() -> Vec<u8> {
     dsdt.as_slice().to_vec()
 }
 
-fn pci_host_bridge(sink: &mut dyn AmlSink) {
+fn pci_host_bridge(sink: &mut dyn AmlSink, hotplug: PciHotplugSlots) {
     let bus_numbers = AddressSpace::<u16>::new_bus_number(0, u16::from(LAST_BUS));
     let config_ports = IO::new(
         PCI_CONFIG_ADDRESS_PORT,
@@ -147,10 +163,12 @@ fn pci_host_bridge(sink: &mut dyn AmlSink) {
     let uid = Name::new(Path::new("_UID"), &ZERO);
     let crs = Name::new(Path::new("_CRS"), &resources);
     let mut children: Vec<&dyn Aml> = vec![&hid, &cid, &seg, &bbn, &uid, &crs];
-    let mut hotplug = Vec::new();
-    hotplug_slots(&mut hotplug);
-    let hotplug = EncodedAml(hotplug);
-    children.push(&hotplug);
+    let mut slots = Vec::new();
+    if hotplug == PciHotplugSlots::Present {
+        hotplug_slots(&mut slots);
+    }
+    let slots = EncodedAml(slots);
+    children.push(&slots);
     Device::new(Path::new("PCI0"), children).to_aml_bytes(sink);
 }
 
@@ -251,9 +269,10 @@ fn hotplug_slots(sink: &mut Vec<u8>) {
     Method::new(Path::new("PSCN"), 0, true, body).to_aml_bytes(sink);
 }
 
-/// Claims the ECAM range and the FADT's sleep and reset ports, so that no
-/// driver or resource allocator hands them to anything else.
-fn motherboard_resources(sink: &mut dyn AmlSink) {
+/// Claims the ECAM range, the FADT's sleep and reset ports and the hot-plug
+/// controller's ports, so that no driver or resource allocator hands them
+/// to anything else.
+fn motherboard_resources(sink: &mut dyn AmlSink, hotplug: PciHotplugSlots) {
     let ecam = Memory32Fixed::new(true, PCI_ECAM_START as u32, PCI_ECAM_SIZE as u32);
     let sleep_ports = IO::new(ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_CONTROL_PORT, 1, 2);
     let reset_port = IO::new(ACPI_RESET_PORT, ACPI_RESET_PORT, 1, 1);
@@ -263,15 +282,16 @@ fn motherboard_resources(sink: &mut dyn AmlSink) {
         1,
         HOTPLUG_PORT_LEN as u8,
     );
+    let mut resources: Vec<&dyn Aml> = vec![&ecam, &sleep_ports, &reset_port];
+    if hotplug == PciHotplugSlots::Present {
+        resources.push(&hotplug_ports);
+    }
     Device::new(
         Path::new("MBRD"),
         vec![
             &Name::new(Path::new("_HID"), &EISAName::new("PNP0C02")),
             &Name::new(Path::new("_UID"), &ZERO),
-            &Name::new(
-                Path::new("_CRS"),
-                &ResourceTemplate::new(vec![&ecam, &sleep_ports, &reset_port, &hotplug_ports]),
-            ),
+            &Name::new(Path::new("_CRS"), &ResourceTemplate::new(resources)),
         ],
     )
     .to_aml_bytes(sink);
@@ -308,8 +328,8 @@ fn power_button(sink: &mut dyn AmlSink) {
 }
 
 /// `GED0`: `_EVT (Arg0 = GSI)` notifies the power button for its
-/// interrupt and scans the hot-plug slots for theirs.
-fn generic_event_device(sink: &mut dyn AmlSink) {
+/// interrupt and scans the hot-plug slots (if any) for theirs.
+fn generic_event_device(sink: &mut dyn AmlSink, hotplug: PciHotplugSlots) {
     // ExtendedInterrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive): an
     // irqfd raises the line and lowers it at once, an edge.
     let irq = Interrupt::new(true, true, false, false, POWER_BUTTON_GSI);
@@ -321,21 +341,19 @@ fn generic_event_device(sink: &mut dyn AmlSink) {
     let scan = MethodCall::new(Path::new("\\_SB_.PCI0.PSCN"), vec![]);
     let is_hotplug = Equal::new(&Arg(0), &PCI_HOTPLUG_GSI);
     let on_hotplug = If::new(&is_hotplug, vec![&scan]);
+    let mut interrupts: Vec<&dyn Aml> = vec![&irq];
+    let mut events: Vec<&dyn Aml> = vec![&on_power_button];
+    if hotplug == PciHotplugSlots::Present {
+        interrupts.push(&hotplug_irq);
+        events.push(&on_hotplug);
+    }
     Device::new(
         Path::new("GED0"),
         vec![
             &Name::new(Path::new("_HID"), &"ACPI0013"),
             &Name::new(Path::new("_UID"), &ZERO),
-            &Name::new(
-                Path::new("_CRS"),
-                &ResourceTemplate::new(vec![&irq, &hotplug_irq]),
-            ),
-            &Method::new(
-                Path::new("_EVT"),
-                1,
-                true,
-                vec![&on_power_button, &on_hotplug],
-            ),
+            &Name::new(Path::new("_CRS"), &ResourceTemplate::new(interrupts)),
+            &Method::new(Path::new("_EVT"), 1, true, events),
         ],
     )
     .to_aml_bytes(sink);
@@ -364,7 +382,7 @@ mod tests {
 
     #[test]
     fn header_and_checksum() {
-        let dsdt = build_dsdt();
+        let dsdt = build_dsdt(PciHotplugSlots::Present);
         assert_eq!(&dsdt[0..4], b"DSDT");
         assert_eq!(u32_at(&dsdt, 4) as usize, dsdt.len());
         assert_eq!(dsdt[8], DSDT_REVISION);
@@ -373,7 +391,7 @@ mod tests {
 
     #[test]
     fn names_the_expected_devices() {
-        let dsdt = build_dsdt();
+        let dsdt = build_dsdt(PciHotplugSlots::Present);
         for name in [
             &b"_SB_"[..],
             b"PCI0",
@@ -393,7 +411,7 @@ mod tests {
 
     #[test]
     fn s5_package_has_the_layout_sleep_type_first() {
-        let dsdt = build_dsdt();
+        let dsdt = build_dsdt(PciHotplugSlots::Present);
         // NameOp "_S5_" PackageOp PkgLength(7) NumElements(4)
         // BytePrefix SLP_TYP ZeroOp ZeroOp ZeroOp
         let expected = [
@@ -416,7 +434,7 @@ mod tests {
 
     #[test]
     fn host_bridge_ids_are_pcie_root_compatible_with_pci() {
-        let dsdt = build_dsdt();
+        let dsdt = build_dsdt(PciHotplugSlots::Present);
         let mut pnp0a08 = Vec::new();
         EISAName::new("PNP0A08").to_aml_bytes(&mut pnp0a08);
         let mut pnp0a03 = Vec::new();
@@ -427,7 +445,7 @@ mod tests {
 
     #[test]
     fn host_bridge_mmio_window_matches_the_layout() {
-        let dsdt = build_dsdt();
+        let dsdt = build_dsdt(PciHotplugSlots::Present);
         // DWord address space descriptor: min, max, translation, length.
         let window = [
             PCI_MMIO32_FIRST.to_le_bytes(),
@@ -441,7 +459,7 @@ mod tests {
 
     #[test]
     fn acpi_register_ports_are_reserved_as_motherboard_resources() {
-        let dsdt = build_dsdt();
+        let dsdt = build_dsdt(PciHotplugSlots::Present);
         let mut ports = Vec::new();
         IO::new(ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_CONTROL_PORT, 1, 2).to_aml_bytes(&mut ports);
         IO::new(ACPI_RESET_PORT, ACPI_RESET_PORT, 1, 1).to_aml_bytes(&mut ports);
@@ -450,7 +468,7 @@ mod tests {
 
     #[test]
     fn every_slot_has_an_address_a_number_and_an_eject_method() {
-        let dsdt = build_dsdt();
+        let dsdt = build_dsdt(PciHotplugSlots::Present);
         for slot in 1..SLOT_COUNT {
             let mut device = Vec::new();
             Name::new(Path::new("_ADR"), &((slot as u32) << 16)).to_aml_bytes(&mut device);
@@ -470,7 +488,7 @@ mod tests {
 
     #[test]
     fn hotplug_ports_are_reserved_and_the_ged_listens_on_their_interrupt() {
-        let dsdt = build_dsdt();
+        let dsdt = build_dsdt(PciHotplugSlots::Present);
         let mut ports = Vec::new();
         IO::new(
             HOTPLUG_PORT_BASE,
@@ -486,8 +504,37 @@ mod tests {
     }
 
     #[test]
+    fn without_hotplug_there_are_no_slots_controller_ports_or_interrupt() {
+        let with = build_dsdt(PciHotplugSlots::Present);
+        let dsdt = build_dsdt(PciHotplugSlots::Absent);
+        assert_eq!(byte_sum(&dsdt), 0);
+        assert!(dsdt.len() < with.len());
+        for name in [&b"S01_"[..], b"S1F_", b"_EJ0", b"_SUN", b"PHPR", b"PSCN"] {
+            assert!(!contains(&dsdt, name), "{}", name.escape_ascii());
+        }
+        let mut ports = Vec::new();
+        IO::new(
+            HOTPLUG_PORT_BASE,
+            HOTPLUG_PORT_BASE,
+            1,
+            HOTPLUG_PORT_LEN as u8,
+        )
+        .to_aml_bytes(&mut ports);
+        assert!(!contains(&dsdt, &ports));
+        let mut hotplug_irq = Vec::new();
+        Interrupt::new(true, true, false, false, PCI_HOTPLUG_GSI).to_aml_bytes(&mut hotplug_irq);
+        assert!(!contains(&dsdt, &hotplug_irq));
+        let mut button_irq = Vec::new();
+        Interrupt::new(true, true, false, false, POWER_BUTTON_GSI).to_aml_bytes(&mut button_irq);
+        assert!(contains(&dsdt, &button_irq));
+        for name in [&b"PCI0"[..], b"MBRD", b"COM1", b"PWRB", b"GED0", b"_EVT"] {
+            assert!(contains(&dsdt, name), "{}", name.escape_ascii());
+        }
+    }
+
+    #[test]
     fn ecam_is_reserved_as_a_motherboard_resource() {
-        let dsdt = build_dsdt();
+        let dsdt = build_dsdt(PciHotplugSlots::Present);
         let mut ecam = Vec::new();
         Memory32Fixed::new(true, PCI_ECAM_START as u32, PCI_ECAM_SIZE as u32)
             .to_aml_bytes(&mut ecam);

@@ -22,7 +22,7 @@ mod mcfg;
 #[cfg(test)]
 mod acpica_tests;
 
-pub use dsdt::{PCI_HOTPLUG_GSI, POWER_BUTTON_GSI};
+pub use dsdt::{PciHotplugSlots, PCI_HOTPLUG_GSI, POWER_BUTTON_GSI};
 
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::xsdt::XSDT;
@@ -70,16 +70,19 @@ pub enum AcpiError {
 }
 
 /// Builds all ACPI tables for a VM with `num_cpus` vCPUs (APIC IDs
-/// `0..num_cpus`) and writes them to guest memory: the RSDP at
+/// `0..num_cpus`), with or without PCI hot-plug slots, and writes them to
+/// guest memory: the RSDP at
 /// [`RSDP_START`], the other tables in `[ACPI_TABLES_START, ACPI_TABLES_END)`.
 /// Returns the RSDP address, which belongs in `boot_params.acpi_rsdp_addr`.
 pub fn create_acpi_tables<M: GuestMemory + ?Sized>(
     mem: &M,
     num_cpus: u8,
+    hotplug: PciHotplugSlots,
 ) -> Result<GuestAddress, AcpiError> {
     write_tables(
         mem,
         num_cpus,
+        hotplug,
         GuestAddress(RSDP_START),
         TableWindow {
             start: ACPI_TABLES_START,
@@ -106,6 +109,7 @@ struct PlacedTable {
 fn write_tables<M: GuestMemory + ?Sized>(
     mem: &M,
     num_cpus: u8,
+    hotplug: PciHotplugSlots,
     rsdp_address: GuestAddress,
     window: TableWindow,
 ) -> Result<GuestAddress, AcpiError> {
@@ -113,7 +117,7 @@ fn write_tables<M: GuestMemory + ?Sized>(
         return Err(AcpiError::NoCpus);
     }
 
-    let dsdt = dsdt::build_dsdt();
+    let dsdt = dsdt::build_dsdt(hotplug);
     let madt = madt::build_madt(num_cpus);
     let mcfg = mcfg::build_mcfg();
 
@@ -298,7 +302,8 @@ mod tests {
 
     fn build(num_cpus: u8) -> (GuestMemoryMmap, u64) {
         let mem = low_memory();
-        let rsdp = create_acpi_tables(&mem, num_cpus).expect("tables fit");
+        let rsdp =
+            create_acpi_tables(&mem, num_cpus, PciHotplugSlots::Present).expect("tables fit");
         (mem, rsdp.0)
     }
 
@@ -388,7 +393,7 @@ mod tests {
     fn zero_cpus_is_refused() {
         let mem = low_memory();
         assert!(matches!(
-            create_acpi_tables(&mem, 0),
+            create_acpi_tables(&mem, 0, PciHotplugSlots::Present),
             Err(AcpiError::NoCpus)
         ));
     }
@@ -402,8 +407,14 @@ mod tests {
             start: ACPI_TABLES_START,
             end: ACPI_TABLES_START + 1024,
         };
-        let error = write_tables(&mem, 255, GuestAddress(RSDP_START), window)
-            .expect_err("a 255-vCPU MADT does not fit in 1 KiB");
+        let error = write_tables(
+            &mem,
+            255,
+            PciHotplugSlots::Present,
+            GuestAddress(RSDP_START),
+            window,
+        )
+        .expect_err("a 255-vCPU MADT does not fit in 1 KiB");
         match error {
             AcpiError::TablesTooLarge {
                 needed, available, ..
@@ -426,7 +437,8 @@ mod tests {
     #[test]
     fn guest_memory_without_the_first_megabyte_is_an_error_not_a_panic() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x8_0000)]).unwrap();
-        let error = create_acpi_tables(&mem, 1).expect_err("no RAM at 0xe0000");
+        let error =
+            create_acpi_tables(&mem, 1, PciHotplugSlots::Present).expect_err("no RAM at 0xe0000");
         assert!(matches!(error, AcpiError::GuestMemory { .. }));
         assert!(error.to_string().contains("more memory"));
     }
