@@ -18,6 +18,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use vm_memory::GuestMemoryMmap;
+
 use super::test_support::{low_memory, read, read_table, table, u64_at};
 use super::{create_acpi_tables, PciHotplugSlots, PCI_HOTPLUG_GSI, POWER_BUTTON_GSI};
 use crate::arch::layout::{
@@ -115,19 +117,38 @@ fn assert_contains_all(text: &str, expected: &[&str]) {
     }
 }
 
+/// The tables of a VM with `num_cpus` vCPUs written to fresh guest memory:
+/// the memory, the RSDP's address, the FADT and the DSDT.
+fn written_tables(
+    num_cpus: u8,
+    hotplug: PciHotplugSlots,
+) -> (GuestMemoryMmap, u64, Vec<u8>, Vec<u8>) {
+    let mem = low_memory();
+    let rsdp = create_acpi_tables(&mem, num_cpus, hotplug)
+        .expect("tables fit")
+        .0;
+    let fadt = table(&mem, rsdp, b"FACP");
+    let dsdt = read_table(&mem, u64_at(&fadt, 140));
+    (mem, rsdp, fadt, dsdt)
+}
+
+/// Compiles `dir/dsdt.dsl` back to AML: iasl must accept every construct.
+fn assert_dsdt_recompiles(dir: &Path) {
+    let compiled = run_tool(dir, "iasl", &["-p", "recompiled", "dsdt.dsl"]);
+    assert!(
+        compiled.contains("0 Errors, 0 Warnings, 0 Remarks"),
+        "{compiled}"
+    );
+    assert!(dir.join("recompiled.aml").exists());
+}
+
 #[test]
 fn iasl_disassembles_every_table_and_recompiles_the_dsdt() {
     if !tool_available("iasl") {
         return;
     }
     let dir = ScratchDir::new("iasl");
-    let mem = low_memory();
-    let rsdp = create_acpi_tables(&mem, 2, PciHotplugSlots::Present)
-        .expect("tables fit")
-        .0;
-
-    let fadt_bytes = table(&mem, rsdp, b"FACP");
-    let dsdt_bytes = read_table(&mem, u64_at(&fadt_bytes, 140));
+    let (mem, rsdp, fadt_bytes, dsdt_bytes) = written_tables(2, PciHotplugSlots::Present);
 
     let dsdt = disassemble(&dir.0, "dsdt", &dsdt_bytes);
     assert_contains_all(
@@ -194,13 +215,7 @@ fn iasl_disassembles_every_table_and_recompiles_the_dsdt() {
         "GED interrupt missing in:\n{dsdt}"
     );
 
-    // The disassembly compiles back to AML: iasl accepts every construct.
-    let compiled = run_tool(&dir.0, "iasl", &["-p", "recompiled", "dsdt.dsl"]);
-    assert!(
-        compiled.contains("0 Errors, 0 Warnings, 0 Remarks"),
-        "{compiled}"
-    );
-    assert!(dir.0.join("recompiled.aml").exists());
+    assert_dsdt_recompiles(&dir.0);
 
     let fadt = disassemble(&dir.0, "facp", &fadt_bytes);
     assert_contains_all(
@@ -279,12 +294,7 @@ fn acpica_interpreter_loads_the_dsdt_decodes_resources_and_powers_off() {
         return;
     }
     let dir = ScratchDir::new("acpiexec");
-    let mem = low_memory();
-    let rsdp = create_acpi_tables(&mem, 1, PciHotplugSlots::Present)
-        .expect("tables fit")
-        .0;
-    let fadt = table(&mem, rsdp, b"FACP");
-    let dsdt = read_table(&mem, u64_at(&fadt, 140));
+    let (_, _, fadt, dsdt) = written_tables(1, PciHotplugSlots::Present);
     std::fs::write(dir.0.join("dsdt.dat"), &dsdt).expect("write DSDT");
     std::fs::write(dir.0.join("facp.dat"), &fadt).expect("write FADT");
 
@@ -371,12 +381,7 @@ fn without_hotplug_the_dsdt_recompiles_loads_and_has_no_slots() {
         return;
     }
     let dir = ScratchDir::new("no-hotplug");
-    let mem = low_memory();
-    let rsdp = create_acpi_tables(&mem, 1, PciHotplugSlots::Absent)
-        .expect("tables fit")
-        .0;
-    let fadt = table(&mem, rsdp, b"FACP");
-    let dsdt_bytes = read_table(&mem, u64_at(&fadt, 140));
+    let (_, _, fadt, dsdt_bytes) = written_tables(1, PciHotplugSlots::Absent);
 
     let dsdt = disassemble(&dir.0, "dsdt", &dsdt_bytes);
     assert_contains_all(
@@ -398,11 +403,7 @@ fn without_hotplug_the_dsdt_recompiles_loads_and_has_no_slots() {
     ] {
         assert!(!dsdt.contains(absent), "{absent} in:\n{dsdt}");
     }
-    let compiled = run_tool(&dir.0, "iasl", &["-p", "recompiled", "dsdt.dsl"]);
-    assert!(
-        compiled.contains("0 Errors, 0 Warnings, 0 Remarks"),
-        "{compiled}"
-    );
+    assert_dsdt_recompiles(&dir.0);
 
     std::fs::write(dir.0.join("dsdt.dat"), &dsdt_bytes).expect("write DSDT");
     std::fs::write(dir.0.join("facp.dat"), &fadt).expect("write FADT");

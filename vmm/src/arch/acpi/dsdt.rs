@@ -374,6 +374,26 @@ mod tests {
     use super::*;
     use crate::arch::acpi::test_support::{byte_sum, u32_at};
 
+    fn encoded(term: &dyn Aml) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        term.to_aml_bytes(&mut bytes);
+        bytes
+    }
+
+    fn hotplug_ports() -> Vec<u8> {
+        encoded(&IO::new(
+            HOTPLUG_PORT_BASE,
+            HOTPLUG_PORT_BASE,
+            1,
+            HOTPLUG_PORT_LEN as u8,
+        ))
+    }
+
+    /// The GED's interrupt descriptor for `gsi`.
+    fn ged_interrupt(gsi: u32) -> Vec<u8> {
+        encoded(&Interrupt::new(true, true, false, false, gsi))
+    }
+
     fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         haystack
             .windows(needle.len())
@@ -489,18 +509,8 @@ mod tests {
     #[test]
     fn hotplug_ports_are_reserved_and_the_ged_listens_on_their_interrupt() {
         let dsdt = build_dsdt(PciHotplugSlots::Present);
-        let mut ports = Vec::new();
-        IO::new(
-            HOTPLUG_PORT_BASE,
-            HOTPLUG_PORT_BASE,
-            1,
-            HOTPLUG_PORT_LEN as u8,
-        )
-        .to_aml_bytes(&mut ports);
-        assert!(contains(&dsdt, &ports));
-        let mut irq = Vec::new();
-        Interrupt::new(true, true, false, false, PCI_HOTPLUG_GSI).to_aml_bytes(&mut irq);
-        assert!(contains(&dsdt, &irq));
+        assert!(contains(&dsdt, &hotplug_ports()));
+        assert!(contains(&dsdt, &ged_interrupt(PCI_HOTPLUG_GSI)));
     }
 
     #[test]
@@ -512,21 +522,9 @@ mod tests {
         for name in [&b"S01_"[..], b"S1F_", b"_EJ0", b"_SUN", b"PHPR", b"PSCN"] {
             assert!(!contains(&dsdt, name), "{}", name.escape_ascii());
         }
-        let mut ports = Vec::new();
-        IO::new(
-            HOTPLUG_PORT_BASE,
-            HOTPLUG_PORT_BASE,
-            1,
-            HOTPLUG_PORT_LEN as u8,
-        )
-        .to_aml_bytes(&mut ports);
-        assert!(!contains(&dsdt, &ports));
-        let mut hotplug_irq = Vec::new();
-        Interrupt::new(true, true, false, false, PCI_HOTPLUG_GSI).to_aml_bytes(&mut hotplug_irq);
-        assert!(!contains(&dsdt, &hotplug_irq));
-        let mut button_irq = Vec::new();
-        Interrupt::new(true, true, false, false, POWER_BUTTON_GSI).to_aml_bytes(&mut button_irq);
-        assert!(contains(&dsdt, &button_irq));
+        assert!(!contains(&dsdt, &hotplug_ports()));
+        assert!(!contains(&dsdt, &ged_interrupt(PCI_HOTPLUG_GSI)));
+        assert!(contains(&dsdt, &ged_interrupt(POWER_BUTTON_GSI)));
         for name in [&b"PCI0"[..], b"MBRD", b"COM1", b"PWRB", b"GED0", b"_EVT"] {
             assert!(contains(&dsdt, name), "{}", name.escape_ascii());
         }
