@@ -470,20 +470,61 @@ mod tests {
             .is_none());
     }
 
+    /// Waits until process `pid` blocks in read(2), which the helper does
+    /// only once it is up and waiting for a request.
+    fn wait_until_reading(pid: u32) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let syscall = std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+                .expect("read /proc/PID/syscall of our own child");
+            if syscall.starts_with("0 ") {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the helper never waited for a request: {syscall}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     #[test]
     fn the_helper_inherits_no_descriptor_beyond_stdin_stdout_and_stderr() {
         // SAFETY: creates a descriptor without close-on-exec, closed below.
         let leaky = unsafe { libc::eventfd(0, 0) };
         assert!(leaky >= 3);
         let helper = LuksHelper::spawn().expect("cargo test builds securevm-luks");
-        let mut seen: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", helper.child.id()))
+        let pid = helper.child.id();
+        // Looked at once the helper is up: earlier, its loader may hold a
+        // library open for a moment.
+        wait_until_reading(pid);
+        let target = |fd: u32| std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+        let mut fds: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
             .unwrap()
-            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .map(|entry| {
+                entry
+                    .unwrap()
+                    .file_name()
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            })
             .collect();
         // SAFETY: closes the descriptor opened above.
         unsafe { libc::close(leaky) };
-        seen.sort();
-        assert_eq!(seen, ["0", "1", "2"]);
+        fds.sort();
+        assert_eq!(fds[..3], [0, 1, 2]);
+        // Beyond those, only the helper's own unbuffered copies of its
+        // request and reply pipes.
+        let (requests, replies) = (target(0), target(1));
+        for &fd in &fds[3..] {
+            let open = target(fd);
+            assert!(
+                open == requests || open == replies,
+                "fd {fd} of the helper is {open:?}, not one of its pipes (fds: {fds:?})"
+            );
+        }
     }
 
     #[test]
