@@ -13,6 +13,13 @@
 //! stack, say) off the 2 MiB boundary, where a kernel with THP "always"
 //! would back a mostly unused stack with a whole huge page.
 //!
+//! The RAM is also marked `MADV_DONTFORK` and `MADV_DONTDUMP`. securevm
+//! forks helper processes (`securevm-luks`), one of them while the guest
+//! runs; without DONTFORK each fork write-protected all guest RAM for
+//! copy-on-write under the running vCPUs (slow, and the child would hold
+//! the guest's memory until its exec). DONTDUMP keeps the guest's memory
+//! out of securevm's core dumps.
+//!
 //! vm-memory does not own such a mapping, so [`GuestRam`] does: it unmaps
 //! the RAM only once nothing else holds the guest memory or one of its
 //! regions (a device thread still holding it makes it stay mapped until the
@@ -146,6 +153,13 @@ impl Mapping {
             // Best effort: without THP support this fails and the RAM
             // stays in small pages.
             libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+            for advice in [libc::MADV_DONTFORK, libc::MADV_DONTDUMP] {
+                if libc::madvise(aligned as *mut libc::c_void, len, advice) != 0 {
+                    let error = io::Error::last_os_error();
+                    libc::munmap((aligned - GUARD) as *mut libc::c_void, len + 2 * GUARD);
+                    return Err(error);
+                }
+            }
         }
         let addr = NonNull::new(aligned as *mut u8).ok_or_else(io::Error::last_os_error)?;
         Ok(Mapping { addr, len })
@@ -212,6 +226,23 @@ mod tests {
         assert_eq!(protection_at(start - 1).as_deref(), Some("---p"));
         assert_eq!(protection_at(start).as_deref(), Some("rw-p"));
         assert_eq!(protection_at(start + (8 << 20)).as_deref(), Some("---p"));
+    }
+
+    #[test]
+    fn ram_is_neither_inherited_by_children_nor_dumped() {
+        let ram = GuestRam::new(8 << 20).unwrap();
+        let start = ram.memory().get_host_address(GuestAddress(0)).unwrap() as usize;
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let header = format!("{start:x}-");
+        let flags = smaps
+            .lines()
+            .skip_while(|line| !line.starts_with(&header))
+            .find_map(|line| line.strip_prefix("VmFlags:"))
+            .expect("the RAM mapping and its VmFlags in smaps");
+        let flags: Vec<&str> = flags.split_whitespace().collect();
+        // dc: do not copy on fork; dd: do not include in core dumps.
+        assert!(flags.contains(&"dc"), "{flags:?}");
+        assert!(flags.contains(&"dd"), "{flags:?}");
     }
 
     #[test]
