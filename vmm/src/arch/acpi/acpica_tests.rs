@@ -142,6 +142,14 @@ fn assert_dsdt_recompiles(dir: &Path) {
     assert!(dir.join("recompiled.aml").exists());
 }
 
+/// Loads `dsdt` with our `fadt` into ACPICA's interpreter in `dir`, runs
+/// the batch `commands` and returns acpiexec's output.
+fn run_acpiexec(dir: &Path, fadt: &[u8], dsdt: &[u8], commands: &str) -> String {
+    std::fs::write(dir.join("dsdt.dat"), dsdt).expect("write DSDT");
+    std::fs::write(dir.join("facp.dat"), fadt).expect("write FADT");
+    run_tool(dir, "acpiexec", &["-b", commands, "dsdt.dat", "facp.dat"])
+}
+
 #[test]
 fn iasl_disassembles_every_table_and_recompiles_the_dsdt() {
     if !tool_available("iasl") {
@@ -295,22 +303,15 @@ fn acpica_interpreter_loads_the_dsdt_decodes_resources_and_powers_off() {
     }
     let dir = ScratchDir::new("acpiexec");
     let (_, _, fadt, dsdt) = written_tables(1, PciHotplugSlots::Present);
-    std::fs::write(dir.0.join("dsdt.dat"), &dsdt).expect("write DSDT");
-    std::fs::write(dir.0.join("facp.dat"), &fadt).expect("write FADT");
-
-    let output = run_tool(
+    let output = run_acpiexec(
         &dir.0,
-        "acpiexec",
-        &[
-            "-b",
-            "evaluate \\_S5_; resources \\_SB.PCI0; resources \\_SB.MBRD; \
-             resources \\_SB.COM1; resources \\_SB.GED0; \
-             evaluate \\_SB.GED0._EVT 5; evaluate \\_SB.GED0._EVT 4; \
-             evaluate \\_SB.GED0._EVT 6; evaluate \\_SB.PCI0.S03_._EJ0 1; \
-             evaluate \\_SB.PCI0.S03_._SUN; sleep 5",
-            "dsdt.dat",
-            "facp.dat",
-        ],
+        &fadt,
+        &dsdt,
+        "evaluate \\_S5_; resources \\_SB.PCI0; resources \\_SB.MBRD; \
+         resources \\_SB.COM1; resources \\_SB.GED0; \
+         evaluate \\_SB.GED0._EVT 5; evaluate \\_SB.GED0._EVT 4; \
+         evaluate \\_SB.GED0._EVT 6; evaluate \\_SB.PCI0.S03_._EJ0 1; \
+         evaluate \\_SB.PCI0.S03_._SUN; sleep 5",
     );
     // acpiexec uses the FADT we gave it, not one of its own.
     assert!(
@@ -405,18 +406,12 @@ fn without_hotplug_the_dsdt_recompiles_loads_and_has_no_slots() {
     }
     assert_dsdt_recompiles(&dir.0);
 
-    std::fs::write(dir.0.join("dsdt.dat"), &dsdt_bytes).expect("write DSDT");
-    std::fs::write(dir.0.join("facp.dat"), &fadt).expect("write FADT");
-    let output = run_tool(
+    let output = run_acpiexec(
         &dir.0,
-        "acpiexec",
-        &[
-            "-b",
-            "resources \\_SB.MBRD; resources \\_SB.GED0; \
-             evaluate \\_SB.GED0._EVT 5; evaluate \\_SB.GED0._EVT 6; sleep 5",
-            "dsdt.dat",
-            "facp.dat",
-        ],
+        &fadt,
+        &dsdt_bytes,
+        "resources \\_SB.MBRD; resources \\_SB.GED0; \
+         evaluate \\_SB.GED0._EVT 5; evaluate \\_SB.GED0._EVT 6; sleep 5",
     );
     assert_contains_all(
         &output,
