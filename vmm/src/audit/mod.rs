@@ -127,7 +127,7 @@ impl Audit {
     /// there is nothing left to refuse.
     pub fn record_or_warn(&self, event: Event) {
         if let Err(e) = self.record(event) {
-            eprintln!("securevm: audit: {e}");
+            crate::notice!("securevm: audit: {e}");
         }
     }
 }
