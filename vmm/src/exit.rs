@@ -22,6 +22,8 @@ pub const EXIT_GUEST_CRASH: i32 = 4;
 pub const EXIT_LOGIN_REFUSED: i32 = 5;
 /// Exit status when the user stopped the VM from the console (Ctrl-A x).
 pub const EXIT_USER_QUIT: i32 = 130;
+/// Exit status when securevm itself panicked (a bug; sysexits' EX_SOFTWARE).
+pub const EXIT_PANIC: i32 = 70;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExitReason {
@@ -63,6 +65,35 @@ impl ExitNotifier {
     }
 }
 
+/// Makes a panic in any thread end the process at once with
+/// [`EXIT_PANIC`] and one line naming the thread, the place and the
+/// message.
+///
+/// Release builds abort on panic, and abort raises SIGABRT with tgkill,
+/// which most threads' seccomp filters refuse: the process would then end
+/// as a seccomp violation, blaming the wrong bug. `_exit` (exit_group) is
+/// allowed in every thread, and ends the guest with the process, so a
+/// half-dead VMM never keeps running a guest whose device thread is gone.
+pub fn install_panic_hook(program: &'static str) {
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        let location = info
+            .location()
+            .map_or_else(String::new, |l| format!(" at {}:{}", l.file(), l.line()));
+        let line = format!(
+            "{program}: internal error: thread '{}' panicked{location}: {}; stopped with exit status {EXIT_PANIC}: this is a bug, please report it\n",
+            thread.name().unwrap_or("unnamed"),
+            info.payload_as_str().unwrap_or("(no message)"),
+        );
+        // SAFETY: write(2) of a valid buffer and _exit(2) are allowed in
+        // every thread kind's filter and need no locks.
+        unsafe {
+            libc::write(2, line.as_ptr().cast(), line.len());
+            libc::_exit(EXIT_PANIC);
+        }
+    }));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,10 +117,61 @@ mod tests {
             ExitReason::Internal(String::new()).exit_code(),
             EXIT_USAGE,
             EXIT_LOGIN_REFUSED,
+            EXIT_PANIC,
+            crate::seccomp::EXIT_SECCOMP_VIOLATION,
         ];
         let mut sorted = codes.to_vec();
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), codes.len());
+    }
+
+    const PANIC_CHILD: &str = "SECUREVM_TEST_PANIC_CHILD";
+
+    /// A panic in a thread confined like a virtio-net I/O thread ends the
+    /// process with its own status and a line naming it. Without the hook,
+    /// abort's tgkill is refused there and the process ends as a seccomp
+    /// violation (31) instead.
+    #[test]
+    fn a_panic_in_a_confined_thread_ends_securevm_with_its_own_status() {
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "exit::tests::panicking_child",
+                "--ignored",
+                "--test-threads=1",
+                "--nocapture",
+            ])
+            .env(PANIC_CHILD, "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&child.stderr);
+        assert_eq!(child.status.code(), Some(EXIT_PANIC), "stderr:\n{stderr}");
+        assert!(
+            stderr.contains("securevm: internal error: thread 'net-io' panicked at ")
+                && stderr.contains("frame length 7 < 8")
+                && stderr.contains("exit status 70"),
+            "stderr:\n{stderr}"
+        );
+    }
+
+    #[test]
+    #[ignore = "run by a_panic_in_a_confined_thread_ends_securevm_with_its_own_status"]
+    fn panicking_child() {
+        if std::env::var_os(PANIC_CHILD).is_none() {
+            return;
+        }
+        install_panic_hook("securevm");
+        let confined = std::thread::Builder::new()
+            .name("net-io".into())
+            .spawn(|| {
+                crate::seccomp::install(crate::seccomp::ThreadKind::NetIo).unwrap();
+                let claimed = std::hint::black_box(7);
+                assert!(claimed >= 8, "frame length {claimed} < 8");
+            })
+            .unwrap();
+        let _ = confined.join();
+        // Reached only if the panic did not end the process.
+        std::process::exit(0);
     }
 }

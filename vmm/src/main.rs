@@ -38,7 +38,9 @@ enum Command {
     /// Boot a guest kernel. The guest console is this terminal (Ctrl-A x quits).
     ///
     /// Exit status: 0 guest powered off, 1 error, 2 usage error, 3 guest
-    /// rebooted, 4 guest crashed, 5 login refused, 130 stopped with Ctrl-A x.
+    /// rebooted, 4 guest crashed, 5 login refused, 31 a syscall outside the
+    /// seccomp filter, 70 securevm panicked (both bugs), 130 stopped with
+    /// Ctrl-A x.
     Run(Box<RunArgs>),
     /// Create and manage LUKS2-encrypted disk images and their users' keyslots.
     #[command(subcommand)]
@@ -223,6 +225,7 @@ impl From<RunArgs> for VmConfig {
 }
 
 fn main() -> ExitCode {
+    securevm::exit::install_panic_hook("securevm");
     // One malloc arena: glibc shrinks the heaps of extra (per-thread)
     // arenas only after reading /proc/sys/vm/overcommit_memory, an open()
     // that the seccomp filters rightly forbid once the VM runs.

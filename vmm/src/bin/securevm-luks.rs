@@ -28,6 +28,7 @@ use securevm::storage::secret::SecretBuf;
 const MAX_SLOTS: u32 = 32;
 
 fn main() -> ExitCode {
+    securevm::exit::install_panic_hook("securevm-luks");
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_target(false)
         .format_timestamp(None)
