@@ -323,7 +323,9 @@ fn run_once(
         u64::from(ACPI_POWER_PORT_LEN),
     )?;
 
-    let pci = PciRoot::new(mmio.clone(), vm.clone());
+    // Created before the devices: their I/O threads stop with the vCPUs.
+    let vcpu_control = VcpuControl::default();
+    let pci = PciRoot::with_io_gate(mmio.clone(), vm.clone(), vcpu_control.io_gate());
     for mut block in disks {
         if config.seccomp {
             block.set_thread_start_hook(Arc::new(|| {
@@ -393,7 +395,6 @@ fn run_once(
         session.audit.clone(),
     )?;
     let stop = Arc::new(AtomicBool::new(false));
-    let vcpu_control = VcpuControl::default();
     let context = VcpuContext {
         pio,
         mmio,
@@ -779,8 +780,9 @@ fn watch_card(
         session.audit.clone(),
         console,
         Box::new(move || {
-            // A vCPU stuck in a long exit is asked again: a locked session
-            // must not keep running.
+            // The lock is in force from the first attempt on; a vCPU or
+            // device still busy stops as soon as it can. Wait for them (and
+            // say so) before the console reports the session locked.
             while let Err(VcpuControlError::PauseTimedOut(_)) =
                 pause.lock_session(CARD_PAUSE_TIMEOUT)
             {

@@ -425,9 +425,14 @@ impl QueueRig {
                     Ordering::Release,
                 )
                 .map_err(|e| bench_error(e.to_string()))?;
-            self.handler
+            // The handler serves a bounded share per call, as the I/O
+            // thread does; it comes back for the rest.
+            while self
+                .handler
                 .process_queue(&mut self.queue, &self.mem)
-                .map_err(|e| bench_error(format!("virtqueue failed: {e}")))?;
+                .map_err(|e| bench_error(format!("virtqueue failed: {e}")))?
+                .more
+            {}
             let used: u16 = self
                 .mem
                 .load(GuestAddress(USED_RING + 2), Ordering::Acquire)

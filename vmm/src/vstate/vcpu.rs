@@ -4,12 +4,18 @@
 //! stops them by setting a flag and kicking them out of `KVM_RUN` with a
 //! signal whose handler does nothing.
 //!
-//! [`VcpuControl`] pauses and resumes them (the control API, and later a
+//! [`VcpuControl`] pauses and resumes them (the control API, and the
 //! smart-card removal monitor): a pause kicks every thread out of
 //! `KVM_RUN` and parks it between two runs, so the guest continues exactly
 //! where it stopped. A kick can arrive just before a thread enters
 //! `KVM_RUN` and be lost, so a pause repeats it until every live thread is
-//! parked.
+//! parked. A pause (or lock) also closes the devices' [`IoGate`]: their
+//! I/O threads finish the bounded unit in progress and take nothing new
+//! from the guest until it is lifted.
+//!
+//! A pause or lock stays in force until it is lifted explicitly. If the
+//! vCPUs or the device I/O do not stop in time, the request fails but the
+//! VM stays held: a thread that is late parks as soon as it can.
 
 use std::fmt::Write as _;
 use std::os::unix::thread::JoinHandleExt;
@@ -22,6 +28,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::devices::bus::Bus;
+use crate::devices::virtio::IoGate;
 use crate::exit::{ExitNotifier, ExitReason};
 
 /// What every vCPU thread shares.
@@ -41,7 +48,10 @@ const KICK_INTERVAL: Duration = Duration::from_millis(1);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum VcpuControlError {
-    #[error("the vCPUs did not stop within {0:?}; the VM keeps running")]
+    #[error(
+        "the vCPUs or device I/O did not all stop within {0:?}; the VM stays held \
+         and what still runs stops as soon as it can"
+    )]
     PauseTimedOut(Duration),
     #[error("the VM has no running vCPUs (it is stopping)")]
     NotRunning,
@@ -57,6 +67,8 @@ pub struct VcpuControl {
 struct ControlShared {
     state: Mutex<ControlState>,
     changed: Condvar,
+    /// Closed exactly while `paused || locked`, under `state`'s lock.
+    io: IoGate,
 }
 
 #[derive(Default)]
@@ -82,18 +94,23 @@ impl VcpuControl {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Stops every vCPU between two runs and returns once all are parked.
-    /// Pausing a paused VM does nothing. On timeout the pause is undone.
-    pub fn pause(&self, timeout: Duration) -> Result<(), VcpuControlError> {
-        self.hold(timeout, |state, on| state.paused = on)
+    /// The gate the devices' I/O threads work through; this control
+    /// closes it while the VM is paused or locked.
+    pub fn io_gate(&self) -> IoGate {
+        self.shared.io.clone()
     }
 
-    /// Lets parked vCPUs run again unless the session is locked; resuming
-    /// a running VM does nothing.
+    /// Stops every vCPU between two runs and the device I/O after its
+    /// unit in progress, and returns once all have stopped. Pausing a
+    /// paused VM does nothing. On timeout the pause stays in force.
+    pub fn pause(&self, timeout: Duration) -> Result<(), VcpuControlError> {
+        self.hold(timeout, |state| state.paused = true)
+    }
+
+    /// Lets parked vCPUs and device I/O run again unless the session is
+    /// locked; resuming a running VM does nothing.
     pub fn resume(&self) {
-        let mut state = self.lock();
-        state.paused = false;
-        self.shared.changed.notify_all();
+        self.release(|state| state.paused = false);
     }
 
     pub fn is_paused(&self) -> bool {
@@ -104,38 +121,32 @@ impl VcpuControl {
     /// stopped until [`VcpuControl::unlock_session`], whatever `resume`
     /// says meanwhile.
     pub fn lock_session(&self, timeout: Duration) -> Result<(), VcpuControlError> {
-        self.hold(timeout, |state, on| state.locked = on)
+        self.hold(timeout, |state| state.locked = true)
     }
 
     /// Lifts the session lock; the vCPUs run unless also paused.
     pub fn unlock_session(&self) {
-        let mut state = self.lock();
-        state.locked = false;
-        self.shared.changed.notify_all();
+        self.release(|state| state.locked = false);
     }
 
     pub fn is_locked(&self) -> bool {
         self.lock().locked
     }
 
-    /// Sets one reason to stop with `set(state, true)`, kicks the vCPUs
-    /// until all are parked, and clears it again on timeout.
-    fn hold(
-        &self,
-        timeout: Duration,
-        set: fn(&mut ControlState, bool),
-    ) -> Result<(), VcpuControlError> {
+    /// Sets one reason to stop with `set`, kicks the vCPUs until all are
+    /// parked and waits for the device I/O in progress. Nothing here
+    /// undoes `set`: only [`VcpuControl::release`] does.
+    fn hold(&self, timeout: Duration, set: fn(&mut ControlState)) -> Result<(), VcpuControlError> {
         let deadline = Instant::now() + timeout;
         let mut state = self.lock();
         if state.live.is_empty() {
             return Err(VcpuControlError::NotRunning);
         }
-        set(&mut state, true);
+        set(&mut state);
+        self.shared.io.close();
         while state.parked < state.live.len() {
             let now = Instant::now();
             if now >= deadline {
-                set(&mut state, false);
-                self.shared.changed.notify_all();
                 return Err(VcpuControlError::PauseTimedOut(timeout));
             }
             for &thread in &state.live {
@@ -151,7 +162,23 @@ impl VcpuControl {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .0;
         }
-        Ok(())
+        drop(state);
+        if self.shared.io.wait_quiet(deadline) {
+            Ok(())
+        } else {
+            Err(VcpuControlError::PauseTimedOut(timeout))
+        }
+    }
+
+    /// Clears one reason to stop with `clear`; once none is left, the
+    /// vCPUs and the device I/O go on.
+    fn release(&self, clear: fn(&mut ControlState)) {
+        let mut state = self.lock();
+        clear(&mut state);
+        if !state.paused && !state.locked {
+            self.shared.io.open();
+        }
+        self.shared.changed.notify_all();
     }
 
     fn register(&self, thread: libc::pthread_t) {
@@ -498,6 +525,7 @@ mod tests {
         control.pause(Duration::from_secs(5)).unwrap();
         control.resume();
         assert!(control.is_locked() && !control.is_paused());
+        assert!(control.io_gate().is_closed(), "the lock still stops I/O");
         let frozen = runs.load(Ordering::Relaxed);
         thread::sleep(Duration::from_millis(300));
         assert_eq!(runs.load(Ordering::Relaxed), frozen, "a locked vCPU ran");
@@ -509,7 +537,7 @@ mod tests {
     }
 
     #[test]
-    fn a_thread_that_never_parks_makes_pause_time_out_and_undo() {
+    fn a_thread_that_never_parks_makes_pause_fail_but_stay_in_force() {
         let control = VcpuControl::default();
         // Registered but never reaching a park point (stuck in a device);
         // the kick's handler is installed first, so kicks are harmless.
@@ -522,8 +550,72 @@ mod tests {
             err,
             VcpuControlError::PauseTimedOut(Duration::from_millis(50))
         );
-        assert!(!control.is_paused());
+        assert!(control.is_paused(), "a late vCPU does not undo the pause");
+        assert!(control.io_gate().is_closed());
+        control.resume();
+        assert!(!control.io_gate().is_closed());
         control.unregister(me);
+    }
+
+    #[test]
+    fn a_lock_that_outlives_its_timeout_keeps_parked_vcpus_parked() {
+        let control = VcpuControl::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let runs = Arc::new(AtomicU64::new(0));
+        let parking = fake_vcpu(control.clone(), stop.clone(), runs.clone());
+        wait_until(|| control.lock().live.len() == 1);
+        // A second vCPU stuck in a device: it never parks.
+        install_kick_handler().unwrap();
+        // SAFETY: pthread_self has no preconditions.
+        let stuck = unsafe { libc::pthread_self() };
+        control.register(stuck);
+
+        for _ in 0..3 {
+            let err = control.lock_session(Duration::from_millis(30));
+            assert!(matches!(err, Err(VcpuControlError::PauseTimedOut(_))));
+            assert!(control.is_locked(), "the lock outlived its timeout");
+        }
+        wait_until(|| control.lock().parked == 1);
+        let frozen = runs.load(Ordering::Relaxed);
+        thread::sleep(Duration::from_millis(300));
+        assert_eq!(
+            runs.load(Ordering::Relaxed),
+            frozen,
+            "a parked vCPU ran while the session was locked"
+        );
+        assert!(control.io_gate().is_closed(), "device I/O stays stopped");
+
+        control.unregister(stuck);
+        control.unlock_session();
+        wait_until(|| runs.load(Ordering::Relaxed) > frozen);
+        assert!(!control.io_gate().is_closed());
+        stop.store(true, Ordering::Release);
+        parking.join().unwrap();
+    }
+
+    #[test]
+    fn pause_waits_for_device_io_in_progress() {
+        let control = VcpuControl::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let runs = Arc::new(AtomicU64::new(0));
+        let vcpu = fake_vcpu(control.clone(), stop.clone(), runs.clone());
+        wait_until(|| control.lock().live.len() == 1);
+        let gate = control.io_gate();
+        let unit = gate.enter().expect("the gate is open while running");
+
+        let err = control.pause(Duration::from_millis(50));
+        assert!(
+            matches!(err, Err(VcpuControlError::PauseTimedOut(_))),
+            "a unit of device I/O is still running"
+        );
+        assert!(control.is_paused() && gate.is_closed());
+        drop(unit);
+        control.pause(Duration::from_secs(5)).unwrap();
+
+        control.resume();
+        assert!(gate.enter().is_some());
+        stop.store(true, Ordering::Release);
+        vcpu.join().unwrap();
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::config::{DecodedBar, PciConfiguration, PciHeader, BAR_COUNT, COMMAND_
 use super::{PciDevice, PciError, SLOT_COUNT};
 use crate::arch::layout::{PCI_MMIO32_SIZE, PCI_MMIO32_START};
 use crate::devices::bus::{Bus, BusDevice};
-use crate::devices::virtio::{VirtioDevice, VirtioPciDevice};
+use crate::devices::virtio::{IoGate, VirtioDevice, VirtioPciDevice};
 use crate::devices::VmInterface;
 
 /// Red Hat's generic PCIe host bridge IDs: a plain bridge that no guest
@@ -39,12 +39,25 @@ struct Slot {
 pub struct PciRoot {
     mmio_bus: Arc<Bus>,
     vm: Arc<dyn VmInterface>,
+    /// Through which every virtio device's I/O thread works.
+    io_gate: IoGate,
     slots: Mutex<Vec<Option<Slot>>>,
     next_mmio: Mutex<u64>,
 }
 
 impl PciRoot {
+    /// A root whose virtio devices are never stopped by a pause.
     pub fn new(mmio_bus: Arc<Bus>, vm: Arc<dyn VmInterface>) -> Arc<Self> {
+        Self::with_io_gate(mmio_bus, vm, IoGate::default())
+    }
+
+    /// A root whose virtio devices serve their queues only while `io_gate`
+    /// is open (the VM's vCPU control closes it on pause and lock).
+    pub fn with_io_gate(
+        mmio_bus: Arc<Bus>,
+        vm: Arc<dyn VmInterface>,
+        io_gate: IoGate,
+    ) -> Arc<Self> {
         let mut slots: Vec<Option<Slot>> = (0..SLOT_COUNT).map(|_| None).collect();
         slots[0] = Some(Slot {
             device: Arc::new(Mutex::new(HostBridge::new())),
@@ -54,6 +67,7 @@ impl PciRoot {
         Arc::new(Self {
             mmio_bus,
             vm,
+            io_gate,
             slots: Mutex::new(slots),
             next_mmio: Mutex::new(PCI_MMIO32_START),
         })
@@ -105,7 +119,7 @@ impl PciRoot {
         device: Box<dyn VirtioDevice>,
         mem: Arc<GuestMemoryMmap>,
     ) -> Result<u8, PciError> {
-        let transport = VirtioPciDevice::new(device, mem, self.vm.clone())?;
+        let transport = VirtioPciDevice::new(device, mem, self.vm.clone(), self.io_gate.clone())?;
         self.add_device(Arc::new(Mutex::new(transport)))
     }
 
@@ -142,7 +156,7 @@ impl PciRoot {
         device: Box<dyn VirtioDevice>,
         mem: Arc<GuestMemoryMmap>,
     ) -> Result<u8, PciError> {
-        let transport = VirtioPciDevice::new(device, mem, self.vm.clone())?;
+        let transport = VirtioPciDevice::new(device, mem, self.vm.clone(), self.io_gate.clone())?;
         self.add_hotplug_device(Arc::new(Mutex::new(transport)))
     }
 

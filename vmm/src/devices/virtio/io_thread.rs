@@ -1,43 +1,70 @@
 //! One I/O thread per device. It is started when the device is created,
 //! before any seccomp filter exists, so that vCPU threads never need to
-//! create threads; it then sleeps in epoll on the queues' kick eventfds
-//! and a stop eventfd. At DRIVER_OK the transport hands it a queue worker,
-//! at reset takes it away again; kicks in between are served by that
-//! worker. vCPUs only ever signal an eventfd; this thread does the I/O.
+//! create threads; it then sleeps in epoll on the queues' kick eventfds,
+//! a stop eventfd and a resume eventfd. At DRIVER_OK the transport hands
+//! it a queue worker, at reset takes it away again; kicks in between are
+//! served by that worker. vCPUs only ever signal an eventfd; this thread
+//! does the I/O.
+//!
+//! Work is done in bounded units: one call of the worker serves a bounded
+//! part of one queue (or of one event source) and says whether more is
+//! left; the thread holds the worker's lock only for that unit and comes
+//! back for the rest by itself, after looking at its other events. So a
+//! vCPU that resets the device (and must take the worker away) waits for
+//! at most one unit, however much the guest queued. Each unit starts only
+//! through the VM's [`IoGate`]: while the VM is paused or locked, nothing
+//! new is served, and the gate's resume eventfd brings the thread back to
+//! every queue when it opens.
 //!
 //! A worker may also want to be woken by fds of its own (a network
 //! device's TAP). It names them in [`QueueWorker::event_sources`]; the
 //! thread adds and removes them from its epoll set itself after every
-//! batch, so that only this thread ever needs `epoll_ctl` (vCPU threads,
+//! round, so that only this thread ever needs `epoll_ctl` (vCPU threads,
 //! which install and remove workers, are not allowed it), and so that a
 //! worker can stop listening (nothing to deliver into) and start again.
+//! While the gate is closed no source is watched: what arrives waits in
+//! the kernel (a TAP's queue, a socket's buffer).
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::io_gate::IoGate;
+
 /// Runs first on the new I/O thread, e.g. to install its seccomp filter.
 /// If it fails, the thread ends and the device cannot be created.
 pub type ThreadStartHook = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
+/// How far one call of [`QueueWorker::process_queue`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Nothing is left that the worker can serve now.
+    Done,
+    /// The call stopped at its bound with work left: call again.
+    More,
+}
+
 /// The device-specific half of an I/O thread, built at DRIVER_OK.
 pub trait QueueWorker: Send {
     /// Queue `queue` (the driver's queue number) was kicked, or the
-    /// device just started: serve what is available.
-    fn process_queue(&mut self, queue: usize);
+    /// device just started or resumed: serve a bounded part of what is
+    /// available, and say whether more is left.
+    fn process_queue(&mut self, queue: usize) -> Progress;
 
     /// Other fds that should wake this worker right now (read readiness,
-    /// level-triggered). Asked again after every batch of events.
+    /// level-triggered). Asked again after every round of events.
     fn event_sources(&self) -> &[EventSource] {
         &[]
     }
 
     /// An fd from [`QueueWorker::event_sources`] is readable; `token` is
-    /// the one it was listed with. Only called for listed sources.
+    /// the one it was listed with. Only called for listed sources. Serve
+    /// a bounded part: a source still readable wakes the thread again.
     fn process_event(&mut self, token: u32) {
         log::debug!("I/O thread: unexpected event source {token}");
     }
@@ -50,9 +77,42 @@ pub struct EventSource {
     pub token: u32,
 }
 
-type WorkerSlot = Arc<Mutex<Option<Box<dyn QueueWorker>>>>;
+/// The worker, and how many control threads wait to take its lock.
+#[derive(Default)]
+struct WorkerSlot {
+    worker: Mutex<Option<Box<dyn QueueWorker>>>,
+    /// Threads (vCPUs installing or removing the worker) waiting for the
+    /// lock. The I/O thread lets them go first between two units: an
+    /// unfair mutex would otherwise let it take the lock back at once.
+    contenders: AtomicUsize,
+}
+
+type WorkerGuard<'a> = MutexGuard<'a, Option<Box<dyn QueueWorker>>>;
+
+impl WorkerSlot {
+    fn lock(&self) -> WorkerGuard<'_> {
+        self.worker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// For control threads: the lock, ahead of the I/O thread's next unit.
+    fn lock_first(&self) -> WorkerGuard<'_> {
+        self.contenders.fetch_add(1, Ordering::SeqCst);
+        let guard = self.lock();
+        self.contenders.fetch_sub(1, Ordering::SeqCst);
+        guard
+    }
+
+    /// For the I/O thread: the lock, once no control thread waits for it.
+    fn lock_for_unit(&self) -> WorkerGuard<'_> {
+        while self.contenders.load(Ordering::SeqCst) > 0 {
+            std::thread::yield_now();
+        }
+        self.lock()
+    }
+}
 
 const STOP_TOKEN: u64 = u64::MAX;
+const RESUME_TOKEN: u64 = u64::MAX - 1;
 /// Worker event sources carry their token above this, clear of queue
 /// numbers.
 const SOURCE_TOKEN_BASE: u64 = 1 << 32;
@@ -61,24 +121,35 @@ const MAX_EVENT_SOURCES: usize = 8;
 
 pub struct IoThread {
     stop: EventFd,
-    worker: WorkerSlot,
+    worker: Arc<WorkerSlot>,
+    /// Written by the gate when it opens; the gate holds it weakly, so it
+    /// forgets this thread once the thread is gone.
+    _resume: Arc<EventFd>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl IoThread {
-    /// Start thread `name` listening on `kicks` (index = queue number).
-    /// Returns once `start_hook` has run on it; its error is returned.
+    /// Start thread `name` listening on `kicks` (index = queue number),
+    /// starting its units through `gate`. Returns once `start_hook` has
+    /// run on it; its error is returned.
     pub fn spawn(
         name: String,
         kicks: Vec<EventFd>,
+        gate: IoGate,
         start_hook: Option<ThreadStartHook>,
     ) -> io::Result<Self> {
         let stop = EventFd::new(EFD_NONBLOCK)?;
+        let resume = Arc::new(EventFd::new(EFD_NONBLOCK)?);
         let epoll = Epoll::new()?;
         epoll.ctl(
             ControlOperation::Add,
             stop.as_raw_fd(),
             EpollEvent::new(EventSet::IN, STOP_TOKEN),
+        )?;
+        epoll.ctl(
+            ControlOperation::Add,
+            resume.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, RESUME_TOKEN),
         )?;
         for (index, kick) in kicks.iter().enumerate() {
             epoll.ctl(
@@ -87,9 +158,16 @@ impl IoThread {
                 EpollEvent::new(EventSet::IN, index as u64),
             )?;
         }
-        let worker: WorkerSlot = Arc::new(Mutex::new(None));
-        let thread_worker = worker.clone();
-        let thread_stop = stop.try_clone()?;
+        gate.add_waker(&resume);
+        let worker = Arc::new(WorkerSlot::default());
+        let thread = ServeState {
+            epoll,
+            stop: stop.try_clone()?,
+            resume: resume.try_clone()?,
+            kicks,
+            worker: worker.clone(),
+            gate,
+        };
         let (started, start_result) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name(name.clone())
@@ -101,12 +179,13 @@ impl IoThread {
                 if started.send(hook_result).is_err() || !hook_ok {
                     return;
                 }
-                serve(&epoll, &thread_stop, &kicks, &thread_worker);
+                thread.serve();
             })?;
         match start_result.recv() {
             Ok(Ok(())) => Ok(Self {
                 stop,
                 worker,
+                _resume: resume,
                 handle: Some(handle),
             }),
             Ok(Err(reason)) => {
@@ -126,13 +205,14 @@ impl IoThread {
 
     /// Serve kicks with `worker` from now on.
     pub fn serve(&self, worker: Box<dyn QueueWorker>) {
-        *lock(&self.worker) = Some(worker);
+        *self.worker.lock_first() = Some(worker);
     }
 
-    /// Stop serving: waits for a batch in progress, then drops the worker
-    /// (and with it the queues and guest memory it held).
+    /// Stop serving: waits for the unit in progress (not for what else
+    /// the guest queued), then drops the worker (and with it the queues
+    /// and guest memory it held).
     pub fn idle(&self) {
-        let worker = lock(&self.worker).take();
+        let worker = self.worker.lock_first().take();
         drop(worker);
     }
 
@@ -157,53 +237,110 @@ impl Drop for IoThread {
     }
 }
 
-fn lock(slot: &WorkerSlot) -> MutexGuard<'_, Option<Box<dyn QueueWorker>>> {
-    slot.lock().unwrap_or_else(|e| e.into_inner())
+/// What the I/O thread owns.
+struct ServeState {
+    epoll: Epoll,
+    stop: EventFd,
+    resume: EventFd,
+    kicks: Vec<EventFd>,
+    worker: Arc<WorkerSlot>,
+    gate: IoGate,
 }
 
-fn serve(epoll: &Epoll, stop: &EventFd, kicks: &[EventFd], worker: &WorkerSlot) {
-    let mut events = vec![EpollEvent::default(); kicks.len() + 1 + MAX_EVENT_SOURCES];
-    let mut registered = SourceSet::new();
-    loop {
-        let ready = match epoll.wait(-1, &mut events) {
-            Ok(ready) => ready,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                log::error!("I/O thread cannot wait for events: {e}");
-                return;
-            }
-        };
-        let mut slot = lock(worker);
-        for event in &events[..ready] {
-            let token = event.data();
-            if token == STOP_TOKEN {
-                let _ = stop.read();
-                return;
-            }
-            if token >= SOURCE_TOKEN_BASE {
-                let source = (token - SOURCE_TOKEN_BASE) as u32;
-                // A source the worker dropped in this same batch, or one
-                // left from a worker that is gone, is not delivered.
-                if let Some(worker) = slot.as_mut() {
-                    if worker.event_sources().iter().any(|s| s.token == source) {
-                        worker.process_event(source);
+impl ServeState {
+    fn serve(&self) {
+        let mut events = vec![EpollEvent::default(); self.kicks.len() + 2 + MAX_EVENT_SOURCES];
+        let mut registered = SourceSet::new();
+        // Queues with work left (kicked, or cut off at a unit's bound).
+        let mut pending = vec![false; self.kicks.len()];
+        loop {
+            // With work left, only look for events (a stop, a reset, other
+            // queues) before going on; else sleep until something comes.
+            let timeout = if pending.contains(&true) && !self.gate.is_closed() {
+                0
+            } else {
+                -1
+            };
+            let ready = match self.epoll.wait(timeout, &mut events) {
+                Ok(ready) => ready,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::error!("I/O thread cannot wait for events: {e}");
+                    return;
+                }
+            };
+            for event in &events[..ready] {
+                match event.data() {
+                    STOP_TOKEN => {
+                        let _ = self.stop.read();
+                        return;
+                    }
+                    RESUME_TOKEN => {
+                        // Kicks read while the gate was closed were not
+                        // served: look at every queue.
+                        let _ = self.resume.read();
+                        pending.fill(true);
+                    }
+                    token if token >= SOURCE_TOKEN_BASE => {
+                        self.serve_source((token - SOURCE_TOKEN_BASE) as u32);
+                    }
+                    token => {
+                        let Some(queue) = usize::try_from(token)
+                            .ok()
+                            .filter(|&q| q < self.kicks.len())
+                        else {
+                            continue;
+                        };
+                        // EAGAIN here just means another wake-up already
+                        // drained it.
+                        let _ = self.kicks[queue].read();
+                        pending[queue] = true;
                     }
                 }
-                continue;
             }
-            let Some(kick) = usize::try_from(token).ok().and_then(|q| kicks.get(q)) else {
-                continue;
+            for (queue, left) in pending.iter_mut().enumerate() {
+                if *left {
+                    match self.serve_queue(queue) {
+                        Some(progress) => *left = progress == Progress::More,
+                        // Closed: keep it for when the gate opens.
+                        None => break,
+                    }
+                }
+            }
+            let slot = self.worker.lock_for_unit();
+            let wanted = match slot.as_ref() {
+                Some(worker) if !self.gate.is_closed() => worker.event_sources(),
+                _ => &[][..],
             };
-            // EAGAIN here just means another wake-up already drained it.
-            let _ = kick.read();
-            // Without a worker (before DRIVER_OK, after reset) kicks are
-            // dropped, as a reset device ignores notifications.
-            if let Some(worker) = slot.as_mut() {
-                worker.process_queue(token as usize);
+            registered.update(&self.epoll, wanted);
+        }
+    }
+
+    /// One unit on `queue`; `None` when the gate is closed. Without a
+    /// worker (before DRIVER_OK, after reset) kicks are dropped, as a
+    /// reset device ignores notifications.
+    fn serve_queue(&self, queue: usize) -> Option<Progress> {
+        let _unit = self.gate.enter()?;
+        let mut slot = self.worker.lock_for_unit();
+        Some(
+            slot.as_mut()
+                .map_or(Progress::Done, |worker| worker.process_queue(queue)),
+        )
+    }
+
+    fn serve_source(&self, source: u32) {
+        // A closed gate unwatches every source at the end of this round.
+        let Some(_unit) = self.gate.enter() else {
+            return;
+        };
+        let mut slot = self.worker.lock_for_unit();
+        // A source the worker dropped in this same round, or one left from
+        // a worker that is gone, is not delivered.
+        if let Some(worker) = slot.as_mut() {
+            if worker.event_sources().iter().any(|s| s.token == source) {
+                worker.process_event(source);
             }
         }
-        let wanted = slot.as_ref().map_or(&[][..], |w| w.event_sources());
-        registered.update(epoll, wanted);
     }
 }
 
@@ -264,8 +401,9 @@ pub(crate) mod tests {
     }
 
     impl QueueWorker for OneShotListener {
-        fn process_queue(&mut self, _queue: usize) {
+        fn process_queue(&mut self, _queue: usize) -> Progress {
             self.listening = true;
+            Progress::Done
         }
 
         fn event_sources(&self) -> &[EventSource] {
@@ -309,11 +447,93 @@ pub(crate) mod tests {
         }
     }
 
+    /// Serves `units` units of one endless queue, each `unit_time` long,
+    /// and counts them.
+    struct EndlessQueue {
+        units: Arc<AtomicUsize>,
+        unit_time: Duration,
+        left: usize,
+    }
+
+    impl QueueWorker for EndlessQueue {
+        fn process_queue(&mut self, _queue: usize) -> Progress {
+            self.units.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(self.unit_time);
+            self.left = self.left.saturating_sub(1);
+            if self.left == 0 {
+                Progress::Done
+            } else {
+                Progress::More
+            }
+        }
+    }
+
+    fn endless_thread(
+        name: &str,
+        gate: IoGate,
+        left: usize,
+        unit_time: Duration,
+    ) -> (IoThread, EventFd, Arc<AtomicUsize>) {
+        let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+        let thread =
+            IoThread::spawn(name.into(), vec![kick.try_clone().unwrap()], gate, None).unwrap();
+        let units = Arc::new(AtomicUsize::new(0));
+        thread.serve(Box::new(EndlessQueue {
+            units: units.clone(),
+            unit_time,
+            left,
+        }));
+        (thread, kick, units)
+    }
+
+    #[test]
+    fn work_left_is_served_without_another_kick() {
+        let (_thread, kick, units) =
+            endless_thread("io-more", IoGate::default(), 50, Duration::ZERO);
+        kick.write(1).unwrap();
+        wait_until(&units, 50);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(units.load(Ordering::SeqCst), 50, "served past Done");
+    }
+
+    #[test]
+    fn idle_waits_for_one_unit_while_work_is_left() {
+        let (thread, kick, units) = endless_thread(
+            "io-idle",
+            IoGate::default(),
+            usize::MAX,
+            Duration::from_millis(2),
+        );
+        kick.write(1).unwrap();
+        wait_until(&units, 3);
+        let before = units.load(Ordering::SeqCst);
+        thread.idle();
+        let during = units.load(Ordering::SeqCst) - before;
+        assert!(during <= 2, "idle waited for {during} units");
+    }
+
+    #[test]
+    fn a_closed_gate_holds_work_until_it_opens() {
+        let gate = IoGate::default();
+        gate.close();
+        let (_thread, kick, units) = endless_thread("io-gate", gate.clone(), 5, Duration::ZERO);
+        kick.write(1).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(units.load(Ordering::SeqCst), 0, "served while closed");
+        gate.open();
+        wait_until(&units, 5);
+    }
+
     #[test]
     fn worker_sources_are_watched_only_while_wanted() {
         let kick = EventFd::new(EFD_NONBLOCK).unwrap();
-        let thread =
-            IoThread::spawn("io-test".into(), vec![kick.try_clone().unwrap()], None).unwrap();
+        let thread = IoThread::spawn(
+            "io-test".into(),
+            vec![kick.try_clone().unwrap()],
+            IoGate::default(),
+            None,
+        )
+        .unwrap();
         let source = EventFd::new(EFD_NONBLOCK).unwrap();
         source.write(1).unwrap();
         let events = Arc::new(AtomicUsize::new(0));

@@ -7,6 +7,7 @@
 
 pub mod block;
 mod interrupt;
+mod io_gate;
 mod io_thread;
 mod msix;
 pub mod net;
@@ -21,7 +22,8 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 pub use interrupt::VirtioInterrupt;
-pub use io_thread::{EventSource, IoThread, QueueWorker, ThreadStartHook};
+pub use io_gate::IoGate;
+pub use io_thread::{EventSource, IoThread, Progress, QueueWorker, ThreadStartHook};
 pub use msix::MsixTable;
 pub use transport::VirtioPciDevice;
 

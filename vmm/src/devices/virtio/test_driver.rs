@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::{
-    VirtioDevice, STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
+    IoGate, VirtioDevice, STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
 };
 use crate::arch::layout::{PCI_ECAM_SIZE, PCI_ECAM_START};
 use crate::devices::bus::Bus;
@@ -62,11 +62,16 @@ pub type Segment = (u64, u32, bool);
 
 impl TestDriver {
     pub fn new(device: Box<dyn VirtioDevice>) -> Self {
+        Self::with_io_gate(device, IoGate::default())
+    }
+
+    /// A driver for `device`, whose I/O thread works through `gate`.
+    pub fn with_io_gate(device: Box<dyn VirtioDevice>, gate: IoGate) -> Self {
         let vm = Arc::new(FakeVm::default());
         let mem =
             Arc::new(GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap());
         let mmio = Arc::new(Bus::new());
-        let root = PciRoot::new(mmio.clone(), vm.clone());
+        let root = PciRoot::with_io_gate(mmio.clone(), vm.clone(), gate);
         mmio.insert(
             Arc::new(std::sync::Mutex::new(PciConfigMmio::new(root.clone()))),
             PCI_ECAM_START,

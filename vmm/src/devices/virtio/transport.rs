@@ -11,6 +11,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::interrupt::VirtioInterrupt;
+use super::io_gate::IoGate;
 use super::io_thread::IoThread;
 use super::msix::{MsixTable, ENTRY_SIZE};
 use super::{
@@ -130,6 +131,7 @@ impl VirtioPciDevice {
         device: Box<dyn VirtioDevice>,
         mem: Arc<GuestMemoryMmap>,
         vm: Arc<dyn VmInterface>,
+        io_gate: IoGate,
     ) -> Result<Self, PciError> {
         let queue_count = device.queue_max_sizes().len();
         let table_fits = (queue_count as u64 + 1) * ENTRY_SIZE <= REGION_LEN;
@@ -197,6 +199,7 @@ impl VirtioPciDevice {
         let io_thread = IoThread::spawn(
             device.io_thread_name(),
             thread_kicks,
+            io_gate,
             device.io_thread_start_hook(),
         )
         .map_err(|e| PciError::Transport(e.to_string()))?;

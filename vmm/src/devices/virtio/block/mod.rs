@@ -18,11 +18,11 @@ use vm_memory::GuestMemoryMmap;
 
 pub use backend::{BlockBackend, BlockError, RawFileBackend, SECTOR_SIZE};
 pub use guest_io::{ExtentRange, GuestExtent};
-pub use request::{DiskId, RequestHandler, SEG_MAX};
+pub use request::{DiskId, RequestHandler, Served, BYTES_PER_CALL, REQUESTS_PER_CALL, SEG_MAX};
 
 use super::{
-    ActivateError, Activation, QueueWorker, ThreadStartHook, VirtioDevice, VirtioInterrupt,
-    F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1, QUEUE_MAX_SIZE,
+    ActivateError, Activation, Progress, QueueWorker, ThreadStartHook, VirtioDevice,
+    VirtioInterrupt, F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1, QUEUE_MAX_SIZE,
 };
 
 const DEVICE_TYPE_BLOCK: u16 = 2;
@@ -175,21 +175,32 @@ struct BlockWorker {
 }
 
 impl QueueWorker for BlockWorker {
-    fn process_queue(&mut self, _queue: usize) {
+    fn process_queue(&mut self, _queue: usize) -> Progress {
         if self.broken {
-            return;
+            return Progress::Done;
         }
         match self.handler.process_queue(&mut self.queue, &self.mem) {
-            Ok(true) => self.interrupt.signal_queue(self.msix_vector),
-            Ok(false) => {}
+            Ok(served) => {
+                if served.notify {
+                    self.interrupt.signal_queue(self.msix_vector);
+                }
+                if served.more {
+                    Progress::More
+                } else {
+                    Progress::Done
+                }
+            }
             Err(e) => {
                 log::warn!("virtio-blk: queue unusable until the driver resets it: {e}");
                 self.broken = true;
                 self.interrupt.set_needs_reset();
+                Progress::Done
             }
         }
     }
 }
 
+#[cfg(test)]
+mod hold_tests;
 #[cfg(test)]
 mod tests;

@@ -34,7 +34,22 @@ const CHUNK_LEN: usize = 1 << 20;
 /// two memory regions takes two.
 const MAX_EXTENTS: usize = 2 * MAX_DESCRIPTORS;
 
+/// Requests one [`RequestHandler::process_queue`] call serves at most,
+/// and the data after which it starts no further request: what a reset or
+/// a pause of the device may have to wait for (plus one request).
+pub const REQUESTS_PER_CALL: usize = 8;
+pub const BYTES_PER_CALL: u64 = 4 << 20;
+
 pub type DiskId = [u8; VIRTIO_BLK_ID_BYTES as usize];
+
+/// What one [`RequestHandler::process_queue`] call did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Served {
+    /// The driver asked to be interrupted for the buffers just used.
+    pub notify: bool,
+    /// It stopped at its bound; more requests may be waiting.
+    pub more: bool,
+}
 
 /// Serves requests for one disk.
 pub struct RequestHandler {
@@ -77,43 +92,53 @@ impl RequestHandler {
         }
     }
 
-    /// Serve every available chain. Returns whether the driver asked to be
-    /// interrupted for the buffers just used. An error means the ring
-    /// itself is corrupt and the device needs a reset.
+    /// Serve available chains, at most [`REQUESTS_PER_CALL`] and no more
+    /// once [`BYTES_PER_CALL`] were moved. An error means the ring itself
+    /// is corrupt and the device needs a reset.
     pub fn process_queue(
         &mut self,
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
-    ) -> Result<bool, virtio_queue::Error> {
-        let mut used_any = false;
+    ) -> Result<Served, virtio_queue::Error> {
+        let mut requests = 0usize;
+        let mut bytes = 0u64;
+        let mut more = false;
         loop {
             if queue.event_idx_enabled() {
                 queue.disable_notification(mem)?;
             }
             loop {
+                if requests == REQUESTS_PER_CALL || bytes >= BYTES_PER_CALL {
+                    // Notifications stay off: the caller comes back.
+                    more = true;
+                    break;
+                }
                 let next = queue.iter(mem)?.next();
                 let Some(chain) = next else { break };
                 let head = chain.head_index();
+                requests += 1;
+                bytes = bytes.saturating_add(request_bytes(&chain));
                 let used_len = self.handle_chain(mem, chain);
                 queue.add_used(mem, head, used_len)?;
-                used_any = true;
             }
             // With EVENT_IDX, re-arm and look again so a buffer added
             // while notifications were off is not left behind.
-            if !queue.event_idx_enabled() || !queue.enable_notification(mem)? {
+            if more || !queue.event_idx_enabled() || !queue.enable_notification(mem)? {
                 break;
             }
         }
-        if !used_any {
-            return Ok(false);
+        if requests == 0 {
+            return Ok(Served::default());
         }
-        if queue.event_idx_enabled() {
-            return queue.needs_notification(mem);
-        }
-        let flags: u16 = mem
-            .load(GuestAddress(queue.avail_ring()), Ordering::Acquire)
-            .map_err(virtio_queue::Error::GuestMemory)?;
-        Ok(u32::from(u16::from_le(flags)) & VRING_AVAIL_F_NO_INTERRUPT == 0)
+        let notify = if queue.event_idx_enabled() {
+            queue.needs_notification(mem)?
+        } else {
+            let flags: u16 = mem
+                .load(GuestAddress(queue.avail_ring()), Ordering::Acquire)
+                .map_err(virtio_queue::Error::GuestMemory)?;
+            u32::from(u16::from_le(flags)) & VRING_AVAIL_F_NO_INTERRUPT == 0
+        };
+        Ok(Served { notify, more })
     }
 
     /// Serve one chain; returns the used length (bytes written to the
@@ -350,6 +375,14 @@ impl RequestHandler {
         }
         Ok(())
     }
+}
+
+/// What a chain's buffers add up to (saturating): the data a request may
+/// move, for the per-call bound.
+fn request_bytes(chain: &DescriptorChain<&GuestMemoryMmap>) -> u64 {
+    chain.clone().fold(0u64, |sum, descriptor| {
+        sum.saturating_add(u64::from(descriptor.len()))
+    })
 }
 
 struct ChainShape {

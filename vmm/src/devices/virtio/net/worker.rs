@@ -31,13 +31,15 @@ use super::backend::NetBackend;
 use super::filter::FrameFilter;
 use super::vpn_link::{self, SharedVpnLink, TunnelRead};
 use super::{NetCounters, MAX_BUFFER_LEN, RX_QUEUE, TX_QUEUE, VNET_HDR_LEN};
-use crate::devices::virtio::{ActiveQueue, EventSource, QueueWorker, VirtioInterrupt};
+use crate::devices::virtio::{ActiveQueue, EventSource, Progress, QueueWorker, VirtioInterrupt};
 use crate::vpn::Routing;
 
 /// Ethernet destination, source and type.
 const ETH_HEADER_LEN: usize = 14;
-/// Frames received per wake-up, so that a flood from the host cannot
-/// starve the guest's transmissions (epoll wakes us again for the rest).
+/// Frames received, or sent, per wake-up: a flood from the host cannot
+/// starve the guest's transmissions (epoll wakes us again for the rest),
+/// and a guest that keeps its transmit ring full cannot keep the I/O
+/// thread (and a reset or pause waiting for it) in one call.
 const BATCH: usize = 64;
 const BACKEND_TOKEN: u32 = 0;
 const TUNNEL_TOKEN: u32 = 1;
@@ -177,16 +179,26 @@ impl NetWorker {
         self.interrupt.set_needs_reset();
     }
 
-    /// Send what the guest queued on the transmit queue.
-    fn transmit(&mut self) -> Result<(), virtio_queue::Error> {
+    /// Send what the guest queued on the transmit queue, at most
+    /// [`BATCH`] frames; `More` when it stopped there.
+    fn transmit(&mut self) -> Result<Progress, virtio_queue::Error> {
         let mem = self.mem.clone();
-        let mut used_any = false;
+        let mut sent = 0usize;
+        let mut progress = Progress::Done;
         loop {
             // With EVENT_IDX the guest need not kick while we drain.
             if self.tx.queue.event_idx_enabled() {
                 self.tx.queue.disable_notification(mem.as_ref())?;
             }
-            while let Some(chain) = self.tx.queue.iter(mem.as_ref())?.next() {
+            loop {
+                if sent == BATCH {
+                    // Notifications stay off: the I/O thread comes back.
+                    progress = Progress::More;
+                    break;
+                }
+                let Some(chain) = self.tx.queue.iter(mem.as_ref())?.next() else {
+                    break;
+                };
                 let head = chain.head_index();
                 match self.transmit_chain(&mem, chain) {
                     Ok(()) => NetCounters::bump(&self.counters.tx_frames),
@@ -197,19 +209,20 @@ impl NetWorker {
                     }
                 }
                 self.tx.queue.add_used(mem.as_ref(), head, 0)?;
-                used_any = true;
+                sent += 1;
             }
             // Re-arm, and look again for a chain added meanwhile.
-            if !self.tx.queue.event_idx_enabled()
+            if progress == Progress::More
+                || !self.tx.queue.event_idx_enabled()
                 || !self.tx.queue.enable_notification(mem.as_ref())?
             {
                 break;
             }
         }
-        if used_any && wants_interrupt(&mut self.tx.queue, &mem)? {
+        if sent > 0 && wants_interrupt(&mut self.tx.queue, &mem)? {
             self.interrupt.signal_queue(self.tx.msix_vector);
         }
-        Ok(())
+        Ok(progress)
     }
 
     fn transmit_chain(
@@ -370,18 +383,21 @@ impl NetWorker {
 }
 
 impl QueueWorker for NetWorker {
-    fn process_queue(&mut self, queue: usize) {
+    fn process_queue(&mut self, queue: usize) -> Progress {
         if self.broken {
-            return;
+            return Progress::Done;
         }
+        // Receiving needs no call back: a backend with more to read stays
+        // readable and wakes the thread again.
         let result = match queue {
-            q if q == usize::from(RX_QUEUE) => self.receive(),
+            q if q == usize::from(RX_QUEUE) => self.receive().map(|()| Progress::Done),
             q if q == usize::from(TX_QUEUE) => self.transmit(),
-            _ => Ok(()),
+            _ => Ok(Progress::Done),
         };
-        if let Err(e) = result {
+        result.unwrap_or_else(|e| {
             self.fail(e);
-        }
+            Progress::Done
+        })
     }
 
     fn event_sources(&self) -> &[EventSource] {
