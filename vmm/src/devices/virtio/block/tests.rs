@@ -227,6 +227,7 @@ fn requests_beyond_capacity_fail() {
         Data::FromDevice(512),
     );
     assert_eq!(past_end.status, IOERR);
+    assert_eq!(past_end.used_len, 1, "no data counted as written");
     let straddling = request(
         &mut driver,
         VIRTIO_BLK_T_OUT,
