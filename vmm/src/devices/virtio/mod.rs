@@ -6,6 +6,7 @@
 //! that runs on that thread, so that vCPUs never wait for a disk.
 
 pub mod block;
+mod chain;
 mod interrupt;
 mod io_gate;
 mod io_thread;

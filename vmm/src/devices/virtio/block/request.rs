@@ -1,13 +1,15 @@
 //! The virtio-blk request path: take descriptor chains off a queue,
-//! check their shape, do the I/O on the backend (straight between the
-//! file and guest memory where the backend can, else through a bounded
-//! bounce buffer), write the status byte and return the chain. Anything the
-//! guest gets wrong becomes an error status (or a dropped chain when
-//! there is nowhere to put a status), never a panic.
+//! collect each chain's descriptors once (refusing chains longer than
+//! SEG_MAX allows before walking them further), check their shape, do
+//! the I/O on the backend (straight between the file and guest memory
+//! where the backend can, else through a bounded bounce buffer), write
+//! the status byte and return the chain. Anything the guest gets wrong
+//! becomes an error status whenever the chain's last byte is a writable
+//! status byte in guest RAM (else a dropped chain: there is nowhere to
+//! put a status), never a panic.
 //!
 //! Public so that benchmarks can drive exactly this path host-side.
 
-use std::io::{Read, Write};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -16,23 +18,24 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
 use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
-use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT, Reader, Writer};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::backend::{BlockBackend, SECTOR_SIZE};
 use super::guest_io::{ExtentRange, GuestExtent};
+use crate::devices::virtio::chain::{ChainBytes, ChainDescriptor, CollectedChain, DescriptorTable};
 
 /// Data segments per request we advertise (SEG_MAX); with the header and
 /// status descriptors this is the longest chain we accept.
 pub const SEG_MAX: u32 = 254;
-const MAX_DESCRIPTORS: usize = SEG_MAX as usize + 2;
+const MAX_DESCRIPTORS: u16 = SEG_MAX as u16 + 2;
 const HEADER_LEN: usize = 16;
 /// Requests are copied through a buffer of at most this size, so a
 /// guest cannot make the VMM allocate gigabytes with one request.
 const CHUNK_LEN: usize = 1 << 20;
 /// Guest-memory extents one request may map: a descriptor split across
 /// two memory regions takes two.
-const MAX_EXTENTS: usize = 2 * MAX_DESCRIPTORS;
+const MAX_EXTENTS: usize = 2 * MAX_DESCRIPTORS as usize;
 
 /// Requests one [`RequestHandler::process_queue`] call serves at most,
 /// and the data after which it starts no further request: what a reset or
@@ -53,6 +56,13 @@ pub struct Served {
 
 /// Serves requests for one disk.
 pub struct RequestHandler {
+    /// The descriptors of the chain being served.
+    chain: CollectedChain,
+    disk: DiskIo,
+}
+
+/// What moves a request's data: the disk and the buffers set aside for it.
+struct DiskIo {
     backend: Arc<dyn BlockBackend>,
     disk_id: DiskId,
     buffer: Vec<u8>,
@@ -62,7 +72,8 @@ pub struct RequestHandler {
 
 /// How a request that did not fail ended.
 enum Done {
-    /// Data (if any) went through the Reader/Writer; this is the status.
+    /// Data (if any) was copied through the bounce buffer; this is the
+    /// status.
     Copied(u8),
     /// The backend moved the data itself; `written` bytes of guest
     /// buffers were filled.
@@ -80,7 +91,7 @@ enum Failure {
 
 impl RequestHandler {
     pub fn new(backend: Arc<dyn BlockBackend>, disk_id: DiskId) -> Self {
-        Self {
+        let disk = DiskIo {
             backend,
             disk_id,
             // Allocated here, on the thread that activates the device, so
@@ -89,6 +100,10 @@ impl RequestHandler {
             // only what requests actually use becomes resident.
             buffer: vec![0u8; CHUNK_LEN],
             extents: Vec::with_capacity(MAX_EXTENTS),
+        };
+        Self {
+            chain: CollectedChain::new(MAX_DESCRIPTORS),
+            disk,
         }
     }
 
@@ -117,8 +132,8 @@ impl RequestHandler {
                 let Some(chain) = next else { break };
                 let head = chain.head_index();
                 requests += 1;
-                bytes = bytes.saturating_add(request_bytes(&chain));
-                let used_len = self.handle_chain(mem, chain);
+                let used_len = self.handle_chain(mem, DescriptorTable::of(queue), head);
+                bytes = bytes.saturating_add(self.chain.byte_total());
                 queue.add_used(mem, head, used_len)?;
             }
             // With EVENT_IDX, re-arm and look again so a buffer added
@@ -141,43 +156,38 @@ impl RequestHandler {
         Ok(Served { notify, more })
     }
 
-    /// Serve one chain; returns the used length (bytes written to the
-    /// guest, status byte included; 0 when the chain had no status byte).
-    pub fn handle_chain(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        chain: DescriptorChain<&GuestMemoryMmap>,
-    ) -> u32 {
-        let shape = match chain_shape(chain.clone()) {
-            Some(shape) => shape,
-            None => {
-                log::debug!("virtio-blk: dropping truncated or looping descriptor chain");
+    /// Serve the chain at `head` of `table`; returns the used length
+    /// (bytes written to the guest, status byte included; 0 when the
+    /// chain has no status byte we can find and reach).
+    fn handle_chain(&mut self, mem: &GuestMemoryMmap, table: DescriptorTable, head: u16) -> u32 {
+        let descriptors = match self.chain.collect(mem, table, head) {
+            Ok(descriptors) => descriptors,
+            Err(error) => {
+                // Without walking the whole chain there is no telling
+                // where its status byte is.
+                log::debug!("virtio-blk: descriptor chain dropped: {error}");
                 return 0;
             }
         };
-        let Ok(mut data_out) = Writer::new(mem, chain.clone()) else {
-            log::debug!("virtio-blk: writable buffers outside guest memory; chain dropped");
+        let Some(status_address) = status_address(mem, descriptors) else {
+            log::debug!(
+                "virtio-blk: request without a writable status byte in guest memory; chain dropped"
+            );
             return 0;
         };
-        let writable = data_out.available_bytes();
-        if writable == 0 {
-            log::debug!("virtio-blk: request without a status byte; chain dropped");
-            return 0;
-        }
-        let Ok(mut status_out) = data_out.split_at(writable - 1) else {
-            return 0;
-        };
-        let result = if shape.too_long {
-            Err(Failure::Malformed("chain longer than SEG_MAX allows"))
-        } else if !shape.ordered {
+        let readable_len = byte_count(descriptors, false);
+        // Everything device-writable but the status byte is data.
+        let data_out_len = byte_count(descriptors, true) - 1;
+        let mut data_in = ChainBytes::new(descriptors, false, readable_len);
+        let mut data_out = ChainBytes::new(descriptors, true, data_out_len);
+        let result = if !in_order(descriptors) {
             Err(Failure::Malformed(
                 "readable descriptor after a writable one",
             ))
+        } else if !data_in.all_in_memory(mem) || !data_out.all_in_memory(mem) {
+            Err(Failure::Malformed("data buffers outside guest memory"))
         } else {
-            match Reader::new(mem, chain.clone()) {
-                Ok(mut data_in) => self.execute(mem, &chain, &mut data_in, &mut data_out),
-                Err(_) => Err(Failure::Malformed("readable buffers outside guest memory")),
-            }
+            self.disk.execute(mem, &mut data_in, &mut data_out)
         };
         let (status, direct_written) = match result {
             Ok(Done::Copied(status)) => (status, None),
@@ -193,25 +203,27 @@ impl RequestHandler {
                 (VIRTIO_BLK_S_IOERR as u8, None)
             }
         };
-        if status_out.write_all(&[status]).is_err() {
+        if mem.write_obj(status, status_address).is_err() {
             return 0;
         }
         // Only an error before any data moved could leave the count
-        // short; it is what the guest may trust either way.
-        let written = direct_written.unwrap_or_else(|| data_out.bytes_written());
-        written as u32 + 1
+        // short; it is what the guest may trust either way, and never
+        // more than the chain's writable bytes.
+        let written = direct_written.unwrap_or_else(|| data_out.consumed());
+        u32::try_from(written + 1).unwrap_or(u32::MAX)
     }
+}
 
+impl DiskIo {
     fn execute(
         &mut self,
         mem: &GuestMemoryMmap,
-        chain: &DescriptorChain<&GuestMemoryMmap>,
-        data_in: &mut Reader<'_>,
-        data_out: &mut Writer<'_>,
+        data_in: &mut ChainBytes<'_>,
+        data_out: &mut ChainBytes<'_>,
     ) -> Result<Done, Failure> {
         let mut header = [0u8; HEADER_LEN];
         data_in
-            .read_exact(&mut header)
+            .read(mem, &mut header)
             .map_err(|_| Failure::Malformed("request header shorter than 16 bytes"))?;
         let request_type = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
         let mut sector_bytes = [0u8; 8];
@@ -219,24 +231,24 @@ impl RequestHandler {
         let sector = u64::from_le_bytes(sector_bytes);
         match request_type {
             VIRTIO_BLK_T_IN => {
-                if data_in.available_bytes() != 0 {
+                if data_in.remaining() != 0 {
                     return Err(Failure::Malformed(
                         "read request with a device-readable data buffer",
                     ));
                 }
-                let len = data_out.available_bytes();
+                let len = data_out.remaining();
                 let offset = self.checked_range(sector, len)?;
-                if self.map_data(mem, chain, true, 0, len) {
+                if self.map_data(mem, data_out.clone()) {
                     let range = ExtentRange::whole(&self.extents);
                     if let Some(result) = self.backend.read_to_guest(offset, range) {
                         result.map_err(Failure::Io)?;
                         return Ok(Done::Direct { written: len });
                     }
                 }
-                self.read_into_guest(offset, len, data_out)?;
+                self.read_into_guest(mem, offset, data_out)?;
             }
             VIRTIO_BLK_T_OUT => {
-                if data_out.available_bytes() != 0 {
+                if data_out.remaining() != 0 {
                     return Err(Failure::Malformed(
                         "write request with a device-writable data buffer",
                     ));
@@ -244,22 +256,21 @@ impl RequestHandler {
                 if self.backend.read_only() {
                     return Err(Failure::Malformed("write to a read-only disk"));
                 }
-                let len = data_in.available_bytes();
-                let offset = self.checked_range(sector, len)?;
-                if self.map_data(mem, chain, false, HEADER_LEN, len) {
+                let offset = self.checked_range(sector, data_in.remaining())?;
+                if self.map_data(mem, data_in.clone()) {
                     let range = ExtentRange::whole(&self.extents);
                     if let Some(result) = self.backend.write_from_guest(offset, range) {
                         result.map_err(Failure::Io)?;
                         return Ok(Done::Direct { written: 0 });
                     }
                 }
-                self.write_from_guest(offset, len, data_in)?;
+                self.write_from_guest(mem, offset, data_in)?;
             }
             VIRTIO_BLK_T_FLUSH => self.backend.flush().map_err(Failure::Io)?,
             VIRTIO_BLK_T_GET_ID => {
-                let len = data_out.available_bytes().min(self.disk_id.len());
+                let len = data_out.remaining().min(self.disk_id.len());
                 data_out
-                    .write_all(&self.disk_id[..len])
+                    .write(mem, &self.disk_id[..len])
                     .map_err(|_| Failure::Malformed("GET_ID buffer not writable"))?;
             }
             _ => return Ok(Done::Copied(VIRTIO_BLK_S_UNSUPP as u8)),
@@ -267,52 +278,31 @@ impl RequestHandler {
         Ok(Done::Copied(VIRTIO_BLK_S_OK as u8))
     }
 
-    /// Maps `len` bytes of the chain's device-writable (`writable`) or
-    /// device-readable buffers, after the first `skip` of them, into
-    /// `self.extents`. False when some part is not plain guest RAM or the
-    /// request needs more extents than were set aside; the bounce path
-    /// then serves it.
-    fn map_data(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        chain: &DescriptorChain<&GuestMemoryMmap>,
-        writable: bool,
-        mut skip: usize,
-        len: usize,
-    ) -> bool {
+    /// Maps the bytes ahead of `data` into `self.extents`. False when
+    /// some part is not plain guest RAM or the request needs more extents
+    /// than were set aside; the bounce path then serves it.
+    fn map_data(&mut self, mem: &GuestMemoryMmap, mut data: ChainBytes<'_>) -> bool {
         self.extents.clear();
-        let mut left = len;
-        for descriptor in chain.clone() {
-            if left == 0 {
-                break;
-            }
-            if descriptor.is_write_only() != writable {
-                continue;
-            }
-            let descriptor_len = descriptor.len() as usize;
-            if skip >= descriptor_len {
-                skip -= descriptor_len;
-                continue;
-            }
-            let Some(start) = descriptor.addr().checked_add(skip as u64) else {
-                return false;
-            };
-            let take = (descriptor_len - skip).min(left);
-            skip = 0;
-            left -= take;
-            for slice in mem.get_slices(start, take) {
-                let Ok(slice) = slice else { return false };
-                if self.extents.len() == self.extents.capacity() {
-                    return false;
+        let extents = &mut self.extents;
+        data.advance(
+            data.remaining(),
+            |start, len| {
+                for slice in mem.get_slices(start, len) {
+                    let slice = slice.map_err(|_| ())?;
+                    if extents.len() == extents.capacity() {
+                        return Err(());
+                    }
+                    // SAFETY: the slice is guest RAM, mapped for as long
+                    // as the VM (and so this handler's memory) exists.
+                    let extent =
+                        unsafe { GuestExtent::new(slice.ptr_guard_mut().as_ptr(), slice.len()) };
+                    extents.push(extent);
                 }
-                // SAFETY: the slice is guest RAM, mapped for as long as
-                // the VM (and so this handler's memory) exists.
-                let extent =
-                    unsafe { GuestExtent::new(slice.ptr_guard_mut().as_ptr(), slice.len()) };
-                self.extents.push(extent);
-            }
-        }
-        left == 0
+                Ok(())
+            },
+            (),
+        )
+        .is_ok()
     }
 
     /// Disk byte offset of a `len`-byte transfer at `sector`, if it is
@@ -336,10 +326,11 @@ impl RequestHandler {
 
     fn read_into_guest(
         &mut self,
+        mem: &GuestMemoryMmap,
         offset: u64,
-        len: usize,
-        data_out: &mut Writer<'_>,
+        data_out: &mut ChainBytes<'_>,
     ) -> Result<(), Failure> {
+        let len = data_out.remaining();
         let mut done = 0;
         while done < len {
             let n = (len - done).min(CHUNK_LEN);
@@ -348,7 +339,7 @@ impl RequestHandler {
                 .read_at(offset + done as u64, buffer)
                 .map_err(Failure::Io)?;
             data_out
-                .write_all(buffer)
+                .write(mem, buffer)
                 .map_err(|_| Failure::Malformed("read buffer not writable"))?;
             done += n;
         }
@@ -357,16 +348,17 @@ impl RequestHandler {
 
     fn write_from_guest(
         &mut self,
+        mem: &GuestMemoryMmap,
         offset: u64,
-        len: usize,
-        data_in: &mut Reader<'_>,
+        data_in: &mut ChainBytes<'_>,
     ) -> Result<(), Failure> {
+        let len = data_in.remaining();
         let mut done = 0;
         while done < len {
             let n = (len - done).min(CHUNK_LEN);
             let buffer = &mut self.buffer[..n];
             data_in
-                .read_exact(buffer)
+                .read(mem, buffer)
                 .map_err(|_| Failure::Malformed("write buffer not readable"))?;
             self.backend
                 .write_at(offset + done as u64, buffer)
@@ -377,41 +369,29 @@ impl RequestHandler {
     }
 }
 
-/// What a chain's buffers add up to (saturating): the data a request may
-/// move, for the per-call bound.
-fn request_bytes(chain: &DescriptorChain<&GuestMemoryMmap>) -> u64 {
-    chain.clone().fold(0u64, |sum, descriptor| {
-        sum.saturating_add(u64::from(descriptor.len()))
-    })
+/// Where the status byte goes: the last byte of the last descriptor,
+/// which must be device-writable and in guest RAM.
+fn status_address(mem: &GuestMemoryMmap, descriptors: &[ChainDescriptor]) -> Option<GuestAddress> {
+    let last = descriptors.last().filter(|d| d.writable && d.len > 0)?;
+    let address = last.addr.checked_add(u64::from(last.len) - 1)?;
+    mem.address_in_range(address).then_some(address)
 }
 
-struct ChainShape {
-    ordered: bool,
-    too_long: bool,
+/// Bytes in the device-writable (or device-readable) descriptors.
+fn byte_count(descriptors: &[ChainDescriptor], writable: bool) -> usize {
+    descriptors
+        .iter()
+        .filter(|d| d.writable == writable)
+        .map(|d| d.len as usize)
+        .sum()
 }
 
-/// Walk the chain once. `None` when it ends with a descriptor that still
-/// points onwards: the walk stopped on a loop, a bad index or unreadable
-/// descriptor memory, so we cannot know where the status byte is.
-fn chain_shape(chain: DescriptorChain<&GuestMemoryMmap>) -> Option<ChainShape> {
-    let mut count = 0usize;
-    let mut seen_writable = false;
-    let mut ordered = true;
-    let mut last_has_next = false;
-    for descriptor in chain {
-        count += 1;
-        if descriptor.is_write_only() {
-            seen_writable = true;
-        } else if seen_writable {
-            ordered = false;
-        }
-        last_has_next = descriptor.has_next();
-    }
-    if count == 0 || last_has_next {
-        return None;
-    }
-    Some(ChainShape {
-        ordered,
-        too_long: count > MAX_DESCRIPTORS,
-    })
+/// Whether every device-readable descriptor comes before the first
+/// device-writable one, as virtio requires.
+fn in_order(descriptors: &[ChainDescriptor]) -> bool {
+    let first_writable = descriptors
+        .iter()
+        .position(|d| d.writable)
+        .unwrap_or(descriptors.len());
+    descriptors[first_writable..].iter().all(|d| d.writable)
 }

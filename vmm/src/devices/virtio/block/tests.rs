@@ -227,6 +227,7 @@ fn requests_beyond_capacity_fail() {
         Data::FromDevice(512),
     );
     assert_eq!(past_end.status, IOERR);
+    assert_eq!(past_end.used_len, 1, "no data counted as written");
     let straddling = request(
         &mut driver,
         VIRTIO_BLK_T_OUT,
@@ -303,6 +304,39 @@ fn malformed_chains_fail_and_the_device_keeps_serving() {
 }
 
 #[test]
+fn buffers_outside_guest_memory_fail_with_ioerr_when_the_status_byte_is_in_memory() {
+    use crate::devices::virtio::test_driver::MEM_SIZE;
+    let path = image("outside", &patterned_disk());
+    let mut driver = driver_for(&path, false);
+    let mem_end = MEM_SIZE as u64;
+    let beyond = (0xffff_0000_0000, 512, true);
+    let straddling = (mem_end - 256, 512, true);
+    for (request_type, data) in [
+        (VIRTIO_BLK_T_IN, beyond),
+        (VIRTIO_BLK_T_IN, straddling),
+        (VIRTIO_BLK_T_GET_ID, straddling),
+        (VIRTIO_BLK_T_OUT, (straddling.0, 512, false)),
+    ] {
+        let hdr = header(&mut driver, request_type, 0);
+        let status = status_byte(&mut driver);
+        let (_, used_len) = submit(&mut driver, &[hdr, data, status]);
+        assert_eq!(
+            driver.read_guest(status.0, 1),
+            [IOERR],
+            "request type {request_type}, buffer at {:#x}",
+            data.0
+        );
+        assert_eq!(used_len, 1, "only the status byte was written");
+    }
+    // Data and status in one buffer that runs out of memory: the status
+    // byte is not in memory, so the chain comes back empty.
+    let hdr = header(&mut driver, VIRTIO_BLK_T_IN, 0);
+    assert_eq!(submit(&mut driver, &[hdr, (mem_end - 1, 2, true)]).1, 0);
+    assert_eq!(std::fs::read(&path).unwrap(), patterned_disk());
+    assert_still_serving(&mut driver);
+}
+
+#[test]
 fn chains_without_a_status_byte_are_returned_empty() {
     let path = image("no-status", &patterned_disk());
     let mut driver = driver_for(&path, false);
@@ -333,28 +367,61 @@ fn chains_without_a_status_byte_are_returned_empty() {
     assert_still_serving(&mut driver);
 }
 
-#[test]
-fn chain_longer_than_seg_max_fails() {
-    let path = image("too-long", &patterned_disk());
-    let mut driver = driver_for(&path, false);
-    // An indirect table with 300 one-sector reads: beyond SEG_MAX.
-    let segments = 300u16;
-    let table = driver.alloc(u64::from(segments + 2) * 16);
-    let hdr = header(&mut driver, VIRTIO_BLK_T_IN, 0);
+/// Put an indirect table of `entries` descriptors in guest memory: a
+/// read of the whole disk with the header first, the data spread over
+/// all but the last entry, and the status byte last. Returns the table's
+/// address, the data buffer's and the status byte's.
+fn indirect_read(driver: &mut TestDriver, entries: u16) -> (u64, u64, u64) {
+    let disk_len = DISK_SECTORS * SECTOR_SIZE;
+    let table = driver.alloc(u64::from(entries) * 16);
+    let hdr = header(driver, VIRTIO_BLK_T_IN, 0);
     driver.write_descriptor(table, 0, hdr, DESC_F_NEXT, 1);
-    for i in 1..=segments {
-        let data = (driver.alloc(512), 512, true);
-        driver.write_descriptor(table, i, data, DESC_F_NEXT, i + 1);
+    let data = driver.alloc(disk_len);
+    let pieces = u64::from(entries - 2);
+    for i in 1..entries - 1 {
+        let piece = u64::from(i - 1);
+        let start = disk_len * piece / pieces;
+        let end = disk_len * (piece + 1) / pieces;
+        let segment = (data + start, (end - start) as u32, true);
+        driver.write_descriptor(table, i, segment, DESC_F_NEXT, i + 1);
     }
-    let status = status_byte(&mut driver);
-    driver.write_descriptor(table, segments + 1, status, 0, 0);
+    let status = status_byte(driver);
+    driver.write_descriptor(table, entries - 1, status, 0, 0);
+    (table, data, status.0)
+}
+
+fn submit_indirect(driver: &mut TestDriver, table: u64, entries: u16) -> (u16, u32) {
     let head = driver.next_descriptor();
-    let table_segment = (table, u32::from(segments + 2) * 16, false);
+    let table_segment = (table, u32::from(entries) * 16, false);
     driver.write_descriptor(driver.desc_table(), head, table_segment, DESC_F_INDIRECT, 0);
     driver.push_raw(head, 1);
     driver.kick();
-    assert_eq!(driver.wait_used(), (head, 1));
-    assert_eq!(driver.read_guest(status.0, 1), [IOERR]);
+    let used = driver.wait_used();
+    assert_eq!(used.0, head);
+    used
+}
+
+#[test]
+fn chain_longer_than_seg_max_is_refused_without_walking_it() {
+    let path = image("too-long", &patterned_disk());
+    let mut driver = driver_for(&path, false);
+    // SEG_MAX data descriptors with the header and status: served.
+    let longest = SEG_MAX as u16 + 2;
+    let (table, data, status) = indirect_read(&mut driver, longest);
+    let disk_len = (DISK_SECTORS * SECTOR_SIZE) as usize;
+    assert_eq!(
+        submit_indirect(&mut driver, table, longest).1,
+        disk_len as u32 + 1
+    );
+    assert_eq!(driver.read_guest(status, 1), [OK]);
+    assert_eq!(driver.read_guest(data, disk_len), patterned_disk());
+    // One more, and the largest table there is: refused before any entry
+    // is read, so the status byte at the end is never found.
+    for entries in [longest + 1, u16::MAX] {
+        let (table, _, status) = indirect_read(&mut driver, entries);
+        assert_eq!(submit_indirect(&mut driver, table, entries).1, 0);
+        assert_eq!(driver.read_guest(status, 1), [0xee]);
+    }
     assert_still_serving(&mut driver);
 }
 

@@ -101,6 +101,14 @@ impl Ring {
         head
     }
 
+    /// Publish a chain made of the indirect `table` alone.
+    fn push_indirect(&mut self, driver: &TestDriver, table: Segment) -> u16 {
+        let head = self.next_desc;
+        self.write_descriptor(driver, head, table, DESC_F_INDIRECT, 0);
+        self.push_raw(driver, head, 1);
+        head
+    }
+
     /// Publish a chain whose `count` descriptors the test wrote itself.
     fn push_raw(&mut self, driver: &TestDriver, head: u16, count: u16) {
         self.next_desc = (self.next_desc + count) % RING_SIZE;
@@ -510,6 +518,73 @@ fn indirect_transmit_chain_is_sent() {
         harness.host_receive(Duration::from_secs(5)),
         Some(with_header(&sent))
     );
+}
+
+impl Harness {
+    /// An indirect table of `entries` descriptors chained in order,
+    /// splitting the `len` bytes at `buffer` between them.
+    fn indirect_table(&mut self, buffer: u64, len: u64, entries: u16, writable: bool) -> Segment {
+        let table = self.driver.alloc(u64::from(entries) * 16);
+        let count = u64::from(entries);
+        for i in 0..entries {
+            let start = len * u64::from(i) / count;
+            let end = len * (u64::from(i) + 1) / count;
+            let flags = if i + 1 < entries { DESC_F_NEXT } else { 0 };
+            let segment = (buffer + start, (end - start) as u32, writable);
+            self.driver
+                .write_descriptor(table, i, segment, flags, i.wrapping_add(1));
+        }
+        (table, u32::from(entries) * 16, false)
+    }
+}
+
+#[test]
+fn chains_longer_than_the_ring_are_refused_on_both_queues() {
+    let mut harness = Harness::new(Box::new(AllowAll));
+    let sent = frame(600, 8);
+    let bytes = with_header(&sent);
+    let len = bytes.len() as u64;
+    for (entries, delivered) in [(RING_SIZE, true), (RING_SIZE + 1, false), (u16::MAX, false)] {
+        let buffer = harness.guest_bytes(&bytes).0;
+        let table = harness.indirect_table(buffer, len, entries, false);
+        let head = harness.tx.push_indirect(&harness.driver, table);
+        harness.tx.kick(&harness.driver);
+        assert_eq!(harness.tx.wait_used(&harness.driver), (head, 0));
+        let wait = Duration::from_millis(if delivered { 5000 } else { 100 });
+        let expected = delivered.then(|| bytes.clone());
+        assert_eq!(
+            harness.host_receive(wait),
+            expected,
+            "{entries} descriptors"
+        );
+    }
+    assert_eq!(harness.counter(|c| &c.tx_malformed), 2);
+    assert_eq!(harness.counter(|c| &c.tx_frames), 1);
+
+    // Receive: the over-long chains come back unused, the frame waits
+    // for the one that is not.
+    let rx_len = u64::from(RX_BUFFER_LEN);
+    let mut refused = Vec::new();
+    for entries in [RING_SIZE + 1, u16::MAX] {
+        let buffer = harness.driver.alloc(rx_len);
+        let table = harness.indirect_table(buffer, rx_len, entries, true);
+        refused.push(harness.rx.push_indirect(&harness.driver, table));
+    }
+    let buffer = harness.driver.alloc(rx_len);
+    let table = harness.indirect_table(buffer, rx_len, RING_SIZE, true);
+    let good = harness.rx.push_indirect(&harness.driver, table);
+    harness.rx.kick(&harness.driver);
+    let received = frame(100, 9);
+    harness.host_send(&received);
+    for head in refused {
+        assert_eq!(harness.rx.wait_used(&harness.driver), (head, 0));
+    }
+    let used = harness.rx.wait_used(&harness.driver);
+    assert_eq!(used, (good, (VNET_HDR_LEN + received.len()) as u32));
+    let bytes = harness
+        .driver
+        .read_guest(buffer + VNET_HDR_LEN as u64, received.len());
+    assert_eq!(bytes, received);
 }
 
 /// xorshift64: deterministic noise for the robustness test.

@@ -16,8 +16,9 @@
 //! and the tunnel's timer is always watched.
 //!
 //! Anything the guest gets wrong drops that frame and returns its chain;
-//! only a corrupt ring stops the device (NEEDS_RESET). Nothing allocates
-//! per frame.
+//! only a corrupt ring stops the device (NEEDS_RESET). Each chain's
+//! descriptors are collected once, up to [`MAX_CHAIN_LEN`], before any of
+//! them is used. Nothing allocates per frame.
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -31,7 +32,10 @@ use super::backend::NetBackend;
 use super::filter::FrameFilter;
 use super::vpn_link::{self, SharedVpnLink, TunnelRead};
 use super::{NetCounters, MAX_BUFFER_LEN, RX_QUEUE, TX_QUEUE, VNET_HDR_LEN};
-use crate::devices::virtio::{ActiveQueue, EventSource, Progress, QueueWorker, VirtioInterrupt};
+use crate::devices::virtio::chain::{ChainBytes, ChainDescriptor, CollectedChain, DescriptorTable};
+use crate::devices::virtio::{
+    ActiveQueue, EventSource, Progress, QueueWorker, VirtioInterrupt, QUEUE_MAX_SIZE,
+};
 use crate::vpn::Routing;
 
 /// Ethernet destination, source and type.
@@ -46,6 +50,9 @@ const TUNNEL_TOKEN: u32 = 1;
 const TIMER_TOKEN: u32 = 2;
 /// `num_buffers` in `virtio_net_hdr_v1`.
 const NUM_BUFFERS_OFFSET: usize = 10;
+/// Most descriptors a chain on either queue may have: as many as the
+/// largest ring holds (Linux uses at most MAX_SKB_FRAGS + 2).
+const MAX_CHAIN_LEN: u16 = QUEUE_MAX_SIZE;
 
 type SharedFilter = Arc<Mutex<Box<dyn FrameFilter>>>;
 
@@ -63,10 +70,14 @@ pub(super) struct NetWorker {
     filter: SharedFilter,
     counters: Arc<NetCounters>,
     rx_buffer: Vec<u8>,
+    /// The receive chain being filled.
+    rx_chain: CollectedChain,
     /// Length of an allowed frame in `rx_buffer` that no receive buffer
     /// has taken yet.
     rx_pending: Option<usize>,
     tx_buffer: Vec<u8>,
+    /// The transmit chain being gathered.
+    tx_chain: CollectedChain,
     vpn: Option<SharedVpnLink>,
     /// Read the tunnel before the backend next time (fair turns).
     tunnel_turn: bool,
@@ -156,8 +167,10 @@ impl NetWorker {
             // Allocated here, on the thread that activates the device, so
             // the I/O thread never grows its heap per frame.
             rx_buffer: vec![0u8; MAX_BUFFER_LEN],
+            rx_chain: CollectedChain::new(MAX_CHAIN_LEN),
             rx_pending: None,
             tx_buffer: vec![0u8; MAX_BUFFER_LEN],
+            tx_chain: CollectedChain::new(MAX_CHAIN_LEN),
             vpn,
             tunnel_turn: false,
             listening_sources,
@@ -200,7 +213,8 @@ impl NetWorker {
                     break;
                 };
                 let head = chain.head_index();
-                match self.transmit_chain(&mem, chain) {
+                let table = DescriptorTable::of(&self.tx.queue);
+                match self.transmit_chain(&mem, table, head) {
                     Ok(()) => NetCounters::bump(&self.counters.tx_frames),
                     Err(Dropped::Filtered) => NetCounters::bump(&self.counters.tx_filtered),
                     Err(why @ Dropped::Malformed(_)) => {
@@ -228,9 +242,14 @@ impl NetWorker {
     fn transmit_chain(
         &mut self,
         mem: &GuestMemoryMmap,
-        chain: DescriptorChain<&GuestMemoryMmap>,
+        table: DescriptorTable,
+        head: u16,
     ) -> Result<(), Dropped> {
-        let len = gather(mem, chain, &mut self.tx_buffer)?;
+        let descriptors = self
+            .tx_chain
+            .collect(mem, table, head)
+            .map_err(|_| Dropped::Malformed("descriptor chain too long, looping or unreadable"))?;
+        let len = gather(mem, descriptors, &mut self.tx_buffer)?;
         if !plain_header(&self.tx_buffer[..VNET_HDR_LEN]) {
             return Err(Dropped::Malformed(
                 "offload requested in the header, but none was negotiated",
@@ -283,7 +302,15 @@ impl NetWorker {
                 break;
             };
             let head = chain.head_index();
-            match write_frame(&mem, chain, &self.rx_buffer[..len]) {
+            let table = DescriptorTable::of(&self.rx.queue);
+            let frame = &self.rx_buffer[..len];
+            let outcome = match self.rx_chain.collect(&mem, table, head) {
+                Ok(descriptors) => write_frame(&mem, descriptors, frame),
+                Err(_) => Err(RxChain::Malformed(
+                    "descriptor chain too long, looping or unreadable",
+                )),
+            };
+            match outcome {
                 Ok(()) => {
                     self.rx.queue.add_used(mem.as_ref(), head, len as u32)?;
                     NetCounters::bump(&self.counters.rx_frames);
@@ -431,36 +458,29 @@ impl QueueWorker for NetWorker {
 }
 
 /// Copy a transmit chain (header and frame) into `buffer`, checking on
-/// the way that it is device-readable only, complete, inside guest
-/// memory and no larger than `buffer`. Returns the length copied.
+/// the way that it is device-readable only, inside guest memory and no
+/// larger than `buffer`. Returns the length copied.
 fn gather(
     mem: &GuestMemoryMmap,
-    chain: DescriptorChain<&GuestMemoryMmap>,
+    descriptors: &[ChainDescriptor],
     buffer: &mut [u8],
 ) -> Result<usize, Dropped> {
     let mut len = 0usize;
-    let mut count = 0usize;
-    let mut last_has_next = false;
-    for descriptor in chain {
-        if descriptor.is_write_only() {
+    for descriptor in descriptors {
+        if descriptor.writable {
             return Err(Dropped::Malformed(
                 "device-writable buffer in a transmit chain",
             ));
         }
         let end = len
-            .checked_add(descriptor.len() as usize)
+            .checked_add(descriptor.len as usize)
             .filter(|&end| end <= buffer.len())
             .ok_or(Dropped::Malformed(
                 "frame larger than the 65 562-byte maximum",
             ))?;
-        mem.read_slice(&mut buffer[len..end], descriptor.addr())
+        mem.read_slice(&mut buffer[len..end], descriptor.addr)
             .map_err(|_| Dropped::Malformed("transmit buffer outside guest memory"))?;
         len = end;
-        count += 1;
-        last_has_next = descriptor.has_next();
-    }
-    if count == 0 || last_has_next {
-        return Err(Dropped::Malformed("truncated or looping descriptor chain"));
     }
     if len < VNET_HDR_LEN {
         return Err(Dropped::Malformed(
@@ -483,40 +503,24 @@ enum RxChain {
 
 fn write_frame(
     mem: &GuestMemoryMmap,
-    chain: DescriptorChain<&GuestMemoryMmap>,
+    descriptors: &[ChainDescriptor],
     frame: &[u8],
 ) -> Result<(), RxChain> {
-    let mut room = 0usize;
-    let mut last_has_next = false;
-    for descriptor in chain.clone() {
-        if !descriptor.is_write_only() {
-            return Err(RxChain::Malformed(
-                "device-readable buffer in a receive chain",
-            ));
-        }
-        room = room.saturating_add(descriptor.len() as usize);
-        last_has_next = descriptor.has_next();
+    if descriptors.iter().any(|d| !d.writable) {
+        return Err(RxChain::Malformed(
+            "device-readable buffer in a receive chain",
+        ));
     }
-    if last_has_next {
-        return Err(RxChain::Malformed("truncated or looping descriptor chain"));
-    }
-    if room < VNET_HDR_LEN + ETH_HEADER_LEN {
+    let mut buffers = ChainBytes::new(descriptors, true, usize::MAX);
+    if buffers.remaining() < VNET_HDR_LEN + ETH_HEADER_LEN {
         return Err(RxChain::Malformed("receive chain too short for any frame"));
     }
-    if room < frame.len() {
+    if buffers.remaining() < frame.len() {
         return Err(RxChain::TooSmall);
     }
-    let mut rest = frame;
-    for descriptor in chain {
-        if rest.is_empty() {
-            break;
-        }
-        let n = rest.len().min(descriptor.len() as usize);
-        mem.write_slice(&rest[..n], descriptor.addr())
-            .map_err(|_| RxChain::Malformed("receive buffer outside guest memory"))?;
-        rest = &rest[n..];
-    }
-    Ok(())
+    buffers
+        .write(mem, frame)
+        .map_err(|_| RxChain::Malformed("receive buffer outside guest memory"))
 }
 
 /// The next receive chain. Before reporting none, ask the guest (with
