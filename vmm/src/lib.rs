@@ -22,6 +22,7 @@ pub mod media_hotplug;
 pub mod netfilter;
 pub mod notice;
 pub mod policy;
+pub mod prompt_phrase;
 pub mod seccomp;
 pub mod storage;
 pub mod vmm;

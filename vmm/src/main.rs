@@ -17,6 +17,7 @@ use securevm::exit::{ExitReason, EXIT_ERROR, EXIT_LOGIN_REFUSED, EXIT_USAGE};
 use securevm::identity::enroll::{run_enroll_command, EnrollCommand};
 use securevm::identity::smartcard::cli::{run_enroll, CardArgs, CardEnrollArgs};
 use securevm::policy::PolicyConfig;
+use securevm::prompt_phrase;
 use securevm::storage::bench::{run_disk_bench, BenchDiskArgs};
 use securevm::storage::external::ExternalMediaPolicy;
 use securevm::storage::{run_disk_command, DiskCommand};
@@ -31,6 +32,11 @@ use securevm::vmm::VmmError;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The machine's prompt phrase (one line, owned by root or you, mode 0600):
+    /// every securevm prompt shows it, so a prompt the guest forged, lacking it,
+    /// gives itself away. Without the file, prompts carry a warning instead.
+    #[arg(long, global = true, value_name = "FILE", default_value = prompt_phrase::DEFAULT_PATH)]
+    prompt_phrase: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -242,6 +248,7 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { EXIT_USAGE as u8 } else { 0 });
         }
     };
+    prompt_phrase::set_path(cli.prompt_phrase);
     match cli.command {
         Command::Run(args) => {
             if args.role.is_some() {

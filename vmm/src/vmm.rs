@@ -64,6 +64,7 @@ use crate::loader::{load_cmdline, load_initrd, load_kernel, LoaderError};
 use crate::media_hotplug::{MediaHotplug, MediaHotplugParts, EJECT_TIMEOUT};
 use crate::netfilter::{Filter, FilterConfig, FilterControl, DEFAULT_CONNTRACK_CAPACITY};
 use crate::policy::ActiveRole;
+use crate::prompt_phrase::{PhraseError, PromptPhrase};
 use crate::seccomp::{self, SeccompError, ThreadKind};
 use crate::storage::luks::is_luks;
 use crate::storage::passphrase::{read_passphrase, PassphraseSource};
@@ -128,6 +129,8 @@ pub enum VmmError {
     ApiSocket(#[from] SocketError),
     #[error("reading KVM's supported CPUID failed: {0}")]
     Cpuid(kvm_ioctls::Error),
+    #[error(transparent)]
+    PromptPhrase(#[from] PhraseError),
     #[error("{what} failed: {source}")]
     Io {
         what: &'static str,
@@ -144,6 +147,9 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     if let Some(path) = &config.initrd {
         open_input("initrd", path)?;
     }
+    // Checked before anything is asked: a phrase file that is not private
+    // stops securevm here rather than at a PIN prompt with the guest running.
+    let phrase = PromptPhrase::load_configured()?;
     // Audit log, policy, login and role: before any guest exists.
     let session = start_session(config, RetryDelay::default())?;
     let audit = session.audit.clone();
@@ -159,7 +165,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
         }
         _ => None,
     };
-    let result = run_session(config, &session, card_only.as_ref());
+    let result = run_session(config, &session, card_only.as_ref(), &phrase);
     let reason = match &result {
         Ok(ExitReason::PowerOff) => "guest powered off".to_string(),
         Ok(ExitReason::Reboot) => "guest rebooted".to_string(),
@@ -176,10 +182,11 @@ fn run_session(
     config: &VmConfig,
     session: &Session,
     card_only: Option<&CardCredential>,
+    phrase: &PromptPhrase,
 ) -> Result<ExitReason, VmmError> {
     let mut policy_in_force = None;
     loop {
-        let reason = run_once(config, session, card_only, &mut policy_in_force)?;
+        let reason = run_once(config, session, card_only, phrase, &mut policy_in_force)?;
         if reason == ExitReason::Reboot && config.on_reboot == RebootAction::Restart {
             log::info!("guest rebooted; starting it again");
             continue;
@@ -204,6 +211,7 @@ fn run_once(
     config: &VmConfig,
     session: &Session,
     card_only: Option<&CardCredential>,
+    phrase: &PromptPhrase,
     policy_in_force: &mut Option<ActiveRole>,
 ) -> Result<ExitReason, VmmError> {
     config.validate()?;
@@ -292,7 +300,7 @@ fn run_once(
     vm.register_irqfd(&serial_irq, COM1_IRQ)?;
     let seccomp_on = config.seccomp;
     // Dropped (and so drained to stdout) whenever run_once returns.
-    let (_console_writer, console_sink) = ConsoleWriter::spawn(std::io::stdout(), move || {
+    let (console_writer, console_sink) = ConsoleWriter::spawn(std::io::stdout(), move || {
         if seccomp_on {
             seccomp::install(ThreadKind::ConsoleOutput).map_err(|e| e.to_string())
         } else {
@@ -376,7 +384,7 @@ fn run_once(
         what: "switching the terminal to raw mode",
         source,
     })?;
-    let console_gate = ConsoleGate::new();
+    let console_gate = ConsoleGate::new(phrase.clone(), console_writer.hold());
     spawn_input_thread(serial, exit.clone(), console_gate.clone(), move || {
         if seccomp_on {
             seccomp::install(ThreadKind::ConsoleInput).map_err(|e| e.to_string())

@@ -325,6 +325,50 @@ fn a_login_is_audited_through_to_the_vm_stop() {
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
 }
 
+/// A prompt phrase file holding `content`, mode 0600.
+fn private_phrase_file(scratch: &Scratch, content: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = scratch.path("prompt-phrase");
+    std::fs::write(&path, content).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+#[test]
+fn a_prompt_phrase_file_others_can_read_stops_securevm_before_any_prompt() {
+    use std::os::unix::fs::PermissionsExt;
+    let setup = Setup::new("phrase-open");
+    let audit = audit_args(&setup.scratch);
+    let phrase = private_phrase_file(&setup.scratch, "violet harbour lamp\n");
+    std::fs::set_permissions(&phrase, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut args = vec![
+        "run",
+        "--kernel",
+        &setup.kernel,
+        "--policy",
+        &setup.policy,
+        "--policy-key",
+        &setup.key,
+        "--user",
+        "alice",
+        "--prompt-phrase",
+        phrase.to_str().unwrap(),
+    ];
+    args.extend(audit.iter().map(String::as_str));
+    let (output, code, prompts, _) = run_on_terminal(&args, &[]);
+    assert_eq!(code, Some(1), "{output}");
+    assert_eq!(prompts, 0, "{output}");
+    assert!(output.contains("mode 0644"), "{output}");
+    assert!(
+        output.contains(&format!("chmod 600 {}", phrase.display())),
+        "{output}"
+    );
+    assert!(
+        !output.contains("violet harbour lamp"),
+        "the refused phrase was shown: {output}"
+    );
+}
+
 /// Runs `securevm` with a pseudo-terminal as its controlling terminal,
 /// answering each passphrase prompt with the next of `answers`; returns
 /// what it printed, its exit status, the prompts seen and the time taken.
@@ -414,10 +458,19 @@ fn three_tries_at_the_terminal_with_growing_waits_then_refusal() {
         "alice",
     ];
     args.extend(audit.iter().map(String::as_str));
+    let phrase = private_phrase_file(&setup.scratch, "violet harbour lamp\n");
+    args.extend(["--prompt-phrase", phrase.to_str().unwrap()]);
     let (output, code, prompts, elapsed) =
         run_on_terminal(&args, &["wrong one", "wrong two", "wrong three"]);
     assert_eq!(code, Some(EXIT_LOGIN_REFUSED), "{output}");
     assert_eq!(prompts, 3, "{output}");
+    assert_eq!(
+        output
+            .matches("[securevm: violet harbour lamp] Passphrase for alice: ")
+            .count(),
+        3,
+        "every prompt shows the prompt phrase: {output}"
+    );
     assert!(
         output.contains("login refused after 3 failed attempt(s)"),
         "{output}"

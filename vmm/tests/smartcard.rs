@@ -12,19 +12,21 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::mpsc;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use common::{Scratch, SECUREVM};
 use guest_policy::model::SmartCardBinding;
 use securevm::audit::Audit;
 use securevm::console_gate::ConsoleGate;
+use securevm::devices::console_output::ConsoleWriter;
 use securevm::identity::smartcard::disk;
 use securevm::identity::smartcard::login::CardCredential;
 use securevm::identity::smartcard::monitor::watch_session;
 use securevm::identity::smartcard::{
     self, CardOptions, PinSource, Rejection, RetryPolicy, SmartCardError, REJECTED,
 };
+use securevm::prompt_phrase::PromptPhrase;
 use securevm::storage::luks::{self, FormatOptions, KdfSettings};
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -443,6 +445,35 @@ fn audit_in(scratch: &Scratch) -> (Audit, PathBuf) {
     (audit, audit_log)
 }
 
+const PROMPT_PHRASE: &str = "green kettle";
+
+/// Where a console gate's prompts went.
+#[derive(Clone, Default)]
+struct Prompts(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Prompts {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A console gate over a guest console that writes nowhere, with its
+/// prompts in the returned [`Prompts`]; keep the writer while the gate is used.
+fn console_gate() -> (ConsoleGate, ConsoleWriter, Prompts) {
+    let (writer, _guest) = ConsoleWriter::spawn(std::io::sink(), || Ok(())).unwrap();
+    let prompts = Prompts::default();
+    let gate = ConsoleGate::with_prompt_output(
+        PromptPhrase::parse(PROMPT_PHRASE.as_bytes()).unwrap(),
+        writer.hold(),
+        Box::new(prompts.clone()),
+    );
+    (gate, writer, prompts)
+}
+
 #[test]
 fn pulling_the_card_pauses_and_reinserting_it_with_the_pin_resumes() {
     let Some((_lock, hsm)) = hsm() else { return };
@@ -455,11 +486,12 @@ fn pulling_the_card_pauses_and_reinserting_it_with_the_pin_resumes() {
     let (audit, audit_log) = audit_in(&scratch);
     let (sender, events) = mpsc::channel();
     let (pause, resume) = (sender.clone(), sender);
+    let (console, _console_writer, _prompts) = console_gate();
     let monitor = watch_session(
         &credential,
         "bob",
         audit,
-        ConsoleGate::new(),
+        console,
         Box::new(move || pause.send("pause").unwrap()),
         Box::new(move || resume.send("resume").unwrap()),
     )
@@ -524,7 +556,7 @@ fn a_pin_asked_on_the_terminal_at_login_is_typed_on_the_console_after_reinsertio
     let mut credential = CardCredential::new(login, PinSource::Terminal, options.retry);
     credential.card.poll = Duration::from_millis(100);
     let (audit, audit_log) = audit_in(&scratch);
-    let console = ConsoleGate::new();
+    let (console, _console_writer, prompts) = console_gate();
     let (sender, events) = mpsc::channel();
     let (pause, resume) = (sender.clone(), sender);
     let monitor = watch_session(
@@ -561,6 +593,16 @@ fn a_pin_asked_on_the_terminal_at_login_is_typed_on_the_console_after_reinsertio
     type_when_asked(format!("{PIN}\r").as_bytes());
     assert_eq!(wait(), Ok("resume"));
     assert_eq!(console.filter_input(b"ls\r"), b"ls\r");
+    let shown = String::from_utf8_lossy(&prompts.0.lock().unwrap()).into_owned();
+    assert_eq!(
+        shown
+            .matches(&format!(
+                "[securevm: {PROMPT_PHRASE}] PIN for smart card 'console-card': "
+            ))
+            .count(),
+        2,
+        "each PIN prompt shows the prompt phrase: {shown:?}"
+    );
     monitor.stop();
     let audited = std::fs::read_to_string(&audit_log).unwrap();
     assert!(

@@ -9,6 +9,13 @@
 //! the writer (the guest's console runs at the speed of the output), and
 //! [`ConsoleWriter::finish`] (also run on drop) writes out everything
 //! buffered before the VMM exits, so the guest's last words survive.
+//!
+//! The one exception is an [`OutputHold`]: while securevm asks the person
+//! at the terminal for something, guest output must not reach the
+//! terminal (it could draw a fake prompt over the real one, or hide it).
+//! The writer then writes nothing; the buffer keeps the first
+//! `MAX_PENDING` bytes, and what comes beyond that is counted and dropped
+//! rather than making the guest wait for as long as the person takes.
 
 use std::io::{self, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -23,6 +30,12 @@ struct State {
     writer_idle: bool,
     producer_waiting: bool,
     closed: bool,
+    /// The writer has a batch out of `pending` and is writing it.
+    writing: bool,
+    /// Guest output is held back (see [`OutputHold`]).
+    held: bool,
+    /// Bytes dropped because the buffer was full while held.
+    dropped_while_held: u64,
 }
 
 #[derive(Default)]
@@ -32,6 +45,8 @@ struct Shared {
     has_bytes: Condvar,
     /// A producer facing a full buffer waits here.
     has_room: Condvar,
+    /// A hold waits here for the batch being written to be out.
+    batch_written: Condvar,
 }
 
 impl Shared {
@@ -48,17 +63,27 @@ pub struct ConsoleSink {
 impl Write for ConsoleSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut state = self.shared.lock();
-        while state.pending.len() >= MAX_PENDING && !state.closed {
+        loop {
+            if state.closed {
+                // The VM is stopping; the writer has gone.
+                return Ok(buf.len());
+            }
+            if state.held {
+                let room = MAX_PENDING.saturating_sub(state.pending.len());
+                let kept = buf.len().min(room);
+                state.pending.extend_from_slice(&buf[..kept]);
+                state.dropped_while_held += (buf.len() - kept) as u64;
+                return Ok(buf.len());
+            }
+            if state.pending.len() < MAX_PENDING {
+                break;
+            }
             state.producer_waiting = true;
             state = self
                 .shared
                 .has_room
                 .wait(state)
                 .unwrap_or_else(|e| e.into_inner());
-        }
-        if state.closed {
-            // The VM is stopping; the writer has gone.
-            return Ok(buf.len());
         }
         let room = MAX_PENDING - state.pending.len();
         let taken = buf.len().min(room);
@@ -116,6 +141,13 @@ impl ConsoleWriter {
         ))
     }
 
+    /// The handle that holds guest output back while securevm prompts.
+    pub fn hold(&self) -> OutputHold {
+        OutputHold {
+            shared: self.shared.clone(),
+        }
+    }
+
     /// Writes out what is still buffered, then stops the thread. Bytes
     /// the guest prints afterwards are discarded.
     pub fn finish(&mut self) {
@@ -138,13 +170,69 @@ impl Drop for ConsoleWriter {
     }
 }
 
+/// How much guest output a hold kept back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldOutput {
+    /// Bytes kept, written out when the hold ends.
+    pub bytes: usize,
+    /// Bytes that did not fit and are lost.
+    pub dropped: u64,
+}
+
+/// Stops guest output from reaching the output while securevm prompts.
+#[derive(Clone)]
+pub struct OutputHold {
+    shared: Arc<Shared>,
+}
+
+impl OutputHold {
+    /// From now on nothing the guest prints is written; returns once the
+    /// batch the writer may be writing is out, so that what the caller
+    /// writes next cannot be interleaved with guest bytes.
+    pub fn begin(&self) {
+        let mut state = self.shared.lock();
+        state.held = true;
+        // A producer waiting for room now keeps what fits and drops the rest.
+        self.shared.has_room.notify_all();
+        while state.writing {
+            state = self
+                .shared
+                .batch_written
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Ends the hold: `announce` is told how much was held back and runs
+    /// before any of it is written (it says so on the terminal), then the
+    /// writer resumes with the held bytes.
+    pub fn end(&self, announce: impl FnOnce(HeldOutput)) {
+        let held = {
+            let state = self.shared.lock();
+            HeldOutput {
+                bytes: state.pending.len(),
+                dropped: state.dropped_while_held,
+            }
+        };
+        announce(held);
+        let mut state = self.shared.lock();
+        state.held = false;
+        state.dropped_while_held = 0;
+        if !state.pending.is_empty() && state.writer_idle {
+            state.writer_idle = false;
+            self.shared.has_bytes.notify_one();
+        }
+    }
+}
+
 fn write_until_closed<W: Write>(shared: &Shared, mut output: W) {
     let mut batch = Vec::with_capacity(MAX_PENDING);
     let mut output_failed = false;
     loop {
         {
             let mut state = shared.lock();
-            while state.pending.is_empty() && !state.closed {
+            // A hold ends at the close: the guest's last words still go out.
+            while (state.pending.is_empty() || state.held) && !state.closed {
                 state.writer_idle = true;
                 state = shared
                     .has_bytes
@@ -155,6 +243,7 @@ fn write_until_closed<W: Write>(shared: &Shared, mut output: W) {
                 return;
             }
             std::mem::swap(&mut batch, &mut state.pending);
+            state.writing = true;
             if state.producer_waiting {
                 state.producer_waiting = false;
                 shared.has_room.notify_all();
@@ -169,6 +258,8 @@ fn write_until_closed<W: Write>(shared: &Shared, mut output: W) {
             }
         }
         batch.clear();
+        shared.lock().writing = false;
+        shared.batch_written.notify_all();
     }
 }
 
@@ -267,5 +358,87 @@ mod tests {
         sink.write_all(&vec![b'q'; 2 * MAX_PENDING]).unwrap();
         writer.finish();
         assert!(recorder.bytes.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn held_output_waits_is_announced_and_then_written() {
+        let recorder = Recorder::default();
+        let (mut writer, mut sink) = ConsoleWriter::spawn(recorder.clone(), || Ok(())).unwrap();
+        let hold = writer.hold();
+        hold.begin();
+        sink.write_all(b"fake PIN: ").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            recorder.bytes.lock().unwrap().is_empty(),
+            "written while held"
+        );
+        let mut announced = None;
+        hold.end(|held| {
+            // Told before any held byte goes out.
+            assert!(recorder.bytes.lock().unwrap().is_empty());
+            announced = Some(held);
+        });
+        assert_eq!(
+            announced,
+            Some(HeldOutput {
+                bytes: 10,
+                dropped: 0
+            })
+        );
+        writer.finish();
+        assert_eq!(*recorder.bytes.lock().unwrap(), b"fake PIN: ");
+    }
+
+    #[test]
+    fn a_hold_keeps_the_first_bytes_and_counts_the_rest_without_blocking_the_guest() {
+        let recorder = Recorder::default();
+        let (mut writer, mut sink) = ConsoleWriter::spawn(recorder.clone(), || Ok(())).unwrap();
+        let hold = writer.hold();
+        hold.begin();
+        let burst: Vec<u8> = (0..MAX_PENDING + 1000).map(|i| (i % 251) as u8).collect();
+        let (done, guest_done) = std::sync::mpsc::channel();
+        let guest = {
+            let burst = burst.clone();
+            std::thread::spawn(move || {
+                sink.write_all(&burst).unwrap();
+                sink.write_all(b"more").unwrap();
+                done.send(()).unwrap();
+            })
+        };
+        assert!(
+            guest_done
+                .recv_timeout(std::time::Duration::from_secs(5))
+                .is_ok(),
+            "the guest waited for the person at the prompt"
+        );
+        guest.join().unwrap();
+        let mut announced = None;
+        hold.end(|held| announced = Some(held));
+        assert_eq!(
+            announced,
+            Some(HeldOutput {
+                bytes: MAX_PENDING,
+                dropped: 1004
+            })
+        );
+        writer.finish();
+        assert_eq!(*recorder.bytes.lock().unwrap(), burst[..MAX_PENDING]);
+    }
+
+    #[test]
+    fn a_hold_begins_only_once_the_batch_being_written_is_out() {
+        let recorder = Recorder {
+            delay: Some(std::time::Duration::from_millis(200)),
+            ..Recorder::default()
+        };
+        let (mut writer, mut sink) = ConsoleWriter::spawn(recorder.clone(), || Ok(())).unwrap();
+        sink.write_all(b"in flight").unwrap();
+        // Let the writer take the batch into its slow write.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let hold = writer.hold();
+        hold.begin();
+        assert_eq!(*recorder.bytes.lock().unwrap(), b"in flight");
+        hold.end(|_| {});
+        writer.finish();
     }
 }

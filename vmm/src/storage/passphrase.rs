@@ -10,6 +10,7 @@ use zeroize::Zeroize;
 
 use super::error::StorageError;
 use super::secret::SecretBuf;
+use crate::prompt_phrase::PromptPhrase;
 
 /// Where a passphrase comes from.
 #[derive(Debug, Clone, Copy)]
@@ -63,8 +64,13 @@ fn strip_one_newline(bytes: &[u8]) -> usize {
     }
 }
 
+/// Asks on the terminal, after the machine's prompt phrase (see
+/// [`crate::prompt_phrase`]); a phrase file that is not private stops the
+/// prompt before anything is asked.
 fn from_terminal(prompt: &str) -> Result<SecretBuf, StorageError> {
-    let mut text = rpassword::prompt_password(prompt).map_err(|e| {
+    let phrase =
+        PromptPhrase::load_configured().map_err(|e| StorageError::Passphrase(e.to_string()))?;
+    let mut text = rpassword::prompt_password(phrase.decorate(prompt).as_str()).map_err(|e| {
         StorageError::Passphrase(format!(
             "{e}; without a terminal, pass --passphrase-file FILE instead"
         ))
