@@ -22,6 +22,8 @@ pub(crate) const PROTO_TCP: u8 = 6;
 pub(crate) const PROTO_UDP: u8 = 17;
 pub(crate) const PROTO_ICMPV6: u8 = 58;
 
+const UDP_HEADER_LEN: usize = 8;
+
 /// TCP flag bits.
 pub(crate) const TCP_FIN: u8 = 0x01;
 pub(crate) const TCP_SYN: u8 = 0x02;
@@ -285,15 +287,20 @@ fn parse_transport(
         }
         PROTO_UDP => {
             let length = usize::from(be16(payload, 4).ok_or(ParseError::Malformed)?);
-            // A first fragment holds only part of the datagram the length covers.
-            let end = if is_fragment { payload.len() } else { length };
-            if length < 8 || end > payload.len() || (is_fragment && length < payload.len()) {
+            // A whole datagram fills the IP payload exactly; a first fragment
+            // holds the 8-byte header and part of the datagram the length covers.
+            let consistent = if is_fragment {
+                length >= payload.len()
+            } else {
+                length == payload.len()
+            };
+            if !consistent || payload.len() < UDP_HEADER_LEN {
                 return Err(ParseError::Malformed);
             }
             Ok(Transport::Udp {
                 source_port: be16(payload, 0).ok_or(ParseError::Malformed)?,
                 destination_port: be16(payload, 2).ok_or(ParseError::Malformed)?,
-                payload: &payload[8..end],
+                payload: payload.get(UDP_HEADER_LEN..).ok_or(ParseError::Malformed)?,
             })
         }
         PROTO_ICMP if !is_ipv6 => Ok(Transport::Icmp(parse_icmpv4(payload)?)),

@@ -1142,3 +1142,80 @@ fn benchmark_mix_has_both_verdicts() {
     );
     assert!(report.new_flow_ns > 0.0 && report.established_ns > 0.0 && report.rule_lookup_ns > 0.0);
 }
+
+/// The IPv6 fragment header for `next_header` data at `offset_units` (8-byte units).
+fn ipv6_fragment_header(
+    next_header: u8,
+    offset_units: u16,
+    more: bool,
+    identification: u32,
+) -> Vec<u8> {
+    let mut header = vec![next_header, 0];
+    header.extend_from_slice(&((offset_units << 3) | u16::from(more)).to_be_bytes());
+    header.extend_from_slice(&identification.to_be_bytes());
+    header
+}
+
+#[test]
+fn short_first_udp_fragments_are_dropped_in_both_directions() {
+    let policy = policy(vec![rule(
+        Action::Allow,
+        Direction::Both,
+        Protocol::Any,
+        &[],
+        &[],
+    )]);
+    let (mut filter, _) = new_filter(&policy);
+    let now = Instant::now();
+    for carried in 0..8 {
+        // Ports, then a UDP length of 100 the fragment does not carry.
+        let header = [0x13, 0x88, 0x27, 0x0f, 0, 100, 0, 0];
+        let udp = &header[..carried];
+        let outbound4 = ipv4_fragment(
+            (GUEST_MAC, PEER_MAC),
+            (guest4(), ip("198.51.100.1")),
+            17,
+            (3, 0, true),
+            udp,
+        );
+        let inbound4 = ipv4_fragment(
+            (PEER_MAC, GUEST_MAC),
+            (ip("198.51.100.1"), guest4()),
+            17,
+            (3, 0, true),
+            udp,
+        );
+        let mut chain = ipv6_fragment_header(17, 0, true, 3);
+        chain.extend_from_slice(udp);
+        let outbound6 = ipv6_frame(
+            GUEST_MAC,
+            PEER_MAC,
+            "fd00::2",
+            "2001:db8::1",
+            44,
+            64,
+            &chain,
+        );
+        let inbound6 = ipv6_frame(
+            PEER_MAC,
+            GUEST_MAC,
+            "2001:db8::1",
+            "fd00::2",
+            44,
+            64,
+            &chain,
+        );
+        for (verdict, name) in [
+            (filter.outbound(&outbound4, now), "outbound IPv4"),
+            (filter.inbound(&inbound4, now), "inbound IPv4"),
+            (filter.outbound(&outbound6, now), "outbound IPv6"),
+            (filter.inbound(&inbound6, now), "inbound IPv6"),
+        ] {
+            assert_eq!(
+                verdict,
+                Verdict::Drop(DropReason::Unparseable),
+                "{name} first fragment with {carried} bytes of UDP"
+            );
+        }
+    }
+}
