@@ -18,9 +18,10 @@
 //!
 //! Link-level traffic the guest needs for its own addresses bypasses the
 //! rules but not the spoofing checks: ARP, IPv6 neighbour discovery
-//! (router and neighbour solicitations, neighbour advertisements), MLD,
-//! and the DHCP client exchange when [`FilterConfig::dhcp`] is set (the
-//! address in a DHCP acknowledgement becomes one of the guest's addresses).
+//! (router and neighbour solicitations, neighbour advertisements) and MLD.
+//! The guest's addresses are fixed by its configuration: there is no DHCP
+//! exception (a discovery from 0.0.0.0 is a spoof, and no answer adds an
+//! address).
 //! The guest's IPv6 link-local address is the EUI-64 one derived from its
 //! MAC. Inbound frames must be addressed to the guest's MAC (or be
 //! broadcast/multicast) and to one of its addresses, 255.255.255.255 or a
@@ -35,7 +36,7 @@
 //! over TCP pass but teach nothing); the guest's IPv6 link-local address is
 //! assumed to be the EUI-64 one (a guest using stable-privacy link-local
 //! addresses must have that address listed in `guest_ipv6`); subnet-directed
-//! IPv4 broadcasts to the guest are dropped; DHCP leases are not expired.
+//! IPv4 broadcasts to the guest are dropped.
 
 mod conntrack;
 mod dns;
@@ -73,9 +74,6 @@ pub use rules::Decider;
 /// Default size of the connection table.
 pub const DEFAULT_CONNTRACK_CAPACITY: usize = 65_536;
 
-/// Most addresses a DHCP server can add to the guest's own.
-const MAX_DHCP_ADDRESSES: usize = 4;
-
 /// How often expired flows, names and fragment series are reclaimed.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -97,8 +95,6 @@ pub struct FilterConfig<'p> {
     pub guest_ipv4: Vec<Ipv4Addr>,
     /// The guest's IPv6 addresses (the MAC-derived link-local one is added).
     pub guest_ipv6: Vec<Ipv6Addr>,
-    /// Let the guest's DHCP client talk to a DHCP server.
-    pub dhcp: bool,
     /// Most flows tracked at once; new flows beyond it are refused.
     pub conntrack_capacity: usize,
     /// The role's network rules.
@@ -189,7 +185,6 @@ pub struct Filter {
     guest_mac: [u8; 6],
     guest_ipv4: Vec<Ipv4Addr>,
     guest_ipv6: Vec<Ipv6Addr>,
-    dhcp: bool,
     shared: Arc<Shared>,
     rules: Arc<CompiledRules>,
     generation: u64,
@@ -249,7 +244,6 @@ impl Filter {
             guest_mac: config.guest_mac,
             guest_ipv4: config.guest_ipv4,
             guest_ipv6,
-            dhcp: config.dhcp,
             shared: shared.clone(),
             rules,
             generation: 1,
@@ -462,36 +456,14 @@ impl Filter {
         Ok(())
     }
 
-    /// ARP's IPv6 counterpart, MLD and DHCP: `None` when `packet` is not
-    /// link control and goes to the rules.
+    /// ARP's IPv6 counterpart and MLD: `None` when `packet` is not link
+    /// control and goes to the rules.
     fn judge_link_control(
         &mut self,
         direction: FrameDirection,
         packet: &IpPacket<'_>,
     ) -> Option<Result<(), Denial>> {
-        let outbound = direction == FrameDirection::Outbound;
         match &packet.transport {
-            Transport::Udp {
-                source_port: 68,
-                destination_port: 67,
-                ..
-            } if self.dhcp && outbound => {
-                let from_guest = packet.source == IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-                    || self.is_guest_address(packet.source);
-                Some(if from_guest {
-                    Ok(())
-                } else {
-                    Err(DropReason::Spoof.into())
-                })
-            }
-            Transport::Udp {
-                source_port: 67,
-                destination_port: 68,
-                payload,
-            } if self.dhcp && !outbound && packet.fragment.is_none() => {
-                self.learn_dhcp_address(payload);
-                Some(Ok(()))
-            }
             Transport::Icmp(message) if packet.fragment.is_none() => {
                 self.judge_icmp_control(direction, packet, message)
             }
@@ -548,51 +520,6 @@ impl Filter {
             Icmp::RouterSolicitation { .. } => Err(DropReason::Unsupported.into()),
             _ => Ok(()),
         })
-    }
-
-    /// Adds the address a DHCP server acknowledged to the guest's own.
-    fn learn_dhcp_address(&mut self, bootp: &[u8]) {
-        const MAGIC_COOKIE: [u8; 4] = [99, 130, 83, 99];
-        const OPTIONS_AT: usize = 240;
-        if bootp.first() != Some(&2) || bootp.get(236..OPTIONS_AT) != Some(&MAGIC_COOKIE) {
-            return;
-        }
-        let Some(offered) = bootp
-            .get(16..20)
-            .and_then(|bytes| <[u8; 4]>::try_from(bytes).ok())
-        else {
-            return;
-        };
-        let mut options = bootp.get(OPTIONS_AT..).unwrap_or_default();
-        let mut is_ack = false;
-        while let Some((&code, rest)) = options.split_first() {
-            match code {
-                0 => options = rest,
-                255 => break,
-                _ => {
-                    let Some((&length, rest)) = rest.split_first() else {
-                        break;
-                    };
-                    let Some(value) = rest.get(..usize::from(length)) else {
-                        break;
-                    };
-                    if code == 53 && value == [5] {
-                        is_ack = true;
-                    }
-                    options = &rest[usize::from(length)..];
-                }
-            }
-        }
-        let address = Ipv4Addr::from(offered);
-        let usable =
-            !address.is_unspecified() && !address.is_broadcast() && !address.is_multicast();
-        if is_ack
-            && usable
-            && !self.guest_ipv4.contains(&address)
-            && self.guest_ipv4.len() < MAX_DHCP_ADDRESSES
-        {
-            self.guest_ipv4.push(address);
-        }
     }
 
     fn judge_flow(

@@ -60,23 +60,18 @@ fn policy(rules: Vec<NetRule>) -> NetworkPolicy {
     }
 }
 
-fn filter_with(policy: &NetworkPolicy, capacity: usize, dhcp: bool) -> (Filter, FilterControl) {
+fn filter_with(policy: &NetworkPolicy, capacity: usize) -> (Filter, FilterControl) {
     Filter::new(FilterConfig {
         guest_mac: GUEST_MAC,
-        guest_ipv4: if dhcp {
-            Vec::new()
-        } else {
-            vec![Ipv4Addr::new(192, 168, 7, 2)]
-        },
+        guest_ipv4: vec![Ipv4Addr::new(192, 168, 7, 2)],
         guest_ipv6: vec!["fd00::2".parse().unwrap()],
-        dhcp,
         conntrack_capacity: capacity,
         policy,
     })
 }
 
 fn new_filter(policy: &NetworkPolicy) -> (Filter, FilterControl) {
-    filter_with(policy, DEFAULT_CONNTRACK_CAPACITY, false)
+    filter_with(policy, DEFAULT_CONNTRACK_CAPACITY)
 }
 
 fn out_tcp(remote: &str, port: u16, flags: u8) -> Vec<u8> {
@@ -447,7 +442,7 @@ fn icmp_errors_pass_only_for_tracked_flows() {
 #[test]
 fn full_table_refuses_new_flows_and_keeps_old_ones() {
     let policy = web_policy();
-    let (mut filter, control) = filter_with(&policy, 2, false);
+    let (mut filter, control) = filter_with(&policy, 2);
     let start = Instant::now();
     assert_eq!(
         filter.outbound(&out_tcp("203.0.113.1", 443, SYN), start),
@@ -633,7 +628,7 @@ fn neighbour_discovery_only_for_the_guests_own_addresses() {
 }
 
 #[test]
-fn dhcp_exchange_only_when_enabled_and_the_lease_becomes_the_guests() {
+fn dhcp_has_no_exception() {
     let policy = policy(vec![rule(
         Action::Allow,
         Direction::Out,
@@ -642,6 +637,7 @@ fn dhcp_exchange_only_when_enabled_and_the_lease_becomes_the_guests() {
         &[443],
     )]);
     let now = Instant::now();
+    let (mut filter, _) = new_filter(&policy);
     let discover = udp_frame(
         GUEST_MAC,
         [0xff; 6],
@@ -649,19 +645,37 @@ fn dhcp_exchange_only_when_enabled_and_the_lease_becomes_the_guests() {
         (ip("255.255.255.255"), 67),
         &[1; 240],
     );
-    let (mut static_filter, _) = new_filter(&policy);
     assert_eq!(
-        static_filter.outbound(&discover, now),
+        filter.outbound(&discover, now),
         Verdict::Drop(DropReason::Spoof)
     );
-
-    let (mut dhcp_filter, _) = filter_with(&policy, 16, true);
-    assert_eq!(dhcp_filter.outbound(&discover, now), Verdict::Pass);
+    let request_elsewhere = udp_frame(
+        GUEST_MAC,
+        PEER_MAC,
+        (guest4(), 68),
+        (ip("198.51.100.1"), 67),
+        &[1; 240],
+    );
+    assert_eq!(
+        filter.outbound(&request_elsewhere, now),
+        Verdict::Drop(DropReason::Default)
+    );
     let mut ack = vec![0u8; 240];
     ack[0] = 2;
     ack[16..20].copy_from_slice(&[192, 168, 7, 50]);
     ack[236..240].copy_from_slice(&[99, 130, 83, 99]);
     ack.extend_from_slice(&[53, 1, 5, 255]);
+    let reply = udp_frame(
+        PEER_MAC,
+        [0xff; 6],
+        (ip("192.168.7.1"), 67),
+        (ip("255.255.255.255"), 68),
+        &ack,
+    );
+    assert_eq!(
+        filter.inbound(&reply, now),
+        Verdict::Drop(DropReason::Default)
+    );
     let leased = tcp_frame(
         GUEST_MAC,
         PEER_MAC,
@@ -670,18 +684,9 @@ fn dhcp_exchange_only_when_enabled_and_the_lease_becomes_the_guests() {
         SYN,
     );
     assert_eq!(
-        dhcp_filter.outbound(&leased, now),
+        filter.outbound(&leased, now),
         Verdict::Drop(DropReason::Spoof)
     );
-    let reply = udp_frame(
-        PEER_MAC,
-        [0xff; 6],
-        (ip("192.168.7.1"), 67),
-        (ip("255.255.255.255"), 68),
-        &ack,
-    );
-    assert_eq!(dhcp_filter.inbound(&reply, now), Verdict::Pass);
-    assert_eq!(dhcp_filter.outbound(&leased, now), Verdict::Pass);
 }
 
 /// A DNS response for `name` with one A record per address.
