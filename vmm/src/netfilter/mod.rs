@@ -41,6 +41,7 @@
 mod conntrack;
 mod dns;
 mod fragments;
+mod neighbours;
 mod packet;
 mod random;
 mod report;
@@ -61,7 +62,8 @@ use guest_policy::{Action, Direction, NetworkPolicy, Protocol};
 use conntrack::{ConnTrack, FlowEntry, FlowKey, TcpState};
 use dns::LearnedNames;
 use fragments::{FragmentSeries, SeriesKey};
-use packet::{Arp, Body, Frame, Icmp, IpPacket, ParseError, Transport};
+use neighbours::HeardNeighbours;
+use packet::{Arp, Body, Frame, Icmp, IpPacket, Mld, ParseError, Transport};
 use report::{RefusalLimiter, RefusalQueue, SharedCounters};
 use rules::{CompiledRules, Query};
 
@@ -165,6 +167,7 @@ impl From<ParseError> for Denial {
         match error {
             ParseError::Malformed => DropReason::Unparseable.into(),
             ParseError::Unsupported => DropReason::Unsupported.into(),
+            ParseError::IpOptions => DropReason::IpOptions.into(),
         }
     }
 }
@@ -191,6 +194,7 @@ pub struct Filter {
     flows: ConnTrack,
     names: LearnedNames,
     fragments: FragmentSeries,
+    neighbours: HeardNeighbours,
     limiter: RefusalLimiter,
     next_sweep: Option<Instant>,
     name_buffer: Vec<Arc<str>>,
@@ -216,6 +220,29 @@ pub fn link_local_ipv6(mac: [u8; 6]) -> Ipv6Addr {
         mac[4],
         mac[5],
     ])
+}
+
+/// Longest ICMP error, as a whole IPv4 datagram (RFC 792, RFC 1812 4.3.2.3).
+const MAX_ICMP_ERROR_V4: usize = 576;
+/// Longest ICMPv6 error, as a whole IPv6 packet (RFC 4443 2.4).
+const MAX_ICMP_ERROR_V6: usize = 1280;
+/// All MLD-capable routers (MLD done messages go there).
+const ALL_ROUTERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
+/// All MLDv2-capable routers (MLDv2 reports go there).
+const ALL_MLDV2_ROUTERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x16);
+
+fn is_link_scope_multicast(address: Ipv6Addr) -> bool {
+    address.segments()[0] == 0xff02
+}
+
+fn is_link_local(address: Ipv6Addr) -> bool {
+    address.segments()[0] & 0xffc0 == 0xfe80
+}
+
+/// ff02::1:ffXX:XXXX, where duplicate address detection asks.
+fn is_solicited_node(address: Ipv6Addr) -> bool {
+    let segments = address.segments();
+    segments[..6] == [0xff02, 0, 0, 0, 0, 1] && segments[6] & 0xff00 == 0xff00
 }
 
 fn is_group_address(address: IpAddr) -> bool {
@@ -250,6 +277,7 @@ impl Filter {
             flows: ConnTrack::new(config.conntrack_capacity),
             names: LearnedNames::default(),
             fragments: FragmentSeries::default(),
+            neighbours: HeardNeighbours::default(),
             limiter: RefusalLimiter::default(),
             next_sweep: None,
             name_buffer: Vec::new(),
@@ -312,6 +340,7 @@ impl Filter {
         self.flows.reclaim_expired(now);
         self.names.forget_expired(now);
         self.fragments.forget_expired(now);
+        self.neighbours.forget_expired(now);
         self.shared.counters.set_tracked_flows(self.flows.len());
         self.next_sweep = Some(now + SWEEP_INTERVAL);
     }
@@ -416,7 +445,7 @@ impl Filter {
         packet: &IpPacket<'_>,
         now: Instant,
     ) -> Result<(), Denial> {
-        if let Some(outcome) = self.judge_link_control(direction, packet) {
+        if let Some(outcome) = self.judge_link_control(direction, packet, now) {
             return outcome;
         }
         match direction {
@@ -442,6 +471,16 @@ impl Filter {
                 },
             )
         });
+        if let Transport::Icmp(Icmp::Error { .. }) = packet.transport {
+            let longest = match packet.source {
+                IpAddr::V4(_) => MAX_ICMP_ERROR_V4,
+                IpAddr::V6(_) => MAX_ICMP_ERROR_V6,
+            };
+            // An error never needs fragmenting: it fits the minimum MTU.
+            if packet.fragment.is_some() || packet.length > longest {
+                return Err(DropReason::IcmpError.into());
+            }
+        }
         if let Some((false, key)) = series {
             return if self.fragments.is_allowed(&key, now) {
                 Ok(())
@@ -456,70 +495,145 @@ impl Filter {
         Ok(())
     }
 
-    /// ARP's IPv6 counterpart and MLD: `None` when `packet` is not link
-    /// control and goes to the rules.
+    /// ARP's IPv6 counterpart, MLD and redirects: `None` when `packet` is
+    /// not link control and goes to the rules.
     fn judge_link_control(
         &mut self,
         direction: FrameDirection,
         packet: &IpPacket<'_>,
+        now: Instant,
     ) -> Option<Result<(), Denial>> {
-        match &packet.transport {
-            Transport::Icmp(message) if packet.fragment.is_none() => {
-                self.judge_icmp_control(direction, packet, message)
+        let Transport::Icmp(message) = &packet.transport else {
+            return None;
+        };
+        let (IpAddr::V6(source), IpAddr::V6(destination)) = (packet.source, packet.destination)
+        else {
+            return match message {
+                Icmp::Redirect => Some(Err(DropReason::Unsupported.into())),
+                _ => None,
+            };
+        };
+        let addresses = (source, destination);
+        Some(match message {
+            Icmp::Redirect => Err(DropReason::Unsupported.into()),
+            Icmp::MulticastListener(mld) => self.judge_mld(direction, packet, addresses, *mld),
+            Icmp::RouterSolicitation { .. }
+            | Icmp::RouterAdvertisement
+            | Icmp::NeighbourSolicitation { .. }
+            | Icmp::NeighbourAdvertisement { .. } => {
+                self.judge_ndp(direction, packet, addresses, message, now)
             }
-            _ => None,
-        }
+            _ => return None,
+        })
     }
 
-    fn judge_icmp_control(
+    /// MLD stays on the link: hop limit 1, from a link-local (or, before
+    /// the guest has one, the unspecified) address, and from the guest
+    /// only reports and dones to the link-scope groups they belong to.
+    fn judge_mld(
         &self,
         direction: FrameDirection,
         packet: &IpPacket<'_>,
-        message: &Icmp<'_>,
-    ) -> Option<Result<(), Denial>> {
-        let outbound = direction == FrameDirection::Outbound;
-        let is_ndp = matches!(
-            message,
-            Icmp::RouterSolicitation { .. }
-                | Icmp::RouterAdvertisement
-                | Icmp::NeighbourSolicitation { .. }
-                | Icmp::NeighbourAdvertisement { .. }
-        ) && packet.protocol == packet::PROTO_ICMPV6;
-        if is_ndp && packet.hop_limit != 255 {
-            return Some(Err(DropReason::Invalid.into()));
+        (source, destination): (Ipv6Addr, Ipv6Addr),
+        mld: Mld,
+    ) -> Result<(), Denial> {
+        if packet.fragment.is_some() || packet.hop_limit != 1 {
+            return Err(DropReason::Invalid.into());
         }
-        let unspecified_source = packet.source == IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+        let link_source = source.is_unspecified() || is_link_local(source);
+        if direction == FrameDirection::Inbound {
+            if !link_source {
+                return Err(DropReason::Invalid.into());
+            }
+            if !destination.is_multicast() && !self.is_guest_address(packet.destination) {
+                return Err(DropReason::NotForGuest.into());
+            }
+            return Ok(());
+        }
+        let own_link_source = link_source && self.is_guest_address(packet.source);
+        if !source.is_unspecified() && !own_link_source {
+            return Err(DropReason::Spoof.into());
+        }
+        let expected_destination = match mld {
+            Mld::Query => return Err(DropReason::Unsupported.into()),
+            Mld::Report { group } => destination == group,
+            Mld::Done => destination == ALL_ROUTERS,
+            Mld::ReportV2 => destination == ALL_MLDV2_ROUTERS,
+        };
+        if expected_destination && is_link_scope_multicast(destination) {
+            Ok(())
+        } else {
+            Err(DropReason::Invalid.into())
+        }
+    }
+
+    /// Neighbour discovery stays on the link (hop limit 255, RFC 4861's
+    /// rules for the unspecified source, unfragmented per RFC 6980). The
+    /// guest speaks only as itself and only to link-scope groups,
+    /// link-local addresses and neighbours it has heard from; inbound
+    /// messages must be for the guest, and their senders are remembered.
+    fn judge_ndp(
+        &mut self,
+        direction: FrameDirection,
+        packet: &IpPacket<'_>,
+        (source, destination): (Ipv6Addr, Ipv6Addr),
+        message: &Icmp<'_>,
+        now: Instant,
+    ) -> Result<(), Denial> {
+        if packet.fragment.is_some() || packet.hop_limit != 255 || source.is_multicast() {
+            return Err(DropReason::Invalid.into());
+        }
+        let unspecified_source = source.is_unspecified();
+        let valid_source = match message {
+            Icmp::NeighbourSolicitation { link_address, .. } if unspecified_source => {
+                link_address.is_none() && is_solicited_node(destination)
+            }
+            Icmp::RouterSolicitation { link_address } if unspecified_source => {
+                link_address.is_none()
+            }
+            Icmp::NeighbourAdvertisement { .. } => !unspecified_source,
+            Icmp::RouterAdvertisement => is_link_local(source),
+            _ => true,
+        };
+        if direction == FrameDirection::Inbound {
+            if matches!(message, Icmp::RouterSolicitation { .. }) {
+                return Err(DropReason::Unsupported.into());
+            }
+            if !valid_source {
+                return Err(DropReason::Invalid.into());
+            }
+            if !destination.is_multicast() && !self.is_guest_address(packet.destination) {
+                return Err(DropReason::NotForGuest.into());
+            }
+            if !unspecified_source {
+                self.neighbours.heard(source, now);
+            }
+            return Ok(());
+        }
         let own_source = self.is_guest_address(packet.source);
         let own_link = |link: &Option<[u8; 6]>| link.is_none_or(|link| link == self.guest_mac);
-        let spoof_unless = |ok: bool| {
-            if ok {
-                Ok(())
-            } else {
-                Err(DropReason::Spoof.into())
+        let speaks_as_guest = match message {
+            Icmp::RouterSolicitation { link_address }
+            | Icmp::NeighbourSolicitation { link_address, .. } => {
+                unspecified_source || (own_source && own_link(link_address))
             }
-        };
-        Some(match message {
-            Icmp::Redirect => Err(DropReason::Unsupported.into()),
-            _ if !is_ndp && !matches!(message, Icmp::MulticastListener) => return None,
-            Icmp::MulticastListener if outbound => spoof_unless(own_source || unspecified_source),
-            Icmp::RouterAdvertisement if outbound => Err(DropReason::Spoof.into()),
-            Icmp::RouterSolicitation { link_address } if outbound => spoof_unless(
-                (own_source && own_link(link_address))
-                    || (unspecified_source && link_address.is_none()),
-            ),
-            Icmp::NeighbourSolicitation { link_address, .. } if outbound => spoof_unless(
-                (own_source && own_link(link_address))
-                    || (unspecified_source && link_address.is_none()),
-            ),
             Icmp::NeighbourAdvertisement {
                 target,
                 link_address,
-            } if outbound => spoof_unless(
-                own_source && self.guest_ipv6.contains(target) && own_link(link_address),
-            ),
-            Icmp::RouterSolicitation { .. } => Err(DropReason::Unsupported.into()),
-            _ => Ok(()),
-        })
+            } => own_source && self.guest_ipv6.contains(target) && own_link(link_address),
+            _ => false,
+        };
+        if !speaks_as_guest {
+            return Err(DropReason::Spoof.into());
+        }
+        let on_link = is_link_scope_multicast(destination)
+            || is_link_local(destination)
+            || self.neighbours.is_known(destination, now);
+        if valid_source && on_link {
+            Ok(())
+        } else {
+            Err(DropReason::Invalid.into())
+        }
     }
 
     fn judge_flow(
@@ -596,9 +710,11 @@ impl Filter {
                         now,
                     )
                 });
-                // Routers on the path send errors too, so only the guest side
-                // has to match the outer packet.
-                if related && quoted_guest == guest {
+                // Routers on the path send errors to the guest too, so inbound
+                // only the guest side has to match the outer packet; the
+                // guest's own errors go to the flow's far end only.
+                let far_end = !outbound || quoted_remote == remote;
+                if related && quoted_guest == guest && far_end {
                     return Ok(());
                 }
                 (None, None, false)
