@@ -19,9 +19,18 @@
 //! Link-level traffic the guest needs for its own addresses bypasses the
 //! rules but not the spoofing checks: ARP, IPv6 neighbour discovery
 //! (router and neighbour solicitations, neighbour advertisements) and MLD.
+//! It cannot leave the link: MLD has hop limit 1 and goes from the guest
+//! only to the ff02:: group it concerns (MLDv2 reports to ff02::16); NDP
+//! has hop limit 255 and goes from the guest only to ff02:: groups,
+//! link-local addresses and neighbours heard on the link; both are
+//! unfragmented, with only the options and sizes their RFCs define.
 //! The guest's addresses are fixed by its configuration: there is no DHCP
 //! exception (a discovery from 0.0.0.0 is a spoof, and no answer adds an
 //! address).
+//!
+//! ICMP errors (at most 576 bytes for IPv4, 1280 for IPv6, never
+//! fragmented) pass without a rule when they quote a live flow: inbound
+//! from anywhere on the path, outbound only to the flow's far end.
 //! The guest's IPv6 link-local address is the EUI-64 one derived from its
 //! MAC. Inbound frames must be addressed to the guest's MAC (or be
 //! broadcast/multicast) and to one of its addresses, 255.255.255.255 or a
@@ -605,7 +614,8 @@ impl Filter {
             if !destination.is_multicast() && !self.is_guest_address(packet.destination) {
                 return Err(DropReason::NotForGuest.into());
             }
-            if !unspecified_source {
+            // Link-local senders need no slot: they are reachable anyway.
+            if !unspecified_source && !is_link_local(source) {
                 self.neighbours.heard(source, now);
             }
             return Ok(());
