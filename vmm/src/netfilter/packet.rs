@@ -405,10 +405,9 @@ fn walk_ipv6_extensions(
                     let identification = be32(header, 4).ok_or(ParseError::Malformed)?;
                     let fragment =
                         checked_fragment(next_header, identification, offset, more, rest.len())?;
-                    if !fragment.is_first {
-                        return Ok((next_header, Some(fragment), rest));
-                    }
-                    if is_ipv6_extension(next_header) {
+                    // A first fragment must carry the upper-layer header
+                    // itself; a later one carries data, not headers.
+                    if fragment.is_first && is_ipv6_extension(next_header) {
                         return Err(ParseError::IpOptions);
                     }
                     return Ok((next_header, Some(fragment), rest));

@@ -2098,3 +2098,75 @@ fn truncated_or_lying_frames_never_pass_in_either_direction() {
         }
     }
 }
+
+#[test]
+fn router_advertisements_with_the_options_routers_send_pass() {
+    let policy = policy(Vec::new());
+    let (mut filter, _) = new_filter(&policy);
+    let now = Instant::now();
+    let mut source_link = vec![1, 1];
+    source_link.extend_from_slice(&PEER_MAC);
+    let mtu = vec![5, 1, 0, 0, 0, 0, 0x05, 0xdc];
+    let mut prefix = vec![
+        3, 4, 64, 0xc0, 0, 0, 0x0e, 0x10, 0, 0, 0x0e, 0x10, 0, 0, 0, 0,
+    ];
+    prefix.extend_from_slice(&"fd00::".parse::<Ipv6Addr>().unwrap().octets());
+    let mut dns_servers = vec![25, 3, 0, 0, 0, 0, 0x0e, 0x10];
+    dns_servers.extend_from_slice(&"fd00::53".parse::<Ipv6Addr>().unwrap().octets());
+    let search_list = vec![
+        31, 2, 0, 0, 0, 0, 0x0e, 0x10, 4, b'c', b'o', b'r', b'p', 0, 0, 0,
+    ];
+    let route = vec![
+        24, 2, 48, 0, 0, 0, 0x0e, 0x10, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0,
+    ];
+    let advertisement = |options: &[&[u8]]| {
+        let mut message = vec![134, 0, 0, 0, 64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0];
+        for option in options {
+            message.extend_from_slice(option);
+        }
+        ipv6_frame(
+            PEER_MAC,
+            [0x33, 0x33, 0, 0, 0, 1],
+            "fe80::1",
+            "ff02::1",
+            58,
+            255,
+            &message,
+        )
+    };
+    assert_eq!(
+        filter.inbound(
+            &advertisement(&[
+                &source_link,
+                &mtu,
+                &prefix,
+                &dns_servers,
+                &search_list,
+                &route
+            ]),
+            now
+        ),
+        Verdict::Pass
+    );
+    let mut short_prefix = prefix.clone();
+    short_prefix[1] = 3;
+    short_prefix.truncate(24);
+    assert_eq!(
+        filter.inbound(&advertisement(&[&short_prefix]), now),
+        Verdict::Drop(DropReason::Unparseable)
+    );
+    let mut even_dns = dns_servers.clone();
+    even_dns[1] = 4;
+    even_dns.extend_from_slice(&[0; 8]);
+    assert_eq!(
+        filter.inbound(&advertisement(&[&even_dns]), now),
+        Verdict::Drop(DropReason::Unparseable)
+    );
+    // A neighbour's link-layer option does not belong in an advertisement.
+    let mut target_link = source_link.clone();
+    target_link[0] = 2;
+    assert_eq!(
+        filter.inbound(&advertisement(&[&target_link]), now),
+        Verdict::Drop(DropReason::Unparseable)
+    );
+}
