@@ -580,7 +580,6 @@ fn open_nets(
                     IpAddr::V4(_) => None,
                 })
                 .collect(),
-            dhcp: false,
             conntrack_capacity: DEFAULT_CONNTRACK_CAPACITY,
             policy: rules,
         });

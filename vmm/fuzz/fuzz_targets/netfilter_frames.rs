@@ -5,7 +5,7 @@
 //!
 //! Input: records of [control byte][length, 2 bytes big-endian][frame].
 //! Control bit 0: inbound; bits 1-5: seconds to advance the clock;
-//! bit 6: replace the policy before the frame; bit 7: DHCP-learned guest.
+//! bit 6: replace the policy before the frame; bit 7: unused.
 
 #![no_main]
 
@@ -51,13 +51,11 @@ fn policy(open: bool) -> NetworkPolicy {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let dhcp = data.first().is_some_and(|control| control & 0x80 != 0);
     let initial = policy(false);
     let (mut filter, control) = Filter::new(FilterConfig {
         guest_mac: GUEST_MAC,
-        guest_ipv4: if dhcp { Vec::new() } else { vec!["10.0.0.2".parse().unwrap()] },
+        guest_ipv4: vec!["10.0.0.2".parse().unwrap()],
         guest_ipv6: vec!["fd00::2".parse().unwrap()],
-        dhcp,
         conntrack_capacity: 8,
         policy: &initial,
     });

@@ -451,7 +451,6 @@ mod tests {
             guest_mac: [2, 0, 0, 0, 0, 1],
             guest_ipv4: vec![],
             guest_ipv6: vec![],
-            dhcp: false,
             conntrack_capacity: 16,
             policy: &policy,
         });

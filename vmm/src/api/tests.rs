@@ -478,7 +478,6 @@ fn seccomp_child() {
         guest_mac: [2, 0, 0, 0, 0, 1],
         guest_ipv4: vec![],
         guest_ipv6: vec![],
-        dhcp: false,
         conntrack_capacity: 16,
         policy: &role.network,
     });

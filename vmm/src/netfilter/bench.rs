@@ -352,7 +352,6 @@ pub fn measure(rule_count: usize) -> NetBenchReport {
             guest_mac: GUEST_MAC,
             guest_ipv4: vec![GUEST_IPV4],
             guest_ipv6: vec![GUEST_IPV6],
-            dhcp: false,
             conntrack_capacity: FLOWS_PER_ROUND * 2,
             policy: &policy,
         });

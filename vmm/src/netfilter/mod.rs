@@ -18,9 +18,19 @@
 //!
 //! Link-level traffic the guest needs for its own addresses bypasses the
 //! rules but not the spoofing checks: ARP, IPv6 neighbour discovery
-//! (router and neighbour solicitations, neighbour advertisements), MLD,
-//! and the DHCP client exchange when [`FilterConfig::dhcp`] is set (the
-//! address in a DHCP acknowledgement becomes one of the guest's addresses).
+//! (router and neighbour solicitations, neighbour advertisements) and MLD.
+//! It cannot leave the link: MLD has hop limit 1 and goes from the guest
+//! only to the ff02:: group it concerns (MLDv2 reports to ff02::16); NDP
+//! has hop limit 255 and goes from the guest only to ff02:: groups,
+//! link-local addresses and neighbours heard on the link; both are
+//! unfragmented, with only the options and sizes their RFCs define.
+//! The guest's addresses are fixed by its configuration: there is no DHCP
+//! exception (a discovery from 0.0.0.0 is a spoof, and no answer adds an
+//! address).
+//!
+//! ICMP errors (at most 576 bytes for IPv4, 1280 for IPv6, never
+//! fragmented) pass without a rule when they quote a live flow: inbound
+//! from anywhere on the path, outbound only to the flow's far end.
 //! The guest's IPv6 link-local address is the EUI-64 one derived from its
 //! MAC. Inbound frames must be addressed to the guest's MAC (or be
 //! broadcast/multicast) and to one of its addresses, 255.255.255.255 or a
@@ -35,11 +45,12 @@
 //! over TCP pass but teach nothing); the guest's IPv6 link-local address is
 //! assumed to be the EUI-64 one (a guest using stable-privacy link-local
 //! addresses must have that address listed in `guest_ipv6`); subnet-directed
-//! IPv4 broadcasts to the guest are dropped; DHCP leases are not expired.
+//! IPv4 broadcasts to the guest are dropped.
 
 mod conntrack;
 mod dns;
 mod fragments;
+mod neighbours;
 mod packet;
 mod random;
 mod report;
@@ -60,7 +71,8 @@ use guest_policy::{Action, Direction, NetworkPolicy, Protocol};
 use conntrack::{ConnTrack, FlowEntry, FlowKey, TcpState};
 use dns::LearnedNames;
 use fragments::{FragmentSeries, SeriesKey};
-use packet::{Arp, Body, Frame, Icmp, IpPacket, ParseError, Transport};
+use neighbours::HeardNeighbours;
+use packet::{Arp, Body, Frame, Icmp, IpPacket, Mld, ParseError, Transport};
 use report::{RefusalLimiter, RefusalQueue, SharedCounters};
 use rules::{CompiledRules, Query};
 
@@ -72,9 +84,6 @@ pub use rules::Decider;
 
 /// Default size of the connection table.
 pub const DEFAULT_CONNTRACK_CAPACITY: usize = 65_536;
-
-/// Most addresses a DHCP server can add to the guest's own.
-const MAX_DHCP_ADDRESSES: usize = 4;
 
 /// How often expired flows, names and fragment series are reclaimed.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -97,8 +106,6 @@ pub struct FilterConfig<'p> {
     pub guest_ipv4: Vec<Ipv4Addr>,
     /// The guest's IPv6 addresses (the MAC-derived link-local one is added).
     pub guest_ipv6: Vec<Ipv6Addr>,
-    /// Let the guest's DHCP client talk to a DHCP server.
-    pub dhcp: bool,
     /// Most flows tracked at once; new flows beyond it are refused.
     pub conntrack_capacity: usize,
     /// The role's network rules.
@@ -169,6 +176,7 @@ impl From<ParseError> for Denial {
         match error {
             ParseError::Malformed => DropReason::Unparseable.into(),
             ParseError::Unsupported => DropReason::Unsupported.into(),
+            ParseError::IpOptions => DropReason::IpOptions.into(),
         }
     }
 }
@@ -189,13 +197,13 @@ pub struct Filter {
     guest_mac: [u8; 6],
     guest_ipv4: Vec<Ipv4Addr>,
     guest_ipv6: Vec<Ipv6Addr>,
-    dhcp: bool,
     shared: Arc<Shared>,
     rules: Arc<CompiledRules>,
     generation: u64,
     flows: ConnTrack,
     names: LearnedNames,
     fragments: FragmentSeries,
+    neighbours: HeardNeighbours,
     limiter: RefusalLimiter,
     next_sweep: Option<Instant>,
     name_buffer: Vec<Arc<str>>,
@@ -221,6 +229,29 @@ pub fn link_local_ipv6(mac: [u8; 6]) -> Ipv6Addr {
         mac[4],
         mac[5],
     ])
+}
+
+/// Longest ICMP error, as a whole IPv4 datagram (RFC 792, RFC 1812 4.3.2.3).
+const MAX_ICMP_ERROR_V4: usize = 576;
+/// Longest ICMPv6 error, as a whole IPv6 packet (RFC 4443 2.4).
+const MAX_ICMP_ERROR_V6: usize = 1280;
+/// All MLD-capable routers (MLD done messages go there).
+const ALL_ROUTERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 2);
+/// All MLDv2-capable routers (MLDv2 reports go there).
+const ALL_MLDV2_ROUTERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x16);
+
+fn is_link_scope_multicast(address: Ipv6Addr) -> bool {
+    address.segments()[0] == 0xff02
+}
+
+fn is_link_local(address: Ipv6Addr) -> bool {
+    address.segments()[0] & 0xffc0 == 0xfe80
+}
+
+/// ff02::1:ffXX:XXXX, where duplicate address detection asks.
+fn is_solicited_node(address: Ipv6Addr) -> bool {
+    let segments = address.segments();
+    segments[..6] == [0xff02, 0, 0, 0, 0, 1] && segments[6] & 0xff00 == 0xff00
 }
 
 fn is_group_address(address: IpAddr) -> bool {
@@ -249,13 +280,13 @@ impl Filter {
             guest_mac: config.guest_mac,
             guest_ipv4: config.guest_ipv4,
             guest_ipv6,
-            dhcp: config.dhcp,
             shared: shared.clone(),
             rules,
             generation: 1,
             flows: ConnTrack::new(config.conntrack_capacity),
             names: LearnedNames::default(),
             fragments: FragmentSeries::default(),
+            neighbours: HeardNeighbours::default(),
             limiter: RefusalLimiter::default(),
             next_sweep: None,
             name_buffer: Vec::new(),
@@ -318,6 +349,7 @@ impl Filter {
         self.flows.reclaim_expired(now);
         self.names.forget_expired(now);
         self.fragments.forget_expired(now);
+        self.neighbours.forget_expired(now);
         self.shared.counters.set_tracked_flows(self.flows.len());
         self.next_sweep = Some(now + SWEEP_INTERVAL);
     }
@@ -422,7 +454,7 @@ impl Filter {
         packet: &IpPacket<'_>,
         now: Instant,
     ) -> Result<(), Denial> {
-        if let Some(outcome) = self.judge_link_control(direction, packet) {
+        if let Some(outcome) = self.judge_link_control(direction, packet, now) {
             return outcome;
         }
         match direction {
@@ -448,6 +480,16 @@ impl Filter {
                 },
             )
         });
+        if let Transport::Icmp(Icmp::Error { .. }) = packet.transport {
+            let longest = match packet.source {
+                IpAddr::V4(_) => MAX_ICMP_ERROR_V4,
+                IpAddr::V6(_) => MAX_ICMP_ERROR_V6,
+            };
+            // An error never needs fragmenting: it fits the minimum MTU.
+            if packet.fragment.is_some() || packet.length > longest {
+                return Err(DropReason::IcmpError.into());
+            }
+        }
         if let Some((false, key)) = series {
             return if self.fragments.is_allowed(&key, now) {
                 Ok(())
@@ -462,136 +504,145 @@ impl Filter {
         Ok(())
     }
 
-    /// ARP's IPv6 counterpart, MLD and DHCP: `None` when `packet` is not
-    /// link control and goes to the rules.
+    /// ARP's IPv6 counterpart, MLD and redirects: `None` when `packet` is
+    /// not link control and goes to the rules.
     fn judge_link_control(
         &mut self,
         direction: FrameDirection,
         packet: &IpPacket<'_>,
+        now: Instant,
     ) -> Option<Result<(), Denial>> {
-        let outbound = direction == FrameDirection::Outbound;
-        match &packet.transport {
-            Transport::Udp {
-                source_port: 68,
-                destination_port: 67,
-                ..
-            } if self.dhcp && outbound => {
-                let from_guest = packet.source == IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-                    || self.is_guest_address(packet.source);
-                Some(if from_guest {
-                    Ok(())
-                } else {
-                    Err(DropReason::Spoof.into())
-                })
-            }
-            Transport::Udp {
-                source_port: 67,
-                destination_port: 68,
-                payload,
-            } if self.dhcp && !outbound && packet.fragment.is_none() => {
-                self.learn_dhcp_address(payload);
-                Some(Ok(()))
-            }
-            Transport::Icmp(message) if packet.fragment.is_none() => {
-                self.judge_icmp_control(direction, packet, message)
-            }
-            _ => None,
-        }
-    }
-
-    fn judge_icmp_control(
-        &self,
-        direction: FrameDirection,
-        packet: &IpPacket<'_>,
-        message: &Icmp<'_>,
-    ) -> Option<Result<(), Denial>> {
-        let outbound = direction == FrameDirection::Outbound;
-        let is_ndp = matches!(
-            message,
-            Icmp::RouterSolicitation { .. }
-                | Icmp::RouterAdvertisement
-                | Icmp::NeighbourSolicitation { .. }
-                | Icmp::NeighbourAdvertisement { .. }
-        ) && packet.protocol == packet::PROTO_ICMPV6;
-        if is_ndp && packet.hop_limit != 255 {
-            return Some(Err(DropReason::Invalid.into()));
-        }
-        let unspecified_source = packet.source == IpAddr::V6(Ipv6Addr::UNSPECIFIED);
-        let own_source = self.is_guest_address(packet.source);
-        let own_link = |link: &Option<[u8; 6]>| link.is_none_or(|link| link == self.guest_mac);
-        let spoof_unless = |ok: bool| {
-            if ok {
-                Ok(())
-            } else {
-                Err(DropReason::Spoof.into())
-            }
+        let Transport::Icmp(message) = &packet.transport else {
+            return None;
         };
+        let (IpAddr::V6(source), IpAddr::V6(destination)) = (packet.source, packet.destination)
+        else {
+            return match message {
+                Icmp::Redirect => Some(Err(DropReason::Unsupported.into())),
+                _ => None,
+            };
+        };
+        let addresses = (source, destination);
         Some(match message {
             Icmp::Redirect => Err(DropReason::Unsupported.into()),
-            _ if !is_ndp && !matches!(message, Icmp::MulticastListener) => return None,
-            Icmp::MulticastListener if outbound => spoof_unless(own_source || unspecified_source),
-            Icmp::RouterAdvertisement if outbound => Err(DropReason::Spoof.into()),
-            Icmp::RouterSolicitation { link_address } if outbound => spoof_unless(
-                (own_source && own_link(link_address))
-                    || (unspecified_source && link_address.is_none()),
-            ),
-            Icmp::NeighbourSolicitation { link_address, .. } if outbound => spoof_unless(
-                (own_source && own_link(link_address))
-                    || (unspecified_source && link_address.is_none()),
-            ),
-            Icmp::NeighbourAdvertisement {
-                target,
-                link_address,
-            } if outbound => spoof_unless(
-                own_source && self.guest_ipv6.contains(target) && own_link(link_address),
-            ),
-            Icmp::RouterSolicitation { .. } => Err(DropReason::Unsupported.into()),
-            _ => Ok(()),
+            Icmp::MulticastListener(mld) => self.judge_mld(direction, packet, addresses, *mld),
+            Icmp::RouterSolicitation { .. }
+            | Icmp::RouterAdvertisement
+            | Icmp::NeighbourSolicitation { .. }
+            | Icmp::NeighbourAdvertisement { .. } => {
+                self.judge_ndp(direction, packet, addresses, message, now)
+            }
+            _ => return None,
         })
     }
 
-    /// Adds the address a DHCP server acknowledged to the guest's own.
-    fn learn_dhcp_address(&mut self, bootp: &[u8]) {
-        const MAGIC_COOKIE: [u8; 4] = [99, 130, 83, 99];
-        const OPTIONS_AT: usize = 240;
-        if bootp.first() != Some(&2) || bootp.get(236..OPTIONS_AT) != Some(&MAGIC_COOKIE) {
-            return;
+    /// MLD stays on the link: hop limit 1, from a link-local (or, before
+    /// the guest has one, the unspecified) address, and from the guest
+    /// only reports and dones to the link-scope groups they belong to.
+    fn judge_mld(
+        &self,
+        direction: FrameDirection,
+        packet: &IpPacket<'_>,
+        (source, destination): (Ipv6Addr, Ipv6Addr),
+        mld: Mld,
+    ) -> Result<(), Denial> {
+        if packet.fragment.is_some() || packet.hop_limit != 1 {
+            return Err(DropReason::Invalid.into());
         }
-        let Some(offered) = bootp
-            .get(16..20)
-            .and_then(|bytes| <[u8; 4]>::try_from(bytes).ok())
-        else {
-            return;
-        };
-        let mut options = bootp.get(OPTIONS_AT..).unwrap_or_default();
-        let mut is_ack = false;
-        while let Some((&code, rest)) = options.split_first() {
-            match code {
-                0 => options = rest,
-                255 => break,
-                _ => {
-                    let Some((&length, rest)) = rest.split_first() else {
-                        break;
-                    };
-                    let Some(value) = rest.get(..usize::from(length)) else {
-                        break;
-                    };
-                    if code == 53 && value == [5] {
-                        is_ack = true;
-                    }
-                    options = &rest[usize::from(length)..];
-                }
+        let link_source = source.is_unspecified() || is_link_local(source);
+        if direction == FrameDirection::Inbound {
+            if !link_source {
+                return Err(DropReason::Invalid.into());
             }
+            if !destination.is_multicast() && !self.is_guest_address(packet.destination) {
+                return Err(DropReason::NotForGuest.into());
+            }
+            return Ok(());
         }
-        let address = Ipv4Addr::from(offered);
-        let usable =
-            !address.is_unspecified() && !address.is_broadcast() && !address.is_multicast();
-        if is_ack
-            && usable
-            && !self.guest_ipv4.contains(&address)
-            && self.guest_ipv4.len() < MAX_DHCP_ADDRESSES
-        {
-            self.guest_ipv4.push(address);
+        let own_link_source = link_source && self.is_guest_address(packet.source);
+        if !source.is_unspecified() && !own_link_source {
+            return Err(DropReason::Spoof.into());
+        }
+        let expected_destination = match mld {
+            Mld::Query => return Err(DropReason::Unsupported.into()),
+            Mld::Report { group } => destination == group,
+            Mld::Done => destination == ALL_ROUTERS,
+            Mld::ReportV2 => destination == ALL_MLDV2_ROUTERS,
+        };
+        if expected_destination && is_link_scope_multicast(destination) {
+            Ok(())
+        } else {
+            Err(DropReason::Invalid.into())
+        }
+    }
+
+    /// Neighbour discovery stays on the link (hop limit 255, RFC 4861's
+    /// rules for the unspecified source, unfragmented per RFC 6980). The
+    /// guest speaks only as itself and only to link-scope groups,
+    /// link-local addresses and neighbours it has heard from; inbound
+    /// messages must be for the guest, and their senders are remembered.
+    fn judge_ndp(
+        &mut self,
+        direction: FrameDirection,
+        packet: &IpPacket<'_>,
+        (source, destination): (Ipv6Addr, Ipv6Addr),
+        message: &Icmp<'_>,
+        now: Instant,
+    ) -> Result<(), Denial> {
+        if packet.fragment.is_some() || packet.hop_limit != 255 || source.is_multicast() {
+            return Err(DropReason::Invalid.into());
+        }
+        let unspecified_source = source.is_unspecified();
+        let valid_source = match message {
+            Icmp::NeighbourSolicitation { link_address, .. } if unspecified_source => {
+                link_address.is_none() && is_solicited_node(destination)
+            }
+            Icmp::RouterSolicitation { link_address } if unspecified_source => {
+                link_address.is_none()
+            }
+            Icmp::NeighbourAdvertisement { .. } => !unspecified_source,
+            Icmp::RouterAdvertisement => is_link_local(source),
+            _ => true,
+        };
+        if direction == FrameDirection::Inbound {
+            if matches!(message, Icmp::RouterSolicitation { .. }) {
+                return Err(DropReason::Unsupported.into());
+            }
+            if !valid_source {
+                return Err(DropReason::Invalid.into());
+            }
+            if !destination.is_multicast() && !self.is_guest_address(packet.destination) {
+                return Err(DropReason::NotForGuest.into());
+            }
+            // Link-local senders need no slot: they are reachable anyway.
+            if !unspecified_source && !is_link_local(source) {
+                self.neighbours.heard(source, now);
+            }
+            return Ok(());
+        }
+        let own_source = self.is_guest_address(packet.source);
+        let own_link = |link: &Option<[u8; 6]>| link.is_none_or(|link| link == self.guest_mac);
+        let speaks_as_guest = match message {
+            Icmp::RouterSolicitation { link_address }
+            | Icmp::NeighbourSolicitation { link_address, .. } => {
+                unspecified_source || (own_source && own_link(link_address))
+            }
+            Icmp::NeighbourAdvertisement {
+                target,
+                link_address,
+            } => own_source && self.guest_ipv6.contains(target) && own_link(link_address),
+            _ => false,
+        };
+        if !speaks_as_guest {
+            return Err(DropReason::Spoof.into());
+        }
+        let on_link = is_link_scope_multicast(destination)
+            || is_link_local(destination)
+            || self.neighbours.is_known(destination, now);
+        if valid_source && on_link {
+            Ok(())
+        } else {
+            Err(DropReason::Invalid.into())
         }
     }
 
@@ -669,9 +720,11 @@ impl Filter {
                         now,
                     )
                 });
-                // Routers on the path send errors too, so only the guest side
-                // has to match the outer packet.
-                if related && quoted_guest == guest {
+                // Routers on the path send errors to the guest too, so inbound
+                // only the guest side has to match the outer packet; the
+                // guest's own errors go to the flow's far end only.
+                let far_end = !outbound || quoted_remote == remote;
+                if related && quoted_guest == guest && far_end {
                     return Ok(());
                 }
                 (None, None, false)

@@ -1,26 +1,41 @@
 //! Frame parsing: turns raw Ethernet frames into the few facts the filter
 //! decides on (addresses, IP protocol, ports, TCP flags, ICMP kind).
 //!
-//! Ethernet and IP headers (IPv4 options, IPv6 extension header chains,
-//! fragment headers) are sliced by `etherparse` with strict length checks;
-//! the layer-4 headers are read here because fragments and ICMP-embedded
-//! packets need header-only reads that the strict slicers refuse. Every
-//! error is a `ParseError`, and the filter drops such frames: a frame this
-//! module cannot fully account for is never passed.
+//! The Ethernet and fixed IP headers are sliced by `etherparse` with strict
+//! length checks; IPv4 options, the IPv6 extension header chain and the
+//! layer-4 headers are read here, because the filter refuses more than a
+//! general parser does, and fragments and ICMP-embedded packets need
+//! header-only reads that the strict slicers refuse. Every length a frame
+//! claims is checked against what it carries before anything is sliced.
+//! Every error is a `ParseError`, and the filter drops such frames: a frame
+//! this module cannot fully account for is never passed.
 //!
 //! Choices: 802.1Q/802.1ad tagged frames are not supported (the guest has no
 //! reason to tag frames on its single virtual NIC, and a tag would hide the
 //! payload from the checks), IPv6 jumbograms (payload length 0) are refused.
+//! A desktop guest needs no source routing: IPv4 options other than padding
+//! and Router Alert (record route and timestamps included), IPv6 routing
+//! headers, authentication headers, the other extension headers a host
+//! does not originate, options other than padding and (hop-by-hop) Router
+//! Alert, a second destination options header and any extension header
+//! after the fragment header are all refused. Fragments must be consistent
+//! (a whole number of 8-byte units unless last, within 64 KiB) and may not
+//! overlap the TCP header that the first fragment carried (RFC 1858).
+//! NDP and MLD messages are checked to the sizes, codes and options their
+//! RFCs define (RFC 4861, 2710, 3810, plus the nonce of RFC 7527 and the
+//! router advertisement options in use today).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use etherparse::{EtherType, Ethernet2Slice, Ipv4Slice, Ipv6ExtensionSlice, Ipv6Slice};
+use etherparse::{EtherType, Ethernet2Slice, Ipv4Slice, Ipv6HeaderSlice};
 
 /// IANA protocol numbers used by the filter.
 pub(crate) const PROTO_ICMP: u8 = 1;
 pub(crate) const PROTO_TCP: u8 = 6;
 pub(crate) const PROTO_UDP: u8 = 17;
 pub(crate) const PROTO_ICMPV6: u8 = 58;
+
+const UDP_HEADER_LEN: usize = 8;
 
 /// TCP flag bits.
 pub(crate) const TCP_FIN: u8 = 0x01;
@@ -34,8 +49,12 @@ pub(crate) enum ParseError {
     /// A header is truncated, inconsistent or malformed.
     Malformed,
     /// Well-formed, but of a kind the filter never passes (VLAN tags,
-    /// unknown EtherTypes, jumbograms, ARP for other than Ethernet/IPv4).
+    /// unknown EtherTypes, jumbograms, ARP for other than Ethernet/IPv4,
+    /// unknown NDP options).
     Unsupported,
+    /// IPv4 options or IPv6 extension headers the filter never passes
+    /// (source routes, routing and authentication headers, unknown options).
+    IpOptions,
 }
 
 /// A parsed frame.
@@ -69,6 +88,9 @@ pub(crate) struct IpPacket<'a> {
     pub(crate) destination: IpAddr,
     /// TTL or hop limit.
     pub(crate) hop_limit: u8,
+    /// Bytes of the whole IP packet: IPv4 total length, or the IPv6 header
+    /// and its payload length.
+    pub(crate) length: usize,
     /// Protocol of the payload after all extension headers.
     pub(crate) protocol: u8,
     /// Set when the packet is one fragment of a larger one.
@@ -133,12 +155,26 @@ pub(crate) enum Icmp<'a> {
     },
     Redirect,
     /// MLD query, report or done: link-local multicast membership.
-    MulticastListener,
+    MulticastListener(Mld),
     /// Any other type, decided by the rules without state.
     Other {
         kind: u8,
         payload: &'a [u8],
     },
+}
+
+/// MLD messages (RFC 2710 version 1, RFC 3810 version 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mld {
+    Query,
+    /// Version 1 report, sent to the group it reports.
+    Report {
+        group: Ipv6Addr,
+    },
+    /// Version 1 done.
+    Done,
+    /// Version 2 report, sent to all MLDv2 routers.
+    ReportV2,
 }
 
 /// The addresses and ports of the packet an ICMP error refers to.
@@ -162,6 +198,10 @@ fn mac(bytes: &[u8], at: usize) -> Option<[u8; 6]> {
 fn ipv4(bytes: &[u8], at: usize) -> Option<Ipv4Addr> {
     let octets: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
     Some(Ipv4Addr::from(octets))
+}
+
+fn be32(bytes: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
 }
 
 fn ipv6(bytes: &[u8], at: usize) -> Option<Ipv6Addr> {
@@ -212,52 +252,226 @@ fn parse_arp(payload: &[u8]) -> Result<Arp, ParseError> {
 fn parse_ipv4(payload: &[u8]) -> Result<IpPacket<'_>, ParseError> {
     let packet = Ipv4Slice::from_slice(payload).map_err(|_| ParseError::Malformed)?;
     let header = packet.header();
-    let fragment = header.is_fragmenting_payload().then(|| Fragment {
-        identification: u32::from(header.identification()),
-        is_first: header.fragments_offset().value() == 0,
-    });
-    let protocol = packet.payload().ip_number.0;
-    let transport = parse_transport(protocol, false, fragment, packet.payload().payload)?;
+    check_ipv4_options(header.options())?;
+    if header.protocol().0 == PROTO_AUTHENTICATION {
+        return Err(ParseError::IpOptions);
+    }
+    let protocol = header.protocol().0;
+    let data = packet.payload().payload;
+    let fragment = if header.is_fragmenting_payload() {
+        Some(checked_fragment(
+            protocol,
+            u32::from(header.identification()),
+            usize::from(header.fragments_offset().value()) * 8,
+            header.more_fragments(),
+            data.len(),
+        )?)
+    } else {
+        None
+    };
+    let transport = parse_transport(protocol, false, fragment, data)?;
     Ok(IpPacket {
         source: IpAddr::V4(header.source_addr()),
         destination: IpAddr::V4(header.destination_addr()),
         hop_limit: header.ttl(),
+        length: usize::from(header.total_len()),
         protocol,
         fragment,
         transport,
     })
 }
 
-fn parse_ipv6(payload: &[u8]) -> Result<IpPacket<'_>, ParseError> {
-    if be16(payload, 4) == Some(0) && payload.len() > 40 {
-        return Err(ParseError::Unsupported);
-    }
-    let packet = Ipv6Slice::from_slice(payload).map_err(|_| ParseError::Malformed)?;
-    let header = packet.header();
-    let mut fragment = None;
-    for extension in packet.extensions().clone() {
-        if let Ipv6ExtensionSlice::Fragment(slice) = extension {
-            if slice.is_fragmenting_payload() {
-                if fragment.is_some() {
+/// IPv4 options: padding and Router Alert (which IGMP uses) only.
+fn check_ipv4_options(mut options: &[u8]) -> Result<(), ParseError> {
+    const END: u8 = 0;
+    const NO_OPERATION: u8 = 1;
+    const ROUTER_ALERT: [u8; 4] = [148, 4, 0, 0];
+    while let Some((&kind, rest)) = options.split_first() {
+        match kind {
+            END if rest.iter().all(|byte| *byte == 0) => return Ok(()),
+            END => return Err(ParseError::Malformed),
+            NO_OPERATION => options = rest,
+            _ => {
+                let length = usize::from(*rest.first().ok_or(ParseError::Malformed)?);
+                let option = options.get(..length).ok_or(ParseError::Malformed)?;
+                if length < 2 {
                     return Err(ParseError::Malformed);
                 }
-                fragment = Some(Fragment {
-                    identification: slice.identification(),
-                    is_first: slice.fragment_offset().value() == 0,
-                });
+                if option != ROUTER_ALERT {
+                    return Err(ParseError::IpOptions);
+                }
+                options = options.get(length..).ok_or(ParseError::Malformed)?;
             }
         }
     }
-    let protocol = packet.payload().ip_number.0;
-    let transport = parse_transport(protocol, true, fragment, packet.payload().payload)?;
+    Ok(())
+}
+
+/// Checks a fragment's place in its datagram: all but the last fragment
+/// carry whole 8-byte units, the datagram fits in 64 KiB, and a later
+/// fragment does not reach back into a TCP header (RFC 1858: it could
+/// rewrite the flags the first fragment was judged by).
+fn checked_fragment(
+    protocol: u8,
+    identification: u32,
+    offset: usize,
+    more: bool,
+    data_len: usize,
+) -> Result<Fragment, ParseError> {
+    const MIN_TCP_HEADER: usize = 20;
+    let uneven = more && !data_len.is_multiple_of(8);
+    let too_long = offset + data_len > usize::from(u16::MAX);
+    let overlaps_header = offset != 0 && protocol == PROTO_TCP && offset < MIN_TCP_HEADER;
+    if uneven || too_long || overlaps_header {
+        return Err(ParseError::Malformed);
+    }
+    Ok(Fragment {
+        identification,
+        is_first: offset == 0,
+    })
+}
+
+fn parse_ipv6(payload: &[u8]) -> Result<IpPacket<'_>, ParseError> {
+    const HEADER_LEN: usize = 40;
+    if be16(payload, 4) == Some(0) && payload.len() > HEADER_LEN {
+        return Err(ParseError::Unsupported);
+    }
+    let header = Ipv6HeaderSlice::from_slice(payload).map_err(|_| ParseError::Malformed)?;
+    let length = HEADER_LEN + usize::from(header.payload_length());
+    let body = payload
+        .get(HEADER_LEN..length)
+        .ok_or(ParseError::Malformed)?;
+    let (protocol, fragment, data) = walk_ipv6_extensions(header.next_header().0, body)?;
+    let transport = parse_transport(protocol, true, fragment, data)?;
     Ok(IpPacket {
         source: IpAddr::V6(header.source_addr()),
         destination: IpAddr::V6(header.destination_addr()),
         hop_limit: header.hop_limit(),
+        length,
         protocol,
         fragment,
         transport,
     })
+}
+
+/// Follows the extension header chain of an IPv6 payload; returns the
+/// upper-layer protocol, the fragment (if the packet is one) and the
+/// upper-layer data. A later fragment's data is not followed further: it
+/// is the middle of a datagram, not headers.
+fn walk_ipv6_extensions(
+    first_header: u8,
+    mut rest: &[u8],
+) -> Result<(u8, Option<Fragment>, &[u8]), ParseError> {
+    let mut next_header = first_header;
+    let mut at_start = true;
+    let mut seen_destination_options = false;
+    let mut seen_fragment_header = false;
+    loop {
+        match next_header {
+            HOP_BY_HOP | DESTINATION_OPTIONS => {
+                if next_header == HOP_BY_HOP && !at_start {
+                    return Err(ParseError::Malformed);
+                }
+                if next_header == DESTINATION_OPTIONS && seen_destination_options {
+                    return Err(ParseError::IpOptions);
+                }
+                if seen_fragment_header {
+                    return Err(ParseError::IpOptions);
+                }
+                seen_destination_options |= next_header == DESTINATION_OPTIONS;
+                let length = (usize::from(*rest.get(1).ok_or(ParseError::Malformed)?) + 1) * 8;
+                let header = rest.get(..length).ok_or(ParseError::Malformed)?;
+                check_ipv6_options(
+                    header.get(2..).ok_or(ParseError::Malformed)?,
+                    next_header == HOP_BY_HOP,
+                )?;
+                next_header = header[0];
+                rest = rest.get(length..).ok_or(ParseError::Malformed)?;
+            }
+            FRAGMENT => {
+                if seen_fragment_header {
+                    return Err(ParseError::Malformed);
+                }
+                seen_fragment_header = true;
+                let header = rest.get(..8).ok_or(ParseError::Malformed)?;
+                next_header = header[0];
+                rest = rest.get(8..).ok_or(ParseError::Malformed)?;
+                let offset_and_flags = be16(header, 2).ok_or(ParseError::Malformed)?;
+                let offset = usize::from(offset_and_flags >> 3) * 8;
+                let more = offset_and_flags & 1 != 0;
+                // Offset 0 without more fragments is an atomic fragment
+                // (RFC 6946): a whole packet.
+                if offset != 0 || more {
+                    let identification = be32(header, 4).ok_or(ParseError::Malformed)?;
+                    let fragment =
+                        checked_fragment(next_header, identification, offset, more, rest.len())?;
+                    // A first fragment must carry the upper-layer header
+                    // itself; a later one carries data, not headers.
+                    if fragment.is_first && is_ipv6_extension(next_header) {
+                        return Err(ParseError::IpOptions);
+                    }
+                    return Ok((next_header, Some(fragment), rest));
+                }
+            }
+            _ if is_ipv6_extension(next_header) => return Err(ParseError::IpOptions),
+            _ => return Ok((next_header, None, rest)),
+        }
+        at_start = false;
+    }
+}
+
+const HOP_BY_HOP: u8 = 0;
+const ROUTING: u8 = 43;
+const FRAGMENT: u8 = 44;
+const PROTO_AUTHENTICATION: u8 = 51;
+const DESTINATION_OPTIONS: u8 = 60;
+
+/// IANA's IPv6 extension header numbers (RFC 7045), besides ESP, whose
+/// payload the filter treats as an opaque protocol.
+fn is_ipv6_extension(next_header: u8) -> bool {
+    matches!(
+        next_header,
+        HOP_BY_HOP
+            | ROUTING
+            | FRAGMENT
+            | PROTO_AUTHENTICATION
+            | DESTINATION_OPTIONS
+            | 135
+            | 139
+            | 140
+            | 253
+            | 254
+    )
+}
+
+/// Options of a hop-by-hop or destination options header: zero padding,
+/// and Router Alert (which MLD uses) in hop-by-hop only.
+fn check_ipv6_options(mut options: &[u8], hop_by_hop: bool) -> Result<(), ParseError> {
+    const PAD1: u8 = 0;
+    const PADN: u8 = 1;
+    const ROUTER_ALERT: u8 = 5;
+    while let Some((&kind, rest)) = options.split_first() {
+        if kind == PAD1 {
+            options = rest;
+            continue;
+        }
+        let (&length, rest) = rest.split_first().ok_or(ParseError::Malformed)?;
+        let data = rest
+            .get(..usize::from(length))
+            .ok_or(ParseError::Malformed)?;
+        let allowed = match kind {
+            PADN => data.iter().all(|byte| *byte == 0),
+            ROUTER_ALERT => hop_by_hop && data.len() == 2,
+            _ => false,
+        };
+        if !allowed {
+            return Err(ParseError::IpOptions);
+        }
+        options = rest
+            .get(usize::from(length)..)
+            .ok_or(ParseError::Malformed)?;
+    }
+    Ok(())
 }
 
 fn parse_transport(
@@ -285,15 +499,20 @@ fn parse_transport(
         }
         PROTO_UDP => {
             let length = usize::from(be16(payload, 4).ok_or(ParseError::Malformed)?);
-            // A first fragment holds only part of the datagram the length covers.
-            let end = if is_fragment { payload.len() } else { length };
-            if length < 8 || end > payload.len() || (is_fragment && length < payload.len()) {
+            // A whole datagram fills the IP payload exactly; a first fragment
+            // holds the 8-byte header and part of the datagram the length covers.
+            let consistent = if is_fragment {
+                length >= payload.len()
+            } else {
+                length == payload.len()
+            };
+            if !consistent || payload.len() < UDP_HEADER_LEN {
                 return Err(ParseError::Malformed);
             }
             Ok(Transport::Udp {
                 source_port: be16(payload, 0).ok_or(ParseError::Malformed)?,
                 destination_port: be16(payload, 2).ok_or(ParseError::Malformed)?,
-                payload: &payload[8..end],
+                payload: payload.get(UDP_HEADER_LEN..).ok_or(ParseError::Malformed)?,
             })
         }
         PROTO_ICMP if !is_ipv6 => Ok(Transport::Icmp(parse_icmpv4(payload)?)),
@@ -312,7 +531,7 @@ fn parse_icmpv4(message: &[u8]) -> Result<Icmp<'_>, ParseError> {
         0 => Icmp::EchoReply { identifier },
         8 => Icmp::EchoRequest { identifier },
         3 | 11 | 12 => Icmp::Error {
-            embedded: parse_embedded(&message[8..]).ok_or(ParseError::Malformed)?,
+            embedded: parse_embedded(&message[8..], false).ok_or(ParseError::Malformed)?,
         },
         5 => Icmp::Redirect,
         kind => Icmp::Other {
@@ -327,26 +546,43 @@ fn parse_icmpv6(message: &[u8]) -> Result<Icmp<'_>, ParseError> {
         return Err(ParseError::Malformed);
     }
     let identifier = be16(message, 4).ok_or(ParseError::Malformed)?;
-    let target = || ipv6(message, 8).ok_or(ParseError::Malformed);
-    Ok(match message[0] {
+    let kind = message[0];
+    // RFC 4861 has receivers discard NDP with another code.
+    if matches!(kind, 133..=137) && message[1] != 0 {
+        return Err(ParseError::Malformed);
+    }
+    Ok(match kind {
         128 => Icmp::EchoRequest { identifier },
         129 => Icmp::EchoReply { identifier },
         1..=4 => Icmp::Error {
-            embedded: parse_embedded(&message[8..]).ok_or(ParseError::Malformed)?,
+            embedded: parse_embedded(&message[8..], true).ok_or(ParseError::Malformed)?,
         },
-        130..=132 | 143 => Icmp::MulticastListener,
-        133 => Icmp::RouterSolicitation {
-            link_address: ndp_link_address(message.get(8..).unwrap_or_default(), 1)?,
-        },
-        134 => Icmp::RouterAdvertisement,
-        135 => Icmp::NeighbourSolicitation {
-            target: target()?,
-            link_address: ndp_link_address(message.get(24..).unwrap_or_default(), 1)?,
-        },
-        136 => Icmp::NeighbourAdvertisement {
-            target: target()?,
-            link_address: ndp_link_address(message.get(24..).unwrap_or_default(), 2)?,
-        },
+        130..=132 | 143 => Icmp::MulticastListener(parse_mld(message)?),
+        133 => {
+            let options = message.get(8..).ok_or(ParseError::Malformed)?;
+            Icmp::RouterSolicitation {
+                link_address: ndp_link_address(options, &[SOURCE_LINK_ADDRESS])?,
+            }
+        }
+        134 => {
+            let options = message.get(16..).ok_or(ParseError::Malformed)?;
+            ndp_link_address(options, ROUTER_ADVERTISEMENT_OPTIONS)?;
+            Icmp::RouterAdvertisement
+        }
+        135 => {
+            let options = message.get(24..).ok_or(ParseError::Malformed)?;
+            Icmp::NeighbourSolicitation {
+                target: ndp_target(message)?,
+                link_address: ndp_link_address(options, &[SOURCE_LINK_ADDRESS, NONCE])?,
+            }
+        }
+        136 => {
+            let options = message.get(24..).ok_or(ParseError::Malformed)?;
+            Icmp::NeighbourAdvertisement {
+                target: ndp_target(message)?,
+                link_address: ndp_link_address(options, &[TARGET_LINK_ADDRESS])?,
+            }
+        }
         137 => Icmp::Redirect,
         kind => Icmp::Other {
             kind,
@@ -355,39 +591,157 @@ fn parse_icmpv6(message: &[u8]) -> Result<Icmp<'_>, ParseError> {
     })
 }
 
-/// Walks NDP options and returns the link-layer address option of `kind`
-/// (1 = source, 2 = target); malformed options fail the whole message.
-fn ndp_link_address(mut options: &[u8], kind: u8) -> Result<Option<[u8; 6]>, ParseError> {
-    let mut found = None;
-    while !options.is_empty() {
-        let length = usize::from(*options.get(1).ok_or(ParseError::Malformed)?) * 8;
-        if length == 0 || length > options.len() {
+/// MLD messages: version 1 messages are exactly 24 bytes; a version 2
+/// query or report is exactly as long as its sources and records.
+fn parse_mld(message: &[u8]) -> Result<Mld, ParseError> {
+    const V1_LEN: usize = 24;
+    const V2_QUERY_LEN: usize = 28;
+    let group = ipv6(message, 8).ok_or(ParseError::Malformed)?;
+    let is_v1 = message.len() == V1_LEN;
+    match message[0] {
+        130 if is_v1 => Ok(Mld::Query),
+        130 => {
+            let sources = usize::from(be16(message, 26).ok_or(ParseError::Malformed)?);
+            if message.len() != V2_QUERY_LEN + 16 * sources {
+                return Err(ParseError::Malformed);
+            }
+            Ok(Mld::Query)
+        }
+        131 | 132 if !is_v1 || !group.is_multicast() => Err(ParseError::Malformed),
+        131 => Ok(Mld::Report { group }),
+        132 => Ok(Mld::Done),
+        _ => {
+            check_mldv2_records(message)?;
+            Ok(Mld::ReportV2)
+        }
+    }
+}
+
+/// The multicast address records of an MLDv2 report (RFC 3810 5.2): known
+/// record types, multicast groups, no auxiliary data (which senders must
+/// not include), and nothing after the last record.
+fn check_mldv2_records(message: &[u8]) -> Result<(), ParseError> {
+    let count = be16(message, 6).ok_or(ParseError::Malformed)?;
+    let mut records = message.get(8..).ok_or(ParseError::Malformed)?;
+    for _ in 0..count {
+        let kind = *records.first().ok_or(ParseError::Malformed)?;
+        let auxiliary = *records.get(1).ok_or(ParseError::Malformed)?;
+        let sources = usize::from(be16(records, 2).ok_or(ParseError::Malformed)?);
+        let group = ipv6(records, 4).ok_or(ParseError::Malformed)?;
+        if !(1..=6).contains(&kind) || auxiliary != 0 || !group.is_multicast() {
             return Err(ParseError::Malformed);
         }
-        if options[0] == 1 || options[0] == 2 {
-            if length != 8 {
-                return Err(ParseError::Malformed);
-            }
-            let address = mac(options, 2).ok_or(ParseError::Malformed)?;
-            if options[0] == kind {
-                found = Some(address);
-            } else {
-                // A solicitation carries a source, an advertisement a target option.
-                return Err(ParseError::Malformed);
-            }
+        records = records
+            .get(20 + 16 * sources..)
+            .ok_or(ParseError::Malformed)?;
+    }
+    if records.is_empty() {
+        Ok(())
+    } else {
+        Err(ParseError::Malformed)
+    }
+}
+
+/// A neighbour message's target, which is never a multicast address.
+fn ndp_target(message: &[u8]) -> Result<Ipv6Addr, ParseError> {
+    let target = ipv6(message, 8).ok_or(ParseError::Malformed)?;
+    if target.is_multicast() {
+        return Err(ParseError::Malformed);
+    }
+    Ok(target)
+}
+
+/// NDP option types (RFC 4861 4.6 and later RFCs).
+const SOURCE_LINK_ADDRESS: u8 = 1;
+const TARGET_LINK_ADDRESS: u8 = 2;
+const PREFIX_INFORMATION: u8 = 3;
+const REDIRECTED_HEADER: u8 = 4;
+const MTU: u8 = 5;
+/// RFC 6275: mobile IPv6 routers' advertisement interval and home agent.
+const ADVERTISEMENT_INTERVAL: u8 = 7;
+const HOME_AGENT_INFORMATION: u8 = 8;
+/// RFC 3971 / RFC 7527: Linux puts a nonce in duplicate address detection.
+const NONCE: u8 = 14;
+/// RFC 4191, 8106, 5175, 8910, 8781: options routers send today.
+const ROUTE_INFORMATION: u8 = 24;
+const RECURSIVE_DNS_SERVER: u8 = 25;
+const ADVERTISEMENT_FLAGS: u8 = 26;
+const DNS_SEARCH_LIST: u8 = 31;
+const CAPTIVE_PORTAL: u8 = 37;
+const NAT64_PREFIX: u8 = 38;
+
+const ROUTER_ADVERTISEMENT_OPTIONS: &[u8] = &[
+    SOURCE_LINK_ADDRESS,
+    PREFIX_INFORMATION,
+    MTU,
+    ADVERTISEMENT_INTERVAL,
+    HOME_AGENT_INFORMATION,
+    ROUTE_INFORMATION,
+    RECURSIVE_DNS_SERVER,
+    ADVERTISEMENT_FLAGS,
+    DNS_SEARCH_LIST,
+    CAPTIVE_PORTAL,
+    NAT64_PREFIX,
+];
+
+/// Whether an NDP option of `kind` may be `units` 8-byte units long: the
+/// exact size where its RFC fixes one, else its RFC's bounds; `None` for
+/// kinds the filter does not know.
+fn ndp_option_length_fits(kind: u8, units: usize) -> Option<bool> {
+    Some(match kind {
+        SOURCE_LINK_ADDRESS
+        | TARGET_LINK_ADDRESS
+        | MTU
+        | ADVERTISEMENT_INTERVAL
+        | HOME_AGENT_INFORMATION
+        | NONCE
+        | ADVERTISEMENT_FLAGS => units == 1,
+        PREFIX_INFORMATION => units == 4,
+        NAT64_PREFIX => units == 2,
+        ROUTE_INFORMATION => (1..=3).contains(&units),
+        RECURSIVE_DNS_SERVER => units >= 3 && !units.is_multiple_of(2),
+        DNS_SEARCH_LIST => units >= 2,
+        REDIRECTED_HEADER | CAPTIVE_PORTAL => units >= 1,
+        _ => return None,
+    })
+}
+
+/// Walks NDP options, allowing only the `allowed` kinds at their RFC
+/// sizes, and returns the link-layer address option's address if there
+/// is one (a message carries at most one). Malformed options, and
+/// options of known kinds that do not belong in the message, fail the
+/// whole message; unknown kinds are unsupported.
+fn ndp_link_address(mut options: &[u8], allowed: &[u8]) -> Result<Option<[u8; 6]>, ParseError> {
+    let mut found = None;
+    while let Some(&kind) = options.first() {
+        let units = usize::from(*options.get(1).ok_or(ParseError::Malformed)?);
+        let option = options.get(..units * 8).ok_or(ParseError::Malformed)?;
+        if units == 0 {
+            return Err(ParseError::Malformed);
         }
-        options = &options[length..];
+        match ndp_option_length_fits(kind, units) {
+            None => return Err(ParseError::Unsupported),
+            Some(fits) if !fits || !allowed.contains(&kind) => return Err(ParseError::Malformed),
+            Some(_) => {}
+        }
+        if kind == SOURCE_LINK_ADDRESS || kind == TARGET_LINK_ADDRESS {
+            if found.is_some() {
+                return Err(ParseError::Malformed);
+            }
+            found = Some(mac(option, 2).ok_or(ParseError::Malformed)?);
+        }
+        options = options.get(units * 8..).ok_or(ParseError::Malformed)?;
     }
     Ok(found)
 }
 
-/// Reads the start of the packet an ICMP error quotes: its IP header and
-/// the first 8 bytes of its layer-4 header. Extension headers in a quoted
+/// Reads the start of the packet an ICMP error quotes, of the error's own
+/// IP version: its IP header and the first 8 bytes of its layer-4 header. Extension headers in a quoted
 /// IPv6 packet are not followed; such errors cannot be related to a flow.
-fn parse_embedded(quoted: &[u8]) -> Option<Embedded> {
+fn parse_embedded(quoted: &[u8], is_ipv6: bool) -> Option<Embedded> {
     let version = quoted.first()? >> 4;
     let (source, destination, protocol, rest) = match version {
-        4 => {
+        4 if !is_ipv6 => {
             let header_len = usize::from(quoted[0] & 0x0f) * 4;
             if header_len < 20 {
                 return None;
@@ -399,7 +753,7 @@ fn parse_embedded(quoted: &[u8]) -> Option<Embedded> {
                 quoted.get(header_len..)?,
             )
         }
-        6 => (
+        6 if is_ipv6 => (
             IpAddr::V6(ipv6(quoted, 8)?),
             IpAddr::V6(ipv6(quoted, 24)?),
             *quoted.get(6)?,
@@ -587,14 +941,14 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_routing_and_destination_options_are_skipped() {
+    fn ipv6_routing_headers_are_refused_and_destination_options_skipped() {
         let tcp = [
             0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0x50, 0x02, 0, 0, 0, 0, 0, 0,
         ];
-        let mut chain = vec![60, 0, 4, 0, 0, 0, 0, 0, 6, 0, 1, 4, 0, 0, 0, 0];
-        chain.extend_from_slice(&tcp);
+        let mut options = vec![6, 0, 1, 4, 0, 0, 0, 0];
+        options.extend_from_slice(&tcp);
         assert!(matches!(
-            transport(&ipv6(43, &chain)),
+            transport(&ipv6(60, &options)),
             Ok(Transport::Tcp {
                 source_port: 1,
                 destination_port: 2,
@@ -602,8 +956,19 @@ mod tests {
             })
         ));
         assert_eq!(
-            transport(&ipv6(43, &chain[..12])),
+            transport(&ipv6(60, &options[..12])),
             Err(ParseError::Malformed)
+        );
+        // Routing header type 0, one address, then destination options.
+        let mut routed = vec![60, 2, 0, 1, 0, 0, 0, 0];
+        routed.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9]);
+        routed.extend_from_slice(&options);
+        assert_eq!(transport(&ipv6(43, &routed)), Err(ParseError::IpOptions));
+        let mut late_routing = vec![43, 0, 1, 4, 0, 0, 0, 0];
+        late_routing.extend_from_slice(&routed);
+        assert_eq!(
+            transport(&ipv6(60, &late_routing)),
+            Err(ParseError::IpOptions)
         );
     }
 

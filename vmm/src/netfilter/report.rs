@@ -33,15 +33,22 @@ pub enum DropReason {
     Fragment,
     /// An inbound frame addressed to another MAC or IP address.
     NotForGuest,
-    /// A TCP reset without a flow, or NDP that is not link-local (hop limit not 255).
+    /// A TCP reset without a flow, or NDP or MLD that would leave the link
+    /// (wrong hop limit, a destination beyond the link, fragmented).
     Invalid,
     /// An established flow that a replaced policy no longer allows.
     Cut,
+    /// IPv4 options or IPv6 extension headers the filter never passes:
+    /// source routes, routing and authentication headers, unknown options.
+    IpOptions,
+    /// An ICMP or ICMPv6 error longer than the RFCs allow (576 bytes for
+    /// IPv4, 1280 for IPv6), or fragmented.
+    IcmpError,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::Rule,
         DropReason::Default,
         DropReason::DnsResolver,
@@ -53,6 +60,8 @@ impl DropReason {
         DropReason::NotForGuest,
         DropReason::Invalid,
         DropReason::Cut,
+        DropReason::IpOptions,
+        DropReason::IcmpError,
     ];
 
     fn index(self) -> usize {
@@ -76,6 +85,8 @@ impl DropReason {
             DropReason::NotForGuest => "not-for-guest",
             DropReason::Invalid => "invalid",
             DropReason::Cut => "cut",
+            DropReason::IpOptions => "ip-options",
+            DropReason::IcmpError => "icmp-error",
         }
     }
 

@@ -60,23 +60,18 @@ fn policy(rules: Vec<NetRule>) -> NetworkPolicy {
     }
 }
 
-fn filter_with(policy: &NetworkPolicy, capacity: usize, dhcp: bool) -> (Filter, FilterControl) {
+fn filter_with(policy: &NetworkPolicy, capacity: usize) -> (Filter, FilterControl) {
     Filter::new(FilterConfig {
         guest_mac: GUEST_MAC,
-        guest_ipv4: if dhcp {
-            Vec::new()
-        } else {
-            vec![Ipv4Addr::new(192, 168, 7, 2)]
-        },
+        guest_ipv4: vec![Ipv4Addr::new(192, 168, 7, 2)],
         guest_ipv6: vec!["fd00::2".parse().unwrap()],
-        dhcp,
         conntrack_capacity: capacity,
         policy,
     })
 }
 
 fn new_filter(policy: &NetworkPolicy) -> (Filter, FilterControl) {
-    filter_with(policy, DEFAULT_CONNTRACK_CAPACITY, false)
+    filter_with(policy, DEFAULT_CONNTRACK_CAPACITY)
 }
 
 fn out_tcp(remote: &str, port: u16, flags: u8) -> Vec<u8> {
@@ -447,7 +442,7 @@ fn icmp_errors_pass_only_for_tracked_flows() {
 #[test]
 fn full_table_refuses_new_flows_and_keeps_old_ones() {
     let policy = web_policy();
-    let (mut filter, control) = filter_with(&policy, 2, false);
+    let (mut filter, control) = filter_with(&policy, 2);
     let start = Instant::now();
     assert_eq!(
         filter.outbound(&out_tcp("203.0.113.1", 443, SYN), start),
@@ -580,6 +575,17 @@ fn neighbour_discovery_only_for_the_guests_own_addresses() {
             now,
         )
     };
+    // The guest answers and probes fd00::1 by unicast once it has heard from it on the link.
+    let peer_solicitation = ipv6_frame(
+        PEER_MAC,
+        GUEST_MAC,
+        "fd00::1",
+        "fd00::2",
+        58,
+        255,
+        &neighbour_message(135, "fd00::2", 1, PEER_MAC),
+    );
+    assert_eq!(filter.inbound(&peer_solicitation, now), Verdict::Pass);
     assert_eq!(
         send(&mut filter, "fd00::2", 255, &own_advert),
         Verdict::Pass
@@ -633,7 +639,7 @@ fn neighbour_discovery_only_for_the_guests_own_addresses() {
 }
 
 #[test]
-fn dhcp_exchange_only_when_enabled_and_the_lease_becomes_the_guests() {
+fn dhcp_has_no_exception() {
     let policy = policy(vec![rule(
         Action::Allow,
         Direction::Out,
@@ -642,6 +648,7 @@ fn dhcp_exchange_only_when_enabled_and_the_lease_becomes_the_guests() {
         &[443],
     )]);
     let now = Instant::now();
+    let (mut filter, _) = new_filter(&policy);
     let discover = udp_frame(
         GUEST_MAC,
         [0xff; 6],
@@ -649,19 +656,37 @@ fn dhcp_exchange_only_when_enabled_and_the_lease_becomes_the_guests() {
         (ip("255.255.255.255"), 67),
         &[1; 240],
     );
-    let (mut static_filter, _) = new_filter(&policy);
     assert_eq!(
-        static_filter.outbound(&discover, now),
+        filter.outbound(&discover, now),
         Verdict::Drop(DropReason::Spoof)
     );
-
-    let (mut dhcp_filter, _) = filter_with(&policy, 16, true);
-    assert_eq!(dhcp_filter.outbound(&discover, now), Verdict::Pass);
+    let request_elsewhere = udp_frame(
+        GUEST_MAC,
+        PEER_MAC,
+        (guest4(), 68),
+        (ip("198.51.100.1"), 67),
+        &[1; 240],
+    );
+    assert_eq!(
+        filter.outbound(&request_elsewhere, now),
+        Verdict::Drop(DropReason::Default)
+    );
     let mut ack = vec![0u8; 240];
     ack[0] = 2;
     ack[16..20].copy_from_slice(&[192, 168, 7, 50]);
     ack[236..240].copy_from_slice(&[99, 130, 83, 99]);
     ack.extend_from_slice(&[53, 1, 5, 255]);
+    let reply = udp_frame(
+        PEER_MAC,
+        [0xff; 6],
+        (ip("192.168.7.1"), 67),
+        (ip("255.255.255.255"), 68),
+        &ack,
+    );
+    assert_eq!(
+        filter.inbound(&reply, now),
+        Verdict::Drop(DropReason::Default)
+    );
     let leased = tcp_frame(
         GUEST_MAC,
         PEER_MAC,
@@ -670,18 +695,9 @@ fn dhcp_exchange_only_when_enabled_and_the_lease_becomes_the_guests() {
         SYN,
     );
     assert_eq!(
-        dhcp_filter.outbound(&leased, now),
+        filter.outbound(&leased, now),
         Verdict::Drop(DropReason::Spoof)
     );
-    let reply = udp_frame(
-        PEER_MAC,
-        [0xff; 6],
-        (ip("192.168.7.1"), 67),
-        (ip("255.255.255.255"), 68),
-        &ack,
-    );
-    assert_eq!(dhcp_filter.inbound(&reply, now), Verdict::Pass);
-    assert_eq!(dhcp_filter.outbound(&leased, now), Verdict::Pass);
 }
 
 /// A DNS response for `name` with one A record per address.
@@ -978,8 +994,10 @@ fn ipv6_extension_chains_and_fragments() {
     )]);
     let (mut filter, _) = new_filter(&policy);
     let now = Instant::now();
+    // A non-last fragment carries whole 8-byte units: 20 bytes of TCP and 4 of data.
     let mut tcp = vec![
-        0x9c, 0x40, 0x01, 0xbb, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0,
+        0x9c, 0x40, 0x01, 0xbb, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0, 1, 2,
+        3, 4,
     ];
     // hop-by-hop -> destination options -> fragment (first, more) -> TCP
     let mut chain = vec![
@@ -995,7 +1013,7 @@ fn ipv6_extension_chains_and_fragments() {
         "2001:db8::1",
         44,
         64,
-        &[6, 0, 0, 8, 0, 0, 0, 7, 1, 2, 3, 4, 5, 6, 7, 8],
+        &[6, 0, 0, 24, 0, 0, 0, 7, 1, 2, 3, 4, 5, 6, 7, 8],
     );
     assert_eq!(filter.outbound(&later, now), Verdict::Pass);
     let unknown_series = ipv6_frame(
@@ -1005,7 +1023,7 @@ fn ipv6_extension_chains_and_fragments() {
         "2001:db8::1",
         44,
         64,
-        &[6, 0, 0, 8, 0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8],
+        &[6, 0, 0, 24, 0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8],
     );
     assert_eq!(
         filter.outbound(&unknown_series, now),
@@ -1141,4 +1159,1014 @@ fn benchmark_mix_has_both_verdicts() {
         "{report:?}"
     );
     assert!(report.new_flow_ns > 0.0 && report.established_ns > 0.0 && report.rule_lookup_ns > 0.0);
+}
+
+/// The IPv6 fragment header for `next_header` data at `offset_units` (8-byte units).
+fn ipv6_fragment_header(
+    next_header: u8,
+    offset_units: u16,
+    more: bool,
+    identification: u32,
+) -> Vec<u8> {
+    let mut header = vec![next_header, 0];
+    header.extend_from_slice(&((offset_units << 3) | u16::from(more)).to_be_bytes());
+    header.extend_from_slice(&identification.to_be_bytes());
+    header
+}
+
+#[test]
+fn short_first_udp_fragments_are_dropped_in_both_directions() {
+    let policy = policy(vec![rule(
+        Action::Allow,
+        Direction::Both,
+        Protocol::Any,
+        &[],
+        &[],
+    )]);
+    let (mut filter, _) = new_filter(&policy);
+    let now = Instant::now();
+    for carried in 0..8 {
+        // Ports, then a UDP length of 100 the fragment does not carry.
+        let header = [0x13, 0x88, 0x27, 0x0f, 0, 100, 0, 0];
+        let udp = &header[..carried];
+        let outbound4 = ipv4_fragment(
+            (GUEST_MAC, PEER_MAC),
+            (guest4(), ip("198.51.100.1")),
+            17,
+            (3, 0, true),
+            udp,
+        );
+        let inbound4 = ipv4_fragment(
+            (PEER_MAC, GUEST_MAC),
+            (ip("198.51.100.1"), guest4()),
+            17,
+            (3, 0, true),
+            udp,
+        );
+        let mut chain = ipv6_fragment_header(17, 0, true, 3);
+        chain.extend_from_slice(udp);
+        let outbound6 = ipv6_frame(
+            GUEST_MAC,
+            PEER_MAC,
+            "fd00::2",
+            "2001:db8::1",
+            44,
+            64,
+            &chain,
+        );
+        let inbound6 = ipv6_frame(
+            PEER_MAC,
+            GUEST_MAC,
+            "2001:db8::1",
+            "fd00::2",
+            44,
+            64,
+            &chain,
+        );
+        for (verdict, name) in [
+            (filter.outbound(&outbound4, now), "outbound IPv4"),
+            (filter.inbound(&inbound4, now), "inbound IPv4"),
+            (filter.outbound(&outbound6, now), "outbound IPv6"),
+            (filter.inbound(&inbound6, now), "inbound IPv6"),
+        ] {
+            assert_eq!(
+                verdict,
+                Verdict::Drop(DropReason::Unparseable),
+                "{name} first fragment with {carried} bytes of UDP"
+            );
+        }
+    }
+}
+
+/// An Ethernet + IPv4 frame (not fragmented) with `options` after the fixed header.
+fn ipv4_frame(
+    macs: ([u8; 6], [u8; 6]),
+    addresses: (IpAddr, IpAddr),
+    protocol: u8,
+    options: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
+    let ((source_mac, destination_mac), (source, destination)) = (macs, addresses);
+    let (IpAddr::V4(source), IpAddr::V4(destination)) = (source, destination) else {
+        panic!("IPv4 only");
+    };
+    assert_eq!(options.len() % 4, 0);
+    let header_len = 20 + options.len();
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&destination_mac);
+    frame.extend_from_slice(&source_mac);
+    frame.extend_from_slice(&[0x08, 0x00, 0x40 | (header_len / 4) as u8, 0]);
+    frame.extend_from_slice(&((header_len + payload.len()) as u16).to_be_bytes());
+    frame.extend_from_slice(&[0, 1, 0, 0, 64, protocol, 0, 0]);
+    frame.extend_from_slice(&source.octets());
+    frame.extend_from_slice(&destination.octets());
+    frame.extend_from_slice(options);
+    frame.extend_from_slice(payload);
+    frame
+}
+
+fn allow_all() -> NetworkPolicy {
+    policy(vec![rule(
+        Action::Allow,
+        Direction::Both,
+        Protocol::Any,
+        &[],
+        &[],
+    )])
+}
+
+#[test]
+fn source_routes_are_refused_in_both_directions() {
+    let policy = allow_all();
+    let (mut filter, control) = new_filter(&policy);
+    let now = Instant::now();
+    let udp = [0x13, 0x88, 0x27, 0x0f, 0, 9, 0, 0, 7];
+    let hop = [198, 51, 100, 9];
+    // Loose and strict source routes, record route, timestamp: each with one address.
+    let options: [[u8; 8]; 4] = [
+        [131, 7, 4, hop[0], hop[1], hop[2], hop[3], 0],
+        [137, 7, 4, hop[0], hop[1], hop[2], hop[3], 0],
+        [7, 7, 4, 0, 0, 0, 0, 0],
+        [68, 8, 5, 0, 0, 0, 0, 0],
+    ];
+    for option in &options {
+        let outbound = ipv4_frame(
+            (GUEST_MAC, PEER_MAC),
+            (guest4(), ip("203.0.113.5")),
+            17,
+            option,
+            &udp,
+        );
+        let inbound = ipv4_frame(
+            (PEER_MAC, GUEST_MAC),
+            (ip("203.0.113.5"), guest4()),
+            17,
+            option,
+            &udp,
+        );
+        assert_eq!(
+            filter.outbound(&outbound, now),
+            Verdict::Drop(DropReason::IpOptions),
+            "{option:?}"
+        );
+        assert_eq!(
+            filter.inbound(&inbound, now),
+            Verdict::Drop(DropReason::IpOptions),
+            "{option:?}"
+        );
+    }
+    // Router Alert (IGMP's) and padding are fine; an option running past the header is not.
+    let router_alert = ipv4_frame(
+        (GUEST_MAC, PEER_MAC),
+        (guest4(), ip("203.0.113.5")),
+        17,
+        &[148, 4, 0, 0, 1, 1, 0, 0],
+        &udp,
+    );
+    assert_eq!(filter.outbound(&router_alert, now), Verdict::Pass);
+    let overrunning = ipv4_frame(
+        (GUEST_MAC, PEER_MAC),
+        (guest4(), ip("203.0.113.5")),
+        17,
+        &[1, 131, 7, 4],
+        &udp,
+    );
+    assert_eq!(
+        filter.outbound(&overrunning, now),
+        Verdict::Drop(DropReason::Unparseable)
+    );
+    // IPv6 routing header (type 0 and type 2), in both directions.
+    for routing_type in [0, 2] {
+        let mut routed = vec![17, 2, routing_type, 1, 0, 0, 0, 0];
+        routed.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9]);
+        routed.extend_from_slice(&udp);
+        let outbound = ipv6_frame(
+            GUEST_MAC,
+            PEER_MAC,
+            "fd00::2",
+            "2001:db8::1",
+            43,
+            64,
+            &routed,
+        );
+        let inbound = ipv6_frame(
+            PEER_MAC,
+            GUEST_MAC,
+            "2001:db8::1",
+            "fd00::2",
+            43,
+            64,
+            &routed,
+        );
+        assert_eq!(
+            filter.outbound(&outbound, now),
+            Verdict::Drop(DropReason::IpOptions)
+        );
+        assert_eq!(
+            filter.inbound(&inbound, now),
+            Verdict::Drop(DropReason::IpOptions)
+        );
+    }
+    assert_eq!(
+        control.counters().outbound.dropped(DropReason::IpOptions),
+        6
+    );
+    assert_eq!(control.counters().inbound.dropped(DropReason::IpOptions), 6);
+}
+
+#[test]
+fn odd_ipv6_extension_chains_are_refused() {
+    let policy = allow_all();
+    let (mut filter, _) = new_filter(&policy);
+    let now = Instant::now();
+    let udp = [0x13, 0x88, 0x27, 0x0f, 0, 9, 0, 0, 7];
+    let send = |filter: &mut Filter, first: u8, chain: &[u8]| {
+        let mut payload = chain.to_vec();
+        payload.extend_from_slice(&udp);
+        filter.outbound(
+            &ipv6_frame(
+                GUEST_MAC,
+                PEER_MAC,
+                "fd00::2",
+                "2001:db8::1",
+                first,
+                64,
+                &payload,
+            ),
+            now,
+        )
+    };
+    // Padding only: passes.
+    assert_eq!(
+        send(&mut filter, 60, &[17, 0, 1, 4, 0, 0, 0, 0]),
+        Verdict::Pass
+    );
+    // Non-zero padding, an unknown option, a jumbo payload option, a second
+    // destination options header, authentication header, one after the fragment header.
+    let refused: [(u8, &[u8]); 6] = [
+        (60, &[17, 0, 1, 4, 0, 0, 7, 0]),
+        (60, &[17, 0, 0x1e, 4, 0, 0, 0, 0]),
+        (0, &[17, 0, 0xc2, 4, 0, 0, 0, 9]),
+        (60, &[60, 0, 1, 4, 0, 0, 0, 0, 17, 0, 1, 4, 0, 0, 0, 0]),
+        (51, &[17, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1]),
+        (44, &[60, 0, 0, 0, 0, 0, 0, 5, 17, 0, 1, 4, 0, 0, 0, 0]),
+    ];
+    for (first, chain) in refused {
+        assert_eq!(
+            send(&mut filter, first, chain),
+            Verdict::Drop(DropReason::IpOptions),
+            "{first} {chain:?}"
+        );
+    }
+    // An option running past its header, two fragment headers.
+    let malformed: [(u8, &[u8]); 2] = [
+        (60, &[17, 0, 1, 9, 0, 0, 0, 0]),
+        (44, &[44, 0, 0, 1, 0, 0, 0, 5, 17, 0, 0, 1, 0, 0, 0, 5]),
+    ];
+    for (first, chain) in malformed {
+        assert_eq!(
+            send(&mut filter, first, chain),
+            Verdict::Drop(DropReason::Unparseable),
+            "{first} {chain:?}"
+        );
+    }
+}
+
+#[test]
+fn inconsistent_fragments_are_refused() {
+    let policy = allow_all();
+    let (mut filter, _) = new_filter(&policy);
+    let now = Instant::now();
+    let send = |filter: &mut Filter, protocol: u8, (offset, more): (u16, bool), payload: &[u8]| {
+        filter.outbound(
+            &ipv4_fragment(
+                (GUEST_MAC, PEER_MAC),
+                (guest4(), ip("198.51.100.1")),
+                protocol,
+                (21, offset, more),
+                payload,
+            ),
+            now,
+        )
+    };
+    let mut tcp_first = vec![
+        0x9c, 0x40, 0x01, 0xbb, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0,
+    ];
+    tcp_first.extend_from_slice(&[0; 4]);
+    assert_eq!(send(&mut filter, 6, (0, true), &tcp_first), Verdict::Pass);
+    // Reaching back into the TCP header the first fragment was judged by (RFC 1858).
+    assert_eq!(
+        send(&mut filter, 6, (1, false), &[0x12; 16]),
+        Verdict::Drop(DropReason::Unparseable)
+    );
+    assert_eq!(
+        send(&mut filter, 6, (2, true), &[0x12; 8]),
+        Verdict::Drop(DropReason::Unparseable)
+    );
+    assert_eq!(send(&mut filter, 6, (3, true), &[0; 8]), Verdict::Pass);
+    // Not a whole number of 8-byte units before the last fragment.
+    assert_eq!(
+        send(&mut filter, 6, (4, true), &[0; 12]),
+        Verdict::Drop(DropReason::Unparseable)
+    );
+    // Past 64 KiB.
+    assert_eq!(
+        send(&mut filter, 6, (8190, false), &[0; 24]),
+        Verdict::Drop(DropReason::Unparseable)
+    );
+    assert_eq!(send(&mut filter, 6, (8190, false), &[0; 8]), Verdict::Pass);
+}
+
+/// The first `quoted` bytes of the IP packet in `frame`.
+fn quote(frame: &[u8], quoted: usize) -> Vec<u8> {
+    frame[14..14 + quoted].to_vec()
+}
+
+#[test]
+fn icmp_errors_go_only_to_the_far_end_and_stay_short() {
+    let policy = policy(vec![rule(
+        Action::Allow,
+        Direction::In,
+        Protocol::Udp,
+        &[],
+        &[9999],
+    )]);
+    let (mut filter, control) = new_filter(&policy);
+    let now = Instant::now();
+    let datagram = udp_frame(
+        PEER_MAC,
+        GUEST_MAC,
+        (ip("198.51.100.1"), 5000),
+        (guest4(), 9999),
+        b"x",
+    );
+    assert_eq!(filter.inbound(&datagram, now), Verdict::Pass);
+    let unreachable = |to: &str, padding: usize| {
+        let mut message = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        message.extend_from_slice(&quote(&datagram, 28));
+        message.resize(message.len() + padding, 0x41);
+        ipv4_frame((GUEST_MAC, PEER_MAC), (guest4(), ip(to)), 1, &[], &message)
+    };
+    assert_eq!(
+        filter.outbound(&unreachable("198.51.100.1", 0), now),
+        Verdict::Pass
+    );
+    // 20 + 8 + 28 + 520 = 576 bytes: the longest an error may be.
+    assert_eq!(
+        filter.outbound(&unreachable("198.51.100.1", 520), now),
+        Verdict::Pass
+    );
+    assert_eq!(
+        filter.outbound(&unreachable("198.51.100.1", 521), now),
+        Verdict::Drop(DropReason::IcmpError)
+    );
+    assert_eq!(
+        filter.outbound(&unreachable("198.51.100.1", 1000), now),
+        Verdict::Drop(DropReason::IcmpError)
+    );
+    // Not to anyone else.
+    assert_eq!(
+        filter.outbound(&unreachable("203.0.113.66", 0), now),
+        Verdict::Drop(DropReason::Default)
+    );
+    // Never fragmented: a later fragment could make it any length.
+    let mut message = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    message.extend_from_slice(&quote(&datagram, 28));
+    message.resize(40, 0);
+    let first_fragment = ipv4_fragment(
+        (GUEST_MAC, PEER_MAC),
+        (guest4(), ip("198.51.100.1")),
+        1,
+        (77, 0, true),
+        &message,
+    );
+    assert_eq!(
+        filter.outbound(&first_fragment, now),
+        Verdict::Drop(DropReason::IcmpError)
+    );
+
+    // IPv6: 1280 bytes in all, in both directions.
+    let datagram6 = udp_frame(
+        PEER_MAC,
+        GUEST_MAC,
+        (ip("2001:db8::1"), 5000),
+        (guest6(), 9999),
+        b"x",
+    );
+    assert_eq!(filter.inbound(&datagram6, now), Verdict::Pass);
+    let unreachable6 = |to: &str, total: usize| {
+        let mut message = vec![1, 4, 0, 0, 0, 0, 0, 0];
+        message.extend_from_slice(&quote(&datagram6, 48));
+        message.resize(total - 40, 0x41);
+        ipv6_frame(GUEST_MAC, PEER_MAC, "fd00::2", to, 58, 64, &message)
+    };
+    assert_eq!(
+        filter.outbound(&unreachable6("2001:db8::1", 1280), now),
+        Verdict::Pass
+    );
+    assert_eq!(
+        filter.outbound(&unreachable6("2001:db8::1", 1281), now),
+        Verdict::Drop(DropReason::IcmpError)
+    );
+    assert_eq!(
+        filter.outbound(&unreachable6("2001:db8::99", 200), now),
+        Verdict::Drop(DropReason::Default)
+    );
+    // A router's error about the guest's own datagram may come from anywhere, but short.
+    let reply = udp_frame(
+        GUEST_MAC,
+        PEER_MAC,
+        (guest4(), 9999),
+        (ip("198.51.100.1"), 5000),
+        b"y",
+    );
+    let time_exceeded = |padding: usize| {
+        let mut message = vec![11, 0, 0, 0, 0, 0, 0, 0];
+        message.extend_from_slice(&quote(&reply, 28));
+        message.resize(message.len() + padding, 0);
+        ipv4_frame(
+            (PEER_MAC, GUEST_MAC),
+            (ip("192.0.2.254"), guest4()),
+            1,
+            &[],
+            &message,
+        )
+    };
+    assert_eq!(filter.inbound(&time_exceeded(0), now), Verdict::Pass);
+    assert_eq!(
+        filter.inbound(&time_exceeded(600), now),
+        Verdict::Drop(DropReason::IcmpError)
+    );
+    // An ICMPv4 error quoting an IPv6 packet is malformed.
+    let mut mixed = vec![3, 3, 0, 0, 0, 0, 0, 0];
+    mixed.extend_from_slice(&quote(&datagram6, 48));
+    let mixed = ipv4_frame(
+        (GUEST_MAC, PEER_MAC),
+        (guest4(), ip("198.51.100.1")),
+        1,
+        &[],
+        &mixed,
+    );
+    assert_eq!(
+        filter.outbound(&mixed, now),
+        Verdict::Drop(DropReason::Unparseable)
+    );
+    let counters = control.counters();
+    assert_eq!(counters.outbound.dropped(DropReason::IcmpError), 4);
+    assert_eq!(counters.inbound.dropped(DropReason::IcmpError), 1);
+}
+
+/// An MLDv2 report (with the hop-by-hop Router Alert MLD is sent with)
+/// joining each of `groups`; `auxiliary` words of aux data per record.
+fn mldv2_report(groups: &[&str], auxiliary: u8) -> Vec<u8> {
+    let mut payload = vec![58, 0, 5, 2, 0, 0, 1, 0];
+    payload.extend_from_slice(&[143, 0, 0, 0, 0, 0]);
+    payload.extend_from_slice(&(groups.len() as u16).to_be_bytes());
+    for group in groups {
+        payload.extend_from_slice(&[4, auxiliary, 0, 0]);
+        payload.extend_from_slice(&group.parse::<Ipv6Addr>().unwrap().octets());
+        payload.resize(payload.len() + 4 * usize::from(auxiliary), 0x41);
+    }
+    payload
+}
+
+/// An MLDv1 message of `kind` about `group`.
+fn mldv1(kind: u8, group: &str) -> Vec<u8> {
+    let mut payload = vec![58, 0, 5, 2, 0, 0, 1, 0];
+    payload.extend_from_slice(&[kind, 0, 0, 0, 0, 0, 0, 0]);
+    payload.extend_from_slice(&group.parse::<Ipv6Addr>().unwrap().octets());
+    payload
+}
+
+#[test]
+fn mld_stays_on_the_link() {
+    let policy = policy(Vec::new());
+    let (mut filter, _) = new_filter(&policy);
+    let now = Instant::now();
+    let link_local = link_local_ipv6(GUEST_MAC).to_string();
+    let send = |filter: &mut Filter, source: &str, to: &str, hop_limit: u8, payload: &[u8]| {
+        filter.outbound(
+            &ipv6_frame(
+                GUEST_MAC,
+                [0x33, 0x33, 0, 0, 0, 0x16],
+                source,
+                to,
+                0,
+                hop_limit,
+                payload,
+            ),
+            now,
+        )
+    };
+    let report = mldv2_report(&["ff02::fb", "ff05::c"], 0);
+    assert_eq!(
+        send(&mut filter, &link_local, "ff02::16", 1, &report),
+        Verdict::Pass
+    );
+    assert_eq!(
+        send(&mut filter, "::", "ff02::16", 1, &report),
+        Verdict::Pass
+    );
+    // Anywhere else, or able to cross a router, it would carry data off the link.
+    for to in ["2001:db8::1", "ff0e::1", "ff02::1"] {
+        assert_eq!(
+            send(&mut filter, &link_local, to, 1, &report),
+            Verdict::Drop(DropReason::Invalid),
+            "{to}"
+        );
+    }
+    assert_eq!(
+        send(&mut filter, &link_local, "ff02::16", 64, &report),
+        Verdict::Drop(DropReason::Invalid)
+    );
+    // From a global address, or with data hidden in auxiliary words or after the records.
+    assert_eq!(
+        send(&mut filter, "fd00::2", "ff02::16", 1, &report),
+        Verdict::Drop(DropReason::Spoof)
+    );
+    assert_eq!(
+        send(
+            &mut filter,
+            &link_local,
+            "ff02::16",
+            1,
+            &mldv2_report(&["ff02::fb"], 2)
+        ),
+        Verdict::Drop(DropReason::Unparseable)
+    );
+    let mut trailing = report.clone();
+    trailing.extend_from_slice(&[0x41; 8]);
+    assert_eq!(
+        send(&mut filter, &link_local, "ff02::16", 1, &trailing),
+        Verdict::Drop(DropReason::Unparseable)
+    );
+    // MLDv1: a report goes to its own link-scope group, done to all routers; no queries.
+    let solicited = "ff02::1:ff00:2";
+    assert_eq!(
+        send(
+            &mut filter,
+            &link_local,
+            solicited,
+            1,
+            &mldv1(131, solicited)
+        ),
+        Verdict::Pass
+    );
+    assert_eq!(
+        send(
+            &mut filter,
+            &link_local,
+            "ff02::2",
+            1,
+            &mldv1(132, solicited)
+        ),
+        Verdict::Pass
+    );
+    assert_eq!(
+        send(
+            &mut filter,
+            &link_local,
+            "ff05::c",
+            1,
+            &mldv1(131, "ff05::c")
+        ),
+        Verdict::Drop(DropReason::Invalid)
+    );
+    assert_eq!(
+        send(
+            &mut filter,
+            &link_local,
+            "ff02::fb",
+            1,
+            &mldv1(131, solicited)
+        ),
+        Verdict::Drop(DropReason::Invalid)
+    );
+    let mut long_report = mldv1(131, solicited);
+    long_report.extend_from_slice(&[0x41; 64]);
+    assert_eq!(
+        send(&mut filter, &link_local, solicited, 1, &long_report),
+        Verdict::Drop(DropReason::Unparseable)
+    );
+    assert_eq!(
+        send(&mut filter, &link_local, "ff02::1", 1, &mldv1(130, "::")),
+        Verdict::Drop(DropReason::Unsupported)
+    );
+    // A router's query reaches the guest only from a link-local address.
+    let query = |source: &str| inbound_mld_frame(source, &mldv1(130, "::"));
+    assert_eq!(filter.inbound(&query("fe80::1"), now), Verdict::Pass);
+    assert_eq!(
+        filter.inbound(&query("2001:db8::1"), now),
+        Verdict::Drop(DropReason::Invalid)
+    );
+}
+
+/// MLD from `source` to all nodes.
+fn inbound_mld_frame(source: &str, payload: &[u8]) -> Vec<u8> {
+    ipv6_frame(
+        PEER_MAC,
+        [0x33, 0x33, 0, 0, 0, 1],
+        source,
+        "ff02::1",
+        0,
+        1,
+        payload,
+    )
+}
+
+/// A router solicitation with `options`.
+fn router_solicitation(options: &[u8]) -> Vec<u8> {
+    let mut message = vec![133, 0, 0, 0, 0, 0, 0, 0];
+    message.extend_from_slice(options);
+    message
+}
+
+#[test]
+fn neighbour_discovery_stays_on_the_link() {
+    let policy = policy(Vec::new());
+    let (mut filter, _) = new_filter(&policy);
+    let now = Instant::now();
+    let link_local = link_local_ipv6(GUEST_MAC).to_string();
+    let send = |filter: &mut Filter, source: &str, to: &str, message: &[u8]| {
+        filter.outbound(
+            &ipv6_frame(GUEST_MAC, PEER_MAC, source, to, 58, 255, message),
+            now,
+        )
+    };
+    let mut own_link_option = vec![1, 1];
+    own_link_option.extend_from_slice(&GUEST_MAC);
+    let solicitation = router_solicitation(&own_link_option);
+    assert_eq!(
+        send(&mut filter, &link_local, "ff02::2", &solicitation),
+        Verdict::Pass
+    );
+    assert_eq!(
+        send(&mut filter, &link_local, "fe80::1", &solicitation),
+        Verdict::Pass
+    );
+    assert_eq!(
+        send(&mut filter, &link_local, "2001:db8::1", &solicitation),
+        Verdict::Drop(DropReason::Invalid)
+    );
+    // Unknown options, known ones that do not belong, wrong sizes, a second address.
+    let mut unknown = own_link_option.clone();
+    unknown.extend_from_slice(&[200, 1, 0x41, 0x41, 0x41, 0x41, 0x41, 0x41]);
+    assert_eq!(
+        send(
+            &mut filter,
+            &link_local,
+            "ff02::2",
+            &router_solicitation(&unknown)
+        ),
+        Verdict::Drop(DropReason::Unsupported)
+    );
+    let mtu = [5, 1, 0, 0, 0, 0, 5, 0xdc];
+    assert_eq!(
+        send(
+            &mut filter,
+            &link_local,
+            "ff02::2",
+            &router_solicitation(&mtu)
+        ),
+        Verdict::Drop(DropReason::Unparseable)
+    );
+    let mut long_link = vec![1, 2];
+    long_link.extend_from_slice(&GUEST_MAC);
+    long_link.extend_from_slice(&[0x41; 8]);
+    assert_eq!(
+        send(
+            &mut filter,
+            &link_local,
+            "ff02::2",
+            &router_solicitation(&long_link)
+        ),
+        Verdict::Drop(DropReason::Unparseable)
+    );
+    let mut twice = own_link_option.clone();
+    twice.extend_from_slice(&own_link_option);
+    assert_eq!(
+        send(
+            &mut filter,
+            &link_local,
+            "ff02::2",
+            &router_solicitation(&twice)
+        ),
+        Verdict::Drop(DropReason::Unparseable)
+    );
+    // Duplicate address detection: from ::, to a solicited-node group, with
+    // the nonce Linux adds, without a link-layer address.
+    let mut detection = neighbour_message(135, "fd00::2", 14, [1, 2, 3, 4, 5, 6]);
+    detection[4] = 0;
+    assert_eq!(
+        send(&mut filter, "::", "ff02::1:ff00:2", &detection),
+        Verdict::Pass
+    );
+    assert_eq!(
+        send(&mut filter, "::", "ff02::1", &detection),
+        Verdict::Drop(DropReason::Invalid)
+    );
+    // Unicast to a global neighbour only once it has been heard on the link.
+    let mut probe = neighbour_message(135, "fd00::1", 1, GUEST_MAC);
+    probe[4] = 0;
+    assert_eq!(
+        send(&mut filter, "fd00::2", "fd00::1", &probe),
+        Verdict::Drop(DropReason::Invalid)
+    );
+    let advert = neighbour_message(136, "fd00::1", 2, PEER_MAC);
+    let heard = |hop_limit: u8, to: &str| {
+        ipv6_frame(PEER_MAC, GUEST_MAC, "fd00::1", to, 58, hop_limit, &advert)
+    };
+    assert_eq!(
+        filter.inbound(&heard(64, "fd00::2"), now),
+        Verdict::Drop(DropReason::Invalid)
+    );
+    assert_eq!(
+        filter.inbound(&heard(255, "fd00::7"), now),
+        Verdict::Drop(DropReason::NotForGuest)
+    );
+    assert_eq!(
+        send(&mut filter, "fd00::2", "fd00::1", &probe),
+        Verdict::Drop(DropReason::Invalid)
+    );
+    assert_eq!(filter.inbound(&heard(255, "fd00::2"), now), Verdict::Pass);
+    assert_eq!(
+        send(&mut filter, "fd00::2", "fd00::1", &probe),
+        Verdict::Pass
+    );
+    let later = now + neighbours::NEIGHBOUR_MEMORY;
+    assert_eq!(
+        filter.outbound(
+            &ipv6_frame(GUEST_MAC, PEER_MAC, "fd00::2", "fd00::1", 58, 255, &probe),
+            later
+        ),
+        Verdict::Drop(DropReason::Invalid)
+    );
+    // Router advertisements come from link-local routers, unfragmented.
+    let advertisement = vec![134, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let from = |source: &str| {
+        ipv6_frame(
+            PEER_MAC,
+            GUEST_MAC,
+            source,
+            "ff02::1",
+            58,
+            255,
+            &advertisement,
+        )
+    };
+    assert_eq!(filter.inbound(&from("fe80::1"), now), Verdict::Pass);
+    assert_eq!(
+        filter.inbound(&from("2001:db8::1"), now),
+        Verdict::Drop(DropReason::Invalid)
+    );
+    let mut fragmented = ipv6_fragment_header(58, 0, true, 9);
+    fragmented.extend_from_slice(&advertisement);
+    assert_eq!(
+        filter.inbound(
+            &ipv6_frame(
+                PEER_MAC,
+                GUEST_MAC,
+                "fe80::1",
+                "ff02::1",
+                44,
+                255,
+                &fragmented
+            ),
+            now
+        ),
+        Verdict::Drop(DropReason::Invalid)
+    );
+}
+
+/// Frames of every protocol the filter parses, as (outbound, inbound) pairs.
+fn sample_frames() -> Vec<(Vec<u8>, Vec<u8>)> {
+    let remote4 = ip("198.51.100.1");
+    let remote6 = ip("2001:db8::1");
+    let both = |build: &dyn Fn(bool) -> Vec<u8>| (build(true), build(false));
+    let macs = |outbound: bool| {
+        if outbound {
+            (GUEST_MAC, PEER_MAC)
+        } else {
+            (PEER_MAC, GUEST_MAC)
+        }
+    };
+    let ends = |outbound: bool, guest: IpAddr, remote: IpAddr| {
+        if outbound {
+            (guest, remote)
+        } else {
+            (remote, guest)
+        }
+    };
+    let mut frames = Vec::new();
+    for remote in [remote4, remote6] {
+        let guest = if remote.is_ipv4() { guest4() } else { guest6() };
+        frames.push(both(&|out| {
+            let ((from_mac, to_mac), (from, to)) = (macs(out), ends(out, guest, remote));
+            tcp_frame(from_mac, to_mac, (from, 40_000), (to, 443), SYN)
+        }));
+        frames.push(both(&|out| {
+            let ((from_mac, to_mac), (from, to)) = (macs(out), ends(out, guest, remote));
+            udp_frame(from_mac, to_mac, (from, 5000), (to, 5353), b"query")
+        }));
+        frames.push(both(&|out| {
+            let ((from_mac, to_mac), (from, to)) = (macs(out), ends(out, guest, remote));
+            echo_frame(from_mac, to_mac, from, to, 7, false)
+        }));
+    }
+    let datagram = udp_frame(PEER_MAC, GUEST_MAC, (remote4, 5000), (guest4(), 9), b"x");
+    frames.push(both(&|out| {
+        let mut message = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        message.extend_from_slice(&quote(&datagram, 28));
+        ipv4_frame(macs(out), ends(out, guest4(), remote4), 1, &[], &message)
+    }));
+    let datagram6 = udp_frame(PEER_MAC, GUEST_MAC, (remote6, 5000), (guest6(), 9), b"x");
+    frames.push(both(&|out| {
+        let mut message = vec![1, 4, 0, 0, 0, 0, 0, 0];
+        message.extend_from_slice(&quote(&datagram6, 48));
+        let (from, to) = if out {
+            ("fd00::2", "2001:db8::1")
+        } else {
+            ("2001:db8::1", "fd00::2")
+        };
+        ipv6_frame(macs(out).0, macs(out).1, from, to, 58, 64, &message)
+    }));
+    frames.push(both(&|out| {
+        let mut first = vec![0x13, 0x88, 0x14, 0xe9, 0, 100, 0, 0];
+        first.resize(16, 0);
+        ipv4_fragment(
+            macs(out),
+            ends(out, guest4(), remote4),
+            17,
+            (5, 0, true),
+            &first,
+        )
+    }));
+    frames.push(both(&|out| {
+        let mut chain = vec![44, 0, 1, 4, 0, 0, 0, 0];
+        chain.extend_from_slice(&ipv6_fragment_header(17, 0, true, 5));
+        chain.extend_from_slice(&[0x13, 0x88, 0x14, 0xe9, 0, 100, 0, 0]);
+        let (from, to) = if out {
+            ("fd00::2", "2001:db8::1")
+        } else {
+            ("2001:db8::1", "fd00::2")
+        };
+        ipv6_frame(macs(out).0, macs(out).1, from, to, 0, 64, &chain)
+    }));
+    frames.push(both(&|out| {
+        let mut message = neighbour_message(135, "fd00::1", 1, GUEST_MAC);
+        message[4] = 0;
+        let (from, to) = if out {
+            ("fd00::2", "ff02::1:ff00:1")
+        } else {
+            ("fd00::1", "ff02::1:ff00:2")
+        };
+        ipv6_frame(macs(out).0, macs(out).1, from, to, 58, 255, &message)
+    }));
+    frames.push(both(&|out| {
+        let source = if out {
+            link_local_ipv6(GUEST_MAC).to_string()
+        } else {
+            "fe80::1".to_string()
+        };
+        let report = mldv2_report(&["ff02::fb"], 0);
+        ipv6_frame(macs(out).0, macs(out).1, &source, "ff02::16", 0, 1, &report)
+    }));
+    frames.push(both(&|out| {
+        let (from, to) = if out {
+            (GUEST_MAC, [192, 168, 7, 2])
+        } else {
+            (PEER_MAC, [192, 168, 7, 1])
+        };
+        arp_frame(from, 1, from, to, [192, 168, 7, 9])
+    }));
+    frames
+}
+
+#[test]
+fn truncated_or_lying_frames_never_pass_in_either_direction() {
+    let policy = allow_all();
+    let now = Instant::now();
+    let mut rng = random::Rng::new(1);
+    for (outbound, inbound) in sample_frames() {
+        let (mut filter, _) = new_filter(&policy);
+        assert_eq!(
+            filter.outbound(&outbound, now),
+            Verdict::Pass,
+            "{outbound:?}"
+        );
+        assert_eq!(filter.inbound(&inbound, now), Verdict::Pass, "{inbound:?}");
+        for length in 0..outbound.len() {
+            assert!(
+                matches!(filter.outbound(&outbound[..length], now), Verdict::Drop(_)),
+                "outbound {length} of {outbound:?}"
+            );
+            assert!(
+                matches!(filter.inbound(&inbound[..length], now), Verdict::Drop(_)),
+                "inbound {length} of {inbound:?}"
+            );
+        }
+        // Every byte of the headers set to values that make lengths and
+        // offsets lie: nothing may panic.
+        for at in 12..outbound.len().min(14 + 40 + 24 + 48) {
+            for value in [
+                0, 1, 2, 4, 5, 6, 7, 8, 9, 15, 16, 0x20, 0x3f, 0x40, 0x45, 0x4f, 0x5f,
+            ]
+            .into_iter()
+            .chain([0x60, 0x80, 0xc0, 0xf0, 0xfe, 0xff])
+            {
+                let mut lying = outbound.clone();
+                lying[at] = value;
+                filter.outbound(&lying, now);
+                let mut lying = inbound.clone();
+                lying[at] = value;
+                filter.inbound(&lying, now);
+            }
+        }
+        // Two random bytes at a time, in a header and a length field together.
+        for _ in 0..2000 {
+            let mut lying = if rng.chance(50) {
+                outbound.clone()
+            } else {
+                inbound.clone()
+            };
+            for _ in 0..2 {
+                let at = 12 + rng.below(lying.len() as u64 - 12) as usize;
+                lying[at] = rng.below(256) as u8;
+            }
+            filter.outbound(&lying, now);
+            filter.inbound(&lying, now);
+        }
+    }
+}
+
+#[test]
+fn router_advertisements_with_the_options_routers_send_pass() {
+    let policy = policy(Vec::new());
+    let (mut filter, _) = new_filter(&policy);
+    let now = Instant::now();
+    let mut source_link = vec![1, 1];
+    source_link.extend_from_slice(&PEER_MAC);
+    let mtu = vec![5, 1, 0, 0, 0, 0, 0x05, 0xdc];
+    let mut prefix = vec![
+        3, 4, 64, 0xc0, 0, 0, 0x0e, 0x10, 0, 0, 0x0e, 0x10, 0, 0, 0, 0,
+    ];
+    prefix.extend_from_slice(&"fd00::".parse::<Ipv6Addr>().unwrap().octets());
+    let mut dns_servers = vec![25, 3, 0, 0, 0, 0, 0x0e, 0x10];
+    dns_servers.extend_from_slice(&"fd00::53".parse::<Ipv6Addr>().unwrap().octets());
+    let search_list = vec![
+        31, 2, 0, 0, 0, 0, 0x0e, 0x10, 4, b'c', b'o', b'r', b'p', 0, 0, 0,
+    ];
+    let route = vec![
+        24, 2, 48, 0, 0, 0, 0x0e, 0x10, 0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0,
+    ];
+    let advertisement = |options: &[&[u8]]| {
+        let mut message = vec![134, 0, 0, 0, 64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0];
+        for option in options {
+            message.extend_from_slice(option);
+        }
+        ipv6_frame(
+            PEER_MAC,
+            [0x33, 0x33, 0, 0, 0, 1],
+            "fe80::1",
+            "ff02::1",
+            58,
+            255,
+            &message,
+        )
+    };
+    assert_eq!(
+        filter.inbound(
+            &advertisement(&[
+                &source_link,
+                &mtu,
+                &prefix,
+                &dns_servers,
+                &search_list,
+                &route
+            ]),
+            now
+        ),
+        Verdict::Pass
+    );
+    let mut short_prefix = prefix.clone();
+    short_prefix[1] = 3;
+    short_prefix.truncate(24);
+    assert_eq!(
+        filter.inbound(&advertisement(&[&short_prefix]), now),
+        Verdict::Drop(DropReason::Unparseable)
+    );
+    let mut even_dns = dns_servers.clone();
+    even_dns[1] = 4;
+    even_dns.extend_from_slice(&[0; 8]);
+    assert_eq!(
+        filter.inbound(&advertisement(&[&even_dns]), now),
+        Verdict::Drop(DropReason::Unparseable)
+    );
+    // A neighbour's link-layer option does not belong in an advertisement.
+    let mut target_link = source_link.clone();
+    target_link[0] = 2;
+    assert_eq!(
+        filter.inbound(&advertisement(&[&target_link]), now),
+        Verdict::Drop(DropReason::Unparseable)
+    );
 }
