@@ -157,3 +157,88 @@ fn on_reboot_restart_boots_the_guest_again() {
     );
     assert_eq!(out.status.code(), Some(124), "stopped by the time limit");
 }
+
+/// Under `--on-reboot restart` the main thread, which builds every new
+/// VM, runs under a seccomp filter of its own like every other thread.
+#[test]
+fn on_reboot_restart_filters_the_main_thread() {
+    if !kvm_usable() {
+        eprintln!("skipping: /dev/kvm is not usable on this host");
+        return;
+    }
+    let scratch = Scratch::new("restart-filtered");
+    let kernel = tiny_kernel("spin", &scratch);
+    let mut child = std::process::Command::new(SECUREVM)
+        .args([
+            "run",
+            "--memory",
+            "32",
+            "--on-reboot",
+            "restart",
+            "--kernel",
+        ])
+        .arg(&kernel)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The main thread's task has the process's id; mode 2 is a filter.
+    let status = format!("/proc/{0}/task/{0}/status", child.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut mode = String::new();
+    while std::time::Instant::now() < deadline {
+        let text = std::fs::read_to_string(&status).unwrap_or_default();
+        mode = text
+            .lines()
+            .find(|line| line.starts_with("Seccomp:"))
+            .unwrap_or_default()
+            .to_string();
+        if mode == "Seccomp:\t2" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(mode, "Seccomp:\t2", "the main thread's seccomp mode");
+}
+
+/// The main thread's restart filter allows everything rebuilding a VM
+/// with a disk, the control socket and several vCPUs needs.
+#[test]
+fn on_reboot_restart_rebuilds_disks_and_the_control_socket_under_seccomp() {
+    if !kvm_usable() {
+        eprintln!("skipping: /dev/kvm is not usable on this host");
+        return;
+    }
+    let scratch = Scratch::new("restart-devices");
+    let kernel = tiny_kernel("reset", &scratch);
+    let disk = scratch.path("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let out = std::process::Command::new("timeout")
+        .arg("3")
+        .arg(SECUREVM)
+        .args(["run", "--memory", "32", "--cpus", "2", "--on-reboot"])
+        .args(["restart", "--disk"])
+        .arg(&disk)
+        .arg("--api-socket")
+        .arg(scratch.path("api.sock"))
+        .arg("--kernel")
+        .arg(&kernel)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let boots = stdout(&out).matches("securevm-tiny-guest: reset\n").count();
+    assert!(
+        boots >= 3,
+        "the guest booted {boots} time(s): {}",
+        stderr(&out)
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(124),
+        "stopped by the time limit: {}",
+        stderr(&out)
+    );
+}
