@@ -22,6 +22,7 @@ pub mod media_hotplug;
 pub mod netfilter;
 pub mod notice;
 pub mod policy;
+pub mod rate_limit;
 pub mod seccomp;
 pub mod storage;
 pub mod vmm;

@@ -38,7 +38,8 @@ impl BusDevice for AcpiPowerDevice {
             if sleep_type == ACPI_S5_SLP_TYP {
                 self.exit.request(ExitReason::PowerOff);
             } else {
-                log::warn!(
+                crate::rate_limited!(
+                    log::Level::Warn,
                     "guest asked for ACPI sleep type {sleep_type}; only S5 (off) is supported"
                 );
             }
@@ -123,6 +124,34 @@ mod tests {
         write_port(&mut dev, ACPI_POWER_PORT_BASE, ACPI_RESET_PORT, 0x2);
         dev.write(0, &[]);
         assert!(events.try_recv().is_err());
+    }
+
+    /// A guest writing unsupported sleep types in a loop gets a bounded
+    /// number of warnings, not one per write.
+    #[test]
+    fn unsupported_sleep_requests_cannot_flood_the_log() {
+        let is_sleep_warning = |line: &String| line.starts_with("guest asked for ACPI sleep type");
+        crate::storage::test_support::captured_warnings();
+        let (exit, _events) = ExitNotifier::new();
+        let mut dev = AcpiPowerDevice::new(exit);
+        for _ in 0..1000 {
+            write_port(
+                &mut dev,
+                ACPI_POWER_PORT_BASE,
+                ACPI_SLEEP_CONTROL_PORT,
+                (3 << 2) | ACPI_SLP_EN,
+            );
+        }
+        let logged = crate::storage::test_support::captured_warnings()
+            .iter()
+            .filter(|line| is_sleep_warning(line))
+            .count();
+        // Other tests of this process hit the same call site, and an
+        // interval may end during the loop: at most two bursts.
+        assert!(
+            (1..=2 * crate::rate_limit::BURST as usize).contains(&logged),
+            "{logged} warnings"
+        );
     }
 
     #[test]

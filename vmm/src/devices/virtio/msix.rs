@@ -135,7 +135,11 @@ impl MsixTable {
 
     fn deliver(&self, entry: Entry) {
         if let Err(e) = self.vm.signal_msi(entry.address(), entry.words[2]) {
-            log::warn!("cannot deliver MSI to {:#x}: {e}", entry.address());
+            crate::rate_limited!(
+                log::Level::Warn,
+                "cannot deliver MSI to {:#x}: {e}",
+                entry.address()
+            );
         }
     }
 }

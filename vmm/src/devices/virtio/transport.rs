@@ -399,7 +399,8 @@ impl VirtioPciDevice {
         let added = value & !self.status;
         let mut accepted = value;
         if added & STATUS_FEATURES_OK != 0 && !self.features_acceptable() {
-            log::info!(
+            crate::rate_limited!(
+                log::Level::Info,
                 "virtio: refusing driver features {:#x} (offered {:#x}; VERSION_1 is required)",
                 self.driver_features,
                 self.device.features()
@@ -412,7 +413,11 @@ impl VirtioPciDevice {
             } else {
                 self.status = accepted;
                 if let Err(e) = self.activate() {
-                    log::warn!("virtio device type {}: {e}", self.device.device_type());
+                    crate::rate_limited!(
+                        log::Level::Warn,
+                        "virtio device type {}: {e}",
+                        self.device.device_type()
+                    );
                     self.interrupt.set_needs_reset();
                 }
                 return;
@@ -657,7 +662,10 @@ impl PciDevice for VirtioPciDevice {
                 let queue = (o - NOTIFY_OFFSET) / u64::from(NOTIFY_OFF_MULTIPLIER);
                 if let Some(kick) = usize::try_from(queue).ok().and_then(|q| self.kicks.get(q)) {
                     if let Err(e) = kick.write(1) {
-                        log::warn!("virtio: cannot signal queue {queue}: {e}");
+                        crate::rate_limited!(
+                            log::Level::Warn,
+                            "virtio: cannot signal queue {queue}: {e}"
+                        );
                     }
                 }
             }
@@ -676,7 +684,10 @@ impl PciDevice for VirtioPciDevice {
             for (queue, kick) in self.kicks.iter().enumerate() {
                 let address = Self::doorbell_address(old, queue);
                 if let Err(e) = self.vm.unregister_mmio_doorbell(kick, address) {
-                    log::warn!("virtio: cannot remove doorbell at {address:#x}: {e}");
+                    crate::rate_limited!(
+                        log::Level::Warn,
+                        "virtio: cannot remove doorbell at {address:#x}: {e}"
+                    );
                 }
             }
         }
@@ -685,7 +696,10 @@ impl PciDevice for VirtioPciDevice {
                 let address = Self::doorbell_address(new, queue);
                 // Without the ioeventfd, kicks still arrive through bar_write.
                 if let Err(e) = self.vm.register_mmio_doorbell(kick, address) {
-                    log::warn!("virtio: cannot register doorbell at {address:#x}: {e}");
+                    crate::rate_limited!(
+                        log::Level::Warn,
+                        "virtio: cannot register doorbell at {address:#x}: {e}"
+                    );
                 }
             }
         }

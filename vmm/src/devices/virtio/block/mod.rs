@@ -183,7 +183,10 @@ impl QueueWorker for BlockWorker {
             Ok(true) => self.interrupt.signal_queue(self.msix_vector),
             Ok(false) => {}
             Err(e) => {
-                log::warn!("virtio-blk: queue unusable until the driver resets it: {e}");
+                crate::rate_limited!(
+                    log::Level::Warn,
+                    "virtio-blk: queue unusable until the driver resets it: {e}"
+                );
                 self.broken = true;
                 self.interrupt.set_needs_reset();
             }
