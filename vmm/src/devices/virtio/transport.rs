@@ -628,7 +628,9 @@ impl PciDevice for VirtioPciDevice {
         if bar != BAR_INDEX {
             return;
         }
-        let end = offset + data.len() as u64;
+        let Some(end) = offset.checked_add(data.len() as u64) else {
+            return;
+        };
         match offset {
             o if end <= COMMON_OFFSET + COMMON_LEN => self.read_common(o - COMMON_OFFSET, data),
             o if (ISR_OFFSET..ISR_OFFSET + ISR_LEN).contains(&o) => {
@@ -651,7 +653,9 @@ impl PciDevice for VirtioPciDevice {
         if bar != BAR_INDEX {
             return;
         }
-        let end = offset + data.len() as u64;
+        let Some(end) = offset.checked_add(data.len() as u64) else {
+            return;
+        };
         match offset {
             o if end <= COMMON_OFFSET + COMMON_LEN => self.write_common(o - COMMON_OFFSET, data),
             o if o >= DEVICE_OFFSET && end <= DEVICE_OFFSET + DEVICE_LEN => {
