@@ -222,7 +222,15 @@ const MAIN_RESTART: &[i64] = &[
 
 /// Socket families the main thread may create while it builds a VM: the
 /// control socket and a VPN link's UDP socket.
-const MAIN_RESTART_SOCKET_FAMILIES: &[i32] = &[libc::AF_UNIX, libc::AF_INET, libc::AF_INET6];
+const MAIN_RESTART_SOCKET_FAMILIES: &[u64] = &[
+    libc::AF_UNIX as u64,
+    libc::AF_INET as u64,
+    libc::AF_INET6 as u64,
+];
+
+/// What a thread that starts threads needs of prctl: naming a new thread
+/// and, before its filter, `no_new_privs`.
+const THREAD_START_PRCTLS: &[u64] = &[libc::PR_SET_NAME as u64, libc::PR_SET_NO_NEW_PRIVS as u64];
 
 /// What the media hot-plug thread does besides the common set.
 ///
@@ -382,11 +390,17 @@ const STARTED_BY_MAIN: [ThreadKind; 10] = [
     ThreadKind::MediaHotplug,
 ];
 
-/// Socket families `kind` may create; none for most.
-fn socket_families(kind: ThreadKind) -> &'static [i32] {
+/// Syscalls `kind` may make only with one of a few values as their first
+/// argument (socket families, prctl options). Every kind that may call
+/// `socket` or `prctl` at all must be listed here.
+fn first_argument_limits(kind: ThreadKind) -> Vec<(i64, &'static [u64])> {
     match kind {
-        ThreadKind::MainRestart => MAIN_RESTART_SOCKET_FAMILIES,
-        _ => &[],
+        ThreadKind::MainRestart => vec![
+            (libc::SYS_socket, MAIN_RESTART_SOCKET_FAMILIES),
+            (libc::SYS_prctl, THREAD_START_PRCTLS),
+        ],
+        ThreadKind::MediaHotplug => vec![(libc::SYS_prctl, THREAD_START_PRCTLS)],
+        _ => vec![],
     }
 }
 
@@ -411,25 +425,26 @@ pub fn filter_for(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
             vec![SeccompRule::new(vec![not_executable]).map_err(|e| build_error(e.to_string()))?],
         );
     }
-    // A thread that may create sockets at all gets its families only.
-    if extra.contains(&libc::SYS_socket) {
-        let family_rules = socket_families(kind)
+    let limits = first_argument_limits(kind);
+    for syscall in [libc::SYS_socket, libc::SYS_prctl] {
+        let limited = limits.iter().any(|&(limited, _)| limited == syscall);
+        if extra.contains(&syscall) && !limited {
+            return Err(build_error(format!(
+                "syscall {syscall} allowed without limits on its first argument"
+            )));
+        }
+    }
+    for (syscall, values) in limits {
+        let value_rules = values
             .iter()
-            .map(|&family| {
-                let cond = SeccompCondition::new(
-                    0,
-                    SeccompCmpArgLen::Dword,
-                    SeccompCmpOp::Eq,
-                    family as u64,
-                )
-                .map_err(|e| build_error(e.to_string()))?;
+            .map(|&value| {
+                let cond =
+                    SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
+                        .map_err(|e| build_error(e.to_string()))?;
                 SeccompRule::new(vec![cond]).map_err(|e| build_error(e.to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        if family_rules.is_empty() {
-            return Err(build_error("socket allowed without a family".into()));
-        }
-        rules.insert(libc::SYS_socket, family_rules);
+        rules.insert(syscall, value_rules);
     }
     if !ioctls.is_empty() {
         let ioctl_rules = ioctls
@@ -673,6 +688,47 @@ mod tests {
             0
         });
         assert_eq!(run, 0);
+    }
+
+    /// The restart filter lets the main thread create the control socket
+    /// and a VPN link's UDP socket, and no other kind of socket.
+    #[test]
+    fn the_restart_filter_allows_only_its_socket_families() {
+        let unix = status_under_filter(ThreadKind::MainRestart, || {
+            // SAFETY: plain syscall; the fd is left to _exit.
+            i32::from(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) } < 0)
+        });
+        assert_eq!(unix, 0);
+        let udp = status_under_filter(ThreadKind::MainRestart, || {
+            // SAFETY: as above.
+            i32::from(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) } < 0)
+        });
+        assert_eq!(udp, 0);
+        let netlink = status_under_filter(ThreadKind::MainRestart, || {
+            // SAFETY: as above.
+            unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, 0) };
+            0
+        });
+        assert_eq!(netlink, EXIT_SECCOMP_VIOLATION);
+    }
+
+    /// Threads that start threads may name them and set `no_new_privs`,
+    /// and use prctl for nothing else.
+    #[test]
+    fn thread_starting_filters_limit_prctl_to_naming_and_no_new_privs() {
+        for kind in [ThreadKind::MainRestart, ThreadKind::MediaHotplug] {
+            let named = status_under_filter(kind, || {
+                // SAFETY: PR_SET_NAME reads a NUL-terminated name.
+                unsafe { libc::prctl(libc::PR_SET_NAME, c"filtered".as_ptr()) }
+            });
+            assert_eq!(named, 0, "{kind:?}");
+            let dumpable = status_under_filter(kind, || {
+                // SAFETY: plain syscall.
+                unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1) };
+                0
+            });
+            assert_eq!(dumpable, EXIT_SECCOMP_VIOLATION, "{kind:?}");
+        }
     }
 
     #[test]
