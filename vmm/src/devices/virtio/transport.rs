@@ -634,7 +634,9 @@ impl PciDevice for VirtioPciDevice {
         match offset {
             o if end <= COMMON_OFFSET + COMMON_LEN => self.read_common(o - COMMON_OFFSET, data),
             o if (ISR_OFFSET..ISR_OFFSET + ISR_LEN).contains(&o) => {
-                data[0] = self.interrupt.take_isr();
+                if let Some(first) = data.first_mut() {
+                    *first = self.interrupt.take_isr();
+                }
             }
             o if o >= DEVICE_OFFSET && end <= DEVICE_OFFSET + DEVICE_LEN => {
                 self.device.read_config(o - DEVICE_OFFSET, data)
