@@ -23,6 +23,7 @@ pub mod netfilter;
 pub mod notice;
 pub mod policy;
 pub mod prompt_phrase;
+pub mod rate_limit;
 pub mod seccomp;
 pub mod storage;
 pub mod vmm;

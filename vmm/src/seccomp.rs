@@ -8,12 +8,15 @@
 use std::collections::BTreeMap;
 use std::sync::Once;
 
-use kvm_bindings::{kvm_ioeventfd, kvm_irqfd, kvm_msi, kvm_regs, kvm_sregs, KVMIO};
+use kvm_bindings::{
+    kvm_cpuid2, kvm_fpu, kvm_ioeventfd, kvm_irqfd, kvm_lapic_state, kvm_msi, kvm_msr_list,
+    kvm_msrs, kvm_pit_config, kvm_regs, kvm_sregs, kvm_userspace_memory_region, KVMIO,
+};
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule, TargetArch,
 };
-use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr};
+use vmm_sys_util::{ioctl_io_nr, ioctl_ior_nr, ioctl_iow_nr, ioctl_iowr_nr};
 
 ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
 ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
@@ -21,6 +24,31 @@ ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
 ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
 ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_ioeventfd);
 ioctl_iow_nr!(KVM_SIGNAL_MSI, KVMIO, 0xa5, kvm_msi);
+
+// Building a VM (see `ThreadKind::MainRestart`).
+ioctl_io_nr!(KVM_GET_API_VERSION, KVMIO, 0x00);
+ioctl_io_nr!(KVM_CREATE_VM, KVMIO, 0x01);
+ioctl_iowr_nr!(KVM_GET_MSR_INDEX_LIST, KVMIO, 0x02, kvm_msr_list);
+ioctl_io_nr!(KVM_CHECK_EXTENSION, KVMIO, 0x03);
+ioctl_io_nr!(KVM_GET_VCPU_MMAP_SIZE, KVMIO, 0x04);
+ioctl_iowr_nr!(KVM_GET_SUPPORTED_CPUID, KVMIO, 0x05, kvm_cpuid2);
+ioctl_io_nr!(KVM_CREATE_VCPU, KVMIO, 0x41);
+ioctl_iow_nr!(
+    KVM_SET_USER_MEMORY_REGION,
+    KVMIO,
+    0x46,
+    kvm_userspace_memory_region
+);
+ioctl_io_nr!(KVM_SET_TSS_ADDR, KVMIO, 0x47);
+ioctl_io_nr!(KVM_CREATE_IRQCHIP, KVMIO, 0x60);
+ioctl_iow_nr!(KVM_CREATE_PIT2, KVMIO, 0x77, kvm_pit_config);
+ioctl_iow_nr!(KVM_SET_REGS, KVMIO, 0x82, kvm_regs);
+ioctl_iow_nr!(KVM_SET_SREGS, KVMIO, 0x84, kvm_sregs);
+ioctl_iow_nr!(KVM_SET_MSRS, KVMIO, 0x89, kvm_msrs);
+ioctl_iow_nr!(KVM_SET_FPU, KVMIO, 0x8d, kvm_fpu);
+ioctl_ior_nr!(KVM_GET_LAPIC, KVMIO, 0x8e, kvm_lapic_state);
+ioctl_iow_nr!(KVM_SET_LAPIC, KVMIO, 0x8f, kvm_lapic_state);
+ioctl_iow_nr!(KVM_SET_CPUID2, KVMIO, 0x90, kvm_cpuid2);
 
 /// Exit status after a blocked syscall.
 pub const EXIT_SECCOMP_VIOLATION: i32 = 31;
@@ -47,6 +75,12 @@ pub enum ThreadKind {
     Api,
     /// Waits for the VM to stop, records that, then stops the other threads.
     Main,
+    /// The main thread under `--on-reboot restart`: what `Main` does, and
+    /// after a guest reboot, building the next VM from the same
+    /// configuration (opening the kernel and disks, KVM setup, TAP and
+    /// VPN sockets, the control socket) and starting its threads, which
+    /// inherit this filter before narrowing it with their own.
+    MainRestart,
     /// Attaches and detaches external media while the guest runs (see
     /// `media_hotplug`): opens images, unlocks LUKS2, starts and stops
     /// device I/O threads.
@@ -62,14 +96,14 @@ pub enum SeccompError {
 }
 
 /// Syscalls every thread needs: memory management by the allocator, locks,
-/// signals (the vCPU kick), logging to stderr and exiting.
+/// signals (the vCPU kick), logging to stderr and exiting. `mmap` and
+/// `mprotect` are allowed too, but never with `PROT_EXEC` (see
+/// [`filter_for`]): no thread maps new code once its filter is on.
 const COMMON: &[i64] = &[
     libc::SYS_read,
     libc::SYS_write,
     libc::SYS_writev,
     libc::SYS_futex,
-    libc::SYS_mmap,
-    libc::SYS_mprotect,
     libc::SYS_munmap,
     libc::SYS_mremap,
     libc::SYS_madvise,
@@ -146,6 +180,58 @@ const API: &[i64] = &[
     libc::SYS_tgkill,
 ];
 
+/// Building the next VM after a guest reboot, besides the common set and
+/// everything the threads it starts do before their own filter narrows
+/// this one. Inputs, disks and the TAP are opened again (`openat`, stat
+/// calls, the LUKS helper started beforehand on its pipes), guest RAM is
+/// mapped (common, never executable), threads start (as for
+/// `MEDIA_HOTPLUG`), the control socket is bound again under a umask and
+/// its old file removed, a VPN link gets its UDP socket and timer, and a
+/// passphrase read from a file is locked in memory.
+const MAIN_RESTART: &[i64] = &[
+    libc::SYS_openat,
+    libc::SYS_statx,
+    libc::SYS_newfstatat,
+    libc::SYS_fstat,
+    libc::SYS_lseek,
+    libc::SYS_pread64,
+    libc::SYS_mlock,
+    libc::SYS_clone,
+    libc::SYS_clone3,
+    libc::SYS_set_robust_list,
+    libc::SYS_rseq,
+    libc::SYS_prctl,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_seccomp,
+    libc::SYS_eventfd2,
+    libc::SYS_epoll_create1,
+    libc::SYS_epoll_ctl,
+    libc::SYS_timerfd_create,
+    libc::SYS_timerfd_settime,
+    libc::SYS_socket,
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_connect,
+    libc::SYS_getsockname,
+    libc::SYS_umask,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+    libc::SYS_tgkill,
+    libc::SYS_getrandom,
+];
+
+/// Socket families the main thread may create while it builds a VM: the
+/// control socket and a VPN link's UDP socket.
+const MAIN_RESTART_SOCKET_FAMILIES: &[u64] = &[
+    libc::AF_UNIX as u64,
+    libc::AF_INET as u64,
+    libc::AF_INET6 as u64,
+];
+
+/// What a thread that starts threads needs of prctl: naming a new thread
+/// and, before its filter, `no_new_privs`.
+const THREAD_START_PRCTLS: &[u64] = &[libc::PR_SET_NAME as u64, libc::PR_SET_NO_NEW_PRIVS as u64];
+
 /// What the media hot-plug thread does besides the common set.
 ///
 /// - Judging a medium: stat and open the image and the key file, read
@@ -185,15 +271,25 @@ const MEDIA_HOTPLUG: &[i64] = &[
     libc::SYS_seccomp,
 ];
 
+/// Memory syscalls whose protection argument (the third) must not ask for
+/// `PROT_EXEC`.
+const NO_EXEC_PROT: &[i64] = &[libc::SYS_mmap, libc::SYS_mprotect];
+
 fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<u64>) {
-    let kvm_device_ioctls = [KVM_SIGNAL_MSI(), KVM_IOEVENTFD(), KVM_IRQFD()];
     match kind {
+        // Device emulation on a vCPU signals MSI-X vectors unmasked with a
+        // pending interrupt and moves virtio doorbells (ioeventfds) when
+        // the guest moves a BAR. Interrupt lines (irqfds) are registered
+        // by the main thread while it builds the VM, never by a vCPU.
         ThreadKind::Vcpu => (
             vec![libc::SYS_ioctl],
-            [KVM_RUN(), KVM_GET_REGS(), KVM_GET_SREGS()]
-                .into_iter()
-                .chain(kvm_device_ioctls)
-                .collect(),
+            vec![
+                KVM_RUN(),
+                KVM_GET_REGS(),
+                KVM_GET_SREGS(),
+                KVM_SIGNAL_MSI(),
+                KVM_IOEVENTFD(),
+            ],
         ),
         ThreadKind::BlockIo => (
             [libc::SYS_ioctl]
@@ -237,6 +333,74 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<u64>) {
                 .collect(),
             vec![libc::TCGETS, libc::TCSETS],
         ),
+        ThreadKind::MainRestart => {
+            let mut syscalls: Vec<i64> = MAIN_RESTART.to_vec();
+            let mut ioctls = vec![
+                KVM_GET_API_VERSION(),
+                KVM_CREATE_VM(),
+                KVM_GET_MSR_INDEX_LIST(),
+                KVM_CHECK_EXTENSION(),
+                KVM_GET_VCPU_MMAP_SIZE(),
+                KVM_GET_SUPPORTED_CPUID(),
+                KVM_CREATE_VCPU(),
+                KVM_SET_USER_MEMORY_REGION(),
+                KVM_SET_TSS_ADDR(),
+                KVM_CREATE_IRQCHIP(),
+                KVM_CREATE_PIT2(),
+                KVM_IRQFD(),
+                KVM_SET_REGS(),
+                KVM_SET_SREGS(),
+                KVM_SET_MSRS(),
+                KVM_SET_FPU(),
+                KVM_GET_LAPIC(),
+                KVM_SET_LAPIC(),
+                KVM_SET_CPUID2(),
+                libc::TUNSETIFF,
+                libc::TUNSETVNETHDRSZ,
+                libc::TUNSETOFFLOAD,
+                libc::FIONBIO,
+            ];
+            for kind in STARTED_BY_MAIN {
+                let (more_syscalls, more_ioctls) = allowed(kind);
+                syscalls.extend(more_syscalls);
+                ioctls.extend(more_ioctls);
+            }
+            syscalls.sort_unstable();
+            syscalls.dedup();
+            ioctls.sort_unstable();
+            ioctls.dedup();
+            (syscalls, ioctls)
+        }
+    }
+}
+
+/// Every kind of thread the main thread starts for a VM (so the
+/// `MainRestart` filter they inherit must allow what they do), and `Main`
+/// itself.
+const STARTED_BY_MAIN: [ThreadKind; 10] = [
+    ThreadKind::Vcpu,
+    ThreadKind::BlockIo,
+    ThreadKind::NetIo,
+    ThreadKind::ConsoleInput,
+    ThreadKind::ConsoleOutput,
+    ThreadKind::DiskCrypto,
+    ThreadKind::Reporter,
+    ThreadKind::Api,
+    ThreadKind::Main,
+    ThreadKind::MediaHotplug,
+];
+
+/// Syscalls `kind` may make only with one of a few values as their first
+/// argument (socket families, prctl options). Every kind that may call
+/// `socket` or `prctl` at all must be listed here.
+fn first_argument_limits(kind: ThreadKind) -> Vec<(i64, &'static [u64])> {
+    match kind {
+        ThreadKind::MainRestart => vec![
+            (libc::SYS_socket, MAIN_RESTART_SOCKET_FAMILIES),
+            (libc::SYS_prctl, THREAD_START_PRCTLS),
+        ],
+        ThreadKind::MediaHotplug => vec![(libc::SYS_prctl, THREAD_START_PRCTLS)],
+        _ => vec![],
     }
 }
 
@@ -248,21 +412,39 @@ pub fn filter_for(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
     for &syscall in COMMON.iter().chain(extra.iter()) {
         rules.insert(syscall, vec![]);
     }
-    // A thread that may create sockets at all (libcryptsetup on the media
-    // hot-plug thread) gets the kernel crypto API's family and no other.
-    if extra.contains(&libc::SYS_socket) {
-        let kernel_crypto_only = SeccompCondition::new(
-            0,
+    for &syscall in NO_EXEC_PROT {
+        let not_executable = SeccompCondition::new(
+            2,
             SeccompCmpArgLen::Dword,
-            SeccompCmpOp::Eq,
-            libc::AF_ALG as u64,
+            SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
+            0,
         )
         .map_err(|e| build_error(e.to_string()))?;
         rules.insert(
-            libc::SYS_socket,
-            vec![SeccompRule::new(vec![kernel_crypto_only])
-                .map_err(|e| build_error(e.to_string()))?],
+            syscall,
+            vec![SeccompRule::new(vec![not_executable]).map_err(|e| build_error(e.to_string()))?],
         );
+    }
+    let limits = first_argument_limits(kind);
+    for syscall in [libc::SYS_socket, libc::SYS_prctl] {
+        let limited = limits.iter().any(|&(limited, _)| limited == syscall);
+        if extra.contains(&syscall) && !limited {
+            return Err(build_error(format!(
+                "syscall {syscall} allowed without limits on its first argument"
+            )));
+        }
+    }
+    for (syscall, values) in limits {
+        let value_rules = values
+            .iter()
+            .map(|&value| {
+                let cond =
+                    SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
+                        .map_err(|e| build_error(e.to_string()))?;
+                SeccompRule::new(vec![cond]).map_err(|e| build_error(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        rules.insert(syscall, value_rules);
     }
     if !ioctls.is_empty() {
         let ioctl_rules = ioctls
@@ -383,19 +565,169 @@ mod tests {
 
     #[test]
     fn every_filter_compiles() {
-        for kind in [
-            ThreadKind::Vcpu,
-            ThreadKind::BlockIo,
-            ThreadKind::NetIo,
-            ThreadKind::ConsoleInput,
-            ThreadKind::ConsoleOutput,
-            ThreadKind::DiskCrypto,
-            ThreadKind::Reporter,
-            ThreadKind::Api,
-            ThreadKind::Main,
-            ThreadKind::MediaHotplug,
-        ] {
+        for kind in ALL_KINDS {
             assert!(!filter_for(kind).unwrap().is_empty());
+        }
+    }
+
+    /// Exit status of a forked child that installs `kind`'s filter and
+    /// then runs `action`, which makes raw syscalls only and returns the
+    /// child's exit status.
+    fn status_under_filter(kind: ThreadKind, action: fn() -> i32) -> i32 {
+        let program = filter_for(kind).unwrap();
+        // SAFETY: the child makes only raw syscalls before _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            install_sigsys_handler().ok();
+            if seccompiler::apply_filter(&program).is_err() {
+                // SAFETY: _exit is always safe.
+                unsafe { libc::_exit(100) };
+            }
+            let status = action();
+            // SAFETY: as above.
+            unsafe { libc::_exit(status) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status), "{kind:?}: status {status:#x}");
+        libc::WEXITSTATUS(status)
+    }
+
+    const ALL_KINDS: [ThreadKind; 11] = [
+        ThreadKind::Vcpu,
+        ThreadKind::BlockIo,
+        ThreadKind::NetIo,
+        ThreadKind::ConsoleInput,
+        ThreadKind::ConsoleOutput,
+        ThreadKind::DiskCrypto,
+        ThreadKind::Reporter,
+        ThreadKind::Api,
+        ThreadKind::Main,
+        ThreadKind::MainRestart,
+        ThreadKind::MediaHotplug,
+    ];
+
+    fn map_anonymous(prot: libc::c_int) -> *mut libc::c_void {
+        // SAFETY: a fresh private anonymous mapping touches no existing memory.
+        unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                prot,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        }
+    }
+
+    /// No thread may map new code: an executable mapping ends the process.
+    #[test]
+    fn no_filter_lets_a_thread_map_executable_memory() {
+        for kind in ALL_KINDS {
+            let status = status_under_filter(kind, || {
+                map_anonymous(libc::PROT_READ | libc::PROT_EXEC);
+                0
+            });
+            assert_eq!(status, EXIT_SECCOMP_VIOLATION, "{kind:?}");
+        }
+    }
+
+    /// Nor turn existing memory into code.
+    #[test]
+    fn no_filter_lets_a_thread_make_memory_executable() {
+        for kind in ALL_KINDS {
+            let status = status_under_filter(kind, || {
+                let page = map_anonymous(libc::PROT_READ | libc::PROT_WRITE);
+                if page == libc::MAP_FAILED {
+                    return 1;
+                }
+                // SAFETY: changes the protection of the page mapped above.
+                unsafe { libc::mprotect(page, 4096, libc::PROT_READ | libc::PROT_EXEC) };
+                0
+            });
+            assert_eq!(status, EXIT_SECCOMP_VIOLATION, "{kind:?}");
+        }
+    }
+
+    /// Data mappings, as the allocator and thread stacks need them, still
+    /// work under every filter (so the two tests above fail for the
+    /// reason they name).
+    #[test]
+    fn every_filter_allows_data_mappings() {
+        for kind in ALL_KINDS {
+            let status = status_under_filter(kind, || {
+                let page = map_anonymous(libc::PROT_READ | libc::PROT_WRITE);
+                if page == libc::MAP_FAILED {
+                    return 1;
+                }
+                // SAFETY: changes the protection of the page mapped above.
+                let protected = unsafe { libc::mprotect(page, 4096, libc::PROT_NONE) };
+                i32::from(protected != 0)
+            });
+            assert_eq!(status, 0, "{kind:?}");
+        }
+    }
+
+    /// A vCPU never registers interrupt lines; only `KVM_RUN` and the
+    /// device ioctls its exits need pass. The fd is invalid, so an allowed
+    /// ioctl fails with EBADF and the child exits normally.
+    #[test]
+    fn the_vcpu_filter_refuses_irqfd_registration() {
+        let irqfd = status_under_filter(ThreadKind::Vcpu, || {
+            // SAFETY: an ioctl on an invalid fd touches no memory.
+            unsafe { libc::ioctl(-1, KVM_IRQFD() as _, std::ptr::null::<u8>()) };
+            0
+        });
+        assert_eq!(irqfd, EXIT_SECCOMP_VIOLATION);
+        let run = status_under_filter(ThreadKind::Vcpu, || {
+            // SAFETY: as above.
+            unsafe { libc::ioctl(-1, KVM_RUN() as _, 0) };
+            0
+        });
+        assert_eq!(run, 0);
+    }
+
+    /// The restart filter lets the main thread create the control socket
+    /// and a VPN link's UDP socket, and no other kind of socket.
+    #[test]
+    fn the_restart_filter_allows_only_its_socket_families() {
+        let unix = status_under_filter(ThreadKind::MainRestart, || {
+            // SAFETY: plain syscall; the fd is left to _exit.
+            i32::from(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) } < 0)
+        });
+        assert_eq!(unix, 0);
+        let udp = status_under_filter(ThreadKind::MainRestart, || {
+            // SAFETY: as above.
+            i32::from(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) } < 0)
+        });
+        assert_eq!(udp, 0);
+        let netlink = status_under_filter(ThreadKind::MainRestart, || {
+            // SAFETY: as above.
+            unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW, 0) };
+            0
+        });
+        assert_eq!(netlink, EXIT_SECCOMP_VIOLATION);
+    }
+
+    /// Threads that start threads may name them and set `no_new_privs`,
+    /// and use prctl for nothing else.
+    #[test]
+    fn thread_starting_filters_limit_prctl_to_naming_and_no_new_privs() {
+        for kind in [ThreadKind::MainRestart, ThreadKind::MediaHotplug] {
+            let named = status_under_filter(kind, || {
+                // SAFETY: PR_SET_NAME reads a NUL-terminated name.
+                unsafe { libc::prctl(libc::PR_SET_NAME, c"filtered".as_ptr()) }
+            });
+            assert_eq!(named, 0, "{kind:?}");
+            let dumpable = status_under_filter(kind, || {
+                // SAFETY: plain syscall.
+                unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1) };
+                0
+            });
+            assert_eq!(dumpable, EXIT_SECCOMP_VIOLATION, "{kind:?}");
         }
     }
 

@@ -185,8 +185,16 @@ fn run_session(
     phrase: &PromptPhrase,
 ) -> Result<ExitReason, VmmError> {
     let mut policy_in_force = None;
+    let mut main_filtered = false;
     loop {
-        let reason = run_once(config, session, card_only, phrase, &mut policy_in_force)?;
+        let reason = run_once(
+            config,
+            session,
+            card_only,
+            phrase,
+            &mut policy_in_force,
+            &mut main_filtered,
+        )?;
         if reason == ExitReason::Reboot && config.on_reboot == RebootAction::Restart {
             log::info!("guest rebooted; starting it again");
             continue;
@@ -207,12 +215,46 @@ fn session_card<'a>(
     }
 }
 
+/// The filter the main thread narrows itself to once its VM runs, or
+/// `None` when it stays unfiltered.
+fn main_thread_filter(
+    seccomp: bool,
+    on_reboot: RebootAction,
+    card_in_session: bool,
+) -> Option<ThreadKind> {
+    match on_reboot {
+        _ if !seccomp => None,
+        RebootAction::Exit => Some(ThreadKind::Main),
+        // Logging the card in again after a reboot loads its PKCS#11
+        // module anew: new code mappings and whatever the module does,
+        // which no filter can foresee. The card monitor thread runs that
+        // module unfiltered while the guest runs in any case.
+        RebootAction::Restart if card_in_session => None,
+        RebootAction::Restart => Some(ThreadKind::MainRestart),
+    }
+}
+
+/// Whether building a VM from `config` may unlock LUKS volumes, which the
+/// LUKS helper process does: under the `MainRestart` filter, which
+/// cannot start processes, that helper must already run.
+fn may_unlock_luks(config: &VmConfig) -> Result<bool, VmmError> {
+    for disk in &config.disks {
+        if is_luks(&disk.path)? {
+            return Ok(true);
+        }
+    }
+    Ok(!config.external.media.is_empty())
+}
+
+/// `main_filtered` says whether an earlier run already filtered the main
+/// thread (filters stack, so it is installed once per process).
 fn run_once(
     config: &VmConfig,
     session: &Session,
     card_only: Option<&CardCredential>,
     phrase: &PromptPhrase,
     policy_in_force: &mut Option<ActiveRole>,
+    main_filtered: &mut bool,
 ) -> Result<ExitReason, VmmError> {
     config.validate()?;
     // Bound first, while securevm has no other threads (the socket's mode
@@ -491,10 +533,18 @@ fn run_once(
         None => None,
     };
 
-    // A restart builds a new VM, which needs syscalls (open, mmap of new
-    // memory, KVM setup) that the main thread's filter forbids.
-    if config.seccomp && config.on_reboot == RebootAction::Exit {
-        seccomp::install(ThreadKind::Main)?;
+    let card_in_session = session_card(session, card_only).is_some();
+    if let Some(kind) = main_thread_filter(config.seccomp, config.on_reboot, card_in_session) {
+        if !*main_filtered {
+            if kind == ThreadKind::MainRestart && may_unlock_luks(config)? {
+                crate::storage::luks_helper::keep_running().map_err(|source| VmmError::Io {
+                    what: "starting the LUKS helper for later restarts",
+                    source,
+                })?;
+            }
+            seccomp::install(kind)?;
+            *main_filtered = true;
+        }
     }
 
     let reason = exit_events
@@ -857,4 +907,30 @@ fn open_input(what: &'static str, path: &Path) -> Result<File, VmmError> {
         });
     }
     Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_main_thread_is_filtered_in_both_reboot_modes() {
+        assert_eq!(
+            main_thread_filter(true, RebootAction::Exit, false),
+            Some(ThreadKind::Main)
+        );
+        assert_eq!(
+            main_thread_filter(true, RebootAction::Restart, false),
+            Some(ThreadKind::MainRestart)
+        );
+        assert_eq!(
+            main_thread_filter(true, RebootAction::Exit, true),
+            Some(ThreadKind::Main)
+        );
+        assert_eq!(main_thread_filter(false, RebootAction::Exit, false), None);
+        assert_eq!(
+            main_thread_filter(false, RebootAction::Restart, false),
+            None
+        );
+    }
 }

@@ -369,6 +369,42 @@ fn a_prompt_phrase_file_others_can_read_stops_securevm_before_any_prompt() {
     );
 }
 
+/// A logged-in session with `--on-reboot restart` builds each new VM
+/// under the main thread's restart filter: the policy key is read again
+/// and every boot is audited.
+#[test]
+fn a_logged_in_session_restarts_under_seccomp_and_audits_each_boot() {
+    if !kvm_usable() {
+        eprintln!("skipping: /dev/kvm is not usable on this host");
+        return;
+    }
+    let setup = Setup::new("restart-session");
+    let kernel = tiny_kernel("reset", &setup.scratch);
+    let pass = write_file(&setup.scratch, "login.pass", ALICE_PASSPHRASE);
+    let out = std::process::Command::new("timeout")
+        .arg("5")
+        .arg(SECUREVM)
+        .args([
+            "run",
+            "--memory",
+            "32",
+            "--on-reboot",
+            "restart",
+            "--kernel",
+        ])
+        .arg(&kernel)
+        .args(["--policy", &setup.policy, "--policy-key", &setup.key])
+        .args(["--user", "alice", "--passphrase-file", &pass])
+        .args(audit_args(&setup.scratch))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(124), "stderr: {}", stderr(&out));
+    let log = setup.audit_log();
+    let boots = log.matches(r#""event":"vm-start""#).count();
+    assert!(boots >= 2, "{boots} boot(s): {log}\n{}", stderr(&out));
+}
+
 /// Runs `securevm` with a pseudo-terminal as its controlling terminal,
 /// answering each passphrase prompt with the next of `answers`; returns
 /// what it printed, its exit status, the prompts seen and the time taken.

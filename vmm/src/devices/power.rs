@@ -32,13 +32,16 @@ impl BusDevice for AcpiPowerDevice {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         let Some(&value) = data.first() else { return };
-        let port = ACPI_POWER_PORT_BASE + offset as u16;
+        let Some(port) = port_at(ACPI_POWER_PORT_BASE, offset) else {
+            return;
+        };
         if port == ACPI_SLEEP_CONTROL_PORT && value & ACPI_SLP_EN != 0 {
             let sleep_type = (value >> 2) & 0x7;
             if sleep_type == ACPI_S5_SLP_TYP {
                 self.exit.request(ExitReason::PowerOff);
             } else {
-                log::warn!(
+                crate::rate_limited!(
+                    log::Level::Warn,
                     "guest asked for ACPI sleep type {sleep_type}; only S5 (off) is supported"
                 );
             }
@@ -72,11 +75,19 @@ impl BusDevice for I8042Device {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        let port = I8042_DATA_PORT + offset as u16;
-        if port == I8042_COMMAND_PORT && data.first() == Some(&I8042_CMD_RESET) {
+        let port = port_at(I8042_DATA_PORT, offset);
+        if port == Some(I8042_COMMAND_PORT) && data.first() == Some(&I8042_CMD_RESET) {
             self.exit.request(ExitReason::Reboot);
         }
     }
+}
+
+/// The port `offset` bytes above `base`, if there is one (an offset past
+/// the port space must not alias a low port).
+fn port_at(base: u16, offset: u64) -> Option<u16> {
+    u16::try_from(offset)
+        .ok()
+        .and_then(|offset| base.checked_add(offset))
 }
 
 #[cfg(test)]
@@ -122,6 +133,50 @@ mod tests {
         );
         write_port(&mut dev, ACPI_POWER_PORT_BASE, ACPI_RESET_PORT, 0x2);
         dev.write(0, &[]);
+        assert!(events.try_recv().is_err());
+    }
+
+    /// A guest writing unsupported sleep types in a loop gets a bounded
+    /// number of warnings, not one per write.
+    #[test]
+    fn unsupported_sleep_requests_cannot_flood_the_log() {
+        let is_sleep_warning = |line: &String| line.starts_with("guest asked for ACPI sleep type");
+        crate::storage::test_support::captured_warnings();
+        let (exit, _events) = ExitNotifier::new();
+        let mut dev = AcpiPowerDevice::new(exit);
+        for _ in 0..1000 {
+            write_port(
+                &mut dev,
+                ACPI_POWER_PORT_BASE,
+                ACPI_SLEEP_CONTROL_PORT,
+                (3 << 2) | ACPI_SLP_EN,
+            );
+        }
+        let logged = crate::storage::test_support::captured_warnings()
+            .iter()
+            .filter(|line| is_sleep_warning(line))
+            .count();
+        // Other tests of this process hit the same call site, and an
+        // interval may end during the loop: at most two bursts.
+        assert!(
+            (1..=2 * crate::rate_limit::BURST as usize).contains(&logged),
+            "{logged} warnings"
+        );
+    }
+
+    /// Offsets are never truncated to 16 bits: 0x10000 above a register
+    /// is not that register.
+    #[test]
+    fn offsets_past_the_port_space_reach_no_register() {
+        let (exit, events) = ExitNotifier::new();
+        let mut acpi = AcpiPowerDevice::new(exit.clone());
+        let reset = u64::from(ACPI_RESET_PORT - ACPI_POWER_PORT_BASE);
+        acpi.write(0x1_0000 + reset, &[ACPI_RESET_VALUE]);
+        acpi.write(u64::MAX, &[ACPI_RESET_VALUE]);
+        let mut i8042 = I8042Device::new(exit);
+        let command = u64::from(I8042_COMMAND_PORT - I8042_DATA_PORT);
+        i8042.write(0x1_0000 + command, &[I8042_CMD_RESET]);
+        i8042.write(u64::MAX, &[I8042_CMD_RESET]);
         assert!(events.try_recv().is_err());
     }
 

@@ -50,7 +50,7 @@ impl SerialDevice {
             Ok(accepted) => accepted,
             Err(vm_superio::serial::Error::FullFifo) => 0,
             Err(e) => {
-                log::warn!("serial input dropped: {e}");
+                crate::rate_limited!(log::Level::Warn, "serial input dropped: {e}");
                 bytes.len()
             }
         }
@@ -67,7 +67,7 @@ impl BusDevice for SerialDevice {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let (Some(&value), Ok(register)) = (data.first(), u8::try_from(offset)) {
             if let Err(e) = self.uart.write(register, value) {
-                log::warn!("serial output failed: {e}");
+                crate::rate_limited!(log::Level::Warn, "serial output failed: {e}");
             }
         }
     }

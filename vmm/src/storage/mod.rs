@@ -34,4 +34,4 @@ pub use error::StorageError;
 #[cfg(test)]
 mod crash_tests;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;

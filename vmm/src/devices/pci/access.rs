@@ -22,17 +22,25 @@ impl PciConfigIo {
         Self { root, address: 0 }
     }
 
-    /// Bus, device, function and register offset latched at 0xCF8, or
-    /// `None` when the enable bit is clear.
-    fn target(&self, data_offset: u64) -> Option<(u8, u8, u8, usize)> {
-        if self.address & ADDRESS_ENABLE == 0 {
+    /// Bus, device, function and register offset of an access of `len`
+    /// bytes at port offset `offset`, or `None` when it does not lie
+    /// inside the data window (0xCFC-0xCFF) or the enable bit latched at
+    /// 0xCF8 is clear. The window is checked before any arithmetic, so
+    /// the register offset is at most 0xfc + 3.
+    fn target(&self, offset: u64, len: usize) -> Option<(u8, u8, u8, usize)> {
+        let in_window = offset >= DATA_WINDOW_OFFSET
+            && offset
+                .checked_add(len as u64)
+                .is_some_and(|end| end <= DATA_WINDOW_OFFSET + 4);
+        if !in_window || self.address & ADDRESS_ENABLE == 0 {
             return None;
         }
+        let byte_in_window = (offset - DATA_WINDOW_OFFSET) as usize;
         let bus = (self.address >> 16) as u8;
         let device = ((self.address >> 11) & 0x1f) as u8;
         let function = ((self.address >> 8) & 0x7) as u8;
         let register = (self.address & 0xfc) as usize;
-        Some((bus, device, function, register + data_offset as usize))
+        Some((bus, device, function, register + byte_in_window))
     }
 }
 
@@ -42,12 +50,11 @@ impl crate::devices::bus::BusDevice for PciConfigIo {
             data.copy_from_slice(&self.address.to_le_bytes());
             return;
         }
-        let in_window = offset >= DATA_WINDOW_OFFSET && offset + data.len() as u64 <= 8;
-        match self.target(offset.wrapping_sub(DATA_WINDOW_OFFSET)) {
-            Some((bus, device, function, register)) if in_window => {
+        match self.target(offset, data.len()) {
+            Some((bus, device, function, register)) => {
                 self.root.config_read(bus, device, function, register, data)
             }
-            _ => data.fill(0xff),
+            None => data.fill(0xff),
         }
     }
 
@@ -60,14 +67,9 @@ impl crate::devices::bus::BusDevice for PciConfigIo {
             }
             return;
         }
-        let in_window = offset >= DATA_WINDOW_OFFSET && offset + data.len() as u64 <= 8;
-        if let Some((bus, device, function, register)) =
-            self.target(offset.wrapping_sub(DATA_WINDOW_OFFSET))
-        {
-            if in_window {
-                self.root
-                    .config_write(bus, device, function, register, data);
-            }
+        if let Some((bus, device, function, register)) = self.target(offset, data.len()) {
+            self.root
+                .config_write(bus, device, function, register, data);
         }
     }
 }
@@ -192,6 +194,30 @@ mod tests {
         // Writes to absent devices go nowhere and do not fail.
         io.write(0, &address(0, 9, 0, 0x3c).to_le_bytes());
         io.write(4, &[0x0b]);
+    }
+
+    /// Accesses at 0xCF9-0xCFB (below the data window) or running past
+    /// 0xCFF read all ones and write nothing, with no arithmetic on the
+    /// out-of-window offset (it once wrapped, which panics with overflow
+    /// checks on).
+    #[test]
+    fn mechanism1_accesses_outside_the_data_window_are_refused() {
+        let root = root();
+        let mut io = PciConfigIo::new(root.clone());
+        let latch = address(0, 0, 0, 0xfc);
+        for (port_offset, len) in [(1, 1), (2, 2), (3, 1), (1, 2), (6, 4), (7, 2)] {
+            assert_eq!(
+                io_read(&mut io, latch, port_offset, len),
+                u32::MAX >> (32 - 8 * len),
+                "offset {port_offset} length {len}"
+            );
+        }
+        io.write(0, &address(0, 0, 0, 0x3c).to_le_bytes());
+        io.write(2, &[0x0b, 0x0b]);
+        io.write(1, &[0x0b]);
+        let mut line = [0u8; 1];
+        root.config_read(0, 0, 0, 0x3c, &mut line);
+        assert_eq!(line, [0], "a write outside the window changed the device");
     }
 
     #[test]

@@ -226,14 +226,19 @@ impl PciConfiguration {
     /// of configuration space read as all ones.
     pub fn read(&self, offset: usize, data: &mut [u8]) {
         for (i, byte) in data.iter_mut().enumerate() {
-            *byte = self.byte(offset + i).unwrap_or(0xff);
+            *byte = offset
+                .checked_add(i)
+                .and_then(|at| self.byte(at))
+                .unwrap_or(0xff);
         }
     }
 
     /// Guest write: only the writable bits of each byte change.
     pub fn write(&mut self, offset: usize, data: &[u8]) {
         for (i, &value) in data.iter().enumerate() {
-            let at = offset + i;
+            let Some(at) = offset.checked_add(i) else {
+                return;
+            };
             let Some(mask) = byte_in(&self.writable, at) else {
                 return;
             };
@@ -367,6 +372,18 @@ mod tests {
                 size: 0x1000
             }]
         );
+    }
+
+    /// Accesses whose end lies past `usize::MAX` read all ones and write
+    /// nothing rather than wrap around onto the header.
+    #[test]
+    fn accesses_at_the_largest_offsets_do_not_wrap() {
+        let mut config = PciConfiguration::new(&header());
+        let mut data = [0u8; 4];
+        config.read(usize::MAX - 1, &mut data);
+        assert_eq!(data, [0xff; 4]);
+        config.write(usize::MAX - 1, &[COMMAND_MEMORY_SPACE as u8; 8]);
+        assert_eq!(config.command(), 0);
     }
 
     #[test]

@@ -239,7 +239,10 @@ impl PciRoot {
             }
             if let Some(old) = slot.mapped[index].take() {
                 if let Err(e) = self.mmio_bus.remove(old) {
-                    log::warn!("PCI BAR {index} was not mapped at {old:#x}: {e}");
+                    crate::rate_limited!(
+                        log::Level::Warn,
+                        "PCI BAR {index} was not mapped at {old:#x}: {e}"
+                    );
                 }
                 lock(&slot.device).bar_mapped(index, None);
             }
@@ -254,7 +257,10 @@ impl PciRoot {
                 }
                 // The guest chose an address that collides with another
                 // device; the BAR stays unreachable until it picks another.
-                Err(e) => log::warn!("guest placed PCI BAR {index} badly: {e}"),
+                Err(e) => crate::rate_limited!(
+                    log::Level::Warn,
+                    "guest placed PCI BAR {index} badly: {e}"
+                ),
             }
         }
     }

@@ -82,13 +82,18 @@ impl MsixTable {
 
     pub fn read_table(&self, offset: u64, data: &mut [u8]) {
         for (i, byte) in data.iter_mut().enumerate() {
-            *byte = self.table_byte(offset + i as u64).unwrap_or(0);
+            *byte = offset
+                .checked_add(i as u64)
+                .and_then(|at| self.table_byte(at))
+                .unwrap_or(0);
         }
     }
 
     pub fn write_table(&mut self, offset: u64, data: &[u8]) {
         for (i, &value) in data.iter().enumerate() {
-            let at = offset + i as u64;
+            let Some(at) = offset.checked_add(i as u64) else {
+                break;
+            };
             let (index, word, shift) = split_offset(at);
             if let Some(entry) = self.entries.get_mut(index) {
                 let w = &mut entry.words[word];
@@ -100,12 +105,14 @@ impl MsixTable {
 
     pub fn read_pba(&self, offset: u64, data: &mut [u8]) {
         for (i, byte) in data.iter_mut().enumerate() {
-            let first_vector = (offset + i as u64) * 8;
+            let first_vector = offset
+                .checked_add(i as u64)
+                .and_then(|pba_byte| pba_byte.checked_mul(8));
             *byte = (0..8u64)
                 .filter(|bit| {
-                    let vector = first_vector + bit;
-                    usize::try_from(vector)
-                        .ok()
+                    first_vector
+                        .and_then(|first| first.checked_add(*bit))
+                        .and_then(|vector| usize::try_from(vector).ok())
                         .and_then(|v| self.pending.get(v))
                         .copied()
                         .unwrap_or(false)
@@ -135,7 +142,11 @@ impl MsixTable {
 
     fn deliver(&self, entry: Entry) {
         if let Err(e) = self.vm.signal_msi(entry.address(), entry.words[2]) {
-            log::warn!("cannot deliver MSI to {:#x}: {e}", entry.address());
+            crate::rate_limited!(
+                log::Level::Warn,
+                "cannot deliver MSI to {:#x}: {e}",
+                entry.address()
+            );
         }
     }
 }
@@ -214,5 +225,26 @@ mod tests {
         table.read_table(0x1000, &mut data);
         assert_eq!(data, [0; 4]);
         assert!(vm.msis().is_empty());
+    }
+
+    /// Offsets near the top of the address space read as zero and change
+    /// nothing rather than wrap around onto entry 0.
+    #[test]
+    fn accesses_at_the_largest_offsets_do_not_wrap() {
+        let vm = Arc::new(FakeVm::default());
+        let mut table = programmed(&vm);
+        let mut before = [0u8; 16];
+        table.read_table(0, &mut before);
+        table.write_table(u64::MAX - 1, &[0xff; 4]);
+        let mut after = [0u8; 16];
+        table.read_table(0, &mut after);
+        assert_eq!(before, after);
+        let mut data = [0xaa; 4];
+        table.read_table(u64::MAX - 1, &mut data);
+        assert_eq!(data, [0; 4]);
+        table.signal(0);
+        let mut pending = [0xaa; 4];
+        table.read_pba(u64::MAX / 8, &mut pending);
+        assert_eq!(pending, [0; 4]);
     }
 }

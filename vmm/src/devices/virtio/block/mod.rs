@@ -191,7 +191,10 @@ impl QueueWorker for BlockWorker {
                 }
             }
             Err(e) => {
-                log::warn!("virtio-blk: queue unusable until the driver resets it: {e}");
+                crate::rate_limited!(
+                    log::Level::Warn,
+                    "virtio-blk: queue unusable until the driver resets it: {e}"
+                );
                 self.broken = true;
                 self.interrupt.set_needs_reset();
                 Progress::Done

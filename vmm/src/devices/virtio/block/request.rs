@@ -195,7 +195,7 @@ impl RequestHandler {
             // Guest mistakes stay at debug level so a guest cannot flood
             // the log; host disk errors are the operator's business.
             Err(failure @ Failure::Io(_)) => {
-                log::warn!("virtio-blk: {failure}");
+                crate::rate_limited!(log::Level::Warn, "virtio-blk: {failure}");
                 (VIRTIO_BLK_S_IOERR as u8, None)
             }
             Err(failure) => {

@@ -186,7 +186,10 @@ impl NetWorker {
     }
 
     fn fail(&mut self, error: virtio_queue::Error) {
-        log::warn!("virtio-net: queue unusable until the driver resets it: {error}");
+        crate::rate_limited!(
+            log::Level::Warn,
+            "virtio-net: queue unusable until the driver resets it: {error}"
+        );
         self.broken = true;
         self.listening = false;
         self.interrupt.set_needs_reset();
