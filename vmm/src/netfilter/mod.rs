@@ -34,7 +34,7 @@
 //! The guest's IPv6 link-local address is the EUI-64 one derived from its
 //! MAC. Inbound frames must be addressed to the guest's MAC (or be
 //! broadcast/multicast) and to one of its addresses, 255.255.255.255 or a
-//! multicast group.
+//! multicast group, and never come from a broadcast or multicast address.
 //!
 //! Fragments: a first fragment (offset 0, with its layer-4 header) is
 //! decided like a whole packet; when it passes, the later fragments of the
@@ -459,6 +459,11 @@ impl Filter {
         }
         match direction {
             FrameDirection::Outbound if !self.is_guest_address(packet.source) => {
+                return Err(DropReason::Spoof.into())
+            }
+            // No host sends from a group address; a flow "from" one would
+            // let the guest answer to the whole group.
+            FrameDirection::Inbound if is_group_address(packet.source) => {
                 return Err(DropReason::Spoof.into())
             }
             FrameDirection::Inbound

@@ -2170,3 +2170,38 @@ fn router_advertisements_with_the_options_routers_send_pass() {
         Verdict::Drop(DropReason::Unparseable)
     );
 }
+
+#[test]
+fn inbound_from_a_group_address_opens_no_flow_back_to_it() {
+    // An inbound rule for any remote: a forged packet "from" a broadcast or
+    // multicast address must not let the guest send to that group.
+    let policy = policy(vec![rule(
+        Action::Allow,
+        Direction::In,
+        Protocol::Udp,
+        &[],
+        &[5000],
+    )]);
+    let (mut filter, _) = new_filter(&policy);
+    let now = Instant::now();
+    let cases = [
+        (guest4(), "255.255.255.255"),
+        (guest4(), "239.1.2.3"),
+        (guest6(), "ff0e::1"),
+    ];
+    for (guest, group) in cases {
+        let forged = udp_frame(PEER_MAC, GUEST_MAC, (ip(group), 6000), (guest, 5000), b"x");
+        assert_eq!(
+            filter.inbound(&forged, now),
+            Verdict::Drop(DropReason::Spoof),
+            "{group}"
+        );
+        let to_group = udp_frame(GUEST_MAC, PEER_MAC, (guest, 5000), (ip(group), 6000), b"x");
+        assert_eq!(
+            filter.outbound(&to_group, now),
+            Verdict::Drop(DropReason::Default),
+            "{group}"
+        );
+    }
+    assert_eq!(filter.tracked_flows(), 0);
+}
