@@ -22,7 +22,8 @@
 //! It cannot leave the link: MLD has hop limit 1 and goes from the guest
 //! only to the ff02:: group it concerns (MLDv2 reports to ff02::16); NDP
 //! has hop limit 255 and goes from the guest only to ff02:: groups,
-//! link-local addresses and neighbours heard on the link; both are
+//! link-local addresses and neighbours heard on the link (a solicitation
+//! only to its target or the target's solicited-node group); both are
 //! unfragmented, with only the options and sizes their RFCs define.
 //! The guest's addresses are fixed by its configuration: there is no DHCP
 //! exception (a discovery from 0.0.0.0 is a spoof, and no answer adds an
@@ -252,6 +253,12 @@ fn is_link_local(address: Ipv6Addr) -> bool {
 fn is_solicited_node(address: Ipv6Addr) -> bool {
     let segments = address.segments();
     segments[..6] == [0xff02, 0, 0, 0, 0, 1] && segments[6] & 0xff00 == 0xff00
+}
+
+/// The solicited-node group of `address` (RFC 4291 2.7.1).
+fn solicited_node(address: Ipv6Addr) -> Ipv6Addr {
+    let low = address.segments();
+    Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00 | (low[6] & 0xff), low[7])
 }
 
 fn is_group_address(address: IpAddr) -> bool {
@@ -640,6 +647,19 @@ impl Filter {
         };
         if !speaks_as_guest {
             return Err(DropReason::Spoof.into());
+        }
+        // A solicitation asks about its target: unicast to the target
+        // itself (unreachability detection), else to the target's
+        // solicited-node group; any other target is free data.
+        if let Icmp::NeighbourSolicitation { target, .. } = message {
+            let asks_destination = if destination.is_multicast() {
+                destination == solicited_node(*target)
+            } else {
+                destination == *target
+            };
+            if !asks_destination {
+                return Err(DropReason::Invalid.into());
+            }
         }
         let on_link = is_link_scope_multicast(destination)
             || is_link_local(destination)

@@ -2205,3 +2205,39 @@ fn inbound_from_a_group_address_opens_no_flow_back_to_it() {
     }
     assert_eq!(filter.tracked_flows(), 0);
 }
+
+#[test]
+fn neighbour_solicitations_ask_only_for_their_destination() {
+    let policy = policy(Vec::new());
+    let (mut filter, _) = new_filter(&policy);
+    let now = Instant::now();
+    let link_local = link_local_ipv6(GUEST_MAC).to_string();
+    let send = |filter: &mut Filter, to: &str, target: &str| {
+        let mut message = neighbour_message(135, target, 1, GUEST_MAC);
+        message[4] = 0;
+        filter.outbound(
+            &ipv6_frame(GUEST_MAC, PEER_MAC, &link_local, to, 58, 255, &message),
+            now,
+        )
+    };
+    // Unicast (unreachability detection) asks the destination about itself;
+    // multicast (address resolution) goes to the target's solicited-node group.
+    assert_eq!(send(&mut filter, "fe80::1", "fe80::1"), Verdict::Pass);
+    assert_eq!(
+        send(&mut filter, "ff02::1:ff00:1", "fd00::1"),
+        Verdict::Pass
+    );
+    // Any other target would be 16 bytes the guest chose, sent on the link.
+    for (to, target) in [
+        ("fe80::1", "2001:db8:6461:7461:2064:6174:6120:2121"),
+        ("ff02::1:ff00:1", "2001:db8::99"),
+        ("ff02::1", "fd00::1"),
+        ("ff02::2", "fe80::1"),
+    ] {
+        assert_eq!(
+            send(&mut filter, to, target),
+            Verdict::Drop(DropReason::Invalid),
+            "{to} {target}"
+        );
+    }
+}
