@@ -40,7 +40,9 @@
 //! Fragments: a first fragment (offset 0, with its layer-4 header) is
 //! decided like a whole packet; when it passes, the later fragments of the
 //! same series (addresses, protocol, identification) pass for 30 s. Any
-//! other fragment is dropped. VLAN-tagged frames are dropped.
+//! other fragment is dropped. VLAN-tagged frames are dropped. The guest's
+//! frames carry nothing after their packet but the zeros that pad a short
+//! frame to 60 bytes.
 //!
 //! Known limits: host names are learned from DNS over UDP only (answers
 //! over TCP pass but teach nothing); the guest's IPv6 link-local address is
@@ -261,6 +263,17 @@ fn solicited_node(address: Ipv6Addr) -> Ipv6Addr {
     Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00 | (low[6] & 0xff), low[7])
 }
 
+/// Shortest Ethernet frame without its FCS; shorter ones are padded to it.
+const MIN_FRAME_LEN: usize = 60;
+
+/// Whether the bytes after `frame`'s packet are only the zeros that pad a
+/// short frame to the minimum size. Anything more would be data that no
+/// check saw, delivered to every host on the link that sees the frame.
+fn is_zero_padding(frame: &Frame<'_>, frame_len: usize) -> bool {
+    frame.trailing.is_empty()
+        || (frame_len <= MIN_FRAME_LEN && frame.trailing.iter().all(|byte| *byte == 0))
+}
+
 fn is_group_address(address: IpAddr) -> bool {
     match address {
         IpAddr::V4(address) => address.is_multicast() || address.is_broadcast(),
@@ -321,7 +334,7 @@ impl Filter {
         self.sweep_if_due(now);
         let parsed = packet::parse_frame(bytes);
         let outcome = match &parsed {
-            Ok(frame) => self.judge(direction, frame, now),
+            Ok(frame) => self.judge(direction, frame, bytes.len(), now),
             Err(error) => Err(Denial::from(*error)),
         };
         match outcome {
@@ -422,11 +435,15 @@ impl Filter {
         &mut self,
         direction: FrameDirection,
         frame: &Frame<'_>,
+        frame_len: usize,
         now: Instant,
     ) -> Result<(), Denial> {
         match direction {
             FrameDirection::Outbound if frame.source_mac != self.guest_mac => {
                 return Err(DropReason::Spoof.into())
+            }
+            FrameDirection::Outbound if !is_zero_padding(frame, frame_len) => {
+                return Err(DropReason::Invalid.into())
             }
             FrameDirection::Inbound
                 if frame.destination_mac != self.guest_mac && frame.destination_mac[0] & 1 == 0 =>

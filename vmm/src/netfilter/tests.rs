@@ -2241,3 +2241,53 @@ fn neighbour_solicitations_ask_only_for_their_destination() {
         );
     }
 }
+
+#[test]
+fn outbound_frames_carry_nothing_after_their_packet() {
+    let policy = host_policy();
+    let (mut filter, _) = new_filter(&policy);
+    let now = Instant::now();
+    let arp = arp_frame(GUEST_MAC, 1, GUEST_MAC, [192, 168, 7, 2], [192, 168, 7, 1]);
+    let query = udp_frame(
+        GUEST_MAC,
+        PEER_MAC,
+        (guest4(), 3333),
+        (ip("192.0.2.53"), 53),
+        b"q",
+    );
+    let advert = ipv6_frame(
+        GUEST_MAC,
+        PEER_MAC,
+        "fd00::2",
+        "ff02::1",
+        58,
+        255,
+        &neighbour_message(136, "fd00::2", 2, GUEST_MAC),
+    );
+    for frame in [&arp, &query, &advert] {
+        assert_eq!(filter.outbound(frame, now), Verdict::Pass);
+        // Data after the packet reaches every host on the link that sees the
+        // frame (a broadcast ARP request: all of them).
+        let mut smuggled = frame.clone();
+        smuggled.extend_from_slice(&[0x41; 600]);
+        assert_eq!(
+            filter.outbound(&smuggled, now),
+            Verdict::Drop(DropReason::Invalid)
+        );
+        let mut dirty_padding = frame.clone();
+        dirty_padding.resize(60.max(frame.len() + 1), 0);
+        *dirty_padding.last_mut().unwrap() = 1;
+        assert_eq!(
+            filter.outbound(&dirty_padding, now),
+            Verdict::Drop(DropReason::Invalid)
+        );
+    }
+    // Zero padding up to the shortest Ethernet frame is what a driver may add.
+    let mut padded = arp.clone();
+    padded.resize(60, 0);
+    assert_eq!(filter.outbound(&padded, now), Verdict::Pass);
+    // Networks pad inbound frames with whatever they like.
+    let mut inbound_arp = arp_frame(PEER_MAC, 2, PEER_MAC, [192, 168, 7, 1], [192, 168, 7, 2]);
+    inbound_arp.resize(60, 0x55);
+    assert_eq!(filter.inbound(&inbound_arp, now), Verdict::Pass);
+}
