@@ -2291,3 +2291,39 @@ fn outbound_frames_carry_nothing_after_their_packet() {
     inbound_arp.resize(60, 0x55);
     assert_eq!(filter.inbound(&inbound_arp, now), Verdict::Pass);
 }
+
+#[test]
+#[ignore = "hole: any answer on a live resolver flow teaches names, whatever the query's ID and name"]
+fn only_answers_to_the_guests_own_queries_teach_names() {
+    // Whoever can send from the resolver's address (a host on the link, or
+    // an off-path accomplice that agreed the port with the guest) teaches
+    // the filter that an allowed name lives at its address, while the guest
+    // asked something else (or nothing with that ID).
+    let policy = host_policy();
+    let (mut filter, _) = new_filter(&policy);
+    let now = Instant::now();
+    let mut query = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    query.extend_from_slice(b"\x07example\x03net\x00\x00\x01\x00\x01");
+    let query = udp_frame(
+        GUEST_MAC,
+        PEER_MAC,
+        (guest4(), 3333),
+        (ip("192.0.2.53"), 53),
+        &query,
+    );
+    assert_eq!(filter.outbound(&query, now), Verdict::Pass);
+    let mut forged = dns_answer("www.example.org", &[[198, 18, 0, 66]], 3600);
+    forged[..2].copy_from_slice(&[0x66, 0x66]);
+    let forged = udp_frame(
+        PEER_MAC,
+        GUEST_MAC,
+        (ip("192.0.2.53"), 53),
+        (guest4(), 3333),
+        &forged,
+    );
+    assert_eq!(filter.inbound(&forged, now), Verdict::Pass);
+    assert_eq!(
+        filter.outbound(&out_tcp("198.18.0.66", 443, SYN), now),
+        Verdict::Drop(DropReason::Default)
+    );
+}
