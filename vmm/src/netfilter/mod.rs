@@ -861,7 +861,7 @@ impl Filter {
             if tcp_flags & (packet::TCP_SYN | packet::TCP_ACK) == packet::TCP_SYN {
                 TcpState::SynSent
             } else {
-                TcpState::Established
+                TcpState::PickedUp
             }
         });
         let mut entry = FlowEntry {

@@ -2327,3 +2327,58 @@ fn only_answers_to_the_guests_own_queries_teach_names() {
         Verdict::Drop(DropReason::Default)
     );
 }
+
+#[test]
+fn a_flow_picked_up_mid_stream_lives_long_only_once_answered() {
+    // Anyone may open TCP to the guest's port 40000. A forged ACK (no SYN)
+    // used to take a slot for the 2 h of an established connection, so
+    // one burst of them filled the table for hours.
+    let policy = policy(vec![rule(
+        Action::Allow,
+        Direction::In,
+        Protocol::Tcp,
+        &[],
+        &[40_000],
+    )]);
+    let (mut filter, _) = filter_with(&policy, 2);
+    let start = Instant::now();
+    assert_eq!(
+        filter.inbound(&in_tcp("198.51.100.1", 5555, ACK), start),
+        Verdict::Pass
+    );
+    assert_eq!(
+        filter.inbound(&in_tcp("198.51.100.2", 5555, ACK), start),
+        Verdict::Pass
+    );
+    let unanswered = start + conntrack::TCP_HANDSHAKE_TIMEOUT;
+    assert_eq!(
+        filter.inbound(&in_tcp("198.51.100.3", 5555, SYN), unanswered),
+        Verdict::Pass,
+        "unanswered pick-ups expire like handshakes"
+    );
+    // Once the guest answers, the flow is an established connection.
+    assert_eq!(
+        filter.outbound(&out_tcp("198.51.100.3", 5555, SYN_ACK), unanswered),
+        Verdict::Pass
+    );
+    assert_eq!(
+        filter.inbound(&in_tcp("198.51.100.3", 5555, ACK), unanswered),
+        Verdict::Pass
+    );
+    assert_eq!(
+        filter.inbound(&in_tcp("198.51.100.4", 5555, ACK), unanswered),
+        Verdict::Pass
+    );
+    assert_eq!(
+        filter.outbound(&out_tcp("198.51.100.4", 5555, ACK), unanswered),
+        Verdict::Pass
+    );
+    let an_hour_later = unanswered + Duration::from_secs(3600);
+    for remote in ["198.51.100.3", "198.51.100.4"] {
+        assert_eq!(
+            filter.inbound(&in_tcp(remote, 5555, ACK), an_hour_later),
+            Verdict::Pass,
+            "{remote}"
+        );
+    }
+}
