@@ -22,9 +22,10 @@
 //! It cannot leave the link: MLD has hop limit 1 and goes from the guest
 //! only to the ff02:: group it concerns (MLDv2 reports to ff02::16); NDP
 //! has hop limit 255 and goes from the guest only to ff02:: groups,
-//! link-local addresses and neighbours heard on the link (a solicitation
-//! only to its target or the target's solicited-node group); both are
-//! unfragmented, with only the options and sizes their RFCs define.
+//! link-local addresses and neighbours heard on the link within a /64 of
+//! the guest's addresses (a solicitation only to its target or the
+//! target's solicited-node group); both are unfragmented, with only the
+//! options and sizes their RFCs define.
 //! The guest's addresses are fixed by its configuration: there is no DHCP
 //! exception (a discovery from 0.0.0.0 is a spoof, and no answer adds an
 //! address).
@@ -424,6 +425,14 @@ impl Filter {
         self.shared.refusals.push(refusal, &self.shared.counters);
     }
 
+    /// Whether `address` is in the /64 of one of the guest's addresses.
+    fn shares_a_subnet(&self, address: Ipv6Addr) -> bool {
+        let subnet = |address: Ipv6Addr| u128::from(address) >> 64;
+        self.guest_ipv6
+            .iter()
+            .any(|own| subnet(*own) == subnet(address))
+    }
+
     fn is_guest_address(&self, address: IpAddr) -> bool {
         match address {
             IpAddr::V4(address) => self.guest_ipv4.contains(&address),
@@ -644,7 +653,10 @@ impl Filter {
                 return Err(DropReason::NotForGuest.into());
             }
             // Link-local senders need no slot: they are reachable anyway.
-            if !unspecified_source && !is_link_local(source) {
+            // Anyone on the link can claim any source, so only addresses in
+            // the guest's own /64s, which routers keep on this link, are
+            // remembered.
+            if !unspecified_source && !is_link_local(source) && self.shares_a_subnet(source) {
                 self.neighbours.heard(source, now);
             }
             return Ok(());

@@ -2382,3 +2382,36 @@ fn a_flow_picked_up_mid_stream_lives_long_only_once_answered() {
         );
     }
 }
+
+#[test]
+fn only_neighbours_in_the_guests_own_prefixes_are_remembered() {
+    // A host on the link can send neighbour discovery "from" any address
+    // with hop limit 255. Remembered, a far address would let the guest's
+    // unicast neighbour discovery (hop limit 255, past any router that
+    // forwards it) go there; the guest's on-link neighbours share a /64
+    // with one of its addresses.
+    let policy = policy(Vec::new());
+    let (mut filter, _) = new_filter(&policy);
+    let now = Instant::now();
+    for (neighbour, remembered) in [("fd00::1", true), ("2001:db8:ffff::1", false)] {
+        let advert = ipv6_frame(
+            PEER_MAC,
+            GUEST_MAC,
+            neighbour,
+            "fd00::2",
+            58,
+            255,
+            &neighbour_message(136, neighbour, 2, PEER_MAC),
+        );
+        assert_eq!(filter.inbound(&advert, now), Verdict::Pass);
+        let mut probe = neighbour_message(135, neighbour, 1, GUEST_MAC);
+        probe[4] = 0;
+        let probe = ipv6_frame(GUEST_MAC, PEER_MAC, "fd00::2", neighbour, 58, 255, &probe);
+        let expected = if remembered {
+            Verdict::Pass
+        } else {
+            Verdict::Drop(DropReason::Invalid)
+        };
+        assert_eq!(filter.outbound(&probe, now), expected, "{neighbour}");
+    }
+}
