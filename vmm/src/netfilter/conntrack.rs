@@ -184,10 +184,6 @@ impl ConnTrack {
         }
     }
 
-    pub(crate) fn contains_live(&self, key: &FlowKey, now: Instant) -> bool {
-        self.flows.get(key).is_some_and(|entry| entry.expires > now)
-    }
-
     pub(crate) fn remove(&mut self, key: &FlowKey) {
         self.flows.remove(key);
     }
@@ -286,8 +282,8 @@ mod tests {
         );
         let later = now + Duration::from_secs(2);
         assert_eq!(table.insert(key(3), long_lived, later), Ok(()));
-        assert!(table.contains_live(&key(2), later));
-        assert!(!table.contains_live(&key(1), later));
+        assert!(table.get_mut(&key(2), later).is_some());
+        assert!(table.get_mut(&key(1), later).is_none());
         assert_eq!(table.len(), 2);
     }
 }

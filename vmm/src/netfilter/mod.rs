@@ -31,7 +31,8 @@
 //! address).
 //!
 //! ICMP errors (at most 576 bytes for IPv4, 1280 for IPv6, never
-//! fragmented) pass without a rule when they quote a live flow: inbound
+//! fragmented) pass without a rule when they quote a live flow that the
+//! rules in force still allow (else the flow is cut): inbound
 //! from anywhere on the path, outbound only to the flow's far end.
 //! The guest's IPv6 link-local address is the EUI-64 one derived from its
 //! MAC. Inbound frames must be addressed to the guest's MAC (or be
@@ -134,8 +135,8 @@ pub struct FilterControl {
 impl FilterControl {
     /// Compiles `policy` and makes it the one in force; returns its
     /// generation. New flows use it at once; an established flow is checked
-    /// against it at its next packet and cut (dropped, forgotten) if it is
-    /// no longer allowed.
+    /// against it at its next packet (or ICMP error quoting it) and cut
+    /// (dropped, forgotten) if it is no longer allowed.
     pub fn replace_policy(&self, policy: &NetworkPolicy) -> u64 {
         let compiled = Arc::new(CompiledRules::compile(policy));
         let mut slot = self
@@ -762,24 +763,25 @@ impl Filter {
                         embedded.ports.map(|(a, b)| (b, a)),
                     )
                 };
-                let related = quoted_ports.is_some_and(|(guest_port, remote_port)| {
-                    self.flows.contains_live(
-                        &FlowKey {
-                            protocol: embedded.protocol,
-                            guest: quoted_guest,
-                            remote: quoted_remote,
-                            guest_port,
-                            remote_port,
-                        },
-                        now,
-                    )
-                });
                 // Routers on the path send errors to the guest too, so inbound
                 // only the guest side has to match the outer packet; the
                 // guest's own errors go to the flow's far end only.
                 let far_end = !outbound || quoted_remote == remote;
-                if related && quoted_guest == guest && far_end {
-                    return Ok(());
+                if let Some((guest_port, remote_port)) = quoted_ports {
+                    let quoted_flow = FlowKey {
+                        protocol: embedded.protocol,
+                        guest: quoted_guest,
+                        remote: quoted_remote,
+                        guest_port,
+                        remote_port,
+                    };
+                    if quoted_guest == guest && far_end {
+                        // Checked against the rules in force, like the
+                        // flow's own packets: a cut flow relates nothing.
+                        if let Some(outcome) = self.continue_flow(&quoted_flow, None, now) {
+                            return outcome;
+                        }
+                    }
                 }
                 (None, None, false)
             }
@@ -819,28 +821,8 @@ impl Filter {
         };
 
         if let Some(key) = key {
-            if let Some(entry) = self.flows.get_mut(&key, now) {
-                if entry.generation != self.generation {
-                    self.name_buffer.clear();
-                    if self.rules.has_host_rules() {
-                        self.names
-                            .names_into(key.remote, now, &mut self.name_buffer);
-                        self.name_buffer.extend(entry.host.clone());
-                    }
-                    let query = Query {
-                        direction: entry.opener,
-                        protocol: entry.protocol,
-                        remote: key.remote,
-                        port: entry.rule_port,
-                    };
-                    let decision = self.rules.decide(&query, &self.name_buffer);
-                    if decision.action == Action::Deny {
-                        self.flows.remove(&key);
-                        return Err(denial(DropReason::Cut, decision.decider));
-                    }
-                    entry.generation = self.generation;
-                }
-                entry.observe(sender, tcp_flags, now);
+            if let Some(outcome) = self.continue_flow(&key, Some((sender, tcp_flags)), now) {
+                outcome?;
                 self.learn_from_resolver(direction, packet, &key, now);
                 return Ok(());
             }
@@ -893,6 +875,44 @@ impl Filter {
             .map_err(|_| Denial::from(DropReason::TableFull))?;
         self.shared.counters.set_tracked_flows(self.flows.len());
         Ok(())
+    }
+
+    /// The verdict for a packet of the live flow `key`, `None` when there
+    /// is no such flow. A flow not yet checked against the rules in force
+    /// is checked now, and cut (forgotten, refused) if they deny it. The
+    /// flow's own packets (`sent`: sender and TCP flags) move its state on
+    /// and refresh it.
+    fn continue_flow(
+        &mut self,
+        key: &FlowKey,
+        sent: Option<(Direction, u8)>,
+        now: Instant,
+    ) -> Option<Result<(), Denial>> {
+        let entry = self.flows.get_mut(key, now)?;
+        if entry.generation != self.generation {
+            self.name_buffer.clear();
+            if self.rules.has_host_rules() {
+                self.names
+                    .names_into(key.remote, now, &mut self.name_buffer);
+                self.name_buffer.extend(entry.host.clone());
+            }
+            let query = Query {
+                direction: entry.opener,
+                protocol: entry.protocol,
+                remote: key.remote,
+                port: entry.rule_port,
+            };
+            let decision = self.rules.decide(&query, &self.name_buffer);
+            if decision.action == Action::Deny {
+                self.flows.remove(key);
+                return Some(Err(denial(DropReason::Cut, decision.decider)));
+            }
+            entry.generation = self.generation;
+        }
+        if let Some((sender, tcp_flags)) = sent {
+            entry.observe(sender, tcp_flags, now);
+        }
+        Some(Ok(()))
     }
 
     /// Learns names from a DNS answer that a policy resolver sent on a flow

@@ -2415,3 +2415,42 @@ fn only_neighbours_in_the_guests_own_prefixes_are_remembered() {
         assert_eq!(filter.outbound(&probe, now), expected, "{neighbour}");
     }
 }
+
+#[test]
+fn icmp_errors_do_not_outlive_a_policy_that_cuts_their_flow() {
+    let web = web_policy();
+    let (mut filter, control) = new_filter(&web);
+    let now = Instant::now();
+    assert_eq!(
+        filter.outbound(&out_tcp("203.0.113.5", 443, SYN), now),
+        Verdict::Pass
+    );
+    let reply = in_tcp("203.0.113.5", 443, SYN_ACK);
+    assert_eq!(filter.inbound(&reply, now), Verdict::Pass);
+    let error = {
+        let mut message = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        message.extend_from_slice(&quote(&reply, 28));
+        message.resize(548, 0x41);
+        ipv4_frame(
+            (GUEST_MAC, PEER_MAC),
+            (guest4(), ip("203.0.113.5")),
+            1,
+            &[],
+            &message,
+        )
+    };
+    assert_eq!(filter.outbound(&error, now), Verdict::Pass);
+    // The new policy allows nothing: errors quoting the old flow must not
+    // keep carrying 548 bytes each to 203.0.113.5 for the flow's lifetime.
+    control.replace_policy(&policy(Vec::new()));
+    let later = now + Duration::from_secs(10);
+    assert_eq!(
+        filter.outbound(&error, later),
+        Verdict::Drop(DropReason::Cut)
+    );
+    assert_eq!(
+        filter.outbound(&error, later),
+        Verdict::Drop(DropReason::Default)
+    );
+    assert_eq!(filter.tracked_flows(), 0);
+}
