@@ -41,7 +41,8 @@
 //!
 //! Fragments: a first fragment (offset 0, with its layer-4 header) is
 //! decided like a whole packet; when it passes, the later fragments of the
-//! same series (addresses, protocol, identification) pass for 30 s. Any
+//! same series (addresses, protocol, identification) pass for 30 s, or
+//! until the policy is replaced. Any
 //! other fragment is dropped. VLAN-tagged frames are dropped. The guest's
 //! frames carry nothing after their packet but the zeros that pad a short
 //! frame to 60 bytes.
@@ -361,6 +362,9 @@ impl Filter {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             self.generation = slot.0;
             self.rules = slot.1.clone();
+            // A series was allowed by the old rules; its later fragments
+            // carry no ports to re-check, so the series ends here.
+            self.fragments.forget_all();
         }
     }
 

@@ -2454,3 +2454,42 @@ fn icmp_errors_do_not_outlive_a_policy_that_cuts_their_flow() {
     );
     assert_eq!(filter.tracked_flows(), 0);
 }
+
+#[test]
+fn fragment_series_end_when_the_policy_changes() {
+    let allowing = policy(vec![rule(
+        Action::Allow,
+        Direction::Out,
+        Protocol::Udp,
+        &[],
+        &[9999],
+    )]);
+    let (mut filter, control) = new_filter(&allowing);
+    let now = Instant::now();
+    let mut first_payload = vec![0x13, 0x88, 0x27, 0x0f, 0x05, 0xc8, 0, 0];
+    first_payload.extend_from_slice(&[0; 32]);
+    let fragment = |offset: u16, more: bool, payload: &[u8]| {
+        ipv4_fragment(
+            (GUEST_MAC, PEER_MAC),
+            (guest4(), ip("198.51.100.1")),
+            17,
+            (9, offset, more),
+            payload,
+        )
+    };
+    assert_eq!(
+        filter.outbound(&fragment(0, true, &first_payload), now),
+        Verdict::Pass
+    );
+    assert_eq!(
+        filter.outbound(&fragment(5, true, &[0x41; 1400]), now),
+        Verdict::Pass
+    );
+    // The new policy allows nothing: the series' later fragments (data to
+    // a destination no longer allowed) stop with it.
+    control.replace_policy(&policy(Vec::new()));
+    assert_eq!(
+        filter.outbound(&fragment(180, false, &[0x41; 8]), now),
+        Verdict::Drop(DropReason::Fragment)
+    );
+}
