@@ -8,7 +8,8 @@
 //! when it is full and nothing has expired, new flows are refused and no
 //! live entry is ever evicted.
 //!
-//! Timeouts: TCP handshake 60 s, TCP established 2 h, TCP closing (FIN or
+//! Timeouts: TCP handshake 60 s (also for a flow first seen without a SYN,
+//! until the other side answers), TCP established 2 h, TCP closing (FIN or
 //! RST seen) 30 s, UDP 60 s, ICMP echo 30 s, other protocols 60 s. Every
 //! packet of a flow refreshes its timeout.
 
@@ -65,6 +66,10 @@ impl std::hash::Hash for FlowKey {
 /// Loose TCP state, only used to pick a timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TcpState {
+    /// First seen without a SYN (mid-stream, or forged) and not yet
+    /// answered: it gets no more time than a handshake until the other
+    /// side sends too, so forged segments cannot hold slots for hours.
+    PickedUp,
     SynSent,
     SynReceived,
     Established,
@@ -107,6 +112,7 @@ impl FlowEntry {
                     TcpState::SynSent
                 } else {
                     match state {
+                        TcpState::PickedUp if !from_opener => TcpState::Established,
                         TcpState::SynSent
                             if !from_opener && flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK =>
                         {
@@ -122,7 +128,9 @@ impl FlowEntry {
                 };
                 self.tcp = Some(next);
                 match next {
-                    TcpState::SynSent | TcpState::SynReceived => TCP_HANDSHAKE_TIMEOUT,
+                    TcpState::PickedUp | TcpState::SynSent | TcpState::SynReceived => {
+                        TCP_HANDSHAKE_TIMEOUT
+                    }
                     TcpState::Established => TCP_ESTABLISHED_TIMEOUT,
                     TcpState::Closing => TCP_CLOSING_TIMEOUT,
                 }
@@ -174,10 +182,6 @@ impl ConnTrack {
             }
             Entry::Vacant(_) => None,
         }
-    }
-
-    pub(crate) fn contains_live(&self, key: &FlowKey, now: Instant) -> bool {
-        self.flows.get(key).is_some_and(|entry| entry.expires > now)
     }
 
     pub(crate) fn remove(&mut self, key: &FlowKey) {
@@ -278,8 +282,8 @@ mod tests {
         );
         let later = now + Duration::from_secs(2);
         assert_eq!(table.insert(key(3), long_lived, later), Ok(()));
-        assert!(table.contains_live(&key(2), later));
-        assert!(!table.contains_live(&key(1), later));
+        assert!(table.get_mut(&key(2), later).is_some());
+        assert!(table.get_mut(&key(1), later).is_none());
         assert_eq!(table.len(), 2);
     }
 }

@@ -3,6 +3,8 @@
 //! A fragment of a series the filter has not seen start, or of one it
 //! refused, is dropped; fragments arriving before their first fragment are
 //! therefore dropped too, and the sender's retransmission has to recover.
+//! A new policy ends every series (their later fragments cannot be
+//! re-checked).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -44,6 +46,10 @@ impl FragmentSeries {
 
     pub(crate) fn is_allowed(&self, key: &SeriesKey, now: Instant) -> bool {
         self.allowed.get(key).is_some_and(|expires| *expires > now)
+    }
+
+    pub(crate) fn forget_all(&mut self) {
+        self.allowed.clear();
     }
 
     pub(crate) fn forget_expired(&mut self, now: Instant) {

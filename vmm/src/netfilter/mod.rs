@@ -22,24 +22,30 @@
 //! It cannot leave the link: MLD has hop limit 1 and goes from the guest
 //! only to the ff02:: group it concerns (MLDv2 reports to ff02::16); NDP
 //! has hop limit 255 and goes from the guest only to ff02:: groups,
-//! link-local addresses and neighbours heard on the link; both are
-//! unfragmented, with only the options and sizes their RFCs define.
+//! link-local addresses and neighbours heard on the link within a /64 of
+//! the guest's addresses (a solicitation only to its target or the
+//! target's solicited-node group); both are unfragmented, with only the
+//! options and sizes their RFCs define.
 //! The guest's addresses are fixed by its configuration: there is no DHCP
 //! exception (a discovery from 0.0.0.0 is a spoof, and no answer adds an
 //! address).
 //!
 //! ICMP errors (at most 576 bytes for IPv4, 1280 for IPv6, never
-//! fragmented) pass without a rule when they quote a live flow: inbound
+//! fragmented) pass without a rule when they quote a live flow that the
+//! rules in force still allow (else the flow is cut): inbound
 //! from anywhere on the path, outbound only to the flow's far end.
 //! The guest's IPv6 link-local address is the EUI-64 one derived from its
 //! MAC. Inbound frames must be addressed to the guest's MAC (or be
 //! broadcast/multicast) and to one of its addresses, 255.255.255.255 or a
-//! multicast group.
+//! multicast group, and never come from a broadcast or multicast address.
 //!
 //! Fragments: a first fragment (offset 0, with its layer-4 header) is
 //! decided like a whole packet; when it passes, the later fragments of the
-//! same series (addresses, protocol, identification) pass for 30 s. Any
-//! other fragment is dropped. VLAN-tagged frames are dropped.
+//! same series (addresses, protocol, identification) pass for 30 s, or
+//! until the policy is replaced. Any
+//! other fragment is dropped. VLAN-tagged frames are dropped. The guest's
+//! frames carry nothing after their packet but the zeros that pad a short
+//! frame to 60 bytes.
 //!
 //! Known limits: host names are learned from DNS over UDP only (answers
 //! over TCP pass but teach nothing); the guest's IPv6 link-local address is
@@ -130,8 +136,8 @@ pub struct FilterControl {
 impl FilterControl {
     /// Compiles `policy` and makes it the one in force; returns its
     /// generation. New flows use it at once; an established flow is checked
-    /// against it at its next packet and cut (dropped, forgotten) if it is
-    /// no longer allowed.
+    /// against it at its next packet (or ICMP error quoting it) and cut
+    /// (dropped, forgotten) if it is no longer allowed.
     pub fn replace_policy(&self, policy: &NetworkPolicy) -> u64 {
         let compiled = Arc::new(CompiledRules::compile(policy));
         let mut slot = self
@@ -254,6 +260,23 @@ fn is_solicited_node(address: Ipv6Addr) -> bool {
     segments[..6] == [0xff02, 0, 0, 0, 0, 1] && segments[6] & 0xff00 == 0xff00
 }
 
+/// The solicited-node group of `address` (RFC 4291 2.7.1).
+fn solicited_node(address: Ipv6Addr) -> Ipv6Addr {
+    let low = address.segments();
+    Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00 | (low[6] & 0xff), low[7])
+}
+
+/// Shortest Ethernet frame without its FCS; shorter ones are padded to it.
+const MIN_FRAME_LEN: usize = 60;
+
+/// Whether the bytes after `frame`'s packet are only the zeros that pad a
+/// short frame to the minimum size. Anything more would be data that no
+/// check saw, delivered to every host on the link that sees the frame.
+fn is_zero_padding(frame: &Frame<'_>, frame_len: usize) -> bool {
+    frame.trailing.is_empty()
+        || (frame_len <= MIN_FRAME_LEN && frame.trailing.iter().all(|byte| *byte == 0))
+}
+
 fn is_group_address(address: IpAddr) -> bool {
     match address {
         IpAddr::V4(address) => address.is_multicast() || address.is_broadcast(),
@@ -314,7 +337,7 @@ impl Filter {
         self.sweep_if_due(now);
         let parsed = packet::parse_frame(bytes);
         let outcome = match &parsed {
-            Ok(frame) => self.judge(direction, frame, now),
+            Ok(frame) => self.judge(direction, frame, bytes.len(), now),
             Err(error) => Err(Denial::from(*error)),
         };
         match outcome {
@@ -339,6 +362,9 @@ impl Filter {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             self.generation = slot.0;
             self.rules = slot.1.clone();
+            // A series was allowed by the old rules; its later fragments
+            // carry no ports to re-check, so the series ends here.
+            self.fragments.forget_all();
         }
     }
 
@@ -404,6 +430,14 @@ impl Filter {
         self.shared.refusals.push(refusal, &self.shared.counters);
     }
 
+    /// Whether `address` is in the /64 of one of the guest's addresses.
+    fn shares_a_subnet(&self, address: Ipv6Addr) -> bool {
+        let subnet = |address: Ipv6Addr| u128::from(address) >> 64;
+        self.guest_ipv6
+            .iter()
+            .any(|own| subnet(*own) == subnet(address))
+    }
+
     fn is_guest_address(&self, address: IpAddr) -> bool {
         match address {
             IpAddr::V4(address) => self.guest_ipv4.contains(&address),
@@ -415,11 +449,15 @@ impl Filter {
         &mut self,
         direction: FrameDirection,
         frame: &Frame<'_>,
+        frame_len: usize,
         now: Instant,
     ) -> Result<(), Denial> {
         match direction {
             FrameDirection::Outbound if frame.source_mac != self.guest_mac => {
                 return Err(DropReason::Spoof.into())
+            }
+            FrameDirection::Outbound if !is_zero_padding(frame, frame_len) => {
+                return Err(DropReason::Invalid.into())
             }
             FrameDirection::Inbound
                 if frame.destination_mac != self.guest_mac && frame.destination_mac[0] & 1 == 0 =>
@@ -459,6 +497,11 @@ impl Filter {
         }
         match direction {
             FrameDirection::Outbound if !self.is_guest_address(packet.source) => {
+                return Err(DropReason::Spoof.into())
+            }
+            // No host sends from a group address; a flow "from" one would
+            // let the guest answer to the whole group.
+            FrameDirection::Inbound if is_group_address(packet.source) => {
                 return Err(DropReason::Spoof.into())
             }
             FrameDirection::Inbound
@@ -615,7 +658,10 @@ impl Filter {
                 return Err(DropReason::NotForGuest.into());
             }
             // Link-local senders need no slot: they are reachable anyway.
-            if !unspecified_source && !is_link_local(source) {
+            // Anyone on the link can claim any source, so only addresses in
+            // the guest's own /64s, which routers keep on this link, are
+            // remembered.
+            if !unspecified_source && !is_link_local(source) && self.shares_a_subnet(source) {
                 self.neighbours.heard(source, now);
             }
             return Ok(());
@@ -635,6 +681,19 @@ impl Filter {
         };
         if !speaks_as_guest {
             return Err(DropReason::Spoof.into());
+        }
+        // A solicitation asks about its target: unicast to the target
+        // itself (unreachability detection), else to the target's
+        // solicited-node group; any other target is free data.
+        if let Icmp::NeighbourSolicitation { target, .. } = message {
+            let asks_destination = if destination.is_multicast() {
+                destination == solicited_node(*target)
+            } else {
+                destination == *target
+            };
+            if !asks_destination {
+                return Err(DropReason::Invalid.into());
+            }
         }
         let on_link = is_link_scope_multicast(destination)
             || is_link_local(destination)
@@ -708,24 +767,25 @@ impl Filter {
                         embedded.ports.map(|(a, b)| (b, a)),
                     )
                 };
-                let related = quoted_ports.is_some_and(|(guest_port, remote_port)| {
-                    self.flows.contains_live(
-                        &FlowKey {
-                            protocol: embedded.protocol,
-                            guest: quoted_guest,
-                            remote: quoted_remote,
-                            guest_port,
-                            remote_port,
-                        },
-                        now,
-                    )
-                });
                 // Routers on the path send errors to the guest too, so inbound
                 // only the guest side has to match the outer packet; the
                 // guest's own errors go to the flow's far end only.
                 let far_end = !outbound || quoted_remote == remote;
-                if related && quoted_guest == guest && far_end {
-                    return Ok(());
+                if let Some((guest_port, remote_port)) = quoted_ports {
+                    let quoted_flow = FlowKey {
+                        protocol: embedded.protocol,
+                        guest: quoted_guest,
+                        remote: quoted_remote,
+                        guest_port,
+                        remote_port,
+                    };
+                    if quoted_guest == guest && far_end {
+                        // Checked against the rules in force, like the
+                        // flow's own packets: a cut flow relates nothing.
+                        if let Some(outcome) = self.continue_flow(&quoted_flow, None, now) {
+                            return outcome;
+                        }
+                    }
                 }
                 (None, None, false)
             }
@@ -765,28 +825,8 @@ impl Filter {
         };
 
         if let Some(key) = key {
-            if let Some(entry) = self.flows.get_mut(&key, now) {
-                if entry.generation != self.generation {
-                    self.name_buffer.clear();
-                    if self.rules.has_host_rules() {
-                        self.names
-                            .names_into(key.remote, now, &mut self.name_buffer);
-                        self.name_buffer.extend(entry.host.clone());
-                    }
-                    let query = Query {
-                        direction: entry.opener,
-                        protocol: entry.protocol,
-                        remote: key.remote,
-                        port: entry.rule_port,
-                    };
-                    let decision = self.rules.decide(&query, &self.name_buffer);
-                    if decision.action == Action::Deny {
-                        self.flows.remove(&key);
-                        return Err(denial(DropReason::Cut, decision.decider));
-                    }
-                    entry.generation = self.generation;
-                }
-                entry.observe(sender, tcp_flags, now);
+            if let Some(outcome) = self.continue_flow(&key, Some((sender, tcp_flags)), now) {
+                outcome?;
                 self.learn_from_resolver(direction, packet, &key, now);
                 return Ok(());
             }
@@ -819,7 +859,7 @@ impl Filter {
             if tcp_flags & (packet::TCP_SYN | packet::TCP_ACK) == packet::TCP_SYN {
                 TcpState::SynSent
             } else {
-                TcpState::Established
+                TcpState::PickedUp
             }
         });
         let mut entry = FlowEntry {
@@ -839,6 +879,44 @@ impl Filter {
             .map_err(|_| Denial::from(DropReason::TableFull))?;
         self.shared.counters.set_tracked_flows(self.flows.len());
         Ok(())
+    }
+
+    /// The verdict for a packet of the live flow `key`, `None` when there
+    /// is no such flow. A flow not yet checked against the rules in force
+    /// is checked now, and cut (forgotten, refused) if they deny it. The
+    /// flow's own packets (`sent`: sender and TCP flags) move its state on
+    /// and refresh it.
+    fn continue_flow(
+        &mut self,
+        key: &FlowKey,
+        sent: Option<(Direction, u8)>,
+        now: Instant,
+    ) -> Option<Result<(), Denial>> {
+        let entry = self.flows.get_mut(key, now)?;
+        if entry.generation != self.generation {
+            self.name_buffer.clear();
+            if self.rules.has_host_rules() {
+                self.names
+                    .names_into(key.remote, now, &mut self.name_buffer);
+                self.name_buffer.extend(entry.host.clone());
+            }
+            let query = Query {
+                direction: entry.opener,
+                protocol: entry.protocol,
+                remote: key.remote,
+                port: entry.rule_port,
+            };
+            let decision = self.rules.decide(&query, &self.name_buffer);
+            if decision.action == Action::Deny {
+                self.flows.remove(key);
+                return Some(Err(denial(DropReason::Cut, decision.decider)));
+            }
+            entry.generation = self.generation;
+        }
+        if let Some((sender, tcp_flags)) = sent {
+            entry.observe(sender, tcp_flags, now);
+        }
+        Some(Ok(()))
     }
 
     /// Learns names from a DNS answer that a policy resolver sent on a flow

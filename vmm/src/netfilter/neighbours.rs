@@ -1,6 +1,8 @@
 //! The on-link IPv6 neighbours the guest has heard from: sources of the
 //! inbound neighbour discovery messages the filter passed (hop limit 255,
-//! so sent on the link itself). Besides link-local addresses and
+//! so sent on the link itself) whose address is in a /64 of the guest's
+//! own addresses (any host on the link can claim any source; routers keep
+//! the guest's own subnets on its link). Besides link-local addresses and
 //! link-scope multicast groups, these are the only destinations the
 //! guest's own neighbour discovery may have, so neighbour unreachability
 //! detection towards on-link global addresses keeps working while NDP

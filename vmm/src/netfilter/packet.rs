@@ -63,6 +63,8 @@ pub(crate) struct Frame<'a> {
     pub(crate) source_mac: [u8; 6],
     pub(crate) destination_mac: [u8; 6],
     pub(crate) body: Body<'a>,
+    /// Bytes after the ARP or IP packet: padding, or data no check saw.
+    pub(crate) trailing: &'a [u8],
 }
 
 /// What the Ethernet frame carries.
@@ -220,15 +222,21 @@ pub(crate) fn parse_frame(frame: &[u8]) -> Result<Frame<'_>, ParseError> {
         EtherType::IPV6 => Body::Ip(parse_ipv6(payload)?),
         _ => return Err(ParseError::Unsupported),
     };
+    let packet_len = match &body {
+        Body::Arp(_) => ARP_LEN,
+        Body::Ip(packet) => packet.length,
+    };
     Ok(Frame {
         source_mac: ethernet.source(),
         destination_mac: ethernet.destination(),
         body,
+        trailing: payload.get(packet_len..).ok_or(ParseError::Malformed)?,
     })
 }
 
+const ARP_LEN: usize = 28;
+
 fn parse_arp(payload: &[u8]) -> Result<Arp, ParseError> {
-    const ARP_LEN: usize = 28;
     if payload.len() < ARP_LEN {
         return Err(ParseError::Malformed);
     }
