@@ -12,13 +12,16 @@ use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+    VIRTIO_BLK_F_SIZE_MAX,
 };
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
 pub use backend::{BlockBackend, BlockError, RawFileBackend, SECTOR_SIZE};
 pub use guest_io::{ExtentRange, GuestExtent};
-pub use request::{DiskId, RequestHandler, Served, BYTES_PER_CALL, REQUESTS_PER_CALL, SEG_MAX};
+pub use request::{
+    DiskId, RequestHandler, Served, BYTES_PER_CALL, REQUESTS_PER_CALL, SEG_MAX, SIZE_MAX,
+};
 
 use super::{
     ActivateError, Activation, Progress, QueueWorker, ThreadStartHook, VirtioDevice,
@@ -60,6 +63,7 @@ impl Block {
 
         let mut config = [0u8; CONFIG_LEN];
         config[0..8].copy_from_slice(&(capacity / SECTOR_SIZE).to_le_bytes());
+        config[8..12].copy_from_slice(&SIZE_MAX.to_le_bytes());
         config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
         config[20..24].copy_from_slice(&block_size.to_le_bytes());
         config[34..36].copy_from_slice(&1u16.to_le_bytes());
@@ -69,6 +73,7 @@ impl Block {
             | F_INDIRECT_DESC
             | 1 << VIRTIO_BLK_F_FLUSH
             | 1 << VIRTIO_BLK_F_SEG_MAX
+            | 1 << VIRTIO_BLK_F_SIZE_MAX
             | 1 << VIRTIO_BLK_F_BLK_SIZE;
         if backend.read_only() {
             features |= 1 << VIRTIO_BLK_F_RO;

@@ -33,6 +33,10 @@ const HEADER_LEN: usize = 16;
 /// Requests are copied through a buffer of at most this size, so a
 /// guest cannot make the VMM allocate gigabytes with one request.
 const CHUNK_LEN: usize = 1 << 20;
+/// The longest buffer one descriptor may have (SIZE_MAX), so one request
+/// moves at most SEG_MAX of them (254 MiB): what a reset, a pause or a
+/// card lock may have to wait for. Linux builds its segments to fit.
+pub const SIZE_MAX: u32 = 1 << 20;
 /// Guest-memory extents one request may map: a descriptor split across
 /// two memory regions takes two.
 const MAX_EXTENTS: usize = 2 * MAX_DESCRIPTORS as usize;
@@ -184,6 +188,8 @@ impl RequestHandler {
             Err(Failure::Malformed(
                 "readable descriptor after a writable one",
             ))
+        } else if descriptors.iter().any(|d| d.len > SIZE_MAX) {
+            Err(Failure::Malformed("buffer longer than SIZE_MAX"))
         } else if !data_in.all_in_memory(mem) || !data_out.all_in_memory(mem) {
             Err(Failure::Malformed("data buffers outside guest memory"))
         } else {

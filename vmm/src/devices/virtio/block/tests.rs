@@ -246,6 +246,42 @@ fn requests_beyond_capacity_fail() {
     assert_still_serving(&mut driver);
 }
 
+/// One descriptor longer than the SIZE_MAX the device advertises is
+/// refused before any I/O, so no single request can hold the disk for
+/// longer than SEG_MAX full segments take; the same bytes split to fit
+/// are served.
+#[test]
+fn buffers_longer_than_size_max_are_refused() {
+    let big = SIZE_MAX as usize + 4096;
+    let path = image("size-max", &vec![7u8; big]);
+    let mut driver = driver_for(&path, false);
+    let whole = request(
+        &mut driver,
+        VIRTIO_BLK_T_IN,
+        0,
+        Data::FromDevice(big as u32),
+    );
+    assert_eq!(whole.status, IOERR);
+    assert_eq!(whole.used_len, 1, "no data counted as written");
+    assert!(whole.data.iter().all(|&b| b == 0), "nothing was read");
+    let write = request(
+        &mut driver,
+        VIRTIO_BLK_T_OUT,
+        0,
+        Data::ToDevice(&vec![9u8; big]),
+    );
+    assert_eq!(write.status, IOERR);
+    assert_eq!(std::fs::read(&path).unwrap(), vec![7u8; big]);
+
+    let header = header(&mut driver, VIRTIO_BLK_T_IN, 0);
+    let first = (driver.alloc(u64::from(SIZE_MAX)), SIZE_MAX, true);
+    let rest = (driver.alloc(4096), 4096, true);
+    let status = status_byte(&mut driver);
+    let (_, used_len) = submit(&mut driver, &[header, first, rest, status]);
+    assert_eq!(driver.read_guest(status.0, 1)[0], OK);
+    assert_eq!(used_len as usize, big + 1);
+}
+
 #[test]
 fn unknown_request_type_is_unsupported() {
     let path = image("unsupp", &patterned_disk());
@@ -555,6 +591,7 @@ fn device_config_reports_capacity_and_geometry() {
     let driver = driver_for(&path, false);
     let config = driver.layout.device;
     assert_eq!(driver.read_bar(config, 8), DISK_SECTORS);
+    assert_eq!(driver.read_bar(config + 8, 4), u64::from(SIZE_MAX));
     assert_eq!(driver.read_bar(config + 12, 4), u64::from(SEG_MAX));
     assert_eq!(driver.read_bar(config + 20, 4), 512);
     assert_eq!(driver.read_bar(config + 0x100, 4), 0);
