@@ -580,6 +580,8 @@ fn unlock_luks1(
     file: &File,
     passphrase: &[u8],
 ) -> Result<UnlockedVolume, StorageError> {
+    // libcryptsetup reads the header too; this is only for its costs.
+    header::read_luks1(file).map_err(header_error(path))?;
     const OPERATION: &str = "read the LUKS1 header";
     let request = Request::Luks1Info {
         path: path.to_path_buf(),
