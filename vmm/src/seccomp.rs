@@ -152,9 +152,11 @@ const API: &[i64] = &[
 ///   its header, lock the key in memory (mlock), append the decision to
 ///   the audit log (fdatasync).
 /// - Unlocking or formatting LUKS: requests to the LUKS helper process
-///   started before this filter, on its pipes (write, read). libcryptsetup
+///   started before this filter, on its pipes (write, read), waiting for
+///   its answer until the request's deadline (poll). libcryptsetup
 ///   itself, with its Argon2 threads and kernel crypto sockets, runs
-///   there and needs nothing here.
+///   there and needs nothing here. A helper that misses the deadline is
+///   killed (kill, SIGKILL only) and reaped (wait4).
 /// - A new device: eventfds and the I/O thread's epoll set (eventfd2,
 ///   epoll_create1, epoll_ctl), starting that thread (clone3 and what a
 ///   new thread runs before its closure: set_robust_list, rseq, prctl for
@@ -183,6 +185,10 @@ const MEDIA_HOTPLUG: &[i64] = &[
     libc::SYS_eventfd2,
     libc::SYS_epoll_create1,
     libc::SYS_seccomp,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_kill,
+    libc::SYS_wait4,
 ];
 
 fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<u64>) {
@@ -262,6 +268,21 @@ pub fn filter_for(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
             libc::SYS_socket,
             vec![SeccompRule::new(vec![kernel_crypto_only])
                 .map_err(|e| build_error(e.to_string()))?],
+        );
+    }
+    // A thread that may kill (the media hot-plug thread, its LUKS helper)
+    // sends SIGKILL and no other signal.
+    if extra.contains(&libc::SYS_kill) {
+        let sigkill_only = SeccompCondition::new(
+            1,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            libc::SIGKILL as u64,
+        )
+        .map_err(|e| build_error(e.to_string()))?;
+        rules.insert(
+            libc::SYS_kill,
+            vec![SeccompRule::new(vec![sigkill_only]).map_err(|e| build_error(e.to_string()))?],
         );
     }
     if !ioctls.is_empty() {
