@@ -457,6 +457,58 @@ mod tests {
         assert_eq!(libc::WEXITSTATUS(status), EXIT_SECCOMP_VIOLATION);
     }
 
+    /// Runs `body` in a forked child under `kind`'s filter; its exit status.
+    fn status_under(kind: ThreadKind, body: fn()) -> i32 {
+        let program = filter_for(kind).unwrap();
+        // SAFETY: the child only makes raw syscalls before _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            install_sigsys_handler().ok();
+            if seccompiler::apply_filter(&program).is_err() {
+                // SAFETY: _exit is always safe.
+                unsafe { libc::_exit(100) };
+            }
+            body();
+            // SAFETY: _exit is always safe.
+            unsafe { libc::_exit(0) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status), "status {status:#x}");
+        libc::WEXITSTATUS(status)
+    }
+
+    /// What the media hot-plug thread does to a LUKS helper past its
+    /// deadline: wait in poll, kill it with SIGKILL, reap it.
+    #[test]
+    fn the_media_hotplug_thread_may_wait_for_kill_and_reap_a_helper() {
+        let status = status_under(ThreadKind::MediaHotplug, || {
+            // SAFETY: raw syscalls on a child of our own, which only sleeps.
+            unsafe {
+                let helper = libc::fork();
+                if helper == 0 {
+                    libc::sleep(600);
+                    libc::_exit(0);
+                }
+                libc::poll(std::ptr::null_mut(), 0, 1);
+                libc::kill(helper, libc::SIGKILL);
+                let mut status = 0;
+                if libc::waitpid(helper, &mut status, 0) != helper {
+                    libc::_exit(101);
+                }
+            }
+        });
+        assert_eq!(status, 0);
+        // Any other signal is refused.
+        let status = status_under(ThreadKind::MediaHotplug, || {
+            // SAFETY: a plain syscall that the filter must trap.
+            unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+        });
+        assert_eq!(status, EXIT_SECCOMP_VIOLATION);
+    }
+
     /// The same child without a blocked call exits normally, so the test
     /// above is not passing for an unrelated reason.
     #[test]
