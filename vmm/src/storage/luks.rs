@@ -639,12 +639,7 @@ fn unlock_luks1(
 
 /// How long an unlock may take in all.
 fn unlock_deadline() -> Duration {
-    luks_helper::deadline_for(&Request::VolumeKey {
-        path: Default::default(),
-        version: LuksVersion::Luks2,
-        slot: None,
-        key_size: 0,
-    })
+    luks_helper::kdf_deadline()
 }
 
 /// The volume key through `slot` (any when unset) and the slot that

@@ -155,19 +155,28 @@ pub struct Envelope {
     pub request: Request,
 }
 
-/// How long `request` may take: [`KDF_DEADLINE`] for requests that
+/// How long `request` may take: [`kdf_deadline`] for requests that
 /// derive keys, [`METADATA_DEADLINE`] for the others.
 pub fn deadline_for(request: &Request) -> Duration {
-    #[cfg(test)]
-    if let Some(deadline) = tests::INJECTED_DEADLINE.get() {
-        return deadline;
-    }
     match request {
         Request::Format { .. } | Request::VolumeKey { .. } | Request::AddKeyslot { .. } => {
-            KDF_DEADLINE
+            kdf_deadline()
         }
-        _ => METADATA_DEADLINE,
+        _ => injected().unwrap_or(METADATA_DEADLINE),
     }
+}
+
+/// How long a request that derives keys may take: [`KDF_DEADLINE`].
+pub fn kdf_deadline() -> Duration {
+    injected().unwrap_or(KDF_DEADLINE)
+}
+
+/// The deadline a test set for its thread, if any.
+fn injected() -> Option<Duration> {
+    #[cfg(test)]
+    return tests::INJECTED_DEADLINE.get();
+    #[cfg(not(test))]
+    None
 }
 
 /// A duration as messages show it: seconds, or milliseconds below one.
