@@ -238,9 +238,11 @@ const THREAD_START_PRCTLS: &[u64] = &[libc::PR_SET_NAME as u64, libc::PR_SET_NO_
 ///   its header, lock the key in memory (mlock), append the decision to
 ///   the audit log (fdatasync).
 /// - Unlocking or formatting LUKS: requests to the LUKS helper process
-///   started before this filter, on its pipes (write, read). libcryptsetup
+///   started before this filter, on its pipes (write, read), waiting for
+///   its answer until the request's deadline (poll). libcryptsetup
 ///   itself, with its Argon2 threads and kernel crypto sockets, runs
-///   there and needs nothing here.
+///   there and needs nothing here. A helper that misses the deadline is
+///   killed (kill, SIGKILL only) and reaped (wait4).
 /// - A new device: eventfds and the I/O thread's epoll set (eventfd2,
 ///   epoll_create1, epoll_ctl), starting that thread (clone3 and what a
 ///   new thread runs before its closure: set_robust_list, rseq, prctl for
@@ -269,6 +271,10 @@ const MEDIA_HOTPLUG: &[i64] = &[
     libc::SYS_eventfd2,
     libc::SYS_epoll_create1,
     libc::SYS_seccomp,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_kill,
+    libc::SYS_wait4,
 ];
 
 /// Memory syscalls whose protection argument (the third) must not ask for
@@ -445,6 +451,21 @@ pub fn filter_for(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
             })
             .collect::<Result<Vec<_>, _>>()?;
         rules.insert(syscall, value_rules);
+    }
+    // A thread that may kill (the media hot-plug thread, its LUKS helper)
+    // sends SIGKILL and no other signal.
+    if extra.contains(&libc::SYS_kill) {
+        let sigkill_only = SeccompCondition::new(
+            1,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            libc::SIGKILL as u64,
+        )
+        .map_err(|e| build_error(e.to_string()))?;
+        rules.insert(
+            libc::SYS_kill,
+            vec![SeccompRule::new(vec![sigkill_only]).map_err(|e| build_error(e.to_string()))?],
+        );
     }
     if !ioctls.is_empty() {
         let ioctl_rules = ioctls
@@ -766,6 +787,58 @@ mod tests {
         assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
         assert!(libc::WIFEXITED(status), "status {status:#x}");
         assert_eq!(libc::WEXITSTATUS(status), EXIT_SECCOMP_VIOLATION);
+    }
+
+    /// Runs `body` in a forked child under `kind`'s filter; its exit status.
+    fn status_under(kind: ThreadKind, body: fn()) -> i32 {
+        let program = filter_for(kind).unwrap();
+        // SAFETY: the child only makes raw syscalls before _exit.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            install_sigsys_handler().ok();
+            if seccompiler::apply_filter(&program).is_err() {
+                // SAFETY: _exit is always safe.
+                unsafe { libc::_exit(100) };
+            }
+            body();
+            // SAFETY: _exit is always safe.
+            unsafe { libc::_exit(0) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child forked above.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status), "status {status:#x}");
+        libc::WEXITSTATUS(status)
+    }
+
+    /// What the media hot-plug thread does to a LUKS helper past its
+    /// deadline: wait in poll, kill it with SIGKILL, reap it.
+    #[test]
+    fn the_media_hotplug_thread_may_wait_for_kill_and_reap_a_helper() {
+        let status = status_under(ThreadKind::MediaHotplug, || {
+            // SAFETY: raw syscalls on a child of our own, which only sleeps.
+            unsafe {
+                let helper = libc::fork();
+                if helper == 0 {
+                    libc::sleep(600);
+                    libc::_exit(0);
+                }
+                libc::poll(std::ptr::null_mut(), 0, 1);
+                libc::kill(helper, libc::SIGKILL);
+                let mut status = 0;
+                if libc::waitpid(helper, &mut status, 0) != helper {
+                    libc::_exit(101);
+                }
+            }
+        });
+        assert_eq!(status, 0);
+        // Any other signal is refused.
+        let status = status_under(ThreadKind::MediaHotplug, || {
+            // SAFETY: a plain syscall that the filter must trap.
+            unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+        });
+        assert_eq!(status, EXIT_SECCOMP_VIOLATION);
     }
 
     /// The same child without a blocked call exits normally, so the test

@@ -4,14 +4,22 @@
 //! each out with libcryptsetup and writes the reply on stdout. It makes
 //! no decisions: securevm has already checked each header and decides
 //! what to ask. Not meant to be run by hand.
+//!
+//! Each request runs in a worker process forked for it, which is killed
+//! when the request's deadline passes: a header can make key derivation
+//! take hours, and a helper kept for a whole session (which securevm
+//! cannot replace once its threads are filtered) must survive that. This
+//! process stays single-threaded and never loads a header itself, so
+//! forking it is safe and every worker starts clean.
 
 use std::ffi::CStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::raw::{c_char, c_int, c_void};
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use libcryptsetup_rs::consts::flags::{CryptPbkdf, CryptVolumeKey};
 use libcryptsetup_rs::consts::vals::{CryptKdf, EncryptionFormat, KeyslotInfo};
@@ -20,7 +28,8 @@ use libcryptsetup_rs::{
     Either, LibcryptErr, TokenInput,
 };
 use securevm::storage::luks_helper::{
-    read_message, read_secret, write_message, LuksVersion, Pbkdf, PbkdfKind, Reply, Request,
+    read_message, read_secret, set_nonblocking, write_message, DeadlineIo, Envelope, LuksVersion,
+    Pbkdf, PbkdfKind, Reply, Request,
 };
 use securevm::storage::secret::SecretBuf;
 
@@ -52,18 +61,115 @@ fn serve() -> io::Result<()> {
     // their buffers would keep copies of passphrases and keys.
     let mut input = File::from(io::stdin().as_fd().try_clone_to_owned()?);
     let mut output = File::from(io::stdout().as_fd().try_clone_to_owned()?);
-    while let Some(request) = read_message::<_, Request>(&mut input)? {
-        let secrets = (0..request.secret_count())
+    while let Some(envelope) = read_message::<_, Envelope>(&mut input)? {
+        let secrets = (0..envelope.request.secret_count())
             .map(|_| read_secret(&mut input))
             .collect::<io::Result<Vec<SecretBuf>>>()?;
-        let (reply, key) = match carry_out(&request, &secrets) {
-            Ok(answer) => answer,
-            Err(error) => (failed(error), None),
-        };
+        let deadline = Duration::from_millis(envelope.deadline_ms);
+        let (reply, key) = in_worker(&envelope.request, &secrets, deadline)?;
         let frames: Vec<&[u8]> = key.iter().map(SecretBuf::as_bytes).collect();
         write_message(&mut output, &reply, &frames)?;
     }
     Ok(())
+}
+
+/// Carry out `request` in a forked worker and relay its reply; kill and
+/// reap the worker if it has not replied within `deadline`.
+fn in_worker(
+    request: &Request,
+    secrets: &[SecretBuf],
+    deadline: Duration,
+) -> io::Result<(Reply, Option<SecretBuf>)> {
+    let until = Instant::now() + deadline;
+    let mut ends = [0; 2];
+    // SAFETY: pipe2 fills the two descriptors of `ends`.
+    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 just created both descriptors; nothing else owns them.
+    let (replies, reply_end) =
+        unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: this process has one thread (libcryptsetup only ever runs in
+    // workers), so the child may do anything the parent could.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // A worker must not outlive a helper that securevm killed.
+        // SAFETY: PR_SET_PDEATHSIG only sets this process's own signal.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+        // SAFETY: getppid has no preconditions.
+        if unsafe { libc::getppid() } != parent {
+            // SAFETY: as below; the helper is already gone.
+            unsafe { libc::_exit(1) };
+        }
+        drop(replies);
+        let (reply, key) = match carry_out(request, secrets) {
+            Ok(answer) => answer,
+            Err(error) => (failed(error), None),
+        };
+        let frames: Vec<&[u8]> = key.iter().map(SecretBuf::as_bytes).collect();
+        let status = match write_message(&mut File::from(reply_end), &reply, &frames) {
+            Ok(()) => 0,
+            Err(_) => 1,
+        };
+        drop(key);
+        // SAFETY: ends the worker without running the parent's exit
+        // handlers or unwinding into the parent's request loop.
+        unsafe { libc::_exit(status) };
+    }
+    drop(reply_end);
+    set_nonblocking(replies.as_fd())?;
+    let mut input = DeadlineIo {
+        end: replies.as_fd(),
+        until,
+    };
+    let answer = read_message::<_, Reply>(&mut input).and_then(|reply| match reply {
+        Some(reply @ Reply::Unlocked { .. }) => Ok((reply, Some(read_secret(&mut input)?))),
+        Some(reply) => Ok((reply, None)),
+        None => Err(io::ErrorKind::UnexpectedEof.into()),
+    });
+    if answer.is_err() {
+        // SAFETY: signals the worker forked above, not yet reaped.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let status = reap(pid)?;
+    match answer {
+        Ok(answer) => Ok(answer),
+        Err(error) if error.kind() == io::ErrorKind::TimedOut => Ok((
+            Reply::TimedOut {
+                deadline_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+            },
+            None,
+        )),
+        Err(error) => Ok((
+            Reply::Failed {
+                errno: None,
+                message: format!(
+                    "the worker ended without an answer ({error}, wait status {status})"
+                ),
+            },
+            None,
+        )),
+    }
+}
+
+/// Wait for the worker `pid` to end; its wait status.
+fn reap(pid: libc::pid_t) -> io::Result<libc::c_int> {
+    let mut status = 0;
+    loop {
+        // SAFETY: waits for our own child, writing its status to `status`.
+        if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
+            return Ok(status);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
 }
 
 fn carry_out(

@@ -15,6 +15,7 @@ use crate::devices::virtio::block::BlockBackend;
 
 use super::backend::EncryptedBackend;
 use super::error::StorageError;
+use super::header;
 use super::info::volume_info;
 use super::luks::{self, FormatOptions, KdfSettings};
 use super::passphrase::{read_passphrase, PassphraseSource};
@@ -129,6 +130,18 @@ impl KdfArgs {
                 "--kdf-time must be at least 4 passes (libcryptsetup's minimum for Argon2id)"
                     .into(),
             ));
+        }
+        // securevm refuses to open keyslots costlier than this.
+        let work = u64::from(time_cost) * memory_kib;
+        if u64::from(time_cost) > header::MAX_ARGON2_TIME_COST
+            || work > header::MAX_ARGON2_WORK_KIB_PASSES
+        {
+            return Err(StorageError::InvalidOption(format!(
+                "--kdf-time must be at most {} passes, and passes times --kdf-memory at most \
+                 {} GiB: securevm refuses to open costlier keyslots",
+                header::MAX_ARGON2_TIME_COST,
+                header::MAX_ARGON2_WORK_KIB_PASSES >> 20
+            )));
         }
         if !(1..=16).contains(&self.kdf_parallel) {
             return Err(StorageError::InvalidOption(
@@ -429,5 +442,24 @@ mod tests {
             run_disk_command(cmd),
             Err(StorageError::InvalidOption(_))
         ));
+        // Costs securevm itself would refuse to open.
+        for (memory, time) in [("1M", "5000"), ("1G", "65")] {
+            let cmd = parse(&[
+                "create",
+                "--size",
+                "1M",
+                "--kdf-memory",
+                memory,
+                "--kdf-time",
+                time,
+                &out_arg,
+            ])
+            .unwrap();
+            assert!(
+                matches!(run_disk_command(cmd), Err(StorageError::InvalidOption(ref why)) if why.contains("at most")),
+                "--kdf-memory {memory} --kdf-time {time}"
+            );
+            assert!(!out.exists());
+        }
     }
 }

@@ -56,6 +56,13 @@ pub enum StorageError {
         #[source]
         source: io::Error,
     },
+    #[error("{}: libcryptsetup did not {operation} within {limit}; the medium was refused (its key derivation costs more time than securevm allows, or the medium stalls)", path.display())]
+    TimedOut {
+        path: PathBuf,
+        operation: &'static str,
+        /// The deadline, as "180 s".
+        limit: String,
+    },
     #[error("{}: {source}", path.display())]
     LuksHelper {
         path: PathBuf,

@@ -185,6 +185,25 @@ mod tests {
     }
 
     #[test]
+    fn a_medium_whose_unlock_misses_the_deadline_is_refused_and_the_next_attaches() {
+        use crate::storage::luks_helper::tests::{slow_volume, INJECTED_DEADLINE};
+        let path = slow_volume("usb-slow.img");
+        INJECTED_DEADLINE.set(Some(std::time::Duration::from_millis(5)));
+        let result = attach(ExternalMediaPolicy::Encrypt, &path, Some(PASSPHRASE), false);
+        INJECTED_DEADLINE.set(None);
+        let err = result.unwrap_err();
+        assert!(matches!(err, StorageError::TimedOut { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("did not open a keyslot within 5 ms; the medium was refused"),
+            "{err}"
+        );
+        let attached =
+            attach(ExternalMediaPolicy::Encrypt, &path, Some(PASSPHRASE), false).unwrap();
+        assert!(matches!(attached, ExternalAttach::Encrypted { .. }));
+    }
+
+    #[test]
     fn encrypt_policy_opens_luks_media_with_the_key() {
         let path = new_volume("usb-luks.img", 2 * MIB, 4096);
         let attached =

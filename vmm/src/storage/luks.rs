@@ -12,10 +12,11 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use super::error::StorageError;
 use super::header::{self, HeaderCopy, Keyslot, Luks2Metadata};
-use super::luks_helper::{self, LuksVersion, Pbkdf, PbkdfKind, Reply, Request};
+use super::luks_helper::{self, LuksVersion, Pbkdf, PbkdfKind, Reply, Request, Shown};
 use super::secret::SecretBuf;
 
 /// Where the data segment starts on volumes we create, as cryptsetup does.
@@ -260,6 +261,9 @@ fn unlock_with(
     let layout = layout_of(path, &file, &metadata)?;
     let (candidates, refusal) = usable_keyslots(path, &metadata.keyslots);
     let wanted = |slot: &&&Keyslot| only.is_none_or(|only| only.contains(&slot.id));
+    // One deadline for all the keyslots tried, not one each: a header
+    // with many costly keyslots is refused as soon as one is.
+    let until = Instant::now() + unlock_deadline();
     for slot in candidates.iter().filter(wanted) {
         let opened = volume_key(
             path,
@@ -267,6 +271,7 @@ fn unlock_with(
             Some(slot.id),
             slot.key_size as usize,
             passphrase,
+            until,
         )?;
         if let Some((key, _)) = opened {
             return Ok(UnlockedVolume {
@@ -580,6 +585,8 @@ fn unlock_luks1(
     file: &File,
     passphrase: &[u8],
 ) -> Result<UnlockedVolume, StorageError> {
+    // libcryptsetup reads the header too; this is only for its costs.
+    header::read_luks1(file).map_err(header_error(path))?;
     const OPERATION: &str = "read the LUKS1 header";
     let request = Request::Luks1Info {
         path: path.to_path_buf(),
@@ -609,7 +616,9 @@ fn unlock_luks1(
             file_len,
         });
     }
-    let Some((key, slot)) = volume_key(path, LuksVersion::Luks1, None, key_size, passphrase)?
+    let until = Instant::now() + unlock_deadline();
+    let Some((key, slot)) =
+        volume_key(path, LuksVersion::Luks1, None, key_size, passphrase, until)?
     else {
         return Err(StorageError::WrongPassphrase {
             path: path.to_path_buf(),
@@ -628,14 +637,21 @@ fn unlock_luks1(
     })
 }
 
+/// How long an unlock may take in all.
+fn unlock_deadline() -> Duration {
+    luks_helper::kdf_deadline()
+}
+
 /// The volume key through `slot` (any when unset) and the slot that
-/// opened, or `None` when `passphrase` opens no slot tried.
+/// opened, or `None` when `passphrase` opens no slot tried. Fails when
+/// `until` passes first.
 fn volume_key(
     path: &Path,
     version: LuksVersion,
     slot: Option<u32>,
     key_size: usize,
     passphrase: &[u8],
+    until: Instant,
 ) -> Result<Option<(SecretBuf, u32)>, StorageError> {
     const OPERATION: &str = "open a keyslot";
     let request = Request::VolumeKey {
@@ -644,28 +660,66 @@ fn volume_key(
         slot,
         key_size,
     };
-    match call(path, OPERATION, &request, &[passphrase])? {
+    // Out of time is reported against the whole unlock's deadline.
+    let timed_out = || StorageError::TimedOut {
+        path: path.to_path_buf(),
+        operation: OPERATION,
+        limit: Shown(unlock_deadline()).to_string(),
+    };
+    let left = until.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(timed_out());
+    }
+    let answer = match call_within(path, OPERATION, &request, &[passphrase], left) {
+        Err(StorageError::TimedOut { .. }) => return Err(timed_out()),
+        other => other?,
+    };
+    match answer {
         (Reply::Unlocked { slot }, Some(key)) => Ok(Some((key, slot))),
         (Reply::WrongKey, _) => Ok(None),
         (other, _) => Err(unexpected(path, OPERATION, other)),
     }
 }
 
-/// One helper call; a `Failed` reply becomes [`StorageError::Cryptsetup`]
-/// for `operation`.
+/// One helper call within the request's deadline; a `Failed` reply
+/// becomes [`StorageError::Cryptsetup`] for `operation`.
 fn call(
     path: &Path,
     operation: &'static str,
     request: &Request,
     secrets: &[&[u8]],
 ) -> Result<(Reply, Option<SecretBuf>), StorageError> {
-    match luks_helper::call(request, secrets) {
+    let deadline = luks_helper::deadline_for(request);
+    call_within(path, operation, request, secrets, deadline)
+}
+
+/// [`call`] within `deadline`; running out of time is
+/// [`StorageError::TimedOut`].
+fn call_within(
+    path: &Path,
+    operation: &'static str,
+    request: &Request,
+    secrets: &[&[u8]],
+    deadline: Duration,
+) -> Result<(Reply, Option<SecretBuf>), StorageError> {
+    let timed_out = |limit: Duration| StorageError::TimedOut {
+        path: path.to_path_buf(),
+        operation,
+        limit: Shown(limit).to_string(),
+    };
+    match luks_helper::call(request, secrets, deadline) {
         Ok((Reply::Failed { errno, message }, _)) => Err(StorageError::Cryptsetup {
             path: path.to_path_buf(),
             operation,
             source: Reply::failure(errno, &message),
         }),
+        Ok((Reply::TimedOut { deadline_ms }, _)) => {
+            Err(timed_out(Duration::from_millis(deadline_ms)))
+        }
         Ok(answer) => Ok(answer),
+        Err(source) if source.kind() == io::ErrorKind::TimedOut => {
+            Err(timed_out(deadline + luks_helper::HELPER_GRACE))
+        }
         Err(source) => Err(StorageError::LuksHelper {
             path: path.to_path_buf(),
             source,

@@ -18,12 +18,24 @@
 //! media hot-plug thread, which runs under a seccomp filter that cannot
 //! start processes, calls [`keep_running`] before its filter is installed;
 //! from then on every call of the process goes to that one helper.
+//!
+//! Every request has a deadline ([`deadline_for`]): a hostile header can
+//! ask for key derivation costs that take hours. The helper carries out
+//! each request in a worker process it forks, and kills (SIGKILL) and
+//! reaps the worker at the deadline, answering [`Reply::TimedOut`]; so
+//! the kept helper stays usable and the next request gets a fresh
+//! worker. Should the helper itself not answer by the deadline plus
+//! [`HELPER_GRACE`], securevm kills and reaps it; a kept helper is then
+//! gone for the rest of the session, as no new one can be started.
 
+use std::fmt;
 use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -39,6 +51,18 @@ pub const HELPER_ENV: &str = "SECUREVM_LUKS_HELPER";
 const MAX_LINE: usize = 8 << 20;
 /// Longest secret frame: passphrases and volume keys are far shorter.
 const MAX_SECRET: usize = 64 << 10;
+/// Deadline of a request that derives keys (format, unlock, add a
+/// keyslot): the header check bounds each derivation to about a minute
+/// on a laptop, and a LUKS1 unlock may try all eight keyslots; beyond
+/// this the medium is refused rather than the caller kept waiting.
+pub const KDF_DEADLINE: Duration = Duration::from_secs(180);
+/// Deadline of a request that only reads or writes header metadata
+/// (keyslot wipes included): seconds even on a slow stick.
+pub const METADATA_DEADLINE: Duration = Duration::from_secs(60);
+/// How much longer than a request's deadline securevm waits for the
+/// helper's own answer (it kills its worker at the deadline) before it
+/// kills the helper.
+pub const HELPER_GRACE: Duration = Duration::from_secs(10);
 
 /// Which LUKS version a request opens the image as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,6 +148,50 @@ pub enum Request {
     RemoveToken { path: PathBuf, token: u32 },
 }
 
+/// What goes on the wire: a request and how long the helper may take.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub deadline_ms: u64,
+    pub request: Request,
+}
+
+/// How long `request` may take: [`kdf_deadline`] for requests that
+/// derive keys, [`METADATA_DEADLINE`] for the others.
+pub fn deadline_for(request: &Request) -> Duration {
+    match request {
+        Request::Format { .. } | Request::VolumeKey { .. } | Request::AddKeyslot { .. } => {
+            kdf_deadline()
+        }
+        _ => injected().unwrap_or(METADATA_DEADLINE),
+    }
+}
+
+/// How long a request that derives keys may take: [`KDF_DEADLINE`].
+pub fn kdf_deadline() -> Duration {
+    injected().unwrap_or(KDF_DEADLINE)
+}
+
+/// The deadline a test set for its thread, if any.
+fn injected() -> Option<Duration> {
+    #[cfg(test)]
+    return tests::INJECTED_DEADLINE.get();
+    #[cfg(not(test))]
+    None
+}
+
+/// A duration as messages show it: seconds, or milliseconds below one.
+pub struct Shown(pub Duration);
+
+impl fmt::Display for Shown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 >= Duration::from_secs(1) {
+            write!(f, "{} s", self.0.as_secs())
+        } else {
+            write!(f, "{} ms", self.0.as_millis())
+        }
+    }
+}
+
 impl Request {
     /// How many secret frames follow this request.
     pub fn secret_count(&self) -> usize {
@@ -156,6 +224,10 @@ pub enum Reply {
     Failed {
         errno: Option<i32>,
         message: String,
+    },
+    /// The request's deadline passed; its worker was killed.
+    TimedOut {
+        deadline_ms: u64,
     },
 }
 
@@ -234,18 +306,124 @@ pub fn read_secret<R: Read>(input: &mut R) -> io::Result<SecretBuf> {
     Ok(secret)
 }
 
+/// A pipe end read or written until a deadline. It must be non-blocking
+/// ([`set_nonblocking`]): a read or write that would block waits in
+/// poll(2) for the time left, and then fails with `TimedOut`.
+pub struct DeadlineIo<'a> {
+    pub end: BorrowedFd<'a>,
+    pub until: Instant,
+}
+
+impl DeadlineIo<'_> {
+    fn wait(&self, events: libc::c_short) -> io::Result<()> {
+        loop {
+            let left = self.until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            let mut fd = libc::pollfd {
+                fd: self.end.as_raw_fd(),
+                events,
+                revents: 0,
+            };
+            // Rounded up, so that a wait never ends early and spins.
+            let timeout = left.as_millis().saturating_add(1).min(i32::MAX as u128) as i32;
+            // SAFETY: polls one valid descriptor through a pollfd that
+            // lives across the call.
+            match unsafe { libc::poll(&mut fd, 1, timeout) } {
+                -1 => {
+                    let error = io::Error::last_os_error();
+                    if error.kind() != io::ErrorKind::Interrupted {
+                        return Err(error);
+                    }
+                }
+                0 => {}
+                // Ready or hung up: the next read or write says which.
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Retry `attempt` (one read or write syscall) until it does not
+    /// report EAGAIN, waiting for `events` in between.
+    fn retry(
+        &self,
+        events: libc::c_short,
+        mut attempt: impl FnMut() -> isize,
+    ) -> io::Result<usize> {
+        loop {
+            let done = attempt();
+            if done >= 0 {
+                return Ok(done as usize);
+            }
+            let error = io::Error::last_os_error();
+            match error.kind() {
+                io::ErrorKind::WouldBlock => self.wait(events)?,
+                io::ErrorKind::Interrupted => {}
+                _ => return Err(error),
+            }
+        }
+    }
+}
+
+impl Read for DeadlineIo<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let fd = self.end.as_raw_fd();
+        // SAFETY: reads into `buf`, which is valid for its length.
+        self.retry(libc::POLLIN, || unsafe {
+            libc::read(fd, buf.as_mut_ptr().cast(), buf.len())
+        })
+    }
+}
+
+impl Write for DeadlineIo<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let fd = self.end.as_raw_fd();
+        // SAFETY: writes from `buf`, which is valid for its length.
+        self.retry(libc::POLLOUT, || unsafe {
+            libc::write(fd, buf.as_ptr().cast(), buf.len())
+        })
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Make reads and writes on `fd` fail with EAGAIN rather than block.
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: F_GETFL only reads this descriptor's flags.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: F_SETFL only changes this descriptor's flags.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A running helper.
 pub struct LuksHelper {
     child: Child,
     requests: Option<ChildStdin>,
     replies: ChildStdout,
+    /// Killed after a deadline or a broken exchange: never asked again.
+    stopped: bool,
+    /// [`HELPER_GRACE`], shorter in tests.
+    grace: Duration,
 }
 
 impl LuksHelper {
     /// Start the helper found by [`helper_path`].
     pub fn spawn() -> io::Result<Self> {
-        let path = helper_path()?;
-        let mut command = Command::new(&path);
+        Self::spawn_program(&helper_path()?)
+    }
+
+    /// Start `path` as the helper.
+    pub fn spawn_program(path: &Path) -> io::Result<Self> {
+        let mut command = Command::new(path);
         command.stdin(Stdio::piped()).stdout(Stdio::piped());
         // SAFETY: the closure only makes one raw syscall, which is safe
         // between fork and exec.
@@ -258,21 +436,38 @@ impl LuksHelper {
                 format!("cannot start the LUKS helper {}: {e}", path.display()),
             )
         })?;
-        let requests = child.stdin.take();
-        let replies = child.stdout.take().expect("stdout was piped");
-        Ok(Self {
+        let mut helper = Self {
+            requests: child.stdin.take(),
+            replies: child.stdout.take().expect("stdout was piped"),
             child,
-            requests,
-            replies,
-        })
+            stopped: false,
+            grace: HELPER_GRACE,
+        };
+        if let Err(e) = helper.pipes_nonblocking() {
+            helper.stop();
+            return Err(e);
+        }
+        Ok(helper)
     }
 
-    /// Send `request` with its secrets; return the reply and, for
-    /// `Unlocked`, the volume key.
+    fn pipes_nonblocking(&self) -> io::Result<()> {
+        set_nonblocking(self.replies.as_fd())?;
+        match &self.requests {
+            Some(requests) => set_nonblocking(requests.as_fd()),
+            None => Ok(()),
+        }
+    }
+
+    /// Send `request` with its secrets and `deadline` for the work; return
+    /// the reply (`TimedOut` when the helper's worker ran out of time)
+    /// and, for `Unlocked`, the volume key. When the helper itself does
+    /// not answer within `deadline` plus [`HELPER_GRACE`], or the
+    /// exchange breaks, the helper is killed and reaped and the call fails.
     pub fn call(
         &mut self,
         request: &Request,
         secrets: &[&[u8]],
+        deadline: Duration,
     ) -> io::Result<(Reply, Option<SecretBuf>)> {
         if secrets.len() != request.secret_count() {
             return Err(io::Error::other(format!(
@@ -281,18 +476,74 @@ impl LuksHelper {
                 secrets.len()
             )));
         }
+        if self.stopped {
+            return Err(io::Error::other(
+                "the LUKS helper was stopped after an earlier request",
+            ));
+        }
+        let result = self.exchange(request, secrets, deadline);
+        if result.is_err() {
+            self.stop();
+        }
+        result.map_err(|error| {
+            if error.kind() == io::ErrorKind::TimedOut {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the LUKS helper did not finish within {} and was killed; the medium was refused",
+                        Shown(deadline + self.grace)
+                    ),
+                )
+            } else {
+                helper_gone(error)
+            }
+        })
+    }
+
+    fn exchange(
+        &mut self,
+        request: &Request,
+        secrets: &[&[u8]],
+        deadline: Duration,
+    ) -> io::Result<(Reply, Option<SecretBuf>)> {
+        let until = Instant::now() + deadline + self.grace;
         let requests = self
             .requests
-            .as_mut()
+            .as_ref()
             .ok_or_else(|| io::Error::other("the LUKS helper's input is closed"))?;
-        write_message(requests, request, secrets).map_err(helper_gone)?;
-        let reply: Reply = read_message(&mut self.replies)?
-            .ok_or_else(|| helper_gone(io::ErrorKind::UnexpectedEof.into()))?;
+        let envelope = Envelope {
+            deadline_ms: u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+            request: request.clone(),
+        };
+        let mut output = DeadlineIo {
+            end: requests.as_fd(),
+            until,
+        };
+        write_message(&mut output, &envelope, secrets)?;
+        let mut input = DeadlineIo {
+            end: self.replies.as_fd(),
+            until,
+        };
+        let reply: Reply = read_message(&mut input)?
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
         let key = match reply {
-            Reply::Unlocked { .. } => Some(read_secret(&mut self.replies)?),
+            Reply::Unlocked { .. } => Some(read_secret(&mut input)?),
             _ => None,
         };
         Ok((reply, key))
+    }
+
+    /// Kill and reap the helper, so that no zombie is left.
+    fn stop(&mut self) {
+        self.stopped = true;
+        drop(self.requests.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the helper was stopped and must not be asked again.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
     }
 }
 
@@ -361,35 +612,162 @@ pub fn helper_path() -> io::Result<PathBuf> {
         })
 }
 
-/// The helper kept for the rest of the process, once [`keep_running`] ran.
-static KEPT: Mutex<Option<LuksHelper>> = Mutex::new(None);
+/// Which helper the calls of this process go to.
+enum Helpers {
+    /// A helper started for each call.
+    PerCall,
+    /// The one [`keep_running`] started.
+    Kept(LuksHelper),
+    /// The kept helper was stopped, and why: starting another is not
+    /// possible under the filters installed since.
+    KeptStopped(String),
+}
+
+static HELPERS: Mutex<Helpers> = Mutex::new(Helpers::PerCall);
 
 /// Start a helper that serves every later call of this process, so that
 /// threads whose seccomp filter forbids starting processes can still
 /// reach libcryptsetup. Call it before installing such a filter.
 pub fn keep_running() -> io::Result<()> {
-    let mut kept = KEPT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if kept.is_none() {
-        *kept = Some(LuksHelper::spawn()?);
+    let mut helpers = HELPERS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !matches!(*helpers, Helpers::Kept(_)) {
+        *helpers = Helpers::Kept(LuksHelper::spawn()?);
     }
     Ok(())
 }
 
-/// Run one request on the kept helper, or on a helper started for it.
-pub fn call(request: &Request, secrets: &[&[u8]]) -> io::Result<(Reply, Option<SecretBuf>)> {
-    let mut kept = KEPT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    match kept.as_mut() {
-        Some(helper) => helper.call(request, secrets),
-        None => {
-            drop(kept);
-            LuksHelper::spawn()?.call(request, secrets)
+/// Run one request, within `deadline`, on the kept helper or on a helper
+/// started for it.
+pub fn call(
+    request: &Request,
+    secrets: &[&[u8]],
+    deadline: Duration,
+) -> io::Result<(Reply, Option<SecretBuf>)> {
+    let mut helpers = HELPERS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    match &mut *helpers {
+        Helpers::PerCall => {
+            drop(helpers);
+            LuksHelper::spawn()?.call(request, secrets, deadline)
         }
+        Helpers::Kept(helper) => {
+            let result = helper.call(request, secrets, deadline);
+            if let (true, Err(error)) = (helper.is_stopped(), &result) {
+                *helpers = Helpers::KeptStopped(error.to_string());
+            }
+            result
+        }
+        Helpers::KeptStopped(why) => Err(io::Error::other(format!(
+            "the LUKS helper was stopped earlier ({why}); encrypted media are refused until \
+             securevm restarts"
+        ))),
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::storage::luks::{self, FormatOptions, KdfSettings};
+    use crate::storage::test_support::*;
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Replaces every deadline of [`deadline_for`] on this thread.
+        pub(crate) static INJECTED_DEADLINE: Cell<Option<Duration>> = const { Cell::new(None) };
+    }
+
+    /// A volume whose Argon2 (64 MiB, 4 passes) takes far longer than a
+    /// few milliseconds.
+    pub(crate) fn slow_volume(name: &str) -> ScratchPath {
+        let path = scratch_path(name);
+        let options = FormatOptions {
+            kdf: KdfSettings::Fixed {
+                memory_kib: 64 << 10,
+                time_cost: 4,
+                parallel: 1,
+            },
+            ..FormatOptions::default()
+        };
+        luks::format(&path, 1 << 20, &options, PASSPHRASE).unwrap();
+        path
+    }
+
+    fn children_of(pid: u32) -> String {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap()
+    }
+
+    #[test]
+    fn a_helper_that_misses_its_deadline_is_killed_and_reaped_and_a_fresh_one_works() {
+        let script = scratch_path("hung-helper.sh");
+        std::fs::write(&script, "#!/bin/sh\nexec sleep 600\n").unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        let mut hung = LuksHelper::spawn_program(&script).unwrap();
+        hung.grace = Duration::from_millis(50);
+        let pid = hung.child.id();
+        let request = Request::Tokens {
+            path: PathBuf::from("/nonexistent"),
+        };
+        let started = Instant::now();
+        let err = hung
+            .call(&request, &[], Duration::from_millis(100))
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("did not finish within 150 ms")
+                && text.contains("the medium was refused"),
+            "{text}"
+        );
+        assert!(hung.is_stopped());
+        // Reaped: not even a zombie is left.
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "helper {pid} still exists"
+        );
+        assert!(hung.call(&request, &[], Duration::from_secs(60)).is_err());
+
+        let volume = new_volume("after-hang.img", 1 << 20, 4096);
+        let mut fresh = LuksHelper::spawn().unwrap();
+        let request = Request::Tokens {
+            path: volume.to_path_buf(),
+        };
+        let (reply, _) = fresh.call(&request, &[], Duration::from_secs(60)).unwrap();
+        assert_eq!(reply, Reply::Tokens(Vec::new()));
+    }
+
+    #[test]
+    fn a_worker_past_its_deadline_is_killed_and_the_helper_serves_the_next_request() {
+        let volume = slow_volume("slow.img");
+        let mut helper = LuksHelper::spawn().expect("cargo test builds securevm-luks");
+        let pid = helper.child.id();
+        let request = Request::VolumeKey {
+            path: volume.to_path_buf(),
+            version: LuksVersion::Luks2,
+            slot: Some(0),
+            key_size: 64,
+        };
+        let started = Instant::now();
+        let (reply, key) = helper
+            .call(&request, &[PASSPHRASE], Duration::from_millis(5))
+            .unwrap();
+        assert_eq!(reply, Reply::TimedOut { deadline_ms: 5 });
+        assert!(key.is_none());
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(!helper.is_stopped());
+        // The worker is reaped before the answer: no child, no zombie.
+        assert_eq!(children_of(pid).trim(), "");
+
+        let (reply, key) = helper
+            .call(&request, &[PASSPHRASE], Duration::from_secs(120))
+            .unwrap();
+        assert_eq!(reply, Reply::Unlocked { slot: 0 });
+        assert_eq!(key.unwrap().len(), 64);
+    }
 
     fn round_trip(request: &Request, secrets: &[&[u8]]) -> (Request, Vec<Vec<u8>>) {
         let mut wire = Vec::new();
@@ -533,6 +911,8 @@ mod tests {
         let request = Request::Tokens {
             path: PathBuf::from("/nonexistent"),
         };
-        assert!(helper.call(&request, &[b"stray"]).is_err());
+        assert!(helper
+            .call(&request, &[b"stray"], Duration::from_secs(60))
+            .is_err());
     }
 }
