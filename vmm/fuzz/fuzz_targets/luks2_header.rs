@@ -52,17 +52,19 @@ const ALLOWED_HEADER_SIZES: [u64; 9] = [
 const BINARY_LEN: usize = BINARY_HEADER_LEN as usize;
 
 fn be_u64(image: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_be_bytes(image.get(at..at + 8)?.try_into().ok()?))
+    Some(u64::from_be_bytes(
+        image.get(at..at.checked_add(8)?)?.try_into().ok()?,
+    ))
 }
 
 /// SHA-256 of the copy at `offset` as LUKS2 defines it, if the image
 /// holds all of it.
 fn copy_checksum(image: &[u8], offset: usize) -> Option<[u8; 32]> {
-    let header_size = be_u64(image, offset + 8)?;
+    let header_size = be_u64(image, offset.checked_add(8)?)?;
     if !ALLOWED_HEADER_SIZES.contains(&header_size) {
         return None;
     }
-    let binary = image.get(offset..offset + BINARY_LEN)?;
+    let binary = image.get(offset..offset.checked_add(BINARY_LEN)?)?;
     let json = image.get(offset + BINARY_LEN..offset + header_size as usize)?;
     let mut hasher = Sha256::new();
     hasher.update(&binary[..CHECKSUM.start]);
