@@ -59,7 +59,7 @@ use vm::RecordingVm;
 const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 /// Source MAC offset in a frame behind its virtio header.
 const SOURCE_MAC: std::ops::Range<usize> = VNET_HDR_LEN + 6..VNET_HDR_LEN + 12;
-/// Readable for an epoll the target never runs.
+/// The worker's event token for "the backend has frames to read".
 const BACKEND_TOKEN: u32 = 0;
 
 /// What the filter let through, for the backend to check against.

@@ -48,7 +48,7 @@ const VIRTIO_VENDOR: u32 = 0x1af4;
 const VIRTIO_DEVICE_BASE: u32 = 0x1040;
 const BAR0: usize = 0x10;
 const COMMAND: usize = 0x04;
-/// Both BAR registers of a 64-bit memory BAR.
+/// Type bits (2:1) of a 64-bit memory BAR's lower register.
 const BAR_TYPE_MEMORY_64: u32 = 0x4;
 
 /// A disk that is all zeros and takes any write.
