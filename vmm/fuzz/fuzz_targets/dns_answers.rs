@@ -105,7 +105,6 @@ fuzz_target!(|data: &[u8]| {
         guest_mac: GUEST_MAC,
         guest_ipv4: vec![GUEST_V4],
         guest_ipv6: vec![GUEST_V6],
-        dhcp: false,
         conntrack_capacity: 4 * MAX_PROBES,
         policy: &policy,
     });

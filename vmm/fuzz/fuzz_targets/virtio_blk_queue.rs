@@ -7,8 +7,10 @@
 //!   access that is not block aligned;
 //! - a read-only disk is never written;
 //! - each chain's used length is at most its device-writable bytes;
-//! - whenever a chain ends properly and its status byte (the last
-//!   device-writable byte) is in RAM, the status is written, as 0, 1 or 2;
+//! - whenever a chain is well formed (the device's own bounded walker
+//!   collects it: at most SEG_MAX + 2 descriptors, sane indirect tables)
+//!   and its status byte (the last device-writable byte) is in RAM, the
+//!   status is written, as 0, 1 or 2;
 //! - every chain taken is returned exactly once, and no more chains are
 //!   used than the guest made available.
 //!
@@ -37,9 +39,12 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use libfuzzer_sys::fuzz_target;
-use securevm::devices::virtio::block::{BlockBackend, ExtentRange, RequestHandler, SECTOR_SIZE};
+use securevm::devices::virtio::block::{
+    BlockBackend, ExtentRange, RequestHandler, SECTOR_SIZE, SEG_MAX,
+};
+use securevm::devices::virtio::chain::{CollectedChain, DescriptorTable};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use input::Input;
 use memory::guest_memory;
@@ -169,24 +174,29 @@ struct ChainFacts {
     status_at: Option<GuestAddress>,
 }
 
-fn chain_facts(chain: virtio_queue::DescriptorChain<&GuestMemoryMmap>) -> ChainFacts {
-    let mut writable = 0u64;
-    let mut last_writable = None;
-    let mut last_has_next = true;
-    for descriptor in chain {
-        last_has_next = descriptor.has_next();
-        if descriptor.is_write_only() && descriptor.len() > 0 {
-            writable += u64::from(descriptor.len());
-            last_writable = descriptor
-                .addr()
-                .0
-                .checked_add(u64::from(descriptor.len()) - 1)
-                .map(GuestAddress);
-        }
-    }
+/// What the chain at `head` holds, as the device's bounded walker sees
+/// it: a chain it refuses (too long, bad indirect table, loop) has no
+/// status byte the device could find without walking it further.
+fn chain_facts(table: DescriptorTable, head: u16, mem: &GuestMemoryMmap) -> ChainFacts {
+    let mut walker = CollectedChain::new(SEG_MAX as u16 + 2);
+    let Ok(descriptors) = walker.collect(mem, table, head) else {
+        return ChainFacts {
+            writable: 0,
+            status_at: None,
+        };
+    };
+    let writable = descriptors
+        .iter()
+        .filter(|d| d.writable)
+        .map(|d| u64::from(d.len))
+        .sum();
+    let status_at = descriptors
+        .last()
+        .filter(|d| d.writable && d.len > 0)
+        .and_then(|d| d.addr.checked_add(u64::from(d.len) - 1));
     ChainFacts {
         writable,
-        status_at: if last_has_next { None } else { last_writable },
+        status_at,
     }
 }
 
@@ -231,12 +241,13 @@ fn chain_by_chain_round(handler: &mut RequestHandler, queue: &mut Queue, mem: &G
         };
         let Some(chain) = chain else { return };
         let head = chain.head_index();
-        let mut facts = chain_facts(chain.clone());
+        let table = DescriptorTable::of(queue);
+        let mut facts = chain_facts(table, head, mem);
         if let Some(status_at) = facts.status_at {
             if mem.write_obj(STATUS_SENTINEL, status_at).is_ok() {
                 // The sentinel may have landed in the chain's own
                 // descriptors; look again so facts match what the device sees.
-                let again = chain_facts(chain.clone());
+                let again = chain_facts(table, head, mem);
                 if again.status_at != facts.status_at {
                     facts = ChainFacts {
                         writable: again.writable,
@@ -249,7 +260,7 @@ fn chain_by_chain_round(handler: &mut RequestHandler, queue: &mut Queue, mem: &G
                 facts.status_at = None;
             }
         }
-        let used_len = handler.handle_chain(mem, chain);
+        let used_len = handler.handle_chain(mem, table, head);
         assert!(
             u64::from(used_len) <= facts.writable,
             "used length {used_len} beyond the chain's {} writable bytes",

@@ -12,7 +12,7 @@
 //!
 //! Input: a 17-byte header, operation records, then guest memory.
 //!   0: bit 0 EVENT_IDX, bit 1 first two regions adjacent, bits 2-3
-//!      region count - 1, bit 4 guest address from DHCP;
+//!      region count - 1, bit 4 no IPv4 address;
 //!   1, 2: receive and transmit queue size exponents;
 //!   3-14: receive then transmit descriptor table, available and used ring
 //!         addresses (u16 each); 15-16: length of the operation records.
@@ -268,17 +268,16 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
 
-    let dhcp = flags & 0x10 != 0;
+    let no_ipv4 = flags & 0x10 != 0;
     let policy = policy();
     let (filter, _control) = Filter::new(FilterConfig {
         guest_mac: GUEST_MAC,
-        guest_ipv4: if dhcp {
+        guest_ipv4: if no_ipv4 {
             Vec::new()
         } else {
             vec!["10.0.0.2".parse().expect("literal address")]
         },
         guest_ipv6: vec!["fd00::2".parse().expect("literal address")],
-        dhcp,
         conntrack_capacity: 16,
         policy: &policy,
     });
@@ -323,8 +322,12 @@ fuzz_target!(|data: &[u8]| {
         let mut body = Input::new(operations.bytes(len));
         match kind {
             0 => lock(&ledger).incoming.push_back(body.rest().to_vec()),
-            1 => worker.process_queue(usize::from(TX_QUEUE)),
-            2 => worker.process_queue(usize::from(RX_QUEUE)),
+            1 => {
+                worker.process_queue(usize::from(TX_QUEUE));
+            }
+            2 => {
+                worker.process_queue(usize::from(RX_QUEUE));
+            }
             3 => worker.process_event(BACKEND_TOKEN),
             _ => {
                 let address = GuestAddress(u64::from(body.u16()));

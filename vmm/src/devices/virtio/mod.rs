@@ -6,7 +6,7 @@
 //! that runs on that thread, so that vCPUs never wait for a disk.
 
 pub mod block;
-mod chain;
+pub mod chain;
 mod interrupt;
 mod io_gate;
 mod io_thread;

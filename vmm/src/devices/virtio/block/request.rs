@@ -163,7 +163,12 @@ impl RequestHandler {
     /// Serve the chain at `head` of `table`; returns the used length
     /// (bytes written to the guest, status byte included; 0 when the
     /// chain has no status byte we can find and reach).
-    fn handle_chain(&mut self, mem: &GuestMemoryMmap, table: DescriptorTable, head: u16) -> u32 {
+    pub fn handle_chain(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        table: DescriptorTable,
+        head: u16,
+    ) -> u32 {
         let descriptors = match self.chain.collect(mem, table, head) {
             Ok(descriptors) => descriptors,
             Err(error) => {
