@@ -28,7 +28,7 @@ prepare() {
 send_inbound() {
     local i
     for i in $(seq 500); do
-        [[ $(serial_value E2E-HOSTILE-OUTBOUND) == "done" ]] && break
+        [[ -e $SERIAL_LOG && $(serial_value E2E-HOSTILE-OUTBOUND) == "done" ]] && break
         sleep 0.5
     done
     "$WORK/hostile-sender" inbound "$NET_TAP" "$(serial_value E2E-GUEST-MAC)" >"$WORK/inbound.log" 2>&1 || true
@@ -74,17 +74,23 @@ run() {
     wait "$INBOUND_PID" 2>/dev/null || true
     INBOUND_PID=
     captures_stop
+    hostile_verdict
+}
 
-    # Every problem at once: a run against an unfixed filter shows all it lets through.
-    local problems=() leaked='' expected_out expected_in marker
+# hostile_verdict: every problem of the run at once (a run against an
+# unfixed filter shows all it lets through), or none.
+hostile_verdict() {
+    local problems=() leaked='' expected_out expected_in marker sent panic
     expected_out=$("$WORK/hostile-sender" list | grep -c ' outbound ')
     expected_in=$("$WORK/hostile-sender" list | grep -c ' inbound ')
+    panic=$(grep -aoE "panicked at [^ ]*[0-9]" "$SERIAL_LOG" | head -n1 || true)
     [[ $VMM_EXIT -eq 0 ]] ||
-        problems+=("securevm exited $VMM_EXIT, expected 0 ($(vmm_exit_meaning "$VMM_EXIT"))")
+        problems+=("securevm exited $VMM_EXIT, expected 0 (${panic:-$(vmm_exit_meaning "$VMM_EXIT")})")
     [[ $(serial_value E2E-PEER-MAC) =~ ^[0-9a-fA-F:]{17}$ ]] ||
         problems+=("the guest did not learn the peer's MAC")
-    [[ $(serial_value E2E-HOSTILE-SENT) == "$expected_out" ]] ||
-        problems+=("the guest wrote $(serial_value E2E-HOSTILE-SENT) of its $expected_out hostile frames")
+    sent=$(serial_value E2E-HOSTILE-SENT)
+    [[ $sent == "$expected_out" ]] ||
+        problems+=("the guest wrote ${sent:-no report of} its $expected_out hostile frames")
     for marker in E2E-FLOW-V4 E2E-FLOW-V6 E2E-FRAG-V4; do
         grep -qaF "$marker" tap.pcap ||
             problems+=("the allowed frame $marker is not on the TAP (the capture or the sender is broken)")
@@ -94,7 +100,7 @@ run() {
     done <<<"$(leaked_markers tap.pcap)"
     [[ -z $leaked ]] || problems+=("on the TAP: $leaked")
     grep -qx "E2E-INBOUND-SENT=$expected_in" inbound.log 2>/dev/null ||
-        problems+=("L1 did not send its $expected_in frames towards the guest: $(tail -n1 inbound.log 2>/dev/null)")
+        problems+=("L1 did not send its $expected_in frames towards the guest: $(tail -n1 inbound.log 2>/dev/null || echo "nothing sent")")
     [[ $(serial_value E2E-INBOUND-GATE) == open ]] ||
         problems+=("the guest never saw L1's gate address after the inbound frames")
     if ! peer_saw "udp 192.0.2.1:7000 from $NET_GUEST_IP" || ! peer_saw ALIVE-AFTER-HOSTILE; then
