@@ -182,10 +182,11 @@ load_storage_modules() {
 NET_TAP=svmnet0
 NET_GUEST_IP=192.0.2.10
 
-# net_sign_policy: sign tests/e2e/net/policy.toml with a fresh minisign key
+# net_sign_policy POLICY: sign POLICY (tests/e2e/net/policy.toml for most
+# net-* scenarios), as $WORK/policy.toml, with a fresh minisign key
 # (minisign's own tool, so signatures from Debian's minisign are exercised).
 net_sign_policy() {
-    cp "$E2E_DIR/net/policy.toml" "$WORK/policy.toml"
+    cp "$1" "$WORK/policy.toml"
     rm -f "$WORK/org.key" "$WORK/org.pub"
     minisign -G -W -p "$WORK/org.pub" -s "$WORK/org.key" >/dev/null
     minisign -S -s "$WORK/org.key" -m "$WORK/policy.toml" -t "securevm-policy version=1" >/dev/null
@@ -193,7 +194,7 @@ net_sign_policy() {
 
 # net_prepare STEPS_FILE: the policy and a script disk for net-check.sh.
 net_prepare() {
-    net_sign_policy
+    net_sign_policy "$E2E_DIR/net/policy.toml"
     printf '%s/24\n' "$NET_GUEST_IP" >"$WORK/guest-ip"
     cp "$1" "$WORK/steps"
     make_script_disk "$WORK/e2e" "$(guest_script net-check.sh)" "$WORK/guest-ip" "$WORK/steps"
@@ -251,6 +252,32 @@ net_run() {
 
 # peer_saw TEXT: the peer logged a line containing TEXT.
 peer_saw() { grep -qF -- "$1" "$PEER_LOG"; }
+
+# capture_start NAME IFACE [TCPDUMP_ARG...]: tcpdump on IFACE into
+# $WORK/NAME.pcap until captures_stop.
+capture_start() {
+    local name=$1 iface=$2
+    shift 2
+    tcpdump -Z root -i "$iface" -n -U -s 0 "$@" -w "$WORK/$name.pcap" 2>"$WORK/$name.tcpdump.log" &
+    CAPTURES+=($!)
+    local i
+    for i in $(seq 50); do
+        grep -q "listening on" "$WORK/$name.tcpdump.log" && return 0
+        sleep 0.2
+    done
+    fail "tcpdump did not start on $iface"
+}
+
+captures_stop() {
+    local pid
+    sleep 1
+    for pid in "${CAPTURES[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${CAPTURES[@]}"; do wait "$pid" 2>/dev/null || true; done
+    CAPTURES=()
+}
+
+# packets PCAP FILTER: how many packets in PCAP match the tcpdump FILTER.
+packets() { tcpdump -r "$1" -n "$2" 2>/dev/null | wc -l; }
 
 # Identity scenarios (id-*, audit-verify): tests/e2e/identity/policy.toml,
 # whose users log in with these passphrases.

@@ -71,26 +71,6 @@ vpn_peer_reset() {
     ip netns exec "$VPN_NS" wg set wg0 peer "$ours" allowed-ips 203.0.113.10/32
 }
 
-# capture_start NAME IFACE: tcpdump on IFACE into $WORK/NAME.pcap.
-capture_start() {
-    tcpdump -Z root -i "$2" -n -U -s 0 -w "$WORK/$1.pcap" 2>"$WORK/$1.tcpdump.log" &
-    CAPTURES+=($!)
-    local i
-    for i in $(seq 50); do
-        grep -q "listening on" "$WORK/$1.tcpdump.log" && return 0
-        sleep 0.2
-    done
-    fail "tcpdump did not start on $2"
-}
-
-captures_stop() {
-    local pid
-    sleep 1
-    for pid in "${CAPTURES[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${CAPTURES[@]}"; do wait "$pid" 2>/dev/null || true; done
-    CAPTURES=()
-}
-
 vpn_down() {
     captures_stop
     kill "${VPN_PEER_PID:-}" 2>/dev/null || true
@@ -113,9 +93,6 @@ vpn_run() {
         --user "$1" --passphrase-file "$WORK/tester.pass" "${AUDIT_ARGS[@]}" \
         --vpn-key "$WORK/vpn.key"
 }
-
-# packets PCAP FILTER: how many packets in PCAP match the tcpdump FILTER.
-packets() { tcpdump -r "$1" -n "$2" 2>/dev/null | wc -l; }
 
 # no_clear_marker PCAP: neither the guest's request to the service behind
 # the tunnel nor its answer (the port is unique to it) appears anywhere in
