@@ -9,117 +9,17 @@
 
 #![no_main]
 
+#[path = "common/policy.rs"]
+mod policy;
+
 use std::time::{Duration, Instant};
 
-use guest_policy::{Action, Direction, HostPattern, NetRule, NetworkPolicy, PortRange, Protocol};
 use libfuzzer_sys::fuzz_target;
 use securevm::netfilter::{Filter, FilterConfig, Verdict};
 
+use policy::policy;
+
 const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
-
-fn rule(
-    action: Action,
-    direction: Direction,
-    protocol: Protocol,
-    remote: &[&str],
-    ports: &[(u16, u16)],
-    hosts: &[&str],
-) -> NetRule {
-    NetRule {
-        action,
-        direction,
-        protocol,
-        remote: remote.iter().filter_map(|net| net.parse().ok()).collect(),
-        ports: ports
-            .iter()
-            .map(|&(first, last)| PortRange { first, last })
-            .collect(),
-        hosts: hosts
-            .iter()
-            .filter_map(|host| HostPattern::parse(host).ok())
-            .collect(),
-        comment: None,
-    }
-}
-
-fn policy(open: bool) -> NetworkPolicy {
-    let mut rules = vec![
-        rule(
-            Action::Allow,
-            Direction::Out,
-            Protocol::Udp,
-            &["10.0.0.53/32"],
-            &[(53, 53)],
-            &[],
-        ),
-        rule(
-            Action::Allow,
-            Direction::Out,
-            Protocol::Tcp,
-            &[],
-            &[(443, 443)],
-            &["*.example.org"],
-        ),
-        rule(
-            Action::Deny,
-            Direction::Both,
-            Protocol::Any,
-            &["10.9.0.0/16"],
-            &[],
-            &[],
-        ),
-        rule(
-            Action::Allow,
-            Direction::Out,
-            Protocol::Tcp,
-            &["10.0.0.0/8", "fd00::/8"],
-            &[(1, 1024)],
-            &[],
-        ),
-        rule(
-            Action::Allow,
-            Direction::In,
-            Protocol::Tcp,
-            &[],
-            &[(22, 22)],
-            &[],
-        ),
-        rule(
-            Action::Allow,
-            Direction::Both,
-            Protocol::Icmp,
-            &[],
-            &[],
-            &[],
-        ),
-        rule(
-            Action::Allow,
-            Direction::Both,
-            Protocol::Icmpv6,
-            &[],
-            &[],
-            &[],
-        ),
-    ];
-    if open {
-        rules.push(rule(
-            Action::Allow,
-            Direction::Both,
-            Protocol::Any,
-            &[],
-            &[],
-            &[],
-        ));
-    }
-    NetworkPolicy {
-        default_action: Action::Deny,
-        rules,
-        dns_resolvers: vec!["10.0.0.53"
-            .parse()
-            .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into())],
-        vpn: None,
-    }
-}
 
 fuzz_target!(|data: &[u8]| {
     let initial = policy(false);

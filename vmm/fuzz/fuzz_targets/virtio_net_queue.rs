@@ -27,6 +27,8 @@
 mod input;
 #[path = "common/memory.rs"]
 mod memory;
+#[path = "common/policy.rs"]
+mod policy;
 #[path = "common/queue.rs"]
 mod queue;
 #[path = "common/vm.rs"]
@@ -38,7 +40,6 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use guest_policy::{Action, Direction, HostPattern, NetRule, NetworkPolicy, PortRange, Protocol};
 use libfuzzer_sys::fuzz_target;
 use securevm::devices::virtio::net::{
     FrameFilter, Net, NetBackend, PolicyFilter, RX_QUEUE, TX_QUEUE, VNET_HDR_LEN,
@@ -53,6 +54,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use input::Input;
 use memory::guest_memory;
+use policy::policy;
 use queue::{build_queue, QueueSetup};
 use vm::RecordingVm;
 
@@ -155,89 +157,6 @@ impl NetBackend for RecordingBackend {
     }
 }
 
-fn rule(
-    action: Action,
-    direction: Direction,
-    protocol: Protocol,
-    remote: &[&str],
-    ports: &[(u16, u16)],
-    hosts: &[&str],
-) -> NetRule {
-    NetRule {
-        action,
-        direction,
-        protocol,
-        remote: remote.iter().filter_map(|net| net.parse().ok()).collect(),
-        ports: ports
-            .iter()
-            .map(|&(first, last)| PortRange { first, last })
-            .collect(),
-        hosts: hosts
-            .iter()
-            .filter_map(|host| HostPattern::parse(host).ok())
-            .collect(),
-        comment: None,
-    }
-}
-
-fn policy() -> NetworkPolicy {
-    NetworkPolicy {
-        default_action: Action::Deny,
-        rules: vec![
-            rule(
-                Action::Allow,
-                Direction::Out,
-                Protocol::Udp,
-                &["10.0.0.53/32"],
-                &[(53, 53)],
-                &[],
-            ),
-            rule(
-                Action::Allow,
-                Direction::Out,
-                Protocol::Tcp,
-                &[],
-                &[(443, 443)],
-                &["*.example.org"],
-            ),
-            rule(
-                Action::Allow,
-                Direction::Out,
-                Protocol::Tcp,
-                &["10.0.0.0/8", "fd00::/8"],
-                &[(1, 1024)],
-                &[],
-            ),
-            rule(
-                Action::Allow,
-                Direction::In,
-                Protocol::Tcp,
-                &[],
-                &[(22, 22)],
-                &[],
-            ),
-            rule(
-                Action::Allow,
-                Direction::Both,
-                Protocol::Icmp,
-                &[],
-                &[],
-                &[],
-            ),
-            rule(
-                Action::Allow,
-                Direction::Both,
-                Protocol::Icmpv6,
-                &[],
-                &[],
-                &[],
-            ),
-        ],
-        dns_resolvers: vec!["10.0.0.53".parse().expect("literal address")],
-        vpn: None,
-    }
-}
-
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
     let flags = input.u8();
@@ -269,7 +188,7 @@ fuzz_target!(|data: &[u8]| {
     };
 
     let no_ipv4 = flags & 0x10 != 0;
-    let policy = policy();
+    let policy = policy(false);
     let (filter, _control) = Filter::new(FilterConfig {
         guest_mac: GUEST_MAC,
         guest_ipv4: if no_ipv4 {
