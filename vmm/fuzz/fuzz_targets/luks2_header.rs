@@ -10,7 +10,10 @@
 //!   matching checksum over the binary header and JSON area;
 //! - "not LUKS" only when the image has no primary LUKS signature;
 //! - the version reported for an image with a primary signature is the
-//!   version word that follows it.
+//!   version word that follows it;
+//! - the pure entry point on bytes (`check_header_bytes`, which also
+//!   walks LUKS1 headers) accepts a LUKS2 image exactly when the reader
+//!   on the file does.
 //!
 //! Input: [flags u8][image size in 4 KiB units - 1, u8] then records
 //! [offset u32][length u16][bytes] written into the zeroed image. Flags:
@@ -30,7 +33,8 @@ use std::os::fd::FromRawFd;
 use libfuzzer_sys::fuzz_target;
 use openssl::sha::Sha256;
 use securevm::storage::header::{
-    luks_version, read_luks2, HeaderCopy, HeaderError, BINARY_HEADER_LEN,
+    check_header_bytes, luks_version, read_luks2, CheckedHeader, HeaderCopy, HeaderError,
+    BINARY_HEADER_LEN,
 };
 
 use input::Input;
@@ -137,7 +141,16 @@ fuzz_target!(|data: &[u8]| {
     let has_primary_magic = image[..6] == MAGIC_PRIMARY[..];
     let file = memfd(&image);
 
-    match read_luks2(&file) {
+    let from_bytes = check_header_bytes(&image);
+    let from_file = read_luks2(&file);
+    if !matches!(from_bytes, Ok(CheckedHeader::Luks1(_))) && luks_version(&file).ok() != Some(1) {
+        assert_eq!(
+            from_bytes.is_ok(),
+            from_file.is_ok(),
+            "the bytes and the file entry points disagree"
+        );
+    }
+    match from_file {
         Ok(metadata) => {
             assert!(
                 ALLOWED_HEADER_SIZES.contains(&metadata.header_size),
