@@ -389,3 +389,36 @@ fn a_state_in_a_missing_directory_cannot_be_initialised() {
     let error = PolicyState::initialise(&state_path).unwrap_err();
     assert!(matches!(error, PolicyError::StateWrite { .. }), "{error}");
 }
+
+#[test]
+fn a_signed_policy_in_a_newer_format_is_refused_with_the_update_message() {
+    let fixture = Fixture::new();
+    let newer = BASE.replacen("version = 3", "version = 3\nformat = 2", 1);
+    let with_new_key = newer.replacen(
+        "[audit]",
+        "[display]\nresolution = \"1920x1080\"\n\n[audit]",
+        1,
+    );
+    for (name, text) in [("newer.toml", newer), ("new-key.toml", with_new_key)] {
+        let path = fixture.signed_with_comment(name, &text, "securevm-policy version=3");
+        let error = fixture.load(&path).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "{}:4:10: this policy needs policy format 2, but this securevm/guest-policy reads formats up to 1; update securevm (and guest-policy) on every machine to a release that reads format 2 before pushing this policy",
+                path.display()
+            )
+        );
+    }
+}
+
+#[test]
+fn a_policy_declaring_format_1_loads_like_one_without_the_key() {
+    let fixture = Fixture::new();
+    let text = BASE.replacen("version = 3", "version = 3\nformat = 1", 1);
+    let path = fixture.signed("policy.toml", &text);
+    let verified = fixture.load(&path).unwrap();
+    assert_eq!(verified.policy().meta.format, 1);
+    let path = fixture.signed("plain.toml", BASE);
+    assert_eq!(fixture.load(&path).unwrap().policy().meta.format, 1);
+}
