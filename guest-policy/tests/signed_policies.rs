@@ -422,3 +422,60 @@ fn a_policy_declaring_format_1_loads_like_one_without_the_key() {
     let path = fixture.signed("plain.toml", BASE);
     assert_eq!(fixture.load(&path).unwrap().policy().meta.format, 1);
 }
+
+/// Keys and signatures written before guest-policy used the `minisign`
+/// crate (`tests/fixtures/`): a key pair and a signature from the hand-written
+/// code, a legacy signature from `minisign -S -l`, and an encrypted key
+/// (passphrase "fixture", low scrypt cost).
+mod made_before_the_minisign_crate {
+    use super::*;
+    use guest_policy::{verify_policy_bytes, PublicKey};
+    use zeroize::Zeroizing;
+
+    fn fixture(name: &str) -> String {
+        fs::read_to_string(format!(
+            "{}/tests/fixtures/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn signatures_still_verify() {
+        let key = PublicKey::from_text(&fixture("pre-minisign-crate.pub")).unwrap();
+        let policy = fixture("policy.toml");
+        for signature in ["policy.toml.minisig", "policy.toml.legacy.minisig"] {
+            let verified = verify_policy_bytes(
+                "policy.toml",
+                policy.as_bytes(),
+                signature,
+                &fixture(signature),
+                &key,
+                now(),
+            )
+            .unwrap();
+            assert_eq!(verified.version(), 3);
+            assert_eq!(verified.key_id(), key.key_id());
+        }
+    }
+
+    #[test]
+    fn secret_keys_still_load_and_sign() {
+        let public = PublicKey::from_text(&fixture("pre-minisign-crate.pub")).unwrap();
+        let key = SecretKey::from_text(&fixture("pre-minisign-crate.key"), || None).unwrap();
+        assert_eq!(key.public_key(), public);
+        let signature = SignatureFile::sign(&key, b"m", "securevm-policy version=1").unwrap();
+        assert_eq!(signature.verify(&public, b"m"), Ok(()));
+
+        let encrypted = fixture("pre-minisign-crate-encrypted.key");
+        let public = PublicKey::from_text(&fixture("pre-minisign-crate-encrypted.pub")).unwrap();
+        let wrong = SecretKey::from_text(&encrypted, || Some(Zeroizing::new("x".to_string())));
+        assert_eq!(
+            wrong.unwrap_err(),
+            guest_policy::SigningError::WrongPassphrase
+        );
+        let key = SecretKey::from_text(&encrypted, || Some(Zeroizing::new("fixture".to_string())))
+            .unwrap();
+        assert_eq!(key.public_key(), public);
+    }
+}

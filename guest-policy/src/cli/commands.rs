@@ -154,7 +154,6 @@ fn sign(key_path: &Path, signature: Option<PathBuf>, policy_path: &Path) -> Resu
     let mut passphrase_error = None;
     let key = SecretKey::from_text(&key_text, || {
         read_passphrase("Passphrase for the secret key: ", false)
-            .map(|text| Zeroizing::new(text.as_bytes().to_vec()))
             .map_err(|error| passphrase_error = Some(error))
             .ok()
     })
