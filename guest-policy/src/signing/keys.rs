@@ -162,13 +162,13 @@ impl SecretKey {
             return Err(malformed("the checksum algorithm is not BLAKE2b (\"B2\")"));
         }
         let key_box = || {
-            let mut encoded = Zeroizing::new(BASE64.encode(bytes.as_slice()));
-            let text = format!(
+            let encoded = Zeroizing::new(BASE64.encode(bytes.as_slice()));
+            // The crate takes a plain String and does not wipe it (nor its
+            // SecretKey): a limit of the library for this short-lived CLI.
+            minisign::SecretKeyBox::from(format!(
                 "{COMMENT_PREFIX}minisign secret key\n{}\n",
                 encoded.as_str()
-            );
-            encoded.clear();
-            minisign::SecretKeyBox::from(text)
+            ))
         };
         let key = match [bytes[2], bytes[3]] {
             // `minisign -G -W` leaves the checksum of unencrypted keys all
