@@ -1,254 +1,70 @@
-//! The boot sequence, top to bottom: check every input, create the VM and
-//! its memory, load the kernel, write the boot structures and ACPI tables,
-//! attach the devices, configure and start the vCPUs, then wait for the
-//! guest to power off, reboot or crash.
+//! The boot sequence as a short list of named steps, top to bottom (see
+//! [`run_once`]): open every input before KVM is touched, create the
+//! machine (KVM VM, guest RAM, kernel, boot structures, ACPI tables),
+//! attach the legacy devices, then the PCI and virtio devices, create the
+//! vCPUs, and start the console, the vCPU threads and the services. The
+//! result is a [`RunningVm`], which owns all of it until it stops.
 
 use std::fs::File;
-use std::io;
 use std::net::IpAddr;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 
 use guest_policy::{Action, NetworkPolicy};
-
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::VcpuFd;
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::api::protocol::{Device, MediaCounters};
 use crate::api::{
     ApiServer, BoundSocket, LiveVm, LiveVmParts, NetDevice, PolicyVerifier, ServerConfig,
-    SocketError,
 };
-use crate::arch::acpi::{
-    create_acpi_tables, AcpiError, PciHotplugSlots, PCI_HOTPLUG_GSI, POWER_BUTTON_GSI,
-};
-use crate::arch::boot_params::{configure_boot, BootConfig, BootError};
+use crate::arch::acpi::{create_acpi_tables, PciHotplugSlots, PCI_HOTPLUG_GSI, POWER_BUTTON_GSI};
+use crate::arch::boot_params::{configure_boot, BootConfig, BootEntry};
 use crate::arch::guest_ram::GuestRam;
 use crate::arch::layout::{
     COM1_IRQ, COM1_PORT, PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_SIZE, PCI_ECAM_START,
 };
-use crate::arch::memory::MemoryError;
-use crate::arch::vcpu::{configure_vcpu, ArchError};
-use crate::audit::{Audit, AuditError, Event};
-use crate::config::{ConfigError, RebootAction, VmConfig};
+use crate::arch::vcpu::configure_vcpu;
+use crate::audit::{Audit, Event};
+use crate::config::{ConfigError, VmConfig};
+use crate::confined::{self, Confinement};
 use crate::console::{spawn_input_thread, RawTerminal};
 use crate::console_gate::ConsoleGate;
-use crate::devices::bus::{Bus, BusError};
+use crate::devices::bus::Bus;
 use crate::devices::console_output::ConsoleWriter;
 use crate::devices::pci::hotplug::{HOTPLUG_PORT_BASE, HOTPLUG_PORT_LEN};
-use crate::devices::pci::{
-    PciConfigIo, PciConfigMmio, PciError, PciHotplug, PciHotplugPorts, PciRoot,
-};
+use crate::devices::pci::{PciConfigIo, PciConfigMmio, PciHotplug, PciHotplugPorts, PciRoot};
 use crate::devices::power::{
     AcpiPowerDevice, I8042Device, ACPI_POWER_PORT_BASE, ACPI_POWER_PORT_LEN,
 };
 use crate::devices::serial::SerialDevice;
-use crate::devices::virtio::block::{
-    disk_id_from_path, Block, BlockBackend, BlockError, RawFileBackend,
-};
-use crate::devices::virtio::net::{
-    Net, NetError, PolicyFilter, Tap, TapError, VpnLink, VpnLinkError,
-};
+use crate::devices::virtio::block::Block;
+use crate::devices::virtio::net::{Net, PolicyFilter, Tap, VpnLink};
 use crate::exit::{ExitNotifier, ExitReason};
-use crate::external_media::{
-    allowed_serials, decide_medium, media_policy, MediaRules, MediumError, MediumOutcome,
-};
-use crate::identity::disk::{unlock_for_user, UserDiskError};
-use crate::identity::session::{start_session, Session, SessionError};
+use crate::identity::session::{Session, SessionError};
 use crate::identity::smartcard::login::CardCredential;
 use crate::identity::smartcard::monitor::{watch_session, RemovalMonitor};
-use crate::identity::smartcard::{self, disk as card_disk, SmartCardError};
-use crate::identity::{Credential, RetryDelay};
-use crate::loader::{load_cmdline, load_initrd, load_kernel, LoaderError};
+use crate::kvm::vcpu::{self, VcpuContext, VcpuControl, VcpuControlError, VcpuHandle};
+use crate::kvm::vm::Vm;
+use crate::loader::{load_cmdline, load_initrd, load_kernel};
 use crate::media_hotplug::{MediaHotplug, MediaHotplugParts, EJECT_TIMEOUT};
 use crate::netfilter::{Filter, FilterConfig, FilterControl, DEFAULT_CONNTRACK_CAPACITY};
 use crate::policy::ActiveRole;
-use crate::prompt_phrase::{PhraseError, PromptPhrase};
-use crate::seccomp::{self, SeccompError, ThreadKind};
-use crate::storage::luks::is_luks;
-use crate::storage::passphrase::{read_passphrase, PassphraseSource};
-use crate::storage::secret::SecretBuf;
-use crate::storage::{EncryptedBackend, StorageError};
-use crate::vstate::vcpu::{self, VcpuContext, VcpuControl, VcpuControlError, VcpuHandle};
-use crate::vstate::vm::{Vm, VmError};
+use crate::prompt_phrase::PromptPhrase;
+use crate::seccomp::{self, ThreadKind};
 
-#[derive(Debug, thiserror::Error)]
-pub enum VmmError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("the {what} {path} does not exist; check the path")]
-    InputMissing { what: &'static str, path: String },
-    #[error("cannot read the {what} {path}: {source}")]
-    InputUnreadable {
-        what: &'static str,
-        path: String,
-        source: io::Error,
-    },
-    #[error(transparent)]
-    Vm(#[from] VmError),
-    #[error(transparent)]
-    Memory(#[from] MemoryError),
-    #[error(transparent)]
-    Loader(#[from] LoaderError),
-    #[error(transparent)]
-    Boot(#[from] BootError),
-    #[error(transparent)]
-    Acpi(#[from] AcpiError),
-    #[error(transparent)]
-    Arch(#[from] ArchError),
-    #[error("disk {path}: {source}")]
-    Disk { path: String, source: BlockError },
-    #[error(transparent)]
-    Tap(#[from] TapError),
-    #[error("network device: {0}")]
-    Net(#[from] NetError),
-    #[error(transparent)]
-    Vpn(#[from] crate::vpn::VpnSetupError),
-    #[error(transparent)]
-    VpnLink(#[from] VpnLinkError),
-    #[error("attaching a device failed: {0}")]
-    Pci(#[from] PciError),
-    #[error("placing a device on its bus failed: {0}")]
-    Bus(#[from] BusError),
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-    #[error(transparent)]
-    Medium(#[from] MediumError),
-    #[error(transparent)]
-    Session(#[from] SessionError),
-    #[error(transparent)]
-    UserDisk(#[from] UserDiskError),
-    #[error(transparent)]
-    Audit(#[from] AuditError),
-    #[error(transparent)]
-    SmartCard(#[from] SmartCardError),
-    #[error(transparent)]
-    Seccomp(#[from] SeccompError),
-    #[error(transparent)]
-    ApiSocket(#[from] SocketError),
-    #[error("reading KVM's supported CPUID failed: {0}")]
-    Cpuid(kvm_ioctls::Error),
-    #[error(transparent)]
-    PromptPhrase(#[from] PhraseError),
-    #[error("{what} failed: {source}")]
-    Io {
-        what: &'static str,
-        source: io::Error,
-    },
-}
+use super::disks::{open_disks, OpenedDisks};
+use super::running::RunningVm;
+use super::{main_thread_filter, may_unlock_luks, open_input, session_card, VmmError};
 
-/// Boots the VM described by `config` and runs it until it stops; with
-/// `--on-reboot restart`, a guest reboot builds a fresh VM (under the
-/// policy pushed since the start, if one was).
-pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
-    config.validate()?;
-    open_input("kernel", &config.kernel)?;
-    if let Some(path) = &config.initrd {
-        open_input("initrd", path)?;
-    }
-    // Checked before anything is asked: a phrase file that is not private
-    // stops securevm here rather than at a PIN prompt with the guest running.
-    let phrase = PromptPhrase::load_configured()?;
-    // Audit log, policy, login and role: before any guest exists.
-    let session = start_session(config, RetryDelay::default())?;
-    let audit = session.audit.clone();
-    // Without a policy there is no user, but a card may still open disks.
-    let card_only = match (&config.card, &config.policy) {
-        (Some(options), None) => {
-            let login = smartcard::login_without_policy(options)?;
-            Some(CardCredential::new(
-                login,
-                options.pins.clone(),
-                options.retry,
-            ))
-        }
-        _ => None,
-    };
-    let result = run_session(config, &session, card_only.as_ref(), &phrase);
-    let reason = match &result {
-        Ok(ExitReason::PowerOff) => "guest powered off".to_string(),
-        Ok(ExitReason::Reboot) => "guest rebooted".to_string(),
-        Ok(ExitReason::GuestCrash(_)) => "guest crashed".to_string(),
-        Ok(ExitReason::UserQuit) => "stopped from the console".to_string(),
-        Ok(ExitReason::Internal(what)) => format!("securevm failed: {what}"),
-        Err(e) => format!("securevm failed: {e}"),
-    };
-    audit.record_or_warn(Event::VmStop { reason });
-    result
-}
-
-fn run_session(
-    config: &VmConfig,
-    session: &Session,
-    card_only: Option<&CardCredential>,
-    phrase: &PromptPhrase,
-) -> Result<ExitReason, VmmError> {
-    let mut policy_in_force = None;
-    let mut main_filtered = false;
-    loop {
-        let reason = run_once(
-            config,
-            session,
-            card_only,
-            phrase,
-            &mut policy_in_force,
-            &mut main_filtered,
-        )?;
-        if reason == ExitReason::Reboot && config.on_reboot == RebootAction::Restart {
-            log::info!("guest rebooted; starting it again");
-            continue;
-        }
-        return Ok(reason);
-    }
-}
-
-/// The smart card of this session: the logged-in user's, or without a
-/// policy the one given to open disks.
-fn session_card<'a>(
-    session: &'a Session,
-    card_only: Option<&'a CardCredential>,
-) -> Option<&'a CardCredential> {
-    match session.login.as_ref().map(|login| &login.credential) {
-        Some(Credential::SmartCard(card)) => Some(card),
-        _ => card_only,
-    }
-}
-
-/// The filter the main thread narrows itself to once its VM runs, or
-/// `None` when it stays unfiltered.
-fn main_thread_filter(
-    seccomp: bool,
-    on_reboot: RebootAction,
-    card_in_session: bool,
-) -> Option<ThreadKind> {
-    match on_reboot {
-        _ if !seccomp => None,
-        RebootAction::Exit => Some(ThreadKind::Main),
-        // Logging the card in again after a reboot loads its PKCS#11
-        // module anew: new code mappings and whatever the module does,
-        // which no filter can foresee. The card monitor thread runs that
-        // module unfiltered while the guest runs in any case.
-        RebootAction::Restart if card_in_session => None,
-        RebootAction::Restart => Some(ThreadKind::MainRestart),
-    }
-}
-
-/// Whether building a VM from `config` may unlock LUKS volumes, which the
-/// LUKS helper process does: under the `MainRestart` filter, which
-/// cannot start processes, that helper must already run.
-fn may_unlock_luks(config: &VmConfig) -> Result<bool, VmmError> {
-    for disk in &config.disks {
-        if is_luks(&disk.path)? {
-            return Ok(true);
-        }
-    }
-    Ok(!config.external.media.is_empty())
-}
-
+/// Builds one VM from `config` and runs it until it stops. The policy a
+/// push put in force (`policy_in_force`) outlives a guest reboot;
 /// `main_filtered` says whether an earlier run already filtered the main
 /// thread (filters stack, so it is installed once per process).
-fn run_once(
+pub(super) fn run_once(
     config: &VmConfig,
     session: &Session,
     card_only: Option<&CardCredential>,
@@ -257,311 +73,519 @@ fn run_once(
     main_filtered: &mut bool,
 ) -> Result<ExitReason, VmmError> {
     config.validate()?;
-    // Bound first, while securevm has no other threads (the socket's mode
-    // comes from a process-wide umask), and so a bad path fails at once.
-    let api_socket = match &config.api_socket {
-        Some(path) => Some(BoundSocket::bind(path)?),
-        None => None,
+    let builder = VmBuilder {
+        config,
+        session,
+        card_only,
+        phrase,
     };
-    // Every input is opened before KVM is touched: bad input fails fast,
-    // and nothing is created or written on its behalf.
-    let mut kernel = open_input("kernel", &config.kernel)?;
-    let mut initrd = match &config.initrd {
-        Some(path) => Some(open_input("initrd", path)?),
-        None => None,
-    };
-    // A policy pushed through the control socket outlives a guest reboot.
-    let role = policy_in_force.take().or_else(|| session.role.clone());
-    let verifier = match (&config.policy, &session.login) {
-        (Some(policy), Some(login)) => {
-            Some(PolicyVerifier::new(policy, &login.identity.user_id).map_err(SessionError::from)?)
-        }
-        _ => None,
-    };
-    if config.seccomp {
-        crate::storage::parallel::set_worker_start(|| {
-            seccomp::install(ThreadKind::DiskCrypto).map_err(|e| e.to_string())
-        });
-    }
-    let (disks, devices, media) = open_disks(config, session, role.as_ref(), card_only)?;
-    // The card's session ends once the disks are open: its module is
-    // finalized before any guest code runs and before seccomp narrows the
-    // main thread (a restart logs the card in again).
-    if let Some(card) = session_card(session, card_only) {
-        drop(card.take_login());
-    }
-    let (nets, filter_controls) = open_nets(config, role.as_ref())?;
-
-    let vm = Arc::new(Vm::new(&config.kvm_device)?);
-    vm.check_vcpu_count(usize::from(config.cpus))?;
-    let num_cpus = config.cpus as u8;
-    // Declared before every part that uses the RAM, so dropped after them
-    // (GuestRam unmaps it only once nothing holds it).
-    let guest_ram = GuestRam::new(config.memory_bytes())?;
-    let memory = guest_ram.memory().clone();
-    vm.register_memory(&memory)?;
-    vm.create_interrupt_controllers()?;
-
-    let kernel_image = load_kernel(&memory, &mut kernel)?;
-    let initrd_info = match initrd.as_mut() {
-        Some(file) => Some(load_initrd(&memory, file, &kernel_image)?),
-        None => None,
-    };
-    let cmdline = load_cmdline(&memory, &config.cmdline, &kernel_image)?;
-    let boot = configure_boot(
-        &memory,
-        &BootConfig {
-            kernel: &kernel_image,
-            cmdline,
-            initrd: initrd_info,
-            mem_size: config.memory_bytes(),
-        },
-    )?;
-    // Media can be hot-plugged only through the control socket; without
-    // one the guest is shown no slots and the controller does not exist.
-    let hotplug_slots = if api_socket.is_some() {
-        PciHotplugSlots::Present
-    } else {
-        PciHotplugSlots::Absent
-    };
-    create_acpi_tables(memory.as_ref(), num_cpus, hotplug_slots)?;
-    let power_button = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::Io {
-        what: "creating the power button interrupt",
-        source,
-    })?;
-    vm.register_irqfd(&power_button, POWER_BUTTON_GSI)?;
-
-    let (exit, exit_events) = ExitNotifier::new();
-    let pio = Arc::new(Bus::new());
-    let mmio = Arc::new(Bus::new());
-
-    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::Io {
-        what: "creating the serial interrupt",
-        source,
-    })?;
-    vm.register_irqfd(&serial_irq, COM1_IRQ)?;
-    let seccomp_on = config.seccomp;
-    // Dropped (and so drained to stdout) whenever run_once returns.
-    let (console_writer, console_sink) = ConsoleWriter::spawn(std::io::stdout(), move || {
-        if seccomp_on {
-            seccomp::install(ThreadKind::ConsoleOutput).map_err(|e| e.to_string())
-        } else {
-            Ok(())
-        }
-    })
-    .map_err(|source| VmmError::Io {
-        what: "starting the console output thread",
-        source,
-    })?;
-    let serial = Arc::new(Mutex::new(SerialDevice::new(
-        serial_irq,
-        Box::new(console_sink),
-    )));
-    pio.insert(
-        serial.clone(),
-        u64::from(COM1_PORT),
-        u64::from(SerialDevice::PORT_LEN),
-    )?;
-    pio.insert(
-        Arc::new(Mutex::new(I8042Device::new(exit.clone()))),
-        u64::from(I8042Device::PORT_BASE),
-        u64::from(I8042Device::PORT_LEN),
-    )?;
-    pio.insert(
-        Arc::new(Mutex::new(AcpiPowerDevice::new(exit.clone()))),
-        u64::from(ACPI_POWER_PORT_BASE),
-        u64::from(ACPI_POWER_PORT_LEN),
-    )?;
-
-    // Created before the devices: their I/O threads stop with the vCPUs.
-    let vcpu_control = VcpuControl::default();
-    let pci = PciRoot::with_io_gate(mmio.clone(), vm.clone(), vcpu_control.io_gate());
-    for mut block in disks {
-        if config.seccomp {
-            block.set_thread_start_hook(Arc::new(|| {
-                seccomp::install(ThreadKind::BlockIo).map_err(|e| e.to_string())
-            }));
-        }
-        pci.add_virtio_device(Box::new(block), memory.clone())?;
-    }
-    for mut net in nets {
-        if config.seccomp {
-            net.set_thread_start_hook(Arc::new(|| {
-                seccomp::install(ThreadKind::NetIo).map_err(|e| e.to_string())
-            }));
-        }
-        pci.add_virtio_device(Box::new(net), memory.clone())?;
-    }
-    pio.insert(
-        Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
-        u64::from(PCI_CONFIG_ADDRESS_PORT),
-        8,
-    )?;
-    let hotplug = match hotplug_slots {
-        PciHotplugSlots::Present => Some(pci_hotplug_controller(&vm, &pio)?),
-        PciHotplugSlots::Absent => None,
-    };
-    mmio.insert(
-        Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))),
-        PCI_ECAM_START,
-        PCI_ECAM_SIZE,
-    )?;
-
-    let supported_cpuid = vm
-        .kvm()
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(VmmError::Cpuid)?;
-    let mut vcpu_fds = Vec::with_capacity(usize::from(num_cpus));
-    for index in 0..num_cpus {
-        let fd = vm.create_vcpu(index)?;
-        let entry = (index == 0).then_some(&boot);
-        configure_vcpu(&fd, vm.kvm(), &supported_cpuid, index, num_cpus, entry)?;
-        vcpu_fds.push(fd);
-    }
-
-    if !config.seccomp {
-        log::warn!("--no-seccomp: seccomp filters are disabled; use this for debugging only");
-    }
-    let _raw_terminal = RawTerminal::enable(libc::STDIN_FILENO).map_err(|source| VmmError::Io {
-        what: "switching the terminal to raw mode",
-        source,
-    })?;
-    let console_gate = ConsoleGate::new(phrase.clone(), console_writer.hold());
-    spawn_input_thread(serial, exit.clone(), console_gate.clone(), move || {
-        if seccomp_on {
-            seccomp::install(ThreadKind::ConsoleInput).map_err(|e| e.to_string())
-        } else {
-            Ok(())
-        }
-    })
-    .map_err(|source| VmmError::Io {
-        what: "starting the console thread",
-        source,
-    })?;
-
-    spawn_refusal_reporter(
-        filter_controls.clone(),
-        config.seccomp,
-        session.audit.clone(),
-    )?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let context = VcpuContext {
-        pio,
-        mmio,
-        exit: exit.clone(),
-        stop: stop.clone(),
-        control: vcpu_control.clone(),
-    };
-    session.audit.record(Event::VmStart {
-        kernel: config.kernel.display().to_string(),
-        cpus: config.cpus,
-        memory_mib: config.memory_mib,
-    })?;
-    let mut vcpus: Vec<VcpuHandle> = Vec::with_capacity(vcpu_fds.len());
-    for (index, fd) in vcpu_fds.into_iter().enumerate() {
-        let setup: Option<vcpu::ThreadSetup> = config.seccomp.then(|| {
-            Box::new(|| seccomp::install(ThreadKind::Vcpu).map_err(|e| e.to_string()))
-                as vcpu::ThreadSetup
-        });
-        let handle = vcpu::spawn(index as u8, fd, context.clone(), setup).map_err(|source| {
-            VmmError::Io {
-                what: "starting a vCPU thread",
-                source,
-            }
-        })?;
-        vcpus.push(handle);
-    }
-    // Before the main thread's filter: the monitor thread runs the card's
-    // PKCS#11 module and must not inherit it.
-    let _card_monitor = match session_card(session, card_only) {
-        Some(card) => Some(watch_card(card, session, &vcpu_control, console_gate)?),
-        None => None,
-    };
-    let media_hotplug = match hotplug {
-        Some(controller) => Some(
-            MediaHotplug::start(MediaHotplugParts {
-                pci: pci.clone(),
-                memory: memory.clone(),
-                controller,
-                audit: session.audit.clone(),
-                external: config.external.clone(),
-                seccomp: config.seccomp,
-                eject_timeout: EJECT_TIMEOUT,
-            })
-            .map_err(|source| VmmError::Io {
-                what: "starting the media hot-plug thread",
-                source,
-            })?,
-        ),
-        None => None,
-    };
-    let live = Arc::new(LiveVm::new(LiveVmParts {
-        user: session.login.as_ref().map(|l| l.identity.user_id.clone()),
-        verifier,
-        role,
-        devices,
-        nets: config
-            .nets
-            .iter()
-            .zip(filter_controls)
-            .map(|(net, filter)| NetDevice {
-                tap: net.tap.clone(),
-                mac: format_mac(net.effective_mac()),
-                addresses: net.addresses.iter().map(IpAddr::to_string).collect(),
-                filter,
-            })
-            .collect(),
-        media,
-        vcpus: vcpu_control,
-        power_button: Box::new(move || power_button.write(1).map_err(|e| e.to_string())),
-        exit: exit.clone(),
-        audit: session.audit.clone(),
-        media_hotplug,
-    }));
-    let api_server = match api_socket {
-        Some(socket) => Some(ApiServer::start(
-            socket,
-            ServerConfig {
-                thread_setup: config.seccomp.then(|| {
-                    Arc::new(|| seccomp::install(ThreadKind::Api).map_err(|e| e.to_string()))
-                        as crate::api::server::ThreadSetup
-                }),
-                ..ServerConfig::default()
-            },
-            live.clone(),
-        )?),
-        None => None,
-    };
-
-    let card_in_session = session_card(session, card_only).is_some();
-    if let Some(kind) = main_thread_filter(config.seccomp, config.on_reboot, card_in_session) {
-        if !*main_filtered {
-            if kind == ThreadKind::MainRestart && may_unlock_luks(config)? {
-                crate::storage::luks_helper::keep_running().map_err(|source| VmmError::Io {
-                    what: "starting the LUKS helper for later restarts",
-                    source,
-                })?;
-            }
-            seccomp::install(kind)?;
-            *main_filtered = true;
-        }
-    }
-
-    let reason = exit_events
-        .recv()
-        .unwrap_or_else(|_| ExitReason::Internal("every device and vCPU went away".into()));
-    stop.store(true, Ordering::Release);
-    for handle in vcpus {
-        handle.stop();
-    }
-    // A waiting `ctl shutdown` learns the outcome before the socket goes.
-    live.vm_stopped(&reason);
-    live.stop_media_hotplug();
-    if let Some(server) = api_server {
-        server.stop();
-    }
-    *policy_in_force = live.pushed_role();
+    let (boot_files, boot_devices, control) = builder.open_inputs(policy_in_force.take())?;
+    let machine = builder.create_machine(boot_files, control.hotplug_slots())?;
+    let legacy = builder.attach_legacy_devices(&machine)?;
+    let pci = builder.attach_pci_devices(&machine, &legacy, boot_devices)?;
+    let vcpu_fds = builder.create_vcpus(&machine)?;
+    let running = builder.start(control, machine, legacy, pci, vcpu_fds)?;
+    builder.narrow_main_thread(main_filtered)?;
+    let reason = running.wait_for_exit();
+    *policy_in_force = running.stop(&reason);
     Ok(reason)
+}
+
+/// What every step reads: the command line, the logged-in session (or
+/// the card given to open disks) and the prompt phrase.
+struct VmBuilder<'a> {
+    config: &'a VmConfig,
+    session: &'a Session,
+    card_only: Option<&'a CardCredential>,
+    phrase: &'a PromptPhrase,
+}
+
+/// The kernel and initrd, opened before KVM is touched.
+struct BootFiles {
+    kernel: File,
+    initrd: Option<File>,
+}
+
+/// The devices the guest has from boot on, opened but not yet attached.
+struct BootDevices {
+    blocks: Vec<Block>,
+    nets: Vec<Net>,
+}
+
+/// What the control API serves and shows.
+struct ControlParts {
+    socket: Option<BoundSocket>,
+    role: Option<ActiveRole>,
+    verifier: Option<PolicyVerifier>,
+    devices: Vec<Device>,
+    media: MediaCounters,
+    filter_controls: Vec<FilterControl>,
+}
+
+impl ControlParts {
+    /// Media can be hot-plugged only through the control socket; without
+    /// one the guest is shown no slots and the controller does not exist.
+    fn hotplug_slots(&self) -> PciHotplugSlots {
+        if self.socket.is_some() {
+            PciHotplugSlots::Present
+        } else {
+            PciHotplugSlots::Absent
+        }
+    }
+}
+
+/// The KVM VM with its RAM, the kernel loaded and the boot structures
+/// and ACPI tables written.
+struct Machine {
+    power_button: EventFd,
+    memory: Arc<GuestMemoryMmap>,
+    guest_ram: GuestRam,
+    vm: Arc<Vm>,
+    boot: BootEntry,
+    num_cpus: u8,
+    hotplug_slots: PciHotplugSlots,
+}
+
+/// The port and MMIO buses with the legacy devices on them, and what
+/// they report exits and console output through.
+struct LegacyDevices {
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    serial: Arc<Mutex<SerialDevice>>,
+    console_writer: ConsoleWriter,
+    exit: ExitNotifier,
+    exit_events: Receiver<ExitReason>,
+}
+
+/// The PCI root with the virtio devices on it.
+struct PciDevices {
+    pci: Arc<PciRoot>,
+    /// `None` without a control socket (see [`ControlParts::hotplug_slots`]).
+    hotplug: Option<Arc<PciHotplug>>,
+    /// Created before the devices: their I/O threads stop with the vCPUs.
+    vcpu_control: VcpuControl,
+}
+
+impl VmBuilder<'_> {
+    /// Step 1: every input, before KVM is touched, so bad input fails fast
+    /// and nothing is created or written on its behalf.
+    fn open_inputs(
+        &self,
+        pushed_role: Option<ActiveRole>,
+    ) -> Result<(BootFiles, BootDevices, ControlParts), VmmError> {
+        let (config, session) = (self.config, self.session);
+        // Bound first, while securevm has no other threads (the socket's
+        // mode comes from a process-wide umask), and so a bad path fails
+        // at once.
+        let socket = match &config.api_socket {
+            Some(path) => Some(BoundSocket::bind(path)?),
+            None => None,
+        };
+        let kernel = open_input("kernel", &config.kernel)?;
+        let initrd = match &config.initrd {
+            Some(path) => Some(open_input("initrd", path)?),
+            None => None,
+        };
+        // A policy pushed through the control socket outlives a guest reboot.
+        let role = pushed_role.or_else(|| session.role.clone());
+        let verifier = match (&config.policy, &session.login) {
+            (Some(policy), Some(login)) => Some(
+                PolicyVerifier::new(policy, &login.identity.user_id).map_err(SessionError::from)?,
+            ),
+            _ => None,
+        };
+        crate::storage::parallel::set_worker_confinement(Confinement::new(
+            ThreadKind::DiskCrypto,
+            config.seccomp,
+        ));
+        let OpenedDisks {
+            blocks,
+            devices,
+            media,
+        } = open_disks(config, session, role.as_ref(), self.card_only)?;
+        // The card's session ends once the disks are open: its module is
+        // finalized before any guest code runs and before seccomp narrows
+        // the main thread (a restart logs the card in again).
+        if let Some(card) = session_card(session, self.card_only) {
+            drop(card.take_login());
+        }
+        let (nets, filter_controls) = open_nets(config, role.as_ref())?;
+        Ok((
+            BootFiles { kernel, initrd },
+            BootDevices { blocks, nets },
+            ControlParts {
+                socket,
+                role,
+                verifier,
+                devices,
+                media,
+                filter_controls,
+            },
+        ))
+    }
+
+    /// Step 2: the KVM VM and its RAM, the kernel and initrd loaded, the
+    /// boot structures and ACPI tables written.
+    fn create_machine(
+        &self,
+        mut files: BootFiles,
+        hotplug_slots: PciHotplugSlots,
+    ) -> Result<Machine, VmmError> {
+        let config = self.config;
+        let vm = Arc::new(Vm::new(&config.kvm_device)?);
+        vm.check_vcpu_count(usize::from(config.cpus))?;
+        let num_cpus =
+            u8::try_from(config.cpus).map_err(|_| ConfigError::TooManyVcpus(config.cpus))?;
+        let guest_ram = GuestRam::new(config.memory_bytes())?;
+        let memory = guest_ram.memory().clone();
+        vm.register_memory(&memory)?;
+        vm.create_interrupt_controllers()?;
+
+        let kernel_image = load_kernel(&memory, &mut files.kernel)?;
+        let initrd_info = match files.initrd.as_mut() {
+            Some(file) => Some(load_initrd(&memory, file, &kernel_image)?),
+            None => None,
+        };
+        let cmdline = load_cmdline(&memory, &config.cmdline, &kernel_image)?;
+        let boot = configure_boot(
+            &memory,
+            &BootConfig {
+                kernel: &kernel_image,
+                cmdline,
+                initrd: initrd_info,
+                mem_size: config.memory_bytes(),
+            },
+        )?;
+        create_acpi_tables(memory.as_ref(), num_cpus, hotplug_slots)?;
+        let power_button = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::Io {
+            what: "creating the power button interrupt",
+            source,
+        })?;
+        vm.register_irqfd(&power_button, POWER_BUTTON_GSI)?;
+        Ok(Machine {
+            power_button,
+            memory,
+            guest_ram,
+            vm,
+            boot,
+            num_cpus,
+            hotplug_slots,
+        })
+    }
+
+    /// Step 3: the buses, with the serial port (its output through the
+    /// console writer thread), the i8042 reset line and the ACPI power
+    /// ports on the port bus.
+    fn attach_legacy_devices(&self, machine: &Machine) -> Result<LegacyDevices, VmmError> {
+        let (exit, exit_events) = ExitNotifier::new();
+        let pio = Arc::new(Bus::new());
+        let mmio = Arc::new(Bus::new());
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::Io {
+            what: "creating the serial interrupt",
+            source,
+        })?;
+        machine.vm.register_irqfd(&serial_irq, COM1_IRQ)?;
+        let (console_writer, console_sink) = ConsoleWriter::spawn(
+            std::io::stdout(),
+            Confinement::new(ThreadKind::ConsoleOutput, self.config.seccomp),
+        )?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            serial_irq,
+            Box::new(console_sink),
+        )));
+        pio.insert(
+            serial.clone(),
+            u64::from(COM1_PORT),
+            u64::from(SerialDevice::PORT_LEN),
+        )?;
+        pio.insert(
+            Arc::new(Mutex::new(I8042Device::new(exit.clone()))),
+            u64::from(I8042Device::PORT_BASE),
+            u64::from(I8042Device::PORT_LEN),
+        )?;
+        pio.insert(
+            Arc::new(Mutex::new(AcpiPowerDevice::new(exit.clone()))),
+            u64::from(ACPI_POWER_PORT_BASE),
+            u64::from(ACPI_POWER_PORT_LEN),
+        )?;
+        Ok(LegacyDevices {
+            pio,
+            mmio,
+            serial,
+            console_writer,
+            exit,
+            exit_events,
+        })
+    }
+
+    /// Step 4: the PCI root (configuration space on ports and ECAM), the
+    /// disks and network devices on it, and the hot-plug controller.
+    fn attach_pci_devices(
+        &self,
+        machine: &Machine,
+        legacy: &LegacyDevices,
+        devices: BootDevices,
+    ) -> Result<PciDevices, VmmError> {
+        let seccomp = self.config.seccomp;
+        let vcpu_control = VcpuControl::default();
+        let pci = PciRoot::with_io_gate(
+            legacy.mmio.clone(),
+            machine.vm.clone(),
+            vcpu_control.io_gate(),
+        );
+        for mut block in devices.blocks {
+            block.set_confinement(Confinement::new(ThreadKind::BlockIo, seccomp));
+            pci.add_virtio_device(Box::new(block), machine.memory.clone())?;
+        }
+        for mut net in devices.nets {
+            net.set_confinement(Confinement::new(ThreadKind::NetIo, seccomp));
+            pci.add_virtio_device(Box::new(net), machine.memory.clone())?;
+        }
+        legacy.pio.insert(
+            Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
+            u64::from(PCI_CONFIG_ADDRESS_PORT),
+            8,
+        )?;
+        let hotplug = match machine.hotplug_slots {
+            PciHotplugSlots::Present => Some(pci_hotplug_controller(&machine.vm, &legacy.pio)?),
+            PciHotplugSlots::Absent => None,
+        };
+        legacy.mmio.insert(
+            Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))),
+            PCI_ECAM_START,
+            PCI_ECAM_SIZE,
+        )?;
+        Ok(PciDevices {
+            pci,
+            hotplug,
+            vcpu_control,
+        })
+    }
+
+    /// Step 5: the vCPUs, configured (the boot vCPU at the kernel's entry)
+    /// but not yet running.
+    fn create_vcpus(&self, machine: &Machine) -> Result<Vec<VcpuFd>, VmmError> {
+        let vm = &machine.vm;
+        let supported_cpuid = vm
+            .kvm()
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(VmmError::Cpuid)?;
+        let mut vcpu_fds = Vec::with_capacity(usize::from(machine.num_cpus));
+        for index in 0..machine.num_cpus {
+            let fd = vm.create_vcpu(index)?;
+            let entry = (index == 0).then_some(&machine.boot);
+            configure_vcpu(
+                &fd,
+                vm.kvm(),
+                &supported_cpuid,
+                index,
+                machine.num_cpus,
+                entry,
+            )?;
+            vcpu_fds.push(fd);
+        }
+        Ok(vcpu_fds)
+    }
+
+    /// Step 6: the console, the network refusal reporter, the vCPU
+    /// threads (the guest runs from here on) and the services around it.
+    fn start(
+        &self,
+        control: ControlParts,
+        machine: Machine,
+        legacy: LegacyDevices,
+        pci: PciDevices,
+        vcpu_fds: Vec<VcpuFd>,
+    ) -> Result<RunningVm, VmmError> {
+        let seccomp = self.config.seccomp;
+        if !seccomp {
+            log::warn!("--no-seccomp: seccomp filters are disabled; use this for debugging only");
+        }
+        let raw_terminal =
+            RawTerminal::enable(libc::STDIN_FILENO).map_err(|source| VmmError::Io {
+                what: "switching the terminal to raw mode",
+                source,
+            })?;
+        let console_gate = ConsoleGate::new(self.phrase.clone(), legacy.console_writer.hold());
+        spawn_input_thread(
+            legacy.serial,
+            legacy.exit.clone(),
+            console_gate.clone(),
+            Confinement::new(ThreadKind::ConsoleInput, seccomp),
+        )?;
+        spawn_refusal_reporter(
+            control.filter_controls.clone(),
+            seccomp,
+            self.session.audit.clone(),
+        )?;
+        let stop_flag = Arc::new(AtomicBool::new(false));
+        let vcpu_context = VcpuContext {
+            pio: legacy.pio,
+            mmio: legacy.mmio,
+            exit: legacy.exit.clone(),
+            stop: stop_flag.clone(),
+            control: pci.vcpu_control.clone(),
+        };
+        let vcpus = self.start_vcpus(vcpu_fds, &vcpu_context)?;
+        let services = self.start_services(
+            control,
+            machine.power_button,
+            &machine.memory,
+            &pci,
+            console_gate,
+            &legacy.exit,
+        )?;
+        Ok(RunningVm {
+            vcpus,
+            api_server: services.api_server,
+            live: services.live,
+            card_monitor: services.card_monitor,
+            vcpu_context,
+            stop_flag,
+            console_gate: services.console_gate,
+            raw_terminal,
+            pci: pci.pci,
+            console_writer: legacy.console_writer,
+            exit_events: legacy.exit_events,
+            exit: legacy.exit,
+            memory: machine.memory,
+            guest_ram: machine.guest_ram,
+            vm: machine.vm,
+        })
+    }
+
+    /// Records the start in the audit log and starts one thread per vCPU.
+    fn start_vcpus(
+        &self,
+        vcpu_fds: Vec<VcpuFd>,
+        context: &VcpuContext,
+    ) -> Result<Vec<VcpuHandle>, VmmError> {
+        let config = self.config;
+        self.session.audit.record(Event::VmStart {
+            kernel: config.kernel.display().to_string(),
+            cpus: config.cpus,
+            memory_mib: config.memory_mib,
+        })?;
+        let confinement = Confinement::new(ThreadKind::Vcpu, config.seccomp);
+        let mut vcpus = Vec::with_capacity(vcpu_fds.len());
+        for (index, fd) in (0..=u8::MAX).zip(vcpu_fds) {
+            vcpus.push(vcpu::spawn(index, fd, context.clone(), confinement)?);
+        }
+        Ok(vcpus)
+    }
+
+    /// The smart-card monitor, the media hot-plug thread and the control
+    /// API, around a guest that already runs.
+    fn start_services(
+        &self,
+        control: ControlParts,
+        power_button: EventFd,
+        memory: &Arc<GuestMemoryMmap>,
+        pci: &PciDevices,
+        console_gate: ConsoleGate,
+        exit: &ExitNotifier,
+    ) -> Result<Services, VmmError> {
+        let (config, session) = (self.config, self.session);
+        // Before the main thread's filter: the monitor thread runs the
+        // card's PKCS#11 module and must not inherit it.
+        let (card_monitor, console_gate) = match session_card(session, self.card_only) {
+            Some(card) => (
+                Some(watch_card(card, session, &pci.vcpu_control, console_gate)?),
+                None,
+            ),
+            None => (None, Some(console_gate)),
+        };
+        let media_hotplug = match &pci.hotplug {
+            Some(controller) => Some(
+                MediaHotplug::start(MediaHotplugParts {
+                    pci: pci.pci.clone(),
+                    memory: memory.clone(),
+                    controller: controller.clone(),
+                    audit: session.audit.clone(),
+                    external: config.external.clone(),
+                    seccomp: config.seccomp,
+                    eject_timeout: EJECT_TIMEOUT,
+                })
+                .map_err(|source| VmmError::Io {
+                    what: "starting the media hot-plug thread",
+                    source,
+                })?,
+            ),
+            None => None,
+        };
+        let live = Arc::new(LiveVm::new(LiveVmParts {
+            user: session.login.as_ref().map(|l| l.identity.user_id.clone()),
+            verifier: control.verifier,
+            role: control.role,
+            devices: control.devices,
+            nets: config
+                .nets
+                .iter()
+                .zip(control.filter_controls)
+                .map(|(net, filter)| NetDevice {
+                    tap: net.tap.clone(),
+                    mac: format_mac(net.effective_mac()),
+                    addresses: net.addresses.iter().map(IpAddr::to_string).collect(),
+                    filter,
+                })
+                .collect(),
+            media: control.media,
+            vcpus: pci.vcpu_control.clone(),
+            power_button: Box::new(move || power_button.write(1).map_err(|e| e.to_string())),
+            exit: exit.clone(),
+            audit: session.audit.clone(),
+            media_hotplug,
+        }));
+        let api_server = match control.socket {
+            Some(socket) => Some(ApiServer::start(
+                socket,
+                ServerConfig {
+                    confinement: Confinement::new(ThreadKind::Api, config.seccomp),
+                    ..ServerConfig::default()
+                },
+                live.clone(),
+            )?),
+            None => None,
+        };
+        Ok(Services {
+            api_server,
+            live,
+            card_monitor,
+            console_gate,
+        })
+    }
+
+    /// Step 7: the main thread narrows itself to its own filter, once per
+    /// process (`main_filtered`), now that the VM runs.
+    fn narrow_main_thread(&self, main_filtered: &mut bool) -> Result<(), VmmError> {
+        let config = self.config;
+        let card_in_session = session_card(self.session, self.card_only).is_some();
+        let Some(kind) = main_thread_filter(config.seccomp, config.on_reboot, card_in_session)
+        else {
+            return Ok(());
+        };
+        if *main_filtered {
+            return Ok(());
+        }
+        if kind == ThreadKind::MainRestart && may_unlock_luks(config)? {
+            crate::storage::luks_helper::keep_running().map_err(|source| VmmError::Io {
+                what: "starting the LUKS helper for later restarts",
+                source,
+            })?;
+        }
+        seccomp::install(kind)?;
+        *main_filtered = true;
+        Ok(())
+    }
+}
+
+/// The threads and handles around the running guest.
+struct Services {
+    api_server: Option<ApiServer>,
+    live: Arc<LiveVm>,
+    card_monitor: Option<RemovalMonitor>,
+    /// Kept while no card monitor holds it.
+    console_gate: Option<ConsoleGate>,
 }
 
 /// The ACPI PCI hot-plug controller on its ports, raising its own GED
@@ -656,161 +680,32 @@ const AUDIT_REFUSAL_EXAMPLES: usize = 5;
 /// and a few examples) in the audit log.
 fn spawn_refusal_reporter(
     controls: Vec<FilterControl>,
-    seccomp_on: bool,
+    seccomp: bool,
     audit: Audit,
 ) -> Result<(), VmmError> {
     if controls.is_empty() {
         return Ok(());
     }
-    std::thread::Builder::new()
-        .name("net-report".into())
-        .spawn(move || {
-            if seccomp_on {
-                if let Err(e) = seccomp::install(ThreadKind::Reporter) {
-                    log::error!("network refusal reports stopped: {e}");
-                    return;
+    let confinement = Confinement::new(ThreadKind::Reporter, seccomp);
+    // Never joined: it reports until the process ends.
+    let _detached = confined::spawn("net-report", confinement, move || loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let mut count = 0u64;
+        let mut examples = Vec::new();
+        for control in &controls {
+            for refusal in control.drain_refusals() {
+                crate::notice!("securevm: network: {refusal}");
+                count += 1;
+                if examples.len() < AUDIT_REFUSAL_EXAMPLES {
+                    examples.push(refusal.to_string());
                 }
             }
-            loop {
-                std::thread::sleep(std::time::Duration::from_secs(1));
-                let mut count = 0u64;
-                let mut examples = Vec::new();
-                for control in &controls {
-                    for refusal in control.drain_refusals() {
-                        crate::notice!("securevm: network: {refusal}");
-                        count += 1;
-                        if examples.len() < AUDIT_REFUSAL_EXAMPLES {
-                            examples.push(refusal.to_string());
-                        }
-                    }
-                }
-                if count > 0 {
-                    audit.record_or_warn(Event::NetworkRefusals { count, examples });
-                }
-            }
-        })
-        .map(|_| ())
-        .map_err(|source| VmmError::Io {
-            what: "starting the network report thread",
-            source,
-        })
-}
-
-/// Opens every `--disk` (LUKS volumes with the logged-in user's
-/// credential, or without a login the disk passphrase; others raw) and
-/// every `--external` medium under `role`'s external-media policy,
-/// recording each in the audit log. Secrets are read once and dropped
-/// (zeroized) before the VM starts. Also returns the devices as the
-/// control API shows them and the media decisions.
-fn open_disks(
-    config: &VmConfig,
-    session: &Session,
-    role: Option<&ActiveRole>,
-    card_only: Option<&CardCredential>,
-) -> Result<(Vec<Block>, Vec<Device>, MediaCounters), VmmError> {
-    let audit = &session.audit;
-    let mut blocks = Vec::new();
-    let mut devices = Vec::new();
-    let mut media = MediaCounters::default();
-    let mut disk_passphrase: Option<SecretBuf> = None;
-    for disk in &config.disks {
-        let disk_error = |source| VmmError::Disk {
-            path: disk.path.display().to_string(),
-            source,
-        };
-        let encrypted = is_luks(&disk.path)?;
-        let backend: Box<dyn BlockBackend> =
-            if let (true, Some(login)) = (encrypted, &session.login) {
-                let unlocked = unlock_for_user(&disk.path, login)?;
-                audit.record(Event::DiskOpened {
-                    path: disk.path.display().to_string(),
-                    keyslot: Some(unlocked.volume.keyslot),
-                    user_slot: unlocked.own_slot,
-                    read_only: disk.read_only,
-                })?;
-                Box::new(EncryptedBackend::from_unlocked(
-                    &disk.path,
-                    unlocked.volume,
-                    disk.read_only,
-                )?)
-            } else if let Some((backend, keyslot)) = match card_only {
-                Some(card) if encrypted => open_by_card(card, disk)?,
-                _ => None,
-            } {
-                audit.record(Event::DiskOpened {
-                    path: disk.path.display().to_string(),
-                    keyslot: Some(keyslot),
-                    user_slot: false,
-                    read_only: disk.read_only,
-                })?;
-                Box::new(backend)
-            } else if encrypted {
-                if disk_passphrase.is_none() {
-                    let source = match &config.passphrase_file {
-                        Some(file) => PassphraseSource::File(file),
-                        None => PassphraseSource::Terminal {
-                            prompt: "Disk passphrase: ",
-                            confirm: false,
-                        },
-                    };
-                    disk_passphrase = Some(read_passphrase(source)?);
-                }
-                let passphrase = disk_passphrase.as_ref().map_or(&[][..], |p| p.as_bytes());
-                let backend = EncryptedBackend::open(&disk.path, passphrase, disk.read_only)?;
-                audit.record(Event::DiskOpened {
-                    path: disk.path.display().to_string(),
-                    keyslot: None,
-                    user_slot: false,
-                    read_only: disk.read_only,
-                })?;
-                Box::new(backend)
-            } else {
-                Box::new(RawFileBackend::open(&disk.path, disk.read_only).map_err(disk_error)?)
-            };
-        let id = disk_id_from_path(&disk.path);
-        blocks.push(Block::new(backend, &id).map_err(disk_error)?);
-        devices.push(Device::Disk {
-            id,
-            path: disk.path.display().to_string(),
-            read_only: disk.read_only,
-            encrypted,
-        });
-    }
-    drop(disk_passphrase);
-
-    let external = &config.external;
-    let medium_key = match (&external.passphrase_file, external.media.is_empty()) {
-        (Some(file), false) => Some(read_passphrase(PassphraseSource::File(file))?),
-        _ => None,
-    };
-    let rules = MediaRules {
-        policy: media_policy(external, role),
-        allowed_serials: allowed_serials(role),
-        key: medium_key.as_ref().map(|k| k.as_bytes()),
-        format_blank: external.format_blank,
-    };
-    for medium in &external.media {
-        let shown = medium.display();
-        let (backend, mode) = match decide_medium(medium, &rules, audit)? {
-            MediumOutcome::Attach { backend, mode } => (backend, mode),
-            MediumOutcome::Denied { .. } => {
-                media.denied += 1;
-                continue;
-            }
-        };
-        let id = disk_id_from_path(medium);
-        blocks.push(Block::new(backend, &id).map_err(|source| VmmError::Disk {
-            path: shown.to_string(),
-            source,
-        })?);
-        media.attached += 1;
-        devices.push(Device::External {
-            id,
-            path: shown.to_string(),
-            mode: mode.to_string(),
-        });
-    }
-    Ok((blocks, devices, media))
+        }
+        if count > 0 {
+            audit.record_or_warn(Event::NetworkRefusals { count, examples });
+        }
+    })?;
+    Ok(())
 }
 
 fn format_mac(mac: [u8; 6]) -> String {
@@ -856,81 +751,3 @@ fn watch_card(
 
 /// How long one pause attempt waits for the vCPUs after the card is pulled.
 const CARD_PAUSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// A LUKS disk opened by the logged-in card (and the keyslot that
-/// opened it), or `None` when no keyslot
-/// of it is bound to the card (the passphrase is asked instead).
-fn open_by_card(
-    card: &CardCredential,
-    disk: &crate::config::DiskConfig,
-) -> Result<Option<(EncryptedBackend, u32)>, VmmError> {
-    match card.with_login(|login| card_disk::unlock(&disk.path, &login.token)) {
-        Ok(volume) => {
-            let keyslot = volume.keyslot;
-            log::info!(
-                "{}: opened by the smart card (keyslot {keyslot})",
-                disk.path.display()
-            );
-            let backend = EncryptedBackend::from_unlocked(&disk.path, volume, disk.read_only)?;
-            Ok(Some((backend, keyslot)))
-        }
-        Err(SmartCardError::NoCardKeyslot { .. }) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn open_input(what: &'static str, path: &Path) -> Result<File, VmmError> {
-    let shown = path.display().to_string();
-    let file = File::open(path).map_err(|source| match source.kind() {
-        io::ErrorKind::NotFound => VmmError::InputMissing {
-            what,
-            path: shown.clone(),
-        },
-        _ => VmmError::InputUnreadable {
-            what,
-            path: shown.clone(),
-            source,
-        },
-    })?;
-    let metadata = file
-        .metadata()
-        .map_err(|source| VmmError::InputUnreadable {
-            what,
-            path: shown.clone(),
-            source,
-        })?;
-    if !metadata.is_file() {
-        return Err(VmmError::InputUnreadable {
-            what,
-            path: shown,
-            source: io::Error::other("not a regular file"),
-        });
-    }
-    Ok(file)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_main_thread_is_filtered_in_both_reboot_modes() {
-        assert_eq!(
-            main_thread_filter(true, RebootAction::Exit, false),
-            Some(ThreadKind::Main)
-        );
-        assert_eq!(
-            main_thread_filter(true, RebootAction::Restart, false),
-            Some(ThreadKind::MainRestart)
-        );
-        assert_eq!(
-            main_thread_filter(true, RebootAction::Exit, true),
-            Some(ThreadKind::Main)
-        );
-        assert_eq!(main_thread_filter(false, RebootAction::Exit, false), None);
-        assert_eq!(
-            main_thread_filter(false, RebootAction::Restart, false),
-            None
-        );
-    }
-}
