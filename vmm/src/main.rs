@@ -21,7 +21,7 @@ use securevm::prompt_phrase;
 use securevm::storage::bench::{run_disk_bench, BenchDiskArgs};
 use securevm::storage::external::ExternalMediaPolicy;
 use securevm::storage::{run_disk_command, DiskCommand};
-use securevm::vmm::VmmError;
+use securevm::vm::VmmError;
 
 #[derive(Parser)]
 #[command(
@@ -324,7 +324,7 @@ fn bench_net() {
 }
 
 fn run(config: VmConfig) -> ExitCode {
-    match securevm::vmm::run(&config) {
+    match securevm::vm::run(&config) {
         Ok(reason) => {
             match &reason {
                 ExitReason::GuestCrash(dump) => eprintln!("securevm: guest crashed: {dump}"),

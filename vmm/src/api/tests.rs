@@ -14,6 +14,7 @@ use super::controller::VmController;
 use super::http::{decode_response, encode_request, read_reply, Response};
 use super::protocol::*;
 use super::server::{ApiServer, BoundSocket, ServerConfig, SocketError};
+use crate::confined::Confinement;
 
 /// Records every call; status reflects the pause state and policy version.
 #[derive(Default)]
@@ -138,7 +139,7 @@ fn quick_config() -> ServerConfig {
         workers: 2,
         max_body: 4096,
         request_deadline: Duration::from_millis(300),
-        thread_setup: None,
+        confinement: Confinement::Unfiltered,
     }
 }
 
@@ -458,10 +459,10 @@ fn seccomp_child() {
     use super::policy_push::tests::Fixture;
     use super::policy_push::PolicyVerifier;
     use crate::exit::ExitNotifier;
+    use crate::kvm::vcpu::VcpuControl;
     use crate::netfilter::{Filter, FilterConfig};
     use crate::policy::ActiveRole;
-    use crate::seccomp::{self, ThreadKind};
-    use crate::vstate::vcpu::VcpuControl;
+    use crate::seccomp::ThreadKind;
 
     if std::env::var_os(SECCOMP_CHILD_ENV).is_none() {
         return;
@@ -508,9 +509,7 @@ fn seccomp_child() {
     let server = ApiServer::start(
         BoundSocket::bind(&socket).unwrap(),
         ServerConfig {
-            thread_setup: Some(Arc::new(|| {
-                seccomp::install(ThreadKind::Api).map_err(|e| e.to_string())
-            })),
+            confinement: Confinement::Seccomp(ThreadKind::Api),
             ..ServerConfig::default()
         },
         vm.clone(),

@@ -10,7 +10,7 @@
 //! - [`cli::DiskCommand`] / [`run_disk_command`]: `securevm disk ...`;
 //! - [`bench::BenchDiskArgs`] / [`bench::run_disk_bench`]: `securevm bench disk`;
 //! - [`external::attach_decision`]: removable media under a policy;
-//! - [`parallel::set_worker_start`]: the seccomp hook of the crypto workers.
+//! - [`parallel::set_worker_confinement`]: the seccomp filter of the crypto workers.
 
 pub mod backend;
 pub mod bench;

@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use super::SLOT_COUNT;
 use crate::devices::bus::BusDevice;
+use crate::sync::Unpoisoned;
 
 /// Where the registers live on the I/O bus; the DSDT reserves the range.
 pub const HOTPLUG_PORT_BASE: u16 = 0x0ae0;
@@ -110,7 +111,7 @@ impl PciHotplug {
             registers = self
                 .ejected_changed
                 .wait_timeout(registers, deadline - now)
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .unpoisoned()
                 .0;
         }
     }
@@ -137,9 +138,7 @@ impl PciHotplug {
     }
 
     fn lock(&self) -> MutexGuard<'_, Registers> {
-        self.registers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.registers.lock().unpoisoned()
     }
 
     fn guest_read(&self, offset: u64) -> u32 {
