@@ -19,7 +19,6 @@ pub mod external_media;
 pub mod identity;
 pub mod loader;
 pub mod media_hotplug;
-pub mod netfilter;
 pub mod notice;
 pub mod policy;
 pub mod prompt_phrase;

@@ -301,7 +301,7 @@ fn main() -> ExitCode {
 }
 
 fn bench_net() {
-    use securevm::netfilter::bench;
+    use netfilter::bench;
     let mut decision_10k = f64::NAN;
     for rules in [10, 1_000, 10_000] {
         let report = bench::measure(rules);

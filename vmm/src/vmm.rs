@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use guest_policy::{Action, NetworkPolicy};
+use netfilter::{Filter, FilterConfig, FilterControl, DEFAULT_CONNTRACK_CAPACITY};
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use vmm_sys_util::eventfd::EventFd;
@@ -62,7 +63,6 @@ use crate::identity::smartcard::{self, disk as card_disk, SmartCardError};
 use crate::identity::{Credential, RetryDelay};
 use crate::loader::{load_cmdline, load_initrd, load_kernel, LoaderError};
 use crate::media_hotplug::{MediaHotplug, MediaHotplugParts, EJECT_TIMEOUT};
-use crate::netfilter::{Filter, FilterConfig, FilterControl, DEFAULT_CONNTRACK_CAPACITY};
 use crate::policy::ActiveRole;
 use crate::prompt_phrase::{PhraseError, PromptPhrase};
 use crate::seccomp::{self, SeccompError, ThreadKind};

@@ -458,10 +458,10 @@ fn seccomp_child() {
     use super::policy_push::tests::Fixture;
     use super::policy_push::PolicyVerifier;
     use crate::exit::ExitNotifier;
-    use crate::netfilter::{Filter, FilterConfig};
     use crate::policy::ActiveRole;
     use crate::seccomp::{self, ThreadKind};
     use crate::vstate::vcpu::VcpuControl;
+    use netfilter::{Filter, FilterConfig};
 
     if std::env::var_os(SECCOMP_CHILD_ENV).is_none() {
         return;

@@ -25,21 +25,21 @@ impl FrameFilter for AllowAll {
     }
 }
 
-/// The policy filter ([`crate::netfilter::Filter`]) behind the seam.
-pub struct PolicyFilter(crate::netfilter::Filter);
+/// The policy filter ([`netfilter::Filter`]) behind the seam.
+pub struct PolicyFilter(netfilter::Filter);
 
 impl PolicyFilter {
-    pub fn new(filter: crate::netfilter::Filter) -> Self {
+    pub fn new(filter: netfilter::Filter) -> Self {
         Self(filter)
     }
 }
 
 impl FrameFilter for PolicyFilter {
     fn outbound(&mut self, frame: &[u8]) -> bool {
-        self.0.outbound(frame, std::time::Instant::now()) == crate::netfilter::Verdict::Pass
+        self.0.outbound(frame, std::time::Instant::now()) == netfilter::Verdict::Pass
     }
 
     fn inbound(&mut self, frame: &[u8]) -> bool {
-        self.0.inbound(frame, std::time::Instant::now()) == crate::netfilter::Verdict::Pass
+        self.0.inbound(frame, std::time::Instant::now()) == netfilter::Verdict::Pass
     }
 }

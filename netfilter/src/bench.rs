@@ -93,7 +93,7 @@ pub fn random_policy(rule_count: usize, seed: u64) -> NetworkPolicy {
 fn destination(rng: &mut Rng, policy: &NetworkPolicy, ipv6: bool) -> IpAddr {
     let named = policy
         .rules
-        .get(rng.below(policy.rules.len().max(1) as u64) as usize)
+        .get(rng.index(policy.rules.len().max(1)))
         .and_then(|rule| {
             rule.remote
                 .iter()
@@ -102,14 +102,14 @@ fn destination(rng: &mut Rng, policy: &NetworkPolicy, ipv6: bool) -> IpAddr {
     match named {
         Some(IpNet::V4(net)) if rng.chance(50) => {
             let span = u64::from(u32::from(net.broadcast()) - u32::from(net.network())) + 1;
-            IpAddr::V4(Ipv4Addr::from(
-                u32::from(net.network()) + rng.below(span) as u32,
-            ))
+            let offset = u32::try_from(rng.below(span)).expect("an offset inside an IPv4 block");
+            IpAddr::V4(Ipv4Addr::from(u32::from(net.network()) + offset))
         }
         Some(IpNet::V6(net)) if rng.chance(50) => {
-            let span = (u128::from(net.broadcast()) - u128::from(net.network()))
-                .min(u128::from(u64::MAX - 1)) as u64
-                + 1;
+            // Blocks wider than 2^64 addresses are sampled in their first 2^64.
+            let span = u64::try_from(u128::from(net.broadcast()) - u128::from(net.network()))
+                .unwrap_or(u64::MAX)
+                .saturating_add(1);
             IpAddr::V6(Ipv6Addr::from(
                 u128::from(net.network()) + u128::from(rng.below(span)),
             ))
@@ -248,7 +248,7 @@ fn new_flow_frames(rng: &mut Rng, policy: &NetworkPolicy) -> Vec<Vec<u8>> {
                 IpAddr::V4(GUEST_IPV4)
             };
             let remote = destination(rng, policy, ipv6);
-            let guest_port = 20_000 + (index % 40_000) as u16;
+            let guest_port = 20_000 + u16::try_from(index % 40_000).expect("below 40 000");
             let remote_port = if rng.chance(50) {
                 *rng.pick(&[22, 80, 443, 8080, 3306, 5432])
             } else {
