@@ -19,6 +19,7 @@ pub mod external_media;
 pub mod identity;
 pub mod loader;
 pub mod media_hotplug;
+pub mod network;
 pub mod notice;
 pub mod policy;
 pub mod prompt_phrase;

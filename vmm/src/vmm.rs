@@ -48,9 +48,7 @@ use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::block::{
     disk_id_from_path, Block, BlockBackend, BlockError, RawFileBackend,
 };
-use crate::devices::virtio::net::{
-    Net, NetError, PolicyFilter, Tap, TapError, VpnLink, VpnLinkError,
-};
+use crate::devices::virtio::net::{Net, NetError, Tap, TapError};
 use crate::exit::{ExitNotifier, ExitReason};
 use crate::external_media::{
     allowed_serials, decide_medium, media_policy, MediaRules, MediumError, MediumOutcome,
@@ -63,6 +61,7 @@ use crate::identity::smartcard::{self, disk as card_disk, SmartCardError};
 use crate::identity::{Credential, RetryDelay};
 use crate::loader::{load_cmdline, load_initrd, load_kernel, LoaderError};
 use crate::media_hotplug::{MediaHotplug, MediaHotplugParts, EJECT_TIMEOUT};
+use crate::network::PolicyFilter;
 use crate::policy::ActiveRole;
 use crate::prompt_phrase::{PhraseError, PromptPhrase};
 use crate::seccomp::{self, SeccompError, ThreadKind};
@@ -70,6 +69,7 @@ use crate::storage::luks::is_luks;
 use crate::storage::passphrase::{read_passphrase, PassphraseSource};
 use crate::storage::secret::SecretBuf;
 use crate::storage::{EncryptedBackend, StorageError};
+use crate::vpn::{VpnLink, VpnLinkError};
 use crate::vstate::vcpu::{self, VcpuContext, VcpuControl, VcpuControlError, VcpuHandle};
 use crate::vstate::vm::{Vm, VmError};
 
@@ -640,7 +640,7 @@ fn open_nets(
             Box::new(PolicyFilter::new(filter)),
         )?;
         if let Some(plan) = vpn.take_if(|plan| plan.net_index == index) {
-            device.attach_vpn(VpnLink::open(plan.config, plan.key)?);
+            device.attach_vpn(Box::new(VpnLink::open(plan.config, plan.key)?));
         }
         nets.push(device);
         controls.push(control);

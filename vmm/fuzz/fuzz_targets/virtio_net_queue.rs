@@ -44,12 +44,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use libfuzzer_sys::fuzz_target;
 use netfilter::{Filter, FilterConfig};
 use securevm::devices::virtio::net::{
-    FrameFilter, Net, NetBackend, PolicyFilter, RX_QUEUE, TX_QUEUE, VNET_HDR_LEN,
+    FrameFilter, Net, NetBackend, RX_QUEUE, TX_QUEUE, VNET_HDR_LEN,
 };
 use securevm::devices::virtio::{
     Activation, ActiveQueue, MsixTable, VirtioDevice, VirtioInterrupt, F_EVENT_IDX,
     F_INDIRECT_DESC, F_VERSION_1,
 };
+use securevm::network::PolicyFilter;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 

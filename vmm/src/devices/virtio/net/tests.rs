@@ -230,7 +230,7 @@ impl Harness {
         filter: Box<dyn FrameFilter>,
         hook: Option<ThreadStartHook>,
         features: u64,
-        vpn: Option<VpnLink>,
+        vpn: Option<crate::vpn::VpnLink>,
     ) -> Self {
         Self::build_gated(filter, hook, features, vpn, IoGate::default())
     }
@@ -241,7 +241,7 @@ impl Harness {
         filter: Box<dyn FrameFilter>,
         hook: Option<ThreadStartHook>,
         features: u64,
-        vpn: Option<VpnLink>,
+        vpn: Option<crate::vpn::VpnLink>,
         gate: IoGate,
     ) -> Self {
         let (device_end, host) = UnixDatagram::pair().unwrap();
@@ -252,7 +252,7 @@ impl Harness {
             net.set_thread_start_hook(hook);
         }
         if let Some(link) = vpn {
-            net.attach_vpn(link);
+            net.attach_vpn(Box::new(link));
         }
         let counters = net.counters();
         let thread_name = net.thread_name().to_string();
@@ -1201,7 +1201,7 @@ fn vpn_frames_go_through_wireguard_and_never_to_the_tap() {
         persistent_keepalive: None,
         guest_mac: MAC,
     };
-    let link = VpnLink::open(config, crate::vpn::PrivateKey::from_bytes(ours)).unwrap();
+    let link = crate::vpn::VpnLink::open(config, crate::vpn::PrivateKey::from_bytes(ours)).unwrap();
     let hook: ThreadStartHook = Arc::new(|| {
         crate::seccomp::install(crate::seccomp::ThreadKind::NetIo).map_err(|e| e.to_string())
     });

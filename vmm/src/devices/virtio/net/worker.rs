@@ -30,13 +30,12 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::backend::NetBackend;
 use super::filter::FrameFilter;
-use super::vpn_link::{self, SharedVpnLink, TunnelRead};
+use super::tunnel::{self, SharedTunnel, TunnelRead};
 use super::{NetCounters, MAX_BUFFER_LEN, RX_QUEUE, TX_QUEUE, VNET_HDR_LEN};
 use crate::devices::virtio::chain::{ChainBytes, ChainDescriptor, CollectedChain, DescriptorTable};
 use crate::devices::virtio::{
     ActiveQueue, EventSource, Progress, QueueWorker, VirtioInterrupt, QUEUE_MAX_SIZE,
 };
-use crate::vpn::Routing;
 
 /// Ethernet destination, source and type.
 const ETH_HEADER_LEN: usize = 14;
@@ -78,7 +77,7 @@ pub(super) struct NetWorker {
     tx_buffer: Vec<u8>,
     /// The transmit chain being gathered.
     tx_chain: CollectedChain,
-    vpn: Option<SharedVpnLink>,
+    vpn: Option<SharedTunnel>,
     /// Read the tunnel before the backend next time (fair turns).
     tunnel_turn: bool,
     /// What wakes the worker while the guest has receive buffers: the
@@ -115,7 +114,7 @@ pub(super) struct DeviceParts {
     pub(super) backend: Arc<dyn NetBackend>,
     pub(super) filter: SharedFilter,
     pub(super) counters: Arc<NetCounters>,
-    pub(super) vpn: Option<SharedVpnLink>,
+    pub(super) vpn: Option<SharedTunnel>,
 }
 
 impl NetWorker {
@@ -138,7 +137,7 @@ impl NetWorker {
         }];
         let mut idle_sources = Vec::new();
         if let Some(link) = &vpn {
-            let link = vpn_link::lock(link);
+            let link = tunnel::lock(link);
             let timer = EventSource {
                 fd: link.timer_fd(),
                 token: TIMER_TOKEN,
@@ -266,7 +265,7 @@ impl NetWorker {
             return Err(Dropped::Filtered);
         }
         if let Some(link) = &self.vpn {
-            if vpn_link::lock(link).outbound(frame) == Routing::Tunnelled {
+            if tunnel::lock(link).outbound(frame) {
                 NetCounters::bump(&self.counters.tx_tunnelled);
                 return Ok(());
             }
@@ -401,7 +400,7 @@ impl NetWorker {
         let Some(link) = &self.vpn else {
             return Incoming::Empty;
         };
-        match vpn_link::lock(link).receive_frame(&mut self.rx_buffer[VNET_HDR_LEN..]) {
+        match tunnel::lock(link).receive_frame(&mut self.rx_buffer[VNET_HDR_LEN..]) {
             TunnelRead::Frame(len) => {
                 NetCounters::bump(&self.counters.rx_tunnelled);
                 Incoming::Frame(VNET_HDR_LEN + len)
@@ -452,7 +451,7 @@ impl QueueWorker for NetWorker {
             }
             TIMER_TOKEN => {
                 if let Some(link) = &self.vpn {
-                    vpn_link::lock(link).on_timer();
+                    tunnel::lock(link).on_timer();
                 }
             }
             _ => {}
