@@ -2,10 +2,10 @@
 //! [`Tunnel`]: a UDP socket connected to the WireGuard endpoint, a
 //! periodic timer that drives WireGuard's timers, and the [`VpnTunnel`]
 //! between them and the guest's frames. Everything is opened before the
-//! device's I/O thread starts, so
-//! the thread only reads and writes (read(2)/write(2), the calls its
-//! seccomp filter already allows for the TAP). The connected socket only
-//! ever receives datagrams from the endpoint.
+//! device's I/O thread starts, so the thread only reads and writes
+//! (read(2)/write(2), the calls its seccomp filter already allows for the
+//! TAP). The connected socket only ever receives datagrams from the
+//! endpoint.
 //!
 //! Events (handshake failures, refused datagrams) are printed on stderr as
 //! `securevm: network: vpn: ...`, rate-limited by the tunnel.
