@@ -2510,3 +2510,25 @@ fn fragment_series_end_when_the_policy_changes() {
         Verdict::Drop(DropReason::Fragment)
     );
 }
+
+/// `securevm bench net`'s lines are read by people and scripts: the
+/// format stays as it was.
+#[test]
+fn bench_report_line_keeps_its_format() {
+    let report = bench::NetBenchReport {
+        rules: 10_000,
+        rule_lookup_ns: 41.25,
+        rule_lookup_hot_ns: 9.5,
+        linear_scan_ns: 123_456.7,
+        new_flow_ns: 456.04,
+        established_ns: 88.0,
+        allowed_fraction: 0.714,
+        table_bytes: 3 * 1024 + 1000,
+    };
+    assert_eq!(
+        bench::report_line(&report),
+        "rules  10000: rule decision   41.2 ns (hot cache   9.5 ns, linear scan 123456.7 ns); \
+         whole frame: new flow  456.0 ns, established flow   88.0 ns \
+         (71% of new flows allowed; tables 3 KiB)"
+    );
+}
