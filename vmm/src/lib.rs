@@ -23,7 +23,7 @@ pub mod identity;
 pub mod kvm;
 pub mod loader;
 pub mod media_hotplug;
-pub mod netfilter;
+pub mod network;
 pub mod notice;
 pub mod policy;
 pub mod prompt_phrase;

@@ -301,26 +301,7 @@ fn main() -> ExitCode {
 }
 
 fn bench_net() {
-    use securevm::netfilter::bench;
-    let mut decision_10k = f64::NAN;
-    for rules in [10, 1_000, 10_000] {
-        let report = bench::measure(rules);
-        if rules == 10_000 {
-            decision_10k = report.rule_lookup_ns;
-        }
-        println!(
-            "rules {:>6}: rule decision {:>6.1} ns (hot cache {:>5.1} ns, linear scan {:>8.1} ns); whole frame: new flow {:>6.1} ns, established flow {:>6.1} ns ({:.0}% of new flows allowed; tables {} KiB)",
-            report.rules,
-            report.rule_lookup_ns,
-            report.rule_lookup_hot_ns,
-            report.linear_scan_ns,
-            report.new_flow_ns,
-            report.established_ns,
-            report.allowed_fraction * 100.0,
-            report.table_bytes / 1024
-        );
-    }
-    println!("filter-ns-per-packet-10k: {decision_10k:.1}");
+    netfilter::bench::run(|line| println!("{line}"));
 }
 
 fn run(config: VmConfig) -> ExitCode {

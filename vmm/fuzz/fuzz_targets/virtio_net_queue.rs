@@ -27,7 +27,8 @@
 mod input;
 #[path = "common/memory.rs"]
 mod memory;
-#[path = "common/policy.rs"]
+// Shared with the filter targets of the netfilter crate.
+#[path = "../../../netfilter/fuzz/fuzz_targets/common/policy.rs"]
 mod policy;
 #[path = "common/queue.rs"]
 mod queue;
@@ -41,14 +42,15 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use libfuzzer_sys::fuzz_target;
+use netfilter::{Filter, FilterConfig};
 use securevm::devices::virtio::net::{
-    FrameFilter, Net, NetBackend, PolicyFilter, RX_QUEUE, TX_QUEUE, VNET_HDR_LEN,
+    FrameFilter, Net, NetBackend, RX_QUEUE, TX_QUEUE, VNET_HDR_LEN,
 };
 use securevm::devices::virtio::{
     Activation, ActiveQueue, MsixTable, VirtioDevice, VirtioInterrupt, F_EVENT_IDX,
     F_INDIRECT_DESC, F_VERSION_1,
 };
-use securevm::netfilter::{Filter, FilterConfig};
+use securevm::network::PolicyFilter;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 

@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use netfilter::{DropReason, FilterControl};
+
 use super::controller::VmController;
 use super::policy_push::PolicyVerifier;
 use super::protocol::{
@@ -21,7 +23,6 @@ use crate::exit::{ExitNotifier, ExitReason};
 use crate::external_media::MediumError;
 use crate::kvm::vcpu::VcpuControl;
 use crate::media_hotplug::{MediaError, MediaHotplug};
-use crate::netfilter::{DropReason, FilterControl};
 use crate::policy::ActiveRole;
 use crate::sync::lock;
 use crate::sync::Unpoisoned;
@@ -408,9 +409,9 @@ mod tests {
     use crate::devices::pci::hotplug::REGISTER_EJECT;
     use crate::devices::pci::PciHotplugPorts;
     use crate::media_hotplug::tests::{rig, Scratch};
-    use crate::netfilter::{Filter, FilterConfig};
     use crate::storage::external::ExternalMediaPolicy;
     use guest_policy::{Action, NetworkPolicy};
+    use netfilter::{Filter, FilterConfig};
     use std::sync::atomic::AtomicUsize;
     use std::sync::Arc;
 

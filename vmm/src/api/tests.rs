@@ -460,7 +460,7 @@ fn seccomp_child() {
     use super::policy_push::PolicyVerifier;
     use crate::exit::ExitNotifier;
     use crate::kvm::vcpu::VcpuControl;
-    use crate::netfilter::{Filter, FilterConfig};
+    use netfilter::{Filter, FilterConfig};
     use crate::policy::ActiveRole;
     use crate::seccomp::ThreadKind;
 

@@ -42,7 +42,9 @@ use crate::devices::power::{
 };
 use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::block::Block;
-use crate::devices::virtio::net::{Net, PolicyFilter, Tap, VpnLink};
+use crate::devices::virtio::net::{Net, Tap};
+use crate::network::PolicyFilter;
+use crate::vpn::VpnLink;
 use crate::exit::{ExitNotifier, ExitReason};
 use crate::identity::session::{Session, SessionError};
 use crate::identity::smartcard::login::CardCredential;
@@ -51,7 +53,7 @@ use crate::kvm::vcpu::{self, VcpuContext, VcpuControl, VcpuControlError, VcpuHan
 use crate::kvm::vm::Vm;
 use crate::loader::{load_cmdline, load_initrd, load_kernel};
 use crate::media_hotplug::{MediaHotplug, MediaHotplugParts, EJECT_TIMEOUT};
-use crate::netfilter::{Filter, FilterConfig, FilterControl, DEFAULT_CONNTRACK_CAPACITY};
+use netfilter::{Filter, FilterConfig, FilterControl, DEFAULT_CONNTRACK_CAPACITY};
 use crate::policy::ActiveRole;
 use crate::prompt_phrase::PromptPhrase;
 use crate::seccomp::{self, ThreadKind};
@@ -664,7 +666,7 @@ fn open_nets(
             Box::new(PolicyFilter::new(filter)),
         )?;
         if let Some(plan) = vpn.take_if(|plan| plan.net_index == index) {
-            device.attach_vpn(VpnLink::open(plan.config, plan.key)?);
+            device.attach_vpn(Box::new(VpnLink::open(plan.config, plan.key)?));
         }
         nets.push(device);
         controls.push(control);

@@ -41,11 +41,13 @@
 //! not yet exported to the control API.
 
 mod key;
+mod link;
 mod report;
 mod setup;
 mod tunnel;
 
 pub use key::{load_private_key, PrivateKey, VpnKeyError};
+pub use link::{VpnLink, VpnLinkError};
 pub use report::{VpnEvent, REPORT_INTERVAL};
 pub use setup::{plan_vpn, VpnPlan, VpnSetupError};
 pub use tunnel::{

@@ -1,7 +1,9 @@
 //! The seam between virtio-net and network access control: every frame
 //! the guest sends, and every frame about to reach it, is shown to a
 //! [`FrameFilter`] first. Frames here are plain Ethernet frames (no
-//! virtio header). The filter runs on the device's I/O thread.
+//! virtio header). The filter runs on the device's I/O thread. The
+//! policy filter implements it outside the device
+//! (`crate::network::PolicyFilter`).
 
 /// Decides, frame by frame, what may pass. `true` lets the frame pass.
 pub trait FrameFilter: Send {
@@ -22,24 +24,5 @@ impl FrameFilter for AllowAll {
 
     fn inbound(&mut self, _frame: &[u8]) -> bool {
         true
-    }
-}
-
-/// The policy filter ([`crate::netfilter::Filter`]) behind the seam.
-pub struct PolicyFilter(crate::netfilter::Filter);
-
-impl PolicyFilter {
-    pub fn new(filter: crate::netfilter::Filter) -> Self {
-        Self(filter)
-    }
-}
-
-impl FrameFilter for PolicyFilter {
-    fn outbound(&mut self, frame: &[u8]) -> bool {
-        self.0.outbound(frame, std::time::Instant::now()) == crate::netfilter::Verdict::Pass
-    }
-
-    fn inbound(&mut self, frame: &[u8]) -> bool {
-        self.0.inbound(frame, std::time::Instant::now()) == crate::netfilter::Verdict::Pass
     }
 }

@@ -8,7 +8,7 @@
 //! receive chain. Offered: VERSION_1, MAC, STATUS (link up), EVENT_IDX,
 //! INDIRECT_DESC.
 //!
-//! With a forced VPN ([`VpnLink`], attached with [`Net::attach_vpn`]),
+//! With a forced VPN (a [`Tunnel`], attached with [`Net::attach_vpn`]),
 //! allowed frames for the tunnel's routes go to WireGuard instead of the
 //! TAP, and frames from the tunnel join the TAP's on the way in, through
 //! the same inbound filter.
@@ -16,7 +16,7 @@
 mod backend;
 mod filter;
 mod tap;
-mod vpn_link;
+mod tunnel;
 mod worker;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -25,9 +25,9 @@ use std::sync::{Arc, Mutex};
 use virtio_bindings::virtio_net::{VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_S_LINK_UP};
 
 pub use backend::NetBackend;
-pub use filter::{AllowAll, FrameFilter, PolicyFilter};
+pub use filter::{AllowAll, FrameFilter};
 pub use tap::{check_interface_name, InterfaceNameError, Tap, TapError};
-pub use vpn_link::{TunnelRead, VpnLink, VpnLinkError};
+pub use tunnel::{Tunnel, TunnelRead};
 
 use super::{
     ActivateError, Activation, QueueWorker, VirtioDevice, F_EVENT_IDX, F_INDIRECT_DESC,
@@ -87,7 +87,7 @@ pub struct Net {
     backend: Arc<dyn NetBackend>,
     filter: Arc<Mutex<Box<dyn FrameFilter>>>,
     counters: Arc<NetCounters>,
-    vpn: Option<vpn_link::SharedVpnLink>,
+    vpn: Option<tunnel::SharedTunnel>,
     config: [u8; CONFIG_LEN],
     thread_name: String,
     confinement: Confinement,
@@ -130,10 +130,10 @@ impl Net {
         self.confinement = confinement;
     }
 
-    /// Force the tunnel's routes through `link`. Set it before adding the
-    /// device to the PCI root.
-    pub fn attach_vpn(&mut self, link: VpnLink) {
-        self.vpn = Some(Arc::new(Mutex::new(link)));
+    /// Force the tunnel's routes through `tunnel`. Set it before adding
+    /// the device to the PCI root.
+    pub fn attach_vpn(&mut self, tunnel: Box<dyn Tunnel>) {
+        self.vpn = Some(Arc::new(Mutex::new(tunnel)));
     }
 
     /// Name of the I/O thread this device runs ("virtio-netN").

@@ -230,7 +230,7 @@ impl Harness {
         filter: Box<dyn FrameFilter>,
         confinement: Confinement,
         features: u64,
-        vpn: Option<VpnLink>,
+        vpn: Option<crate::vpn::VpnLink>,
     ) -> Self {
         Self::build_gated(filter, confinement, features, vpn, IoGate::default())
     }
@@ -241,7 +241,7 @@ impl Harness {
         filter: Box<dyn FrameFilter>,
         confinement: Confinement,
         features: u64,
-        vpn: Option<VpnLink>,
+        vpn: Option<crate::vpn::VpnLink>,
         gate: IoGate,
     ) -> Self {
         let (device_end, host) = UnixDatagram::pair().unwrap();
@@ -250,7 +250,7 @@ impl Harness {
         let mut net = Net::with_backend(Arc::new(device_end), MAC, filter).unwrap();
         net.set_confinement(confinement);
         if let Some(link) = vpn {
-            net.attach_vpn(link);
+            net.attach_vpn(Box::new(link));
         }
         let counters = net.counters();
         let thread_name = net.thread_name().to_string();
@@ -1206,7 +1206,7 @@ fn vpn_frames_go_through_wireguard_and_never_to_the_tap() {
         persistent_keepalive: None,
         guest_mac: MAC,
     };
-    let link = VpnLink::open(config, crate::vpn::PrivateKey::from_bytes(ours)).unwrap();
+    let link = crate::vpn::VpnLink::open(config, crate::vpn::PrivateKey::from_bytes(ours)).unwrap();
     let confinement = Confinement::Seccomp(crate::seccomp::ThreadKind::NetIo);
     let mut harness =
         Harness::build_with_vpn(Box::new(AllowAll), confinement, BASIC_FEATURES, Some(link));

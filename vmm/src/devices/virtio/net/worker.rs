@@ -30,7 +30,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::backend::NetBackend;
 use super::filter::FrameFilter;
-use super::vpn_link::{SharedVpnLink, TunnelRead};
+use super::tunnel::{SharedTunnel, TunnelRead};
 use super::{NetCounters, MAX_BUFFER_LEN, RX_QUEUE, TX_QUEUE, VNET_HDR_LEN};
 use crate::devices::virtio::chain::{ChainBytes, ChainDescriptor, CollectedChain, DescriptorTable};
 use crate::devices::virtio::{
@@ -38,7 +38,6 @@ use crate::devices::virtio::{
 };
 use crate::sync::lock;
 use crate::sync::Unpoisoned;
-use crate::vpn::Routing;
 
 /// Ethernet destination, source and type.
 const ETH_HEADER_LEN: usize = 14;
@@ -80,7 +79,7 @@ pub(super) struct NetWorker {
     tx_buffer: Vec<u8>,
     /// The transmit chain being gathered.
     tx_chain: CollectedChain,
-    vpn: Option<SharedVpnLink>,
+    vpn: Option<SharedTunnel>,
     /// Read the tunnel before the backend next time (fair turns).
     tunnel_turn: bool,
     /// What wakes the worker while the guest has receive buffers: the
@@ -117,7 +116,7 @@ pub(super) struct DeviceParts {
     pub(super) backend: Arc<dyn NetBackend>,
     pub(super) filter: SharedFilter,
     pub(super) counters: Arc<NetCounters>,
-    pub(super) vpn: Option<SharedVpnLink>,
+    pub(super) vpn: Option<SharedTunnel>,
 }
 
 impl NetWorker {
@@ -268,7 +267,7 @@ impl NetWorker {
             return Err(Dropped::Filtered);
         }
         if let Some(link) = &self.vpn {
-            if lock(link).outbound(frame) == Routing::Tunnelled {
+            if lock(link).outbound(frame) {
                 NetCounters::bump(&self.counters.tx_tunnelled);
                 return Ok(());
             }

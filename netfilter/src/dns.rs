@@ -277,6 +277,11 @@ impl LearnedNames {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::cast_possible_truncation,
+        reason = "test inputs are small lengths and counters built to fit their wire fields"
+    )]
+
     use super::*;
 
     fn name(text: &str) -> Vec<u8> {

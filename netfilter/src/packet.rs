@@ -786,6 +786,11 @@ fn parse_embedded(quoted: &[u8], is_ipv6: bool) -> Option<Embedded> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::cast_possible_truncation,
+        reason = "test inputs are small lengths and counters built to fit their wire fields"
+    )]
+
     use super::*;
 
     fn ethernet(ether_type: [u8; 2], payload: &[u8]) -> Vec<u8> {

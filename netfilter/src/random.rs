@@ -33,8 +33,19 @@ impl Rng {
         self.below(100) < percent
     }
 
+    /// A number in `0..bound` (`bound` > 0).
+    pub(crate) fn below_u16(&mut self, bound: u16) -> u16 {
+        u16::try_from(self.below(u64::from(bound))).expect("a number below a u16 fits a u16")
+    }
+
+    /// An index into `len` items (`len` > 0).
+    pub(crate) fn index(&mut self, len: usize) -> usize {
+        let bound = u64::try_from(len).expect("a length fits a u64");
+        usize::try_from(self.below(bound)).expect("a number below a usize fits a usize")
+    }
+
     pub(crate) fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
+        &items[self.index(items.len())]
     }
 }
 
@@ -88,7 +99,8 @@ impl Universe {
         if ipv6 {
             IpAddr::V6(Ipv6Addr::from((0x2001_0db8u128 << 96) | u128::from(low)))
         } else {
-            IpAddr::V4(Ipv4Addr::from(0x0a00_0000u32 | low as u32))
+            let low = u32::try_from(low).expect("IPv4 universes have at most 32 address bits");
+            IpAddr::V4(Ipv4Addr::from(0x0a00_0000u32 | low))
         }
     }
 
@@ -96,7 +108,7 @@ impl Universe {
         let ipv6 = rng.chance(20);
         let address = self.address(rng, ipv6);
         let bits = u64::from(self.address_bits);
-        let host_bits = if self.realistic_prefixes {
+        let host_bits = u8::try_from(if self.realistic_prefixes {
             match rng.below(100) {
                 0..=44 => 0,
                 45..=69 => 8.min(bits),
@@ -106,7 +118,8 @@ impl Universe {
             }
         } else {
             rng.below(bits + 1)
-        } as u8;
+        })
+        .expect("a prefix has at most 128 host bits");
         match address {
             IpAddr::V4(address) => IpNet::V4(
                 Ipv4Net::new(address, 32 - host_bits)
@@ -122,7 +135,7 @@ impl Universe {
     }
 
     pub(crate) fn port(&self, rng: &mut Rng) -> u16 {
-        1 + rng.below(u64::from(self.port_limit)) as u16
+        1 + rng.below_u16(self.port_limit)
     }
 
     fn port_range(&self, rng: &mut Rng) -> PortRange {
@@ -130,7 +143,7 @@ impl Universe {
         let span = if rng.chance(60) {
             0
         } else {
-            rng.below(u64::from(self.port_limit) / 4 + 1) as u16
+            rng.below_u16(self.port_limit / 4 + 1)
         };
         PortRange {
             first,
@@ -157,10 +170,7 @@ impl Universe {
         let hosts = if rng.chance(self.host_rule_percent) {
             (0..1 + rng.below(2))
                 .filter_map(|_| {
-                    HostPattern::parse(
-                        HOST_PATTERNS[rng.below(HOST_PATTERNS.len() as u64) as usize],
-                    )
-                    .ok()
+                    HostPattern::parse(HOST_PATTERNS[rng.index(HOST_PATTERNS.len())]).ok()
                 })
                 .collect()
         } else {

@@ -1,5 +1,10 @@
 //! Whole-filter tests: frames in, verdicts, counters and refusals out.
 
+#![allow(
+    clippy::cast_possible_truncation,
+    reason = "test inputs are small lengths and counters built to fit their wire fields"
+)]
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
@@ -1482,6 +1487,38 @@ fn quote(frame: &[u8], quoted: usize) -> Vec<u8> {
     frame[14..14 + quoted].to_vec()
 }
 
+/// The IPv6 half of `icmp_errors_go_only_to_the_far_end_and_stay_short`,
+/// on its filter: 1280 bytes in all. Returns the datagram the errors quote.
+fn ipv6_errors_go_only_to_the_far_end_and_stay_short(filter: &mut Filter, now: Instant) -> Vec<u8> {
+    let datagram6 = udp_frame(
+        PEER_MAC,
+        GUEST_MAC,
+        (ip("2001:db8::1"), 5000),
+        (guest6(), 9999),
+        b"x",
+    );
+    assert_eq!(filter.inbound(&datagram6, now), Verdict::Pass);
+    let unreachable6 = |to: &str, total: usize| {
+        let mut message = vec![1, 4, 0, 0, 0, 0, 0, 0];
+        message.extend_from_slice(&quote(&datagram6, 48));
+        message.resize(total - 40, 0x41);
+        ipv6_frame(GUEST_MAC, PEER_MAC, "fd00::2", to, 58, 64, &message)
+    };
+    assert_eq!(
+        filter.outbound(&unreachable6("2001:db8::1", 1280), now),
+        Verdict::Pass
+    );
+    assert_eq!(
+        filter.outbound(&unreachable6("2001:db8::1", 1281), now),
+        Verdict::Drop(DropReason::IcmpError)
+    );
+    assert_eq!(
+        filter.outbound(&unreachable6("2001:db8::99", 200), now),
+        Verdict::Drop(DropReason::Default)
+    );
+    datagram6
+}
+
 #[test]
 fn icmp_errors_go_only_to_the_far_end_and_stay_short() {
     let policy = policy(vec![rule(
@@ -1545,33 +1582,7 @@ fn icmp_errors_go_only_to_the_far_end_and_stay_short() {
         Verdict::Drop(DropReason::IcmpError)
     );
 
-    // IPv6: 1280 bytes in all, in both directions.
-    let datagram6 = udp_frame(
-        PEER_MAC,
-        GUEST_MAC,
-        (ip("2001:db8::1"), 5000),
-        (guest6(), 9999),
-        b"x",
-    );
-    assert_eq!(filter.inbound(&datagram6, now), Verdict::Pass);
-    let unreachable6 = |to: &str, total: usize| {
-        let mut message = vec![1, 4, 0, 0, 0, 0, 0, 0];
-        message.extend_from_slice(&quote(&datagram6, 48));
-        message.resize(total - 40, 0x41);
-        ipv6_frame(GUEST_MAC, PEER_MAC, "fd00::2", to, 58, 64, &message)
-    };
-    assert_eq!(
-        filter.outbound(&unreachable6("2001:db8::1", 1280), now),
-        Verdict::Pass
-    );
-    assert_eq!(
-        filter.outbound(&unreachable6("2001:db8::1", 1281), now),
-        Verdict::Drop(DropReason::IcmpError)
-    );
-    assert_eq!(
-        filter.outbound(&unreachable6("2001:db8::99", 200), now),
-        Verdict::Drop(DropReason::Default)
-    );
+    let datagram6 = ipv6_errors_go_only_to_the_far_end_and_stay_short(&mut filter, now);
     // A router's error about the guest's own datagram may come from anywhere, but short.
     let reply = udp_frame(
         GUEST_MAC,
@@ -1901,7 +1912,13 @@ fn neighbour_discovery_stays_on_the_link() {
         ),
         Verdict::Drop(DropReason::Invalid)
     );
-    // Router advertisements come from link-local routers, unfragmented.
+}
+
+#[test]
+fn router_advertisements_come_from_link_local_routers_unfragmented() {
+    let policy = policy(Vec::new());
+    let (mut filter, _) = new_filter(&policy);
+    let now = Instant::now();
     let advertisement = vec![134, 0, 0, 0, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
     let from = |source: &str| {
         ipv6_frame(
@@ -2491,5 +2508,27 @@ fn fragment_series_end_when_the_policy_changes() {
     assert_eq!(
         filter.outbound(&fragment(180, false, &[0x41; 8]), now),
         Verdict::Drop(DropReason::Fragment)
+    );
+}
+
+/// `securevm bench net`'s lines are read by people and scripts: the
+/// format stays as it was.
+#[test]
+fn bench_report_line_keeps_its_format() {
+    let report = bench::NetBenchReport {
+        rules: 10_000,
+        rule_lookup_ns: 41.25,
+        rule_lookup_hot_ns: 9.5,
+        linear_scan_ns: 123_456.7,
+        new_flow_ns: 456.04,
+        established_ns: 88.0,
+        allowed_fraction: 0.714,
+        table_bytes: 3 * 1024 + 1000,
+    };
+    assert_eq!(
+        bench::report_line(&report),
+        "rules  10000: rule decision   41.2 ns (hot cache   9.5 ns, linear scan 123456.7 ns); \
+         whole frame: new flow  456.0 ns, established flow   88.0 ns \
+         (71% of new flows allowed; tables 3 KiB)"
     );
 }

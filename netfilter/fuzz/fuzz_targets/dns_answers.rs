@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use guest_policy::{Action, Direction, HostPattern, NetRule, NetworkPolicy, PortRange, Protocol};
 use libfuzzer_sys::fuzz_target;
-use securevm::netfilter::bench::{tcp_frame, udp_frame};
-use securevm::netfilter::{Filter, FilterConfig, Verdict};
+use netfilter::bench::{tcp_frame, udp_frame};
+use netfilter::{Filter, FilterConfig, Verdict};
 
 const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
 const ROUTER_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x00, 0x00, 0x01];

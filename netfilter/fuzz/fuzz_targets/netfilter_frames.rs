@@ -15,7 +15,7 @@ mod policy;
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
-use securevm::netfilter::{Filter, FilterConfig, Verdict};
+use netfilter::{Filter, FilterConfig, Verdict};
 
 use policy::policy;
 

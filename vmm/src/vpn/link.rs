@@ -1,10 +1,11 @@
-//! The host side of a forced VPN on a virtio-net device: a UDP socket
-//! connected to the WireGuard endpoint, a periodic timer that drives
-//! WireGuard's timers, and the [`VpnTunnel`] between them and the guest's
-//! frames. Everything is opened before the device's I/O thread starts, so
-//! the thread only reads and writes (read(2)/write(2), the calls its
-//! seccomp filter already allows for the TAP). The connected socket only
-//! ever receives datagrams from the endpoint.
+//! The host side of a forced VPN on a virtio-net device, as the device's
+//! [`Tunnel`]: a UDP socket connected to the WireGuard endpoint, a
+//! periodic timer that drives WireGuard's timers, and the [`VpnTunnel`]
+//! between them and the guest's frames. Everything is opened before the
+//! device's I/O thread starts, so the thread only reads and writes
+//! (read(2)/write(2), the calls its seccomp filter already allows for the
+//! TAP). The connected socket only ever receives datagrams from the
+//! endpoint.
 //!
 //! Events (handshake failures, refused datagrams) are printed on stderr as
 //! `securevm: network: vpn: ...`, rate-limited by the tunnel.
@@ -12,12 +13,12 @@
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::vpn::{DatagramSink, PrivateKey, Routing, TunnelConfig, VpnTunnel};
+use super::{DatagramSink, PrivateKey, Routing, TunnelConfig, VpnTunnel};
+use crate::devices::virtio::net::{Tunnel, TunnelRead};
 
 /// How often WireGuard's timers are looked at (what boringtun's own
 /// device does): handshake retries and keepalives are due in seconds.
@@ -34,18 +35,6 @@ pub enum VpnLinkError {
     },
     #[error("cannot create the VPN timer: {0}")]
     Timer(io::Error),
-}
-
-/// What reading the endpoint's socket gave.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TunnelRead {
-    /// A frame for the guest of this length.
-    Frame(usize),
-    /// A datagram that carried nothing for the guest (a handshake, a
-    /// keepalive, or one that was refused).
-    Nothing,
-    /// No datagram waiting.
-    Empty,
 }
 
 /// The connected socket as the tunnel's way out.
@@ -80,9 +69,6 @@ pub struct VpnLink {
     datagram: Vec<u8>,
 }
 
-/// The link as the device and its worker share it.
-pub type SharedVpnLink = Arc<Mutex<VpnLink>>;
-
 impl VpnLink {
     /// Opens the socket towards `config.endpoint` and starts the timer.
     pub fn open(config: TunnelConfig, key: PrivateKey) -> Result<Self, VpnLinkError> {
@@ -109,28 +95,34 @@ impl VpnLink {
         })
     }
 
+    fn print_events(&mut self) {
+        while let Some(event) = self.tunnel.take_event() {
+            crate::notice!("securevm: network: {event}");
+        }
+    }
+}
+
+impl Tunnel for VpnLink {
     /// Readable when the endpoint sent something.
-    pub fn socket_fd(&self) -> RawFd {
+    fn socket_fd(&self) -> RawFd {
         self.socket.0.as_raw_fd()
     }
 
     /// Readable every [`TIMER_PERIOD`].
-    pub fn timer_fd(&self) -> RawFd {
+    fn timer_fd(&self) -> RawFd {
         self.timer.as_raw_fd()
     }
 
-    /// A frame the guest sent and the filter allowed.
-    pub fn outbound(&mut self, frame: &[u8]) -> Routing {
+    fn outbound(&mut self, frame: &[u8]) -> bool {
         let routing = self
             .tunnel
             .outbound(frame, &mut self.socket, Instant::now());
         self.print_events();
-        routing
+        routing == Routing::Tunnelled
     }
 
-    /// Reads one datagram from the endpoint; a frame for the guest lands
-    /// at the start of `frame_out`.
-    pub fn receive_frame(&mut self, frame_out: &mut [u8]) -> TunnelRead {
+    /// Reads one datagram from the endpoint.
+    fn receive_frame(&mut self, frame_out: &mut [u8]) -> TunnelRead {
         let len = match self.socket.receive(&mut self.datagram) {
             Ok(len) => len,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return TunnelRead::Empty,
@@ -151,19 +143,13 @@ impl VpnLink {
         frame.map_or(TunnelRead::Nothing, TunnelRead::Frame)
     }
 
-    /// The timer fired: run WireGuard's timers.
-    pub fn on_timer(&mut self) {
+    /// Runs WireGuard's timers.
+    fn on_timer(&mut self) {
         // Only the expiry count is read; WouldBlock means another wake-up
         // drained it.
         let _ = self.timer.wait();
         self.tunnel.tick(&mut self.socket, Instant::now());
         self.print_events();
-    }
-
-    fn print_events(&mut self) {
-        while let Some(event) = self.tunnel.take_event() {
-            crate::notice!("securevm: network: {event}");
-        }
     }
 }
 

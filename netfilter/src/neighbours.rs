@@ -60,6 +60,11 @@ impl HeardNeighbours {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::cast_possible_truncation,
+        reason = "test inputs are small lengths and counters built to fit their wire fields"
+    )]
+
     use super::*;
 
     #[test]

@@ -36,6 +36,18 @@ use ipnet::IpNet;
 /// "No rule" in rule-index tables.
 const NO_RULE: u32 = u32::MAX;
 
+/// A rule number or table position as the tables store it: `u32` keeps
+/// them small. Each counts rules, or blocks, segments and port intervals
+/// made from them (a few per rule and address), so reaching `NO_RULE`
+/// would take a policy of hundreds of gigabytes, which cannot be loaded
+/// in the first place.
+fn table_position(index: usize) -> u32 {
+    u32::try_from(index)
+        .ok()
+        .filter(|&position| position != NO_RULE)
+        .expect("policy tables hold fewer than 2^32 - 1 entries")
+}
+
 /// DNS is only allowed to the policy's resolvers.
 pub(crate) const DNS_PORT: u16 = 53;
 
@@ -212,7 +224,7 @@ impl ClassTable {
             if !applies || !rule.hosts.is_empty() {
                 continue;
             }
-            let index = index as u32;
+            let index = table_position(index);
             if rule.remote.is_empty() {
                 v4.add(0, u32::MAX, index, &rule.ports);
                 v6.add(0, u128::MAX, index, &rule.ports);
@@ -248,8 +260,6 @@ trait AddressKey: Copy + Ord + std::hash::Hash + std::fmt::Debug {
     const BITS: u32;
     fn successor(self) -> Option<Self>;
     fn widen(self) -> u128;
-    /// The low bits of a `u128` known to fit.
-    fn narrow(value: u128) -> Self;
     /// `self >> bits`, or zero when `bits` is the width or more.
     fn shift_right(self, bits: u32) -> Self;
     /// The low bits as a `usize`.
@@ -265,9 +275,6 @@ impl AddressKey for u32 {
     }
     fn widen(self) -> u128 {
         u128::from(self)
-    }
-    fn narrow(value: u128) -> Self {
-        value as u32
     }
     fn shift_right(self, bits: u32) -> Self {
         self.checked_shr(bits).unwrap_or(0)
@@ -286,9 +293,6 @@ impl AddressKey for u128 {
     }
     fn widen(self) -> u128 {
         self
-    }
-    fn narrow(value: u128) -> Self {
-        value
     }
     fn shift_right(self, bits: u32) -> Self {
         self.checked_shr(bits).unwrap_or(0)
@@ -372,16 +376,17 @@ impl<K: AddressKey> SegmentIndex<K> {
     }
 
     /// An index over the range `low..=high` that every block lies in.
-    fn build(segments: &[Segment<K>], low: u128, high: u128) -> Self {
+    fn build(segments: &[Segment<K>], low: K, high: K) -> Self {
         let bits = segments
             .len()
             .next_power_of_two()
             .trailing_zeros()
             .min(INDEX_MAX_BITS);
-        let shared_bits = ((low ^ high).leading_zeros() - (128 - K::BITS)).min(K::BITS);
+        let shared_bits =
+            ((low.widen() ^ high.widen()).leading_zeros() - (128 - K::BITS)).min(K::BITS);
         let shift = (K::BITS - shared_bits).saturating_sub(bits);
-        let prefix = low.checked_shr(shift + bits).unwrap_or(0);
-        let base = prefix.checked_shl(shift + bits).unwrap_or(0);
+        let prefix = low.shift_right(shift + bits);
+        let base = prefix.widen().checked_shl(shift + bits).unwrap_or(0);
         let mut segment = 0;
         let first_segment = (0..1u128 << bits)
             .map(|bucket| {
@@ -392,11 +397,11 @@ impl<K: AddressKey> SegmentIndex<K> {
                 {
                     segment += 1;
                 }
-                segment as u32
+                table_position(segment)
             })
             .collect();
         SegmentIndex {
-            prefix: K::narrow(prefix),
+            prefix,
             shift,
             bits,
             first_segment,
@@ -528,7 +533,7 @@ impl<'p, K: AddressKey> TableBuilder<'p, K> {
                 segment_starts.pop();
             }
             segment_starts.push(start);
-            segment_nodes.push(node as u32);
+            segment_nodes.push(table_position(node));
         };
         let mut open: Vec<usize> = vec![0];
         for node in order {
@@ -544,7 +549,9 @@ impl<'p, K: AddressKey> TableBuilder<'p, K> {
                     push_segment(after, enclosing);
                 }
             }
-            parents[node] = open.last().map_or(NO_RULE, |&parent| parent as u32);
+            parents[node] = open
+                .last()
+                .map_or(NO_RULE, |&parent| table_position(parent));
             push_segment(start, node);
             debug_assert!(end <= K::MAX);
             open.push(node);
@@ -590,18 +597,8 @@ impl<'p, K: AddressKey> TableBuilder<'p, K> {
         segments.dedup_by(|later, earlier| later.same_answer(earlier));
         let index = (segments.len() > SEGMENT_INDEX_MIN_SEGMENTS)
             .then(|| {
-                let low = self
-                    .blocks
-                    .iter()
-                    .skip(1)
-                    .map(|block| block.0.widen())
-                    .min()?;
-                let high = self
-                    .blocks
-                    .iter()
-                    .skip(1)
-                    .map(|block| block.1.widen())
-                    .max()?;
+                let low = self.blocks.iter().skip(1).map(|block| block.0).min()?;
+                let high = self.blocks.iter().skip(1).map(|block| block.1).max()?;
                 Some(SegmentIndex::build(&segments, low, high))
             })
             .flatten();
@@ -712,8 +709,8 @@ fn merge_chain<K: AddressKey>(
             .min()
             .unwrap_or(NO_RULE),
         uniform: port_intervals.get(ports_at).map_or(NO_RULE, |i| i.rule),
-        ports_at: ports_at as u32,
-        ports_len: (port_intervals.len() - ports_at) as u32,
+        ports_at: table_position(ports_at),
+        ports_len: table_position(port_intervals.len() - ports_at),
     }
 }
 
@@ -737,7 +734,11 @@ fn build_node(rules: &[(u32, &[PortRange])], port_intervals: &mut Vec<PortInterv
     }
     bounds.sort_unstable();
     bounds.dedup();
-    bounds.retain(|bound| *bound <= u32::from(u16::MAX));
+    // The bound after port 65535 starts no interval.
+    let bounds: Vec<u16> = bounds
+        .into_iter()
+        .filter_map(|bound| u16::try_from(bound).ok())
+        .collect();
 
     let interval_count = bounds.len();
     let mut painted = vec![NO_RULE; interval_count];
@@ -767,23 +768,23 @@ fn build_node(rules: &[(u32, &[PortRange])], port_intervals: &mut Vec<PortInterv
             paint(0, interval_count, *rule);
         }
         for range in *ports {
-            let first = bounds.partition_point(|bound| *bound < u32::from(range.first));
-            let end = bounds.partition_point(|bound| *bound <= u32::from(range.last));
+            let first = bounds.partition_point(|bound| *bound < range.first);
+            let end = bounds.partition_point(|bound| *bound <= range.last);
             paint(first, end, *rule);
         }
     }
 
     let ports_at = port_intervals.len();
     for (start, rule) in bounds.iter().zip(painted) {
-        push_interval(port_intervals, ports_at, *start as u16, rule);
+        push_interval(port_intervals, ports_at, *start, rule);
     }
     Node {
         first_portless: rules
             .iter()
             .find(|(_, ports)| ports.is_empty())
             .map_or(NO_RULE, |(rule, _)| *rule),
-        ports_at: ports_at as u32,
-        ports_len: (port_intervals.len() - ports_at) as u32,
+        ports_at: table_position(ports_at),
+        ports_len: table_position(port_intervals.len() - ports_at),
     }
 }
 
@@ -804,8 +805,9 @@ impl HostIndex {
                     HostPattern::Subdomains(name) => (&mut index.subdomains_of, name),
                 };
                 let list = map.entry(name.clone()).or_default();
-                if list.last() != Some(&(rule_index as u32)) {
-                    list.push(rule_index as u32);
+                let rule_index = table_position(rule_index);
+                if list.last() != Some(&rule_index) {
+                    list.push(rule_index);
                 }
             }
         }
@@ -851,8 +853,13 @@ impl HostIndex {
 
 #[cfg(test)]
 mod tests {
+    #![allow(
+        clippy::cast_possible_truncation,
+        reason = "test inputs are small lengths and counters built to fit their wire fields"
+    )]
+
     use super::*;
-    use crate::netfilter::random::{Rng, Universe, QUERY_NAMES};
+    use crate::random::{Rng, Universe, QUERY_NAMES};
 
     /// What `NetworkPolicy::decide` does, plus which rule decided.
     fn oracle(policy: &NetworkPolicy, connection: &Connection<'_>) -> Decider {

@@ -78,7 +78,7 @@ use conntrack::{ConnTrack, FlowEntry, FlowKey, TcpState};
 use dns::LearnedNames;
 use fragments::{FragmentSeries, SeriesKey};
 use neighbours::HeardNeighbours;
-use packet::{Arp, Body, Frame, Icmp, IpPacket, Mld, ParseError, Transport};
+use packet::{Arp, Body, Embedded, Frame, Icmp, IpPacket, Mld, ParseError, Transport};
 use report::{RefusalLimiter, RefusalQueue, SharedCounters};
 use rules::{CompiledRules, Query};
 
@@ -184,6 +184,54 @@ impl From<ParseError> for Denial {
             ParseError::Unsupported => DropReason::Unsupported.into(),
             ParseError::IpOptions => DropReason::IpOptions.into(),
         }
+    }
+}
+
+/// What a new flow is opened with, once the rules allowed it.
+struct Opening {
+    sender: Direction,
+    protocol: Protocol,
+    rule_port: Option<u16>,
+    tcp_flags: u8,
+    /// The learned name the deciding rule matched.
+    host: Option<Arc<str>>,
+}
+
+/// The flow `packet` belongs to, given its ports as sent (source,
+/// destination) and the guest's and the remote's addresses.
+fn flow_key(
+    packet: &IpPacket<'_>,
+    outbound: bool,
+    (guest, remote): (IpAddr, IpAddr),
+    (source_port, destination_port): (u16, u16),
+) -> FlowKey {
+    let (guest_port, remote_port) = if outbound {
+        (source_port, destination_port)
+    } else {
+        (destination_port, source_port)
+    };
+    let key = FlowKey {
+        protocol: packet.protocol,
+        guest,
+        remote,
+        guest_port,
+        remote_port,
+    };
+    // Echo flows are keyed by the identifier and by who asked (remote
+    // port 0: the guest, 1: the remote), so a request from the other
+    // side is not mistaken for part of the guest's own ping.
+    match &packet.transport {
+        Transport::Icmp(Icmp::EchoRequest { identifier }) => FlowKey {
+            guest_port: *identifier,
+            remote_port: u16::from(!outbound),
+            ..key
+        },
+        Transport::Icmp(Icmp::EchoReply { identifier }) => FlowKey {
+            guest_port: *identifier,
+            remote_port: u16::from(outbound),
+            ..key
+        },
+        _ => key,
     }
 }
 
@@ -756,36 +804,10 @@ impl Filter {
             Transport::Icmp(Icmp::EchoRequest { .. }) => (Some((0, 0)), None, true),
             Transport::Icmp(Icmp::EchoReply { .. }) => (Some((0, 0)), None, false),
             Transport::Icmp(Icmp::Error { embedded }) => {
-                // The quoted packet went the other way: it is the flow's own packet.
-                let quoted_from_guest = !outbound;
-                let (quoted_guest, quoted_remote, quoted_ports) = if quoted_from_guest {
-                    (embedded.source, embedded.destination, embedded.ports)
-                } else {
-                    (
-                        embedded.destination,
-                        embedded.source,
-                        embedded.ports.map(|(a, b)| (b, a)),
-                    )
-                };
-                // Routers on the path send errors to the guest too, so inbound
-                // only the guest side has to match the outer packet; the
-                // guest's own errors go to the flow's far end only.
-                let far_end = !outbound || quoted_remote == remote;
-                if let Some((guest_port, remote_port)) = quoted_ports {
-                    let quoted_flow = FlowKey {
-                        protocol: embedded.protocol,
-                        guest: quoted_guest,
-                        remote: quoted_remote,
-                        guest_port,
-                        remote_port,
-                    };
-                    if quoted_guest == guest && far_end {
-                        // Checked against the rules in force, like the
-                        // flow's own packets: a cut flow relates nothing.
-                        if let Some(outcome) = self.continue_flow(&quoted_flow, None, now) {
-                            return outcome;
-                        }
-                    }
+                if let Some(outcome) =
+                    self.relate_icmp_error(outbound, (guest, remote), embedded, now)
+                {
+                    return outcome;
                 }
                 (None, None, false)
             }
@@ -793,36 +815,7 @@ impl Filter {
             Transport::Other => (Some((0, 0)), None, true),
             Transport::NoHeader => return Err(DropReason::Fragment.into()),
         };
-        let key = ports.map(|(source_port, destination_port)| {
-            let (guest_port, remote_port) = if outbound {
-                (source_port, destination_port)
-            } else {
-                (destination_port, source_port)
-            };
-            FlowKey {
-                protocol: packet.protocol,
-                guest,
-                remote,
-                guest_port,
-                remote_port,
-            }
-        });
-        // Echo flows are keyed by the identifier and by who asked (remote
-        // port 0: the guest, 1: the remote), so a request from the other
-        // side is not mistaken for part of the guest's own ping.
-        let key = match (&packet.transport, key) {
-            (Transport::Icmp(Icmp::EchoRequest { identifier }), Some(key)) => Some(FlowKey {
-                guest_port: *identifier,
-                remote_port: u16::from(!outbound),
-                ..key
-            }),
-            (Transport::Icmp(Icmp::EchoReply { identifier }), Some(key)) => Some(FlowKey {
-                guest_port: *identifier,
-                remote_port: u16::from(outbound),
-                ..key
-            }),
-            (_, key) => key,
-        };
+        let key = ports.map(|ports| flow_key(packet, outbound, (guest, remote), ports));
 
         if let Some(key) = key {
             if let Some(outcome) = self.continue_flow(&key, Some((sender, tcp_flags)), now) {
@@ -855,6 +848,28 @@ impl Filter {
         let Some(key) = key.filter(|_| opens_flow) else {
             return Ok(());
         };
+        let host = decision
+            .host
+            .and_then(|index| self.name_buffer.get(index).cloned());
+        let opening = Opening {
+            sender,
+            protocol,
+            rule_port,
+            tcp_flags,
+            host,
+        };
+        self.open_flow(key, opening, now)
+    }
+
+    /// Tracks the new flow `key` that the rules allowed.
+    fn open_flow(&mut self, key: FlowKey, opening: Opening, now: Instant) -> Result<(), Denial> {
+        let Opening {
+            sender,
+            protocol,
+            rule_port,
+            tcp_flags,
+            host,
+        } = opening;
         let tcp = (protocol == Protocol::Tcp).then_some({
             if tcp_flags & (packet::TCP_SYN | packet::TCP_ACK) == packet::TCP_SYN {
                 TcpState::SynSent
@@ -866,9 +881,7 @@ impl Filter {
             opener: sender,
             protocol,
             rule_port,
-            host: decision
-                .host
-                .and_then(|index| self.name_buffer.get(index).cloned()),
+            host,
             generation: self.generation,
             tcp,
             expires: now,
@@ -879,6 +892,47 @@ impl Filter {
             .map_err(|_| Denial::from(DropReason::TableFull))?;
         self.shared.counters.set_tracked_flows(self.flows.len());
         Ok(())
+    }
+
+    /// The verdict for an ICMP error that quotes a live flow of the guest
+    /// (given the outer packet's guest and remote addresses), `None` when
+    /// it relates to no such flow.
+    fn relate_icmp_error(
+        &mut self,
+        outbound: bool,
+        (guest, remote): (IpAddr, IpAddr),
+        embedded: &Embedded,
+        now: Instant,
+    ) -> Option<Result<(), Denial>> {
+        // The quoted packet went the other way: it is the flow's own packet.
+        let quoted_from_guest = !outbound;
+        let (quoted_guest, quoted_remote, quoted_ports) = if quoted_from_guest {
+            (embedded.source, embedded.destination, embedded.ports)
+        } else {
+            (
+                embedded.destination,
+                embedded.source,
+                embedded.ports.map(|(a, b)| (b, a)),
+            )
+        };
+        // Routers on the path send errors to the guest too, so inbound
+        // only the guest side has to match the outer packet; the
+        // guest's own errors go to the flow's far end only.
+        let far_end = !outbound || quoted_remote == remote;
+        let (guest_port, remote_port) = quoted_ports?;
+        if quoted_guest != guest || !far_end {
+            return None;
+        }
+        let quoted_flow = FlowKey {
+            protocol: embedded.protocol,
+            guest: quoted_guest,
+            remote: quoted_remote,
+            guest_port,
+            remote_port,
+        };
+        // Checked against the rules in force, like the flow's own
+        // packets: a cut flow relates nothing.
+        self.continue_flow(&quoted_flow, None, now)
     }
 
     /// The verdict for a packet of the live flow `key`, `None` when there
