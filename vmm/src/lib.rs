@@ -19,6 +19,7 @@ pub mod external_media;
 pub mod identity;
 pub mod loader;
 pub mod media_hotplug;
+pub mod narrow;
 pub mod netfilter;
 pub mod notice;
 pub mod policy;
