@@ -575,7 +575,7 @@ fn class_for(device_type: u16) -> (u8, u8) {
 }
 
 /// `struct virtio_pci_cap` (plus room for the notify multiplier) for the
-/// range [`offset`, `offset + len`) of the BAR.
+/// `len` bytes at `offset` in the BAR.
 fn virtio_capability(
     cfg_type: u8,
     offset: u64,
@@ -799,7 +799,7 @@ mod tests {
     }
 
     /// An access wider than a register sets the register from its own low
-    /// bytes and drops the rest, as before the casts became byte picks.
+    /// bytes; the rest is dropped, not carried into the next register.
     #[test]
     fn a_wide_write_sets_a_narrow_register_from_its_low_bytes() {
         let driver = TestDriver::new(Box::new(InertDevice));
@@ -812,8 +812,10 @@ mod tests {
             driver.common_read(super::common::DEVICE_FEATURE_SELECT, 4),
             1
         );
+        let queue_size = driver.common_read(super::common::QUEUE_SIZE, 2);
         driver.common_write(super::common::QUEUE_SELECT, 0xdead_0000, 4);
         assert_eq!(driver.common_read(super::common::QUEUE_SELECT, 2), 0);
+        assert_eq!(driver.common_read(super::common::QUEUE_SIZE, 2), queue_size);
         driver.common_write(super::common::DEVICE_STATUS, 0xff01, 2);
         assert_eq!(driver.status(), 1);
     }
