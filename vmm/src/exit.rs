@@ -108,7 +108,7 @@ mod tests {
     }
 
     #[test]
-    fn codes_are_distinct() {
+    fn codes_are_distinct_bytes() {
         let codes = [
             ExitReason::PowerOff.exit_code(),
             ExitReason::Reboot.exit_code(),
@@ -124,6 +124,10 @@ mod tests {
         sorted.sort();
         sorted.dedup();
         assert_eq!(sorted.len(), codes.len());
+        assert!(
+            codes.iter().all(|code| (0..=255).contains(code)),
+            "a process exit status is one byte: {codes:?}"
+        );
     }
 
     const PANIC_CHILD: &str = "SECUREVM_TEST_PANIC_CHILD";

@@ -23,6 +23,7 @@ pub mod identity;
 pub mod kvm;
 pub mod loader;
 pub mod media_hotplug;
+pub mod narrow;
 pub mod network;
 pub mod notice;
 pub mod policy;

@@ -19,6 +19,7 @@ use vm_memory::{
 };
 
 use crate::arch::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, HIGH_MEMORY_START};
+use crate::narrow::usize_from_u64;
 
 const MIB: u64 = 1 << 20;
 const PAGE_SIZE: u64 = 4096;
@@ -147,7 +148,7 @@ where
         return Err(LoaderError::EmptyKernel);
     }
     kernel.rewind().map_err(read_error)?;
-    let mut probe = Vec::with_capacity(PROBE_SIZE as usize);
+    let mut probe = Vec::with_capacity(usize_from_u64(PROBE_SIZE));
     kernel
         .by_ref()
         .take(PROBE_SIZE)
@@ -429,6 +430,8 @@ pub fn load_cmdline(
 
 #[cfg(test)]
 mod tests {
+    // Test fixtures narrow small known values; a wrong one fails the test.
+    #![allow(clippy::cast_possible_truncation)]
     use super::*;
     use linux_loader::loader::bootparam::{LOADED_HIGH, XLF_KERNEL_64};
     use std::io::Cursor;

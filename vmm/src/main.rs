@@ -245,7 +245,11 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { EXIT_USAGE as u8 } else { 0 });
+            return if e.use_stderr() {
+                exit_status(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     prompt_phrase::set_path(cli.prompt_phrase);
@@ -255,7 +259,7 @@ fn main() -> ExitCode {
                 eprintln!(
                     "securevm: error: --role is not accepted: the role comes from the policy's entry for the user who logs in; pass --user ID"
                 );
-                return ExitCode::from(EXIT_USAGE as u8);
+                return exit_status(EXIT_USAGE);
             }
             run((*args).into())
         }
@@ -276,7 +280,7 @@ fn main() -> ExitCode {
         },
         Command::Audit(command) => match run_audit_command(&command) {
             Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => ExitCode::from(EXIT_ERROR as u8),
+            Ok(false) => exit_status(EXIT_ERROR),
             Err(e) => fail(&e),
         },
         Command::Bench(BenchCommand::Disk(args)) => match run_disk_bench(&args) {
@@ -312,11 +316,11 @@ fn run(config: VmConfig) -> ExitCode {
                 ExitReason::Internal(what) => eprintln!("securevm: error: {what}"),
                 ExitReason::PowerOff | ExitReason::Reboot | ExitReason::UserQuit => {}
             }
-            ExitCode::from(reason.exit_code() as u8)
+            exit_status(reason.exit_code())
         }
         Err(VmmError::Session(e)) if e.is_login_refused() => {
             eprintln!("securevm: error: {e}");
-            ExitCode::from(EXIT_LOGIN_REFUSED as u8)
+            exit_status(EXIT_LOGIN_REFUSED)
         }
         Err(e) => fail(&e),
     }
@@ -324,5 +328,12 @@ fn run(config: VmConfig) -> ExitCode {
 
 fn fail(error: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("securevm: error: {error}");
-    ExitCode::from(EXIT_ERROR as u8)
+    exit_status(EXIT_ERROR)
+}
+
+/// The process exit status for one of `securevm::exit`'s codes.
+fn exit_status(code: i32) -> ExitCode {
+    // Every code is a constant in 0..=255 (exit.rs tests that); anything
+    // else is a bug, reported as a plain failure rather than a wrapped status.
+    u8::try_from(code).map_or(ExitCode::FAILURE, ExitCode::from)
 }

@@ -4,6 +4,9 @@
 //! the interface). Needs root and /dev/net/tun; each test says so and
 //! skips without them.
 
+// Test code narrows small known values; a wrong one fails the test.
+#![allow(clippy::cast_possible_truncation)]
+
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -20,8 +20,9 @@ const MIN_OPSLIMIT: u64 = 32_768;
 
 /// scrypt (log2 N, r, p) for libsodium's opslimit/memlimit.
 pub(crate) fn scrypt_params(opslimit: u64, memlimit: u64) -> (u8, u32, u32) {
+    const R: u32 = 8;
     let opslimit = opslimit.max(MIN_OPSLIMIT);
-    let r: u64 = 8;
+    let r = u64::from(R);
     let smallest_log_n_above = |max_n: u64| {
         let mut log_n: u8 = 1;
         while log_n < 63 && (1u64 << log_n) <= max_n / 2 {
@@ -31,11 +32,14 @@ pub(crate) fn scrypt_params(opslimit: u64, memlimit: u64) -> (u8, u32, u32) {
     };
     if opslimit < memlimit / 32 {
         let log_n = smallest_log_n_above(opslimit / (r * 4));
-        (log_n, r as u32, 1)
+        (log_n, R, 1)
     } else {
         let log_n = smallest_log_n_above(memlimit / (r * 128));
         let max_rp = ((opslimit / 4) / (1u64 << log_n)).min(0x3fff_ffff);
-        (log_n, r as u32, (max_rp / r).max(1) as u32)
+        // At most 0x3fff_ffff / 8 (libsodium's bound on r * p): fits a u32.
+        #[allow(clippy::cast_possible_truncation)]
+        let p = (max_rp / r).max(1) as u32;
+        (log_n, R, p)
     }
 }
 

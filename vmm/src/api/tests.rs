@@ -460,9 +460,9 @@ fn seccomp_child() {
     use super::policy_push::PolicyVerifier;
     use crate::exit::ExitNotifier;
     use crate::kvm::vcpu::VcpuControl;
-    use netfilter::{Filter, FilterConfig};
     use crate::policy::ActiveRole;
     use crate::seccomp::ThreadKind;
+    use netfilter::{Filter, FilterConfig};
 
     if std::env::var_os(SECCOMP_CHILD_ENV).is_none() {
         return;

@@ -21,6 +21,7 @@ use super::layout::{
 use super::memory::{memory_map, MemoryKind, MemoryMapEntry};
 use super::paging::write_page_tables;
 use crate::loader::{CmdlineInfo, InitrdInfo, KernelImage};
+use crate::narrow::low_u32;
 
 const E820_RAM: u32 = 1;
 const E820_RESERVED: u32 = 2;
@@ -147,12 +148,12 @@ pub fn zero_page(config: &BootConfig) -> boot_params {
     };
     params.hdr.type_of_loader = LOADER_TYPE_UNDEFINED;
     params.hdr.loadflags |= LOADED_HIGH;
-    params.hdr.cmd_line_ptr = config.cmdline.address.0 as u32;
+    params.hdr.cmd_line_ptr = low_u32(config.cmdline.address.0);
     params.ext_cmd_line_ptr = (config.cmdline.address.0 >> 32) as u32;
     if let Some(initrd) = config.initrd {
-        params.hdr.ramdisk_image = initrd.address.0 as u32;
+        params.hdr.ramdisk_image = low_u32(initrd.address.0);
         params.ext_ramdisk_image = (initrd.address.0 >> 32) as u32;
-        params.hdr.ramdisk_size = initrd.size as u32;
+        params.hdr.ramdisk_size = low_u32(initrd.size);
         params.ext_ramdisk_size = (initrd.size >> 32) as u32;
     }
 
@@ -164,8 +165,8 @@ pub fn zero_page(config: &BootConfig) -> boot_params {
             size: entry.size,
             r#type: e820_type(entry),
         };
+        params.e820_entries += 1;
     }
-    params.e820_entries = map.len().min(params.e820_table.len()) as u8;
     params
 }
 
@@ -213,6 +214,8 @@ pub fn start_info(
         cmdline_paddr: config.cmdline.address.0,
         rsdp_paddr: RSDP_START,
         memmap_paddr: PVH_MEMMAP_START,
+        // At most five ranges (see `memory_map`).
+        #[allow(clippy::cast_possible_truncation)]
         memmap_entries: memmap.len() as u32,
         ..Default::default()
     };
@@ -244,6 +247,8 @@ fn write_start_info(mem: &GuestMemoryMmap, config: &BootConfig) -> Result<(), Bo
 
 #[cfg(test)]
 mod tests {
+    // Test fixtures narrow small known values; a wrong one fails the test.
+    #![allow(clippy::cast_possible_truncation)]
     use super::*;
     use crate::arch::layout::{
         CMDLINE_START, EBDA_START, HIGH_MEMORY_START, MMIO_HOLE_START, PCI_ECAM_SIZE,

@@ -77,6 +77,8 @@ pub fn segment_from_descriptor(table: &[u64; 4], selector: u16) -> kvm_segment {
     let present = ((entry >> 47) & 1) as u8;
     kvm_segment {
         base: ((entry >> 32) & 0xff00_0000) | ((entry >> 16) & 0x00ff_ffff),
+        // A 20-bit limit, scaled by 4 KiB at most: 32 bits.
+        #[allow(clippy::cast_possible_truncation)]
         limit: limit as u32,
         selector,
         type_: ((entry >> 40) & 0xf) as u8,

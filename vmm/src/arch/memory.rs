@@ -14,6 +14,7 @@ use super::layout::{
     EBDA_START, FIRST_ADDR_PAST_4GIB, HIGH_MEMORY_START, MMIO_HOLE_START, PCI_ECAM_SIZE,
     PCI_ECAM_START,
 };
+use crate::narrow::usize_from_u64;
 
 const PAGE_SIZE: u64 = 4096;
 
@@ -62,7 +63,10 @@ pub fn ram_regions(mem_size_bytes: u64) -> Vec<(GuestAddress, usize)> {
     let high_size = mem_size_bytes - low_size;
     let mut regions = vec![(GuestAddress(0), low_size as usize)];
     if high_size > 0 {
-        regions.push((GuestAddress(FIRST_ADDR_PAST_4GIB), high_size as usize));
+        regions.push((
+            GuestAddress(FIRST_ADDR_PAST_4GIB),
+            usize_from_u64(high_size),
+        ));
     }
     regions
 }
@@ -133,6 +137,8 @@ pub fn memory_map(mem_size_bytes: u64) -> Vec<MemoryMapEntry> {
 
 #[cfg(test)]
 mod tests {
+    // Test fixtures narrow small known values; a wrong one fails the test.
+    #![allow(clippy::cast_possible_truncation)]
     use super::*;
     use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 

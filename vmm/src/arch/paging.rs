@@ -8,6 +8,7 @@
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
 use super::layout::{BOOT_STACK_POINTER, CMDLINE_START, PDE_START, PDPTE_START, PML4_START};
+use crate::narrow::usize_from_u64;
 
 const PAGE_SIZE: u64 = 0x1000;
 const ENTRIES_PER_TABLE: u64 = 512;
@@ -30,7 +31,8 @@ const _: () = assert!(BOOT_PAGE_TABLES_END <= CMDLINE_START);
 /// The 8-byte entries of the boot paging structures, as (guest address,
 /// value) pairs, in the order they are written.
 pub fn page_table_entries() -> Vec<(u64, u64)> {
-    let mut entries = Vec::with_capacity((2 + PAGE_DIRECTORY_COUNT * ENTRIES_PER_TABLE) as usize);
+    let mut entries =
+        Vec::with_capacity(usize_from_u64(2 + PAGE_DIRECTORY_COUNT * ENTRIES_PER_TABLE));
     entries.push((PML4_START, PDPTE_START | PRESENT | WRITABLE));
     for directory in 0..PAGE_DIRECTORY_COUNT {
         let directory_base = PDE_START + directory * PAGE_SIZE;
@@ -53,7 +55,7 @@ pub fn page_table_entries() -> Vec<(u64, u64)> {
 /// `PML4_START`.
 pub fn write_page_tables(mem: &GuestMemoryMmap) -> Result<(), GuestMemoryError> {
     for table in [PML4_START, PDPTE_START] {
-        mem.write_slice(&[0u8; PAGE_SIZE as usize], GuestAddress(table))?;
+        mem.write_slice(&[0u8; usize_from_u64(PAGE_SIZE)], GuestAddress(table))?;
     }
     for (address, value) in page_table_entries() {
         mem.write_obj(value, GuestAddress(address))?;

@@ -201,8 +201,13 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
         (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let mp = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    // day_of_year is 0..=365 and mp 0..=11, so the day is 1..=31 and the
+    // month 1..=12.
+    #[allow(clippy::cast_possible_truncation)]
+    let (day, month) = (
+        (day_of_year - (153 * mp + 2) / 5 + 1) as u32,
+        if mp < 10 { mp + 3 } else { mp - 9 } as u32,
+    );
     let year = year_of_era + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }

@@ -98,6 +98,8 @@ impl Bus {
 
 #[cfg(test)]
 mod tests {
+    // Test fixtures narrow small known values; a wrong one fails the test.
+    #![allow(clippy::cast_possible_truncation)]
     use super::*;
 
     #[derive(Default)]

@@ -13,6 +13,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::devices::VmInterface;
+use crate::narrow::low_u32;
 
 /// Where Intel VMX needs three pages for the real-mode TSS; inside the
 /// MMIO hole, below the IOAPIC, so it never shadows RAM or a device.
@@ -99,12 +100,12 @@ impl Vm {
 
     /// Makes every region of `memory` guest RAM, one KVM slot per region.
     pub fn register_memory(&self, memory: &GuestMemoryMmap) -> Result<(), VmError> {
-        for (slot, region) in memory.iter().enumerate() {
+        for (slot, region) in (0u32..).zip(memory.iter()) {
             let host = memory
                 .get_host_address(region.start_addr())
                 .map_err(|_| VmError::Memory(kvm_ioctls::Error::new(libc::EFAULT)))?;
             let kvm_region = kvm_userspace_memory_region {
-                slot: slot as u32,
+                slot,
                 flags: 0,
                 guest_phys_addr: region.start_addr().0,
                 memory_size: region.len(),
@@ -166,7 +167,7 @@ fn open_kvm(path: &Path) -> Result<Kvm, VmError> {
 impl VmInterface for Vm {
     fn signal_msi(&self, address: u64, data: u32) -> io::Result<()> {
         let msi = kvm_msi {
-            address_lo: address as u32,
+            address_lo: low_u32(address),
             address_hi: (address >> 32) as u32,
             data,
             ..Default::default()

@@ -37,6 +37,7 @@ use super::luks::{self, FormatOptions, KdfSettings};
 use super::secret::SecretBuf;
 use super::size::parse_size;
 use super::xts::SectorCipher;
+use crate::narrow::{const_narrow, usize_from_u64};
 
 const QUEUE_SIZE: u16 = 256;
 const DESC_TABLE: u64 = 0x0;
@@ -297,7 +298,7 @@ struct QueueRig {
     queue: Queue,
     handler: RequestHandler,
     request_size: usize,
-    depth: usize,
+    depth: u16,
     chain_len: u16,
     avail_idx: u16,
 }
@@ -308,19 +309,24 @@ impl QueueRig {
         request_size: usize,
         depth: usize,
     ) -> Result<Self, StorageError> {
-        let mem_size = DATA as usize + request_size * depth;
+        let mem_size = usize_from_u64(DATA) + request_size * depth;
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), mem_size)])
             .map_err(|e| bench_error(format!("cannot map guest memory: {e}")))?;
         let segments = request_size.div_ceil(SEGMENT);
-        let chain_len = (segments + 2) as u16;
-        if usize::from(chain_len) * depth > usize::from(QUEUE_SIZE) {
+        // Every chain of the batch fits the queue at once, so chain
+        // indices, slots and the batch size all fit a u16.
+        let fits = |chain_len: &u16| usize::from(*chain_len) * depth <= usize::from(QUEUE_SIZE);
+        let (Some(chain_len), Ok(depth)) = (
+            u16::try_from(segments + 2).ok().filter(fits),
+            u16::try_from(depth),
+        ) else {
             return Err(bench_error("queue too small for the batch".to_string()));
-        }
+        };
         let mut queue = Queue::new(QUEUE_SIZE).map_err(|e| bench_error(e.to_string()))?;
         queue.set_size(QUEUE_SIZE);
-        queue.set_desc_table_address(Some(DESC_TABLE as u32), Some(0));
-        queue.set_avail_ring_address(Some(AVAIL_RING as u32), Some(0));
-        queue.set_used_ring_address(Some(USED_RING as u32), Some(0));
+        queue.set_desc_table_address(Some(const_narrow!(DESC_TABLE => u32)), Some(0));
+        queue.set_avail_ring_address(Some(const_narrow!(AVAIL_RING => u32)), Some(0));
+        queue.set_used_ring_address(Some(const_narrow!(USED_RING => u32)), Some(0));
         queue.set_ready(true);
         if !queue.is_valid(&mem) {
             return Err(bench_error("virtqueue layout rejected".to_string()));
@@ -358,12 +364,12 @@ impl QueueRig {
     /// status byte. Returns the head index.
     fn build_chain(
         &self,
-        slot: usize,
+        slot: u16,
         direction: Direction,
         sector: u64,
     ) -> Result<u16, StorageError> {
-        let head = slot as u16 * self.chain_len;
-        let header_addr = HEADERS + slot as u64 * 16;
+        let head = slot * self.chain_len;
+        let header_addr = HEADERS + u64::from(slot) * 16;
         let request_type = match direction {
             Direction::Read => VIRTIO_BLK_T_IN,
             Direction::Write => VIRTIO_BLK_T_OUT,
@@ -379,22 +385,24 @@ impl QueueRig {
             Direction::Read => DESC_F_NEXT | DESC_F_WRITE,
             Direction::Write => DESC_F_NEXT,
         };
-        let data_base = DATA + (slot * self.request_size) as u64;
+        let data_base = DATA + (usize::from(slot) * self.request_size) as u64;
         let mut index = head + 1;
         let mut done = 0;
         while done < self.request_size {
             let len = (self.request_size - done).min(SEGMENT);
+            let descriptor_len = u32::try_from(len)
+                .map_err(|_| bench_error(format!("segment of {len} bytes too long")))?;
             self.write_descriptor(
                 index,
                 data_base + done as u64,
-                len as u32,
+                descriptor_len,
                 data_flags,
                 index + 1,
             )?;
             done += len;
             index += 1;
         }
-        let status_addr = STATUS + slot as u64;
+        let status_addr = STATUS + u64::from(slot);
         self.mem
             .write_obj(0xffu8, GuestAddress(status_addr))
             .map_err(|e| bench_error(e.to_string()))?;
@@ -408,16 +416,17 @@ impl QueueRig {
         let requests = total / self.request_size as u64;
         let mut next_request = 0u64;
         while next_request < requests {
-            let batch = (requests - next_request).min(self.depth as u64) as usize;
+            let left = u16::try_from(requests - next_request).unwrap_or(u16::MAX);
+            let batch = self.depth.min(left);
             for slot in 0..batch {
-                let offset = (next_request + slot as u64) * self.request_size as u64;
+                let offset = (next_request + u64::from(slot)) * self.request_size as u64;
                 let head = self.build_chain(slot, direction, offset / 512)?;
-                let ring_slot = u64::from(self.avail_idx.wrapping_add(slot as u16) % QUEUE_SIZE);
+                let ring_slot = u64::from(self.avail_idx.wrapping_add(slot) % QUEUE_SIZE);
                 self.mem
                     .write_obj(head, GuestAddress(AVAIL_RING + 4 + ring_slot * 2))
                     .map_err(|e| bench_error(e.to_string()))?;
             }
-            self.avail_idx = self.avail_idx.wrapping_add(batch as u16);
+            self.avail_idx = self.avail_idx.wrapping_add(batch);
             self.mem
                 .store(
                     self.avail_idx,
@@ -446,7 +455,7 @@ impl QueueRig {
             for slot in 0..batch {
                 let status: u8 = self
                     .mem
-                    .read_obj(GuestAddress(STATUS + slot as u64))
+                    .read_obj(GuestAddress(STATUS + u64::from(slot)))
                     .map_err(|e| bench_error(e.to_string()))?;
                 if status != 0 {
                     return Err(bench_error(format!(
@@ -454,7 +463,7 @@ impl QueueRig {
                     )));
                 }
             }
-            next_request += batch as u64;
+            next_request += u64::from(batch);
         }
         Ok(())
     }

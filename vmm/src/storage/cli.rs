@@ -12,6 +12,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::devices::virtio::block::BlockBackend;
+use crate::narrow::usize_from_u64;
 
 use super::backend::EncryptedBackend;
 use super::error::StorageError;
@@ -117,12 +118,13 @@ impl KdfArgs {
             return Ok(KdfSettings::Benchmarked);
         }
         let memory_kib = self.kdf_memory.unwrap_or(1 << 30) / 1024;
-        if !(32..=luks::MAX_KDF_MEMORY_KIB).contains(&memory_kib) {
+        let in_range = |kib: &u32| (32..=luks::MAX_KDF_MEMORY_KIB).contains(&u64::from(*kib));
+        let Some(memory_kib) = u32::try_from(memory_kib).ok().filter(in_range) else {
             return Err(StorageError::InvalidOption(format!(
                 "--kdf-memory must be between 32K and {}M",
                 luks::MAX_KDF_MEMORY_KIB / 1024
             )));
-        }
+        };
         // libcryptsetup's own lower bound for Argon2 passes.
         let time_cost = self.kdf_time.unwrap_or(4);
         if time_cost < 4 {
@@ -132,7 +134,7 @@ impl KdfArgs {
             ));
         }
         // securevm refuses to open keyslots costlier than this.
-        let work = u64::from(time_cost) * memory_kib;
+        let work = u64::from(time_cost) * u64::from(memory_kib);
         if u64::from(time_cost) > header::MAX_ARGON2_TIME_COST
             || work > header::MAX_ARGON2_WORK_KIB_PASSES
         {
@@ -149,7 +151,7 @@ impl KdfArgs {
             ));
         }
         let settings = KdfSettings::Fixed {
-            memory_kib: memory_kib as u32,
+            memory_kib,
             time_cost,
             parallel: self.kdf_parallel,
         };
@@ -280,7 +282,7 @@ fn copy_into(
     const CHUNK: u64 = 1 << 20;
     // SAFETY: isatty only inspects the descriptor.
     let show_progress = unsafe { libc::isatty(libc::STDERR_FILENO) } == 1;
-    let mut buffer = vec![0u8; CHUNK as usize];
+    let mut buffer = vec![0u8; usize_from_u64(CHUNK)];
     let mut offset = 0;
     let mut last_percent = u64::MAX;
     while offset < len {

@@ -13,6 +13,7 @@ use std::io::Read;
 use std::path::Path;
 
 use crate::devices::virtio::block::RawFileBackend;
+use crate::narrow::usize_from_u64;
 
 use super::backend::EncryptedBackend;
 use super::error::StorageError;
@@ -148,7 +149,7 @@ fn denied(path: &Path, why: &str) -> ExternalAttach {
 /// Whether the first [`BLANK_PROBE_LEN`] bytes (or the whole medium, if
 /// smaller) are zero.
 fn is_blank(file: &File) -> std::io::Result<bool> {
-    let mut buffer = vec![0u8; BLANK_PROBE_LEN as usize];
+    let mut buffer = vec![0u8; usize_from_u64(BLANK_PROBE_LEN)];
     let mut filled = 0;
     let mut reader = file;
     while filled < buffer.len() {

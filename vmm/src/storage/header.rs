@@ -16,6 +16,8 @@ use std::os::unix::fs::FileExt;
 use openssl::sha::Sha256;
 use serde_json::Value;
 
+use crate::narrow::usize_from_u64;
+
 /// Size of each binary header; the JSON area follows it.
 pub const BINARY_HEADER_LEN: u64 = 4096;
 const MAGIC_PRIMARY: &[u8; 6] = b"LUKS\xba\xbe";
@@ -308,7 +310,7 @@ fn read_copy<M: Medium + ?Sized>(
     offset: u64,
     copy: HeaderCopy,
 ) -> Result<Luks2Metadata, String> {
-    let mut binary = vec![0u8; BINARY_HEADER_LEN as usize];
+    let mut binary = vec![0u8; usize_from_u64(BINARY_HEADER_LEN)];
     medium
         .fill_at(&mut binary, offset)
         .map_err(|e| format!("unreadable: {e}"))?;
@@ -337,7 +339,8 @@ fn read_copy<M: Medium + ?Sized>(
             "header claims offset {header_offset}, found at {offset}"
         ));
     }
-    let mut json_area = vec![0u8; (header_size - BINARY_HEADER_LEN) as usize];
+    // At most 4 MiB: header_size is one of ALLOWED_HEADER_SIZES.
+    let mut json_area = vec![0u8; usize_from_u64(header_size - BINARY_HEADER_LEN)];
     medium
         .fill_at(&mut json_area, offset + BINARY_HEADER_LEN)
         .map_err(|e| format!("JSON area unreadable: {e}"))?;
@@ -678,6 +681,9 @@ fn be_u32(bytes: &[u8]) -> u32 {
 pub(crate) mod test_support {
     //! Editing LUKS2 headers in tests, to build damaged or hostile images.
 
+    // Test fixtures narrow small known values; a wrong one fails the test.
+    #![allow(clippy::cast_possible_truncation)]
+
     use super::*;
     use std::fs::OpenOptions;
     use std::path::Path;
@@ -733,6 +739,8 @@ pub(crate) mod test_support {
 
 #[cfg(test)]
 mod tests {
+    // Test fixtures narrow small known values; a wrong one fails the test.
+    #![allow(clippy::cast_possible_truncation)]
     use super::test_support::edit_json;
     use super::*;
     use crate::storage::error::StorageError;

@@ -18,6 +18,7 @@ use super::error::StorageError;
 use super::header::{self, HeaderCopy, Keyslot, Luks2Metadata};
 use super::luks_helper::{self, LuksVersion, Pbkdf, PbkdfKind, Reply, Request, Shown};
 use super::secret::SecretBuf;
+use crate::narrow::{const_narrow, usize_from_u64};
 
 /// Where the data segment starts on volumes we create, as cryptsetup does.
 pub const DEFAULT_DATA_OFFSET: u64 = 16 << 20;
@@ -59,7 +60,7 @@ impl KdfSettings {
 
     fn pbkdf(&self) -> Pbkdf {
         let (iterations, max_memory_kib, parallel_threads, benchmark) = match *self {
-            KdfSettings::Benchmarked => (0, MAX_KDF_MEMORY_KIB as u32, 4, true),
+            KdfSettings::Benchmarked => (0, const_narrow!(MAX_KDF_MEMORY_KIB => u32), 4, true),
             KdfSettings::Fixed {
                 memory_kib,
                 time_cost,
@@ -269,7 +270,7 @@ fn unlock_with(
             path,
             LuksVersion::Luks2,
             Some(slot.id),
-            slot.key_size as usize,
+            usize_from_u64(slot.key_size),
             passphrase,
             until,
         )?;

@@ -43,8 +43,6 @@ use crate::devices::power::{
 use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::net::{Net, Tap};
-use crate::network::PolicyFilter;
-use crate::vpn::VpnLink;
 use crate::exit::{ExitNotifier, ExitReason};
 use crate::identity::session::{Session, SessionError};
 use crate::identity::smartcard::login::CardCredential;
@@ -53,10 +51,12 @@ use crate::kvm::vcpu::{self, VcpuContext, VcpuControl, VcpuControlError, VcpuHan
 use crate::kvm::vm::Vm;
 use crate::loader::{load_cmdline, load_initrd, load_kernel};
 use crate::media_hotplug::{MediaHotplug, MediaHotplugParts, EJECT_TIMEOUT};
-use netfilter::{Filter, FilterConfig, FilterControl, DEFAULT_CONNTRACK_CAPACITY};
+use crate::network::PolicyFilter;
 use crate::policy::ActiveRole;
 use crate::prompt_phrase::PromptPhrase;
 use crate::seccomp::{self, ThreadKind};
+use crate::vpn::VpnLink;
+use netfilter::{Filter, FilterConfig, FilterControl, DEFAULT_CONNTRACK_CAPACITY};
 
 use super::disks::{open_disks, OpenedDisks};
 use super::running::RunningVm;

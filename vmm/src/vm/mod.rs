@@ -23,7 +23,6 @@ use crate::devices::bus::BusError;
 use crate::devices::pci::PciError;
 use crate::devices::virtio::block::BlockError;
 use crate::devices::virtio::net::{NetError, TapError};
-use crate::vpn::VpnLinkError;
 use crate::exit::ExitReason;
 use crate::external_media::MediumError;
 use crate::identity::disk::UserDiskError;
@@ -38,6 +37,7 @@ use crate::prompt_phrase::{PhraseError, PromptPhrase};
 use crate::seccomp::{SeccompError, ThreadKind};
 use crate::storage::luks::is_luks;
 use crate::storage::StorageError;
+use crate::vpn::VpnLinkError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {

@@ -17,6 +17,8 @@ use base64::Engine;
 use boringtun::x25519::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
+use crate::narrow::usize_from_u64;
+
 /// A `wg genkey` file is 45 bytes; anything far larger is not a key file.
 const MAX_KEY_FILE_LEN: u64 = 256;
 const KEY_LEN: usize = 32;
@@ -95,7 +97,7 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKey, VpnKeyError> {
     if metadata.len() > MAX_KEY_FILE_LEN {
         return Err(VpnKeyError::Malformed(path.to_path_buf()));
     }
-    let mut text = Zeroizing::new(Vec::with_capacity(MAX_KEY_FILE_LEN as usize));
+    let mut text = Zeroizing::new(Vec::with_capacity(usize_from_u64(MAX_KEY_FILE_LEN)));
     file.by_ref()
         .take(MAX_KEY_FILE_LEN)
         .read_to_end(&mut text)

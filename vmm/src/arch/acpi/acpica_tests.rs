@@ -150,6 +150,64 @@ fn run_acpiexec(dir: &Path, fadt: &[u8], dsdt: &[u8], commands: &str) -> String 
     run_tool(dir, "acpiexec", &["-b", commands, "dsdt.dat", "facp.dat"])
 }
 
+/// What iasl must print for the DSDT of a VM with hot-plug slots.
+const DSDT_WITH_HOTPLUG_LINES: &[&str] = &[
+    "DefinitionBlock (\"\", \"DSDT\", 2, \"SECVM \", \"SECUREVM\", 0x00000001)",
+    "Scope (\\_SB)",
+    "Device (PCI0)",
+    "Name (_HID, EisaId (\"PNP0A08\")",
+    "Name (_CID, EisaId (\"PNP0A03\")",
+    "Name (_SEG, Zero)",
+    "Name (_BBN, Zero)",
+    "WordBusNumber (ResourceProducer, MinFixed, MaxFixed, PosDecode,",
+    "IO (Decode16,\n                    0x0CF8,",
+    "0x0CF7,             // Range Maximum",
+    "0x0D00,             // Range Minimum",
+    "0xF300,             // Length",
+    "0xC0000000,         // Range Minimum",
+    "0xDFFFFFFF,         // Range Maximum",
+    "Device (MBRD)",
+    "Name (_HID, EisaId (\"PNP0C02\")",
+    "Memory32Fixed (ReadWrite,\n                    0xE0000000,",
+    "0x00100000,         // Address Length",
+    "0x03C0,             // Range Minimum",
+    "0x03C4,             // Range Minimum",
+    "Device (COM1)",
+    "Name (_HID, EisaId (\"PNP0501\")",
+    "0x03F8,             // Range Minimum",
+    "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )",
+    "0x00000004,",
+    "Name (_S5, Package (0x04)",
+    "0x05,",
+    "Device (PWRB)",
+    "Name (_HID, EisaId (\"PNP0C0C\")",
+    "Device (GED0)",
+    "Name (_HID, \"ACPI0013\"",
+    "Method (_EVT, 1, Serialized)",
+    "If ((Arg0 == 0x05))",
+    "Notify (\\_SB.PWRB, 0x80)",
+    // PCI hot-plug
+    "OperationRegion (PHPR, SystemIO, 0x0AE0, 0x0C)",
+    "Field (PHPR, DWordAcc, NoLock, WriteAsZeros)",
+    "PCIU,   32",
+    "B0EJ,   32",
+    "Device (S01)",
+    "Name (_ADR, 0x00010000)",
+    "Device (S1F)",
+    "Name (_ADR, 0x001F0000)",
+    "Name (_SUN, 0x1F)",
+    "Method (_EJ0, 1, NotSerialized)",
+    "B0EJ = 0x80000000",
+    "Method (PSCN, 0, Serialized)",
+    "Local0 = PCIU",
+    "Local1 = PCID",
+    "Notify (S1F, One)",
+    "Notify (S1F, 0x03)",
+    "If ((Arg0 == 0x06))",
+    "\\_SB.PCI0.PSCN ()",
+    "0x0AE0,             // Range Minimum",
+];
+
 #[test]
 fn iasl_disassembles_every_table_and_recompiles_the_dsdt() {
     if !tool_available("iasl") {
@@ -159,73 +217,21 @@ fn iasl_disassembles_every_table_and_recompiles_the_dsdt() {
     let (mem, rsdp, fadt_bytes, dsdt_bytes) = written_tables(2, PciHotplugSlots::Present);
 
     let dsdt = disassemble(&dir.0, "dsdt", &dsdt_bytes);
-    assert_contains_all(
-        &dsdt,
-        &[
-            "DefinitionBlock (\"\", \"DSDT\", 2, \"SECVM \", \"SECUREVM\", 0x00000001)",
-            "Scope (\\_SB)",
-            "Device (PCI0)",
-            "Name (_HID, EisaId (\"PNP0A08\")",
-            "Name (_CID, EisaId (\"PNP0A03\")",
-            "Name (_SEG, Zero)",
-            "Name (_BBN, Zero)",
-            "WordBusNumber (ResourceProducer, MinFixed, MaxFixed, PosDecode,",
-            "IO (Decode16,\n                    0x0CF8,",
-            "0x0CF7,             // Range Maximum",
-            "0x0D00,             // Range Minimum",
-            "0xF300,             // Length",
-            "0xC0000000,         // Range Minimum",
-            "0xDFFFFFFF,         // Range Maximum",
-            "Device (MBRD)",
-            "Name (_HID, EisaId (\"PNP0C02\")",
-            "Memory32Fixed (ReadWrite,\n                    0xE0000000,",
-            "0x00100000,         // Address Length",
-            "0x03C0,             // Range Minimum",
-            "0x03C4,             // Range Minimum",
-            "Device (COM1)",
-            "Name (_HID, EisaId (\"PNP0501\")",
-            "0x03F8,             // Range Minimum",
-            "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, )",
-            "0x00000004,",
-            "Name (_S5, Package (0x04)",
-            "0x05,",
-            "Device (PWRB)",
-            "Name (_HID, EisaId (\"PNP0C0C\")",
-            "Device (GED0)",
-            "Name (_HID, \"ACPI0013\"",
-            "Method (_EVT, 1, Serialized)",
-            "If ((Arg0 == 0x05))",
-            "Notify (\\_SB.PWRB, 0x80)",
-            // PCI hot-plug
-            "OperationRegion (PHPR, SystemIO, 0x0AE0, 0x0C)",
-            "Field (PHPR, DWordAcc, NoLock, WriteAsZeros)",
-            "PCIU,   32",
-            "B0EJ,   32",
-            "Device (S01)",
-            "Name (_ADR, 0x00010000)",
-            "Device (S1F)",
-            "Name (_ADR, 0x001F0000)",
-            "Name (_SUN, 0x1F)",
-            "Method (_EJ0, 1, NotSerialized)",
-            "B0EJ = 0x80000000",
-            "Method (PSCN, 0, Serialized)",
-            "Local0 = PCIU",
-            "Local1 = PCID",
-            "Notify (S1F, One)",
-            "Notify (S1F, 0x03)",
-            "If ((Arg0 == 0x06))",
-            "\\_SB.PCI0.PSCN ()",
-            "0x0AE0,             // Range Minimum",
-        ],
-    );
+    assert_contains_all(&dsdt, DSDT_WITH_HOTPLUG_LINES);
     assert!(
         dsdt.contains(&format!("0x{POWER_BUTTON_GSI:08X},")),
         "GED interrupt missing in:\n{dsdt}"
     );
-
     assert_dsdt_recompiles(&dir.0);
 
-    let fadt = disassemble(&dir.0, "facp", &fadt_bytes);
+    assert_fadt_disassembles(&dir.0, &fadt_bytes);
+    assert_madt_mcfg_and_xsdt_disassemble(&dir.0, &mem, rsdp);
+}
+
+/// The FADT declares a hardware-reduced platform with its reset and sleep
+/// registers in our I/O ports, and points at the DSDT.
+fn assert_fadt_disassembles(dir: &Path, fadt_bytes: &[u8]) {
+    let fadt = disassemble(dir, "facp", fadt_bytes);
     assert_contains_all(
         &fadt,
         &[
@@ -239,7 +245,7 @@ fn iasl_disassembles_every_table_and_recompiles_the_dsdt() {
             "MSI Not Supported (V4) : 0",
             "CMOS RTC Not Present (V5) : 1",
             "Value to cause reset : 01",
-            &format!("DSDT Address : {:016X}", u64_at(&fadt_bytes, 140)),
+            &format!("DSDT Address : {:016X}", u64_at(fadt_bytes, 140)),
         ],
     );
     for (register, port) in [
@@ -259,8 +265,12 @@ fn iasl_disassembles_every_table_and_recompiles_the_dsdt() {
             "{register} in:\n{fadt}"
         );
     }
+}
 
-    let madt = disassemble(&dir.0, "apic", &table(&mem, rsdp, b"APIC"));
+/// The MADT (two vCPUs, the I/O APIC, the overrides), the MCFG (ECAM on
+/// bus 0) and the XSDT that lists the three tables.
+fn assert_madt_mcfg_and_xsdt_disassemble(dir: &Path, mem: &GuestMemoryMmap, rsdp: u64) {
+    let madt = disassemble(dir, "apic", &table(mem, rsdp, b"APIC"));
     assert_contains_all(
         &madt,
         &[
@@ -278,7 +288,7 @@ fn iasl_disassembles_every_table_and_recompiles_the_dsdt() {
     );
     assert_eq!(madt.matches("[Processor Local APIC]").count(), 2, "{madt}");
 
-    let mcfg = disassemble(&dir.0, "mcfg", &table(&mem, rsdp, b"MCFG"));
+    let mcfg = disassemble(dir, "mcfg", &table(mem, rsdp, b"MCFG"));
     assert_contains_all(
         &mcfg,
         &[
@@ -290,8 +300,8 @@ fn iasl_disassembles_every_table_and_recompiles_the_dsdt() {
         ],
     );
 
-    let xsdt_address = u64_at(&read(&mem, rsdp, 36), 24);
-    let xsdt = disassemble(&dir.0, "xsdt", &read_table(&mem, xsdt_address));
+    let xsdt_address = u64_at(&read(mem, rsdp, 36), 24);
+    let xsdt = disassemble(dir, "xsdt", &read_table(mem, xsdt_address));
     assert_contains_all(&xsdt, &["Signature : \"XSDT\""]);
     assert_eq!(xsdt.matches("ACPI Table Address").count(), 3, "{xsdt}");
 }

@@ -58,6 +58,7 @@ use crate::devices::pci::hotplug::{
     HOTPLUG_PORT_BASE, HOTPLUG_PORT_LEN, REGISTER_DOWN, REGISTER_EJECT, REGISTER_UP,
 };
 use crate::devices::pci::SLOT_COUNT;
+use crate::narrow::const_narrow;
 
 /// The interrupt (an IOAPIC pin no other device uses) through which the
 /// VMM presses the power button.
@@ -89,10 +90,13 @@ const COM1_PORT_COUNT: u8 = 8;
 /// claims both.
 const _: () = assert!(ACPI_SLEEP_STATUS_PORT == ACPI_SLEEP_CONTROL_PORT + 1);
 
-const _: () = assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE <= 1 << 32);
+// The 32-bit window and ECAM lie below 4 GiB: their ends fit 32-bit
+// resource descriptors (checked at build time by `const_narrow!`).
+const PCI_MMIO32_FIRST: u32 = const_narrow!(PCI_MMIO32_START => u32);
+const PCI_MMIO32_LAST: u32 = const_narrow!(PCI_MMIO32_START + PCI_MMIO32_SIZE - 1 => u32);
+const PCI_ECAM_FIRST: u32 = const_narrow!(PCI_ECAM_START => u32);
+const PCI_ECAM_LEN: u32 = const_narrow!(PCI_ECAM_SIZE => u32);
 const _: () = assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= 1 << 32);
-const PCI_MMIO32_FIRST: u32 = PCI_MMIO32_START as u32;
-const PCI_MMIO32_LAST: u32 = (PCI_MMIO32_START + PCI_MMIO32_SIZE - 1) as u32;
 
 /// Whether the guest is shown PCI hot-plug slots, their controller and its
 /// interrupt.
@@ -134,7 +138,7 @@ fn pci_host_bridge(sink: &mut dyn AmlSink, hotplug: PciHotplugSlots) {
         PCI_CONFIG_ADDRESS_PORT,
         PCI_CONFIG_ADDRESS_PORT,
         1,
-        PCI_CONFIG_PORT_COUNT as u8,
+        const_narrow!(PCI_CONFIG_PORT_COUNT => u8),
     );
     let ports_below_config = AddressSpace::<u16>::new_io(0, PCI_CONFIG_ADDRESS_PORT - 1, None);
     let ports_above_config = AddressSpace::<u16>::new_io(
@@ -211,9 +215,8 @@ fn hotplug_slots(sink: &mut Vec<u8>) {
     )
     .to_aml_bytes(sink);
     let eject_register = Path::new("B0EJ");
-    for slot in 1..SLOT_COUNT {
-        let address = (slot as u32) << 16;
-        let sun = slot as u32;
+    for (slot, sun) in (1..SLOT_COUNT).zip(1u32..) {
+        let address = sun << 16;
         let bit = 1u32 << slot;
         let eject = Store::new(&eject_register, &bit);
         Device::new(
@@ -273,14 +276,14 @@ fn hotplug_slots(sink: &mut Vec<u8>) {
 /// controller's ports, so that no driver or resource allocator hands them
 /// to anything else.
 fn motherboard_resources(sink: &mut dyn AmlSink, hotplug: PciHotplugSlots) {
-    let ecam = Memory32Fixed::new(true, PCI_ECAM_START as u32, PCI_ECAM_SIZE as u32);
+    let ecam = Memory32Fixed::new(true, PCI_ECAM_FIRST, PCI_ECAM_LEN);
     let sleep_ports = IO::new(ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_CONTROL_PORT, 1, 2);
     let reset_port = IO::new(ACPI_RESET_PORT, ACPI_RESET_PORT, 1, 1);
     let hotplug_ports = IO::new(
         HOTPLUG_PORT_BASE,
         HOTPLUG_PORT_BASE,
         1,
-        HOTPLUG_PORT_LEN as u8,
+        const_narrow!(HOTPLUG_PORT_LEN => u8),
     );
     let mut resources: Vec<&dyn Aml> = vec![&ecam, &sleep_ports, &reset_port];
     if hotplug == PciHotplugSlots::Present {
@@ -371,6 +374,8 @@ fn soft_off_sleep_type(sink: &mut dyn AmlSink) {
 
 #[cfg(test)]
 mod tests {
+    // Test fixtures narrow small known values; a wrong one fails the test.
+    #![allow(clippy::cast_possible_truncation)]
     use super::*;
     use crate::arch::acpi::test_support::{byte_sum, u32_at};
 

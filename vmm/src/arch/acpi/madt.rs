@@ -9,6 +9,7 @@ use acpi_tables::sdt::Sdt;
 
 use super::{OEM_ID, OEM_REVISION, OEM_TABLE_ID};
 use crate::arch::layout::{APIC_START, IOAPIC_START};
+use crate::narrow::const_narrow;
 
 /// ACPI 6.2-6.4 MADT format.
 const MADT_REVISION: u8 = 5;
@@ -56,7 +57,7 @@ pub fn build_madt(num_cpus: u8) -> Vec<u8> {
         OEM_TABLE_ID,
         OEM_REVISION,
     );
-    madt.write_u32(36, APIC_START as u32);
+    madt.write_u32(36, const_narrow!(APIC_START => u32));
     madt.write_u32(40, PCAT_COMPAT);
 
     for cpu in 0..num_cpus {
@@ -80,7 +81,7 @@ fn io_apic() -> [u8; 12] {
     entry[0] = TYPE_IO_APIC;
     entry[1] = 12;
     entry[2] = IOAPIC_ID;
-    entry[4..8].copy_from_slice(&(IOAPIC_START as u32).to_le_bytes());
+    entry[4..8].copy_from_slice(&const_narrow!(IOAPIC_START => u32).to_le_bytes());
     // GSI base 0: the I/O APIC's pins are GSIs 0-23.
     entry[8..12].copy_from_slice(&0u32.to_le_bytes());
     entry

@@ -35,8 +35,8 @@ impl PciConfigIo {
         if !in_window || self.address & ADDRESS_ENABLE == 0 {
             return None;
         }
-        let byte_in_window = (offset - DATA_WINDOW_OFFSET) as usize;
-        let bus = (self.address >> 16) as u8;
+        let byte_in_window = usize::try_from(offset - DATA_WINDOW_OFFSET).ok()?;
+        let bus = ((self.address >> 16) & 0xff) as u8;
         let device = ((self.address >> 11) & 0x1f) as u8;
         let function = ((self.address >> 8) & 0x7) as u8;
         let register = (self.address & 0xfc) as usize;
@@ -90,7 +90,7 @@ impl PciConfigMmio {
     }
 
     fn decode(offset: u64) -> (u8, u8, u8, usize) {
-        let bus = (offset >> 20) as u8;
+        let bus = ((offset >> 20) & 0xff) as u8;
         let device = ((offset >> 15) & 0x1f) as u8;
         let function = ((offset >> 12) & 0x7) as u8;
         (bus, device, function, (offset & 0xfff) as usize)

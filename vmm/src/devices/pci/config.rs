@@ -4,6 +4,7 @@
 //! writable; the guest-facing register semantics live here once.
 
 use super::PciError;
+use crate::narrow::low_u32;
 
 /// PCI Express configuration space per function (what ECAM exposes).
 pub const CONFIG_SPACE_SIZE: usize = 4096;
@@ -111,7 +112,7 @@ impl PciConfiguration {
         let address_mask = !(size - 1);
         let flags = if is_64bit { BAR_MEMORY_64BIT } else { 0 };
         self.registers[BAR0_REGISTER + index] = flags;
-        self.writable[BAR0_REGISTER + index] = (address_mask as u32) & !0xf;
+        self.writable[BAR0_REGISTER + index] = low_u32(address_mask) & !0xf;
         if is_64bit {
             self.writable[BAR0_REGISTER + index + 1] = (address_mask >> 32) as u32;
         }
@@ -147,7 +148,7 @@ impl PciConfiguration {
             });
         }
         let flags = self.registers[BAR0_REGISTER + index] & 0xf;
-        self.registers[BAR0_REGISTER + index] = address as u32 & !0xf | flags;
+        self.registers[BAR0_REGISTER + index] = low_u32(address) & !0xf | flags;
         if bar.is_64bit {
             self.registers[BAR0_REGISTER + index + 1] = (address >> 32) as u32;
         }
@@ -155,7 +156,8 @@ impl PciConfiguration {
     }
 
     pub fn command(&self) -> u16 {
-        self.registers[COMMAND_REGISTER] as u16
+        // The low half of the register; the high half is the status.
+        (self.registers[COMMAND_REGISTER] & 0xffff) as u16
     }
 
     pub fn set_command(&mut self, command: u16) {
@@ -187,9 +189,11 @@ impl PciConfiguration {
         let offset = self.next_capability;
         let end = offset + body.len();
         let fits = body.len() >= 2 && end <= LEGACY_SPACE_SIZE;
-        if !fits || !(writable.is_empty() || writable.len() == body.len()) {
+        let valid = fits && (writable.is_empty() || writable.len() == body.len());
+        // Inside the legacy 256 bytes, so the offset is a one-byte pointer.
+        let Some(pointer) = u8::try_from(offset).ok().filter(|_| valid) else {
             return Err(PciError::CapabilitySpaceFull { len: body.len() });
-        }
+        };
         for (i, &byte) in body.iter().enumerate() {
             let value = if i == 1 { 0 } else { byte };
             self.set_byte(offset + i, value);
@@ -197,9 +201,9 @@ impl PciConfiguration {
             set_byte_in(&mut self.writable, offset + i, mask);
         }
         match self.last_capability {
-            Some(previous) => self.set_byte(previous + 1, offset as u8),
+            Some(previous) => self.set_byte(previous + 1, pointer),
             None => {
-                self.registers[CAPABILITY_POINTER_REGISTER] = offset as u32;
+                self.registers[CAPABILITY_POINTER_REGISTER] = u32::from(pointer);
                 self.registers[COMMAND_REGISTER] |= STATUS_CAPABILITIES_LIST << 16;
             }
         }
@@ -258,7 +262,7 @@ impl PciConfiguration {
 
 fn byte_in(registers: &[u32], offset: usize) -> Option<u8> {
     let register = registers.get(offset / 4)?;
-    Some((register >> ((offset % 4) * 8)) as u8)
+    Some(register.to_le_bytes()[offset % 4])
 }
 
 fn set_byte_in(registers: &mut [u32], offset: usize, value: u8) {
@@ -270,6 +274,8 @@ fn set_byte_in(registers: &mut [u32], offset: usize, value: u8) {
 
 #[cfg(test)]
 mod tests {
+    // Test fixtures narrow small known values; a wrong one fails the test.
+    #![allow(clippy::cast_possible_truncation)]
     use super::*;
 
     fn header() -> PciHeader {

@@ -111,7 +111,7 @@ impl PciRoot {
             lock(&slot.device).bar_mapped(bar.index, Some(bar.base));
         }
         slots[slot_index] = Some(slot);
-        Ok(slot_index as u8)
+        Ok(slot_number(slot_index))
     }
 
     /// Wrap `device` in a virtio-pci transport and add it.
@@ -148,7 +148,7 @@ impl PciRoot {
             mapped: [None; BAR_COUNT],
             removable: true,
         });
-        Ok(slot_index as u8)
+        Ok(slot_number(slot_index))
     }
 
     /// [`PciRoot::add_hotplug_device`] for a virtio device.
@@ -274,6 +274,14 @@ fn bar_access(device: &SharedPciDevice, bar: usize) -> Arc<Mutex<dyn BusDevice>>
     }))
 }
 
+/// The device number of the slot at `index` of the root's slot table.
+fn slot_number(index: usize) -> u8 {
+    const _: () = assert!(SLOT_COUNT <= 1 << 8);
+    #[allow(clippy::cast_possible_truncation)] // index < SLOT_COUNT, which fits a u8
+    let number = index as u8;
+    number
+}
+
 /// What the MMIO bus holds for one BAR: forwards to the owning device.
 struct BarAccess {
     device: SharedPciDevice,
@@ -329,6 +337,8 @@ impl PciDevice for HostBridge {
 
 #[cfg(test)]
 mod tests {
+    // Test fixtures narrow small known values; a wrong one fails the test.
+    #![allow(clippy::cast_possible_truncation)]
     use super::*;
     use crate::devices::pci::test_support::FakeVm;
 

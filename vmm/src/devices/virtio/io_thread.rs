@@ -255,7 +255,11 @@ impl ServeState {
                         pending.fill(true);
                     }
                     token if token >= SOURCE_TOKEN_BASE => {
-                        self.serve_source((token - SOURCE_TOKEN_BASE) as u32);
+                        // Registered as the base plus a u32; nothing else
+                        // is ours to serve.
+                        if let Ok(source) = u32::try_from(token - SOURCE_TOKEN_BASE) {
+                            self.serve_source(source);
+                        }
                     }
                     token => {
                         let Some(queue) = usize::try_from(token)

@@ -49,7 +49,9 @@ impl MsixTable {
     }
 
     pub fn vector_count(&self) -> u16 {
-        self.entries.len() as u16
+        #[allow(clippy::cast_possible_truncation)] // sized from a u16 in `new`, never resized
+        let count = self.entries.len() as u16;
+        count
     }
 
     pub fn enabled(&self) -> bool {
@@ -94,10 +96,11 @@ impl MsixTable {
             let Some(at) = offset.checked_add(i as u64) else {
                 break;
             };
-            let (index, word, shift) = split_offset(at);
+            let (index, word, byte) = split_offset(at);
             if let Some(entry) = self.entries.get_mut(index) {
-                let w = &mut entry.words[word];
-                *w = (*w & !(0xff << shift)) | (u32::from(value) << shift);
+                let mut bytes = entry.words[word].to_le_bytes();
+                bytes[byte] = value;
+                entry.words[word] = u32::from_le_bytes(bytes);
             }
         }
         self.deliver_pending();
@@ -122,9 +125,9 @@ impl MsixTable {
     }
 
     fn table_byte(&self, offset: u64) -> Option<u8> {
-        let (index, word, shift) = split_offset(offset);
+        let (index, word, byte) = split_offset(offset);
         let entry = self.entries.get(index)?;
-        Some((entry.words[word] >> shift) as u8)
+        Some(entry.words[word].to_le_bytes()[byte])
     }
 
     fn deliver_pending(&mut self) {
@@ -151,11 +154,12 @@ impl MsixTable {
     }
 }
 
-/// Table offset to (entry, word within entry, bit shift within word).
-fn split_offset(offset: u64) -> (usize, usize, u32) {
+/// Table offset to (entry, word within entry, byte within the
+/// little-endian word).
+fn split_offset(offset: u64) -> (usize, usize, usize) {
     let index = usize::try_from(offset / ENTRY_SIZE).unwrap_or(usize::MAX);
     let word = ((offset % ENTRY_SIZE) / 4) as usize;
-    (index, word, ((offset % 4) * 8) as u32)
+    (index, word, (offset % 4) as usize)
 }
 
 #[cfg(test)]
@@ -212,6 +216,24 @@ mod tests {
         assert_eq!(vm.msis(), vec![(0xfee0_1000, 0x4041)]);
         table.signal(1);
         assert_eq!(vm.msis().len(), 2);
+    }
+
+    /// Single-byte accesses reach the byte they name within a word.
+    #[test]
+    fn byte_accesses_address_each_byte_of_a_word() {
+        let vm = Arc::new(FakeVm::default());
+        let mut table = programmed(&vm);
+        for (offset, value) in (16..20).zip([0x11, 0x22, 0x33, 0x44]) {
+            table.write_table(offset, &[value]);
+        }
+        let mut word = [0u8; 4];
+        table.read_table(16, &mut word);
+        assert_eq!(u32::from_le_bytes(word), 0x4433_2211);
+        let mut byte = [0u8];
+        table.read_table(18, &mut byte);
+        assert_eq!(byte, [0x33]);
+        table.read_table(24 + 1, &mut byte);
+        assert_eq!(byte, [0x40], "message data 0x4041, second byte");
     }
 
     #[test]

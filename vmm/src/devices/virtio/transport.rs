@@ -23,6 +23,7 @@ use crate::devices::pci::{
     CAPABILITY_ID_VENDOR_SPECIFIC,
 };
 use crate::devices::VmInterface;
+use crate::narrow::const_narrow;
 use crate::sync::Unpoisoned;
 
 const VIRTIO_VENDOR_ID: u16 = 0x1af4;
@@ -136,13 +137,16 @@ impl VirtioPciDevice {
     ) -> Result<Self, PciError> {
         let queue_count = device.queue_max_sizes().len();
         let table_fits = (queue_count as u64 + 1) * ENTRY_SIZE <= REGION_LEN;
-        if queue_count == 0 || !table_fits {
+        // One vector per queue and one for configuration changes.
+        let vector_count = u16::try_from(queue_count + 1)
+            .ok()
+            .filter(|_| queue_count > 0 && table_fits);
+        let Some(vector_count) = vector_count else {
             return Err(PciError::Transport(format!(
                 "device type {} has {queue_count} queues",
                 device.device_type()
             )));
-        }
-        let vector_count = (queue_count + 1) as u16;
+        };
         let mut config = PciConfiguration::new(&PciHeader {
             vendor_id: VIRTIO_VENDOR_ID,
             device_id: VIRTIO_MODERN_DEVICE_ID_BASE + device.device_type(),
@@ -159,17 +163,19 @@ impl VirtioPciDevice {
             (CAP_ISR_CFG, ISR_OFFSET, ISR_LEN),
             (CAP_DEVICE_CFG, DEVICE_OFFSET, DEVICE_LEN),
         ] {
-            config.add_capability(&virtio_capability(cfg_type, offset, len, 16), &[])?;
+            config.add_capability(&virtio_capability(cfg_type, offset, len, 16)?, &[])?;
         }
         let notify_len = queue_count as u64 * u64::from(NOTIFY_OFF_MULTIPLIER);
-        let mut notify = virtio_capability(CAP_NOTIFY_CFG, NOTIFY_OFFSET, notify_len, 20);
+        let mut notify = virtio_capability(CAP_NOTIFY_CFG, NOTIFY_OFFSET, notify_len, 20)?;
         notify[16..20].copy_from_slice(&NOTIFY_OFF_MULTIPLIER.to_le_bytes());
         config.add_capability(&notify, &[])?;
         let mut pci_cfg_writable = [0u8; 20];
         pci_cfg_writable[4] = 0xff;
         pci_cfg_writable[8..20].fill(0xff);
-        let pci_cfg_capability =
-            config.add_capability(&virtio_capability(CAP_PCI_CFG, 0, 0, 20), &pci_cfg_writable)?;
+        let pci_cfg_capability = config.add_capability(
+            &virtio_capability(CAP_PCI_CFG, 0, 0, 20)?,
+            &pci_cfg_writable,
+        )?;
         let msix_capability = config.add_capability(
             &msix_capability_body(vector_count),
             &[
@@ -311,19 +317,23 @@ impl VirtioPciDevice {
         let len = data.len().min(8);
         bytes[..len].copy_from_slice(&data[..len]);
         let value = u64::from_le_bytes(bytes);
+        // A register takes the low bytes of the access, up to its width.
+        let [byte0, byte1, byte2, byte3, ..] = bytes;
+        let value_u32 = u32::from_le_bytes([byte0, byte1, byte2, byte3]);
+        let value_u16 = u16::from_le_bytes([byte0, byte1]);
         match offset {
-            common::DEVICE_FEATURE_SELECT => self.device_feature_select = value as u32,
-            common::DRIVER_FEATURE_SELECT => self.driver_feature_select = value as u32,
-            common::DRIVER_FEATURE => self.write_driver_features(value as u32),
+            common::DEVICE_FEATURE_SELECT => self.device_feature_select = value_u32,
+            common::DRIVER_FEATURE_SELECT => self.driver_feature_select = value_u32,
+            common::DRIVER_FEATURE => self.write_driver_features(value_u32),
             common::CONFIG_MSIX_VECTOR => {
-                let vector = self.valid_vector(value as u16);
+                let vector = self.valid_vector(value_u16);
                 self.interrupt.set_config_vector(vector);
             }
-            common::DEVICE_STATUS => self.write_status(value as u8),
-            common::QUEUE_SELECT => self.queue_select = value as u16,
-            common::QUEUE_SIZE => self.write_queue_size(value as u16),
+            common::DEVICE_STATUS => self.write_status(byte0),
+            common::QUEUE_SELECT => self.queue_select = value_u16,
+            common::QUEUE_SIZE => self.write_queue_size(value_u16),
             common::QUEUE_MSIX_VECTOR => {
-                let vector = self.valid_vector(value as u16);
+                let vector = self.valid_vector(value_u16);
                 if let Some(q) = self.selected_queue_mut() {
                     q.msix_vector = vector;
                 }
@@ -433,11 +443,11 @@ impl VirtioPciDevice {
     fn activate(&mut self) -> Result<(), ActivateError> {
         let event_idx = self.driver_features & super::F_EVENT_IDX != 0;
         let mut queues = Vec::new();
-        for (index, config) in self.queues.iter().enumerate() {
+        // As many queues as MSI-X vectors less one, so a u16 numbers them.
+        for (index, config) in (0u16..).zip(&self.queues) {
             if !config.enabled {
                 continue;
             }
-            let index = index as u16;
             let queue = build_queue(config, event_idx, &self.mem)
                 .map_err(|reason| ActivateError::BadQueue { index, reason })?;
             queues.push(ActiveQueue {
@@ -565,24 +575,43 @@ fn class_for(device_type: u16) -> (u8, u8) {
     }
 }
 
-/// `struct virtio_pci_cap` (plus room for the notify multiplier).
-fn virtio_capability(cfg_type: u8, offset: u64, len: u64, cap_len: u8) -> Vec<u8> {
+/// `struct virtio_pci_cap` (plus room for the notify multiplier) for the
+/// `len` bytes at `offset` in the BAR.
+fn virtio_capability(
+    cfg_type: u8,
+    offset: u64,
+    len: u64,
+    cap_len: u8,
+) -> Result<Vec<u8>, PciError> {
+    let outside_bar = || {
+        PciError::Transport(format!(
+            "capability range {offset:#x}+{len:#x} outside the BAR"
+        ))
+    };
+    let offset = u32::try_from(offset).map_err(|_| outside_bar())?;
+    let len = u32::try_from(len).map_err(|_| outside_bar())?;
     let mut body = vec![0u8; usize::from(cap_len)];
     body[0] = CAPABILITY_ID_VENDOR_SPECIFIC;
     body[2] = cap_len;
     body[3] = cfg_type;
-    body[4] = BAR_INDEX as u8;
-    body[8..12].copy_from_slice(&(offset as u32).to_le_bytes());
-    body[12..16].copy_from_slice(&(len as u32).to_le_bytes());
-    body
+    body[4] = BAR_NUMBER;
+    body[8..12].copy_from_slice(&offset.to_le_bytes());
+    body[12..16].copy_from_slice(&len.to_le_bytes());
+    Ok(body)
 }
+
+/// The BAR index as the capabilities encode it (and, in the MSI-X table
+/// and PBA locations, as the low bits of the offset).
+const BAR_NUMBER: u8 = const_narrow!(BAR_INDEX => u8);
 
 fn msix_capability_body(vector_count: u16) -> Vec<u8> {
     let mut body = vec![0u8; 12];
     body[0] = CAPABILITY_ID_MSIX;
     body[2..4].copy_from_slice(&(vector_count - 1).to_le_bytes());
-    body[4..8].copy_from_slice(&(MSIX_TABLE_OFFSET as u32 | BAR_INDEX as u32).to_le_bytes());
-    body[8..12].copy_from_slice(&(MSIX_PBA_OFFSET as u32 | BAR_INDEX as u32).to_le_bytes());
+    let table = const_narrow!(MSIX_TABLE_OFFSET => u32) | u32::from(BAR_NUMBER);
+    let pba = const_narrow!(MSIX_PBA_OFFSET => u32) | u32::from(BAR_NUMBER);
+    body[4..8].copy_from_slice(&table.to_le_bytes());
+    body[8..12].copy_from_slice(&pba.to_le_bytes());
     body
 }
 
@@ -769,5 +798,27 @@ mod tests {
         let mut status = [0xaa];
         assert!(driver.mmio.read(driver.layout.isr, &mut status));
         assert_eq!(status, [0]);
+    }
+
+    /// An access wider than a register sets the register from its own low
+    /// bytes; the rest is dropped, not carried into the next register.
+    #[test]
+    fn a_wide_write_sets_a_narrow_register_from_its_low_bytes() {
+        let driver = TestDriver::new(Box::new(InertDevice));
+        driver.common_write(
+            super::common::DEVICE_FEATURE_SELECT,
+            0xffff_ffff_0000_0001,
+            8,
+        );
+        assert_eq!(
+            driver.common_read(super::common::DEVICE_FEATURE_SELECT, 4),
+            1
+        );
+        let queue_size = driver.common_read(super::common::QUEUE_SIZE, 2);
+        driver.common_write(super::common::QUEUE_SELECT, 0xdead_0000, 4);
+        assert_eq!(driver.common_read(super::common::QUEUE_SELECT, 2), 0);
+        assert_eq!(driver.common_read(super::common::QUEUE_SIZE, 2), queue_size);
+        driver.common_write(super::common::DEVICE_STATUS, 0xff01, 2);
+        assert_eq!(driver.status(), 1);
     }
 }

@@ -14,6 +14,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::guest_io::{self, ExtentRange};
+use crate::narrow::const_narrow;
 
 pub const SECTOR_SIZE: u64 = 512;
 
@@ -44,7 +45,7 @@ pub trait BlockBackend: Send + Sync {
     /// Logical block size reported to the guest (512 or 4096); requests
     /// are refused unless aligned to it.
     fn block_size(&self) -> u32 {
-        SECTOR_SIZE as u32
+        const_narrow!(SECTOR_SIZE => u32)
     }
 }
 

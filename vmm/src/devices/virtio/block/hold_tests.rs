@@ -4,6 +4,9 @@
 //! kick; and a closed I/O gate (paused or locked VM) stops the disk until
 //! it opens.
 
+// Test code narrows small known values; a wrong one fails the test.
+#![allow(clippy::cast_possible_truncation)]
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -24,11 +24,17 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMma
 use super::backend::{BlockBackend, SECTOR_SIZE};
 use super::guest_io::{ExtentRange, GuestExtent};
 use crate::devices::virtio::chain::{ChainBytes, ChainDescriptor, CollectedChain, DescriptorTable};
+use crate::narrow::const_narrow;
+
+/// The request status byte the device writes last.
+const STATUS_OK: u8 = const_narrow!(VIRTIO_BLK_S_OK => u8);
+const STATUS_IOERR: u8 = const_narrow!(VIRTIO_BLK_S_IOERR => u8);
+const STATUS_UNSUPP: u8 = const_narrow!(VIRTIO_BLK_S_UNSUPP => u8);
 
 /// Data segments per request we advertise (SEG_MAX); with the header and
 /// status descriptors this is the longest chain we accept.
 pub const SEG_MAX: u32 = 254;
-const MAX_DESCRIPTORS: u16 = SEG_MAX as u16 + 2;
+const MAX_DESCRIPTORS: u16 = const_narrow!(SEG_MAX + 2 => u16);
 const HEADER_LEN: usize = 16;
 /// Requests are copied through a buffer of at most this size, so a
 /// guest cannot make the VMM allocate gigabytes with one request.
@@ -202,16 +208,16 @@ impl RequestHandler {
         };
         let (status, direct_written) = match result {
             Ok(Done::Copied(status)) => (status, None),
-            Ok(Done::Direct { written }) => (VIRTIO_BLK_S_OK as u8, Some(written)),
+            Ok(Done::Direct { written }) => (STATUS_OK, Some(written)),
             // Guest mistakes stay at debug level so a guest cannot flood
             // the log; host disk errors are the operator's business.
             Err(failure @ Failure::Io(_)) => {
                 crate::rate_limited!(log::Level::Warn, "virtio-blk: {failure}");
-                (VIRTIO_BLK_S_IOERR as u8, None)
+                (STATUS_IOERR, None)
             }
             Err(failure) => {
                 log::debug!("virtio-blk: {failure}");
-                (VIRTIO_BLK_S_IOERR as u8, None)
+                (STATUS_IOERR, None)
             }
         };
         if mem.write_obj(status, status_address).is_err() {
@@ -284,9 +290,9 @@ impl DiskIo {
                     .write(mem, &self.disk_id[..len])
                     .map_err(|_| Failure::Malformed("GET_ID buffer not writable"))?;
             }
-            _ => return Ok(Done::Copied(VIRTIO_BLK_S_UNSUPP as u8)),
+            _ => return Ok(Done::Copied(STATUS_UNSUPP)),
         }
-        Ok(Done::Copied(VIRTIO_BLK_S_OK as u8))
+        Ok(Done::Copied(STATUS_OK))
     }
 
     /// Maps the bytes ahead of `data` into `self.extents`. False when

@@ -34,6 +34,7 @@ use super::{
     F_VERSION_1, QUEUE_MAX_SIZE,
 };
 use crate::confined::Confinement;
+use crate::narrow::const_narrow;
 use worker::{DeviceParts, NetWorker};
 
 const DEVICE_TYPE_NET: u16 = 1;
@@ -111,7 +112,7 @@ impl Net {
         }
         let mut config = [0u8; CONFIG_LEN];
         config[..6].copy_from_slice(&mac);
-        config[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
+        config[6..8].copy_from_slice(&const_narrow!(VIRTIO_NET_S_LINK_UP => u16).to_le_bytes());
         let index = NEXT_THREAD_INDEX.fetch_add(1, Ordering::Relaxed);
         Ok(Self {
             backend,

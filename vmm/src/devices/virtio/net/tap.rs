@@ -13,6 +13,7 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use super::backend::NetBackend;
 use super::VNET_HDR_LEN;
+use crate::narrow::const_narrow;
 
 const TUN_PATH: &str = "/dev/net/tun";
 /// Interface names are at most IFNAMSIZ - 1 bytes (one for the NUL).
@@ -116,7 +117,7 @@ impl Tap {
             })?;
         let mut request = IfReq {
             name: [0; libc::IFNAMSIZ],
-            flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short,
+            flags: const_narrow!(libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR => libc::c_short),
             _pad: [0; 22],
         };
         request.name[..name.len()].copy_from_slice(name.as_bytes());
@@ -137,7 +138,7 @@ impl Tap {
                 },
             });
         }
-        let header_len = VNET_HDR_LEN as libc::c_int;
+        let header_len = const_narrow!(VNET_HDR_LEN => libc::c_int);
         // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer.
         let result = unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETVNETHDRSZ, &header_len) };
         if result < 0 {

@@ -39,4 +39,3 @@ pub trait Tunnel: Send {
 
 /// The tunnel as the device and its worker share it.
 pub(super) type SharedTunnel = Arc<Mutex<Box<dyn Tunnel>>>;
-

@@ -316,7 +316,11 @@ impl NetWorker {
             };
             match outcome {
                 Ok(()) => {
-                    self.rx.queue.add_used(mem.as_ref(), head, len as u32)?;
+                    // `frame` was sliced from rx_buffer: at most
+                    // MAX_BUFFER_LEN (65,562) bytes.
+                    #[allow(clippy::cast_possible_truncation)]
+                    let used_len = len as u32;
+                    self.rx.queue.add_used(mem.as_ref(), head, used_len)?;
                     NetCounters::bump(&self.counters.rx_frames);
                     self.rx_pending = None;
                     used_any = true;
