@@ -10,8 +10,9 @@ use std::path::Path;
 use guest_policy::ExternalMedia;
 
 use crate::audit::{Audit, AuditError, Event};
+use crate::block::BlockBackend;
 use crate::config::ExternalMediaConfig;
-use crate::devices::virtio::block::{disk_id_from_path, BlockBackend};
+use crate::devices::virtio::block::disk_id_from_path;
 use crate::policy::ActiveRole;
 use crate::storage::external::{attach_decision, ExternalAttach, ExternalMediaPolicy};
 use crate::storage::StorageError;

@@ -10,6 +10,8 @@
 pub mod api;
 pub mod arch;
 pub mod audit;
+pub mod bench;
+pub mod block;
 pub mod config;
 pub mod console;
 pub mod console_gate;

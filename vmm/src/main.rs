@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use securevm::api::client::CtlArgs;
 use securevm::audit::cli::{run_audit_command, AuditCommand};
 use securevm::audit::AuditConfig;
+use securevm::bench::disk::{run_disk_bench, BenchDiskArgs};
 use securevm::config::{
     DiskConfig, ExternalMediaConfig, NetConfig, RebootAction, VmConfig, DEFAULT_CMDLINE,
     DEFAULT_MEMORY_MIB,
@@ -18,7 +19,6 @@ use securevm::identity::enroll::{run_enroll_command, EnrollCommand};
 use securevm::identity::smartcard::cli::{run_enroll, CardArgs, CardEnrollArgs};
 use securevm::policy::PolicyConfig;
 use securevm::prompt_phrase;
-use securevm::storage::bench::{run_disk_bench, BenchDiskArgs};
 use securevm::storage::external::ExternalMediaPolicy;
 use securevm::storage::{run_disk_command, DiskCommand};
 use securevm::vmm::VmmError;

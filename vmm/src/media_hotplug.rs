@@ -38,10 +38,11 @@ use std::time::{Duration, Instant};
 use vm_memory::GuestMemoryMmap;
 
 use crate::audit::{Audit, AuditError, Event};
+use crate::block::BlockError;
 use crate::config::ExternalMediaConfig;
 use crate::devices::pci::hotplug::HotplugError;
 use crate::devices::pci::{PciError, PciHotplug, PciRoot};
-use crate::devices::virtio::block::{disk_id_from_path, Block, BlockError};
+use crate::devices::virtio::block::{disk_id_from_path, Block};
 use crate::devices::virtio::ThreadStartHook;
 use crate::external_media::{
     allowed_serials, decide_medium, media_policy, MediaRules, MediumError, MediumOutcome,

@@ -31,6 +31,7 @@ use crate::arch::layout::{
 use crate::arch::memory::MemoryError;
 use crate::arch::vcpu::{configure_vcpu, ArchError};
 use crate::audit::{Audit, AuditError, Event};
+use crate::block::{BlockBackend, BlockError, RawFileBackend};
 use crate::config::{ConfigError, RebootAction, VmConfig};
 use crate::console::{spawn_input_thread, RawTerminal};
 use crate::console_gate::ConsoleGate;
@@ -44,9 +45,7 @@ use crate::devices::power::{
     AcpiPowerDevice, I8042Device, ACPI_POWER_PORT_BASE, ACPI_POWER_PORT_LEN,
 };
 use crate::devices::serial::SerialDevice;
-use crate::devices::virtio::block::{
-    disk_id_from_path, Block, BlockBackend, BlockError, RawFileBackend,
-};
+use crate::devices::virtio::block::{disk_id_from_path, Block};
 use crate::devices::virtio::net::{
     Net, NetError, PolicyFilter, Tap, TapError, VpnLink, VpnLinkError,
 };

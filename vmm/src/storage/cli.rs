@@ -11,7 +11,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::devices::virtio::block::BlockBackend;
+use crate::block::BlockBackend;
 
 use super::backend::EncryptedBackend;
 use super::error::StorageError;

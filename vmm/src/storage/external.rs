@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
-use crate::devices::virtio::block::RawFileBackend;
+use crate::block::RawFileBackend;
 
 use super::backend::EncryptedBackend;
 use super::error::StorageError;
@@ -164,7 +164,7 @@ fn is_blank(file: &File) -> std::io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::block::BlockBackend;
+    use crate::block::BlockBackend;
     use crate::storage::test_support::*;
 
     const MIB: u64 = 1 << 20;

@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use crate::devices::virtio::block::ExtentRange;
+use crate::block::ExtentRange;
 
 /// Requests smaller than this are served on the calling thread: handing
 /// work to the pool costs a few microseconds.
