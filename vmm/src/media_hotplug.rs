@@ -466,10 +466,11 @@ fn flush(plugged: &Plugged) -> Result<(), MediaError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::devices::bus::{Bus, BusDevice};
-    use crate::devices::pci::hotplug::{
-        PciHotplugPorts, REGISTER_DOWN, REGISTER_EJECT, REGISTER_UP,
+    use crate::arch::layout::{
+        PCI_HOTPLUG_REGISTER_DOWN, PCI_HOTPLUG_REGISTER_EJECT, PCI_HOTPLUG_REGISTER_UP,
     };
+    use crate::devices::bus::{Bus, BusDevice};
+    use crate::devices::pci::hotplug::PciHotplugPorts;
     use crate::devices::pci::test_support::FakeVm;
     use crate::storage::luks::{self, FormatOptions, KdfSettings};
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -588,7 +589,7 @@ pub(crate) mod tests {
             let mut ports = PciHotplugPorts::new(self.controller.clone());
             std::thread::spawn(move || {
                 std::thread::sleep(after);
-                ports.write(REGISTER_EJECT, &(1u32 << slot).to_le_bytes());
+                ports.write(PCI_HOTPLUG_REGISTER_EJECT, &(1u32 << slot).to_le_bytes());
             })
         }
     }
@@ -607,7 +608,7 @@ pub(crate) mod tests {
         );
         assert_eq!(rig.vendor_at(1), VIRTIO_BLOCK);
         assert_eq!(rig.interrupts.load(Ordering::SeqCst), 1);
-        assert_eq!(rig.guest_reads(REGISTER_UP), 1 << 1);
+        assert_eq!(rig.guest_reads(PCI_HOTPLUG_REGISTER_UP), 1 << 1);
 
         // Nobody ejects within the bound: the device stays.
         let detach = rig.media.detach("stick.img");
@@ -617,7 +618,7 @@ pub(crate) mod tests {
         );
         assert_eq!(rig.vendor_at(1), VIRTIO_BLOCK, "kept after the timeout");
         assert_eq!(
-            rig.guest_reads(REGISTER_DOWN),
+            rig.guest_reads(PCI_HOTPLUG_REGISTER_DOWN),
             1 << 1,
             "eject was requested"
         );

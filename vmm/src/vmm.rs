@@ -27,6 +27,7 @@ use crate::arch::boot_params::{configure_boot, BootConfig, BootError};
 use crate::arch::guest_ram::GuestRam;
 use crate::arch::layout::{
     COM1_IRQ, COM1_PORT, PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_SIZE, PCI_ECAM_START,
+    PCI_HOTPLUG_PORT_BASE, PCI_HOTPLUG_PORT_LEN,
 };
 use crate::arch::memory::MemoryError;
 use crate::arch::vcpu::{configure_vcpu, ArchError};
@@ -37,7 +38,6 @@ use crate::console::{spawn_input_thread, RawTerminal};
 use crate::console_gate::ConsoleGate;
 use crate::devices::bus::{Bus, BusError};
 use crate::devices::console_output::ConsoleWriter;
-use crate::devices::pci::hotplug::{HOTPLUG_PORT_BASE, HOTPLUG_PORT_LEN};
 use crate::devices::pci::{
     PciConfigIo, PciConfigMmio, PciError, PciHotplug, PciHotplugPorts, PciRoot,
 };
@@ -574,8 +574,8 @@ fn pci_hotplug_controller(vm: &Vm, pio: &Bus) -> Result<Arc<PciHotplug>, VmmErro
     let controller = Arc::new(PciHotplug::new(Box::new(move || interrupt.write(1))));
     pio.insert(
         Arc::new(Mutex::new(PciHotplugPorts::new(controller.clone()))),
-        u64::from(HOTPLUG_PORT_BASE),
-        u64::from(HOTPLUG_PORT_LEN),
+        u64::from(PCI_HOTPLUG_PORT_BASE),
+        u64::from(PCI_HOTPLUG_PORT_LEN),
     )?;
     Ok(controller)
 }

@@ -408,8 +408,8 @@ impl VmController for LiveVm {
 mod tests {
     use super::*;
     use crate::api::policy_push::tests::Fixture;
+    use crate::arch::layout::PCI_HOTPLUG_REGISTER_EJECT;
     use crate::devices::bus::BusDevice;
-    use crate::devices::pci::hotplug::REGISTER_EJECT;
     use crate::devices::pci::PciHotplugPorts;
     use crate::media_hotplug::tests::{rig, Scratch};
     use crate::netfilter::{Filter, FilterConfig};
@@ -642,7 +642,7 @@ mod tests {
         let mut ports = PciHotplugPorts::new(controller);
         let guest = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
-            ports.write(REGISTER_EJECT, &(1u32 << 1).to_le_bytes());
+            ports.write(PCI_HOTPLUG_REGISTER_EJECT, &(1u32 << 1).to_le_bytes());
         });
         h.vm.detach_external(&id).unwrap();
         guest.join().unwrap();
