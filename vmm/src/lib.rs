@@ -20,7 +20,6 @@ pub mod exit;
 pub mod external_media;
 pub mod identity;
 pub mod loader;
-pub mod media_hotplug;
 pub mod netfilter;
 pub mod notice;
 pub mod policy;

@@ -51,7 +51,8 @@ use crate::devices::virtio::net::{
 };
 use crate::exit::{ExitNotifier, ExitReason};
 use crate::external_media::{
-    allowed_serials, decide_medium, media_policy, MediaRules, MediumError, MediumOutcome,
+    allowed_serials, decide_medium, media_policy, MediaHotplug, MediaHotplugParts, MediaRules,
+    MediumError, MediumOutcome, EJECT_TIMEOUT,
 };
 use crate::identity::disk::{unlock_for_user, UserDiskError};
 use crate::identity::session::{start_session, Session, SessionError};
@@ -60,7 +61,6 @@ use crate::identity::smartcard::monitor::{watch_session, RemovalMonitor};
 use crate::identity::smartcard::{self, disk as card_disk, SmartCardError};
 use crate::identity::{Credential, RetryDelay};
 use crate::loader::{load_cmdline, load_initrd, load_kernel, LoaderError};
-use crate::media_hotplug::{MediaHotplug, MediaHotplugParts, EJECT_TIMEOUT};
 use crate::netfilter::{Filter, FilterConfig, FilterControl, DEFAULT_CONNTRACK_CAPACITY};
 use crate::policy::ActiveRole;
 use crate::prompt_phrase::{PhraseError, PromptPhrase};

@@ -2,7 +2,7 @@
 //! the packet filters, pushed policies applied to every filter at once,
 //! pause and resume through the vCPU control, shutdown through the ACPI
 //! power button with a bounded wait, and external media attached and
-//! detached through the media hot-plug thread (`media_hotplug`) under the
+//! detached through the media hot-plug thread (`external_media::hotplug`) under the
 //! role in force at that moment (a pushed policy's rules apply to media
 //! attached after it).
 
@@ -18,8 +18,7 @@ use super::protocol::{
 };
 use crate::audit::{Audit, Event};
 use crate::exit::{ExitNotifier, ExitReason};
-use crate::external_media::MediumError;
-use crate::media_hotplug::{MediaError, MediaHotplug};
+use crate::external_media::{MediaError, MediaHotplug, MediumError};
 use crate::netfilter::{DropReason, FilterControl};
 use crate::policy::ActiveRole;
 use crate::vstate::vcpu::VcpuControl;
@@ -411,9 +410,9 @@ mod tests {
     use crate::arch::layout::PCI_HOTPLUG_REGISTER_EJECT;
     use crate::devices::bus::BusDevice;
     use crate::devices::pci::PciHotplugPorts;
-    use crate::media_hotplug::tests::{rig, Scratch};
+    use crate::external_media::hotplug::tests::{rig, Scratch};
+    use crate::external_media::ExternalMediaPolicy;
     use crate::netfilter::{Filter, FilterConfig};
-    use crate::storage::external::ExternalMediaPolicy;
     use guest_policy::{Action, NetworkPolicy};
     use std::sync::atomic::AtomicUsize;
     use std::sync::Arc;

@@ -1,20 +1,17 @@
 //! Encrypted storage below the guest: LUKS2 volumes (headers and keyslots
 //! through libcryptsetup in the `securevm-luks` helper process, the data
-//! path in Rust on OpenSSL's AES-XTS), the `securevm disk` commands and
-//! the external-media policy.
+//! path in Rust on OpenSSL's AES-XTS) and the `securevm disk` commands.
 //!
 //! What the rest of the VMM uses:
 //! - [`EncryptedBackend`]: a LUKS image as a [`crate::block::BlockBackend`];
 //! - [`luks`]: `unlock`, `format`, `add_key`, `remove_key`, `is_luks`;
 //! - [`passphrase::read_passphrase`]: terminal (no echo) or file;
 //! - [`cli::DiskCommand`] / [`run_disk_command`]: `securevm disk ...`;
-//! - [`external::attach_decision`]: removable media under a policy;
 //! - [`parallel::set_worker_start`]: the seccomp hook of the crypto workers.
 
 pub mod backend;
 pub mod cli;
 pub mod error;
-pub mod external;
 pub mod header;
 pub mod info;
 pub mod luks;

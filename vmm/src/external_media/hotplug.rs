@@ -37,6 +37,10 @@ use std::time::{Duration, Instant};
 
 use vm_memory::GuestMemoryMmap;
 
+use super::decision::{
+    allowed_serials, decide_medium, media_policy, MediaRules, MediumError, MediumOutcome,
+};
+use super::open::ExternalMediaPolicy;
 use crate::audit::{Audit, AuditError, Event};
 use crate::block::BlockError;
 use crate::config::ExternalMediaConfig;
@@ -44,12 +48,8 @@ use crate::devices::pci::hotplug::HotplugError;
 use crate::devices::pci::{PciError, PciHotplug, PciRoot};
 use crate::devices::virtio::block::{disk_id_from_path, Block};
 use crate::devices::virtio::ThreadStartHook;
-use crate::external_media::{
-    allowed_serials, decide_medium, media_policy, MediaRules, MediumError, MediumOutcome,
-};
 use crate::policy::ActiveRole;
 use crate::seccomp::{self, ThreadKind};
-use crate::storage::external::ExternalMediaPolicy;
 use crate::storage::luks_helper;
 use crate::storage::passphrase::{read_passphrase, PassphraseSource};
 
@@ -744,7 +744,7 @@ pub(crate) mod tests {
     #[test]
     fn attach_and_detach_run_under_the_media_hotplug_filter() {
         crate::seccomp::test_support::run_in_fresh_process(
-            "media_hotplug::tests::filtered_flow_in_child_process",
+            "external_media::hotplug::tests::filtered_flow_in_child_process",
             FILTERED_CHILD,
         );
     }

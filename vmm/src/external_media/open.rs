@@ -14,10 +14,8 @@ use std::path::Path;
 
 use crate::block::RawFileBackend;
 
-use super::backend::EncryptedBackend;
-use super::error::StorageError;
-use super::header;
-use super::luks::{self, FormatOptions, KdfSettings};
+use crate::storage::luks::{self, FormatOptions, KdfSettings};
+use crate::storage::{header, EncryptedBackend, StorageError};
 
 /// How much of the start of a medium must be zero for it to count as
 /// blank.
