@@ -34,10 +34,10 @@ use crate::arch::vcpu::{configure_vcpu, ArchError};
 use crate::audit::{Audit, AuditError, Event};
 use crate::block::{BlockBackend, BlockError, RawFileBackend};
 use crate::config::{ConfigError, RebootAction, VmConfig};
-use crate::console::{spawn_input_thread, RawTerminal};
-use crate::console_gate::ConsoleGate;
+use crate::console::{
+    spawn_input_thread, ConsoleGate, ConsoleWriter, PhraseError, PromptPhrase, RawTerminal,
+};
 use crate::devices::bus::{Bus, BusError};
-use crate::devices::console_output::ConsoleWriter;
 use crate::devices::pci::{
     PciConfigIo, PciConfigMmio, PciError, PciHotplug, PciHotplugPorts, PciRoot,
 };
@@ -63,7 +63,6 @@ use crate::identity::{Credential, RetryDelay};
 use crate::loader::{load_cmdline, load_initrd, load_kernel, LoaderError};
 use crate::netfilter::{Filter, FilterConfig, FilterControl, DEFAULT_CONNTRACK_CAPACITY};
 use crate::policy::ActiveRole;
-use crate::prompt_phrase::{PhraseError, PromptPhrase};
 use crate::seccomp::{self, SeccompError, ThreadKind};
 use crate::storage::luks::is_luks;
 use crate::storage::passphrase::{read_passphrase, PassphraseSource};
@@ -818,7 +817,7 @@ fn format_mac(mac: [u8; 6]) -> String {
 
 /// Pause the vCPUs (and, through `console`, withhold console input) while
 /// the session's card is out; resume them when it is back and verified
-/// (see `identity::smartcard::monitor` and `console_gate`).
+/// (see `identity::smartcard::monitor` and `console::gate`).
 fn watch_card(
     card: &CardCredential,
     session: &Session,

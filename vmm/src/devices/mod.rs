@@ -3,7 +3,6 @@
 //! tested without KVM.
 
 pub mod bus;
-pub mod console_output;
 pub mod pci;
 pub mod power;
 pub mod serial;

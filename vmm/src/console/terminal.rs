@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::console_gate::ConsoleGate;
+use super::gate::ConsoleGate;
 use crate::devices::serial::SerialDevice;
 use crate::exit::{ExitNotifier, ExitReason};
 
