@@ -17,8 +17,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::api::protocol::{Device, MediaCounters};
 use crate::api::{
-    ApiServer, BoundSocket, LiveVm, LiveVmParts, NetDevice, PolicyVerifier, ServerConfig,
-    SocketError,
+    ApiServer, BoundSocket, LiveVm, LiveVmParts, NetDevice, ServerConfig, SocketError,
 };
 use crate::arch::acpi::{
     create_acpi_tables, AcpiError, PciHotplugSlots, PCI_HOTPLUG_GSI, POWER_BUTTON_GSI,
@@ -62,7 +61,7 @@ use crate::identity::smartcard::{self, disk as card_disk, SmartCardError};
 use crate::identity::{Credential, RetryDelay};
 use crate::loader::{load_cmdline, load_initrd, load_kernel, LoaderError};
 use crate::netfilter::{Filter, FilterConfig, FilterControl, DEFAULT_CONNTRACK_CAPACITY};
-use crate::policy::ActiveRole;
+use crate::policy::{ActiveRole, PolicyVerifier};
 use crate::seccomp::{self, SeccompError, ThreadKind};
 use crate::storage::luks::is_luks;
 use crate::storage::passphrase::{read_passphrase, PassphraseSource};

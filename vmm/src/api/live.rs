@@ -11,7 +11,6 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::controller::VmController;
-use super::policy_push::PolicyVerifier;
 use super::protocol::{
     ApiError, Device, MediaCounters, NetworkCounters, PolicyApplied, PolicyUpload, RunState,
     ShutdownOutcome, ShutdownReport, VmStatus,
@@ -20,7 +19,7 @@ use crate::audit::{Audit, Event};
 use crate::exit::{ExitNotifier, ExitReason};
 use crate::external_media::{MediaError, MediaHotplug, MediumError};
 use crate::netfilter::{DropReason, FilterControl};
-use crate::policy::ActiveRole;
+use crate::policy::{ActiveRole, PolicyVerifier};
 use crate::vstate::vcpu::VcpuControl;
 
 /// How long a pause may take before it is given up.
@@ -406,13 +405,13 @@ impl VmController for LiveVm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::policy_push::tests::Fixture;
     use crate::arch::layout::PCI_HOTPLUG_REGISTER_EJECT;
     use crate::devices::bus::BusDevice;
     use crate::devices::pci::PciHotplugPorts;
     use crate::external_media::hotplug::tests::{rig, Scratch};
     use crate::external_media::ExternalMediaPolicy;
     use crate::netfilter::{Filter, FilterConfig};
+    use crate::policy::push::tests::Fixture;
     use guest_policy::{Action, NetworkPolicy};
     use std::sync::atomic::AtomicUsize;
     use std::sync::Arc;

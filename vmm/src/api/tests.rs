@@ -455,11 +455,10 @@ fn the_api_threads_run_under_their_seccomp_filter() {
 fn seccomp_child() {
     use super::client::{run, CtlArgs, CtlCommand};
     use super::live::{LiveVm, LiveVmParts, NetDevice};
-    use super::policy_push::tests::Fixture;
-    use super::policy_push::PolicyVerifier;
     use crate::exit::ExitNotifier;
     use crate::netfilter::{Filter, FilterConfig};
-    use crate::policy::ActiveRole;
+    use crate::policy::push::tests::Fixture;
+    use crate::policy::{ActiveRole, PolicyVerifier};
     use crate::seccomp::{self, ThreadKind};
     use crate::vstate::vcpu::VcpuControl;
 
