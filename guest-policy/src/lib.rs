@@ -53,7 +53,7 @@ mod error;
 mod load;
 mod matching;
 pub mod model;
-pub mod passphrase;
+pub mod passphrase_hash;
 mod raw;
 mod shadow;
 pub mod signing;

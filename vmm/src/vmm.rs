@@ -64,7 +64,7 @@ use crate::netfilter::{Filter, FilterConfig, FilterControl, DEFAULT_CONNTRACK_CA
 use crate::policy::{ActiveRole, PolicyVerifier};
 use crate::seccomp::{self, SeccompError, ThreadKind};
 use crate::storage::luks::is_luks;
-use crate::storage::passphrase::{read_passphrase, PassphraseSource};
+use crate::storage::passphrase_input::{read_passphrase, PassphraseSource};
 use crate::storage::secret::SecretBuf;
 use crate::storage::{EncryptedBackend, StorageError};
 use crate::vstate::vcpu::{self, VcpuContext, VcpuControl, VcpuControlError, VcpuHandle};

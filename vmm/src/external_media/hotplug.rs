@@ -51,7 +51,7 @@ use crate::devices::virtio::ThreadStartHook;
 use crate::policy::ActiveRole;
 use crate::seccomp::{self, ThreadKind};
 use crate::storage::luks_helper;
-use crate::storage::passphrase::{read_passphrase, PassphraseSource};
+use crate::storage::passphrase_input::{read_passphrase, PassphraseSource};
 
 /// How long a detach waits for the guest to eject the slot.
 pub const EJECT_TIMEOUT: Duration = Duration::from_secs(30);

@@ -18,7 +18,7 @@ use super::error::StorageError;
 use super::header;
 use super::info::volume_info;
 use super::luks::{self, FormatOptions, KdfSettings};
-use super::passphrase::{read_passphrase, PassphraseSource};
+use super::passphrase_input::{read_passphrase, PassphraseSource};
 use super::secret::SecretBuf;
 use super::size::parse_size;
 

@@ -5,7 +5,7 @@
 //! What the rest of the VMM uses:
 //! - [`EncryptedBackend`]: a LUKS image as a [`crate::block::BlockBackend`];
 //! - [`luks`]: `unlock`, `format`, `add_key`, `remove_key`, `is_luks`;
-//! - [`passphrase::read_passphrase`]: terminal (no echo) or file;
+//! - [`passphrase_input::read_passphrase`]: terminal (no echo) or file;
 //! - [`cli::DiskCommand`] / [`run_disk_command`]: `securevm disk ...`;
 //! - [`parallel::set_worker_start`]: the seccomp hook of the crypto workers.
 
@@ -17,7 +17,7 @@ pub mod info;
 pub mod luks;
 pub mod luks_helper;
 pub mod parallel;
-pub mod passphrase;
+pub mod passphrase_input;
 pub mod secret;
 pub mod size;
 pub mod xts;

@@ -14,7 +14,7 @@ use secrecy::SecretBox;
 
 use super::error::{Rejection, SmartCardError};
 use crate::console::ConsoleGate;
-use crate::storage::passphrase::{read_passphrase, PassphraseSource};
+use crate::storage::passphrase_input::{read_passphrase, PassphraseSource};
 use crate::storage::secret::SecretBuf;
 use crate::storage::StorageError;
 
