@@ -21,7 +21,6 @@ pub mod identity;
 pub mod loader;
 pub mod netfilter;
 pub mod policy;
-pub mod rate_limit;
 pub mod seccomp;
 pub mod storage;
 pub mod vmm;

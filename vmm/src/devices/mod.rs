@@ -5,6 +5,7 @@
 pub mod bus;
 pub mod pci;
 pub mod power;
+pub mod rate_limit;
 pub mod serial;
 pub mod virtio;
 
