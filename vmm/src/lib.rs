@@ -6,6 +6,16 @@
 //! boot sequence, read top to bottom; `arch` knows x86-64 and nothing else;
 //! `devices` owns each emulated device and its event handling; `vstate`
 //! wraps the KVM VM and vCPUs.
+//!
+//! Each feature has one module: `storage` (encrypted disks), `external_media`
+//! (removable media under the role's rule), `netfilter` and `vpn` (the
+//! network), `identity` (login), `policy` (the signed policy, at start and
+//! pushed), `console` (the terminal the guest shares with securevm's
+//! prompts), `audit`, `api` (the control socket). Dependencies point one
+//! way: `arch` and `devices` import no feature; a device reaches what it
+//! serves through a small trait, such as `block::BlockBackend`, which the
+//! features implement; addresses and ports both sides need live in
+//! `arch::layout`.
 
 pub mod api;
 pub mod arch;
