@@ -50,6 +50,7 @@
 pub mod atomic;
 pub mod diag;
 mod error;
+pub mod format;
 mod load;
 mod matching;
 pub mod model;

@@ -42,6 +42,8 @@ impl Policy {
 /// `[policy]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meta {
+    /// `format`: the policy schema the file is written in (1 if not given).
+    pub format: u32,
     /// The organisation that issued the policy.
     pub organisation: String,
     /// Strictly increasing version; a machine refuses anything not newer.

@@ -30,6 +30,10 @@ pub(crate) struct RawPolicyFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawMeta {
+    /// Read and checked by `format::declared_format` before this parse;
+    /// listed so the strict parse accepts the key.
+    #[serde(rename = "format")]
+    pub _format: Option<de::IgnoredAny>,
     pub organisation: Spanned<String>,
     pub version: Spanned<i64>,
     pub issued: Spanned<Datetime>,

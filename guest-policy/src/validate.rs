@@ -17,6 +17,7 @@ use ipnet::IpNet;
 use toml::Spanned;
 
 use crate::diag::{Diagnostic, SourceMap};
+use crate::format::{self, FormatFeature, FORMAT_FEATURES, NEWEST_READABLE_FORMAT};
 use crate::model::{
     Action, Audit, AuditSink, Direction, ExternalMedia, HostPattern, Meta, NetRule, NetworkPolicy,
     Policy, PortRange, Protocol, Role, SmartCardBinding, StoragePolicy, User, WireGuardConfig,
@@ -37,9 +38,22 @@ pub struct Validated {
 }
 
 /// Parses and validates policy text. `file_name` only appears in messages.
-/// On failure every error found is returned, in file order.
+/// On failure every error found is returned, in file order; a policy in a
+/// format newer than this build reads gets that one error only.
 pub fn validate(file_name: &str, text: &str) -> Result<Validated, Vec<Diagnostic>> {
+    validate_for_format(file_name, text, NEWEST_READABLE_FORMAT, FORMAT_FEATURES)
+}
+
+/// [`validate`] as a build reading formats up to `newest_readable`, with
+/// `features` as its table of post-format-1 features.
+pub(crate) fn validate_for_format(
+    file_name: &str,
+    text: &str,
+    newest_readable: u32,
+    features: &[FormatFeature],
+) -> Result<Validated, Vec<Diagnostic>> {
     let map = SourceMap::new(file_name, text);
+    let declared = format::declared_format(&map, text, newest_readable).map_err(|e| vec![e])?;
     let raw: RawPolicyFile =
         toml::from_str(text).map_err(|error| vec![toml_error(&map, &error)])?;
     let mut checker = Checker {
@@ -47,7 +61,11 @@ pub fn validate(file_name: &str, text: &str) -> Result<Validated, Vec<Diagnostic
         errors: Vec::new(),
         warnings: Vec::new(),
     };
-    let policy = checker.policy(raw);
+    let policy = checker.policy(raw, declared.format);
+    if let Some(policy) = &policy {
+        let undeclared = format::undeclared_features(&map, policy, &declared, features);
+        checker.errors.extend(undeclared);
+    }
     let Checker {
         mut errors,
         mut warnings,
@@ -101,8 +119,8 @@ impl Checker<'_> {
         self.errors.push(diagnostic);
     }
 
-    fn policy(&mut self, raw: RawPolicyFile) -> Option<Policy> {
-        let meta = self.meta(raw.policy);
+    fn policy(&mut self, raw: RawPolicyFile, format: u32) -> Option<Policy> {
+        let meta = self.meta(raw.policy, format);
         let role_names: RoleNames = raw
             .roles
             .keys()
@@ -141,7 +159,7 @@ impl Checker<'_> {
         })
     }
 
-    fn meta(&mut self, raw: Spanned<RawMeta>) -> Option<Meta> {
+    fn meta(&mut self, raw: Spanned<RawMeta>, format: u32) -> Option<Meta> {
         let raw = raw.into_inner();
         let organisation = self.non_empty(&raw.organisation, "organisation");
         let version = match u64::try_from(*raw.version.get_ref()) {
@@ -175,6 +193,7 @@ impl Checker<'_> {
             (_, None) => Some(None),
         };
         Some(Meta {
+            format,
             organisation: organisation?,
             version: version?,
             issued: issued?,

@@ -483,3 +483,87 @@ fn minisign_interop_encrypted_key_from_keygen() {
         0,
     );
 }
+
+#[test]
+fn every_command_refuses_a_newer_format_with_the_update_message() {
+    let directory = workspace();
+    let dir = directory.path();
+    assert_exit(&guest_policy(dir, &["keygen", "--out", "org"]), 0);
+    let newer = EXAMPLE.replacen("version = 7", "version = 7\nformat = 2", 1);
+    let with_new_key = newer.replacen(
+        "[audit]",
+        "[display]\nresolution = \"1920x1080\"\n\n[audit]",
+        1,
+    );
+    fs::write(dir.join("newer.toml"), newer).unwrap();
+    fs::write(dir.join("new-key.toml"), with_new_key).unwrap();
+    let update = "18:10: this policy needs policy format 2, but this securevm/guest-policy reads formats up to 1; update securevm (and guest-policy) on every machine to a release that reads format 2 before pushing this policy";
+    for file in ["newer.toml", "new-key.toml"] {
+        for command in [
+            &["lint", file][..],
+            &["lint", "--oldest-format", "1", file],
+            &["show", file],
+            &[
+                "sign",
+                "--key",
+                "org.key",
+                "--signature",
+                "out.minisig",
+                file,
+            ],
+        ] {
+            let output = guest_policy(dir, command);
+            assert_exit(&output, 1);
+            assert!(
+                text(&output.stderr).contains(&format!("{file}:{update}")),
+                "{command:?}: {}",
+                text(&output.stderr)
+            );
+        }
+        assert!(!dir.join("out.minisig").exists());
+    }
+}
+
+#[test]
+fn verify_refuses_a_newer_format_signed_elsewhere() {
+    let directory = workspace();
+    let dir = directory.path();
+    assert_exit(&guest_policy(dir, &["keygen", "--out", "org"]), 0);
+    // Signed with the library, as a newer guest-policy would sign it.
+    let newer = EXAMPLE.replacen("version = 7", "version = 7\nformat = 2", 1);
+    let key_text = fs::read_to_string(dir.join("org.key")).unwrap();
+    let key = guest_policy::SecretKey::from_text(&key_text, || None).unwrap();
+    let signature =
+        guest_policy::SignatureFile::sign(&key, newer.as_bytes(), "securevm-policy version=7")
+            .unwrap();
+    fs::write(dir.join("newer.toml"), &newer).unwrap();
+    fs::write(dir.join("newer.toml.minisig"), signature.to_text()).unwrap();
+    let output = guest_policy(dir, &["verify", "--pubkey", "org.pub", "newer.toml"]);
+    assert_exit(&output, 1);
+    assert!(
+        text(&output.stderr).contains("newer.toml:18:10: this policy needs policy format 2, but this securevm/guest-policy reads formats up to 1; update securevm (and guest-policy)"),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
+#[test]
+fn lint_oldest_format_accepts_a_policy_the_fleet_reads() {
+    let directory = workspace();
+    let dir = directory.path();
+    let explicit = EXAMPLE.replacen("version = 7", "version = 7\nformat = 1", 1);
+    fs::write(dir.join("explicit.toml"), explicit).unwrap();
+    for file in ["policy.toml", "explicit.toml"] {
+        for oldest in ["1", "2"] {
+            let output = guest_policy(dir, &["lint", "--oldest-format", oldest, file]);
+            assert_exit(&output, 0);
+            assert_eq!(text(&output.stderr), "", "{file} --oldest-format {oldest}");
+            assert_eq!(
+                text(&output.stdout),
+                format!("{file}: valid, version 7, 0 warning(s)\n")
+            );
+        }
+    }
+    let zero = guest_policy(dir, &["lint", "--oldest-format", "0", "policy.toml"]);
+    assert_exit(&zero, 2);
+}

@@ -389,3 +389,93 @@ fn a_state_in_a_missing_directory_cannot_be_initialised() {
     let error = PolicyState::initialise(&state_path).unwrap_err();
     assert!(matches!(error, PolicyError::StateWrite { .. }), "{error}");
 }
+
+#[test]
+fn a_signed_policy_in_a_newer_format_is_refused_with_the_update_message() {
+    let fixture = Fixture::new();
+    let newer = BASE.replacen("version = 3", "version = 3\nformat = 2", 1);
+    let with_new_key = newer.replacen(
+        "[audit]",
+        "[display]\nresolution = \"1920x1080\"\n\n[audit]",
+        1,
+    );
+    for (name, text) in [("newer.toml", newer), ("new-key.toml", with_new_key)] {
+        let path = fixture.signed_with_comment(name, &text, "securevm-policy version=3");
+        let error = fixture.load(&path).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "{}:4:10: this policy needs policy format 2, but this securevm/guest-policy reads formats up to 1; update securevm (and guest-policy) on every machine to a release that reads format 2 before pushing this policy",
+                path.display()
+            )
+        );
+    }
+}
+
+#[test]
+fn a_policy_declaring_format_1_loads_like_one_without_the_key() {
+    let fixture = Fixture::new();
+    let text = BASE.replacen("version = 3", "version = 3\nformat = 1", 1);
+    let path = fixture.signed("policy.toml", &text);
+    let verified = fixture.load(&path).unwrap();
+    assert_eq!(verified.policy().meta.format, 1);
+    let path = fixture.signed("plain.toml", BASE);
+    assert_eq!(fixture.load(&path).unwrap().policy().meta.format, 1);
+}
+
+/// Keys and signatures written before guest-policy used the `minisign`
+/// crate (`tests/fixtures/`): a key pair and a signature from the hand-written
+/// code, a legacy signature from `minisign -S -l`, and an encrypted key
+/// (passphrase "fixture", low scrypt cost).
+mod made_before_the_minisign_crate {
+    use super::*;
+    use guest_policy::{verify_policy_bytes, PublicKey};
+    use zeroize::Zeroizing;
+
+    fn fixture(name: &str) -> String {
+        fs::read_to_string(format!(
+            "{}/tests/fixtures/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn signatures_still_verify() {
+        let key = PublicKey::from_text(&fixture("pre-minisign-crate.pub")).unwrap();
+        let policy = fixture("policy.toml");
+        for signature in ["policy.toml.minisig", "policy.toml.legacy.minisig"] {
+            let verified = verify_policy_bytes(
+                "policy.toml",
+                policy.as_bytes(),
+                signature,
+                &fixture(signature),
+                &key,
+                now(),
+            )
+            .unwrap();
+            assert_eq!(verified.version(), 3);
+            assert_eq!(verified.key_id(), key.key_id());
+        }
+    }
+
+    #[test]
+    fn secret_keys_still_load_and_sign() {
+        let public = PublicKey::from_text(&fixture("pre-minisign-crate.pub")).unwrap();
+        let key = SecretKey::from_text(&fixture("pre-minisign-crate.key"), || None).unwrap();
+        assert_eq!(key.public_key(), public);
+        let signature = SignatureFile::sign(&key, b"m", "securevm-policy version=1").unwrap();
+        assert_eq!(signature.verify(&public, b"m"), Ok(()));
+
+        let encrypted = fixture("pre-minisign-crate-encrypted.key");
+        let public = PublicKey::from_text(&fixture("pre-minisign-crate-encrypted.pub")).unwrap();
+        let wrong = SecretKey::from_text(&encrypted, || Some(Zeroizing::new("x".to_string())));
+        assert_eq!(
+            wrong.unwrap_err(),
+            guest_policy::SigningError::WrongPassphrase
+        );
+        let key = SecretKey::from_text(&encrypted, || Some(Zeroizing::new("fixture".to_string())))
+            .unwrap();
+        assert_eq!(key.public_key(), public);
+    }
+}

@@ -28,9 +28,11 @@ need_root() {
 # iproute2 and python3 are the network scenarios' TAP and peer in L1,
 # wireguard-tools configures net-vpn's kernel WireGuard peer, tcpdump
 # captures its links, and softhsm2 + opensc make the smart cards of the
-# id-smartcard tests.
+# id-smartcard tests, and shellcheck lints the shell scripts.
+# shellcheck disable=SC2034 # for the scripts that source this file
 BUILD_PKGS=(gcc libc6-dev make pkg-config libssl-dev libcryptsetup-dev clang libclang-dev)
-TEST_PKGS=(binutils acpica-tools minisign cryptsetup-bin qemu-utils openssl util-linux iproute2 python3 wireguard-tools tcpdump softhsm2 opensc)
+# shellcheck disable=SC2034 # for the scripts that source this file
+TEST_PKGS=(binutils acpica-tools minisign cryptsetup-bin qemu-utils openssl util-linux iproute2 python3 wireguard-tools tcpdump softhsm2 opensc shellcheck)
 
 # ensure_pkgs PKG...: apt-get install the packages that are not installed yet.
 # An `apt-get update` is run once if the first attempt fails (fresh CI hosts
@@ -61,6 +63,31 @@ load_assets() {
     [[ -r $env ]] || die "guest assets not built yet ($env missing); run scripts/guest-assets"
     # shellcheck disable=SC1090
     source "$env"
+}
+
+# shell_scripts: every shell script of the repository, one path a line,
+# relative to $SECUREVM_REPO (what scripts/test's shellcheck step checks).
+# Found by what a file is, not by a list, so that a new script is never
+# missed: a name ending in .sh or .bash, a first line that is a shebang
+# naming sh, bash or dash, or (for fragments that are only sourced) a first
+# line that is a `# shellcheck shell=` directive. Files git ignores (target/,
+# the caches) are left out; new files not yet added to git are in.
+shell_scripts() {
+    # shellcheck disable=SC2016 # an awk program: awk reads its $0
+    local is_shell='FNR == 1 {
+        if (FILENAME ~ /\.(sh|bash)$/ || $0 ~ /^#!.*[\/ ](ba|da)?sh([ \t]|$)/ || $0 ~ /^# shellcheck shell=/)
+            print substr(FILENAME, 3)
+        nextfile
+    }'
+    (
+        cd "$SECUREVM_REPO" || exit 1
+        # ./ in front, so that awk never takes a name with `=` for an assignment.
+        git ls-files -z --cached --others --exclude-standard |
+            while IFS= read -r -d '' file; do
+                if [[ -f $file ]]; then printf './%s\0' "$file"; fi
+            done |
+            xargs -0 -r awk "$is_shell"
+    ) | LC_ALL=C sort
 }
 
 # now_ms: wall-clock milliseconds, for timings printed by the scripts.

@@ -28,6 +28,7 @@ LOG_TAIL_LINES=${E2E_LOG_TAIL:-25}
 phase_in_subshell() {
     local phase=$1 name=$2 limit=$3 logfile=$4 work
     work=${5:-$RESULTS/$name}
+    # shellcheck disable=SC2016 # the fresh bash expands its own variables
     WORK=$work SERIAL_LOG=$work/serial.log \
         timeout -k 10 "$limit" bash -c '
             set -euo pipefail

@@ -162,14 +162,12 @@ mod tests {
             return;
         }
         install_panic_hook("securevm");
-        let confined = std::thread::Builder::new()
-            .name("net-io".into())
-            .spawn(|| {
-                crate::seccomp::install(crate::seccomp::ThreadKind::NetIo).unwrap();
-                let claimed = std::hint::black_box(7);
-                assert!(claimed >= 8, "frame length {claimed} < 8");
-            })
-            .unwrap();
+        let confinement = crate::confined::Confinement::Seccomp(crate::seccomp::ThreadKind::NetIo);
+        let confined = crate::confined::spawn("net-io", confinement, || {
+            let claimed = std::hint::black_box(7);
+            assert!(claimed >= 8, "frame length {claimed} < 8");
+        })
+        .unwrap();
         let _ = confined.join();
         // Reached only if the panic did not end the process.
         std::process::exit(0);

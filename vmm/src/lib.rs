@@ -2,10 +2,12 @@
 //! guest OS and enforces storage encryption, network access control and ID
 //! management below it, where the guest cannot switch them off.
 //!
-//! The binary (`main.rs`) is a thin CLI over this library. `vmm` holds the
-//! boot sequence, read top to bottom; `arch` knows x86-64 and nothing else;
-//! `devices` owns each emulated device and its event handling; `vstate`
-//! wraps the KVM VM and vCPUs.
+//! The binary (`main.rs`) is a thin CLI over this library. `vm` holds the
+//! boot sequence as a list of named steps (`vm::builder`) and the running
+//! machine that owns every thread and device until it stops
+//! (`vm::running`); `arch` knows x86-64 and nothing else; `devices` owns
+//! each emulated device and its event handling; `kvm` wraps the KVM VM and
+//! vCPUs; `confined` starts each thread under its seccomp filter.
 //!
 //! Each feature has one module: `storage` (encrypted disks), `external_media`
 //! (removable media under the role's rule), `netfilter` and `vpn` (the
@@ -23,16 +25,18 @@ pub mod audit;
 pub mod bench;
 pub mod block;
 pub mod config;
+pub mod confined;
 pub mod console;
 pub mod devices;
 pub mod exit;
 pub mod external_media;
 pub mod identity;
+pub mod kvm;
 pub mod loader;
 pub mod netfilter;
 pub mod policy;
 pub mod seccomp;
 pub mod storage;
-pub mod vmm;
+pub mod sync;
+pub mod vm;
 pub mod vpn;
-pub mod vstate;

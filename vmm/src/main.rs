@@ -21,7 +21,7 @@ use securevm::identity::enroll::{run_enroll_command, EnrollCommand};
 use securevm::identity::smartcard::cli::{run_enroll, CardArgs, CardEnrollArgs};
 use securevm::policy::PolicyConfig;
 use securevm::storage::{run_disk_command, DiskCommand};
-use securevm::vmm::VmmError;
+use securevm::vm::VmmError;
 
 #[derive(Parser)]
 #[command(
@@ -324,7 +324,7 @@ fn bench_net() {
 }
 
 fn run(config: VmConfig) -> ExitCode {
-    match securevm::vmm::run(&config) {
+    match securevm::vm::run(&config) {
         Ok(reason) => {
             match &reason {
                 ExitReason::GuestCrash(dump) => eprintln!("securevm: guest crashed: {dump}"),

@@ -266,7 +266,6 @@ fn markdown_files_under(dir: &Path, found: &mut Vec<PathBuf>) {
 }
 
 #[test]
-#[ignore = "the docs link to docs/policy-format.md, which the policy format change adds"]
 fn readme_and_docs_links_resolve() {
     let mut pages = vec![repo_file("../README.md")];
     markdown_files_under(&repo_file("../docs"), &mut pages);

@@ -18,6 +18,7 @@ use std::time::Duration;
 use common::{Scratch, SECUREVM};
 use guest_policy::model::SmartCardBinding;
 use securevm::audit::Audit;
+use securevm::confined::Confinement;
 use securevm::console::ConsoleGate;
 use securevm::console::ConsoleWriter;
 use securevm::console::PromptPhrase;
@@ -464,7 +465,7 @@ impl std::io::Write for Prompts {
 /// A console gate over a guest console that writes nowhere, with its
 /// prompts in the returned [`Prompts`]; keep the writer while the gate is used.
 fn console_gate() -> (ConsoleGate, ConsoleWriter, Prompts) {
-    let (writer, _guest) = ConsoleWriter::spawn(std::io::sink(), || Ok(())).unwrap();
+    let (writer, _guest) = ConsoleWriter::spawn(std::io::sink(), Confinement::Unfiltered).unwrap();
     let prompts = Prompts::default();
     let gate = ConsoleGate::with_prompt_output(
         PromptPhrase::parse(PROMPT_PHRASE.as_bytes()).unwrap(),

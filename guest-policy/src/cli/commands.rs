@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use guest_policy::atomic::replace_file_with_mode;
+use guest_policy::format;
 use guest_policy::signing::{MINISIGN_MEMLIMIT, MINISIGN_OPSLIMIT};
 use guest_policy::summary::summarise;
 use guest_policy::{
@@ -67,7 +68,10 @@ pub(crate) fn run(arguments: Arguments) -> Result<(), CliError> {
                 None => Ok(()),
             }
         }
-        Command::Lint { policy } => lint(&policy),
+        Command::Lint {
+            oldest_format,
+            policy,
+        } => lint(&policy, oldest_format),
         Command::Show { policy } => show(&policy),
         Command::HashPassphrase => hash_passphrase(),
     }
@@ -150,7 +154,6 @@ fn sign(key_path: &Path, signature: Option<PathBuf>, policy_path: &Path) -> Resu
     let mut passphrase_error = None;
     let key = SecretKey::from_text(&key_text, || {
         read_passphrase("Passphrase for the secret key: ", false)
-            .map(|text| Zeroizing::new(text.as_bytes().to_vec()))
             .map_err(|error| passphrase_error = Some(error))
             .ok()
     })
@@ -244,8 +247,14 @@ fn record(
     Ok(())
 }
 
-fn lint(policy_path: &Path) -> Result<(), CliError> {
-    let validated = validate_file(policy_path)?;
+fn lint(policy_path: &Path, oldest_format: Option<u32>) -> Result<(), CliError> {
+    let (text, mut validated) = validate_file(policy_path)?;
+    let name = policy_path.display().to_string();
+    if let Some(warning) =
+        oldest_format.and_then(|oldest| format::rollout_warning(&name, &text, oldest))
+    {
+        validated.warnings.insert(0, warning);
+    }
     print_warnings(&validated.warnings);
     println!(
         "{}: valid, version {}, {} warning(s)",
@@ -257,7 +266,7 @@ fn lint(policy_path: &Path) -> Result<(), CliError> {
 }
 
 fn show(policy_path: &Path) -> Result<(), CliError> {
-    let validated = validate_file(policy_path)?;
+    let (_, validated) = validate_file(policy_path)?;
     print_warnings(&validated.warnings);
     print!("{}", summarise(&validated.policy));
     Ok(())
@@ -277,14 +286,16 @@ fn hash_passphrase() -> Result<(), CliError> {
     Ok(())
 }
 
-fn validate_file(policy_path: &Path) -> Result<guest_policy::Validated, CliError> {
+/// The policy text and what validating it found.
+fn validate_file(policy_path: &Path) -> Result<(String, guest_policy::Validated), CliError> {
     let name = policy_path.display().to_string();
     let bytes = fs::read(policy_path).map_err(|source| PolicyError::Read {
         path: policy_path.to_path_buf(),
         source,
     })?;
     let text = String::from_utf8(bytes).map_err(|_| PolicyError::NotUtf8 { file: name.clone() })?;
-    Ok(validate(&name, &text).map_err(PolicyError::Invalid)?)
+    let validated = validate(&name, &text).map_err(PolicyError::Invalid)?;
+    Ok((text, validated))
 }
 
 fn print_warnings(warnings: &[Diagnostic]) {

@@ -67,6 +67,10 @@ enum Command {
     },
     /// Check a policy for errors and warnings without a signature.
     Lint {
+        /// The policy format the oldest securevm in the fleet reads; warn
+        /// if the policy needs a newer one (see docs/policy-format.md).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        oldest_format: Option<u32>,
         /// The policy file.
         policy: PathBuf,
     },

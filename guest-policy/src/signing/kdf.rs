@@ -1,10 +1,12 @@
-//! Decrypts and encrypts minisign secret keys protected with scrypt.
+//! Encrypts minisign secret keys with scrypt at the cost `minisign -G` uses
+//! (the `minisign` crate decrypts them, but encrypts only at a far lower
+//! cost).
 //!
 //! minisign derives a keystream with libsodium's
 //! `crypto_pwhash_scryptsalsa208sha256(opslimit, memlimit)` and XORs it over
 //! the key material. libsodium turns (opslimit, memlimit) into scrypt's
-//! (N, r, p) with a fixed rule, reproduced in [`scrypt_params`] so keys made
-//! by minisign decrypt here.
+//! (N, r, p) with a fixed rule, reproduced in [`scrypt_params`] so the keys
+//! written here decrypt in minisign and in the crate.
 
 use zeroize::Zeroizing;
 
@@ -47,7 +49,8 @@ pub(crate) fn apply_keystream(
     data: &mut [u8],
 ) -> Result<(), String> {
     let (log_n, r, p) = scrypt_params(opslimit, memlimit);
-    let params = scrypt::Params::new(log_n, r, p)
+    // The length parameter only matters for PHC strings; the output is `data`.
+    let params = scrypt::Params::new(log_n, r, p, scrypt::Params::RECOMMENDED_LEN)
         .map_err(|_| format!("unsupported scrypt parameters N=2^{log_n}, r={r}, p={p}"))?;
     let mut stream = Zeroizing::new(vec![0u8; data.len()]);
     scrypt::scrypt(passphrase, salt, &params, &mut stream)

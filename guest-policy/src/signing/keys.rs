@@ -1,14 +1,16 @@
 //! minisign public and secret key files.
+//!
+//! The `minisign` crate generates keys, decrypts encrypted secret keys and
+//! signs. What it does not give stays here: messages that say what is wrong
+//! with a key file, accepting the all-zero checksum `minisign -G -W` writes
+//! (the crate refuses it), and encrypting new keys at the cost `minisign -G`
+//! uses (the crate's own key generation uses a far lighter one).
 
 use std::fmt;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use blake2::digest::consts::U32;
-use blake2::digest::Digest;
-use blake2::Blake2b;
-use ed25519_dalek::{SigningKey, VerifyingKey};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 use super::kdf;
 use super::SigningError;
@@ -19,8 +21,12 @@ const NO_KDF: [u8; 2] = [0, 0];
 const BLAKE2_CHECKSUM: [u8; 2] = *b"B2";
 const COMMENT_PREFIX: &str = "untrusted comment: ";
 const PUBLIC_KEY_LEN: usize = 2 + 8 + 32;
-const KEY_MATERIAL_LEN: usize = 8 + 64 + 32;
-const SECRET_KEY_LEN: usize = 2 + 2 + 2 + 32 + 8 + 8 + KEY_MATERIAL_LEN;
+/// `alg || kdf_alg || chk_alg || salt || opslimit || memlimit`, then the
+/// part scrypt encrypts: `key_id || ed25519_secret || checksum`.
+const KDF_PARAMETERS: std::ops::Range<usize> = 6..54;
+const ENCRYPTED_PART: std::ops::Range<usize> = 54..SECRET_KEY_LEN;
+const CHECKSUM: std::ops::Range<usize> = 126..SECRET_KEY_LEN;
+const SECRET_KEY_LEN: usize = 2 + 2 + 2 + 32 + 8 + 8 + 8 + 64 + 32;
 
 /// The 8-byte key id minisign stores next to every key and signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,11 +53,19 @@ impl std::str::FromStr for KeyId {
 }
 
 /// A minisign public key: the trust anchor for policies.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct PublicKey {
     key_id: KeyId,
-    key: VerifyingKey,
+    key: minisign::PublicKey,
 }
+
+impl PartialEq for PublicKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.key_id == other.key_id && self.key == other.key
+    }
+}
+
+impl Eq for PublicKey {}
 
 impl PublicKey {
     /// Parses a `.pub` file, or the bare base64 line `minisign -P` takes.
@@ -60,10 +74,7 @@ impl PublicKey {
             what: "public key",
             reason: reason.to_string(),
         };
-        let line = key_line(text).ok_or_else(|| malformed("no base64 key line found"))?;
-        let bytes = BASE64
-            .decode(line)
-            .map_err(|_| malformed("the key line is not valid base64"))?;
+        let bytes = decode_key_line(text).map_err(&malformed)?;
         if bytes.len() != PUBLIC_KEY_LEN {
             return Err(malformed(&format!(
                 "the key is {} bytes long, expected {PUBLIC_KEY_LEN}",
@@ -73,27 +84,24 @@ impl PublicKey {
         if bytes[..2] != ED25519_ALG {
             return Err(malformed("the algorithm is not Ed25519 (\"Ed\")"));
         }
-        let key_id = KeyId(
-            bytes[2..10]
-                .try_into()
-                .map_err(|_| malformed("short key id"))?,
-        );
-        let key_bytes: [u8; 32] = bytes[10..].try_into().map_err(|_| malformed("short key"))?;
-        let key = VerifyingKey::from_bytes(&key_bytes)
-            .map_err(|_| malformed("the key is not a valid Ed25519 point"))?;
-        Ok(Self { key_id, key })
+        let key = minisign::PublicKey::from_bytes(&bytes)
+            .map_err(|error| malformed(&error.to_string()))?;
+        Ok(Self::from_minisign(key))
+    }
+
+    fn from_minisign(key: minisign::PublicKey) -> Self {
+        Self {
+            key_id: key_id_of(key.keynum()),
+            key,
+        }
     }
 
     /// The file contents minisign writes for a public key.
     pub fn to_text(&self) -> String {
-        let mut bytes = Vec::with_capacity(PUBLIC_KEY_LEN);
-        bytes.extend_from_slice(&ED25519_ALG);
-        bytes.extend_from_slice(&self.key_id.0);
-        bytes.extend_from_slice(self.key.as_bytes());
         format!(
             "{COMMENT_PREFIX}minisign public key {}\n{}\n",
             self.key_id,
-            BASE64.encode(bytes)
+            self.key.to_base64()
         )
     }
 
@@ -102,34 +110,31 @@ impl PublicKey {
         self.key_id
     }
 
-    pub(crate) fn verifying_key(&self) -> &VerifyingKey {
+    pub(crate) fn minisign_key(&self) -> &minisign::PublicKey {
         &self.key
     }
 }
 
-/// A minisign secret key; the key material is wiped from memory on drop.
+/// A minisign secret key.
 pub struct SecretKey {
-    key_id: KeyId,
-    key: SigningKey,
+    key: minisign::SecretKey,
+    public: PublicKey,
 }
 
 impl fmt::Debug for SecretKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SecretKey({}, <redacted>)", self.key_id)
+        write!(f, "SecretKey({}, <redacted>)", self.key_id())
     }
 }
 
 impl SecretKey {
     /// Generates a new key pair from the operating system's random source.
     pub fn generate() -> Result<Self, SigningError> {
-        let mut seed = Zeroizing::new([0u8; 32]);
-        let mut key_id = [0u8; 8];
-        getrandom::fill(seed.as_mut())
-            .and_then(|()| getrandom::fill(&mut key_id))
+        let pair = minisign::KeyPair::generate_unencrypted_keypair()
             .map_err(|error| SigningError::Random(error.to_string()))?;
         Ok(Self {
-            key_id: KeyId(key_id),
-            key: SigningKey::from_bytes(&seed),
+            key: pair.sk,
+            public: PublicKey::from_minisign(pair.pk),
         })
     }
 
@@ -137,18 +142,13 @@ impl SecretKey {
     /// scrypt-encrypted keys; it is called at most once.
     pub fn from_text(
         text: &str,
-        passphrase: impl FnOnce() -> Option<Zeroizing<Vec<u8>>>,
+        passphrase: impl FnOnce() -> Option<Zeroizing<String>>,
     ) -> Result<Self, SigningError> {
         let malformed = |reason: &str| SigningError::MalformedKey {
             what: "secret key",
             reason: reason.to_string(),
         };
-        let line = key_line(text).ok_or_else(|| malformed("no base64 key line found"))?;
-        let mut bytes = Zeroizing::new(
-            BASE64
-                .decode(line)
-                .map_err(|_| malformed("the key line is not valid base64"))?,
-        );
+        let bytes = Zeroizing::new(decode_key_line(text).map_err(&malformed)?);
         if bytes.len() != SECRET_KEY_LEN {
             return Err(malformed(&format!(
                 "the key is {} bytes long, expected {SECRET_KEY_LEN}",
@@ -161,57 +161,69 @@ impl SecretKey {
         if bytes[4..6] != BLAKE2_CHECKSUM {
             return Err(malformed("the checksum algorithm is not BLAKE2b (\"B2\")"));
         }
-        let kdf_alg = [bytes[2], bytes[3]];
-        let salt: [u8; 32] = bytes[6..38]
-            .try_into()
-            .map_err(|_| malformed("short salt"))?;
-        let opslimit = le64(&bytes[38..46]);
-        let memlimit = le64(&bytes[46..54]);
-        let material = &mut bytes[54..];
-        match kdf_alg {
-            NO_KDF => {}
+        let key_box = || {
+            let encoded = Zeroizing::new(BASE64.encode(bytes.as_slice()));
+            // The crate takes a plain String and does not wipe it (nor its
+            // SecretKey): a limit of the library for this short-lived CLI.
+            minisign::SecretKeyBox::from(format!(
+                "{COMMENT_PREFIX}minisign secret key\n{}\n",
+                encoded.as_str()
+            ))
+        };
+        let key = match [bytes[2], bytes[3]] {
+            // `minisign -G -W` leaves the checksum of unencrypted keys all
+            // zero; the key pair check below still catches damage.
+            NO_KDF if bytes[CHECKSUM].iter().all(|byte| *byte == 0) => {
+                minisign::SecretKey::from_bytes(&bytes)
+                    .map_err(|error| malformed(&error.to_string()))?
+            }
+            NO_KDF => {
+                key_box()
+                    .into_unencrypted_secret_key()
+                    .map_err(|error| match error.kind() {
+                        minisign::ErrorKind::Verify => {
+                            malformed("the checksum does not match; the file is damaged")
+                        }
+                        _ => malformed(&error.to_string()),
+                    })?
+            }
             SCRYPT_KDF => {
                 let passphrase = passphrase().ok_or(SigningError::PassphraseRequired)?;
-                kdf::apply_keystream(&passphrase, &salt, opslimit, memlimit, material)
-                    .map_err(|reason| malformed(&reason))?;
+                key_box()
+                    .into_secret_key(Some(passphrase.as_str().to_string()))
+                    .map_err(|error| match error.kind() {
+                        minisign::ErrorKind::Verify => SigningError::WrongPassphrase,
+                        _ => malformed(&error.to_string()),
+                    })?
             }
             _ => {
                 return Err(malformed(
                     "unknown key derivation function (expected \"Sc\" or none)",
                 ))
             }
+        };
+        let public = minisign::PublicKey::from_secret_key(&key)
+            .map_err(|error| malformed(&error.to_string()))?;
+        let pair_matches = minisign::sign(Some(&public), &key, &b""[..], None, None).is_ok();
+        if !pair_matches {
+            return Err(malformed(
+                "the public half does not belong to the secret half",
+            ));
         }
-        let key_id = KeyId(
-            material[..8]
-                .try_into()
-                .map_err(|_| malformed("short key id"))?,
-        );
-        let keypair: Zeroizing<[u8; 64]> = Zeroizing::new(
-            material[8..72]
-                .try_into()
-                .map_err(|_| malformed("short key"))?,
-        );
-        let stored_checksum = &material[72..];
-        // `minisign -G -W` leaves the checksum of unencrypted keys all zero;
-        // the key pair check below still catches damage to the key itself.
-        let unchecked = kdf_alg == NO_KDF && stored_checksum.iter().all(|byte| *byte == 0);
-        if !unchecked && checksum(&key_id, &keypair)[..] != stored_checksum[..] {
-            return Err(if kdf_alg == NO_KDF {
-                malformed("the checksum does not match; the file is damaged")
-            } else {
-                SigningError::WrongPassphrase
-            });
-        }
-        let key = SigningKey::from_keypair_bytes(&keypair)
-            .map_err(|_| malformed("the public half does not belong to the secret half"))?;
-        Ok(Self { key_id, key })
+        Ok(Self {
+            key,
+            public: PublicKey::from_minisign(public),
+        })
     }
 
     /// The file contents of this key, unencrypted (kdf_alg all zero, as
     /// `minisign -G -W` writes). Protect the file by its permissions.
     pub fn to_unencrypted_text(&self) -> Zeroizing<String> {
-        self.to_text_with(NO_KDF, [0u8; 32], 0, 0, |_| Ok(()))
-            .unwrap_or_else(|_| Zeroizing::new(String::new()))
+        let key_box = self
+            .key
+            .to_box(Some("minisign secret key"))
+            .map(minisign::SecretKeyBox::into_string);
+        Zeroizing::new(key_box.unwrap_or_default())
     }
 
     /// The file contents encrypted with a passphrase the way minisign does
@@ -224,88 +236,64 @@ impl SecretKey {
     ) -> Result<Zeroizing<String>, SigningError> {
         let mut salt = [0u8; 32];
         getrandom::fill(&mut salt).map_err(|error| SigningError::Random(error.to_string()))?;
-        self.to_text_with(SCRYPT_KDF, salt, opslimit, memlimit, |material| {
-            kdf::apply_keystream(passphrase, &salt, opslimit, memlimit, material)
-        })
-    }
-
-    fn to_text_with(
-        &self,
-        kdf_alg: [u8; 2],
-        salt: [u8; 32],
-        opslimit: u64,
-        memlimit: u64,
-        protect: impl FnOnce(&mut [u8]) -> Result<(), String>,
-    ) -> Result<Zeroizing<String>, SigningError> {
-        let keypair = Zeroizing::new(self.key.to_keypair_bytes());
-        let mut bytes = Zeroizing::new(Vec::with_capacity(SECRET_KEY_LEN));
-        bytes.extend_from_slice(&ED25519_ALG);
-        bytes.extend_from_slice(&kdf_alg);
-        bytes.extend_from_slice(&BLAKE2_CHECKSUM);
-        bytes.extend_from_slice(&salt);
-        bytes.extend_from_slice(&opslimit.to_le_bytes());
-        bytes.extend_from_slice(&memlimit.to_le_bytes());
-        bytes.extend_from_slice(&self.key_id.0);
-        bytes.extend_from_slice(keypair.as_ref());
-        bytes.extend_from_slice(&checksum(&self.key_id, &keypair));
-        protect(&mut bytes[54..]).map_err(|reason| SigningError::MalformedKey {
+        let mut bytes = Zeroizing::new(self.key.to_bytes());
+        bytes[2..4].copy_from_slice(&SCRYPT_KDF);
+        let mut parameters = salt.to_vec();
+        parameters.extend_from_slice(&opslimit.to_le_bytes());
+        parameters.extend_from_slice(&memlimit.to_le_bytes());
+        bytes[KDF_PARAMETERS].copy_from_slice(&parameters);
+        kdf::apply_keystream(
+            passphrase,
+            &salt,
+            opslimit,
+            memlimit,
+            &mut bytes[ENCRYPTED_PART],
+        )
+        .map_err(|reason| SigningError::MalformedKey {
             what: "secret key",
             reason,
         })?;
-        let mut encoded = BASE64.encode(bytes.as_slice());
-        let label = if kdf_alg == NO_KDF {
-            "secret key"
-        } else {
-            "encrypted secret key"
-        };
-        let text = Zeroizing::new(format!("{COMMENT_PREFIX}minisign {label}\n{encoded}\n"));
-        encoded.zeroize();
-        Ok(text)
+        let encoded = Zeroizing::new(BASE64.encode(bytes.as_slice()));
+        Ok(Zeroizing::new(format!(
+            "{COMMENT_PREFIX}minisign encrypted secret key\n{}\n",
+            encoded.as_str()
+        )))
     }
 
     /// The matching public key.
     pub fn public_key(&self) -> PublicKey {
-        PublicKey {
-            key_id: self.key_id,
-            key: self.key.verifying_key(),
-        }
+        self.public.clone()
     }
 
     /// The key id.
     pub fn key_id(&self) -> KeyId {
-        self.key_id
+        self.public.key_id
     }
 
-    pub(crate) fn signing_key(&self) -> &SigningKey {
+    pub(crate) fn minisign_key(&self) -> &minisign::SecretKey {
         &self.key
     }
 }
 
-/// BLAKE2b-256 over `"Ed" || key_id || keypair`, minisign's key checksum.
-fn checksum(key_id: &KeyId, keypair: &[u8; 64]) -> [u8; 32] {
-    let mut hasher = Blake2b::<U32>::new();
-    hasher.update(ED25519_ALG);
-    hasher.update(key_id.0);
-    hasher.update(keypair);
-    hasher.finalize().into()
+fn key_id_of(keynum: &[u8]) -> KeyId {
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&keynum[..8]);
+    KeyId(id)
 }
 
-fn le64(bytes: &[u8]) -> u64 {
-    let mut buffer = [0u8; 8];
-    buffer.copy_from_slice(&bytes[..8]);
-    u64::from_le_bytes(buffer)
-}
-
-/// The base64 line of a key file: the line after the comment, or the first
-/// non-empty line when there is no comment.
-fn key_line(text: &str) -> Option<&str> {
+/// The bytes of the base64 line of a key file: the line after the comment,
+/// or the first non-empty line when there is no comment.
+fn decode_key_line(text: &str) -> Result<Vec<u8>, &'static str> {
     let mut lines = text.lines().map(str::trim).filter(|line| !line.is_empty());
-    let first = lines.next()?;
-    if first.starts_with("untrusted comment:") {
-        lines.next()
+    let first = lines.next().ok_or("no base64 key line found")?;
+    let line = if first.starts_with("untrusted comment:") {
+        lines.next().ok_or("no base64 key line found")?
     } else {
-        Some(first)
-    }
+        first
+    };
+    BASE64
+        .decode(line)
+        .map_err(|_| "the key line is not valid base64")
 }
 
 #[cfg(test)]
@@ -339,11 +327,11 @@ mod tests {
             SigningError::PassphraseRequired
         );
         assert_eq!(
-            SecretKey::from_text(&text, || Some(Zeroizing::new(b"wrong".to_vec()))).unwrap_err(),
+            SecretKey::from_text(&text, || Some(Zeroizing::new("wrong".to_string()))).unwrap_err(),
             SigningError::WrongPassphrase
         );
         let loaded =
-            SecretKey::from_text(&text, || Some(Zeroizing::new(b"hunter2".to_vec()))).unwrap();
+            SecretKey::from_text(&text, || Some(Zeroizing::new("hunter2".to_string()))).unwrap();
         assert_eq!(loaded.key_id(), key.key_id());
     }
 

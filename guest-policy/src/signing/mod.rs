@@ -6,6 +6,10 @@
 //! carries the policy version (`securevm-policy version=7 ...`), which lets
 //! a verifier check that the signer meant this version.
 //!
+//! The `minisign` crate (by minisign's author) generates, decrypts, signs
+//! and verifies; this module keeps the messages, the key id checks and the
+//! encryption of new keys at `minisign -G`'s cost.
+//!
 //! Formats (all base64 lines follow a line starting `untrusted comment: `):
 //! - public key: `"Ed" || key_id[8] || ed25519_public[32]`;
 //! - secret key: `"Ed" || kdf_alg[2] || "B2" || salt[32] || opslimit(le64) ||
@@ -63,6 +67,9 @@ pub enum SigningError {
         "the secret key's checksum does not match: wrong passphrase, or the key file is damaged"
     )]
     WrongPassphrase,
+    /// The `minisign` crate could not sign.
+    #[error("{0}")]
+    Sign(String),
     /// The operating system's random number generator failed.
     #[error("the system random number generator failed: {0}")]
     Random(String),

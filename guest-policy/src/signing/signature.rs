@@ -1,11 +1,14 @@
 //! Detached minisign signatures (`.minisig` files): creating, parsing and
 //! verifying them, including the signed trusted comment.
+//!
+//! The `minisign` crate signs and verifies. What stays here: a layout check
+//! with messages that say which line is wrong, the key id check that names
+//! both keys, and telling a changed file from a changed trusted comment.
+
+use std::io::Cursor;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use blake2::digest::Digest;
-use blake2::Blake2b512;
-use ed25519_dalek::{Signature, Signer as _};
 
 use super::keys::{KeyId, PublicKey, SecretKey};
 use super::SigningError;
@@ -25,31 +28,14 @@ pub enum SignatureAlgorithm {
     Prehashed,
 }
 
-impl SignatureAlgorithm {
-    fn tag(self) -> [u8; 2] {
-        match self {
-            SignatureAlgorithm::Legacy => *b"Ed",
-            SignatureAlgorithm::Prehashed => *b"ED",
-        }
-    }
-
-    fn signed_bytes(self, message: &[u8]) -> Vec<u8> {
-        match self {
-            SignatureAlgorithm::Legacy => message.to_vec(),
-            SignatureAlgorithm::Prehashed => Blake2b512::digest(message).to_vec(),
-        }
-    }
-}
-
 /// A parsed `.minisig` file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignatureFile {
-    untrusted_comment: String,
+    /// The four lines, as the `minisign` crate parses them for verifying.
+    text: String,
     algorithm: SignatureAlgorithm,
     key_id: KeyId,
-    signature: [u8; 64],
     trusted_comment: String,
-    global_signature: [u8; 64],
 }
 
 impl SignatureFile {
@@ -66,23 +52,16 @@ impl SignatureFile {
                 "the trusted comment must be one line of at most 8192 bytes".to_string(),
             ));
         }
-        let algorithm = SignatureAlgorithm::Prehashed;
-        let signature = key
-            .signing_key()
-            .sign(&algorithm.signed_bytes(message))
-            .to_bytes();
-        let global_signature = key
-            .signing_key()
-            .sign(&global_message(&signature, trusted_comment))
-            .to_bytes();
-        Ok(Self {
-            untrusted_comment: format!("signature from guest-policy secret key {}", key.key_id()),
-            algorithm,
-            key_id: key.key_id(),
-            signature,
-            trusted_comment: trusted_comment.to_string(),
-            global_signature,
-        })
+        let untrusted_comment = format!("signature from guest-policy secret key {}", key.key_id());
+        let signature = minisign::sign(
+            Some(key.public_key().minisign_key()),
+            key.minisign_key(),
+            message,
+            Some(trusted_comment),
+            Some(&untrusted_comment),
+        )
+        .map_err(|error| SigningError::Sign(error.to_string()))?;
+        Self::from_text(&signature.into_string())
     }
 
     /// Parses the four-line `.minisig` layout.
@@ -102,9 +81,11 @@ impl SignatureFile {
                 lines.len()
             )));
         }
-        let untrusted_comment = lines[0].strip_prefix(UNTRUSTED_PREFIX).ok_or_else(|| {
-            malformed(format!("line 1 does not start with \"{UNTRUSTED_PREFIX}\""))
-        })?;
+        if !lines[0].starts_with(UNTRUSTED_PREFIX) {
+            return Err(malformed(format!(
+                "line 1 does not start with \"{UNTRUSTED_PREFIX}\""
+            )));
+        }
         let block = BASE64
             .decode(lines[1].trim())
             .map_err(|_| malformed("line 2 is not valid base64".to_string()))?;
@@ -114,54 +95,47 @@ impl SignatureFile {
                 block.len()
             )));
         }
-        let algorithm = match [block[0], block[1]] {
-            tag if tag == SignatureAlgorithm::Prehashed.tag() => SignatureAlgorithm::Prehashed,
-            tag if tag == SignatureAlgorithm::Legacy.tag() => SignatureAlgorithm::Legacy,
-            _ => {
-                return Err(malformed(
-                    "unknown signature algorithm (expected \"ED\" or \"Ed\")".to_string(),
-                ))
-            }
-        };
-        let trusted_comment = lines[2]
-            .strip_prefix(TRUSTED_PREFIX)
-            .ok_or_else(|| malformed(format!("line 3 does not start with \"{TRUSTED_PREFIX}\"")))?;
+        if ![*b"ED", *b"Ed"].contains(&[block[0], block[1]]) {
+            return Err(malformed(
+                "unknown signature algorithm (expected \"ED\" or \"Ed\")".to_string(),
+            ));
+        }
+        if !lines[2].starts_with(TRUSTED_PREFIX) {
+            return Err(malformed(format!(
+                "line 3 does not start with \"{TRUSTED_PREFIX}\""
+            )));
+        }
         let global = BASE64
             .decode(lines[3].trim())
             .map_err(|_| malformed("line 4 is not valid base64".to_string()))?;
-        let global_signature: [u8; 64] = global.as_slice().try_into().map_err(|_| {
-            malformed(format!(
+        if global.len() != 64 {
+            return Err(malformed(format!(
                 "the global signature on line 4 is {} bytes, expected 64",
                 global.len()
-            ))
-        })?;
+            )));
+        }
+        let text = lines.join("\n") + "\n";
+        let parsed = parse(&text)?;
+        let trusted_comment = parsed
+            .trusted_comment()
+            .map_err(|error| malformed(error.to_string()))?;
         let mut key_id = [0u8; 8];
-        key_id.copy_from_slice(&block[2..10]);
-        let mut signature = [0u8; 64];
-        signature.copy_from_slice(&block[10..]);
+        key_id.copy_from_slice(&parsed.keynum()[..8]);
         Ok(Self {
-            untrusted_comment: untrusted_comment.to_string(),
-            algorithm,
+            text,
+            algorithm: if parsed.is_prehashed() {
+                SignatureAlgorithm::Prehashed
+            } else {
+                SignatureAlgorithm::Legacy
+            },
             key_id: KeyId(key_id),
-            signature,
-            trusted_comment: trusted_comment.to_string(),
-            global_signature,
+            trusted_comment,
         })
     }
 
     /// The file contents.
     pub fn to_text(&self) -> String {
-        let mut block = Vec::with_capacity(SIGNATURE_BLOCK_LEN);
-        block.extend_from_slice(&self.algorithm.tag());
-        block.extend_from_slice(&self.key_id.0);
-        block.extend_from_slice(&self.signature);
-        format!(
-            "{UNTRUSTED_PREFIX}{}\n{}\n{TRUSTED_PREFIX}{}\n{}\n",
-            self.untrusted_comment,
-            BASE64.encode(block),
-            self.trusted_comment,
-            BASE64.encode(self.global_signature)
-        )
+        self.text.clone()
     }
 
     /// Checks the key id, the signature over `message` and the signature
@@ -173,17 +147,24 @@ impl SignatureFile {
                 trusted: public_key.key_id(),
             });
         }
-        let key = public_key.verifying_key();
-        key.verify_strict(
-            &self.algorithm.signed_bytes(message),
-            &Signature::from_bytes(&self.signature),
+        let allow_legacy = true;
+        minisign::verify(
+            public_key.minisign_key(),
+            &parse(&self.text)?,
+            Cursor::new(message),
+            true,
+            false,
+            allow_legacy,
         )
-        .map_err(|_| SigningError::BadSignature)?;
-        key.verify_strict(
-            &global_message(&self.signature, &self.trusted_comment),
-            &Signature::from_bytes(&self.global_signature),
-        )
-        .map_err(|_| SigningError::BadTrustedComment)
+        .map_err(|error| {
+            // The crate checks the file's signature, then the comment's;
+            // only its message tells which one failed.
+            if error.to_string().starts_with("Comment signature") {
+                SigningError::BadTrustedComment
+            } else {
+                SigningError::BadSignature
+            }
+        })
     }
 
     /// The signed comment (meaningful only after [`SignatureFile::verify`]).
@@ -202,11 +183,9 @@ impl SignatureFile {
     }
 }
 
-fn global_message(signature: &[u8; 64], trusted_comment: &str) -> Vec<u8> {
-    let mut message = Vec::with_capacity(64 + trusted_comment.len());
-    message.extend_from_slice(signature);
-    message.extend_from_slice(trusted_comment.as_bytes());
-    message
+fn parse(text: &str) -> Result<minisign::SignatureBox, SigningError> {
+    minisign::SignatureBox::from_string(text)
+        .map_err(|error| SigningError::MalformedSignature(error.to_string()))
 }
 
 #[cfg(test)]
@@ -242,24 +221,20 @@ mod tests {
         );
     }
 
+    /// Made with `minisign -S -l` before the `minisign` crate was used.
     #[test]
     fn legacy_signatures_verify() {
-        let key = SecretKey::generate().unwrap();
-        let signature = key.signing_key().sign(b"msg").to_bytes();
-        let legacy = SignatureFile {
-            untrusted_comment: String::new(),
-            algorithm: SignatureAlgorithm::Legacy,
-            key_id: key.key_id(),
-            signature,
-            trusted_comment: "t".into(),
-            global_signature: key
-                .signing_key()
-                .sign(&global_message(&signature, "t"))
-                .to_bytes(),
-        };
-        let parsed = SignatureFile::from_text(&legacy.to_text()).unwrap();
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/");
+        let read = |name: &str| std::fs::read_to_string(format!("{fixtures}{name}")).unwrap();
+        let key = PublicKey::from_text(&read("pre-minisign-crate.pub")).unwrap();
+        let parsed = SignatureFile::from_text(&read("policy.toml.legacy.minisig")).unwrap();
         assert_eq!(parsed.algorithm(), SignatureAlgorithm::Legacy);
-        assert_eq!(parsed.verify(&key.public_key(), b"msg"), Ok(()));
+        let policy = read("policy.toml");
+        assert_eq!(parsed.verify(&key, policy.as_bytes()), Ok(()));
+        assert_eq!(
+            parsed.verify(&key, b"another policy"),
+            Err(SigningError::BadSignature)
+        );
     }
 
     #[test]

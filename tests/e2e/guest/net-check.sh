@@ -35,4 +35,5 @@ lookup() {
     echo "E2E-DNS-$1=${a:-fail}"
 }
 listen() { timeout "$2" nc -l -p "$1" </dev/null >/dev/null 2>&1; true; }
+# shellcheck source=/dev/null # the scenario's steps, checked on their own
 . "$here/steps"

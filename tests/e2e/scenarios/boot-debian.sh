@@ -25,6 +25,7 @@ run() {
     mem=$(serial_value E2E-MEMTOTAL-KB)
     max_kb=$((MEMORY_MIB * 1024))
     min_kb=$((max_kb * 85 / 100))
+    # shellcheck disable=SC2015 # meant: fail unless both tests hold
     [[ $mem =~ ^[0-9]+$ ]] && ((mem >= min_kb && mem <= max_kb)) ||
         fail "guest MemTotal='$mem' kB, expected $min_kb..$max_kb for --memory $MEMORY_MIB"
     wrote=$(serial_value E2E-DATA-WROTE)

@@ -2,7 +2,9 @@
 //! connection, `Content-Length` bodies only (no chunked encoding, no
 //! keep-alive), a cap on the request size, and a deadline for the whole
 //! request so a stalled client cannot hold a worker. Anything else is
-//! refused with the status that says why.
+//! refused with the status that says why. `httparse` parses request and
+//! status lines and headers; this module keeps the bounds (head size,
+//! header count, body size, deadline) and the statuses.
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -12,6 +14,9 @@ use super::protocol::ApiError;
 
 /// Most bytes of request line and headers together.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+
+/// Most header lines in a request; `ctl` sends four.
+const MAX_HEADERS: usize = 32;
 
 /// A parsed request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,28 +56,21 @@ pub fn read_request(
     max_body: usize,
 ) -> Result<Request, ReadError> {
     let mut buffer = Vec::with_capacity(1024);
-    let head_end = loop {
-        if let Some(end) = find_head_end(&buffer) {
-            break end;
+    let (method, path, content_length, body_start) = loop {
+        if let Some(head) = parse_head(&buffer)? {
+            break head;
         }
         if buffer.len() >= MAX_HEAD_BYTES {
-            return Err(ApiError::TooLarge(format!(
-                "the request line and headers exceed {MAX_HEAD_BYTES} bytes"
-            ))
-            .into());
+            return Err(head_too_large().into());
         }
         read_some(stream, &mut buffer, deadline, MAX_HEAD_BYTES + 4)?;
     };
-    let head = std::str::from_utf8(&buffer[..head_end])
-        .map_err(|_| ApiError::BadRequest("the request headers are not UTF-8".into()))?;
-    let (method, path, content_length) = parse_head(head)?;
     if content_length > max_body {
         return Err(ApiError::TooLarge(format!(
             "the request body has {content_length} bytes; the limit is {max_body}"
         ))
         .into());
     }
-    let body_start = head_end + 4;
     let total = body_start + content_length;
     while buffer.len() < total {
         read_some(stream, &mut buffer, deadline, total)?;
@@ -90,8 +88,10 @@ pub fn read_request(
     })
 }
 
-fn find_head_end(buffer: &[u8]) -> Option<usize> {
-    buffer.windows(4).position(|w| w == b"\r\n\r\n")
+fn head_too_large() -> ApiError {
+    ApiError::TooLarge(format!(
+        "the request line and headers exceed {MAX_HEAD_BYTES} bytes"
+    ))
 }
 
 /// Reads what is available (up to `limit` bytes in `buffer`) before the
@@ -135,35 +135,37 @@ fn too_slow() -> ApiError {
     ApiError::Timeout("the request did not arrive in time; send it in one go".into())
 }
 
-/// Request line and headers: method, path and the body length.
-fn parse_head(head: &str) -> Result<(String, String, usize), ApiError> {
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().unwrap_or_default();
-    let mut parts = request_line.split(' ');
-    let (Some(method), Some(path), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(ApiError::BadRequest(format!(
-            "malformed request line '{}'; expected e.g. 'GET /status HTTP/1.1'",
-            request_line.escape_debug()
-        )));
+/// The request line and headers in `buffer`, parsed by `httparse`: method,
+/// path, body length and where the body starts; `None` while the head is
+/// incomplete.
+fn parse_head(buffer: &[u8]) -> Result<Option<(String, String, usize, usize)>, ApiError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let body_start = match request.parse(buffer) {
+        Ok(httparse::Status::Complete(body_start)) => body_start,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(ApiError::TooLarge(format!(
+                "the request has more than {MAX_HEADERS} headers"
+            )))
+        }
+        Err(error) => return Err(malformed_head(buffer, error)),
     };
-    if !matches!(version, "HTTP/1.1" | "HTTP/1.0") || method.is_empty() || !path.starts_with('/') {
-        return Err(ApiError::BadRequest(format!(
-            "malformed request line '{}'; expected e.g. 'GET /status HTTP/1.1'",
-            request_line.escape_debug()
-        )));
+    if std::str::from_utf8(&buffer[..body_start]).is_err() {
+        return Err(ApiError::BadRequest(
+            "the request headers are not UTF-8".into(),
+        ));
+    }
+    let (Some(method), Some(path)) = (request.method, request.path) else {
+        return Err(malformed_head(buffer, httparse::Error::Token));
+    };
+    if !path.starts_with('/') {
+        return Err(malformed_head(buffer, httparse::Error::Token));
     }
     let mut content_length = None;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(ApiError::BadRequest(format!(
-                "malformed header line '{}'",
-                line.escape_debug()
-            )));
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
+    for header in request.headers.iter() {
+        let value = std::str::from_utf8(header.value).unwrap_or_default().trim();
+        if header.name.eq_ignore_ascii_case("content-length") {
             let length = value.parse::<usize>().map_err(|_| {
                 ApiError::BadRequest(format!("Content-Length '{value}' is not a number"))
             })?;
@@ -173,7 +175,7 @@ fn parse_head(head: &str) -> Result<(String, String, usize), ApiError> {
                 ));
             }
             content_length = Some(length);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
             return Err(ApiError::LengthRequired(
                 "Transfer-Encoding is not supported; send the body with Content-Length".into(),
             ));
@@ -188,7 +190,32 @@ fn parse_head(head: &str) -> Result<(String, String, usize), ApiError> {
             )))
         }
     };
-    Ok((method.to_string(), path.to_string(), content_length))
+    Ok(Some((
+        method.to_string(),
+        path.to_string(),
+        content_length,
+        body_start,
+    )))
+}
+
+/// A 400 naming the line `httparse` refused: the request line for errors in
+/// it, else the offending header line.
+fn malformed_head(buffer: &[u8], error: httparse::Error) -> ApiError {
+    let mut lines = buffer.split(|&byte| byte == b'\n');
+    let request_line = String::from_utf8_lossy(lines.next().unwrap_or_default());
+    let request_line = request_line.trim_end_matches('\r');
+    match error {
+        httparse::Error::HeaderName | httparse::Error::HeaderValue | httparse::Error::NewLine => {
+            ApiError::BadRequest(format!(
+                "malformed header ({error}) after '{}'",
+                request_line.escape_debug()
+            ))
+        }
+        _ => ApiError::BadRequest(format!(
+            "malformed request line '{}'; expected e.g. 'GET /status HTTP/1.1'",
+            request_line.escape_debug()
+        )),
+    }
 }
 
 fn reason_phrase(status: u16) -> &'static str {
@@ -254,18 +281,14 @@ pub fn read_reply(stream: &mut UnixStream) -> io::Result<Vec<u8>> {
 
 /// Splits a complete response (read to end of stream) into status and body.
 pub fn decode_response(bytes: &[u8]) -> Option<Response> {
-    let head_end = find_head_end(bytes)?;
-    let head = std::str::from_utf8(&bytes[..head_end]).ok()?;
-    let status_line = head.split("\r\n").next()?;
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next()?;
-    if !version.starts_with("HTTP/1.") {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut headers);
+    let httparse::Status::Complete(body_start) = response.parse(bytes).ok()? else {
         return None;
-    }
-    let status = parts.next()?.parse().ok()?;
+    };
     Some(Response {
-        status,
-        body: bytes[head_end + 4..].to_vec(),
+        status: response.code?,
+        body: bytes[body_start..].to_vec(),
     })
 }
 
@@ -322,6 +345,32 @@ mod tests {
         assert_eq!(refused_status(result), 413);
         drop(server);
         writer.join().unwrap();
+    }
+
+    #[test]
+    fn more_headers_than_the_cap_are_413_even_in_a_small_head() {
+        let mut head = b"GET /status HTTP/1.1\r\n".to_vec();
+        for i in 0..MAX_HEADERS {
+            head.extend_from_slice(format!("X-{i}: a\r\n").as_bytes());
+        }
+        let mut within_cap = head.clone();
+        within_cap.extend_from_slice(b"\r\n");
+        assert!(read_from(&within_cap, 100).is_ok());
+        head.extend_from_slice(b"X-last: a\r\n\r\n");
+        assert!(head.len() < MAX_HEAD_BYTES);
+        assert_eq!(refused_status(read_from(&head, 100)), 413);
+    }
+
+    #[test]
+    fn refusals_name_the_line_at_fault() {
+        let message = |bad: &[u8]| match read_from(bad, 100) {
+            Err(ReadError::Refused(e)) => e.to_string(),
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        assert!(message(b"GET status HTTP/1.1\r\n\r\n")
+            .contains("malformed request line 'GET status HTTP/1.1'"),);
+        assert!(message(b"GET /status HTTP/1.1\r\nno colon here\r\n\r\n")
+            .contains("malformed header (invalid header name) after 'GET /status HTTP/1.1'"));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! attached after it).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::controller::VmController;
@@ -18,9 +18,11 @@ use super::protocol::{
 use crate::audit::{Audit, Event};
 use crate::exit::{ExitNotifier, ExitReason};
 use crate::external_media::{MediaError, MediaHotplug, MediumError};
+use crate::kvm::vcpu::VcpuControl;
 use crate::netfilter::{DropReason, FilterControl};
 use crate::policy::{ActiveRole, PolicyVerifier};
-use crate::vstate::vcpu::VcpuControl;
+use crate::sync::lock;
+use crate::sync::Unpoisoned;
 
 /// How long a pause may take before it is given up.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -129,7 +131,7 @@ impl LiveVm {
             stopped = self
                 .stopped_changed
                 .wait_timeout(stopped, deadline - now)
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .unpoisoned()
                 .0;
         }
         stopped.clone()
@@ -195,12 +197,6 @@ fn describe(reason: &ExitReason) -> String {
         ExitReason::UserQuit => "it was stopped from the console".into(),
         ExitReason::Internal(what) => what.clone(),
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn network_counters(net: &NetDevice) -> NetworkCounters {

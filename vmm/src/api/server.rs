@@ -21,6 +21,8 @@ use super::controller::VmController;
 use super::http::{read_request, write_response, ReadError};
 use super::protocol::ApiError;
 use super::routes::{error_response, handle};
+use crate::confined::{self, Confinement, ThreadError};
+use crate::sync::Unpoisoned;
 
 /// Requests served at the same time.
 pub const DEFAULT_WORKERS: usize = 4;
@@ -47,6 +49,8 @@ pub enum SocketError {
     Inspect { path: String, source: io::Error },
     #[error("starting the control API threads failed: {0}")]
     Spawn(io::Error),
+    #[error("starting the control API threads failed: {0}")]
+    Thread(#[from] ThreadError),
 }
 
 /// A bound control socket, not yet served.
@@ -124,16 +128,14 @@ impl BoundSocket {
     }
 }
 
-/// Runs on each server thread before it serves (installs its seccomp filter).
-pub type ThreadSetup = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
-
 /// Limits and hooks of a server.
 #[derive(Clone)]
 pub struct ServerConfig {
     pub workers: usize,
     pub max_body: usize,
     pub request_deadline: Duration,
-    pub thread_setup: Option<ThreadSetup>,
+    /// What each server thread confines itself to before it serves.
+    pub confinement: Confinement,
 }
 
 impl Default for ServerConfig {
@@ -142,7 +144,7 @@ impl Default for ServerConfig {
             workers: DEFAULT_WORKERS,
             max_body: DEFAULT_MAX_BODY,
             request_deadline: DEFAULT_REQUEST_DEADLINE,
-            thread_setup: None,
+            confinement: Confinement::Unfiltered,
         }
     }
 }
@@ -171,27 +173,20 @@ impl ApiServer {
             let receiver = receiver.clone();
             let controller = controller.clone();
             let config = config.clone();
-            let worker = thread::Builder::new()
-                .name(format!("api-worker{index}"))
-                .spawn(move || {
-                    if run_setup(&config) {
-                        serve_connections(&receiver, controller.as_ref(), &config);
-                    }
-                })
-                .map_err(SocketError::Spawn)?;
+            let worker = confined::spawn(
+                format!("api-worker{index}"),
+                config.confinement,
+                move || {
+                    serve_connections(&receiver, controller.as_ref(), &config);
+                },
+            )?;
             threads.push(worker);
         }
-        let acceptor_config = config.clone();
-        let acceptor = thread::Builder::new()
-            .name("api-accept".into())
-            .spawn(move || {
-                if run_setup(&acceptor_config) {
-                    accept_loop(&socket.listener, &stop_for_acceptor, &sender);
-                }
-                // Dropping `socket` here removes the file.
-                drop(socket);
-            })
-            .map_err(SocketError::Spawn)?;
+        let acceptor = confined::spawn("api-accept", config.confinement, move || {
+            accept_loop(&socket.listener, &stop_for_acceptor, &sender);
+            // Dropping `socket` here removes the file.
+            drop(socket);
+        })?;
         threads.push(acceptor);
         Ok(ApiServer { stop, threads })
     }
@@ -213,19 +208,6 @@ impl ApiServer {
 impl Drop for ApiServer {
     fn drop(&mut self) {
         self.shut_down();
-    }
-}
-
-fn run_setup(config: &ServerConfig) -> bool {
-    match &config.thread_setup {
-        Some(setup) => match setup() {
-            Ok(()) => true,
-            Err(e) => {
-                log::error!("the control API stopped: {e}");
-                false
-            }
-        },
-        None => true,
     }
 }
 
@@ -305,10 +287,7 @@ fn serve_connections(
     config: &ServerConfig,
 ) {
     loop {
-        let next = receiver
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .recv();
+        let next = receiver.lock().unpoisoned().recv();
         let Ok(mut stream) = next else { return };
         let deadline = Instant::now() + config.request_deadline;
         let response = match read_request(&mut stream, deadline, config.max_body) {

@@ -14,6 +14,7 @@ use super::controller::VmController;
 use super::http::{decode_response, encode_request, read_reply, Response};
 use super::protocol::*;
 use super::server::{ApiServer, BoundSocket, ServerConfig, SocketError};
+use crate::confined::Confinement;
 
 /// Records every call; status reflects the pause state and policy version.
 #[derive(Default)]
@@ -138,7 +139,7 @@ fn quick_config() -> ServerConfig {
         workers: 2,
         max_body: 4096,
         request_deadline: Duration::from_millis(300),
-        thread_setup: None,
+        confinement: Confinement::Unfiltered,
     }
 }
 
@@ -456,11 +457,11 @@ fn seccomp_child() {
     use super::client::{run, CtlArgs, CtlCommand};
     use super::live::{LiveVm, LiveVmParts, NetDevice};
     use crate::exit::ExitNotifier;
+    use crate::kvm::vcpu::VcpuControl;
     use crate::netfilter::{Filter, FilterConfig};
     use crate::policy::push::tests::Fixture;
     use crate::policy::{ActiveRole, PolicyVerifier};
-    use crate::seccomp::{self, ThreadKind};
-    use crate::vstate::vcpu::VcpuControl;
+    use crate::seccomp::ThreadKind;
 
     if std::env::var_os(SECCOMP_CHILD_ENV).is_none() {
         return;
@@ -507,9 +508,7 @@ fn seccomp_child() {
     let server = ApiServer::start(
         BoundSocket::bind(&socket).unwrap(),
         ServerConfig {
-            thread_setup: Some(Arc::new(|| {
-                seccomp::install(ThreadKind::Api).map_err(|e| e.to_string())
-            })),
+            confinement: Confinement::Seccomp(ThreadKind::Api),
             ..ServerConfig::default()
         },
         vm.clone(),

@@ -20,6 +20,7 @@ use openssl::sha::sha256;
 use super::key::AuditKey;
 use super::record::{encode, hex, Event, MAC_BYTES};
 use super::verify::{verify_log, ChainEnd, Problem, Verdict};
+use crate::sync::Unpoisoned;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -175,9 +176,7 @@ impl AuditLog {
     fn lock(&self) -> std::sync::MutexGuard<'_, Chain> {
         // A writer that panicked mid-record leaves at worst a partial line,
         // which the next open handles; keep logging.
-        self.chain
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.chain.lock().unpoisoned()
     }
 }
 

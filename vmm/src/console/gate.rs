@@ -25,6 +25,7 @@ use zeroize::Zeroizing;
 use super::output::{HeldOutput, OutputHold};
 use super::prompt_phrase::PromptPhrase;
 use crate::storage::secret::SecretBuf;
+use crate::sync::Unpoisoned;
 
 /// Longer PINs are cut off: real cards take at most a few dozen digits.
 const MAX_PIN_LEN: usize = 256;
@@ -115,7 +116,7 @@ impl ConsoleGate {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.shared.state.lock().unpoisoned()
     }
 
     /// From now on input is withheld from the guest.
@@ -196,11 +197,7 @@ impl ConsoleGate {
         if self.state().input_closed {
             return Err(PinEntryError::NoInput);
         }
-        let mut prompter = self
-            .shared
-            .prompter
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut prompter = self.shared.prompter.lock().unpoisoned();
         prompter.guest_output.begin();
         // The terminal is in raw mode: start at the left margin.
         let shown = Zeroizing::new(format!("\r\n{}", prompter.phrase.decorate(prompt).as_str()));
@@ -240,7 +237,7 @@ impl ConsoleGate {
                 .shared
                 .answered
                 .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
+                .unpoisoned()
                 .0;
         }
         let answer = state.answer.take().unwrap_or(Err(PinEntryError::NoInput));
@@ -320,7 +317,9 @@ mod tests {
     /// A gate with the test phrase over a guest console that writes to
     /// `terminal`, as do the prompts; the writer must outlive the gate's use.
     fn gate_on(terminal: &Terminal) -> (ConsoleGate, ConsoleWriter, impl Write) {
-        let (writer, sink) = ConsoleWriter::spawn(terminal.clone(), || Ok(())).unwrap();
+        let (writer, sink) =
+            ConsoleWriter::spawn(terminal.clone(), crate::confined::Confinement::Unfiltered)
+                .unwrap();
         let gate = ConsoleGate::with_prompt_output(
             PromptPhrase::parse(PHRASE.as_bytes()).unwrap(),
             writer.hold(),

@@ -21,6 +21,9 @@ use std::io::{self, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
+use crate::confined::{self, Confinement, ThreadError};
+use crate::sync::Unpoisoned;
+
 /// Most bytes held for the writer; past this the producer waits.
 const MAX_PENDING: usize = 64 * 1024;
 
@@ -51,7 +54,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().unpoisoned()
     }
 }
 
@@ -79,11 +82,7 @@ impl Write for ConsoleSink {
                 break;
             }
             state.producer_waiting = true;
-            state = self
-                .shared
-                .has_room
-                .wait(state)
-                .unwrap_or_else(|e| e.into_inner());
+            state = self.shared.has_room.wait(state).unpoisoned();
         }
         let room = MAX_PENDING - state.pending.len();
         let taken = buf.len().min(room);
@@ -108,27 +107,16 @@ pub struct ConsoleWriter {
 }
 
 impl ConsoleWriter {
-    /// Starts the writer thread over `output`; `thread_start` runs first
-    /// in the new thread (it installs the thread's seccomp filter) and the
-    /// writer does not start if it fails.
-    pub fn spawn<W, F>(output: W, thread_start: F) -> io::Result<(Self, ConsoleSink)>
+    /// Starts the writer thread over `output`, in `confinement`.
+    pub fn spawn<W>(output: W, confinement: Confinement) -> Result<(Self, ConsoleSink), ThreadError>
     where
         W: Write + Send + 'static,
-        F: FnOnce() -> Result<(), String> + Send + 'static,
     {
         let shared = Arc::new(Shared::default());
         let writer_shared = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("console-out".into())
-            .spawn(move || {
-                if let Err(e) = thread_start() {
-                    log::error!("console output thread: {e}; guest console output is lost");
-                    writer_shared.lock().closed = true;
-                    writer_shared.has_room.notify_all();
-                    return;
-                }
-                write_until_closed(&writer_shared, output);
-            })?;
+        let thread = confined::spawn("console-out", confinement, move || {
+            write_until_closed(&writer_shared, output);
+        })?;
         let sink = ConsoleSink {
             shared: shared.clone(),
         };
@@ -195,11 +183,7 @@ impl OutputHold {
         // A producer waiting for room now keeps what fits and drops the rest.
         self.shared.has_room.notify_all();
         while state.writing {
-            state = self
-                .shared
-                .batch_written
-                .wait(state)
-                .unwrap_or_else(|e| e.into_inner());
+            state = self.shared.batch_written.wait(state).unpoisoned();
         }
     }
 
@@ -234,10 +218,7 @@ fn write_until_closed<W: Write>(shared: &Shared, mut output: W) {
             // A hold ends at the close: the guest's last words still go out.
             while (state.pending.is_empty() || state.held) && !state.closed {
                 state.writer_idle = true;
-                state = shared
-                    .has_bytes
-                    .wait(state)
-                    .unwrap_or_else(|e| e.into_inner());
+                state = shared.has_bytes.wait(state).unpoisoned();
             }
             if state.pending.is_empty() {
                 return;
@@ -294,7 +275,8 @@ mod tests {
     #[test]
     fn every_byte_arrives_in_order_after_finish() {
         let recorder = Recorder::default();
-        let (mut writer, mut sink) = ConsoleWriter::spawn(recorder.clone(), || Ok(())).unwrap();
+        let (mut writer, mut sink) =
+            ConsoleWriter::spawn(recorder.clone(), Confinement::Unfiltered).unwrap();
         let expected: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         for byte in &expected {
             sink.write_all(std::slice::from_ref(byte)).unwrap();
@@ -309,7 +291,8 @@ mod tests {
             delay: Some(std::time::Duration::from_millis(2)),
             ..Recorder::default()
         };
-        let (mut writer, mut sink) = ConsoleWriter::spawn(recorder.clone(), || Ok(())).unwrap();
+        let (mut writer, mut sink) =
+            ConsoleWriter::spawn(recorder.clone(), Confinement::Unfiltered).unwrap();
         for _ in 0..5_000 {
             sink.write_all(b"x").unwrap();
         }
@@ -325,7 +308,8 @@ mod tests {
             delay: Some(std::time::Duration::from_millis(20)),
             ..Recorder::default()
         };
-        let (mut writer, mut sink) = ConsoleWriter::spawn(recorder.clone(), || Ok(())).unwrap();
+        let (mut writer, mut sink) =
+            ConsoleWriter::spawn(recorder.clone(), Confinement::Unfiltered).unwrap();
         let burst = vec![b'y'; 3 * MAX_PENDING + 17];
         sink.write_all(&burst).unwrap();
         writer.finish();
@@ -343,7 +327,7 @@ mod tests {
                 Ok(())
             }
         }
-        let (mut writer, mut sink) = ConsoleWriter::spawn(Broken, || Ok(())).unwrap();
+        let (mut writer, mut sink) = ConsoleWriter::spawn(Broken, Confinement::Unfiltered).unwrap();
         for _ in 0..(4 * MAX_PENDING / 1024) {
             sink.write_all(&[b'z'; 1024]).unwrap();
         }
@@ -351,19 +335,10 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_thread_start_discards_output_without_blocking() {
-        let recorder = Recorder::default();
-        let (mut writer, mut sink) =
-            ConsoleWriter::spawn(recorder.clone(), || Err("no filter".into())).unwrap();
-        sink.write_all(&vec![b'q'; 2 * MAX_PENDING]).unwrap();
-        writer.finish();
-        assert!(recorder.bytes.lock().unwrap().is_empty());
-    }
-
-    #[test]
     fn held_output_waits_is_announced_and_then_written() {
         let recorder = Recorder::default();
-        let (mut writer, mut sink) = ConsoleWriter::spawn(recorder.clone(), || Ok(())).unwrap();
+        let (mut writer, mut sink) =
+            ConsoleWriter::spawn(recorder.clone(), Confinement::Unfiltered).unwrap();
         let hold = writer.hold();
         hold.begin();
         sink.write_all(b"fake PIN: ").unwrap();
@@ -392,7 +367,8 @@ mod tests {
     #[test]
     fn a_hold_keeps_the_first_bytes_and_counts_the_rest_without_blocking_the_guest() {
         let recorder = Recorder::default();
-        let (mut writer, mut sink) = ConsoleWriter::spawn(recorder.clone(), || Ok(())).unwrap();
+        let (mut writer, mut sink) =
+            ConsoleWriter::spawn(recorder.clone(), Confinement::Unfiltered).unwrap();
         let hold = writer.hold();
         hold.begin();
         let burst: Vec<u8> = (0..MAX_PENDING + 1000).map(|i| (i % 251) as u8).collect();
@@ -431,7 +407,8 @@ mod tests {
             delay: Some(std::time::Duration::from_millis(200)),
             ..Recorder::default()
         };
-        let (mut writer, mut sink) = ConsoleWriter::spawn(recorder.clone(), || Ok(())).unwrap();
+        let (mut writer, mut sink) =
+            ConsoleWriter::spawn(recorder.clone(), Confinement::Unfiltered).unwrap();
         sink.write_all(b"in flight").unwrap();
         // Let the writer take the batch into its slow write.
         std::thread::sleep(std::time::Duration::from_millis(50));

@@ -11,8 +11,10 @@ use std::time::Duration;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::gate::ConsoleGate;
+use crate::confined::{self, Confinement, ThreadError};
 use crate::devices::serial::SerialDevice;
 use crate::exit::{ExitNotifier, ExitReason};
+use crate::sync::Unpoisoned;
 
 const CTRL_A: u8 = 0x01;
 
@@ -89,57 +91,46 @@ impl Drop for RawTerminal {
 
 /// Starts the thread that copies stdin to the serial device until EOF,
 /// through `gate` (which withholds input while the session is locked and
-/// takes the PIN typed to unlock it). `setup` runs first on that thread
-/// (it installs the seccomp filter).
+/// takes the PIN typed to unlock it), in `confinement`.
 pub fn spawn_input_thread(
     serial: Arc<Mutex<SerialDevice>>,
     exit: ExitNotifier,
     gate: ConsoleGate,
-    setup: impl FnOnce() -> Result<(), String> + Send + 'static,
-) -> io::Result<thread::JoinHandle<()>> {
-    thread::Builder::new()
-        .name("console-in".into())
-        .spawn(move || {
-            if let Err(e) = setup() {
-                gate.input_closed();
-                exit.request(ExitReason::Internal(format!("console thread: {e}")));
+    confinement: Confinement,
+) -> Result<thread::JoinHandle<()>, ThreadError> {
+    confined::spawn("console-in", confinement, move || {
+        let mut filter = EscapeFilter::default();
+        let mut buf = [0u8; 64];
+        let mut stdin = io::stdin().lock();
+        loop {
+            let n = match stdin.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("console input stopped: {e}");
+                    break;
+                }
+            };
+            // Input may be a PIN (see ConsoleGate): no copy outlives its use.
+            let (bytes, quit) = filter.feed(&buf[..n]);
+            let bytes = Zeroizing::new(bytes);
+            buf[..n].zeroize();
+            deliver(&serial, &gate.filter_input(&bytes));
+            if quit {
+                exit.request(ExitReason::UserQuit);
                 return;
             }
-            let mut filter = EscapeFilter::default();
-            let mut buf = [0u8; 64];
-            let mut stdin = io::stdin().lock();
-            loop {
-                let n = match stdin.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        log::warn!("console input stopped: {e}");
-                        break;
-                    }
-                };
-                // Input may be a PIN (see ConsoleGate): no copy outlives its use.
-                let (bytes, quit) = filter.feed(&buf[..n]);
-                let bytes = Zeroizing::new(bytes);
-                buf[..n].zeroize();
-                deliver(&serial, &gate.filter_input(&bytes));
-                if quit {
-                    exit.request(ExitReason::UserQuit);
-                    return;
-                }
-            }
-            gate.input_closed();
-        })
+        }
+        gate.input_closed();
+    })
 }
 
 /// Offers `bytes` to the UART, waiting while its FIFO is full (the guest
 /// drains it at its own pace; typing never outruns it for long).
 fn deliver(serial: &Mutex<SerialDevice>, mut bytes: &[u8]) {
     while !bytes.is_empty() {
-        let accepted = serial
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .enqueue_input(bytes);
+        let accepted = serial.lock().unpoisoned().enqueue_input(bytes);
         bytes = &bytes[accepted..];
         if accepted == 0 {
             thread::sleep(Duration::from_millis(2));

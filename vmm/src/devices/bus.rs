@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 
+use crate::sync::Unpoisoned;
+
 /// A device reachable through a [`Bus`]. `offset` is relative to the start
 /// of the range it was inserted at; `data.len()` is the access width.
 pub trait BusDevice: Send {
@@ -43,7 +45,7 @@ impl Bus {
     pub fn insert(&self, device: SharedBusDevice, base: u64, len: u64) -> Result<(), BusError> {
         let end = base.checked_add(len).filter(|_| len > 0);
         let end = end.ok_or(BusError::Overlap { base, len })?;
-        let mut ranges = self.ranges.write().unwrap_or_else(|e| e.into_inner());
+        let mut ranges = self.ranges.write().unpoisoned();
         let overlaps_previous = ranges
             .range(..end)
             .next_back()
@@ -57,7 +59,7 @@ impl Bus {
 
     /// Remove the range that starts at `base`, returning its device.
     pub fn remove(&self, base: u64) -> Result<SharedBusDevice, BusError> {
-        let mut ranges = self.ranges.write().unwrap_or_else(|e| e.into_inner());
+        let mut ranges = self.ranges.write().unpoisoned();
         ranges
             .remove(&base)
             .map(|r| r.device)
@@ -65,7 +67,7 @@ impl Bus {
     }
 
     fn resolve(&self, addr: u64) -> Option<(u64, SharedBusDevice)> {
-        let ranges = self.ranges.read().unwrap_or_else(|e| e.into_inner());
+        let ranges = self.ranges.read().unpoisoned();
         let (&start, range) = ranges.range(..=addr).next_back()?;
         (addr - start < range.len).then(|| (addr - start, range.device.clone()))
     }
@@ -75,10 +77,7 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.resolve(addr) {
             Some((offset, device)) => {
-                device
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .read(offset, data);
+                device.lock().unpoisoned().read(offset, data);
                 true
             }
             None => false,
@@ -89,10 +88,7 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.resolve(addr) {
             Some((offset, device)) => {
-                device
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .write(offset, data);
+                device.lock().unpoisoned().write(offset, data);
                 true
             }
             None => false,

@@ -16,7 +16,7 @@ use vmm_sys_util::eventfd::EventFd;
 /// What a device needs from the VM: delivering message-signalled
 /// interrupts and turning guest writes to a doorbell address into eventfd
 /// wake-ups (KVM ioeventfd), so that I/O threads, not vCPUs, do the work.
-/// Implemented over KVM by `vstate::vm::Vm` and by test doubles.
+/// Implemented over KVM by `kvm::vm::Vm` and by test doubles.
 pub trait VmInterface: Send + Sync {
     /// Inject the MSI `data` at `address` (an x86 MSI address/data pair).
     fn signal_msi(&self, address: u64, data: u32) -> io::Result<()>;

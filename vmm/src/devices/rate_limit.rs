@@ -8,6 +8,8 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::sync::Unpoisoned;
+
 /// Messages a call site logs per interval.
 pub const BURST: u32 = 5;
 /// Length of one interval.
@@ -39,7 +41,7 @@ impl LogLimit {
     /// of messages suppressed since the last one logged, or `None` when
     /// this one is suppressed.
     pub fn admit(&self, now: Instant) -> Option<u64> {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.lock().unpoisoned();
         let interval_over = state
             .interval_start
             .is_none_or(|start| now.saturating_duration_since(start) >= INTERVAL);

@@ -31,7 +31,7 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -44,14 +44,15 @@ use super::open::ExternalMediaPolicy;
 use crate::audit::{Audit, AuditError, Event};
 use crate::block::BlockError;
 use crate::config::ExternalMediaConfig;
+use crate::confined::{self, Confinement};
 use crate::devices::pci::hotplug::HotplugError;
 use crate::devices::pci::{PciError, PciHotplug, PciRoot};
 use crate::devices::virtio::block::{disk_id_from_path, Block};
-use crate::devices::virtio::ThreadStartHook;
 use crate::policy::ActiveRole;
-use crate::seccomp::{self, ThreadKind};
+use crate::seccomp::ThreadKind;
 use crate::storage::luks_helper;
 use crate::storage::passphrase_input::{read_passphrase, PassphraseSource};
+use crate::sync::lock;
 
 /// How long a detach waits for the guest to eject the slot.
 pub const EJECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -153,49 +154,25 @@ impl MediaHotplug {
         // may be the first use of OpenSSL in this process.
         openssl::init();
         let (requests, receiver) = mpsc::channel();
-        let (started, start_result) = mpsc::channel();
         let controller = parts.controller.clone();
         let attached = Arc::new(Mutex::new(Vec::new()));
         let shown = attached.clone();
-        let thread = std::thread::Builder::new()
-            .name("media-hotplug".into())
-            .spawn(move || {
-                let filtered = if parts.seccomp {
-                    seccomp::install(ThreadKind::MediaHotplug).map_err(|e| e.to_string())
-                } else {
-                    Ok(())
-                };
-                let ok = filtered.is_ok();
-                if started.send(filtered).is_err() || !ok {
-                    return;
-                }
-                Worker {
-                    parts,
-                    plugged: Vec::new(),
-                    shown,
-                }
-                .serve(&receiver);
-            })?;
-        match start_result.recv() {
-            Ok(Ok(())) => Ok(Self {
-                requests: Mutex::new(Some(requests)),
-                thread: Mutex::new(Some(thread)),
-                controller,
-                attached,
-            }),
-            Ok(Err(reason)) => {
-                let _ = thread.join();
-                Err(io::Error::other(format!(
-                    "the media hot-plug thread could not start: {reason}"
-                )))
+        let confinement = Confinement::new(ThreadKind::MediaHotplug, parts.seccomp);
+        let thread = confined::spawn("media-hotplug", confinement, move || {
+            Worker {
+                parts,
+                plugged: Vec::new(),
+                shown,
             }
-            Err(_) => {
-                let _ = thread.join();
-                Err(io::Error::other(
-                    "the media hot-plug thread died while starting",
-                ))
-            }
-        }
+            .serve(&receiver);
+        })
+        .map_err(io::Error::other)?;
+        Ok(Self {
+            requests: Mutex::new(Some(requests)),
+            thread: Mutex::new(Some(thread)),
+            controller,
+            attached,
+        })
     }
 
     /// Attaches the medium at `path` under `role`'s rules; `taken` are the
@@ -256,12 +233,6 @@ impl Drop for MediaHotplug {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One medium in a hot-plug slot.
@@ -376,11 +347,7 @@ impl Worker {
             path: shown.clone(),
             source,
         })?;
-        if self.parts.seccomp {
-            let hook: ThreadStartHook =
-                Arc::new(|| seccomp::install(ThreadKind::BlockIo).map_err(|e| e.to_string()));
-            block.set_thread_start_hook(hook);
-        }
+        block.set_confinement(Confinement::new(ThreadKind::BlockIo, self.parts.seccomp));
         let slot = self
             .parts
             .pci

@@ -219,6 +219,24 @@ mod tests {
     }
 
     #[test]
+    fn a_policy_in_a_newer_format_is_refused_with_the_update_message() {
+        let f = Fixture::new("newer-format");
+        let text = EXAMPLE.replacen("version = 7", "version = 7\nformat = 2\nscreen = 1", 1);
+        let path = f.dir.join("policy.toml");
+        std::fs::write(&path, &text).unwrap();
+        let signature =
+            SignatureFile::sign(&f.key, text.as_bytes(), "securevm-policy version=7").unwrap();
+        std::fs::write(guest_policy::signature_path_for(&path), signature.to_text()).unwrap();
+        let err = accept_policy(&f.config(path, false), before_expiry()).unwrap_err();
+        assert!(
+            err.to_string().contains(
+                "needs policy format 2, but this securevm/guest-policy reads formats up to 1; update securevm"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn an_unreadable_key_is_reported() {
         let f = Fixture::new("no-key");
         let mut config = f.config(f.signed(7), false);

@@ -230,4 +230,27 @@ pub(crate) mod tests {
         assert!(err.to_string().contains("no user 'carol'"), "{err}");
         assert_eq!(f.installed_version(), None);
     }
+
+    #[test]
+    fn a_pushed_policy_in_a_newer_format_is_refused_with_the_update_message() {
+        let f = Fixture::new("newer-format");
+        let verifier = PolicyVerifier::new(&f.config(), "alice").unwrap();
+        let text = EXAMPLE.replacen("version = 7", "version = 8\nformat = 2\nscreen = 1", 1);
+        let signature =
+            SignatureFile::sign(&f.key, text.as_bytes(), "securevm-policy version=8").unwrap();
+        let upload = PolicyUpload {
+            policy: text,
+            signature: signature.to_text(),
+            name: Some("policy-8.toml".to_string()),
+        };
+        let err = verifier.accept(&upload, 7, before_expiry()).unwrap_err();
+        assert_eq!(err.status(), 422);
+        assert!(
+            err.to_string().contains(
+                "policy-8.toml:18:10: this policy needs policy format 2, but this securevm/guest-policy reads formats up to 1; update securevm"
+            ),
+            "{err}"
+        );
+        assert_eq!(f.installed_version(), None);
+    }
 }

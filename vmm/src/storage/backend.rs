@@ -15,6 +15,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use crate::block::{guest_io, BlockBackend, ExtentRange};
+use crate::sync::Unpoisoned;
 
 use super::error::StorageError;
 use super::luks::{self, UnlockedVolume, VolumeLayout};
@@ -89,15 +90,12 @@ impl EncryptedBackend {
     }
 
     fn take_scratch(&self) -> Vec<u8> {
-        let pooled = self.scratch.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let pooled = self.scratch.lock().unpoisoned().pop();
         pooled.unwrap_or_else(|| vec![0u8; SCRATCH_LEN])
     }
 
     fn give_back_scratch(&self, buffer: Vec<u8>) {
-        self.scratch
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(buffer);
+        self.scratch.lock().unpoisoned().push(buffer);
     }
 
     /// Encrypts `buf` into `scratch` and writes it, a unit-aligned piece
@@ -388,10 +386,9 @@ mod tests {
         if std::env::var_os(FILTERED_CHILD).is_none() {
             return direct_io_runs_under_the_disk_crypto_filter();
         }
-        parallel::set_worker_start(|| {
-            crate::seccomp::install(crate::seccomp::ThreadKind::DiskCrypto)
-                .map_err(|e| e.to_string())
-        });
+        parallel::set_worker_confinement(crate::confined::Confinement::Seccomp(
+            crate::seccomp::ThreadKind::DiskCrypto,
+        ));
         let path = new_volume("filtered.img", 4 * MIB, 4096);
         let backend = EncryptedBackend::open(&path, PASSPHRASE, false).unwrap();
         let data = pattern(2 * MIB as usize, 3);

@@ -41,6 +41,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::secret::SecretBuf;
+use crate::sync::Unpoisoned;
 
 /// The helper's file name, looked for beside the running executable.
 pub const HELPER_NAME: &str = "securevm-luks";
@@ -629,9 +630,7 @@ static HELPERS: Mutex<Helpers> = Mutex::new(Helpers::PerCall);
 /// threads whose seccomp filter forbids starting processes can still
 /// reach libcryptsetup. Call it before installing such a filter.
 pub fn keep_running() -> io::Result<()> {
-    let mut helpers = HELPERS
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut helpers = HELPERS.lock().unpoisoned();
     if !matches!(*helpers, Helpers::Kept(_)) {
         *helpers = Helpers::Kept(LuksHelper::spawn()?);
     }
@@ -645,9 +644,7 @@ pub fn call(
     secrets: &[&[u8]],
     deadline: Duration,
 ) -> io::Result<(Reply, Option<SecretBuf>)> {
-    let mut helpers = HELPERS
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut helpers = HELPERS.lock().unpoisoned();
     match &mut *helpers {
         Helpers::PerCall => {
             drop(helpers);

@@ -7,7 +7,7 @@
 //! - [`luks`]: `unlock`, `format`, `add_key`, `remove_key`, `is_luks`;
 //! - [`passphrase_input::read_passphrase`]: terminal (no echo) or file;
 //! - [`cli::DiskCommand`] / [`run_disk_command`]: `securevm disk ...`;
-//! - [`parallel::set_worker_start`]: the seccomp hook of the crypto workers.
+//! - [`parallel::set_worker_confinement`]: the seccomp filter of the crypto workers.
 
 pub mod backend;
 pub mod cli;

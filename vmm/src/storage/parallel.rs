@@ -5,9 +5,9 @@
 //! split into a few unit-aligned pieces done at once, it can.
 //!
 //! The workers are a rayon pool shared by every encrypted disk of the
-//! process, created on first use. The VMM sets a start hook first
-//! ([`set_worker_start`]) so that each worker installs its seccomp filter
-//! before it does any work; a worker that cannot stops the process, since
+//! process, created on first use. The VMM sets their confinement first
+//! ([`set_worker_confinement`]) so that each worker installs its seccomp
+//! filter before it does any work; a worker that cannot stops the process, since
 //! an unfiltered thread would be a hole in the sandbox.
 
 use std::io;
@@ -16,6 +16,7 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use crate::block::ExtentRange;
+use crate::confined::Confinement;
 
 /// Requests smaller than this are served on the calling thread: handing
 /// work to the pool costs a few microseconds.
@@ -23,16 +24,14 @@ pub const PARALLEL_MIN: usize = 128 * 1024;
 /// At most this many workers, whatever the core count.
 const MAX_WORKERS: usize = 4;
 
-pub type WorkerStart = fn() -> Result<(), String>;
-
-static WORKER_START: OnceLock<WorkerStart> = OnceLock::new();
+static WORKER_CONFINEMENT: OnceLock<Confinement> = OnceLock::new();
 static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
 
-/// Runs `start` at the beginning of every worker thread. Must be called
-/// before the first encrypted request; later calls are ignored.
-pub fn set_worker_start(start: WorkerStart) {
-    // Only the first hook counts; the pool may already exist otherwise.
-    let _ = WORKER_START.set(start);
+/// Every worker thread enters `confinement` first. Must be called before
+/// the first encrypted request; later calls are ignored.
+pub fn set_worker_confinement(confinement: Confinement) {
+    // Only the first call counts; the pool may already exist otherwise.
+    let _ = WORKER_CONFINEMENT.set(confinement);
 }
 
 /// Creates the pool now (e.g. before the process's own seccomp filter
@@ -48,16 +47,17 @@ fn pool() -> Option<&'static rayon::ThreadPool> {
         if workers < 2 {
             return None;
         }
-        let start = WORKER_START.get().copied();
+        let confinement = WORKER_CONFINEMENT
+            .get()
+            .copied()
+            .unwrap_or(Confinement::Unfiltered);
         rayon::ThreadPoolBuilder::new()
             .num_threads(workers)
             .thread_name(|index| format!("disk-crypto-{index}"))
             .start_handler(move |_| {
-                if let Some(start) = start {
-                    if let Err(e) = start() {
-                        log::error!("disk crypto worker: {e}; stopping");
-                        std::process::abort();
-                    }
+                if let Err(e) = confinement.enter() {
+                    log::error!("disk crypto worker: {e}; stopping");
+                    std::process::abort();
                 }
             })
             .build()

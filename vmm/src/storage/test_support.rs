@@ -6,6 +6,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::luks::{self, FormatOptions, KdfSettings};
+use crate::sync::Unpoisoned;
 
 /// Cheap Argon2id costs so tests run in milliseconds. Never a default.
 pub const FAST_KDF: KdfSettings = KdfSettings::Fixed {
@@ -114,10 +115,7 @@ pub fn captured_warnings() -> Vec<String> {
         }
         fn log(&self, record: &log::Record<'_>) {
             if self.enabled(record.metadata()) {
-                self.0
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(record.args().to_string());
+                self.0.lock().unpoisoned().push(record.args().to_string());
             }
         }
         fn flush(&self) {}
@@ -131,5 +129,5 @@ pub fn captured_warnings() -> Vec<String> {
         }
         capture
     });
-    capture.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    capture.0.lock().unpoisoned().clone()
 }

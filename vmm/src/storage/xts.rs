@@ -18,6 +18,7 @@ use openssl::cipher::{Cipher, CipherRef};
 use openssl::cipher_ctx::CipherCtx;
 
 use super::secret::SecretBuf;
+use crate::sync::Unpoisoned;
 
 /// LUKS counts plain64 IVs in units of this many bytes.
 pub const IV_SECTOR: u64 = 512;
@@ -207,7 +208,7 @@ impl SectorCipher {
     }
 
     fn take(&self) -> Result<ContextPair, CryptoError> {
-        let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let pooled = self.pool.lock().unpoisoned().pop();
         match pooled {
             Some(pair) => Ok(pair),
             None => self.new_pair(),
@@ -215,10 +216,7 @@ impl SectorCipher {
     }
 
     fn give_back(&self, pair: ContextPair) {
-        self.pool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(pair);
+        self.pool.lock().unpoisoned().push(pair);
     }
 
     fn new_pair(&self) -> Result<ContextPair, CryptoError> {

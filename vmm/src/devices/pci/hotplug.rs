@@ -22,6 +22,7 @@ use crate::arch::layout::{
     PCI_HOTPLUG_REGISTER_DOWN, PCI_HOTPLUG_REGISTER_EJECT, PCI_HOTPLUG_REGISTER_UP, PCI_SLOT_COUNT,
 };
 use crate::devices::bus::BusDevice;
+use crate::sync::Unpoisoned;
 
 const _: () = assert!(
     PCI_SLOT_COUNT <= 32,
@@ -106,7 +107,7 @@ impl PciHotplug {
             registers = self
                 .ejected_changed
                 .wait_timeout(registers, deadline - now)
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .unpoisoned()
                 .0;
         }
     }
@@ -133,9 +134,7 @@ impl PciHotplug {
     }
 
     fn lock(&self) -> MutexGuard<'_, Registers> {
-        self.registers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.registers.lock().unpoisoned()
     }
 
     fn guest_read(&self, offset: u64) -> u32 {

@@ -8,7 +8,7 @@
 //! off, for the guest's own resource allocator to place when it scans the
 //! slot. Only those devices can be removed again; boot devices stay.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use vm_memory::GuestMemoryMmap;
 
@@ -19,6 +19,7 @@ use crate::arch::layout::{PCI_MMIO32_SIZE, PCI_MMIO32_START};
 use crate::devices::bus::{Bus, BusDevice};
 use crate::devices::virtio::{IoGate, VirtioDevice, VirtioPciDevice};
 use crate::devices::VmInterface;
+use crate::sync::lock;
 
 /// Red Hat's generic PCIe host bridge IDs: a plain bridge that no guest
 /// kernel applies chipset quirks to.
@@ -265,10 +266,6 @@ impl PciRoot {
             }
         }
     }
-}
-
-fn lock<T: ?Sized>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn bar_access(device: &SharedPciDevice, bar: usize) -> Arc<Mutex<dyn BusDevice>> {

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use super::msix::MsixTable;
 use super::MSI_NO_VECTOR;
+use crate::sync::Unpoisoned;
 
 const ISR_QUEUE: u8 = 1;
 const ISR_CONFIG: u8 = 2;
@@ -74,10 +75,7 @@ impl VirtioInterrupt {
 
     fn signal_vector(&self, vector: u16) {
         if vector != MSI_NO_VECTOR {
-            self.msix
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .signal(vector);
+            self.msix.lock().unpoisoned().signal(vector);
         }
     }
 }

@@ -18,6 +18,8 @@ use std::time::Instant;
 
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::sync::Unpoisoned;
+
 /// Shared by the vCPU control and every device I/O thread of one VM;
 /// cheap to clone. A new gate is open.
 #[derive(Clone, Default)]
@@ -49,10 +51,7 @@ pub struct Unit<'a> {
 
 impl IoGate {
     fn lock(&self) -> MutexGuard<'_, GateState> {
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.shared.state.lock().unpoisoned()
     }
 
     /// From now on no new unit starts, until [`IoGate::open`].
@@ -93,7 +92,7 @@ impl IoGate {
                 .shared
                 .idle
                 .wait_timeout(state, deadline - now)
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .unpoisoned()
                 .0;
         }
         true

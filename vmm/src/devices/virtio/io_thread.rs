@@ -28,17 +28,15 @@
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::io_gate::IoGate;
-
-/// Runs first on the new I/O thread, e.g. to install its seccomp filter.
-/// If it fails, the thread ends and the device cannot be created.
-pub type ThreadStartHook = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+use crate::confined::{self, Confinement};
+use crate::sync::Unpoisoned;
 
 /// How far one call of [`QueueWorker::process_queue`] got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +89,7 @@ type WorkerGuard<'a> = MutexGuard<'a, Option<Box<dyn QueueWorker>>>;
 
 impl WorkerSlot {
     fn lock(&self) -> WorkerGuard<'_> {
-        self.worker.lock().unwrap_or_else(|e| e.into_inner())
+        self.worker.lock().unpoisoned()
     }
 
     /// For control threads: the lock, ahead of the I/O thread's next unit.
@@ -130,13 +128,13 @@ pub struct IoThread {
 
 impl IoThread {
     /// Start thread `name` listening on `kicks` (index = queue number),
-    /// starting its units through `gate`. Returns once `start_hook` has
-    /// run on it; its error is returned.
+    /// starting its units through `gate`. Returns once the thread is in
+    /// `confinement`; if it cannot be, the device cannot be created.
     pub fn spawn(
         name: String,
         kicks: Vec<EventFd>,
         gate: IoGate,
-        start_hook: Option<ThreadStartHook>,
+        confinement: Confinement,
     ) -> io::Result<Self> {
         let stop = EventFd::new(EFD_NONBLOCK)?;
         let resume = Arc::new(EventFd::new(EFD_NONBLOCK)?);
@@ -168,39 +166,14 @@ impl IoThread {
             worker: worker.clone(),
             gate,
         };
-        let (started, start_result) = mpsc::channel();
-        let handle = std::thread::Builder::new()
-            .name(name.clone())
-            .spawn(move || {
-                let hook_result = start_hook.map_or(Ok(()), |hook| hook());
-                let hook_ok = hook_result.is_ok();
-                // The spawner waits for this; if it is gone there is no
-                // one to serve.
-                if started.send(hook_result).is_err() || !hook_ok {
-                    return;
-                }
-                thread.serve();
-            })?;
-        match start_result.recv() {
-            Ok(Ok(())) => Ok(Self {
-                stop,
-                worker,
-                _resume: resume,
-                handle: Some(handle),
-            }),
-            Ok(Err(reason)) => {
-                let _ = handle.join();
-                Err(io::Error::other(format!(
-                    "I/O thread {name} could not start: {reason}"
-                )))
-            }
-            Err(_) => {
-                let _ = handle.join();
-                Err(io::Error::other(format!(
-                    "I/O thread {name} died while starting"
-                )))
-            }
-        }
+        let handle =
+            confined::spawn(name, confinement, move || thread.serve()).map_err(io::Error::other)?;
+        Ok(Self {
+            stop,
+            worker,
+            _resume: resume,
+            handle: Some(handle),
+        })
     }
 
     /// Serve kicks with `worker` from now on.
@@ -475,8 +448,13 @@ pub(crate) mod tests {
         unit_time: Duration,
     ) -> (IoThread, EventFd, Arc<AtomicUsize>) {
         let kick = EventFd::new(EFD_NONBLOCK).unwrap();
-        let thread =
-            IoThread::spawn(name.into(), vec![kick.try_clone().unwrap()], gate, None).unwrap();
+        let thread = IoThread::spawn(
+            name.into(),
+            vec![kick.try_clone().unwrap()],
+            gate,
+            Confinement::Unfiltered,
+        )
+        .unwrap();
         let units = Arc::new(AtomicUsize::new(0));
         thread.serve(Box::new(EndlessQueue {
             units: units.clone(),
@@ -531,7 +509,7 @@ pub(crate) mod tests {
             "io-test".into(),
             vec![kick.try_clone().unwrap()],
             IoGate::default(),
-            None,
+            Confinement::Unfiltered,
         )
         .unwrap();
         let source = EventFd::new(EFD_NONBLOCK).unwrap();

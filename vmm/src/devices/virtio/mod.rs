@@ -22,9 +22,11 @@ use std::sync::Arc;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
+use crate::confined::Confinement;
+
 pub use interrupt::VirtioInterrupt;
 pub use io_gate::IoGate;
-pub use io_thread::{EventSource, IoThread, Progress, QueueWorker, ThreadStartHook};
+pub use io_thread::{EventSource, IoThread, Progress, QueueWorker};
 pub use msix::MsixTable;
 pub use transport::VirtioPciDevice;
 
@@ -87,8 +89,8 @@ pub trait VirtioDevice: Send {
     fn write_config(&mut self, offset: u64, data: &[u8]);
     /// Name of the device's I/O thread (at most 15 bytes to show in full).
     fn io_thread_name(&self) -> String;
-    /// Runs first on the I/O thread (its seccomp filter).
-    fn io_thread_start_hook(&self) -> Option<ThreadStartHook>;
+    /// What the I/O thread confines itself to (its seccomp filter).
+    fn io_thread_confinement(&self) -> Confinement;
     /// Build the worker that serves the queues on the I/O thread.
     fn activate(&mut self, activation: Activation) -> Result<Box<dyn QueueWorker>, ActivateError>;
     /// The driver reset the device; the transport already took the

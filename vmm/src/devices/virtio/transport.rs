@@ -23,6 +23,7 @@ use crate::devices::pci::{
     CAPABILITY_ID_VENDOR_SPECIFIC,
 };
 use crate::devices::VmInterface;
+use crate::sync::Unpoisoned;
 
 const VIRTIO_VENDOR_ID: u16 = 0x1af4;
 const VIRTIO_MODERN_DEVICE_ID_BASE: u16 = 0x1040;
@@ -200,7 +201,7 @@ impl VirtioPciDevice {
             device.io_thread_name(),
             thread_kicks,
             io_gate,
-            device.io_thread_start_hook(),
+            device.io_thread_confinement(),
         )
         .map_err(|e| PciError::Transport(e.to_string()))?;
         let msix = Arc::new(Mutex::new(MsixTable::new(vector_count, vm.clone())));
@@ -232,7 +233,7 @@ impl VirtioPciDevice {
     }
 
     fn msix(&self) -> MutexGuard<'_, MsixTable> {
-        self.msix.lock().unwrap_or_else(|e| e.into_inner())
+        self.msix.lock().unpoisoned()
     }
 
     fn status(&self) -> u8 {
@@ -726,7 +727,8 @@ impl Drop for VirtioPciDevice {
 #[cfg(test)]
 mod tests {
     use super::super::test_driver::TestDriver;
-    use super::super::{ActivateError, Activation, QueueWorker, ThreadStartHook, VirtioDevice};
+    use super::super::{ActivateError, Activation, QueueWorker, VirtioDevice};
+    use crate::confined::Confinement;
 
     /// A device with one queue that never activates: enough to reach the
     /// transport's registers.
@@ -749,8 +751,8 @@ mod tests {
         fn io_thread_name(&self) -> String {
             "inert".into()
         }
-        fn io_thread_start_hook(&self) -> Option<ThreadStartHook> {
-            None
+        fn io_thread_confinement(&self) -> Confinement {
+            Confinement::Unfiltered
         }
         fn activate(&mut self, _: Activation) -> Result<Box<dyn QueueWorker>, ActivateError> {
             Err(ActivateError::NoQueue)

@@ -13,6 +13,7 @@ use super::monitor::WatchedCard;
 use super::token::{self, Module, PinSource, RetryPolicy};
 use super::{authenticate, login_with_key, open_token, CardLogin, CardOptions};
 use crate::identity::{Attempt, AuthMethod, Authenticator, Credential, LoginError};
+use crate::sync::Unpoisoned;
 
 /// PIN attempts at a terminal; a PIN file gets one (it cannot change).
 pub const TERMINAL_ATTEMPTS: u32 = 3;
@@ -50,10 +51,7 @@ impl CardCredential {
         &self,
         f: impl FnOnce(&CardLogin) -> Result<T, SmartCardError>,
     ) -> Result<T, SmartCardError> {
-        let mut slot = self
-            .login
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut slot = self.login.lock().unpoisoned();
         if slot.is_none() {
             *slot = Some(relogin(&self.card)?);
         }
@@ -65,10 +63,7 @@ impl CardCredential {
 
     /// Hand the login over (and with it, the module) to be finalized.
     pub fn take_login(&self) -> Option<CardLogin> {
-        self.login
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take()
+        self.login.lock().unpoisoned().take()
     }
 }
 

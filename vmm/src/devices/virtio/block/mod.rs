@@ -22,9 +22,10 @@ pub use request::{
 };
 
 use super::{
-    ActivateError, Activation, Progress, QueueWorker, ThreadStartHook, VirtioDevice,
-    VirtioInterrupt, F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1, QUEUE_MAX_SIZE,
+    ActivateError, Activation, Progress, QueueWorker, VirtioDevice, VirtioInterrupt, F_EVENT_IDX,
+    F_INDIRECT_DESC, F_VERSION_1, QUEUE_MAX_SIZE,
 };
+use crate::confined::Confinement;
 
 const DEVICE_TYPE_BLOCK: u16 = 2;
 /// `struct virtio_blk_config` up to and including `num_queues`.
@@ -38,7 +39,7 @@ pub struct Block {
     config: [u8; CONFIG_LEN],
     features: u64,
     thread_name: String,
-    thread_start_hook: Option<ThreadStartHook>,
+    confinement: Confinement,
 }
 
 impl Block {
@@ -83,15 +84,14 @@ impl Block {
             config,
             features,
             thread_name: format!("virtio-blk{index}"),
-            thread_start_hook: None,
+            confinement: Confinement::Unfiltered,
         })
     }
 
-    /// Run `hook` first on this device's I/O thread (the place to install
-    /// its seccomp filter). Set it before adding the device to the PCI
-    /// root, which starts the thread.
-    pub fn set_thread_start_hook(&mut self, hook: ThreadStartHook) {
-        self.thread_start_hook = Some(hook);
+    /// Confine this device's I/O thread (its seccomp filter). Set it
+    /// before adding the device to the PCI root, which starts the thread.
+    pub fn set_confinement(&mut self, confinement: Confinement) {
+        self.confinement = confinement;
     }
 
     /// Name of the I/O thread this device runs ("virtio-blkN").
@@ -143,8 +143,8 @@ impl VirtioDevice for Block {
         self.thread_name.clone()
     }
 
-    fn io_thread_start_hook(&self) -> Option<ThreadStartHook> {
-        self.thread_start_hook.clone()
+    fn io_thread_confinement(&self) -> Confinement {
+        self.confinement
     }
 
     fn activate(&mut self, activation: Activation) -> Result<Box<dyn QueueWorker>, ActivateError> {

@@ -30,9 +30,10 @@ pub use tap::{check_interface_name, InterfaceNameError, Tap, TapError};
 pub use vpn_link::{TunnelRead, VpnLink, VpnLinkError};
 
 use super::{
-    ActivateError, Activation, QueueWorker, ThreadStartHook, VirtioDevice, F_EVENT_IDX,
-    F_INDIRECT_DESC, F_VERSION_1, QUEUE_MAX_SIZE,
+    ActivateError, Activation, QueueWorker, VirtioDevice, F_EVENT_IDX, F_INDIRECT_DESC,
+    F_VERSION_1, QUEUE_MAX_SIZE,
 };
+use crate::confined::Confinement;
 use worker::{DeviceParts, NetWorker};
 
 const DEVICE_TYPE_NET: u16 = 1;
@@ -89,7 +90,7 @@ pub struct Net {
     vpn: Option<vpn_link::SharedVpnLink>,
     config: [u8; CONFIG_LEN],
     thread_name: String,
-    thread_start_hook: Option<ThreadStartHook>,
+    confinement: Confinement,
 }
 
 impl Net {
@@ -119,15 +120,14 @@ impl Net {
             vpn: None,
             config,
             thread_name: format!("virtio-net{index}"),
-            thread_start_hook: None,
+            confinement: Confinement::Unfiltered,
         })
     }
 
-    /// Run `hook` first on this device's I/O thread (the place to install
-    /// its seccomp filter). Set it before adding the device to the PCI
-    /// root, which starts the thread.
-    pub fn set_thread_start_hook(&mut self, hook: ThreadStartHook) {
-        self.thread_start_hook = Some(hook);
+    /// Confine this device's I/O thread (its seccomp filter). Set it
+    /// before adding the device to the PCI root, which starts the thread.
+    pub fn set_confinement(&mut self, confinement: Confinement) {
+        self.confinement = confinement;
     }
 
     /// Force the tunnel's routes through `link`. Set it before adding the
@@ -187,8 +187,8 @@ impl VirtioDevice for Net {
         self.thread_name.clone()
     }
 
-    fn io_thread_start_hook(&self) -> Option<ThreadStartHook> {
-        self.thread_start_hook.clone()
+    fn io_thread_confinement(&self) -> Confinement {
+        self.confinement
     }
 
     fn activate(&mut self, activation: Activation) -> Result<Box<dyn QueueWorker>, ActivateError> {

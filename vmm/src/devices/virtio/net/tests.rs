@@ -219,27 +219,27 @@ struct Harness {
 
 impl Harness {
     fn new(filter: Box<dyn FrameFilter>) -> Self {
-        Self::build(filter, None, BASIC_FEATURES)
+        Self::build(filter, Confinement::Unfiltered, BASIC_FEATURES)
     }
 
-    fn build(filter: Box<dyn FrameFilter>, hook: Option<ThreadStartHook>, features: u64) -> Self {
-        Self::build_with_vpn(filter, hook, features, None)
+    fn build(filter: Box<dyn FrameFilter>, confinement: Confinement, features: u64) -> Self {
+        Self::build_with_vpn(filter, confinement, features, None)
     }
 
     fn build_with_vpn(
         filter: Box<dyn FrameFilter>,
-        hook: Option<ThreadStartHook>,
+        confinement: Confinement,
         features: u64,
         vpn: Option<VpnLink>,
     ) -> Self {
-        Self::build_gated(filter, hook, features, vpn, IoGate::default())
+        Self::build_gated(filter, confinement, features, vpn, IoGate::default())
     }
 
     /// A harness whose device I/O works through `gate` (as the VM's
     /// vCPU control shares it).
     fn build_gated(
         filter: Box<dyn FrameFilter>,
-        hook: Option<ThreadStartHook>,
+        confinement: Confinement,
         features: u64,
         vpn: Option<VpnLink>,
         gate: IoGate,
@@ -248,9 +248,7 @@ impl Harness {
         device_end.set_nonblocking(true).unwrap();
         host.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut net = Net::with_backend(Arc::new(device_end), MAC, filter).unwrap();
-        if let Some(hook) = hook {
-            net.set_thread_start_hook(hook);
-        }
+        net.set_confinement(confinement);
         if let Some(link) = vpn {
             net.attach_vpn(link);
         }
@@ -775,8 +773,13 @@ fn frames_wait_for_receive_buffers_without_spinning() {
 #[test]
 fn a_closed_gate_stops_guest_frames_both_ways_until_it_opens() {
     let gate = IoGate::default();
-    let mut harness =
-        Harness::build_gated(Box::new(AllowAll), None, BASIC_FEATURES, None, gate.clone());
+    let mut harness = Harness::build_gated(
+        Box::new(AllowAll),
+        Confinement::Unfiltered,
+        BASIC_FEATURES,
+        None,
+        gate.clone(),
+    );
     let (rx_head, rx_buffer) = harness.post_rx(RX_BUFFER_LEN);
     // Let the worker take the buffer and start listening on the backend.
     std::thread::sleep(Duration::from_millis(50));
@@ -917,7 +920,11 @@ fn corrupt_ring_sets_needs_reset_and_reset_recovers() {
 
 #[test]
 fn event_idx_rearms_kicks_and_suppresses_interrupts() {
-    let mut harness = Harness::build(Box::new(AllowAll), None, BASIC_FEATURES | F_EVENT_IDX);
+    let mut harness = Harness::build(
+        Box::new(AllowAll),
+        Confinement::Unfiltered,
+        BASIC_FEATURES | F_EVENT_IDX,
+    );
     assert_ne!(harness.driver.device_features() & F_EVENT_IDX, 0);
     let sent = frame(60, 1);
 
@@ -992,10 +999,8 @@ fn multicast_mac_is_refused() {
 /// missing syscall would end the test process with SIGSYS's message).
 #[test]
 fn data_path_runs_under_the_net_io_seccomp_filter() {
-    let hook: ThreadStartHook = Arc::new(|| {
-        crate::seccomp::install(crate::seccomp::ThreadKind::NetIo).map_err(|e| e.to_string())
-    });
-    let mut harness = Harness::build(Box::new(AllowAll), Some(hook), BASIC_FEATURES);
+    let confinement = Confinement::Seccomp(crate::seccomp::ThreadKind::NetIo);
+    let mut harness = Harness::build(Box::new(AllowAll), confinement, BASIC_FEATURES);
     let sent = frame(60, 1);
     harness.transmit(&sent);
     assert_eq!(
@@ -1202,11 +1207,9 @@ fn vpn_frames_go_through_wireguard_and_never_to_the_tap() {
         guest_mac: MAC,
     };
     let link = VpnLink::open(config, crate::vpn::PrivateKey::from_bytes(ours)).unwrap();
-    let hook: ThreadStartHook = Arc::new(|| {
-        crate::seccomp::install(crate::seccomp::ThreadKind::NetIo).map_err(|e| e.to_string())
-    });
+    let confinement = Confinement::Seccomp(crate::seccomp::ThreadKind::NetIo);
     let mut harness =
-        Harness::build_with_vpn(Box::new(AllowAll), Some(hook), BASIC_FEATURES, Some(link));
+        Harness::build_with_vpn(Box::new(AllowAll), confinement, BASIC_FEATURES, Some(link));
 
     let ip_frame = |source: Ipv4Addr, destination: Ipv4Addr, payload: &[u8]| {
         let mut frame = GATEWAY.to_vec();

@@ -12,7 +12,7 @@
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use vmm_sys_util::timerfd::TimerFd;
@@ -82,10 +82,6 @@ pub struct VpnLink {
 
 /// The link as the device and its worker share it.
 pub type SharedVpnLink = Arc<Mutex<VpnLink>>;
-
-pub(super) fn lock(link: &SharedVpnLink) -> MutexGuard<'_, VpnLink> {
-    link.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 impl VpnLink {
     /// Opens the socket towards `config.endpoint` and starts the timer.

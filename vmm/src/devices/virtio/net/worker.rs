@@ -30,12 +30,14 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::backend::NetBackend;
 use super::filter::FrameFilter;
-use super::vpn_link::{self, SharedVpnLink, TunnelRead};
+use super::vpn_link::{SharedVpnLink, TunnelRead};
 use super::{NetCounters, MAX_BUFFER_LEN, RX_QUEUE, TX_QUEUE, VNET_HDR_LEN};
 use crate::devices::virtio::chain::{ChainBytes, ChainDescriptor, CollectedChain, DescriptorTable};
 use crate::devices::virtio::{
     ActiveQueue, EventSource, Progress, QueueWorker, VirtioInterrupt, QUEUE_MAX_SIZE,
 };
+use crate::sync::lock;
+use crate::sync::Unpoisoned;
 use crate::vpn::Routing;
 
 /// Ethernet destination, source and type.
@@ -138,7 +140,7 @@ impl NetWorker {
         }];
         let mut idle_sources = Vec::new();
         if let Some(link) = &vpn {
-            let link = vpn_link::lock(link);
+            let link = lock(link);
             let timer = EventSource {
                 fd: link.timer_fd(),
                 token: TIMER_TOKEN,
@@ -182,7 +184,7 @@ impl NetWorker {
     }
 
     fn filter(&self) -> MutexGuard<'_, Box<dyn FrameFilter>> {
-        self.filter.lock().unwrap_or_else(|e| e.into_inner())
+        self.filter.lock().unpoisoned()
     }
 
     fn fail(&mut self, error: virtio_queue::Error) {
@@ -266,7 +268,7 @@ impl NetWorker {
             return Err(Dropped::Filtered);
         }
         if let Some(link) = &self.vpn {
-            if vpn_link::lock(link).outbound(frame) == Routing::Tunnelled {
+            if lock(link).outbound(frame) == Routing::Tunnelled {
                 NetCounters::bump(&self.counters.tx_tunnelled);
                 return Ok(());
             }
@@ -401,7 +403,7 @@ impl NetWorker {
         let Some(link) = &self.vpn else {
             return Incoming::Empty;
         };
-        match vpn_link::lock(link).receive_frame(&mut self.rx_buffer[VNET_HDR_LEN..]) {
+        match lock(link).receive_frame(&mut self.rx_buffer[VNET_HDR_LEN..]) {
             TunnelRead::Frame(len) => {
                 NetCounters::bump(&self.counters.rx_tunnelled);
                 Incoming::Frame(VNET_HDR_LEN + len)
@@ -452,7 +454,7 @@ impl QueueWorker for NetWorker {
             }
             TIMER_TOKEN => {
                 if let Some(link) = &self.vpn {
-                    vpn_link::lock(link).on_timer();
+                    lock(link).on_timer();
                 }
             }
             _ => {}

@@ -27,9 +27,11 @@ use std::time::{Duration, Instant};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
+use crate::confined::{self, Confinement, ThreadError};
 use crate::devices::bus::Bus;
 use crate::devices::virtio::IoGate;
 use crate::exit::{ExitNotifier, ExitReason};
+use crate::sync::Unpoisoned;
 
 /// What every vCPU thread shares.
 #[derive(Clone)]
@@ -88,10 +90,7 @@ struct ControlState {
 
 impl VcpuControl {
     fn lock(&self) -> MutexGuard<'_, ControlState> {
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.shared.state.lock().unpoisoned()
     }
 
     /// The gate the devices' I/O threads work through; this control
@@ -159,7 +158,7 @@ impl VcpuControl {
                 .shared
                 .changed
                 .wait_timeout(state, KICK_INTERVAL.min(deadline - now))
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .unpoisoned()
                 .0;
         }
         drop(state);
@@ -205,15 +204,12 @@ impl VcpuControl {
                 .shared
                 .changed
                 .wait_timeout(state, PARK_RECHECK)
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .unpoisoned()
                 .0;
         }
         state.parked -= 1;
     }
 }
-
-/// Installs the filter for this thread just before it starts the guest.
-pub type ThreadSetup = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
 pub struct VcpuHandle {
     thread: JoinHandle<()>,
@@ -226,41 +222,44 @@ fn kick_signal() -> libc::c_int {
 
 extern "C" fn ignore_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuStartError {
+    #[error("installing the vCPU kick signal handler failed: {0}")]
+    KickHandler(vmm_sys_util::errno::Error),
+    #[error(transparent)]
+    Thread(#[from] ThreadError),
+}
+
 /// The kick signal must interrupt `KVM_RUN` (EINTR), not kill the process.
-fn install_kick_handler() -> Result<(), String> {
+fn install_kick_handler() -> Result<(), VcpuStartError> {
     static INSTALL: Once = Once::new();
     let mut result = Ok(());
     INSTALL.call_once(|| {
         result = register_signal_handler(kick_signal(), ignore_kick)
-            .map_err(|e| format!("installing the vCPU kick signal handler failed: {e}"));
+            .map_err(VcpuStartError::KickHandler);
     });
     result
 }
 
-/// Starts vCPU `index` on its own thread.
+/// Starts vCPU `index` on its own thread, in `confinement`.
 pub fn spawn(
     index: u8,
     mut vcpu: VcpuFd,
     ctx: VcpuContext,
-    setup: Option<ThreadSetup>,
-) -> std::io::Result<VcpuHandle> {
-    install_kick_handler().map_err(std::io::Error::other)?;
+    confinement: Confinement,
+) -> Result<VcpuHandle, VcpuStartError> {
+    install_kick_handler()?;
     let control = ctx.control.clone();
-    let thread = thread::Builder::new()
-        .name(format!("vcpu{index}"))
-        .spawn(move || {
-            // SAFETY: pthread_self has no preconditions.
-            let this_thread = unsafe { libc::pthread_self() };
-            ctx.control.register(this_thread);
-            let reason = match setup.map_or(Ok(()), |setup| setup()) {
-                Ok(()) => run_loop(index, &mut vcpu, &ctx),
-                Err(e) => Some(ExitReason::Internal(format!("vcpu{index}: {e}"))),
-            };
-            ctx.control.unregister(this_thread);
-            if let Some(reason) = reason {
-                ctx.exit.request(reason);
-            }
-        })?;
+    let thread = confined::spawn(format!("vcpu{index}"), confinement, move || {
+        // SAFETY: pthread_self has no preconditions.
+        let this_thread = unsafe { libc::pthread_self() };
+        ctx.control.register(this_thread);
+        let reason = run_loop(index, &mut vcpu, &ctx);
+        ctx.control.unregister(this_thread);
+        if let Some(reason) = reason {
+            ctx.exit.request(reason);
+        }
+    })?;
     Ok(VcpuHandle { thread, control })
 }
 

@@ -1,0 +1,283 @@
+//! Policy format versions: which schema a policy file is written in, and
+//! which securevm can read it.
+//!
+//! The parser refuses unknown keys, so a securevm that meets a key from a
+//! newer schema would refuse the policy with a puzzling "unknown key" and
+//! lock its users out. `[policy] format = N` names the schema instead; a
+//! file without it is format 1. The format is read from the raw TOML before
+//! the strict parse, so a policy from a newer schema is refused with the
+//! one message that helps (update securevm first), whatever new keys it
+//! contains.
+//!
+//! Each schema change adds a row to [`FORMAT_FEATURES`]; validation then
+//! refuses a policy that uses a feature without declaring its format, and
+//! `guest-policy lint --oldest-format N` warns when a policy needs a newer
+//! format than the oldest securevm in the fleet reads.
+
+use std::ops::Range;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::diag::{Diagnostic, SourceMap};
+use crate::model::Policy;
+
+/// The newest policy format this build of securevm and guest-policy reads.
+pub const NEWEST_READABLE_FORMAT: u32 = 1;
+
+/// The format of a policy that does not declare one.
+pub const DEFAULT_FORMAT: u32 = 1;
+
+/// A policy feature introduced after format 1: using it needs `format`.
+#[derive(Debug, Clone, Copy)]
+pub struct FormatFeature {
+    /// How the feature is written in the policy, for messages (a key path).
+    pub key: &'static str,
+    /// The first format that has the feature.
+    pub format: u32,
+    /// Whether a policy uses the feature.
+    pub used_by: fn(&Policy) -> bool,
+}
+
+/// Every feature added to the schema after format 1, in format order.
+/// Format 1 is the schema as first published, so nothing is listed yet; a
+/// change to the schema adds its key here and raises
+/// [`NEWEST_READABLE_FORMAT`].
+pub const FORMAT_FEATURES: &[FormatFeature] = &[];
+
+/// The `format` key as the probe finds it, before the strict parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DeclaredFormat {
+    /// The format, [`DEFAULT_FORMAT`] if the key is absent.
+    pub format: u32,
+    /// Where `format = N` is written; `None` if the key is absent.
+    pub span: Option<Range<usize>>,
+}
+
+/// Only `[policy] format`; everything else is ignored so keys from newer
+/// formats do not stop the probe.
+#[derive(Debug, Deserialize)]
+struct FormatProbe {
+    policy: Option<FormatProbeMeta>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FormatProbeMeta {
+    format: Option<Spanned<toml::Value>>,
+}
+
+/// Reads `[policy] format` from raw TOML and checks that this build reads
+/// it. Text the probe cannot parse is left to the strict parse, which
+/// locates the syntax error; so is a `[policy]` that is not a table.
+pub(crate) fn declared_format(
+    map: &SourceMap<'_>,
+    text: &str,
+    newest_readable: u32,
+) -> Result<DeclaredFormat, Diagnostic> {
+    let Ok(probe) = toml::from_str::<FormatProbe>(text) else {
+        return Ok(DeclaredFormat {
+            format: DEFAULT_FORMAT,
+            span: None,
+        });
+    };
+    let Some(raw) = probe.policy.and_then(|meta| meta.format) else {
+        return Ok(DeclaredFormat {
+            format: DEFAULT_FORMAT,
+            span: None,
+        });
+    };
+    let span = raw.span();
+    let format = match raw.get_ref() {
+        toml::Value::Integer(number) => *number,
+        other => {
+            return Err(map.error(
+                span,
+                format!(
+                    "format {other} is not valid; write a whole number such as format = {DEFAULT_FORMAT} (or leave the key out for format {DEFAULT_FORMAT})"
+                ),
+            ))
+        }
+    };
+    match u32::try_from(format) {
+        Ok(0) => Err(not_positive(map, span, 0)),
+        Ok(format) if format <= newest_readable => Ok(DeclaredFormat {
+            format,
+            span: Some(span),
+        }),
+        Ok(_) => Err(too_new(map, span, format, newest_readable)),
+        Err(_) if format < 0 => Err(not_positive(map, span, format)),
+        Err(_) => Err(too_new(map, span, format, newest_readable)),
+    }
+}
+
+fn not_positive(map: &SourceMap<'_>, span: Range<usize>, format: i64) -> Diagnostic {
+    map.error(
+        span,
+        format!(
+            "format {format} is not valid; policy formats start at {DEFAULT_FORMAT} (leave the key out for format {DEFAULT_FORMAT})"
+        ),
+    )
+}
+
+fn too_new(
+    map: &SourceMap<'_>,
+    span: Range<usize>,
+    format: i64,
+    newest_readable: u32,
+) -> Diagnostic {
+    map.error(
+        span,
+        format!(
+            "this policy needs policy format {format}, but this securevm/guest-policy reads formats up to {newest_readable}; update securevm (and guest-policy) on every machine to a release that reads format {format} before pushing this policy"
+        ),
+    )
+}
+
+/// The features a policy uses that its declared format does not have,
+/// as errors located at the `format` key (or the file start).
+pub(crate) fn undeclared_features(
+    map: &SourceMap<'_>,
+    policy: &Policy,
+    declared: &DeclaredFormat,
+    features: &[FormatFeature],
+) -> Vec<Diagnostic> {
+    features
+        .iter()
+        .filter(|feature| feature.format > declared.format && (feature.used_by)(policy))
+        .map(|feature| {
+            map.error(
+                declared.span.clone().unwrap_or(0..0),
+                format!(
+                    "{} needs policy format {}, but the policy declares format {}; write format = {} in [policy] (and update securevm everywhere before pushing it)",
+                    feature.key, feature.format, declared.format, feature.format
+                ),
+            )
+        })
+        .collect()
+}
+
+/// `guest-policy lint --oldest-format N`: a warning when the policy needs a
+/// newer format than `oldest_in_fleet`, the format the oldest securevm the
+/// administrator runs reads. `text` is the policy that validated.
+pub fn rollout_warning(file_name: &str, text: &str, oldest_in_fleet: u32) -> Option<Diagnostic> {
+    let map = SourceMap::new(file_name, text);
+    let declared = declared_format(&map, text, u32::MAX).ok()?;
+    (declared.format > oldest_in_fleet).then(|| {
+        map.warning(
+            declared.span.unwrap_or(0..0),
+            format!(
+                "this policy needs policy format {}, but the oldest securevm in the fleet reads format {oldest_in_fleet}; machines still on that release would refuse it: update securevm everywhere first, then push this policy",
+                declared.format
+            ),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::validate_for_format;
+
+    const EXAMPLE: &str = include_str!("../examples/policy.toml");
+
+    fn with_format(format: &str) -> String {
+        EXAMPLE.replacen("version = 7", &format!("version = 7\nformat = {format}"), 1)
+    }
+
+    fn probe(text: &str) -> Result<DeclaredFormat, Diagnostic> {
+        declared_format(
+            &SourceMap::new("p.toml", text),
+            text,
+            NEWEST_READABLE_FORMAT,
+        )
+    }
+
+    #[test]
+    fn a_policy_without_the_key_is_format_1() {
+        assert_eq!(
+            probe(EXAMPLE),
+            Ok(DeclaredFormat {
+                format: 1,
+                span: None
+            })
+        );
+        assert_eq!(probe(&with_format("1")).unwrap().format, 1);
+    }
+
+    #[test]
+    fn zero_negative_and_non_integer_formats_are_refused() {
+        for (value, expected) in [
+            ("0", "format 0 is not valid; policy formats start at 1"),
+            ("-3", "format -3 is not valid; policy formats start at 1"),
+            ("\"2\"", "format \"2\" is not valid; write a whole number"),
+            ("1.5", "format 1.5 is not valid; write a whole number"),
+        ] {
+            let error = probe(&with_format(value)).unwrap_err();
+            assert!(error.message.contains(expected), "{value}: {error}");
+            assert_eq!(error.line, 18, "{error}");
+        }
+    }
+
+    #[test]
+    fn a_newer_format_is_refused_even_with_keys_this_build_does_not_know() {
+        let newer = with_format("2").replacen("[audit]", "[display]\nmode = \"x\"\n\n[audit]", 1);
+        for format in [i64::MAX.to_string(), "2".to_string()] {
+            let text = newer.replacen("format = 2", &format!("format = {format}"), 1);
+            let error = probe(&text).unwrap_err();
+            assert!(
+                error.message.contains(&format!(
+                    "this policy needs policy format {format}, but this securevm/guest-policy reads formats up to 1; update securevm (and guest-policy)"
+                )),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn syntax_errors_are_left_to_the_strict_parse() {
+        assert_eq!(probe("[policy\nformat = 9").unwrap().format, 1);
+        assert_eq!(probe("policy = 3").unwrap().format, 1);
+    }
+
+    #[test]
+    fn lint_warns_when_the_fleet_is_older_than_the_policy() {
+        // A build that reads format 2 accepts a policy declaring it.
+        let newer = with_format("2");
+        let validated = validate_for_format("p.toml", &newer, 2, &[]).unwrap();
+        assert_eq!(validated.policy.meta.format, 2);
+        let warning = rollout_warning("p.toml", &newer, 1).expect("a warning");
+        assert_eq!(warning.severity, crate::Severity::Warning);
+        assert_eq!(warning.line, 18);
+        assert!(
+            warning.message.contains("needs policy format 2")
+                && warning
+                    .message
+                    .contains("update securevm everywhere first, then push this policy"),
+            "{warning}"
+        );
+        assert_eq!(rollout_warning("p.toml", &newer, 2), None);
+        assert_eq!(rollout_warning("p.toml", EXAMPLE, 1), None);
+        assert_eq!(rollout_warning("p.toml", &with_format("1"), 1), None);
+    }
+
+    #[test]
+    fn a_feature_needs_its_format_declared() {
+        // The mechanism the next schema change uses, with a feature table of
+        // this test's own: "uses a VPN" standing in for a new key.
+        let features = [FormatFeature {
+            key: "[roles.NAME.network.vpn]",
+            format: 2,
+            used_by: |policy| policy.roles.values().any(|role| role.network.vpn.is_some()),
+        }];
+        let errors = validate_for_format("p.toml", EXAMPLE, 2, &features).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].message.starts_with(
+                "[roles.NAME.network.vpn] needs policy format 2, but the policy declares format 1; write format = 2 in [policy]"
+            ),
+            "{}",
+            errors[0]
+        );
+        validate_for_format("p.toml", &with_format("2"), 2, &features).unwrap();
+    }
+}

@@ -1,0 +1,748 @@
+//! The boot sequence as a short list of named steps, top to bottom (see
+//! [`run_once`]): open every input before KVM is touched, create the
+//! machine (KVM VM, guest RAM, kernel, boot structures, ACPI tables),
+//! attach the legacy devices, then the PCI and virtio devices, create the
+//! vCPUs, and start the console, the vCPU threads and the services. The
+//! result is a [`RunningVm`], which owns all of it until it stops.
+
+use std::fs::File;
+use std::net::IpAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+
+use guest_policy::{Action, NetworkPolicy};
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::VcpuFd;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::api::protocol::{Device, MediaCounters};
+use crate::api::{ApiServer, BoundSocket, LiveVm, LiveVmParts, NetDevice, ServerConfig};
+use crate::arch::acpi::{create_acpi_tables, PciHotplugSlots, PCI_HOTPLUG_GSI, POWER_BUTTON_GSI};
+use crate::arch::boot_params::{configure_boot, BootConfig, BootEntry};
+use crate::arch::guest_ram::GuestRam;
+use crate::arch::layout::{
+    COM1_IRQ, COM1_PORT, PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_SIZE, PCI_ECAM_START,
+    PCI_HOTPLUG_PORT_BASE, PCI_HOTPLUG_PORT_LEN,
+};
+use crate::arch::vcpu::configure_vcpu;
+use crate::audit::{Audit, Event};
+use crate::config::{ConfigError, VmConfig};
+use crate::confined::{self, Confinement};
+use crate::console::{spawn_input_thread, ConsoleGate, ConsoleWriter, PromptPhrase, RawTerminal};
+use crate::devices::bus::Bus;
+use crate::devices::pci::{PciConfigIo, PciConfigMmio, PciHotplug, PciHotplugPorts, PciRoot};
+use crate::devices::power::{
+    AcpiPowerDevice, I8042Device, ACPI_POWER_PORT_BASE, ACPI_POWER_PORT_LEN,
+};
+use crate::devices::serial::SerialDevice;
+use crate::devices::virtio::block::Block;
+use crate::devices::virtio::net::{Net, PolicyFilter, Tap, VpnLink};
+use crate::exit::{ExitNotifier, ExitReason};
+use crate::external_media::{MediaHotplug, MediaHotplugParts, EJECT_TIMEOUT};
+use crate::identity::session::{Session, SessionError};
+use crate::identity::smartcard::login::CardCredential;
+use crate::identity::smartcard::monitor::{watch_session, RemovalMonitor};
+use crate::kvm::vcpu::{self, VcpuContext, VcpuControl, VcpuControlError, VcpuHandle};
+use crate::kvm::vm::Vm;
+use crate::loader::{load_cmdline, load_initrd, load_kernel};
+use crate::netfilter::{Filter, FilterConfig, FilterControl, DEFAULT_CONNTRACK_CAPACITY};
+use crate::policy::{ActiveRole, PolicyVerifier};
+use crate::seccomp::{self, ThreadKind};
+
+use super::disks::{open_disks, OpenedDisks};
+use super::running::RunningVm;
+use super::{main_thread_filter, may_unlock_luks, open_input, session_card, VmmError};
+
+/// Builds one VM from `config` and runs it until it stops. The policy a
+/// push put in force (`policy_in_force`) outlives a guest reboot;
+/// `main_filtered` says whether an earlier run already filtered the main
+/// thread (filters stack, so it is installed once per process).
+pub(super) fn run_once(
+    config: &VmConfig,
+    session: &Session,
+    card_only: Option<&CardCredential>,
+    phrase: &PromptPhrase,
+    policy_in_force: &mut Option<ActiveRole>,
+    main_filtered: &mut bool,
+) -> Result<ExitReason, VmmError> {
+    config.validate()?;
+    let builder = VmBuilder {
+        config,
+        session,
+        card_only,
+        phrase,
+    };
+    let (boot_files, boot_devices, control) = builder.open_inputs(policy_in_force.take())?;
+    let machine = builder.create_machine(boot_files, control.hotplug_slots())?;
+    let legacy = builder.attach_legacy_devices(&machine)?;
+    let pci = builder.attach_pci_devices(&machine, &legacy, boot_devices)?;
+    let vcpu_fds = builder.create_vcpus(&machine)?;
+    let running = builder.start(control, machine, legacy, pci, vcpu_fds)?;
+    builder.narrow_main_thread(main_filtered)?;
+    let reason = running.wait_for_exit();
+    *policy_in_force = running.stop(&reason);
+    Ok(reason)
+}
+
+/// What every step reads: the command line, the logged-in session (or
+/// the card given to open disks) and the prompt phrase.
+struct VmBuilder<'a> {
+    config: &'a VmConfig,
+    session: &'a Session,
+    card_only: Option<&'a CardCredential>,
+    phrase: &'a PromptPhrase,
+}
+
+/// The kernel and initrd, opened before KVM is touched.
+struct BootFiles {
+    kernel: File,
+    initrd: Option<File>,
+}
+
+/// The devices the guest has from boot on, opened but not yet attached.
+struct BootDevices {
+    blocks: Vec<Block>,
+    nets: Vec<Net>,
+}
+
+/// What the control API serves and shows.
+struct ControlParts {
+    socket: Option<BoundSocket>,
+    role: Option<ActiveRole>,
+    verifier: Option<PolicyVerifier>,
+    devices: Vec<Device>,
+    media: MediaCounters,
+    filter_controls: Vec<FilterControl>,
+}
+
+impl ControlParts {
+    /// Media can be hot-plugged only through the control socket; without
+    /// one the guest is shown no slots and the controller does not exist.
+    fn hotplug_slots(&self) -> PciHotplugSlots {
+        if self.socket.is_some() {
+            PciHotplugSlots::Present
+        } else {
+            PciHotplugSlots::Absent
+        }
+    }
+}
+
+/// The KVM VM with its RAM, the kernel loaded and the boot structures
+/// and ACPI tables written.
+struct Machine {
+    power_button: EventFd,
+    memory: Arc<GuestMemoryMmap>,
+    guest_ram: GuestRam,
+    vm: Arc<Vm>,
+    boot: BootEntry,
+    num_cpus: u8,
+    hotplug_slots: PciHotplugSlots,
+}
+
+/// The port and MMIO buses with the legacy devices on them, and what
+/// they report exits and console output through.
+struct LegacyDevices {
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    serial: Arc<Mutex<SerialDevice>>,
+    console_writer: ConsoleWriter,
+    exit: ExitNotifier,
+    exit_events: Receiver<ExitReason>,
+}
+
+/// The PCI root with the virtio devices on it.
+struct PciDevices {
+    pci: Arc<PciRoot>,
+    /// `None` without a control socket (see [`ControlParts::hotplug_slots`]).
+    hotplug: Option<Arc<PciHotplug>>,
+    /// Created before the devices: their I/O threads stop with the vCPUs.
+    vcpu_control: VcpuControl,
+}
+
+impl VmBuilder<'_> {
+    /// Step 1: every input, before KVM is touched, so bad input fails fast
+    /// and nothing is created or written on its behalf.
+    fn open_inputs(
+        &self,
+        pushed_role: Option<ActiveRole>,
+    ) -> Result<(BootFiles, BootDevices, ControlParts), VmmError> {
+        let (config, session) = (self.config, self.session);
+        // Bound first, while securevm has no other threads (the socket's
+        // mode comes from a process-wide umask), and so a bad path fails
+        // at once.
+        let socket = match &config.api_socket {
+            Some(path) => Some(BoundSocket::bind(path)?),
+            None => None,
+        };
+        let kernel = open_input("kernel", &config.kernel)?;
+        let initrd = match &config.initrd {
+            Some(path) => Some(open_input("initrd", path)?),
+            None => None,
+        };
+        // A policy pushed through the control socket outlives a guest reboot.
+        let role = pushed_role.or_else(|| session.role.clone());
+        let verifier = match (&config.policy, &session.login) {
+            (Some(policy), Some(login)) => Some(
+                PolicyVerifier::new(policy, &login.identity.user_id).map_err(SessionError::from)?,
+            ),
+            _ => None,
+        };
+        crate::storage::parallel::set_worker_confinement(Confinement::new(
+            ThreadKind::DiskCrypto,
+            config.seccomp,
+        ));
+        let OpenedDisks {
+            blocks,
+            devices,
+            media,
+        } = open_disks(config, session, role.as_ref(), self.card_only)?;
+        // The card's session ends once the disks are open: its module is
+        // finalized before any guest code runs and before seccomp narrows
+        // the main thread (a restart logs the card in again).
+        if let Some(card) = session_card(session, self.card_only) {
+            drop(card.take_login());
+        }
+        let (nets, filter_controls) = open_nets(config, role.as_ref())?;
+        Ok((
+            BootFiles { kernel, initrd },
+            BootDevices { blocks, nets },
+            ControlParts {
+                socket,
+                role,
+                verifier,
+                devices,
+                media,
+                filter_controls,
+            },
+        ))
+    }
+
+    /// Step 2: the KVM VM and its RAM, the kernel and initrd loaded, the
+    /// boot structures and ACPI tables written.
+    fn create_machine(
+        &self,
+        mut files: BootFiles,
+        hotplug_slots: PciHotplugSlots,
+    ) -> Result<Machine, VmmError> {
+        let config = self.config;
+        let vm = Arc::new(Vm::new(&config.kvm_device)?);
+        vm.check_vcpu_count(usize::from(config.cpus))?;
+        let num_cpus =
+            u8::try_from(config.cpus).map_err(|_| ConfigError::TooManyVcpus(config.cpus))?;
+        let guest_ram = GuestRam::new(config.memory_bytes())?;
+        let memory = guest_ram.memory().clone();
+        vm.register_memory(&memory)?;
+        vm.create_interrupt_controllers()?;
+
+        let kernel_image = load_kernel(&memory, &mut files.kernel)?;
+        let initrd_info = match files.initrd.as_mut() {
+            Some(file) => Some(load_initrd(&memory, file, &kernel_image)?),
+            None => None,
+        };
+        let cmdline = load_cmdline(&memory, &config.cmdline, &kernel_image)?;
+        let boot = configure_boot(
+            &memory,
+            &BootConfig {
+                kernel: &kernel_image,
+                cmdline,
+                initrd: initrd_info,
+                mem_size: config.memory_bytes(),
+            },
+        )?;
+        create_acpi_tables(memory.as_ref(), num_cpus, hotplug_slots)?;
+        let power_button = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::Io {
+            what: "creating the power button interrupt",
+            source,
+        })?;
+        vm.register_irqfd(&power_button, POWER_BUTTON_GSI)?;
+        Ok(Machine {
+            power_button,
+            memory,
+            guest_ram,
+            vm,
+            boot,
+            num_cpus,
+            hotplug_slots,
+        })
+    }
+
+    /// Step 3: the buses, with the serial port (its output through the
+    /// console writer thread), the i8042 reset line and the ACPI power
+    /// ports on the port bus.
+    fn attach_legacy_devices(&self, machine: &Machine) -> Result<LegacyDevices, VmmError> {
+        let (exit, exit_events) = ExitNotifier::new();
+        let pio = Arc::new(Bus::new());
+        let mmio = Arc::new(Bus::new());
+        let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::Io {
+            what: "creating the serial interrupt",
+            source,
+        })?;
+        machine.vm.register_irqfd(&serial_irq, COM1_IRQ)?;
+        let (console_writer, console_sink) = ConsoleWriter::spawn(
+            std::io::stdout(),
+            Confinement::new(ThreadKind::ConsoleOutput, self.config.seccomp),
+        )?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            serial_irq,
+            Box::new(console_sink),
+        )));
+        pio.insert(
+            serial.clone(),
+            u64::from(COM1_PORT),
+            u64::from(SerialDevice::PORT_LEN),
+        )?;
+        pio.insert(
+            Arc::new(Mutex::new(I8042Device::new(exit.clone()))),
+            u64::from(I8042Device::PORT_BASE),
+            u64::from(I8042Device::PORT_LEN),
+        )?;
+        pio.insert(
+            Arc::new(Mutex::new(AcpiPowerDevice::new(exit.clone()))),
+            u64::from(ACPI_POWER_PORT_BASE),
+            u64::from(ACPI_POWER_PORT_LEN),
+        )?;
+        Ok(LegacyDevices {
+            pio,
+            mmio,
+            serial,
+            console_writer,
+            exit,
+            exit_events,
+        })
+    }
+
+    /// Step 4: the PCI root (configuration space on ports and ECAM), the
+    /// disks and network devices on it, and the hot-plug controller.
+    fn attach_pci_devices(
+        &self,
+        machine: &Machine,
+        legacy: &LegacyDevices,
+        devices: BootDevices,
+    ) -> Result<PciDevices, VmmError> {
+        let seccomp = self.config.seccomp;
+        let vcpu_control = VcpuControl::default();
+        let pci = PciRoot::with_io_gate(
+            legacy.mmio.clone(),
+            machine.vm.clone(),
+            vcpu_control.io_gate(),
+        );
+        for mut block in devices.blocks {
+            block.set_confinement(Confinement::new(ThreadKind::BlockIo, seccomp));
+            pci.add_virtio_device(Box::new(block), machine.memory.clone())?;
+        }
+        for mut net in devices.nets {
+            net.set_confinement(Confinement::new(ThreadKind::NetIo, seccomp));
+            pci.add_virtio_device(Box::new(net), machine.memory.clone())?;
+        }
+        legacy.pio.insert(
+            Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
+            u64::from(PCI_CONFIG_ADDRESS_PORT),
+            8,
+        )?;
+        let hotplug = match machine.hotplug_slots {
+            PciHotplugSlots::Present => Some(pci_hotplug_controller(&machine.vm, &legacy.pio)?),
+            PciHotplugSlots::Absent => None,
+        };
+        legacy.mmio.insert(
+            Arc::new(Mutex::new(PciConfigMmio::new(pci.clone()))),
+            PCI_ECAM_START,
+            PCI_ECAM_SIZE,
+        )?;
+        Ok(PciDevices {
+            pci,
+            hotplug,
+            vcpu_control,
+        })
+    }
+
+    /// Step 5: the vCPUs, configured (the boot vCPU at the kernel's entry)
+    /// but not yet running.
+    fn create_vcpus(&self, machine: &Machine) -> Result<Vec<VcpuFd>, VmmError> {
+        let vm = &machine.vm;
+        let supported_cpuid = vm
+            .kvm()
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(VmmError::Cpuid)?;
+        let mut vcpu_fds = Vec::with_capacity(usize::from(machine.num_cpus));
+        for index in 0..machine.num_cpus {
+            let fd = vm.create_vcpu(index)?;
+            let entry = (index == 0).then_some(&machine.boot);
+            configure_vcpu(
+                &fd,
+                vm.kvm(),
+                &supported_cpuid,
+                index,
+                machine.num_cpus,
+                entry,
+            )?;
+            vcpu_fds.push(fd);
+        }
+        Ok(vcpu_fds)
+    }
+
+    /// Step 6: the console, the network refusal reporter, the vCPU
+    /// threads (the guest runs from here on) and the services around it.
+    fn start(
+        &self,
+        control: ControlParts,
+        machine: Machine,
+        legacy: LegacyDevices,
+        pci: PciDevices,
+        vcpu_fds: Vec<VcpuFd>,
+    ) -> Result<RunningVm, VmmError> {
+        let seccomp = self.config.seccomp;
+        if !seccomp {
+            log::warn!("--no-seccomp: seccomp filters are disabled; use this for debugging only");
+        }
+        let raw_terminal =
+            RawTerminal::enable(libc::STDIN_FILENO).map_err(|source| VmmError::Io {
+                what: "switching the terminal to raw mode",
+                source,
+            })?;
+        let console_gate = ConsoleGate::new(self.phrase.clone(), legacy.console_writer.hold());
+        spawn_input_thread(
+            legacy.serial,
+            legacy.exit.clone(),
+            console_gate.clone(),
+            Confinement::new(ThreadKind::ConsoleInput, seccomp),
+        )?;
+        spawn_refusal_reporter(
+            control.filter_controls.clone(),
+            seccomp,
+            self.session.audit.clone(),
+        )?;
+        let stop_flag = Arc::new(AtomicBool::new(false));
+        let vcpu_context = VcpuContext {
+            pio: legacy.pio,
+            mmio: legacy.mmio,
+            exit: legacy.exit.clone(),
+            stop: stop_flag.clone(),
+            control: pci.vcpu_control.clone(),
+        };
+        let vcpus = self.start_vcpus(vcpu_fds, &vcpu_context)?;
+        let services = self.start_services(
+            control,
+            machine.power_button,
+            &machine.memory,
+            &pci,
+            console_gate,
+            &legacy.exit,
+        )?;
+        Ok(RunningVm {
+            vcpus,
+            api_server: services.api_server,
+            live: services.live,
+            card_monitor: services.card_monitor,
+            vcpu_context,
+            stop_flag,
+            console_gate: services.console_gate,
+            raw_terminal,
+            pci: pci.pci,
+            console_writer: legacy.console_writer,
+            exit_events: legacy.exit_events,
+            exit: legacy.exit,
+            memory: machine.memory,
+            guest_ram: machine.guest_ram,
+            vm: machine.vm,
+        })
+    }
+
+    /// Records the start in the audit log and starts one thread per vCPU.
+    fn start_vcpus(
+        &self,
+        vcpu_fds: Vec<VcpuFd>,
+        context: &VcpuContext,
+    ) -> Result<Vec<VcpuHandle>, VmmError> {
+        let config = self.config;
+        self.session.audit.record(Event::VmStart {
+            kernel: config.kernel.display().to_string(),
+            cpus: config.cpus,
+            memory_mib: config.memory_mib,
+        })?;
+        let confinement = Confinement::new(ThreadKind::Vcpu, config.seccomp);
+        let mut vcpus = Vec::with_capacity(vcpu_fds.len());
+        for (index, fd) in (0..=u8::MAX).zip(vcpu_fds) {
+            vcpus.push(vcpu::spawn(index, fd, context.clone(), confinement)?);
+        }
+        Ok(vcpus)
+    }
+
+    /// The smart-card monitor, the media hot-plug thread and the control
+    /// API, around a guest that already runs.
+    fn start_services(
+        &self,
+        control: ControlParts,
+        power_button: EventFd,
+        memory: &Arc<GuestMemoryMmap>,
+        pci: &PciDevices,
+        console_gate: ConsoleGate,
+        exit: &ExitNotifier,
+    ) -> Result<Services, VmmError> {
+        let (config, session) = (self.config, self.session);
+        // Before the main thread's filter: the monitor thread runs the
+        // card's PKCS#11 module and must not inherit it.
+        let (card_monitor, console_gate) = match session_card(session, self.card_only) {
+            Some(card) => (
+                Some(watch_card(card, session, &pci.vcpu_control, console_gate)?),
+                None,
+            ),
+            None => (None, Some(console_gate)),
+        };
+        let media_hotplug = match &pci.hotplug {
+            Some(controller) => Some(
+                MediaHotplug::start(MediaHotplugParts {
+                    pci: pci.pci.clone(),
+                    memory: memory.clone(),
+                    controller: controller.clone(),
+                    audit: session.audit.clone(),
+                    external: config.external.clone(),
+                    seccomp: config.seccomp,
+                    eject_timeout: EJECT_TIMEOUT,
+                })
+                .map_err(|source| VmmError::Io {
+                    what: "starting the media hot-plug thread",
+                    source,
+                })?,
+            ),
+            None => None,
+        };
+        let live = Arc::new(LiveVm::new(LiveVmParts {
+            user: session.login.as_ref().map(|l| l.identity.user_id.clone()),
+            verifier: control.verifier,
+            role: control.role,
+            devices: control.devices,
+            nets: config
+                .nets
+                .iter()
+                .zip(control.filter_controls)
+                .map(|(net, filter)| NetDevice {
+                    tap: net.tap.clone(),
+                    mac: format_mac(net.effective_mac()),
+                    addresses: net.addresses.iter().map(IpAddr::to_string).collect(),
+                    filter,
+                })
+                .collect(),
+            media: control.media,
+            vcpus: pci.vcpu_control.clone(),
+            power_button: Box::new(move || power_button.write(1).map_err(|e| e.to_string())),
+            exit: exit.clone(),
+            audit: session.audit.clone(),
+            media_hotplug,
+        }));
+        let api_server = match control.socket {
+            Some(socket) => Some(ApiServer::start(
+                socket,
+                ServerConfig {
+                    confinement: Confinement::new(ThreadKind::Api, config.seccomp),
+                    ..ServerConfig::default()
+                },
+                live.clone(),
+            )?),
+            None => None,
+        };
+        Ok(Services {
+            api_server,
+            live,
+            card_monitor,
+            console_gate,
+        })
+    }
+
+    /// Step 7: the main thread narrows itself to its own filter, once per
+    /// process (`main_filtered`), now that the VM runs.
+    fn narrow_main_thread(&self, main_filtered: &mut bool) -> Result<(), VmmError> {
+        let config = self.config;
+        let card_in_session = session_card(self.session, self.card_only).is_some();
+        let Some(kind) = main_thread_filter(config.seccomp, config.on_reboot, card_in_session)
+        else {
+            return Ok(());
+        };
+        if *main_filtered {
+            return Ok(());
+        }
+        if kind == ThreadKind::MainRestart && may_unlock_luks(config)? {
+            crate::storage::luks_helper::keep_running().map_err(|source| VmmError::Io {
+                what: "starting the LUKS helper for later restarts",
+                source,
+            })?;
+        }
+        seccomp::install(kind)?;
+        *main_filtered = true;
+        Ok(())
+    }
+}
+
+/// The threads and handles around the running guest.
+struct Services {
+    api_server: Option<ApiServer>,
+    live: Arc<LiveVm>,
+    card_monitor: Option<RemovalMonitor>,
+    /// Kept while no card monitor holds it.
+    console_gate: Option<ConsoleGate>,
+}
+
+/// The ACPI PCI hot-plug controller on its ports, raising its own GED
+/// interrupt.
+fn pci_hotplug_controller(vm: &Vm, pio: &Bus) -> Result<Arc<PciHotplug>, VmmError> {
+    let interrupt = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::Io {
+        what: "creating the PCI hot-plug interrupt",
+        source,
+    })?;
+    vm.register_irqfd(&interrupt, PCI_HOTPLUG_GSI)?;
+    let controller = Arc::new(PciHotplug::new(Box::new(move || interrupt.write(1))));
+    pio.insert(
+        Arc::new(Mutex::new(PciHotplugPorts::new(controller.clone()))),
+        u64::from(PCI_HOTPLUG_PORT_BASE),
+        u64::from(PCI_HOTPLUG_PORT_LEN),
+    )?;
+    Ok(controller)
+}
+
+/// Opens every `--net` TAP with the role's network filter in front of it
+/// (without a policy, one that refuses everything: default deny).
+fn open_nets(
+    config: &VmConfig,
+    role: Option<&ActiveRole>,
+) -> Result<(Vec<Net>, Vec<FilterControl>), VmmError> {
+    let deny_all = NetworkPolicy {
+        default_action: Action::Deny,
+        rules: vec![],
+        dns_resolvers: vec![],
+        vpn: None,
+    };
+    let rules = match role {
+        Some(active) => &active.role.network,
+        None => {
+            if !config.nets.is_empty() {
+                log::warn!("no --policy: the network filter refuses every connection");
+            }
+            &deny_all
+        }
+    };
+    let mut vpn =
+        crate::vpn::plan_vpn(rules.vpn.as_ref(), config.vpn_key.as_deref(), &config.nets)?;
+    let mut nets = Vec::with_capacity(config.nets.len());
+    let mut controls = Vec::with_capacity(config.nets.len());
+    for (index, net) in config.nets.iter().enumerate() {
+        if net.addresses.is_empty() {
+            log::warn!(
+                "--net {net}: no ip= given, so the guest may send no IP traffic on it (anti-spoofing)"
+            );
+        }
+        let (filter, control) = Filter::new(FilterConfig {
+            guest_mac: net.effective_mac(),
+            guest_ipv4: net
+                .addresses
+                .iter()
+                .filter_map(|a| match a {
+                    IpAddr::V4(v4) => Some(*v4),
+                    IpAddr::V6(_) => None,
+                })
+                .collect(),
+            guest_ipv6: net
+                .addresses
+                .iter()
+                .filter_map(|a| match a {
+                    IpAddr::V6(v6) => Some(*v6),
+                    IpAddr::V4(_) => None,
+                })
+                .collect(),
+            conntrack_capacity: DEFAULT_CONNTRACK_CAPACITY,
+            policy: rules,
+        });
+        let tap = Tap::open(&net.tap)?;
+        let mut device = Net::new(
+            tap,
+            net.effective_mac(),
+            Box::new(PolicyFilter::new(filter)),
+        )?;
+        if let Some(plan) = vpn.take_if(|plan| plan.net_index == index) {
+            device.attach_vpn(VpnLink::open(plan.config, plan.key)?);
+        }
+        nets.push(device);
+        controls.push(control);
+    }
+    Ok((nets, controls))
+}
+
+/// Most refusals quoted in one audit summary.
+const AUDIT_REFUSAL_EXAMPLES: usize = 5;
+
+/// Every second, prints the network refusals the filters report (they
+/// rate-limit themselves) on stderr, and records a summary of them (count
+/// and a few examples) in the audit log.
+fn spawn_refusal_reporter(
+    controls: Vec<FilterControl>,
+    seccomp: bool,
+    audit: Audit,
+) -> Result<(), VmmError> {
+    if controls.is_empty() {
+        return Ok(());
+    }
+    let confinement = Confinement::new(ThreadKind::Reporter, seccomp);
+    // Never joined: it reports until the process ends.
+    let _detached = confined::spawn("net-report", confinement, move || loop {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let mut count = 0u64;
+        let mut examples = Vec::new();
+        for control in &controls {
+            for refusal in control.drain_refusals() {
+                crate::notice!("securevm: network: {refusal}");
+                count += 1;
+                if examples.len() < AUDIT_REFUSAL_EXAMPLES {
+                    examples.push(refusal.to_string());
+                }
+            }
+        }
+        if count > 0 {
+            audit.record_or_warn(Event::NetworkRefusals { count, examples });
+        }
+    })?;
+    Ok(())
+}
+
+fn format_mac(mac: [u8; 6]) -> String {
+    mac.map(|byte| format!("{byte:02x}")).join(":")
+}
+
+/// Pause the vCPUs (and, through `console`, withhold console input) while
+/// the session's card is out; resume them when it is back and verified
+/// (see `identity::smartcard::monitor` and `console::gate`).
+fn watch_card(
+    card: &CardCredential,
+    session: &Session,
+    vcpus: &VcpuControl,
+    console: ConsoleGate,
+) -> Result<RemovalMonitor, VmmError> {
+    let (pause, resume) = (vcpus.clone(), vcpus.clone());
+    let user = session
+        .login
+        .as_ref()
+        .map_or("", |login| login.identity.user_id.as_str());
+    watch_session(
+        card,
+        user,
+        session.audit.clone(),
+        console,
+        Box::new(move || {
+            // The lock is in force from the first attempt on; a vCPU or
+            // device still busy stops as soon as it can. Wait for them (and
+            // say so) before the console reports the session locked.
+            while let Err(VcpuControlError::PauseTimedOut(_)) =
+                pause.lock_session(CARD_PAUSE_TIMEOUT)
+            {
+                log::warn!("card removed: the vCPUs have not stopped yet; trying again");
+            }
+        }),
+        Box::new(move || resume.unlock_session()),
+    )
+    .map_err(|source| VmmError::Io {
+        what: "starting the smart-card monitor",
+        source,
+    })
+}
+
+/// How long one pause attempt waits for the vCPUs after the card is pulled.
+const CARD_PAUSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);

@@ -1,0 +1,272 @@
+//! One VM from start to stop: check every input, log the user in, build
+//! the machine step by step (`builder`), run it until the guest powers
+//! off, reboots or crashes (`running`), and record why it stopped. With
+//! `--on-reboot restart` a guest reboot builds a fresh machine.
+
+mod builder;
+mod disks;
+mod running;
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+
+use crate::api::SocketError;
+use crate::arch::acpi::AcpiError;
+use crate::arch::boot_params::BootError;
+use crate::arch::memory::MemoryError;
+use crate::arch::vcpu::ArchError;
+use crate::audit::{AuditError, Event};
+use crate::block::BlockError;
+use crate::config::{ConfigError, RebootAction, VmConfig};
+use crate::confined::ThreadError;
+use crate::console::{PhraseError, PromptPhrase};
+use crate::devices::bus::BusError;
+use crate::devices::pci::PciError;
+use crate::devices::virtio::net::{NetError, TapError, VpnLinkError};
+use crate::exit::ExitReason;
+use crate::external_media::MediumError;
+use crate::identity::disk::UserDiskError;
+use crate::identity::session::{start_session, Session, SessionError};
+use crate::identity::smartcard::login::CardCredential;
+use crate::identity::smartcard::{self, SmartCardError};
+use crate::identity::{Credential, RetryDelay};
+use crate::kvm::vcpu::VcpuStartError;
+use crate::kvm::vm::VmError;
+use crate::loader::LoaderError;
+use crate::seccomp::{SeccompError, ThreadKind};
+use crate::storage::luks::is_luks;
+use crate::storage::StorageError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("the {what} {path} does not exist; check the path")]
+    InputMissing { what: &'static str, path: String },
+    #[error("cannot read the {what} {path}: {source}")]
+    InputUnreadable {
+        what: &'static str,
+        path: String,
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error(transparent)]
+    Boot(#[from] BootError),
+    #[error(transparent)]
+    Acpi(#[from] AcpiError),
+    #[error(transparent)]
+    Arch(#[from] ArchError),
+    #[error("disk {path}: {source}")]
+    Disk { path: String, source: BlockError },
+    #[error(transparent)]
+    Tap(#[from] TapError),
+    #[error("network device: {0}")]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    Vpn(#[from] crate::vpn::VpnSetupError),
+    #[error(transparent)]
+    VpnLink(#[from] VpnLinkError),
+    #[error("attaching a device failed: {0}")]
+    Pci(#[from] PciError),
+    #[error("placing a device on its bus failed: {0}")]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Medium(#[from] MediumError),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    #[error(transparent)]
+    UserDisk(#[from] UserDiskError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error(transparent)]
+    SmartCard(#[from] SmartCardError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
+    #[error(transparent)]
+    Thread(#[from] ThreadError),
+    #[error(transparent)]
+    VcpuStart(#[from] VcpuStartError),
+    #[error(transparent)]
+    ApiSocket(#[from] SocketError),
+    #[error("reading KVM's supported CPUID failed: {0}")]
+    Cpuid(kvm_ioctls::Error),
+    #[error(transparent)]
+    PromptPhrase(#[from] PhraseError),
+    #[error("{what} failed: {source}")]
+    Io {
+        what: &'static str,
+        source: io::Error,
+    },
+}
+
+/// Boots the VM described by `config` and runs it until it stops; with
+/// `--on-reboot restart`, a guest reboot builds a fresh VM (under the
+/// policy pushed since the start, if one was).
+pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
+    config.validate()?;
+    open_input("kernel", &config.kernel)?;
+    if let Some(path) = &config.initrd {
+        open_input("initrd", path)?;
+    }
+    // Checked before anything is asked: a phrase file that is not private
+    // stops securevm here rather than at a PIN prompt with the guest running.
+    let phrase = PromptPhrase::load_configured()?;
+    // Audit log, policy, login and role: before any guest exists.
+    let session = start_session(config, RetryDelay::default())?;
+    let audit = session.audit.clone();
+    // Without a policy there is no user, but a card may still open disks.
+    let card_only = match (&config.card, &config.policy) {
+        (Some(options), None) => {
+            let login = smartcard::login_without_policy(options)?;
+            Some(CardCredential::new(
+                login,
+                options.pins.clone(),
+                options.retry,
+            ))
+        }
+        _ => None,
+    };
+    let result = run_session(config, &session, card_only.as_ref(), &phrase);
+    let reason = match &result {
+        Ok(ExitReason::PowerOff) => "guest powered off".to_string(),
+        Ok(ExitReason::Reboot) => "guest rebooted".to_string(),
+        Ok(ExitReason::GuestCrash(_)) => "guest crashed".to_string(),
+        Ok(ExitReason::UserQuit) => "stopped from the console".to_string(),
+        Ok(ExitReason::Internal(what)) => format!("securevm failed: {what}"),
+        Err(e) => format!("securevm failed: {e}"),
+    };
+    audit.record_or_warn(Event::VmStop { reason });
+    result
+}
+
+fn run_session(
+    config: &VmConfig,
+    session: &Session,
+    card_only: Option<&CardCredential>,
+    phrase: &PromptPhrase,
+) -> Result<ExitReason, VmmError> {
+    let mut policy_in_force = None;
+    let mut main_filtered = false;
+    loop {
+        let reason = builder::run_once(
+            config,
+            session,
+            card_only,
+            phrase,
+            &mut policy_in_force,
+            &mut main_filtered,
+        )?;
+        if reason == ExitReason::Reboot && config.on_reboot == RebootAction::Restart {
+            log::info!("guest rebooted; starting it again");
+            continue;
+        }
+        return Ok(reason);
+    }
+}
+
+/// The smart card of this session: the logged-in user's, or without a
+/// policy the one given to open disks.
+fn session_card<'a>(
+    session: &'a Session,
+    card_only: Option<&'a CardCredential>,
+) -> Option<&'a CardCredential> {
+    match session.login.as_ref().map(|login| &login.credential) {
+        Some(Credential::SmartCard(card)) => Some(card),
+        _ => card_only,
+    }
+}
+
+/// The filter the main thread narrows itself to once its VM runs, or
+/// `None` when it stays unfiltered.
+fn main_thread_filter(
+    seccomp: bool,
+    on_reboot: RebootAction,
+    card_in_session: bool,
+) -> Option<ThreadKind> {
+    match on_reboot {
+        _ if !seccomp => None,
+        RebootAction::Exit => Some(ThreadKind::Main),
+        // Logging the card in again after a reboot loads its PKCS#11
+        // module anew: new code mappings and whatever the module does,
+        // which no filter can foresee. The card monitor thread runs that
+        // module unfiltered while the guest runs in any case.
+        RebootAction::Restart if card_in_session => None,
+        RebootAction::Restart => Some(ThreadKind::MainRestart),
+    }
+}
+
+/// Whether building a VM from `config` may unlock LUKS volumes, which the
+/// LUKS helper process does: under the `MainRestart` filter, which
+/// cannot start processes, that helper must already run.
+fn may_unlock_luks(config: &VmConfig) -> Result<bool, VmmError> {
+    for disk in &config.disks {
+        if is_luks(&disk.path)? {
+            return Ok(true);
+        }
+    }
+    Ok(!config.external.media.is_empty())
+}
+
+fn open_input(what: &'static str, path: &Path) -> Result<File, VmmError> {
+    let shown = path.display().to_string();
+    let file = File::open(path).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound => VmmError::InputMissing {
+            what,
+            path: shown.clone(),
+        },
+        _ => VmmError::InputUnreadable {
+            what,
+            path: shown.clone(),
+            source,
+        },
+    })?;
+    let metadata = file
+        .metadata()
+        .map_err(|source| VmmError::InputUnreadable {
+            what,
+            path: shown.clone(),
+            source,
+        })?;
+    if !metadata.is_file() {
+        return Err(VmmError::InputUnreadable {
+            what,
+            path: shown,
+            source: io::Error::other("not a regular file"),
+        });
+    }
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_main_thread_is_filtered_in_both_reboot_modes() {
+        assert_eq!(
+            main_thread_filter(true, RebootAction::Exit, false),
+            Some(ThreadKind::Main)
+        );
+        assert_eq!(
+            main_thread_filter(true, RebootAction::Restart, false),
+            Some(ThreadKind::MainRestart)
+        );
+        assert_eq!(
+            main_thread_filter(true, RebootAction::Exit, true),
+            Some(ThreadKind::Main)
+        );
+        assert_eq!(main_thread_filter(false, RebootAction::Exit, false), None);
+        assert_eq!(
+            main_thread_filter(false, RebootAction::Restart, false),
+            None
+        );
+    }
+}
