@@ -54,7 +54,7 @@ pub mod format;
 mod load;
 mod matching;
 pub mod model;
-pub mod passphrase;
+pub mod passphrase_hash;
 mod raw;
 mod shadow;
 pub mod signing;

@@ -75,7 +75,7 @@ impl User {
     pub fn verify_passphrase(&self, passphrase: &[u8]) -> bool {
         self.passphrase_hash
             .as_deref()
-            .is_some_and(|hash| crate::passphrase::verify(passphrase, hash))
+            .is_some_and(|hash| crate::passphrase_hash::verify(passphrase, hash))
     }
 }
 
@@ -460,7 +460,7 @@ mod tests {
             id: "alice".into(),
             display_name: "Alice".into(),
             role: "staff".into(),
-            passphrase_hash: Some(crate::passphrase::hash_for_tests(b"open sesame")),
+            passphrase_hash: Some(crate::passphrase_hash::hash_for_tests(b"open sesame")),
             smartcard: None,
         };
         assert!(user.verify_passphrase(b"open sesame"));

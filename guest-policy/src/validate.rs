@@ -26,7 +26,7 @@ use crate::raw::{
     RawAudit, RawMeta, RawNetwork, RawPolicyFile, RawPort, RawRole, RawRule, RawSmartCard,
     RawStorage, RawUser, RawVpn,
 };
-use crate::{passphrase, shadow, timestamp};
+use crate::{passphrase_hash, shadow, timestamp};
 
 /// A policy that passed validation, plus the warnings found on the way.
 #[derive(Debug, Clone)]
@@ -292,7 +292,7 @@ impl Checker<'_> {
             return None;
         }
         let passphrase_hash = match &raw.passphrase {
-            Some(phc) => match passphrase::check_phc(phc.get_ref()) {
+            Some(phc) => match passphrase_hash::check_phc(phc.get_ref()) {
                 Ok(()) => Some(Some(phc.get_ref().clone())),
                 Err(message) => {
                     self.error(phc.span(), message);

@@ -250,8 +250,8 @@ fn hash_passphrase_reads_stdin_and_prints_a_minimum_cost_argon2id_hash() {
     let phc = text(&output.stdout);
     let phc = phc.trim_end();
     assert!(phc.starts_with("$argon2id$v=19$m=65536,t=3,p=1$"), "{phc}");
-    assert_eq!(guest_policy::passphrase::check_phc(phc), Ok(()));
-    assert!(guest_policy::passphrase::verify(
+    assert_eq!(guest_policy::passphrase_hash::check_phc(phc), Ok(()));
+    assert!(guest_policy::passphrase_hash::verify(
         b"correct horse battery staple",
         phc
     ));

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::audit::AuditConfig;
+use crate::external_media::ExternalMediaPolicy;
 use crate::policy::PolicyConfig;
-use crate::storage::external::ExternalMediaPolicy;
 
 /// Kernel command line used when the user gives none: console on COM1,
 /// ACPI reboot, and reboot (which securevm reports) rather than hang on a

@@ -8,27 +8,34 @@
 //! (`vm::running`); `arch` knows x86-64 and nothing else; `devices` owns
 //! each emulated device and its event handling; `kvm` wraps the KVM VM and
 //! vCPUs; `confined` starts each thread under its seccomp filter.
+//!
+//! Each feature has one module: `storage` (encrypted disks), `external_media`
+//! (removable media under the role's rule), `netfilter` and `vpn` (the
+//! network), `identity` (login), `policy` (the signed policy, at start and
+//! pushed), `console` (the terminal the guest shares with securevm's
+//! prompts), `audit`, `api` (the control socket). Dependencies point one
+//! way: `arch` and `devices` import no feature; a device reaches what it
+//! serves through a small trait, such as `block::BlockBackend`, which the
+//! features implement; addresses and ports both sides need live in
+//! `arch::layout`.
 
 pub mod api;
 pub mod arch;
 pub mod audit;
+pub mod bench;
+pub mod block;
 pub mod config;
 pub mod confined;
 pub mod console;
-pub mod console_gate;
 pub mod devices;
 pub mod exit;
 pub mod external_media;
 pub mod identity;
 pub mod kvm;
 pub mod loader;
-pub mod media_hotplug;
 pub mod narrow;
 pub mod network;
-pub mod notice;
 pub mod policy;
-pub mod prompt_phrase;
-pub mod rate_limit;
 pub mod seccomp;
 pub mod storage;
 pub mod sync;

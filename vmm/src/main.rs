@@ -9,17 +9,17 @@ use clap::{Parser, Subcommand, ValueEnum};
 use securevm::api::client::CtlArgs;
 use securevm::audit::cli::{run_audit_command, AuditCommand};
 use securevm::audit::AuditConfig;
+use securevm::bench::disk::{run_disk_bench, BenchDiskArgs};
 use securevm::config::{
     DiskConfig, ExternalMediaConfig, NetConfig, RebootAction, VmConfig, DEFAULT_CMDLINE,
     DEFAULT_MEMORY_MIB,
 };
+use securevm::console::prompt_phrase;
 use securevm::exit::{ExitReason, EXIT_ERROR, EXIT_LOGIN_REFUSED, EXIT_USAGE};
+use securevm::external_media::ExternalMediaPolicy;
 use securevm::identity::enroll::{run_enroll_command, EnrollCommand};
 use securevm::identity::smartcard::cli::{run_enroll, CardArgs, CardEnrollArgs};
 use securevm::policy::PolicyConfig;
-use securevm::prompt_phrase;
-use securevm::storage::bench::{run_disk_bench, BenchDiskArgs};
-use securevm::storage::external::ExternalMediaPolicy;
 use securevm::storage::{run_disk_command, DiskCommand};
 use securevm::vm::VmmError;
 

@@ -82,7 +82,7 @@ pub enum ThreadKind {
     /// inherit this filter before narrowing it with their own.
     MainRestart,
     /// Attaches and detaches external media while the guest runs (see
-    /// `media_hotplug`): opens images, unlocks LUKS2, starts and stops
+    /// `external_media::hotplug`): opens images, unlocks LUKS2, starts and stops
     /// device I/O threads.
     MediaHotplug,
 }
@@ -253,7 +253,7 @@ const THREAD_START_PRCTLS: &[u64] = &[libc::PR_SET_NAME as u64, libc::PR_SET_NO_
 ///   before and after their own filter narrows this one: BLOCK_IO.
 ///
 /// An attach and detach of a LUKS2 medium runs under this filter in
-/// `media_hotplug`'s tests and in the api-hotplug e2e scenario.
+/// `external_media::hotplug`'s tests and in the api-hotplug e2e scenario.
 const MEDIA_HOTPLUG: &[i64] = &[
     libc::SYS_openat,
     libc::SYS_statx,

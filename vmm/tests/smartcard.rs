@@ -19,15 +19,15 @@ use common::{Scratch, SECUREVM};
 use guest_policy::model::SmartCardBinding;
 use securevm::audit::Audit;
 use securevm::confined::Confinement;
-use securevm::console_gate::ConsoleGate;
-use securevm::devices::console_output::ConsoleWriter;
+use securevm::console::ConsoleGate;
+use securevm::console::ConsoleWriter;
+use securevm::console::PromptPhrase;
 use securevm::identity::smartcard::disk;
 use securevm::identity::smartcard::login::CardCredential;
 use securevm::identity::smartcard::monitor::watch_session;
 use securevm::identity::smartcard::{
     self, CardOptions, PinSource, Rejection, RetryPolicy, SmartCardError, REJECTED,
 };
-use securevm::prompt_phrase::PromptPhrase;
 use securevm::storage::luks::{self, FormatOptions, KdfSettings};
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";

@@ -12,7 +12,7 @@ use guest_policy::format;
 use guest_policy::signing::{MINISIGN_MEMLIMIT, MINISIGN_OPSLIMIT};
 use guest_policy::summary::summarise;
 use guest_policy::{
-    load_policy_with_signature, passphrase, signature_path_for, trusted_comment_for, validate,
+    load_policy_with_signature, passphrase_hash, signature_path_for, trusted_comment_for, validate,
     Diagnostic, PolicyError, PolicyState, PublicKey, SecretKey, SignatureFile, SigningError,
     VerifiedPolicy,
 };
@@ -280,7 +280,7 @@ fn hash_passphrase() -> Result<(), CliError> {
             "the passphrase is empty; type one, or pipe it on standard input".to_string(),
         ));
     }
-    let phc = passphrase::hash(passphrase.as_bytes())
+    let phc = passphrase_hash::hash(passphrase.as_bytes())
         .map_err(|error| CliError::Passphrase(format!("hashing failed: {error}")))?;
     println!("{phc}");
     Ok(())

@@ -41,9 +41,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use libfuzzer_sys::fuzz_target;
-use securevm::devices::virtio::block::{
-    BlockBackend, ExtentRange, RequestHandler, SECTOR_SIZE, SEG_MAX,
-};
+use securevm::block::{BlockBackend, ExtentRange, SECTOR_SIZE};
+use securevm::devices::virtio::block::{RequestHandler, SEG_MAX};
 use securevm::devices::virtio::chain::{CollectedChain, DescriptorTable};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};

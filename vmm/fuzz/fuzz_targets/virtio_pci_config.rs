@@ -37,7 +37,8 @@ use libfuzzer_sys::fuzz_target;
 use securevm::arch::layout::{PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_SIZE, PCI_ECAM_START};
 use securevm::devices::bus::Bus;
 use securevm::devices::pci::{PciConfigIo, PciConfigMmio, PciRoot, COMMAND_MEMORY_SPACE};
-use securevm::devices::virtio::block::{Block, BlockBackend};
+use securevm::block::BlockBackend;
+use securevm::devices::virtio::block::Block;
 use securevm::devices::virtio::net::{AllowAll, Net};
 use securevm::devices::virtio::VirtioDevice;
 

@@ -19,7 +19,7 @@ use super::protocol::{
 /// How long a command other than shutdown may take.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Attaching unlocks LUKS2 (Argon2, seconds) and detaching waits up to
-/// `media_hotplug::EJECT_TIMEOUT` for the guest.
+/// `external_media::EJECT_TIMEOUT` for the guest.
 const MEDIA_REPLY_TIMEOUT: Duration = Duration::from_secs(90);
 /// Extra time a shutdown reply may take beyond the guest's bound.
 const SHUTDOWN_REPLY_MARGIN: Duration = Duration::from_secs(15);

@@ -2,7 +2,7 @@
 //! the packet filters, pushed policies applied to every filter at once,
 //! pause and resume through the vCPU control, shutdown through the ACPI
 //! power button with a bounded wait, and external media attached and
-//! detached through the media hot-plug thread (`media_hotplug`) under the
+//! detached through the media hot-plug thread (`external_media::hotplug`) under the
 //! role in force at that moment (a pushed policy's rules apply to media
 //! attached after it).
 
@@ -13,17 +13,15 @@ use std::time::{Duration, Instant, SystemTime};
 use netfilter::{DropReason, FilterControl};
 
 use super::controller::VmController;
-use super::policy_push::PolicyVerifier;
 use super::protocol::{
     ApiError, Device, MediaCounters, NetworkCounters, PolicyApplied, PolicyUpload, RunState,
     ShutdownOutcome, ShutdownReport, VmStatus,
 };
 use crate::audit::{Audit, Event};
 use crate::exit::{ExitNotifier, ExitReason};
-use crate::external_media::MediumError;
+use crate::external_media::{MediaError, MediaHotplug, MediumError};
 use crate::kvm::vcpu::VcpuControl;
-use crate::media_hotplug::{MediaError, MediaHotplug};
-use crate::policy::ActiveRole;
+use crate::policy::{ActiveRole, PolicyVerifier};
 use crate::sync::lock;
 use crate::sync::Unpoisoned;
 
@@ -404,12 +402,12 @@ impl VmController for LiveVm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::policy_push::tests::Fixture;
+    use crate::arch::layout::PCI_HOTPLUG_REGISTER_EJECT;
     use crate::devices::bus::BusDevice;
-    use crate::devices::pci::hotplug::REGISTER_EJECT;
     use crate::devices::pci::PciHotplugPorts;
-    use crate::media_hotplug::tests::{rig, Scratch};
-    use crate::storage::external::ExternalMediaPolicy;
+    use crate::external_media::hotplug::tests::{rig, Scratch};
+    use crate::external_media::ExternalMediaPolicy;
+    use crate::policy::push::tests::Fixture;
     use guest_policy::{Action, NetworkPolicy};
     use netfilter::{Filter, FilterConfig};
     use std::sync::atomic::AtomicUsize;
@@ -639,7 +637,7 @@ mod tests {
         let mut ports = PciHotplugPorts::new(controller);
         let guest = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
-            ports.write(REGISTER_EJECT, &(1u32 << 1).to_le_bytes());
+            ports.write(PCI_HOTPLUG_REGISTER_EJECT, &(1u32 << 1).to_le_bytes());
         });
         h.vm.detach_external(&id).unwrap();
         guest.join().unwrap();

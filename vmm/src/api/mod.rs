@@ -7,14 +7,12 @@
 //! - `routes`: request to [`VmController`] call;
 //! - `server`: socket creation, acceptor and bounded worker pool;
 //! - `live`: [`VmController`] for a running VM;
-//! - `policy_push`: the checks a pushed policy passes;
 //! - `client`: `securevm ctl`.
 
 pub mod client;
 pub mod controller;
 pub mod http;
 pub mod live;
-pub mod policy_push;
 pub mod protocol;
 pub mod routes;
 pub mod server;
@@ -24,5 +22,4 @@ mod tests;
 
 pub use controller::VmController;
 pub use live::{LiveVm, LiveVmParts, NetDevice, PowerButton};
-pub use policy_push::PolicyVerifier;
 pub use server::{ApiServer, BoundSocket, ServerConfig, SocketError};

@@ -456,11 +456,10 @@ fn the_api_threads_run_under_their_seccomp_filter() {
 fn seccomp_child() {
     use super::client::{run, CtlArgs, CtlCommand};
     use super::live::{LiveVm, LiveVmParts, NetDevice};
-    use super::policy_push::tests::Fixture;
-    use super::policy_push::PolicyVerifier;
     use crate::exit::ExitNotifier;
     use crate::kvm::vcpu::VcpuControl;
-    use crate::policy::ActiveRole;
+    use crate::policy::push::tests::Fixture;
+    use crate::policy::{ActiveRole, PolicyVerifier};
     use crate::seccomp::ThreadKind;
     use netfilter::{Filter, FilterConfig};
 

@@ -42,6 +42,18 @@ pub const APIC_START: u64 = 0xfee0_0000;
 /// Legacy PCI configuration mechanism #1.
 pub const PCI_CONFIG_ADDRESS_PORT: u16 = 0xcf8;
 pub const PCI_CONFIG_DATA_PORT: u16 = 0xcfc;
+/// Device slots on PCI bus 0.
+pub const PCI_SLOT_COUNT: usize = 32;
+/// The PCI hot-plug controller's registers on the I/O bus: the device
+/// model (`devices::pci::hotplug`) serves them and the DSDT's AML reads
+/// and writes them, so both take the addresses from here.
+pub const PCI_HOTPLUG_PORT_BASE: u16 = 0x0ae0;
+/// Length of the register block in ports.
+pub const PCI_HOTPLUG_PORT_LEN: u16 = 12;
+/// Offsets of the registers from [`PCI_HOTPLUG_PORT_BASE`].
+pub const PCI_HOTPLUG_REGISTER_UP: u64 = 0;
+pub const PCI_HOTPLUG_REGISTER_DOWN: u64 = 4;
+pub const PCI_HOTPLUG_REGISTER_EJECT: u64 = 8;
 /// COM1 and its ISA interrupt.
 pub const COM1_PORT: u16 = 0x3f8;
 pub const COM1_IRQ: u32 = 4;

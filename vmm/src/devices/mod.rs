@@ -3,9 +3,9 @@
 //! tested without KVM.
 
 pub mod bus;
-pub mod console_output;
 pub mod pci;
 pub mod power;
+pub mod rate_limit;
 pub mod serial;
 pub mod virtio;
 

@@ -159,7 +159,7 @@ mod tests {
         // Other tests of this process hit the same call site, and an
         // interval may end during the loop: at most two bursts.
         assert!(
-            (1..=2 * crate::rate_limit::BURST as usize).contains(&logged),
+            (1..=2 * crate::devices::rate_limit::BURST as usize).contains(&logged),
             "{logged} warnings"
         );
     }

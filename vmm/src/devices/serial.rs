@@ -1,5 +1,5 @@
 //! COM1: a 16550 UART (vm-superio) whose output is the guest console on
-//! securevm's stdout (through [`super::console_output`]) and whose input is fed by the console thread. The
+//! securevm's stdout (through [`crate::console::output`]) and whose input is fed by the console thread. The
 //! interrupt line is an eventfd that KVM routes to ISA IRQ 4 (irqfd), so
 //! raising it never needs the vCPU that is running.
 

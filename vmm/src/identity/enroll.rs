@@ -16,7 +16,7 @@ use guest_policy::{load_policy, PolicyError, PublicKey, SigningError};
 use super::disk::{keyslots_of, user_token_json, user_tokens};
 use crate::storage::cli::KdfArgs;
 use crate::storage::luks;
-use crate::storage::passphrase::{read_passphrase, PassphraseSource};
+use crate::storage::passphrase_input::{read_passphrase, PassphraseSource};
 use crate::storage::secret::SecretBuf;
 use crate::storage::StorageError;
 

@@ -49,8 +49,8 @@ impl Scratch {
             ..FormatOptions::default()
         };
         luks::format(&image, 1 << 20, &options, ADMIN.as_bytes()).unwrap();
-        let alice = guest_policy::passphrase::hash(ALICE.as_bytes()).unwrap();
-        let bob = guest_policy::passphrase::hash(BOB.as_bytes()).unwrap();
+        let alice = guest_policy::passphrase_hash::hash(ALICE.as_bytes()).unwrap();
+        let bob = guest_policy::passphrase_hash::hash(BOB.as_bytes()).unwrap();
         let text = EXAMPLE.replace(EXAMPLE_ALICE_HASH, &alice).replacen(
             "role = \"contractor\"\n",
             &format!("role = \"contractor\"\npassphrase = \"{bob}\"\n"),

@@ -5,7 +5,7 @@
 //!
 //! The login loop ([`login`]) is independent of how a credential is
 //! checked: an [`Authenticator`] makes one attempt at a time (the
-//! passphrase one is [`passphrase::PassphraseAuthenticator`]; a smart card
+//! passphrase one is [`passphrase_login::PassphraseAuthenticator`]; a smart card
 //! plugs in the same way). The loop bounds the attempts (3 at a terminal,
 //! 1 from a file), waits longer after each failure (1 s, 2 s, 4 s, ...),
 //! records every success and failure in the audit log (never the secret),
@@ -18,7 +18,7 @@
 
 pub mod disk;
 pub mod enroll;
-pub mod passphrase;
+pub mod passphrase_login;
 pub mod session;
 pub mod smartcard;
 

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use guest_policy::Policy;
 
-use super::passphrase::{PassphraseAuthenticator, PassphraseInput};
+use super::passphrase_login::{PassphraseAuthenticator, PassphraseInput};
 use super::smartcard::login::SmartCardAuthenticator;
 use super::{login, Authenticator, Login, LoginError, RetryDelay};
 use crate::audit::{Audit, AuditError, AuditSetupError, Event};

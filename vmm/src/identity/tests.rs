@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use guest_policy::{Policy, User};
 
-use super::passphrase::{PassphraseAuthenticator, PassphraseInput, FILE_ATTEMPTS};
+use super::passphrase_login::{PassphraseAuthenticator, PassphraseInput, FILE_ATTEMPTS};
 use super::*;
 use crate::audit::{Audit, AuditKey};
 
@@ -17,7 +17,7 @@ const ALICE_PASSPHRASE: &[u8] = b"alice's long passphrase";
 /// The example policy with alice's hash replaced by one of a known
 /// passphrase (bob has a smart card only).
 fn policy() -> Policy {
-    let hash = guest_policy::passphrase::hash(ALICE_PASSPHRASE).unwrap();
+    let hash = guest_policy::passphrase_hash::hash(ALICE_PASSPHRASE).unwrap();
     let text = EXAMPLE.replace(EXAMPLE_ALICE_HASH, &hash);
     guest_policy::validate("policy.toml", &text).unwrap().policy
 }
@@ -197,8 +197,8 @@ fn the_policy_hash_decides_and_unknown_users_are_rejected() {
 #[test]
 fn unknown_users_cost_a_full_argon2_verification() {
     let policy = policy();
-    let dummy = super::passphrase::dummy_phc_for_tests(&policy);
-    assert_eq!(guest_policy::passphrase::check_phc(&dummy), Ok(()));
+    let dummy = super::passphrase_login::dummy_phc_for_tests(&policy);
+    assert_eq!(guest_policy::passphrase_hash::check_phc(&dummy), Ok(()));
     let alice_cost = policy
         .user("alice")
         .unwrap()

@@ -14,7 +14,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Mutex;
 
-use crate::devices::virtio::block::{guest_io, BlockBackend, ExtentRange};
+use crate::block::{guest_io, BlockBackend, ExtentRange};
 use crate::sync::Unpoisoned;
 
 use super::error::StorageError;
@@ -252,7 +252,7 @@ mod tests {
     // Test fixtures narrow small known values; a wrong one fails the test.
     #![allow(clippy::cast_possible_truncation)]
     use super::*;
-    use crate::devices::virtio::block::GuestExtent;
+    use crate::block::GuestExtent;
     use crate::storage::test_support::*;
 
     const MIB: u64 = 1 << 20;
@@ -402,16 +402,6 @@ mod tests {
         buffers.iter_mut().for_each(|buffer| buffer.fill(0));
         backend.read_to_guest(0, range).unwrap().unwrap();
         assert_eq!(buffers.concat(), data);
-    }
-
-    #[test]
-    fn virtio_block_device_accepts_the_backend() {
-        use crate::devices::virtio::block::Block;
-        for sector_size in [512, 4096] {
-            let path = new_volume("device.img", MIB, sector_size);
-            let backend = EncryptedBackend::open(&path, PASSPHRASE, false).unwrap();
-            assert!(Block::new(Box::new(backend), "encrypted").is_ok());
-        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::devices::virtio::block::BlockBackend;
+use crate::block::BlockBackend;
 use crate::narrow::usize_from_u64;
 
 use super::backend::EncryptedBackend;
@@ -19,7 +19,7 @@ use super::error::StorageError;
 use super::header;
 use super::info::volume_info;
 use super::luks::{self, FormatOptions, KdfSettings};
-use super::passphrase::{read_passphrase, PassphraseSource};
+use super::passphrase_input::{read_passphrase, PassphraseSource};
 use super::secret::SecretBuf;
 use super::size::parse_size;
 

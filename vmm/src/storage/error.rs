@@ -80,7 +80,7 @@ pub enum StorageError {
     #[error("invalid size {0:?}; give bytes or a number with K, M, G or T (powers of 1024), e.g. 64M or 10G")]
     InvalidSize(String),
     #[error(transparent)]
-    Block(#[from] crate::devices::virtio::block::BlockError),
+    Block(#[from] crate::block::BlockError),
     #[error("invalid option: {0}")]
     InvalidOption(String),
 }

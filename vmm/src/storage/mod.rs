@@ -1,28 +1,23 @@
 //! Encrypted storage below the guest: LUKS2 volumes (headers and keyslots
 //! through libcryptsetup in the `securevm-luks` helper process, the data
-//! path in Rust on OpenSSL's AES-XTS), the `securevm disk` commands, the
-//! external-media policy and the disk benchmark.
+//! path in Rust on OpenSSL's AES-XTS) and the `securevm disk` commands.
 //!
 //! What the rest of the VMM uses:
-//! - [`EncryptedBackend`]: a LUKS image as a virtio-blk `BlockBackend`;
+//! - [`EncryptedBackend`]: a LUKS image as a [`crate::block::BlockBackend`];
 //! - [`luks`]: `unlock`, `format`, `add_key`, `remove_key`, `is_luks`;
-//! - [`passphrase::read_passphrase`]: terminal (no echo) or file;
+//! - [`passphrase_input::read_passphrase`]: terminal (no echo) or file;
 //! - [`cli::DiskCommand`] / [`run_disk_command`]: `securevm disk ...`;
-//! - [`bench::BenchDiskArgs`] / [`bench::run_disk_bench`]: `securevm bench disk`;
-//! - [`external::attach_decision`]: removable media under a policy;
 //! - [`parallel::set_worker_confinement`]: the seccomp filter of the crypto workers.
 
 pub mod backend;
-pub mod bench;
 pub mod cli;
 pub mod error;
-pub mod external;
 pub mod header;
 pub mod info;
 pub mod luks;
 pub mod luks_helper;
 pub mod parallel;
-pub mod passphrase;
+pub mod passphrase_input;
 pub mod secret;
 pub mod size;
 pub mod xts;

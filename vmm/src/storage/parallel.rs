@@ -15,8 +15,8 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use crate::block::ExtentRange;
 use crate::confined::Confinement;
-use crate::devices::virtio::block::ExtentRange;
 
 /// Requests smaller than this are served on the calling thread: handing
 /// work to the pool costs a few microseconds.

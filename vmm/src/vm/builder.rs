@@ -18,24 +18,20 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::api::protocol::{Device, MediaCounters};
-use crate::api::{
-    ApiServer, BoundSocket, LiveVm, LiveVmParts, NetDevice, PolicyVerifier, ServerConfig,
-};
+use crate::api::{ApiServer, BoundSocket, LiveVm, LiveVmParts, NetDevice, ServerConfig};
 use crate::arch::acpi::{create_acpi_tables, PciHotplugSlots, PCI_HOTPLUG_GSI, POWER_BUTTON_GSI};
 use crate::arch::boot_params::{configure_boot, BootConfig, BootEntry};
 use crate::arch::guest_ram::GuestRam;
 use crate::arch::layout::{
     COM1_IRQ, COM1_PORT, PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_SIZE, PCI_ECAM_START,
+    PCI_HOTPLUG_PORT_BASE, PCI_HOTPLUG_PORT_LEN,
 };
 use crate::arch::vcpu::configure_vcpu;
 use crate::audit::{Audit, Event};
 use crate::config::{ConfigError, VmConfig};
 use crate::confined::{self, Confinement};
-use crate::console::{spawn_input_thread, RawTerminal};
-use crate::console_gate::ConsoleGate;
+use crate::console::{spawn_input_thread, ConsoleGate, ConsoleWriter, PromptPhrase, RawTerminal};
 use crate::devices::bus::Bus;
-use crate::devices::console_output::ConsoleWriter;
-use crate::devices::pci::hotplug::{HOTPLUG_PORT_BASE, HOTPLUG_PORT_LEN};
 use crate::devices::pci::{PciConfigIo, PciConfigMmio, PciHotplug, PciHotplugPorts, PciRoot};
 use crate::devices::power::{
     AcpiPowerDevice, I8042Device, ACPI_POWER_PORT_BASE, ACPI_POWER_PORT_LEN,
@@ -44,16 +40,15 @@ use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::net::{Net, Tap};
 use crate::exit::{ExitNotifier, ExitReason};
+use crate::external_media::{MediaHotplug, MediaHotplugParts, EJECT_TIMEOUT};
 use crate::identity::session::{Session, SessionError};
 use crate::identity::smartcard::login::CardCredential;
 use crate::identity::smartcard::monitor::{watch_session, RemovalMonitor};
 use crate::kvm::vcpu::{self, VcpuContext, VcpuControl, VcpuControlError, VcpuHandle};
 use crate::kvm::vm::Vm;
 use crate::loader::{load_cmdline, load_initrd, load_kernel};
-use crate::media_hotplug::{MediaHotplug, MediaHotplugParts, EJECT_TIMEOUT};
 use crate::network::PolicyFilter;
-use crate::policy::ActiveRole;
-use crate::prompt_phrase::PromptPhrase;
+use crate::policy::{ActiveRole, PolicyVerifier};
 use crate::seccomp::{self, ThreadKind};
 use crate::vpn::VpnLink;
 use netfilter::{Filter, FilterConfig, FilterControl, DEFAULT_CONNTRACK_CAPACITY};
@@ -601,8 +596,8 @@ fn pci_hotplug_controller(vm: &Vm, pio: &Bus) -> Result<Arc<PciHotplug>, VmmErro
     let controller = Arc::new(PciHotplug::new(Box::new(move || interrupt.write(1))));
     pio.insert(
         Arc::new(Mutex::new(PciHotplugPorts::new(controller.clone()))),
-        u64::from(HOTPLUG_PORT_BASE),
-        u64::from(HOTPLUG_PORT_LEN),
+        u64::from(PCI_HOTPLUG_PORT_BASE),
+        u64::from(PCI_HOTPLUG_PORT_LEN),
     )?;
     Ok(controller)
 }
@@ -716,7 +711,7 @@ fn format_mac(mac: [u8; 6]) -> String {
 
 /// Pause the vCPUs (and, through `console`, withhold console input) while
 /// the session's card is out; resume them when it is back and verified
-/// (see `identity::smartcard::monitor` and `console_gate`).
+/// (see `identity::smartcard::monitor` and `console::gate`).
 fn watch_card(
     card: &CardCredential,
     session: &Session,

@@ -5,8 +5,9 @@
 
 use crate::api::protocol::{Device, MediaCounters};
 use crate::audit::{Audit, AuditError, Event};
+use crate::block::{BlockBackend, RawFileBackend};
 use crate::config::{DiskConfig, VmConfig};
-use crate::devices::virtio::block::{disk_id_from_path, Block, BlockBackend, RawFileBackend};
+use crate::devices::virtio::block::{disk_id_from_path, Block};
 use crate::external_media::{
     allowed_serials, decide_medium, media_policy, MediaRules, MediumOutcome,
 };
@@ -16,7 +17,7 @@ use crate::identity::smartcard::login::CardCredential;
 use crate::identity::smartcard::{disk as card_disk, SmartCardError};
 use crate::policy::ActiveRole;
 use crate::storage::luks::is_luks;
-use crate::storage::passphrase::{read_passphrase, PassphraseSource};
+use crate::storage::passphrase_input::{read_passphrase, PassphraseSource};
 use crate::storage::secret::SecretBuf;
 use crate::storage::EncryptedBackend;
 

@@ -10,9 +10,7 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::api::{ApiServer, LiveVm};
 use crate::arch::guest_ram::GuestRam;
-use crate::console::RawTerminal;
-use crate::console_gate::ConsoleGate;
-use crate::devices::console_output::ConsoleWriter;
+use crate::console::{ConsoleGate, ConsoleWriter, RawTerminal};
 use crate::devices::pci::PciRoot;
 use crate::exit::{ExitNotifier, ExitReason};
 use crate::identity::smartcard::monitor::RemovalMonitor;

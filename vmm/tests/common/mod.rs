@@ -149,7 +149,8 @@ pub const BOB_PASSPHRASE: &str = "bob's long passphrase";
 /// Returns the policy and public key paths.
 pub fn signed_example_policy(scratch: &Scratch) -> (PathBuf, PathBuf) {
     use guest_policy::{
-        passphrase, signature_path_for, trusted_comment_for, validate, SecretKey, SignatureFile,
+        passphrase_hash, signature_path_for, trusted_comment_for, validate, SecretKey,
+        SignatureFile,
     };
     const EXAMPLE_ALICE_HASH: &str = "$argon2id$v=19$m=65536,t=3,p=1$A5OCxQAsircygJv5dXDVUA$ujqHB/OcTM3cjG0vVXTxYY5evQecWMs/jDY27IHDnWc";
     let text = std::fs::read_to_string(concat!(
@@ -157,8 +158,8 @@ pub fn signed_example_policy(scratch: &Scratch) -> (PathBuf, PathBuf) {
         "/../guest-policy/examples/policy.toml"
     ))
     .unwrap();
-    let alice = passphrase::hash(ALICE_PASSPHRASE.as_bytes()).unwrap();
-    let bob = passphrase::hash(BOB_PASSPHRASE.as_bytes()).unwrap();
+    let alice = passphrase_hash::hash(ALICE_PASSPHRASE.as_bytes()).unwrap();
+    let bob = passphrase_hash::hash(BOB_PASSPHRASE.as_bytes()).unwrap();
     let text = text.replace(EXAMPLE_ALICE_HASH, &alice).replacen(
         "role = \"contractor\"\n",
         &format!("role = \"contractor\"\npassphrase = \"{bob}\"\n"),

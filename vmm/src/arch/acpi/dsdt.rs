@@ -51,13 +51,10 @@ use super::mcfg::{LAST_BUS, PCI_SEGMENT};
 use super::{OEM_ID, OEM_REVISION, OEM_TABLE_ID};
 use crate::arch::layout::{
     ACPI_RESET_PORT, ACPI_S5_SLP_TYP, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT, COM1_IRQ,
-    COM1_PORT, PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_MMIO32_SIZE,
-    PCI_MMIO32_START,
+    COM1_PORT, PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_HOTPLUG_PORT_BASE,
+    PCI_HOTPLUG_PORT_LEN, PCI_HOTPLUG_REGISTER_DOWN, PCI_HOTPLUG_REGISTER_EJECT,
+    PCI_HOTPLUG_REGISTER_UP, PCI_MMIO32_SIZE, PCI_MMIO32_START, PCI_SLOT_COUNT,
 };
-use crate::devices::pci::hotplug::{
-    HOTPLUG_PORT_BASE, HOTPLUG_PORT_LEN, REGISTER_DOWN, REGISTER_EJECT, REGISTER_UP,
-};
-use crate::devices::pci::SLOT_COUNT;
 use crate::narrow::const_narrow;
 
 /// The interrupt (an IOAPIC pin no other device uses) through which the
@@ -74,8 +71,12 @@ const _: () = assert!(PCI_HOTPLUG_GSI != COM1_IRQ && PCI_HOTPLUG_GSI != POWER_BU
 const DEVICE_CHECK: u8 = 1;
 const EJECT_REQUEST: u8 = 3;
 /// The register layout the AML fields below are written against.
-const _: () = assert!(REGISTER_UP == 0 && REGISTER_DOWN == 4 && REGISTER_EJECT == 8);
-const _: () = assert!(HOTPLUG_PORT_LEN == 12);
+const _: () = assert!(
+    PCI_HOTPLUG_REGISTER_UP == 0
+        && PCI_HOTPLUG_REGISTER_DOWN == 4
+        && PCI_HOTPLUG_REGISTER_EJECT == 8
+);
+const _: () = assert!(PCI_HOTPLUG_PORT_LEN == 12);
 
 /// The notification value that means "button pressed" (ACPI 6.5, 5.6.6).
 const BUTTON_PRESSED: u8 = 0x80;
@@ -193,8 +194,8 @@ fn slot_name(slot: usize) -> String {
 /// The hot-plug registers, one device per slot and the scan method, as
 /// AML inside `PCI0` (see the module comment).
 fn hotplug_slots(sink: &mut Vec<u8>) {
-    let port_base = u32::from(HOTPLUG_PORT_BASE);
-    let port_len = u32::from(HOTPLUG_PORT_LEN);
+    let port_base = u32::from(PCI_HOTPLUG_PORT_BASE);
+    let port_len = u32::from(PCI_HOTPLUG_PORT_LEN);
     OpRegion::new(
         Path::new("PHPR"),
         OpRegionSpace::SystemIO,
@@ -215,7 +216,7 @@ fn hotplug_slots(sink: &mut Vec<u8>) {
     )
     .to_aml_bytes(sink);
     let eject_register = Path::new("B0EJ");
-    for (slot, sun) in (1..SLOT_COUNT).zip(1u32..) {
+    for (slot, sun) in (1..PCI_SLOT_COUNT).zip(1u32..) {
         let address = sun << 16;
         let bit = 1u32 << slot;
         let eject = Store::new(&eject_register, &bit);
@@ -234,8 +235,8 @@ fn hotplug_slots(sink: &mut Vec<u8>) {
     let (up_register, down_register) = (Path::new("PCIU"), Path::new("PCID"));
     let read_up = Store::new(&Local(0), &up_register);
     let read_down = Store::new(&Local(1), &down_register);
-    let bits: Vec<u32> = (1..SLOT_COUNT).map(|slot| 1u32 << slot).collect();
-    let names: Vec<Path> = (1..SLOT_COUNT)
+    let bits: Vec<u32> = (1..PCI_SLOT_COUNT).map(|slot| 1u32 << slot).collect();
+    let names: Vec<Path> = (1..PCI_SLOT_COUNT)
         .map(|slot| Path::new(&slot_name(slot)))
         .collect();
     let up_tests: Vec<And> = bits
@@ -280,10 +281,10 @@ fn motherboard_resources(sink: &mut dyn AmlSink, hotplug: PciHotplugSlots) {
     let sleep_ports = IO::new(ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_CONTROL_PORT, 1, 2);
     let reset_port = IO::new(ACPI_RESET_PORT, ACPI_RESET_PORT, 1, 1);
     let hotplug_ports = IO::new(
-        HOTPLUG_PORT_BASE,
-        HOTPLUG_PORT_BASE,
+        PCI_HOTPLUG_PORT_BASE,
+        PCI_HOTPLUG_PORT_BASE,
         1,
-        const_narrow!(HOTPLUG_PORT_LEN => u8),
+        const_narrow!(PCI_HOTPLUG_PORT_LEN => u8),
     );
     let mut resources: Vec<&dyn Aml> = vec![&ecam, &sleep_ports, &reset_port];
     if hotplug == PciHotplugSlots::Present {
@@ -387,10 +388,10 @@ mod tests {
 
     fn hotplug_ports() -> Vec<u8> {
         encoded(&IO::new(
-            HOTPLUG_PORT_BASE,
-            HOTPLUG_PORT_BASE,
+            PCI_HOTPLUG_PORT_BASE,
+            PCI_HOTPLUG_PORT_BASE,
             1,
-            HOTPLUG_PORT_LEN as u8,
+            PCI_HOTPLUG_PORT_LEN as u8,
         ))
     }
 
@@ -494,7 +495,7 @@ mod tests {
     #[test]
     fn every_slot_has_an_address_a_number_and_an_eject_method() {
         let dsdt = build_dsdt(PciHotplugSlots::Present);
-        for slot in 1..SLOT_COUNT {
+        for slot in 1..PCI_SLOT_COUNT {
             let mut device = Vec::new();
             Name::new(Path::new("_ADR"), &((slot as u32) << 16)).to_aml_bytes(&mut device);
             Name::new(Path::new("_SUN"), &(slot as u32)).to_aml_bytes(&mut device);
@@ -504,7 +505,7 @@ mod tests {
         assert!(!contains(&dsdt, b"S00_"), "the host bridge is no slot");
         assert_eq!(
             dsdt.windows(4).filter(|name| *name == b"_EJ0").count(),
-            SLOT_COUNT - 1
+            PCI_SLOT_COUNT - 1
         );
         for name in [&b"PHPR"[..], b"PCIU", b"PCID", b"B0EJ", b"PSCN"] {
             assert!(contains(&dsdt, name), "{}", name.escape_ascii());

@@ -18,20 +18,16 @@
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
-use super::SLOT_COUNT;
+use crate::arch::layout::{
+    PCI_HOTPLUG_REGISTER_DOWN, PCI_HOTPLUG_REGISTER_EJECT, PCI_HOTPLUG_REGISTER_UP, PCI_SLOT_COUNT,
+};
 use crate::devices::bus::BusDevice;
 use crate::sync::Unpoisoned;
 
-/// Where the registers live on the I/O bus; the DSDT reserves the range.
-pub const HOTPLUG_PORT_BASE: u16 = 0x0ae0;
-/// Offsets of the registers from [`HOTPLUG_PORT_BASE`].
-pub const REGISTER_UP: u64 = 0;
-pub const REGISTER_DOWN: u64 = 4;
-pub const REGISTER_EJECT: u64 = 8;
-/// Length of the register block in ports.
-pub const HOTPLUG_PORT_LEN: u16 = 12;
-
-const _: () = assert!(SLOT_COUNT <= 32, "one bit per slot in a 32-bit register");
+const _: () = assert!(
+    PCI_SLOT_COUNT <= 32,
+    "one bit per slot in a 32-bit register"
+);
 
 /// Raises the guest's hot-plug interrupt (an irqfd in the VMM).
 pub type RaiseInterrupt = Box<dyn Fn() -> std::io::Result<()> + Send + Sync>;
@@ -144,14 +140,14 @@ impl PciHotplug {
     fn guest_read(&self, offset: u64) -> u32 {
         let mut registers = self.lock();
         match offset {
-            REGISTER_UP => std::mem::take(&mut registers.up),
-            REGISTER_DOWN => std::mem::take(&mut registers.down),
+            PCI_HOTPLUG_REGISTER_UP => std::mem::take(&mut registers.up),
+            PCI_HOTPLUG_REGISTER_DOWN => std::mem::take(&mut registers.down),
             _ => 0,
         }
     }
 
     fn guest_write(&self, offset: u64, value: u32) {
-        if offset != REGISTER_EJECT || value == 0 {
+        if offset != PCI_HOTPLUG_REGISTER_EJECT || value == 0 {
             return;
         }
         self.lock().ejected |= value;
@@ -160,7 +156,7 @@ impl PciHotplug {
 }
 
 fn slot_bit(slot: u8) -> Result<u32, HotplugError> {
-    if usize::from(slot) < SLOT_COUNT {
+    if usize::from(slot) < PCI_SLOT_COUNT {
         Ok(1 << slot)
     } else {
         Err(HotplugError::NoSuchSlot(slot))
@@ -226,9 +222,16 @@ mod tests {
         hotplug.announce_insert(3).unwrap();
         hotplug.announce_insert(5).unwrap();
         assert_eq!(raised.load(Ordering::SeqCst), 2);
-        assert_eq!(read(&mut ports, REGISTER_UP), (1 << 3) | (1 << 5));
-        assert_eq!(read(&mut ports, REGISTER_UP), 0, "reading clears");
-        assert_eq!(read(&mut ports, REGISTER_DOWN), 0);
+        assert_eq!(
+            read(&mut ports, PCI_HOTPLUG_REGISTER_UP),
+            (1 << 3) | (1 << 5)
+        );
+        assert_eq!(
+            read(&mut ports, PCI_HOTPLUG_REGISTER_UP),
+            0,
+            "reading clears"
+        );
+        assert_eq!(read(&mut ports, PCI_HOTPLUG_REGISTER_DOWN), 0);
     }
 
     #[test]
@@ -236,9 +239,9 @@ mod tests {
         let (hotplug, _, mut ports) = controller();
         hotplug.announce_insert(4).unwrap();
         hotplug.request_eject(4).unwrap();
-        assert_eq!(read(&mut ports, REGISTER_UP), 0);
-        assert_eq!(read(&mut ports, REGISTER_DOWN), 1 << 4);
-        assert_eq!(read(&mut ports, REGISTER_DOWN), 0);
+        assert_eq!(read(&mut ports, PCI_HOTPLUG_REGISTER_UP), 0);
+        assert_eq!(read(&mut ports, PCI_HOTPLUG_REGISTER_DOWN), 1 << 4);
+        assert_eq!(read(&mut ports, PCI_HOTPLUG_REGISTER_DOWN), 0);
     }
 
     #[test]
@@ -252,7 +255,7 @@ mod tests {
             })
         };
         std::thread::sleep(Duration::from_millis(50));
-        ports.write(REGISTER_EJECT, &(1u32 << 6).to_le_bytes());
+        ports.write(PCI_HOTPLUG_REGISTER_EJECT, &(1u32 << 6).to_le_bytes());
         assert_eq!(waiter.join().unwrap(), Ok(true));
         // Consumed: a second wait times out.
         assert_eq!(
@@ -265,7 +268,7 @@ mod tests {
     fn a_guest_that_never_ejects_times_out() {
         let (hotplug, _, mut ports) = controller();
         hotplug.request_eject(7).unwrap();
-        ports.write(REGISTER_EJECT, &(1u32 << 8).to_le_bytes());
+        ports.write(PCI_HOTPLUG_REGISTER_EJECT, &(1u32 << 8).to_le_bytes());
         let start = Instant::now();
         assert_eq!(
             hotplug.wait_ejected(7, start + Duration::from_millis(100)),
@@ -298,13 +301,17 @@ mod tests {
         let (hotplug, _, mut ports) = controller();
         hotplug.announce_insert(2).unwrap();
         let mut half = [0xffu8; 2];
-        ports.read(REGISTER_UP, &mut half);
+        ports.read(PCI_HOTPLUG_REGISTER_UP, &mut half);
         assert_eq!(half, [0, 0]);
         let mut misaligned = [0xffu8; 4];
-        ports.read(REGISTER_UP + 1, &mut misaligned);
+        ports.read(PCI_HOTPLUG_REGISTER_UP + 1, &mut misaligned);
         assert_eq!(misaligned, [0; 4]);
-        ports.write(REGISTER_EJECT, &[0xff, 0xff]);
-        assert_eq!(read(&mut ports, REGISTER_UP), 1 << 2, "still pending");
+        ports.write(PCI_HOTPLUG_REGISTER_EJECT, &[0xff, 0xff]);
+        assert_eq!(
+            read(&mut ports, PCI_HOTPLUG_REGISTER_UP),
+            1 << 2,
+            "still pending"
+        );
         assert_eq!(
             hotplug.wait_ejected(2, Instant::now()),
             Ok(false),

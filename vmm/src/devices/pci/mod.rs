@@ -14,7 +14,7 @@
 //! their I/O threads are stopped and joined.
 //!
 //! PCI hot-plug: `hotplug::PciHotplug` on the PIO bus (its registers at
-//! `HOTPLUG_PORT_BASE`, driven by the DSDT's AML) tells the guest about
+//! `PCI_HOTPLUG_PORT_BASE`, driven by the DSDT's AML) tells the guest about
 //! devices that `PciRoot::add_hotplug_virtio_device` put in a free slot and
 //! asks it to eject those `PciRoot::remove_device` will take out.
 
@@ -31,12 +31,11 @@ pub use config::{
 pub use hotplug::{PciHotplug, PciHotplugPorts};
 pub use root::PciRoot;
 
+use crate::arch::layout::PCI_SLOT_COUNT;
+
 /// Capability IDs used by our devices.
 pub const CAPABILITY_ID_VENDOR_SPECIFIC: u8 = 0x09;
 pub const CAPABILITY_ID_MSIX: u8 = 0x11;
-
-/// Number of device slots on bus 0.
-pub const SLOT_COUNT: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PciError {
@@ -44,7 +43,7 @@ pub enum PciError {
     InvalidBar { index: usize, size: u64 },
     #[error("PCI capability of {len} bytes does not fit in configuration space")]
     CapabilitySpaceFull { len: usize },
-    #[error("all {SLOT_COUNT} PCI slots on bus 0 are in use; attach fewer devices")]
+    #[error("all {PCI_SLOT_COUNT} PCI slots on bus 0 are in use; attach fewer devices")]
     NoFreeSlot,
     #[error(
         "the 32-bit PCI MMIO window has no room for a {size:#x}-byte BAR; attach fewer devices"

@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use vm_memory::GuestMemoryMmap;
 
 use super::config::{DecodedBar, PciConfiguration, PciHeader, BAR_COUNT, COMMAND_MEMORY_SPACE};
-use super::{PciDevice, PciError, SLOT_COUNT};
+use super::{PciDevice, PciError};
+use crate::arch::layout::PCI_SLOT_COUNT;
 use crate::arch::layout::{PCI_MMIO32_SIZE, PCI_MMIO32_START};
 use crate::devices::bus::{Bus, BusDevice};
 use crate::devices::virtio::{IoGate, VirtioDevice, VirtioPciDevice};
@@ -59,7 +60,7 @@ impl PciRoot {
         vm: Arc<dyn VmInterface>,
         io_gate: IoGate,
     ) -> Arc<Self> {
-        let mut slots: Vec<Option<Slot>> = (0..SLOT_COUNT).map(|_| None).collect();
+        let mut slots: Vec<Option<Slot>> = (0..PCI_SLOT_COUNT).map(|_| None).collect();
         slots[0] = Some(Slot {
             device: Arc::new(Mutex::new(HostBridge::new())),
             mapped: [None; BAR_COUNT],
@@ -276,8 +277,8 @@ fn bar_access(device: &SharedPciDevice, bar: usize) -> Arc<Mutex<dyn BusDevice>>
 
 /// The device number of the slot at `index` of the root's slot table.
 fn slot_number(index: usize) -> u8 {
-    const _: () = assert!(SLOT_COUNT <= 1 << 8);
-    #[allow(clippy::cast_possible_truncation)] // index < SLOT_COUNT, which fits a u8
+    const _: () = assert!(PCI_SLOT_COUNT <= 1 << 8);
+    #[allow(clippy::cast_possible_truncation)] // index < PCI_SLOT_COUNT, which fits a u8
     let number = index as u8;
     number
 }
@@ -493,7 +494,7 @@ mod tests {
     #[test]
     fn slots_and_window_run_out_cleanly() {
         let (_bus, root) = setup();
-        for _ in 1..SLOT_COUNT {
+        for _ in 1..PCI_SLOT_COUNT {
             let (device, _) = TwoBars::new();
             root.add_device(Arc::new(Mutex::new(device))).unwrap();
         }

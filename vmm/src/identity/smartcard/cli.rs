@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use super::error::SmartCardError;
 use super::token::{PinSource, RetryPolicy};
 use super::{disk, open_token, CardOptions};
-use crate::storage::passphrase::{read_passphrase, PassphraseSource};
+use crate::storage::passphrase_input::{read_passphrase, PassphraseSource};
 
 /// The options that name a smart card.
 #[derive(Debug, Clone, Default, clap::Args)]

@@ -24,7 +24,7 @@ use super::login::CardCredential;
 use super::token::{self, Module, PinSource, RetryPolicy, TokenSelector};
 use super::{login_with_key, CardLogin};
 use crate::audit::{Audit, Event};
-use crate::console_gate::ConsoleGate;
+use crate::console::ConsoleGate;
 
 /// The console line when the card is pulled.
 pub const LOCKED_MESSAGE: &str = "securevm: session locked: smart card removed";

@@ -13,8 +13,8 @@ use cryptoki::types::RawAuthPin;
 use secrecy::SecretBox;
 
 use super::error::{Rejection, SmartCardError};
-use crate::console_gate::ConsoleGate;
-use crate::storage::passphrase::{read_passphrase, PassphraseSource};
+use crate::console::ConsoleGate;
+use crate::storage::passphrase_input::{read_passphrase, PassphraseSource};
 use crate::storage::secret::SecretBuf;
 use crate::storage::StorageError;
 

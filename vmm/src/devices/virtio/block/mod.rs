@@ -2,8 +2,6 @@
 //! served by one I/O thread per device. Reads, writes, flushes and
 //! GET_ID; read-only disks advertise VIRTIO_BLK_F_RO and fail writes.
 
-mod backend;
-pub mod guest_io;
 mod request;
 
 use std::path::Path;
@@ -17,8 +15,8 @@ use virtio_bindings::virtio_blk::{
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
-pub use backend::{BlockBackend, BlockError, RawFileBackend, SECTOR_SIZE};
-pub use guest_io::{ExtentRange, GuestExtent};
+use crate::block::{BlockBackend, BlockError, SECTOR_SIZE};
+
 pub use request::{
     DiskId, RequestHandler, Served, BYTES_PER_CALL, REQUESTS_PER_CALL, SEG_MAX, SIZE_MAX,
 };

@@ -21,8 +21,7 @@ use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use super::backend::{BlockBackend, SECTOR_SIZE};
-use super::guest_io::{ExtentRange, GuestExtent};
+use crate::block::{BlockBackend, ExtentRange, GuestExtent, SECTOR_SIZE};
 use crate::devices::virtio::chain::{ChainBytes, ChainDescriptor, CollectedChain, DescriptorTable};
 use crate::narrow::const_narrow;
 

@@ -9,6 +9,7 @@
 use std::path::PathBuf;
 
 use super::*;
+use crate::block::RawFileBackend;
 use crate::devices::virtio::test_driver::{
     Segment, TestDriver, CONFIG_MSI, DESC_F_INDIRECT, DESC_F_NEXT, QUEUE_MSI,
 };
@@ -867,4 +868,16 @@ fn random_descriptor_tables_never_break_the_device() {
     assert!(resets > 0, "out-of-range heads must have forced resets");
     assert_ne!(driver.init(ALL_FEATURES) & STATUS_DRIVER_OK, 0);
     assert_still_serving(&mut driver);
+}
+
+/// The device takes the LUKS2 backend at both sector sizes it serves.
+#[test]
+fn the_encrypted_backend_is_accepted() {
+    use crate::storage::test_support::{new_volume, PASSPHRASE};
+    use crate::storage::EncryptedBackend;
+    for sector_size in [512, 4096] {
+        let path = new_volume("device.img", 1 << 20, sector_size);
+        let backend = EncryptedBackend::open(&path, PASSPHRASE, false).unwrap();
+        assert!(Block::new(Box::new(backend), "encrypted").is_ok());
+    }
 }

@@ -2,18 +2,19 @@
 //! (`--external`) and the control API's hot-plug (`ctl attach-external`),
 //! so that a medium is treated the same whenever it arrives: the role's
 //! allow-list of serials first, then its rule (`encrypt`, `read-only`,
-//! `deny`) through `storage::external::attach_decision`, each decision
+//! `deny`) through [`super::open::attach_decision`], each decision
 //! recorded in the audit log before it takes effect.
 
 use std::path::Path;
 
 use guest_policy::ExternalMedia;
 
+use super::open::{attach_decision, ExternalAttach, ExternalMediaPolicy};
 use crate::audit::{Audit, AuditError, Event};
+use crate::block::BlockBackend;
 use crate::config::ExternalMediaConfig;
-use crate::devices::virtio::block::{disk_id_from_path, BlockBackend};
+use crate::devices::virtio::block::disk_id_from_path;
 use crate::policy::ActiveRole;
-use crate::storage::external::{attach_decision, ExternalAttach, ExternalMediaPolicy};
 use crate::storage::StorageError;
 
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +131,7 @@ pub fn decide_medium(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media_hotplug::tests::Scratch;
+    use crate::external_media::hotplug::tests::Scratch;
 
     fn rules(policy: ExternalMediaPolicy, allowed: &[String]) -> MediaRules<'_> {
         MediaRules {

@@ -1,6 +1,6 @@
 //! Where virtio-blk sectors live. [`BlockBackend`] is the seam: the raw
-//! file backend here, an encrypting backend later, the request path does
-//! not change. Offsets and lengths are guest-visible disk bytes, always
+//! file backend here, the encrypting one in `storage`; the request path
+//! is the same for both. Offsets and lengths are guest-visible disk bytes, always
 //! multiples of the backend's block size.
 //!
 //! Reads and writes normally go straight between the file and guest

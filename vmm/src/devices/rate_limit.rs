@@ -70,7 +70,8 @@ impl Default for LogLimit {
 #[macro_export]
 macro_rules! rate_limited {
     ($level:expr, $($arg:tt)+) => {{
-        static LIMIT: $crate::rate_limit::LogLimit = $crate::rate_limit::LogLimit::new();
+        static LIMIT: $crate::devices::rate_limit::LogLimit =
+            $crate::devices::rate_limit::LogLimit::new();
         let level: log::Level = $level;
         if log::log_enabled!(level) {
             match LIMIT.admit(std::time::Instant::now()) {

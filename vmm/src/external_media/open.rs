@@ -12,13 +12,11 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
-use crate::devices::virtio::block::RawFileBackend;
+use crate::block::RawFileBackend;
 use crate::narrow::usize_from_u64;
 
-use super::backend::EncryptedBackend;
-use super::error::StorageError;
-use super::header;
-use super::luks::{self, FormatOptions, KdfSettings};
+use crate::storage::luks::{self, FormatOptions, KdfSettings};
+use crate::storage::{header, EncryptedBackend, StorageError};
 
 /// How much of the start of a medium must be zero for it to count as
 /// blank.
@@ -165,7 +163,7 @@ fn is_blank(file: &File) -> std::io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::virtio::block::BlockBackend;
+    use crate::block::BlockBackend;
     use crate::storage::test_support::*;
 
     const MIB: u64 = 1 << 20;

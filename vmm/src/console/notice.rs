@@ -21,6 +21,6 @@ pub fn write_line(message: fmt::Arguments) {
 #[macro_export]
 macro_rules! notice {
     ($($arg:tt)*) => {
-        $crate::notice::write_line(format_args!($($arg)*))
+        $crate::console::notice::write_line(format_args!($($arg)*))
     };
 }

@@ -14,7 +14,7 @@
 //! a fake PIN prompt of its own. So while the gate asks, guest output is
 //! held back (and announced, then written, once the PIN is in), the
 //! terminal's attributes are reset, and the prompt carries the machine's
-//! prompt phrase ([`crate::prompt_phrase`]), which the guest cannot know.
+//! prompt phrase ([`super::prompt_phrase`]), which the guest cannot know.
 
 use std::io::{self, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
-use crate::devices::console_output::{HeldOutput, OutputHold};
-use crate::prompt_phrase::PromptPhrase;
+use super::output::{HeldOutput, OutputHold};
+use super::prompt_phrase::PromptPhrase;
 use crate::storage::secret::SecretBuf;
 use crate::sync::Unpoisoned;
 
@@ -277,8 +277,8 @@ fn held_output_notice(held: HeldOutput) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devices::console_output::ConsoleWriter;
-    use crate::prompt_phrase::TERMINAL_SANE;
+    use crate::console::output::ConsoleWriter;
+    use crate::console::prompt_phrase::TERMINAL_SANE;
     use std::thread;
 
     const PHRASE: &str = "blue heron at dawn";

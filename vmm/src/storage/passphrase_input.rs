@@ -10,7 +10,7 @@ use zeroize::Zeroize;
 
 use super::error::StorageError;
 use super::secret::SecretBuf;
-use crate::prompt_phrase::PromptPhrase;
+use crate::console::PromptPhrase;
 
 /// Where a passphrase comes from.
 #[derive(Debug, Clone, Copy)]
@@ -65,7 +65,7 @@ fn strip_one_newline(bytes: &[u8]) -> usize {
 }
 
 /// Asks on the terminal, after the machine's prompt phrase (see
-/// [`crate::prompt_phrase`]); a phrase file that is not private stops the
+/// [`crate::console::prompt_phrase`]); a phrase file that is not private stops the
 /// prompt before anything is asked.
 fn from_terminal(prompt: &str) -> Result<SecretBuf, StorageError> {
     let phrase =

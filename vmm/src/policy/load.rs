@@ -126,7 +126,7 @@ mod tests {
     use super::*;
     use guest_policy::{trusted_comment_for, validate, ExternalMedia, SecretKey, SignatureFile};
 
-    const EXAMPLE: &str = include_str!("../../guest-policy/examples/policy.toml");
+    const EXAMPLE: &str = include_str!("../../../guest-policy/examples/policy.toml");
 
     struct Fixture {
         dir: PathBuf,

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use guest_policy::{Policy, User};
 
 use super::{Attempt, AuthMethod, Authenticator, Credential, LoginError};
-use crate::storage::passphrase::{read_passphrase, PassphraseSource};
+use crate::storage::passphrase_input::{read_passphrase, PassphraseSource};
 
 /// Attempts allowed when a person types the passphrase.
 pub const TERMINAL_ATTEMPTS: u32 = 3;
@@ -90,7 +90,7 @@ impl Authenticator for PassphraseAuthenticator {
         };
         let passphrase = read_passphrase(source).map_err(|e| LoginError::Input(e.to_string()))?;
         let hash = user.and_then(|user| user.passphrase_hash.as_deref());
-        let verified = guest_policy::passphrase::verify(
+        let verified = guest_policy::passphrase_hash::verify(
             passphrase.as_bytes(),
             hash.unwrap_or(&self.dummy_phc),
         );

@@ -14,7 +14,7 @@
 //! Throughput is MiB per wall-clock second, the best of [`REPEATS`] runs
 //! (on a shared machine the best run is the one the other tenants
 //! disturbed least). Large encrypted requests are spread over the disk
-//! crypto workers ([`super::parallel`]), as in the VMM, so they can use
+//! crypto workers ([`crate::storage::parallel`]), as in the VMM, so they can use
 //! more than one core; the CPU cost per MiB (user + system time of the
 //! whole process, or of the qemu-io child) is printed beside each figure
 //! to show what that parallelism costs.
@@ -29,15 +29,14 @@ use std::time::Instant;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::devices::virtio::block::{BlockBackend, RawFileBackend, RequestHandler};
-
-use super::backend::EncryptedBackend;
-use super::error::StorageError;
-use super::luks::{self, FormatOptions, KdfSettings};
-use super::secret::SecretBuf;
-use super::size::parse_size;
-use super::xts::SectorCipher;
+use crate::block::{BlockBackend, RawFileBackend};
+use crate::devices::virtio::block::RequestHandler;
 use crate::narrow::{const_narrow, usize_from_u64};
+use crate::storage::luks::{self, FormatOptions, KdfSettings};
+use crate::storage::secret::SecretBuf;
+use crate::storage::size::parse_size;
+use crate::storage::xts::SectorCipher;
+use crate::storage::{EncryptedBackend, StorageError};
 
 const QUEUE_SIZE: u16 = 256;
 const DESC_TABLE: u64 = 0x0;

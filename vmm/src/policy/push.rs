@@ -1,5 +1,5 @@
 //! A policy pushed to a running VM passes the same checks as one given at
-//! start (`policy::load_role`): signature with the organisation's key,
+//! start ([`super::load`]): signature with the organisation's key,
 //! signed version equal to the file's, not expired, and newer than the
 //! installed version in `--policy-state`. It must also be newer than the
 //! policy in force and list the user logged in on the VM, whose entry
@@ -11,8 +11,8 @@ use std::time::SystemTime;
 
 use guest_policy::{verify_policy_bytes, PolicyState, PublicKey};
 
-use super::protocol::{ApiError, PolicyUpload};
-use crate::policy::{ActiveRole, PolicyConfig, PolicyLoadError};
+use super::load::{ActiveRole, PolicyConfig, PolicyLoadError};
+use crate::api::protocol::{ApiError, PolicyUpload};
 
 /// Checks pushed policies for one VM.
 #[derive(Debug, Clone)]

@@ -37,20 +37,21 @@ use std::time::{Duration, Instant};
 
 use vm_memory::GuestMemoryMmap;
 
+use super::decision::{
+    allowed_serials, decide_medium, media_policy, MediaRules, MediumError, MediumOutcome,
+};
+use super::open::ExternalMediaPolicy;
 use crate::audit::{Audit, AuditError, Event};
+use crate::block::BlockError;
 use crate::config::ExternalMediaConfig;
 use crate::confined::{self, Confinement};
 use crate::devices::pci::hotplug::HotplugError;
 use crate::devices::pci::{PciError, PciHotplug, PciRoot};
-use crate::devices::virtio::block::{disk_id_from_path, Block, BlockError};
-use crate::external_media::{
-    allowed_serials, decide_medium, media_policy, MediaRules, MediumError, MediumOutcome,
-};
+use crate::devices::virtio::block::{disk_id_from_path, Block};
 use crate::policy::ActiveRole;
 use crate::seccomp::ThreadKind;
-use crate::storage::external::ExternalMediaPolicy;
 use crate::storage::luks_helper;
-use crate::storage::passphrase::{read_passphrase, PassphraseSource};
+use crate::storage::passphrase_input::{read_passphrase, PassphraseSource};
 use crate::sync::lock;
 
 /// How long a detach waits for the guest to eject the slot.
@@ -432,10 +433,11 @@ fn flush(plugged: &Plugged) -> Result<(), MediaError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::devices::bus::{Bus, BusDevice};
-    use crate::devices::pci::hotplug::{
-        PciHotplugPorts, REGISTER_DOWN, REGISTER_EJECT, REGISTER_UP,
+    use crate::arch::layout::{
+        PCI_HOTPLUG_REGISTER_DOWN, PCI_HOTPLUG_REGISTER_EJECT, PCI_HOTPLUG_REGISTER_UP,
     };
+    use crate::devices::bus::{Bus, BusDevice};
+    use crate::devices::pci::hotplug::PciHotplugPorts;
     use crate::devices::pci::test_support::FakeVm;
     use crate::storage::luks::{self, FormatOptions, KdfSettings};
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -554,7 +556,7 @@ pub(crate) mod tests {
             let mut ports = PciHotplugPorts::new(self.controller.clone());
             std::thread::spawn(move || {
                 std::thread::sleep(after);
-                ports.write(REGISTER_EJECT, &(1u32 << slot).to_le_bytes());
+                ports.write(PCI_HOTPLUG_REGISTER_EJECT, &(1u32 << slot).to_le_bytes());
             })
         }
     }
@@ -573,7 +575,7 @@ pub(crate) mod tests {
         );
         assert_eq!(rig.vendor_at(1), VIRTIO_BLOCK);
         assert_eq!(rig.interrupts.load(Ordering::SeqCst), 1);
-        assert_eq!(rig.guest_reads(REGISTER_UP), 1 << 1);
+        assert_eq!(rig.guest_reads(PCI_HOTPLUG_REGISTER_UP), 1 << 1);
 
         // Nobody ejects within the bound: the device stays.
         let detach = rig.media.detach("stick.img");
@@ -583,7 +585,7 @@ pub(crate) mod tests {
         );
         assert_eq!(rig.vendor_at(1), VIRTIO_BLOCK, "kept after the timeout");
         assert_eq!(
-            rig.guest_reads(REGISTER_DOWN),
+            rig.guest_reads(PCI_HOTPLUG_REGISTER_DOWN),
             1 << 1,
             "eject was requested"
         );
@@ -709,7 +711,7 @@ pub(crate) mod tests {
     #[test]
     fn attach_and_detach_run_under_the_media_hotplug_filter() {
         crate::seccomp::test_support::run_in_fresh_process(
-            "media_hotplug::tests::filtered_flow_in_child_process",
+            "external_media::hotplug::tests::filtered_flow_in_child_process",
             FILTERED_CHILD,
         );
     }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use zeroize::{Zeroize, Zeroizing};
 
+use super::gate::ConsoleGate;
 use crate::confined::{self, Confinement, ThreadError};
-use crate::console_gate::ConsoleGate;
 use crate::devices::serial::SerialDevice;
 use crate::exit::{ExitNotifier, ExitReason};
 use crate::sync::Unpoisoned;
