@@ -28,7 +28,7 @@ pub const MAC_BYTES: usize = 32;
 pub const GENESIS_MAC: [u8; MAC_BYTES] = [0; MAC_BYTES];
 
 /// A security decision or session event. Field names are part of the log
-/// format (documented in the README).
+/// format (documented in docs/manual/audit.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
