@@ -268,13 +268,14 @@ impl VmController for LiveVm {
         };
         let mut role = lock(&self.role);
         let previous_version = role.as_ref().map_or(0, |r| r.policy_version);
-        let accepted = match verifier.accept(&upload, previous_version, SystemTime::now()) {
+        let accepted = match verifier.accept(&upload.signed(), previous_version, SystemTime::now())
+        {
             Ok(accepted) => accepted,
             Err(refusal) => {
                 self.parts.audit.record_or_warn(Event::PolicyPushRefused {
                     reason: refusal.to_string(),
                 });
-                return Err(refusal);
+                return Err(refusal.into());
             }
         };
         for net in &self.parts.nets {
@@ -506,7 +507,11 @@ mod tests {
         assert_eq!(status.network[0].rules_generation, 2);
         assert_eq!(h.vm.pushed_role().unwrap().policy_version, 8);
         // The same version again changes nothing.
-        assert!(h.vm.push_policy(h._fixture.upload(8)).is_err());
+        // A refused push is the API's 422, whatever the policy checks said.
+        assert_eq!(
+            h.vm.push_policy(h._fixture.upload(8)).unwrap_err().status(),
+            422
+        );
         assert_eq!(h.vm.status().network[0].rules_generation, 2);
         let audited: Vec<serde_json::Value> =
             std::fs::read_to_string(h._fixture.dir.join("audit.jsonl"))

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::policy::{PushRefused, SignedPolicy};
+
 /// Shutdown waits this long for the guest when the request names no bound.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 30;
 /// The longest shutdown wait a request may ask for.
@@ -102,6 +104,17 @@ pub struct PolicyUpload {
     /// The file name, used only in messages.
     #[serde(default)]
     pub name: Option<String>,
+}
+
+impl PolicyUpload {
+    /// The upload as the policy checks see it.
+    pub fn signed(&self) -> SignedPolicy<'_> {
+        SignedPolicy {
+            name: self.name.as_deref().unwrap_or("pushed policy"),
+            policy: self.policy.as_bytes(),
+            signature: &self.signature,
+        }
+    }
 }
 
 /// The answer to an accepted `PUT /policy`.
@@ -203,6 +216,12 @@ pub enum ApiError {
     /// securevm failed while carrying out a valid request.
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<PushRefused> for ApiError {
+    fn from(refused: PushRefused) -> ApiError {
+        ApiError::PolicyRefused(refused.to_string())
+    }
 }
 
 impl ApiError {

@@ -11,4 +11,4 @@ pub mod push;
 pub use load::{
     accept_policy, role_for_user, AcceptedPolicy, ActiveRole, PolicyConfig, PolicyLoadError,
 };
-pub use push::PolicyVerifier;
+pub use push::{PolicyVerifier, PushRefused, SignedPolicy};

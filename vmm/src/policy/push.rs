@@ -12,7 +12,21 @@ use std::time::SystemTime;
 use guest_policy::{verify_policy_bytes, PolicyState, PublicKey};
 
 use super::load::{ActiveRole, PolicyConfig, PolicyLoadError};
-use crate::api::protocol::{ApiError, PolicyUpload};
+
+/// A pushed policy as it arrived: the exact bytes of the file, its
+/// `.minisig` text, and a name used only in messages.
+#[derive(Debug, Clone, Copy)]
+pub struct SignedPolicy<'a> {
+    pub name: &'a str,
+    pub policy: &'a [u8],
+    pub signature: &'a str,
+}
+
+/// Why a pushed policy was refused, worded for the administrator who
+/// pushed it; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PushRefused(String);
 
 /// Checks pushed policies for one VM.
 #[derive(Debug, Clone)]
@@ -45,21 +59,21 @@ impl PolicyVerifier {
         })
     }
 
-    /// Accepts `upload` over the policy `in_force` (recording it in the
+    /// Accepts `pushed` over the policy `in_force` (recording it in the
     /// state file) and returns the VM's role under it.
     pub fn accept(
         &self,
-        upload: &PolicyUpload,
+        pushed: &SignedPolicy<'_>,
         in_force: u64,
         now: SystemTime,
-    ) -> Result<ActiveRole, ApiError> {
-        let name = upload.name.as_deref().unwrap_or("pushed policy");
-        let refused = |reason: String| ApiError::PolicyRefused(format!("{name}: {reason}"));
+    ) -> Result<ActiveRole, PushRefused> {
+        let name = pushed.name;
+        let refused = |reason: String| PushRefused(format!("{name}: {reason}"));
         let verified = verify_policy_bytes(
             name,
-            upload.policy.as_bytes(),
+            pushed.policy,
             &format!("{name}.minisig"),
-            &upload.signature,
+            pushed.signature,
             &self.public_key,
             now,
         )
@@ -101,6 +115,7 @@ impl PolicyVerifier {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::api::protocol::PolicyUpload;
     use guest_policy::{trusted_comment_for, validate, SecretKey, SignatureFile};
 
     const EXAMPLE: &str = include_str!("../../../guest-policy/examples/policy.toml");
@@ -167,7 +182,9 @@ pub(crate) mod tests {
     fn a_newer_signed_policy_is_accepted_and_recorded() {
         let f = Fixture::new("newer");
         let verifier = PolicyVerifier::new(&f.config(), "alice").unwrap();
-        let role = verifier.accept(&f.upload(8), 7, before_expiry()).unwrap();
+        let role = verifier
+            .accept(&f.upload(8).signed(), 7, before_expiry())
+            .unwrap();
         assert_eq!(role.policy_version, 8);
         assert_eq!(role.name, "staff");
         assert_eq!(f.installed_version(), Some(8));
@@ -179,9 +196,8 @@ pub(crate) mod tests {
         let verifier = PolicyVerifier::new(&f.config(), "alice").unwrap();
         for version in [6, 7] {
             let err = verifier
-                .accept(&f.upload(version), 7, before_expiry())
+                .accept(&f.upload(version).signed(), 7, before_expiry())
                 .unwrap_err();
-            assert_eq!(err.status(), 422);
             assert!(
                 err.to_string().contains("not newer than version 7"),
                 "{err}"
@@ -194,10 +210,12 @@ pub(crate) mod tests {
     fn the_state_file_refuses_what_it_already_saw() {
         let f = Fixture::new("state");
         let verifier = PolicyVerifier::new(&f.config(), "alice").unwrap();
-        verifier.accept(&f.upload(9), 7, before_expiry()).unwrap();
+        verifier
+            .accept(&f.upload(9).signed(), 7, before_expiry())
+            .unwrap();
         // The VM believes 7 is in force, but the machine already took 9.
         let err = verifier
-            .accept(&f.upload(8), 7, before_expiry())
+            .accept(&f.upload(8).signed(), 7, before_expiry())
             .unwrap_err();
         assert!(err.to_string().contains("roll back"), "{err}");
         assert_eq!(f.installed_version(), Some(9));
@@ -214,8 +232,10 @@ pub(crate) mod tests {
         let other = Fixture::new("tampered-other");
         let foreign = other.upload(8);
         for upload in [tampered, unsigned, foreign] {
-            let err = verifier.accept(&upload, 7, before_expiry()).unwrap_err();
-            assert_eq!(err.status(), 422, "{err}");
+            let err = verifier
+                .accept(&upload.signed(), 7, before_expiry())
+                .unwrap_err();
+            assert!(err.to_string().starts_with("policy-8.toml: "), "{err}");
         }
         assert_eq!(f.installed_version(), None);
     }
@@ -225,7 +245,7 @@ pub(crate) mod tests {
         let f = Fixture::new("no-role");
         let verifier = PolicyVerifier::new(&f.config(), "carol").unwrap();
         let err = verifier
-            .accept(&f.upload(8), 7, before_expiry())
+            .accept(&f.upload(8).signed(), 7, before_expiry())
             .unwrap_err();
         assert!(err.to_string().contains("no user 'carol'"), "{err}");
         assert_eq!(f.installed_version(), None);
@@ -243,8 +263,9 @@ pub(crate) mod tests {
             signature: signature.to_text(),
             name: Some("policy-8.toml".to_string()),
         };
-        let err = verifier.accept(&upload, 7, before_expiry()).unwrap_err();
-        assert_eq!(err.status(), 422);
+        let err = verifier
+            .accept(&upload.signed(), 7, before_expiry())
+            .unwrap_err();
         assert!(
             err.to_string().contains(
                 "policy-8.toml:18:10: this policy needs policy format 2, but this securevm/guest-policy reads formats up to 1; update securevm"
