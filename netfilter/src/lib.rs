@@ -69,7 +69,7 @@ mod tests;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use guest_policy::{Action, Direction, NetworkPolicy, Protocol};
@@ -87,6 +87,15 @@ pub use report::{
     REFUSAL_BURST, REFUSAL_QUEUE_CAPACITY,
 };
 pub use rules::Decider;
+
+/// Locks `mutex`, recovering its data if a panicking thread poisoned it:
+/// release builds abort on panic, so that only happens in tests, where the
+/// data is still as consistent as every holder keeps it between statements.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Default size of the connection table.
 pub const DEFAULT_CONNTRACK_CAPACITY: usize = 65_536;
@@ -140,11 +149,7 @@ impl FilterControl {
     /// (dropped, forgotten) if it is no longer allowed.
     pub fn replace_policy(&self, policy: &NetworkPolicy) -> u64 {
         let compiled = Arc::new(CompiledRules::compile(policy));
-        let mut slot = self
-            .shared
-            .rules
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut slot = lock(&self.shared.rules);
         let generation = slot.0 + 1;
         *slot = (generation, compiled);
         self.shared.generation.store(generation, Ordering::Release);
@@ -403,11 +408,7 @@ impl Filter {
 
     fn refresh_rules(&mut self) {
         if self.shared.generation.load(Ordering::Acquire) != self.generation {
-            let slot = self
-                .shared
-                .rules
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let slot = lock(&self.shared.rules);
             self.generation = slot.0;
             self.rules = slot.1.clone();
             // A series was allowed by the old rules; its later fragments

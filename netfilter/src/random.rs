@@ -6,6 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use guest_policy::{Action, Direction, HostPattern, NetRule, NetworkPolicy, PortRange, Protocol};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+use crate::rules::PROTOCOLS;
+
 /// SplitMix64: small, fast, and good enough to spread test inputs.
 #[derive(Debug, Clone)]
 pub(crate) struct Rng(u64);
@@ -83,14 +85,6 @@ pub(crate) const QUERY_NAMES: [&str; 6] = [
     "b.example.org",
     "other.test",
     "unrelated.net",
-];
-
-const PROTOCOLS: [Protocol; 5] = [
-    Protocol::Any,
-    Protocol::Tcp,
-    Protocol::Udp,
-    Protocol::Icmp,
-    Protocol::Icmpv6,
 ];
 
 impl Universe {

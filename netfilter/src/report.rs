@@ -292,10 +292,7 @@ pub(crate) struct RefusalQueue {
 
 impl RefusalQueue {
     pub(crate) fn push(&self, refusal: Refusal, counters: &SharedCounters) {
-        let mut events = self
-            .events
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut events = crate::lock(&self.events);
         if events.len() >= REFUSAL_QUEUE_CAPACITY {
             counters.suppressed.fetch_add(1, Ordering::Relaxed);
             return;
@@ -309,10 +306,7 @@ impl RefusalQueue {
     }
 
     pub(crate) fn drain(&self) -> Vec<Refusal> {
-        let mut events = self
-            .events
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut events = crate::lock(&self.events);
         events.drain(..).collect()
     }
 }

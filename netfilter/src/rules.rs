@@ -92,7 +92,7 @@ pub(crate) struct CompiledRules {
     hosts: HostIndex,
 }
 
-const PROTOCOLS: [Protocol; 5] = [
+pub(crate) const PROTOCOLS: [Protocol; 5] = [
     Protocol::Any,
     Protocol::Tcp,
     Protocol::Udp,
