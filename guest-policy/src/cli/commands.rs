@@ -101,7 +101,7 @@ fn keygen(base: &Path, force: bool, encrypt: bool) -> Result<(), CliError> {
         key.to_encrypted_text(passphrase.as_bytes(), MINISIGN_OPSLIMIT, MINISIGN_MEMLIMIT)
             .map_err(CliError::Sign)?
     } else {
-        key.to_unencrypted_text()
+        key.to_unencrypted_text().map_err(CliError::Sign)?
     };
     write_new_file(&secret_path, secret_text.as_bytes(), 0o600, force)?;
     write_new_file(

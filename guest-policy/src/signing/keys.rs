@@ -218,12 +218,11 @@ impl SecretKey {
 
     /// The file contents of this key, unencrypted (kdf_alg all zero, as
     /// `minisign -G -W` writes). Protect the file by its permissions.
-    pub fn to_unencrypted_text(&self) -> Zeroizing<String> {
-        let key_box = self
-            .key
+    pub fn to_unencrypted_text(&self) -> Result<Zeroizing<String>, SigningError> {
+        self.key
             .to_box(Some("minisign secret key"))
-            .map(minisign::SecretKeyBox::into_string);
-        Zeroizing::new(key_box.unwrap_or_default())
+            .map(|key_box| Zeroizing::new(key_box.into_string()))
+            .map_err(|error| SigningError::Sign(format!("cannot encode the secret key: {error}")))
     }
 
     /// The file contents encrypted with a passphrase the way minisign does
@@ -311,7 +310,7 @@ mod tests {
     #[test]
     fn unencrypted_secret_key_round_trips() {
         let key = SecretKey::generate().unwrap();
-        let text = key.to_unencrypted_text();
+        let text = key.to_unencrypted_text().unwrap();
         let loaded = SecretKey::from_text(&text, || None).unwrap();
         assert_eq!(loaded.public_key(), key.public_key());
         let public = PublicKey::from_text(&key.public_key().to_text()).unwrap();
@@ -338,7 +337,7 @@ mod tests {
     #[test]
     fn damaged_keys_are_refused() {
         let key = SecretKey::generate().unwrap();
-        let text = key.to_unencrypted_text();
+        let text = key.to_unencrypted_text().unwrap();
         let line = text.lines().nth(1).unwrap();
         let mut bytes = BASE64.decode(line).unwrap();
         bytes[100] ^= 1;
