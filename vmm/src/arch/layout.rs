@@ -81,3 +81,15 @@ pub const PVH_MEMMAP_START: u64 = ZERO_PAGE_START + 0x80;
 /// Three pages KVM on Intel needs for its real-mode TSS
 /// (`KVM_SET_TSS_ADDR`); inside the MMIO hole, clear of every device.
 pub const KVM_TSS_START: u64 = 0xfffb_d000;
+
+/// Legacy ports only a UEFI firmware boot has (`devices::firmware`): the
+/// CMOS RTC's index and data ports, the byte of CMOS RAM holding the
+/// century (for the FADT's `century` field), the POST code port, the
+/// firmware's debug console (QEMU isa-debugcon) and the ACPI PM timer
+/// where edk2's CloudHv build reads it (`CLOUDHV_ACPI_TIMER_IO_ADDRESS`).
+pub const CMOS_INDEX_PORT: u16 = 0x70;
+pub const CMOS_DATA_PORT: u16 = 0x71;
+pub const CMOS_CENTURY_REGISTER: u8 = 0x32;
+pub const POST_CODE_PORT: u16 = 0x80;
+pub const FIRMWARE_DEBUG_PORT: u16 = 0x402;
+pub const ACPI_PM_TIMER_PORT: u16 = 0x608;

@@ -3,6 +3,7 @@
 //! tested without KVM.
 
 pub mod bus;
+pub mod firmware;
 pub mod pci;
 pub mod power;
 pub mod rate_limit;
