@@ -23,7 +23,8 @@ need_root() {
 # Building: C toolchain, OpenSSL and libcryptsetup headers, clang for the
 # libcryptsetup bindings. Tests: binutils assembles the tiny guests,
 # acpica-tools checks the ACPI tables, minisign checks signature interop,
-# cryptsetup-bin checks LUKS2 interop, qemu-utils and openssl are the disk
+# cryptsetup-bin checks LUKS2 interop, fdisk writes GPTs of both sector
+# sizes for `disk create --from`'s probe, qemu-utils and openssl are the disk
 # benchmark's baselines, util-linux's setpriv drops privileges in a test,
 # iproute2 and python3 are the network scenarios' TAP and peer in L1,
 # wireguard-tools configures net-vpn's kernel WireGuard peer, tcpdump
@@ -32,7 +33,7 @@ need_root() {
 # shellcheck disable=SC2034 # for the scripts that source this file
 BUILD_PKGS=(gcc libc6-dev make pkg-config libssl-dev libcryptsetup-dev clang libclang-dev)
 # shellcheck disable=SC2034 # for the scripts that source this file
-TEST_PKGS=(binutils acpica-tools minisign cryptsetup-bin qemu-utils openssl util-linux iproute2 python3 wireguard-tools tcpdump softhsm2 opensc shellcheck)
+TEST_PKGS=(binutils acpica-tools minisign cryptsetup-bin fdisk qemu-utils openssl util-linux iproute2 python3 wireguard-tools tcpdump softhsm2 opensc shellcheck)
 
 # ensure_pkgs PKG...: apt-get install the packages that are not installed yet.
 # An `apt-get update` is run once if the first attempt fails (fresh CI hosts

@@ -16,6 +16,7 @@ use crate::narrow::usize_from_u64;
 
 use super::backend::EncryptedBackend;
 use super::error::StorageError;
+use super::gpt_probe::{self, GptFinding};
 use super::header;
 use super::info::volume_info;
 use super::luks::{self, FormatOptions, KdfSettings};
@@ -233,6 +234,7 @@ fn create(args: &CreateArgs) -> Result<(), StorageError> {
         Some(raw) => {
             let file = File::open(raw).map_err(StorageError::io(raw))?;
             let len = super::luks::medium_len(&file).map_err(StorageError::io(raw))?;
+            check_partition_table(raw, &file, len, args.sector_size)?;
             if !len.is_multiple_of(u64::from(args.sector_size)) || len == 0 {
                 return Err(StorageError::InvalidOption(format!(
                     "{} is {len} bytes, not a positive multiple of the {}-byte sector size; \
@@ -269,6 +271,41 @@ fn create(args: &CreateArgs) -> Result<(), StorageError> {
         args.output.display(),
         args.sector_size
     );
+    Ok(())
+}
+
+/// Refuse `raw` when its GPT was written for the other sector size only:
+/// the guest sees the volume's sector size as its logical block size and
+/// would find no partition table. A damaged header (which neither the
+/// firmware nor Linux uses) is reported and otherwise ignored.
+fn check_partition_table(
+    raw: &Path,
+    file: &File,
+    len: u64,
+    sector_size: u32,
+) -> Result<(), StorageError> {
+    let other_size = if sector_size == 512 { 4096 } else { 512 };
+    let probe = |size| gpt_probe::probe(file, len, size).map_err(StorageError::io(raw));
+    let (own, other) = (probe(sector_size)?, probe(other_size)?);
+    if own == GptFinding::Valid {
+        return Ok(());
+    }
+    if other == GptFinding::Valid {
+        return Err(StorageError::GptSectorSizeMismatch {
+            path: raw.to_path_buf(),
+            gpt_sector_size: other_size,
+            volume_sector_size: sector_size,
+        });
+    }
+    for (size, finding) in [(sector_size, own), (other_size, other)] {
+        if let GptFinding::Damaged(defect) = finding {
+            eprintln!(
+                "warning: {}: the GPT header at byte {size} (for {size}-byte sectors) is \
+                 damaged ({defect}), and so is its backup; the guest will ignore it",
+                raw.display()
+            );
+        }
+    }
     Ok(())
 }
 
@@ -463,5 +500,114 @@ mod tests {
             );
             assert!(!out.exists());
         }
+    }
+
+    /// A raw image with a GPT for `sector_size`-byte sectors: fdisk's when
+    /// it is installed, else the headers as fdisk writes them.
+    fn gpt_source(name: &str, sector_size: u32) -> ScratchPath {
+        use crate::storage::gpt_probe::tests::{fdisk_image, gpt_image};
+        fdisk_image(name, sector_size).unwrap_or_else(|| {
+            let path = scratch_path(name);
+            std::fs::write(&path, gpt_image(sector_size, 4 << 20)).unwrap();
+            path
+        })
+    }
+
+    /// `disk create --from raw [extra...] OUT`; OUT is a fresh path.
+    fn create_from(raw: &Path, extra: &[&str]) -> (Result<(), StorageError>, ScratchPath) {
+        let out = scratch_path("gpt.luks");
+        let pass_path = pass_file(PASSPHRASE);
+        let (raw_arg, pass, out_arg) = (arg(raw), arg(&pass_path), arg(&out));
+        let mut args = vec!["create", "--from", &raw_arg, "--passphrase-file", &pass];
+        args.extend(FAST);
+        args.extend(extra);
+        args.push(&out_arg);
+        (run_disk_command(parse(&args).unwrap()), out)
+    }
+
+    /// The guest's view of a volume: its block size and whether its LBA 1
+    /// starts with a GPT header.
+    fn guest_sees_gpt(volume: &Path) -> (u32, bool) {
+        let disk = EncryptedBackend::open(volume, PASSPHRASE, true).unwrap();
+        let block = disk.block_size();
+        let mut lba1 = vec![0u8; block as usize];
+        disk.read_at(u64::from(block), &mut lba1).unwrap();
+        (block, lba1.starts_with(b"EFI PART"))
+    }
+
+    #[test]
+    fn a_gpt_of_the_other_sector_size_is_refused() {
+        for (gpt_size, option, wanted) in [
+            (512, &[][..], "--sector-size 512"),
+            (4096, &["--sector-size", "512"][..], "--sector-size 4096"),
+        ] {
+            let raw = gpt_source("gpt.raw", gpt_size);
+            let (result, out) = create_from(&raw, option);
+            let err = result.unwrap_err();
+            assert!(
+                matches!(err, StorageError::GptSectorSizeMismatch { .. }),
+                "{err}"
+            );
+            let message = err.to_string();
+            assert!(
+                message.ends_with(wanted) && !message.contains('\n'),
+                "{message}"
+            );
+            assert!(!out.exists(), "{} was created", out.display());
+        }
+    }
+
+    #[test]
+    fn a_gpt_of_the_volume_sector_size_is_accepted_and_visible() {
+        for (gpt_size, option) in [(512, &["--sector-size", "512"][..]), (4096, &[][..])] {
+            let raw = gpt_source("gpt.raw", gpt_size);
+            let (result, out) = create_from(&raw, option);
+            result.unwrap();
+            assert_eq!(guest_sees_gpt(&out), (gpt_size, true));
+        }
+    }
+
+    #[test]
+    fn a_damaged_gpt_header_does_not_block_creation() {
+        // Neither the firmware nor Linux uses a header whose CRC fails, at
+        // any sector size, so no choice hides it: proceed, with a warning.
+        let raw = gpt_source("damaged.raw", 512);
+        let file = std::fs::OpenOptions::new().write(true).open(&raw).unwrap();
+        let len = file.metadata().unwrap().len();
+        for header in [512, len - 512] {
+            file.write_all_at(b"\xff", header + 60).unwrap();
+        }
+        let (result, out) = create_from(&raw, &[]);
+        result.unwrap();
+        assert_eq!(guest_sees_gpt(&out), (4096, false));
+    }
+
+    #[test]
+    fn tiny_sources_are_judged_without_panicking() {
+        use crate::storage::gpt_probe::tests::gpt_image;
+        // The smallest 512-byte GPT: one sector of MBR, the header, six
+        // more sectors.
+        let raw = scratch_path("tiny.raw");
+        std::fs::write(&raw, gpt_image(512, 4096)).unwrap();
+        let (result, out) = create_from(&raw, &[]);
+        assert!(matches!(
+            result,
+            Err(StorageError::GptSectorSizeMismatch { .. })
+        ));
+        assert!(!out.exists());
+        // Shorter than a header, shorter than a sector.
+        for content in [&b"EFI PART"[..], &[0u8; 512][..]] {
+            std::fs::write(&raw, content).unwrap();
+            let (result, out) = create_from(&raw, &[]);
+            assert!(
+                matches!(result, Err(StorageError::InvalidOption(ref why)) if why.contains("multiple")),
+                "{} bytes",
+                content.len()
+            );
+            assert!(!out.exists());
+        }
+        std::fs::write(&raw, [0u8; 512]).unwrap();
+        let (result, _out) = create_from(&raw, &["--sector-size", "512"]);
+        result.unwrap();
     }
 }

@@ -81,6 +81,12 @@ pub enum StorageError {
     InvalidSize(String),
     #[error(transparent)]
     Block(#[from] crate::block::BlockError),
+    #[error("{} holds a GPT for {gpt_sector_size}-byte sectors, but the volume would have {volume_sector_size}-byte sectors, which would hide the partition table from the guest; pass --sector-size {gpt_sector_size}", path.display())]
+    GptSectorSizeMismatch {
+        path: PathBuf,
+        gpt_sector_size: u32,
+        volume_sector_size: u32,
+    },
     #[error("invalid option: {0}")]
     InvalidOption(String),
 }

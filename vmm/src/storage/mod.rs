@@ -12,6 +12,7 @@
 pub mod backend;
 pub mod cli;
 pub mod error;
+pub mod gpt_probe;
 pub mod header;
 pub mod info;
 pub mod luks;
