@@ -56,7 +56,7 @@ const LAPIC_END: u64 = APIC_START + 0x10_0000;
 const _: () = assert!(PCI_MMIO32_START >= MMIO_HOLE_START);
 const _: () = assert!(PCI_MMIO32_START + PCI_MMIO32_SIZE <= PCI_ECAM_START);
 const _: () = assert!(PCI_ECAM_START + PCI_ECAM_SIZE <= IOAPIC_START);
-const _: () = assert!(IOAPIC_START < APIC_START && LAPIC_END <= KVM_TSS_START);
+const _: () = assert!(IOAPIC_START < APIC_START && LAPIC_END <= KVM_IDENTITY_MAP_START);
 const _: () = assert!(KVM_TSS_START + KVM_TSS_SIZE <= FIRST_ADDR_PAST_4GIB);
 
 /// The 64-bit PCI window starts on a 1 GiB boundary, as firmware aligns
@@ -152,9 +152,11 @@ pub const PVH_MEMMAP_START: u64 = ZERO_PAGE_START + 0x80;
 
 /// Three pages KVM on Intel needs for its real-mode TSS
 /// (`KVM_SET_TSS_ADDR`); inside the MMIO hole, clear of every device and
-/// of both PCI windows.
+/// of both PCI windows. KVM puts its EPT identity-map page, unless told
+/// otherwise, in the page below.
 pub const KVM_TSS_START: u64 = 0xfffb_d000;
 pub const KVM_TSS_SIZE: u64 = 3 * 0x1000;
+const KVM_IDENTITY_MAP_START: u64 = KVM_TSS_START - 0x1000;
 
 #[cfg(test)]
 mod tests {
@@ -272,6 +274,7 @@ mod tests {
             ("IOAPIC", IOAPIC_START, 0x1000),
             ("LAPIC", APIC_START, 0x10_0000),
             ("KVM TSS", KVM_TSS_START, KVM_TSS_SIZE),
+            ("KVM identity map", KVM_IDENTITY_MAP_START, 0x1000),
         ] {
             let range = AddressRange { start, size };
             for window in [mmio32, mmio64] {
