@@ -49,8 +49,7 @@ pub const PCI_ECAM_SIZE: u64 = 0x10_0000;
 pub const PCI_BUS_COUNT: u8 = 1;
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 pub const APIC_START: u64 = 0xfee0_0000;
-/// Where KVM's fixed MMIO (IOAPIC, LAPIC) and its real-mode TSS end: the
-/// top of the 4 GiB space.
+/// End of the LAPIC's 1 MiB range.
 const LAPIC_END: u64 = APIC_START + 0x10_0000;
 
 const _: () = assert!(PCI_MMIO32_START >= MMIO_HOLE_START);
@@ -93,10 +92,11 @@ impl AddressRange {
 /// guest's physical address space, or `None` when RAM leaves no room.
 ///
 /// The CloudHv firmware picks its own 64-bit aperture from the same
-/// inputs (the top eighth of the address space when the CPU's width is
-/// plausible, else the first 32 GiB-aligned 32 GiB above RAM); this
-/// window contains every aperture it can choose for such a VM, so the BARs
-/// it assigns lie inside the host bridge's `_CRS` and the OS keeps them.
+/// inputs (the top eighth of the address space when it trusts the CPU's
+/// width and that eighth lies above its 32 GiB default, else the first
+/// 32 GiB-aligned 32 GiB above the RAM that CMOS reports); this window
+/// contains every aperture it can choose for such a VM, so the BARs it
+/// assigns lie inside the host bridge's `_CRS` and the OS keeps them.
 /// A kernel booted directly allocates hot-plugged devices' 64-bit BARs
 /// here too.
 pub fn pci_mmio64_window(mem_size_bytes: u64, physical_address_bits: u8) -> Option<AddressRange> {
