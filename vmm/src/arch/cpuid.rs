@@ -15,6 +15,8 @@
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 use thiserror::Error;
 
+use super::layout::DEFAULT_PHYSICAL_ADDRESS_BITS;
+
 const LEAF_VENDOR: u32 = 0;
 const LEAF_FEATURES: u32 = 1;
 const LEAF_CACHE_PARAMETERS: u32 = 4;
@@ -67,6 +69,18 @@ pub fn vendor(entries: &[kvm_cpuid_entry2]) -> Vendor {
         b"AuthenticAMD" | b"HygonGenuine" => Vendor::Amd,
         _ => Vendor::Other,
     }
+}
+
+/// The physical address width the guest's CPUs report (leaf 0x8000_0008
+/// EAX[7:0], which the vCPUs get unchanged from KVM), or the architectural
+/// default when KVM offers no such leaf.
+pub fn physical_address_bits(entries: &[kvm_cpuid_entry2]) -> u8 {
+    entries
+        .iter()
+        .find(|e| e.function == LEAF_AMD_SIZE_IDENTIFIERS)
+        .map_or(DEFAULT_PHYSICAL_ADDRESS_BITS, |leaf| {
+            leaf.eax.to_le_bytes()[0]
+        })
 }
 
 /// Number of APIC ID bits that hold the core number.
@@ -245,6 +259,24 @@ mod tests {
             .iter()
             .find(|e| e.function == function && e.index == index)
             .unwrap_or_else(|| panic!("leaf {function:#x}.{index} missing"))
+    }
+
+    #[test]
+    fn physical_address_bits_come_from_leaf_0x80000008_or_default_to_36() {
+        let sizes = leaf(LEAF_AMD_SIZE_IDENTIFIERS, 0, [0x3027, 0, 0, 0]);
+        assert_eq!(
+            physical_address_bits(&[vendor_leaf(b"GenuineIntel"), sizes]),
+            0x27
+        );
+        assert_eq!(physical_address_bits(&[vendor_leaf(b"GenuineIntel")]), 36);
+        assert_eq!(physical_address_bits(&[]), 36);
+        // What the ACPI tables are built for is what every vCPU reports.
+        let amd = amd_supported();
+        assert_eq!(physical_address_bits(&amd), 0x30);
+        for index in 0..2 {
+            let entries = vcpu_cpuid_entries(&amd, index, 2, true).unwrap();
+            assert_eq!(physical_address_bits(&entries), 0x30);
+        }
     }
 
     /// Roughly what KVM reports on an Intel host.

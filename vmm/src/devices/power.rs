@@ -3,8 +3,8 @@
 //! i8042 keyboard controller's reset line (`reboot=k`, and Linux's fallback).
 
 use crate::arch::layout::{
-    ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_S5_SLP_TYP, ACPI_SLEEP_CONTROL_PORT, ACPI_SLP_EN,
-    I8042_COMMAND_PORT, I8042_DATA_PORT,
+    ACPI_RESET_PORT, ACPI_RESET_VALUE, ACPI_S5_SLP_TYP, ACPI_SLEEP_CONTROL_PORT,
+    ACPI_SLEEP_STATUS_PORT, ACPI_SLP_EN, I8042_COMMAND_PORT, I8042_DATA_PORT,
 };
 use crate::devices::bus::BusDevice;
 use crate::exit::{ExitNotifier, ExitReason};
@@ -12,8 +12,13 @@ use crate::exit::{ExitNotifier, ExitReason};
 /// Base and length of the I/O range [`AcpiPowerDevice`] decodes.
 pub const ACPI_POWER_PORT_BASE: u16 = ACPI_SLEEP_CONTROL_PORT;
 pub const ACPI_POWER_PORT_LEN: u16 = ACPI_RESET_PORT - ACPI_SLEEP_CONTROL_PORT + 1;
+/// The CloudHv firmware's ACPI PM timer (`CLOUDHV_ACPI_TIMER_IO_ADDRESS`)
+/// follows at 0x608; these registers must end before it.
+const _: () = assert!(ACPI_POWER_PORT_BASE + ACPI_POWER_PORT_LEN <= 0x608);
 
-/// Sleep control, sleep status and reset registers.
+/// Sleep control, sleep status and reset registers, each one byte wide
+/// (the FADT says so, and the CloudHv firmware powers off with a byte
+/// write to the sleep control register).
 pub struct AcpiPowerDevice {
     exit: ExitNotifier,
 }
@@ -22,19 +27,42 @@ impl AcpiPowerDevice {
     pub fn new(exit: ExitNotifier) -> Self {
         Self { exit }
     }
+
+    /// The register at `offset`, if the access is the byte wide one every
+    /// register here takes.
+    fn register(offset: u64, len: usize) -> Option<u16> {
+        let port = port_at(ACPI_POWER_PORT_BASE, offset)?;
+        let known = [
+            ACPI_SLEEP_CONTROL_PORT,
+            ACPI_SLEEP_STATUS_PORT,
+            ACPI_RESET_PORT,
+        ];
+        if len != 1 || !known.contains(&port) {
+            crate::rate_limited!(
+                log::Level::Debug,
+                "ignoring a {len}-byte access to ACPI power port offset {offset:#x}"
+            );
+            return None;
+        }
+        Some(port)
+    }
 }
 
 impl BusDevice for AcpiPowerDevice {
-    fn read(&mut self, _offset: u64, data: &mut [u8]) {
-        // Sleep status: never "woken", nothing pending.
-        data.fill(0);
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        match Self::register(offset, data.len()) {
+            // Sleep status: never "woken", nothing pending; the control and
+            // reset registers are write-only and read as zero.
+            Some(_) => data.fill(0),
+            None => data.fill(0xff),
+        }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        let Some(&value) = data.first() else { return };
-        let Some(port) = port_at(ACPI_POWER_PORT_BASE, offset) else {
+        let Some(port) = Self::register(offset, data.len()) else {
             return;
         };
+        let value = data[0];
         if port == ACPI_SLEEP_CONTROL_PORT && value & ACPI_SLP_EN != 0 {
             let sleep_type = (value >> 2) & 0x7;
             if sleep_type == ACPI_S5_SLP_TYP {
@@ -177,6 +205,85 @@ mod tests {
         let command = u64::from(I8042_COMMAND_PORT - I8042_DATA_PORT);
         i8042.write(0x1_0000 + command, &[I8042_CMD_RESET]);
         i8042.write(u64::MAX, &[I8042_CMD_RESET]);
+        assert!(events.try_recv().is_err());
+    }
+
+    /// The CloudHv firmware's shutdown, literally: `IoWrite8 (0x600,
+    /// 5 << 2 | 1 << 5)`, with the device where the VMM puts it.
+    #[test]
+    fn the_firmware_powers_off_with_a_byte_at_port_0x600() {
+        let (exit, events) = ExitNotifier::new();
+        let mut dev = AcpiPowerDevice::new(exit);
+        assert_eq!(ACPI_POWER_PORT_BASE, 0x600);
+        dev.write(0x600 - u64::from(ACPI_POWER_PORT_BASE), &[5 << 2 | 1 << 5]);
+        assert_eq!(events.try_recv().unwrap(), ExitReason::PowerOff);
+    }
+
+    #[test]
+    fn accesses_of_the_wrong_width_do_nothing_and_read_all_ones() {
+        let (exit, events) = ExitNotifier::new();
+        let mut dev = AcpiPowerDevice::new(exit);
+        let s5 = (ACPI_S5_SLP_TYP << 2) | ACPI_SLP_EN;
+        let control = u64::from(ACPI_SLEEP_CONTROL_PORT - ACPI_POWER_PORT_BASE);
+        let reset = u64::from(ACPI_RESET_PORT - ACPI_POWER_PORT_BASE);
+        dev.write(control, &[s5, 0]);
+        dev.write(control, &[s5, 0, 0, 0]);
+        dev.write(reset, &[ACPI_RESET_VALUE, 0]);
+        dev.write(reset, &[ACPI_RESET_VALUE, 0, 0, 0]);
+        assert!(events.try_recv().is_err());
+        for len in [2, 4, 8] {
+            let mut data = vec![0u8; len];
+            dev.read(control, &mut data);
+            assert!(data.iter().all(|b| *b == 0xff), "{len}-byte read {data:?}");
+        }
+    }
+
+    #[test]
+    fn registers_read_zero_and_the_gaps_between_them_read_all_ones() {
+        let (exit, events) = ExitNotifier::new();
+        let mut dev = AcpiPowerDevice::new(exit);
+        for port in [
+            ACPI_SLEEP_CONTROL_PORT,
+            ACPI_SLEEP_STATUS_PORT,
+            ACPI_RESET_PORT,
+        ] {
+            let mut data = [0xaa];
+            dev.read(u64::from(port - ACPI_POWER_PORT_BASE), &mut data);
+            assert_eq!(data, [0], "port {port:#x}");
+        }
+        for port in ACPI_POWER_PORT_BASE..ACPI_POWER_PORT_BASE + ACPI_POWER_PORT_LEN {
+            let offset = u64::from(port - ACPI_POWER_PORT_BASE);
+            if [
+                ACPI_SLEEP_CONTROL_PORT,
+                ACPI_SLEEP_STATUS_PORT,
+                ACPI_RESET_PORT,
+            ]
+            .contains(&port)
+            {
+                continue;
+            }
+            let mut data = [0];
+            dev.read(offset, &mut data);
+            assert_eq!(data, [0xff], "port {port:#x}");
+            // The reset value or S5 written to a gap is no request.
+            dev.write(offset, &[ACPI_RESET_VALUE]);
+            dev.write(offset, &[(ACPI_S5_SLP_TYP << 2) | ACPI_SLP_EN]);
+        }
+        // Clearing wake status, and S5 written to the status register.
+        write_port(&mut dev, ACPI_POWER_PORT_BASE, ACPI_SLEEP_STATUS_PORT, 0x80);
+        write_port(
+            &mut dev,
+            ACPI_POWER_PORT_BASE,
+            ACPI_SLEEP_STATUS_PORT,
+            (ACPI_S5_SLP_TYP << 2) | ACPI_SLP_EN,
+        );
+        // The reset value written to the sleep control register.
+        write_port(
+            &mut dev,
+            ACPI_POWER_PORT_BASE,
+            ACPI_SLEEP_CONTROL_PORT,
+            ACPI_RESET_VALUE,
+        );
         assert!(events.try_recv().is_err());
     }
 

@@ -12,12 +12,13 @@ use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VcpuFd, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::arch::layout::KVM_TSS_START;
 use crate::devices::VmInterface;
-use crate::narrow::low_u32;
+use crate::narrow::{const_narrow, low_u32};
 
-/// Where Intel VMX needs three pages for the real-mode TSS; inside the
-/// MMIO hole, below the IOAPIC, so it never shadows RAM or a device.
-const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
+/// Where Intel VMX needs three pages for the real-mode TSS; the layout
+/// keeps it clear of RAM, devices and both PCI windows.
+const KVM_TSS_ADDRESS: usize = const_narrow!(KVM_TSS_START => usize);
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {

@@ -12,7 +12,7 @@ use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 
 use guest_policy::{Action, NetworkPolicy};
-use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::VcpuFd;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -21,9 +21,10 @@ use crate::api::protocol::{Device, MediaCounters};
 use crate::api::{ApiServer, BoundSocket, LiveVm, LiveVmParts, NetDevice, ServerConfig};
 use crate::arch::acpi::{create_acpi_tables, PciHotplugSlots, PCI_HOTPLUG_GSI, POWER_BUTTON_GSI};
 use crate::arch::boot_params::{configure_boot, BootConfig, BootEntry};
+use crate::arch::cpuid::physical_address_bits;
 use crate::arch::guest_ram::GuestRam;
 use crate::arch::layout::{
-    COM1_IRQ, COM1_PORT, PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_SIZE, PCI_ECAM_START,
+    pci_mmio64_window, COM1_IRQ, COM1_PORT, PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_SIZE, PCI_ECAM_START,
     PCI_HOTPLUG_PORT_BASE, PCI_HOTPLUG_PORT_LEN,
 };
 use crate::arch::vcpu::configure_vcpu;
@@ -141,6 +142,8 @@ struct Machine {
     boot: BootEntry,
     num_cpus: u8,
     hotplug_slots: PciHotplugSlots,
+    /// What KVM supports, from which each vCPU's CPUID is derived.
+    supported_cpuid: CpuId,
 }
 
 /// The port and MMIO buses with the legacy devices on them, and what
@@ -253,7 +256,16 @@ impl VmBuilder<'_> {
                 mem_size: config.memory_bytes(),
             },
         )?;
-        create_acpi_tables(memory.as_ref(), num_cpus, hotplug_slots)?;
+        // The vCPUs' physical address width bounds the 64-bit PCI window.
+        let supported_cpuid = vm
+            .kvm()
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(VmmError::Cpuid)?;
+        let pci_mmio64 = pci_mmio64_window(
+            config.memory_bytes(),
+            physical_address_bits(supported_cpuid.as_slice()),
+        );
+        create_acpi_tables(memory.as_ref(), num_cpus, hotplug_slots, pci_mmio64)?;
         let power_button = EventFd::new(libc::EFD_NONBLOCK).map_err(|source| VmmError::Io {
             what: "creating the power button interrupt",
             source,
@@ -267,6 +279,7 @@ impl VmBuilder<'_> {
             boot,
             num_cpus,
             hotplug_slots,
+            supported_cpuid,
         })
     }
 
@@ -363,10 +376,6 @@ impl VmBuilder<'_> {
     /// but not yet running.
     fn create_vcpus(&self, machine: &Machine) -> Result<Vec<VcpuFd>, VmmError> {
         let vm = &machine.vm;
-        let supported_cpuid = vm
-            .kvm()
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(VmmError::Cpuid)?;
         let mut vcpu_fds = Vec::with_capacity(usize::from(machine.num_cpus));
         for index in 0..machine.num_cpus {
             let fd = vm.create_vcpu(index)?;
@@ -374,7 +383,7 @@ impl VmBuilder<'_> {
             configure_vcpu(
                 &fd,
                 vm.kvm(),
-                &supported_cpuid,
+                &machine.supported_cpuid,
                 index,
                 machine.num_cpus,
                 entry,

@@ -23,7 +23,8 @@ use vm_memory::GuestMemoryMmap;
 use super::test_support::{low_memory, read, read_table, table, u64_at};
 use super::{create_acpi_tables, PciHotplugSlots, PCI_HOTPLUG_GSI, POWER_BUTTON_GSI};
 use crate::arch::layout::{
-    ACPI_RESET_PORT, ACPI_S5_SLP_TYP, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT,
+    pci_mmio64_window, ACPI_RESET_PORT, ACPI_S5_SLP_TYP, ACPI_SLEEP_CONTROL_PORT,
+    ACPI_SLEEP_STATUS_PORT,
 };
 
 /// A scratch directory removed when the test ends.
@@ -117,14 +118,16 @@ fn assert_contains_all(text: &str, expected: &[&str]) {
     }
 }
 
-/// The tables of a VM with `num_cpus` vCPUs written to fresh guest memory:
-/// the memory, the RSDP's address, the FADT and the DSDT.
+/// The tables of a VM with `num_cpus` vCPUs, 6 GiB of RAM and 46-bit
+/// physical addresses (its 64-bit PCI window is 7 GiB up to 64 TiB)
+/// written to fresh guest memory: the memory, the RSDP's address, the
+/// FADT and the DSDT.
 fn written_tables(
     num_cpus: u8,
     hotplug: PciHotplugSlots,
 ) -> (GuestMemoryMmap, u64, Vec<u8>, Vec<u8>) {
     let mem = low_memory();
-    let rsdp = create_acpi_tables(&mem, num_cpus, hotplug)
+    let rsdp = create_acpi_tables(&mem, num_cpus, hotplug, pci_mmio64_window(6 << 30, 46))
         .expect("tables fit")
         .0;
     let fadt = table(&mem, rsdp, b"FACP");
@@ -165,13 +168,13 @@ const DSDT_WITH_HOTPLUG_LINES: &[&str] = &[
     "0x0D00,             // Range Minimum",
     "0xF300,             // Length",
     "0xC0000000,         // Range Minimum",
-    "0xDFFFFFFF,         // Range Maximum",
+    "0xFBFFFFFF,         // Range Maximum",
     "Device (MBRD)",
     "Name (_HID, EisaId (\"PNP0C02\")",
-    "Memory32Fixed (ReadWrite,\n                    0xE0000000,",
+    "Memory32Fixed (ReadWrite,\n                    0xFC000000,",
     "0x00100000,         // Address Length",
-    "0x03C0,             // Range Minimum",
-    "0x03C4,             // Range Minimum",
+    "0x0600,             // Range Minimum",
+    "0x0604,             // Range Minimum",
     "Device (COM1)",
     "Name (_HID, EisaId (\"PNP0501\")",
     "0x03F8,             // Range Minimum",
@@ -206,6 +209,11 @@ const DSDT_WITH_HOTPLUG_LINES: &[&str] = &[
     "If ((Arg0 == 0x06))",
     "\\_SB.PCI0.PSCN ()",
     "0x0AE0,             // Range Minimum",
+    // The 64-bit PCI window of a 6 GiB VM with 46-bit addresses.
+    "QWordMemory (ResourceProducer, PosDecode, MinFixed, MaxFixed, NonCacheable, ReadWrite,",
+    "0x00000001C0000000, // Range Minimum",
+    "0x00003FFFFFFFFFFF, // Range Maximum",
+    "0x00003FFE40000000, // Length",
 ];
 
 #[test]
@@ -293,7 +301,7 @@ fn assert_madt_mcfg_and_xsdt_disassemble(dir: &Path, mem: &GuestMemoryMmap, rsdp
         &mcfg,
         &[
             "Signature : \"MCFG\"",
-            "Base Address : 00000000E0000000",
+            "Base Address : 00000000FC000000",
             "Segment Group Number : 0000",
             "Start Bus Number : 00",
             "End Bus Number : 00",
@@ -339,13 +347,16 @@ fn acpica_interpreter_loads_the_dsdt_decodes_resources_and_powers_off() {
             "Address Maximum : 0CF7",
             "Address Minimum : 0D00",
             "Address Minimum : C0000000",
-            "Address Maximum : DFFFFFFF",
+            "Address Maximum : FBFFFFFF",
             "Consumer/Producer : ResourceProducer",
+            "64-Bit QWORD Address Space Resource",
+            "Address Minimum : 00000001C0000000",
+            "Address Maximum : 00003FFFFFFFFFFF",
             // MBRD _CRS
-            "Address : E0000000",
+            "Address : FC000000",
             "Address Length : 00100000",
-            "Address Minimum : 03C0",
-            "Address Minimum : 03C4",
+            "Address Minimum : 0600",
+            "Address Minimum : 0604",
             "Address Minimum : 0AE0",
             // COM1 _CRS
             "Address Minimum : 03F8",
@@ -427,7 +438,7 @@ fn without_hotplug_the_dsdt_recompiles_loads_and_has_no_slots() {
         &output,
         &[
             "Table [DSDT: SECUREVM]",
-            "Address : E0000000",
+            "Address : FC000000",
             &format!("Dword00 : {POWER_BUTTON_GSI:08X}"),
             "Entering sleep state [S5]",
         ],

@@ -3,7 +3,10 @@
 //!
 //! - `\_SB_.PCI0`: the PCI Express host bridge. Its `_CRS` hands the OS the
 //!   bus range, the I/O ports outside the config mechanism's 0xCF8-0xCFF,
-//!   and the 32-bit BAR window; ECAM itself comes from the MCFG.
+//!   the 32-bit BAR window and, when the address space has room above RAM,
+//!   the 64-bit one (`layout::pci_mmio64_window`): the windows UEFI firmware
+//!   assigns BARs from, so the OS keeps what the firmware programmed. ECAM
+//!   itself comes from the MCFG.
 //! - `\_SB_.MBRD`: motherboard resources reserving the ECAM range (Linux only
 //!   trusts an MCFG region that is reserved here or in the e820 map) and the
 //!   FADT's sleep and reset ports.
@@ -50,10 +53,11 @@ use acpi_tables::{Aml, AmlSink};
 use super::mcfg::{LAST_BUS, PCI_SEGMENT};
 use super::{OEM_ID, OEM_REVISION, OEM_TABLE_ID};
 use crate::arch::layout::{
-    ACPI_RESET_PORT, ACPI_S5_SLP_TYP, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT, COM1_IRQ,
-    COM1_PORT, PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_SIZE, PCI_ECAM_START, PCI_HOTPLUG_PORT_BASE,
-    PCI_HOTPLUG_PORT_LEN, PCI_HOTPLUG_REGISTER_DOWN, PCI_HOTPLUG_REGISTER_EJECT,
-    PCI_HOTPLUG_REGISTER_UP, PCI_MMIO32_SIZE, PCI_MMIO32_START, PCI_SLOT_COUNT,
+    AddressRange, ACPI_RESET_PORT, ACPI_S5_SLP_TYP, ACPI_SLEEP_CONTROL_PORT,
+    ACPI_SLEEP_STATUS_PORT, COM1_IRQ, COM1_PORT, PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_SIZE,
+    PCI_ECAM_START, PCI_HOTPLUG_PORT_BASE, PCI_HOTPLUG_PORT_LEN, PCI_HOTPLUG_REGISTER_DOWN,
+    PCI_HOTPLUG_REGISTER_EJECT, PCI_HOTPLUG_REGISTER_UP, PCI_MMIO32_SIZE, PCI_MMIO32_START,
+    PCI_SLOT_COUNT,
 };
 use crate::narrow::const_narrow;
 
@@ -109,10 +113,11 @@ pub enum PciHotplugSlots {
     Absent,
 }
 
-/// Builds the complete DSDT, header included.
-pub fn build_dsdt(hotplug: PciHotplugSlots) -> Vec<u8> {
+/// Builds the complete DSDT, header included, with `pci_mmio64` as the host
+/// bridge's 64-bit window.
+pub fn build_dsdt(hotplug: PciHotplugSlots, pci_mmio64: Option<AddressRange>) -> Vec<u8> {
     let mut system_bus = Vec::new();
-    pci_host_bridge(&mut system_bus, hotplug);
+    pci_host_bridge(&mut system_bus, hotplug, pci_mmio64);
     motherboard_resources(&mut system_bus, hotplug);
     com1(&mut system_bus);
     power_button(&mut system_bus);
@@ -133,7 +138,11 @@ pub fn build_dsdt(hotplug: PciHotplugSlots) -> Vec<u8> {
     dsdt.as_slice().to_vec()
 }
 
-fn pci_host_bridge(sink: &mut dyn AmlSink, hotplug: PciHotplugSlots) {
+fn pci_host_bridge(
+    sink: &mut dyn AmlSink,
+    hotplug: PciHotplugSlots,
+    pci_mmio64: Option<AddressRange>,
+) {
     let bus_numbers = AddressSpace::<u16>::new_bus_number(0, u16::from(LAST_BUS));
     let config_ports = IO::new(
         PCI_CONFIG_ADDRESS_PORT,
@@ -154,13 +163,26 @@ fn pci_host_bridge(sink: &mut dyn AmlSink, hotplug: PciHotplugSlots) {
         PCI_MMIO32_LAST,
         None,
     );
-    let resources = ResourceTemplate::new(vec![
+    let mmio64_window = pci_mmio64.map(|window| {
+        AddressSpace::<u64>::new_memory(
+            AddressSpaceCacheable::NotCacheable,
+            true,
+            window.start,
+            window.last(),
+            None,
+        )
+    });
+    let mut windows: Vec<&dyn Aml> = vec![
         &bus_numbers,
         &config_ports,
         &ports_below_config,
         &ports_above_config,
         &mmio32_window,
-    ]);
+    ];
+    if let Some(window) = &mmio64_window {
+        windows.push(window);
+    }
+    let resources = ResourceTemplate::new(windows);
     let hid = Name::new(Path::new("_HID"), &EISAName::new("PNP0A08"));
     let cid = Name::new(Path::new("_CID"), &EISAName::new("PNP0A03"));
     let seg = Name::new(Path::new("_SEG"), &PCI_SEGMENT);
@@ -408,7 +430,7 @@ mod tests {
 
     #[test]
     fn header_and_checksum() {
-        let dsdt = build_dsdt(PciHotplugSlots::Present);
+        let dsdt = build_dsdt(PciHotplugSlots::Present, None);
         assert_eq!(&dsdt[0..4], b"DSDT");
         assert_eq!(u32_at(&dsdt, 4) as usize, dsdt.len());
         assert_eq!(dsdt[8], DSDT_REVISION);
@@ -417,7 +439,7 @@ mod tests {
 
     #[test]
     fn names_the_expected_devices() {
-        let dsdt = build_dsdt(PciHotplugSlots::Present);
+        let dsdt = build_dsdt(PciHotplugSlots::Present, None);
         for name in [
             &b"_SB_"[..],
             b"PCI0",
@@ -437,7 +459,7 @@ mod tests {
 
     #[test]
     fn s5_package_has_the_layout_sleep_type_first() {
-        let dsdt = build_dsdt(PciHotplugSlots::Present);
+        let dsdt = build_dsdt(PciHotplugSlots::Present, None);
         // NameOp "_S5_" PackageOp PkgLength(7) NumElements(4)
         // BytePrefix SLP_TYP ZeroOp ZeroOp ZeroOp
         let expected = [
@@ -460,7 +482,7 @@ mod tests {
 
     #[test]
     fn host_bridge_ids_are_pcie_root_compatible_with_pci() {
-        let dsdt = build_dsdt(PciHotplugSlots::Present);
+        let dsdt = build_dsdt(PciHotplugSlots::Present, None);
         let mut pnp0a08 = Vec::new();
         EISAName::new("PNP0A08").to_aml_bytes(&mut pnp0a08);
         let mut pnp0a03 = Vec::new();
@@ -471,7 +493,7 @@ mod tests {
 
     #[test]
     fn host_bridge_mmio_window_matches_the_layout() {
-        let dsdt = build_dsdt(PciHotplugSlots::Present);
+        let dsdt = build_dsdt(PciHotplugSlots::Present, None);
         // DWord address space descriptor: min, max, translation, length.
         let window = [
             PCI_MMIO32_FIRST.to_le_bytes(),
@@ -485,7 +507,7 @@ mod tests {
 
     #[test]
     fn acpi_register_ports_are_reserved_as_motherboard_resources() {
-        let dsdt = build_dsdt(PciHotplugSlots::Present);
+        let dsdt = build_dsdt(PciHotplugSlots::Present, None);
         let mut ports = Vec::new();
         IO::new(ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_CONTROL_PORT, 1, 2).to_aml_bytes(&mut ports);
         IO::new(ACPI_RESET_PORT, ACPI_RESET_PORT, 1, 1).to_aml_bytes(&mut ports);
@@ -494,7 +516,7 @@ mod tests {
 
     #[test]
     fn every_slot_has_an_address_a_number_and_an_eject_method() {
-        let dsdt = build_dsdt(PciHotplugSlots::Present);
+        let dsdt = build_dsdt(PciHotplugSlots::Present, None);
         for slot in 1..PCI_SLOT_COUNT {
             let mut device = Vec::new();
             Name::new(Path::new("_ADR"), &((slot as u32) << 16)).to_aml_bytes(&mut device);
@@ -514,15 +536,15 @@ mod tests {
 
     #[test]
     fn hotplug_ports_are_reserved_and_the_ged_listens_on_their_interrupt() {
-        let dsdt = build_dsdt(PciHotplugSlots::Present);
+        let dsdt = build_dsdt(PciHotplugSlots::Present, None);
         assert!(contains(&dsdt, &hotplug_ports()));
         assert!(contains(&dsdt, &ged_interrupt(PCI_HOTPLUG_GSI)));
     }
 
     #[test]
     fn without_hotplug_there_are_no_slots_controller_ports_or_interrupt() {
-        let with = build_dsdt(PciHotplugSlots::Present);
-        let dsdt = build_dsdt(PciHotplugSlots::Absent);
+        let with = build_dsdt(PciHotplugSlots::Present, None);
+        let dsdt = build_dsdt(PciHotplugSlots::Absent, None);
         assert_eq!(byte_sum(&dsdt), 0);
         assert!(dsdt.len() < with.len());
         for name in [&b"S01_"[..], b"S1F_", b"_EJ0", b"_SUN", b"PHPR", b"PSCN"] {
@@ -538,10 +560,34 @@ mod tests {
 
     #[test]
     fn ecam_is_reserved_as_a_motherboard_resource() {
-        let dsdt = build_dsdt(PciHotplugSlots::Present);
+        let dsdt = build_dsdt(PciHotplugSlots::Present, None);
         let mut ecam = Vec::new();
         Memory32Fixed::new(true, PCI_ECAM_START as u32, PCI_ECAM_SIZE as u32)
             .to_aml_bytes(&mut ecam);
         assert!(contains(&dsdt, &ecam));
+    }
+
+    #[test]
+    fn host_bridge_64bit_window_is_a_qword_range_only_when_given() {
+        let window = AddressRange {
+            start: 0x1_4000_0000,
+            size: (1 << 46) - 0x1_4000_0000,
+        };
+        let with = build_dsdt(PciHotplugSlots::Absent, Some(window));
+        let without = build_dsdt(PciHotplugSlots::Absent, None);
+        assert_eq!(byte_sum(&with), 0);
+        // QWord address space descriptor: granularity, min, max,
+        // translation, length.
+        let qword = [
+            0u64.to_le_bytes(),
+            window.start.to_le_bytes(),
+            window.last().to_le_bytes(),
+            0u64.to_le_bytes(),
+            window.size.to_le_bytes(),
+        ]
+        .concat();
+        assert!(contains(&with, &qword));
+        assert!(!contains(&without, &window.start.to_le_bytes()));
+        assert_eq!(with.len(), without.len() + 46, "one QWord descriptor more");
     }
 }

@@ -29,7 +29,7 @@ use acpi_tables::xsdt::XSDT;
 use acpi_tables::Aml;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryError};
 
-use super::layout::{ACPI_TABLES_END, ACPI_TABLES_START, RSDP_START};
+use super::layout::{AddressRange, ACPI_TABLES_END, ACPI_TABLES_START, RSDP_START};
 
 /// OEM identification carried in every table header; Linux prints it in
 /// its boot log, which makes "whose tables are these" obvious.
@@ -70,19 +70,22 @@ pub enum AcpiError {
 }
 
 /// Builds all ACPI tables for a VM with `num_cpus` vCPUs (APIC IDs
-/// `0..num_cpus`), with or without PCI hot-plug slots, and writes them to
-/// guest memory: the RSDP at
+/// `0..num_cpus`), with or without PCI hot-plug slots, and with `pci_mmio64`
+/// (`layout::pci_mmio64_window`) as the 64-bit PCI window, and writes them
+/// to guest memory: the RSDP at
 /// [`RSDP_START`], the other tables in `[ACPI_TABLES_START, ACPI_TABLES_END)`.
 /// Returns the RSDP address, which belongs in `boot_params.acpi_rsdp_addr`.
 pub fn create_acpi_tables<M: GuestMemory + ?Sized>(
     mem: &M,
     num_cpus: u8,
     hotplug: PciHotplugSlots,
+    pci_mmio64: Option<AddressRange>,
 ) -> Result<GuestAddress, AcpiError> {
     write_tables(
         mem,
         num_cpus,
         hotplug,
+        pci_mmio64,
         GuestAddress(RSDP_START),
         TableWindow {
             start: ACPI_TABLES_START,
@@ -110,6 +113,7 @@ fn write_tables<M: GuestMemory + ?Sized>(
     mem: &M,
     num_cpus: u8,
     hotplug: PciHotplugSlots,
+    pci_mmio64: Option<AddressRange>,
     rsdp_address: GuestAddress,
     window: TableWindow,
 ) -> Result<GuestAddress, AcpiError> {
@@ -117,7 +121,7 @@ fn write_tables<M: GuestMemory + ?Sized>(
         return Err(AcpiError::NoCpus);
     }
 
-    let dsdt = dsdt::build_dsdt(hotplug);
+    let dsdt = dsdt::build_dsdt(hotplug, pci_mmio64);
     let madt = madt::build_madt(num_cpus);
     let mcfg = mcfg::build_mcfg();
 
@@ -303,7 +307,7 @@ mod tests {
     fn build(num_cpus: u8) -> (GuestMemoryMmap, u64) {
         let mem = low_memory();
         let rsdp =
-            create_acpi_tables(&mem, num_cpus, PciHotplugSlots::Present).expect("tables fit");
+            create_acpi_tables(&mem, num_cpus, PciHotplugSlots::Present, None).expect("tables fit");
         (mem, rsdp.0)
     }
 
@@ -393,7 +397,7 @@ mod tests {
     fn zero_cpus_is_refused() {
         let mem = low_memory();
         assert!(matches!(
-            create_acpi_tables(&mem, 0, PciHotplugSlots::Present),
+            create_acpi_tables(&mem, 0, PciHotplugSlots::Present, None),
             Err(AcpiError::NoCpus)
         ));
     }
@@ -411,6 +415,7 @@ mod tests {
             &mem,
             255,
             PciHotplugSlots::Present,
+            None,
             GuestAddress(RSDP_START),
             window,
         )
@@ -437,8 +442,8 @@ mod tests {
     #[test]
     fn guest_memory_without_the_first_megabyte_is_an_error_not_a_panic() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x8_0000)]).unwrap();
-        let error =
-            create_acpi_tables(&mem, 1, PciHotplugSlots::Present).expect_err("no RAM at 0xe0000");
+        let error = create_acpi_tables(&mem, 1, PciHotplugSlots::Present, None)
+            .expect_err("no RAM at 0xe0000");
         assert!(matches!(error, AcpiError::GuestMemory { .. }));
         assert!(error.to_string().contains("more memory"));
     }

@@ -151,11 +151,11 @@ mod tests {
     #[test]
     fn mechanism1_reads_the_host_bridge() {
         let mut io = PciConfigIo::new(root());
-        assert_eq!(io_read(&mut io, address(0, 0, 0, 0), 4, 4), 0x0008_1b36);
+        assert_eq!(io_read(&mut io, address(0, 0, 0, 0), 4, 4), 0x0d57_1b36);
         assert_eq!(io_read(&mut io, address(0, 0, 0, 8), 4, 4) >> 16, 0x0600);
         // Byte and word reads at offsets within the data window.
         assert_eq!(io_read(&mut io, address(0, 0, 0, 0), 5, 1), 0x1b);
-        assert_eq!(io_read(&mut io, address(0, 0, 0, 0), 6, 2), 0x0008);
+        assert_eq!(io_read(&mut io, address(0, 0, 0, 0), 6, 2), 0x0d57);
         assert_eq!(io_read(&mut io, address(0, 0, 0, 8), 7, 1), 0x06);
     }
 
@@ -196,6 +196,30 @@ mod tests {
         io.write(4, &[0x0b]);
     }
 
+    /// The firmware's PciCf8Lib reaches a register's bytes and words
+    /// through the data window port matching the register offset's low
+    /// bits (0xCFC + (offset & 3)).
+    #[test]
+    fn mechanism1_byte_and_word_writes_land_on_their_register_bytes() {
+        let root = root();
+        let mut io = PciConfigIo::new(root.clone());
+        // Latency timer (offset 0x0d) through 0xCFD.
+        io.write(0, &address(0, 0, 0, 0x0c).to_le_bytes());
+        io.write(5, &[0x40]);
+        // Command register (offset 0x04) with a word through 0xCFC, and the
+        // status above it with a word through 0xCFE (read-only here).
+        io.write(0, &address(0, 0, 0, 0x04).to_le_bytes());
+        io.write(4, &0x0006u16.to_le_bytes());
+        io.write(6, &0xffffu16.to_le_bytes());
+        let mut register = [0u8; 4];
+        root.config_read(0, 0, 0, 0x0c, &mut register);
+        assert_eq!(register, [0, 0x40, 0, 0]);
+        root.config_read(0, 0, 0, 0x04, &mut register);
+        assert_eq!(register, [0x06, 0, 0, 0]);
+        assert_eq!(io_read(&mut io, address(0, 0, 0, 0x04), 4, 2), 0x0006);
+        assert_eq!(io_read(&mut io, address(0, 0, 0, 0x0c), 5, 1), 0x40);
+    }
+
     /// Accesses at 0xCF9-0xCFB (below the data window) or running past
     /// 0xCFF read all ones and write nothing, with no arithmetic on the
     /// out-of-window offset (it once wrapped, which panics with overflow
@@ -226,7 +250,7 @@ mod tests {
         let mut ecam = PciConfigMmio::new(root.clone());
         let mut data = [0u8; 4];
         ecam.read(0, &mut data);
-        assert_eq!(u32::from_le_bytes(data), 0x0008_1b36);
+        assert_eq!(u32::from_le_bytes(data), 0x0d57_1b36);
         ecam.read(0xa, &mut data[..2]);
         assert_eq!(u16::from_le_bytes([data[0], data[1]]), 0x0600);
         for absent in [1 << 15, 3 << 15, 1 << 12, 0x100 + (7 << 15)] {

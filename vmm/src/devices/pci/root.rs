@@ -21,10 +21,12 @@ use crate::devices::virtio::{IoGate, VirtioDevice, VirtioPciDevice};
 use crate::devices::VmInterface;
 use crate::sync::lock;
 
-/// Red Hat's generic PCIe host bridge IDs: a plain bridge that no guest
-/// kernel applies chipset quirks to.
+/// A plain host bridge that no guest kernel applies chipset quirks to.
+/// The device ID is Cloud Hypervisor's: the CloudHv build of OVMF reads it
+/// (and only it, not the vendor) to tell which platform it runs on, and
+/// anything else makes it assume a QEMU chipset with fw_cfg and halt.
 const HOST_BRIDGE_VENDOR: u16 = 0x1b36;
-const HOST_BRIDGE_DEVICE: u16 = 0x0008;
+const HOST_BRIDGE_DEVICE: u16 = 0x0d57;
 const CLASS_BRIDGE: u8 = 0x06;
 const SUBCLASS_HOST_BRIDGE: u8 = 0x00;
 
@@ -473,6 +475,55 @@ mod tests {
         assert_eq!(bus_byte(&bus, 0xd002_0000), Some(0x10));
     }
 
+    /// What the CloudHv firmware's PCI bus driver does to a device the VMM
+    /// placed: decoding off with a 16-bit write to the command register,
+    /// each BAR dword sized (all ones, read, original written back), the
+    /// 64-bit BAR moved into its 64-bit aperture (here the top eighth of a
+    /// 46-bit address space), then decoding back on.
+    #[test]
+    fn firmware_enumeration_moves_a_64bit_bar_above_4gib() {
+        let (bus, root) = setup();
+        let (device, mapped) = TwoBars::new();
+        let slot = root.add_device(Arc::new(Mutex::new(device))).unwrap();
+        let old_bar0 = u64::from(read_u32(&root, slot, 0x10));
+        let old_bar2 = u64::from(read_u32(&root, slot, 0x18) & !0xf);
+        mapped.lock().unwrap().clear();
+
+        let mut command = [0u8; 2];
+        root.config_read(0, slot, 0, 4, &mut command);
+        let off = u16::from_le_bytes(command) & !COMMAND_MEMORY_SPACE;
+        root.config_write(0, slot, 0, 4, &off.to_le_bytes());
+        assert_eq!(bus_byte(&bus, old_bar0), None);
+        assert_eq!(bus_byte(&bus, old_bar2), None);
+        assert_eq!(*mapped.lock().unwrap(), vec![(0, None), (2, None)]);
+        mapped.lock().unwrap().clear();
+        for (offset, expected) in [(0x10, 0xffff_f000), (0x18, 0xffff_c004), (0x1c, u32::MAX)] {
+            let original = read_u32(&root, slot, offset);
+            write_u32(&root, slot, offset, u32::MAX);
+            assert_eq!(
+                read_u32(&root, slot, offset),
+                expected,
+                "BAR at {offset:#x}"
+            );
+            write_u32(&root, slot, offset, original);
+        }
+        assert!(mapped.lock().unwrap().is_empty(), "sizing maps nothing");
+
+        let high = 0x3800_0000_0000u64;
+        write_u32(&root, slot, 0x10, 0xc000_0000);
+        write_u32(&root, slot, 0x18, high as u32);
+        write_u32(&root, slot, 0x1c, (high >> 32) as u32);
+        let on = off | COMMAND_MEMORY_SPACE;
+        root.config_write(0, slot, 0, 4, &on.to_le_bytes());
+        assert_eq!(bus_byte(&bus, 0xc000_0000), Some(0x10));
+        assert_eq!(bus_byte(&bus, high + 0x3fff), Some(0x12));
+        assert_eq!(bus_byte(&bus, high + 0x4000), None);
+        assert!(mapped
+            .lock()
+            .unwrap()
+            .ends_with(&[(0, Some(0xc000_0000)), (2, Some(high))]));
+    }
+
     #[test]
     fn colliding_bar_stays_unmapped_and_spares_the_other_device() {
         let (bus, root) = setup();
@@ -587,7 +638,7 @@ mod tests {
     #[test]
     fn host_bridge_is_at_slot_zero() {
         let (_bus, root) = setup();
-        assert_eq!(read_u32(&root, 0, 0), 0x0008_1b36);
+        assert_eq!(read_u32(&root, 0, 0), 0x0d57_1b36);
         assert_eq!(read_u32(&root, 0, 8) >> 8, 0x06_00_00);
         assert_eq!(read_u32(&root, 0, 0x10), 0, "no BARs");
     }
