@@ -25,10 +25,17 @@ use rtc::{CmosRtc, CMOS_PORT_LEN};
 
 /// Put the firmware's devices on the port bus: the RTC at 0x70-0x71, the
 /// PM timer at 0x608-0x60b, POST codes at 0x80 and the debug console at
-/// 0x402, whose output goes to `firmware_log` when given.
-pub fn attach_firmware_devices(pio: &Bus, firmware_log: Option<File>) -> Result<(), BusError> {
+/// 0x402, whose output goes to `firmware_log` when given. The RTC's CMOS
+/// RAM tells the firmware about the `ram_above_4gib` bytes of RAM at 4 GiB.
+pub fn attach_firmware_devices(
+    pio: &Bus,
+    firmware_log: Option<File>,
+    ram_above_4gib: u64,
+) -> Result<(), BusError> {
     pio.insert(
-        Arc::new(Mutex::new(CmosRtc::new(HostClock::new()))),
+        Arc::new(Mutex::new(
+            CmosRtc::new(HostClock::new()).with_ram_above_4gib(ram_above_4gib),
+        )),
         u64::from(CMOS_INDEX_PORT),
         CMOS_PORT_LEN,
     )?;
@@ -77,7 +84,7 @@ mod tests {
             std::env::temp_dir().join(format!("securevm-firmware-log-{}", std::process::id())),
         );
         let pio = Bus::new();
-        attach_firmware_devices(&pio, Some(File::create(&path.0).unwrap())).unwrap();
+        attach_firmware_devices(&pio, Some(File::create(&path.0).unwrap()), 0).unwrap();
 
         let mut byte = [0u8];
         assert!(pio.read(u64::from(FIRMWARE_DEBUG_PORT), &mut byte));
@@ -116,7 +123,7 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(
-            attach_firmware_devices(&pio, None),
+            attach_firmware_devices(&pio, None, 0),
             Err(BusError::Overlap { .. })
         ));
     }

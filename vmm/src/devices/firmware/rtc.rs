@@ -107,6 +107,9 @@ struct PendingSet {
     host_second: i64,
 }
 
+/// First of the three CMOS bytes holding the RAM above 4 GiB.
+const CMOS_RAM_ABOVE_4GIB: u8 = 0x5b;
+
 pub struct CmosRtc<C: Clock> {
     clock: C,
     /// The last byte written to the index port, NMI bit included (reads of
@@ -135,6 +138,20 @@ impl<C: Clock> CmosRtc<C> {
             reading: None,
             pending_set: None,
         }
+    }
+
+    /// Record in CMOS RAM, the way PC firmware setups do, how much RAM lies
+    /// above 4 GiB: registers 0x5b-0x5d, least significant byte first, in
+    /// 64 KiB units. edk2's CloudHv build reads only these bytes for that
+    /// RAM (the PVH memory map serves it below 4 GiB); sizes past what
+    /// three bytes hold (1 TiB) are capped.
+    pub fn with_ram_above_4gib(mut self, bytes: u64) -> Self {
+        let units = (bytes >> 16).min(0x00ff_ffff);
+        let [low, middle, high, ..] = units.to_le_bytes();
+        self.ram[usize::from(CMOS_RAM_ABOVE_4GIB)] = low;
+        self.ram[usize::from(CMOS_RAM_ABOVE_4GIB) + 1] = middle;
+        self.ram[usize::from(CMOS_RAM_ABOVE_4GIB) + 2] = high;
+        self
     }
 
     /// Host UTC as whole seconds (clamped, see [`LATEST_HOST_SECOND`]) and

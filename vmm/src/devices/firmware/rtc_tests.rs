@@ -515,3 +515,28 @@ fn every_mode_encodes_and_decodes_the_same_second() {
         }
     }
 }
+
+#[test]
+fn cmos_ram_tells_the_firmware_the_ram_above_4gib() {
+    let (rtc, _) = rtc_at(SUNDAY_AFTERNOON);
+    let mut rtc = rtc.with_ram_above_4gib((5 << 30) + (3 << 16));
+    // 5 GiB + 192 KiB = 0x01_4003 units of 64 KiB, least significant first.
+    assert_eq!(
+        [
+            read(&mut rtc, 0x5b),
+            read(&mut rtc, 0x5c),
+            read(&mut rtc, 0x5d)
+        ],
+        [0x03, 0x40, 0x01]
+    );
+    let (rtc, _) = rtc_at(SUNDAY_AFTERNOON);
+    let mut huge = rtc.with_ram_above_4gib(u64::MAX);
+    assert_eq!(
+        [
+            read(&mut huge, 0x5b),
+            read(&mut huge, 0x5c),
+            read(&mut huge, 0x5d)
+        ],
+        [0xff, 0xff, 0xff]
+    );
+}
