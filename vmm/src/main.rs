@@ -113,7 +113,7 @@ struct RunArgs {
     #[arg(long, value_name = "STR", help = cmdline_help())]
     cmdline: Option<String>,
     /// UEFI firmware (edk2's Cloud Hypervisor build of OVMF, CLOUDHV.fd) that boots the OS
-    /// installed on the first --disk, instead of --kernel.
+    /// installed on the --disk, instead of --kernel.
     #[arg(long, value_name = "PATH")]
     firmware: Option<PathBuf>,
     /// With --firmware: write the firmware's debug console (port 0x402) to FILE (mode 0600).

@@ -813,4 +813,42 @@ mod tests {
             Err(FirmwareError::MemoryTooSmall { needed_mib: 128 })
         ));
     }
+    #[test]
+    fn damaged_images_are_refused_or_load_inside_ram() {
+        // Deterministic damage to a valid image: bytes overwritten in its
+        // headers and note, and cuts. Whatever passes must still keep its
+        // segments in RAM above 1 MiB, with the entry inside one.
+        let mem_size = 128 * MIB;
+        let original = firmware_with(ELF_MACHINE_I386, &[0xf4; 64], 0x1000, &pvh_note(ENTRY));
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let mut image = original.clone();
+            for _ in 0..1 + next() % 4 {
+                let at = usize_from_u64(next() % (64 + 2 * 56 + 64 + 20));
+                image[at] = next() as u8;
+            }
+            if next() % 8 == 0 {
+                image.truncate(usize_from_u64(next() % original.len() as u64));
+            }
+            let Ok(loaded) = inspect_firmware(&mut Cursor::new(image), mem_size) else {
+                continue;
+            };
+            for segment in &loaded.segments {
+                assert!(segment.address >= HIGH_MEMORY_START);
+                assert!(segment.address + segment.memory_size <= mem_size);
+                assert!(segment.file_size <= segment.memory_size);
+            }
+            let entry = loaded.pvh_entry.0;
+            assert!(loaded
+                .segments
+                .iter()
+                .any(|s| entry >= s.address && entry < s.address + s.memory_size));
+        }
+    }
 }
