@@ -305,8 +305,9 @@ impl VmBuilder<'_> {
 
     /// Step 3: the buses, with the serial port (its output through the
     /// console writer thread), the i8042 reset line and the ACPI power
-    /// ports on the port bus; for a firmware boot, the devices only the
-    /// firmware needs, its debug console writing to `firmware_log`.
+    /// ports on the port bus. `firmware_log` (`--firmware-log`) is for the
+    /// debug console among the devices only a firmware boot gets
+    /// (`devices::firmware`).
     fn attach_legacy_devices(
         &self,
         machine: &Machine,
