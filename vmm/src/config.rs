@@ -2,7 +2,7 @@
 //! touches KVM.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use crate::audit::AuditConfig;
@@ -205,12 +205,96 @@ pub struct ExternalMediaConfig {
     pub format_blank: bool,
 }
 
+/// What the guest boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootSource {
+    /// `--kernel` (with `--initrd`, `--cmdline`): a kernel from the host,
+    /// entered directly.
+    Kernel {
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        cmdline: String,
+    },
+    /// `--firmware`: UEFI firmware, which boots the OS installed on the
+    /// disk with that OS's own bootloader, kernel and command line.
+    Firmware {
+        firmware: PathBuf,
+        /// `--firmware-log`: where the firmware's debug console goes.
+        log: Option<PathBuf>,
+    },
+}
+
+impl BootSource {
+    /// The file the guest's first instruction comes from.
+    pub fn image(&self) -> &Path {
+        match self {
+            BootSource::Kernel { kernel, .. } => kernel,
+            BootSource::Firmware { firmware, .. } => firmware,
+        }
+    }
+}
+
+/// The boot flags of `securevm run` as given; [`BootFlags::source`]
+/// checks that they describe one way to boot.
+#[derive(Debug, Clone, Default)]
+pub struct BootFlags {
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    /// `None`: not given, [`DEFAULT_CMDLINE`] applies to a kernel boot.
+    pub cmdline: Option<String>,
+    pub firmware: Option<PathBuf>,
+    pub firmware_log: Option<PathBuf>,
+}
+
+/// Boot flags that do not fit together (a usage error).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BootFlagsError {
+    #[error("nothing to boot: give --kernel PATH to boot a kernel from the host, or --firmware PATH to boot the OS installed on the disk through UEFI firmware")]
+    NoBootSource,
+    #[error("--kernel and --firmware exclude each other: give --kernel to boot a kernel from the host, or --firmware to boot the OS installed on the disk")]
+    KernelAndFirmware,
+    #[error("--{flag} cannot be used with --firmware: the firmware starts the disk's own bootloader, which loads the installed OS's kernel, initrd and command line; drop --{flag}")]
+    KernelFlagWithFirmware { flag: &'static str },
+    #[error("--firmware-log records the debug console of UEFI firmware and needs --firmware; drop it for a --kernel boot")]
+    FirmwareLogWithoutFirmware,
+}
+
+impl BootFlags {
+    /// What the guest boots, or why these flags name no single way to boot.
+    pub fn source(self) -> Result<BootSource, BootFlagsError> {
+        match (self.kernel, self.firmware) {
+            (Some(_), Some(_)) => Err(BootFlagsError::KernelAndFirmware),
+            (None, None) => Err(BootFlagsError::NoBootSource),
+            (Some(kernel), None) => {
+                if self.firmware_log.is_some() {
+                    return Err(BootFlagsError::FirmwareLogWithoutFirmware);
+                }
+                Ok(BootSource::Kernel {
+                    kernel,
+                    initrd: self.initrd,
+                    cmdline: self.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.into()),
+                })
+            }
+            (None, Some(firmware)) => {
+                if self.initrd.is_some() {
+                    return Err(BootFlagsError::KernelFlagWithFirmware { flag: "initrd" });
+                }
+                if self.cmdline.is_some() {
+                    return Err(BootFlagsError::KernelFlagWithFirmware { flag: "cmdline" });
+                }
+                Ok(BootSource::Firmware {
+                    firmware,
+                    log: self.firmware_log,
+                })
+            }
+        }
+    }
+}
+
 /// Everything one VM is built from.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
-    pub kernel: PathBuf,
-    pub initrd: Option<PathBuf>,
-    pub cmdline: String,
+    pub boot: BootSource,
     pub cpus: u16,
     pub memory_mib: u64,
     pub disks: Vec<DiskConfig>,
@@ -265,8 +349,10 @@ impl VmConfig {
         if self.cpus > MAX_VCPUS {
             return Err(ConfigError::TooManyVcpus(self.cpus));
         }
-        if self.cmdline.trim().is_empty() {
-            return Err(ConfigError::EmptyCmdline);
+        if let BootSource::Kernel { cmdline, .. } = &self.boot {
+            if cmdline.trim().is_empty() {
+                return Err(ConfigError::EmptyCmdline);
+            }
         }
         Ok(())
     }
@@ -282,9 +368,11 @@ mod tests {
 
     fn config() -> VmConfig {
         VmConfig {
-            kernel: "k".into(),
-            initrd: None,
-            cmdline: DEFAULT_CMDLINE.into(),
+            boot: BootSource::Kernel {
+                kernel: "k".into(),
+                initrd: None,
+                cmdline: DEFAULT_CMDLINE.into(),
+            },
             cpus: 1,
             memory_mib: DEFAULT_MEMORY_MIB,
             disks: vec![],
@@ -416,6 +504,102 @@ mod tests {
     }
 
     #[test]
+    fn boot_flags_name_one_way_to_boot() {
+        let kernel = BootFlags {
+            kernel: Some("vmlinuz".into()),
+            initrd: Some("initrd.img".into()),
+            ..BootFlags::default()
+        };
+        assert_eq!(
+            kernel.source(),
+            Ok(BootSource::Kernel {
+                kernel: "vmlinuz".into(),
+                initrd: Some("initrd.img".into()),
+                cmdline: DEFAULT_CMDLINE.into(),
+            })
+        );
+        let custom = BootFlags {
+            kernel: Some("vmlinuz".into()),
+            cmdline: Some("console=ttyS0".into()),
+            ..BootFlags::default()
+        };
+        assert!(matches!(
+            custom.source(),
+            Ok(BootSource::Kernel { cmdline, .. }) if cmdline == "console=ttyS0"
+        ));
+        let firmware = BootFlags {
+            firmware: Some("CLOUDHV.fd".into()),
+            firmware_log: Some("fw.log".into()),
+            ..BootFlags::default()
+        };
+        let source = firmware.source().unwrap();
+        assert_eq!(
+            source,
+            BootSource::Firmware {
+                firmware: "CLOUDHV.fd".into(),
+                log: Some("fw.log".into()),
+            }
+        );
+        assert_eq!(source.image(), Path::new("CLOUDHV.fd"));
+    }
+
+    #[test]
+    fn boot_flags_that_do_not_fit_together_say_why() {
+        let firmware = || BootFlags {
+            firmware: Some("CLOUDHV.fd".into()),
+            ..BootFlags::default()
+        };
+        assert_eq!(
+            BootFlags::default().source(),
+            Err(BootFlagsError::NoBootSource)
+        );
+        let both = BootFlags {
+            kernel: Some("vmlinuz".into()),
+            ..firmware()
+        };
+        assert_eq!(both.source(), Err(BootFlagsError::KernelAndFirmware));
+        let with_initrd = BootFlags {
+            initrd: Some("initrd.img".into()),
+            ..firmware()
+        };
+        let err = with_initrd.source().unwrap_err();
+        assert_eq!(
+            err,
+            BootFlagsError::KernelFlagWithFirmware { flag: "initrd" }
+        );
+        assert!(err.to_string().contains("disk's own bootloader"), "{err}");
+        let with_cmdline = BootFlags {
+            cmdline: Some("quiet".into()),
+            ..firmware()
+        };
+        assert_eq!(
+            with_cmdline.source(),
+            Err(BootFlagsError::KernelFlagWithFirmware { flag: "cmdline" })
+        );
+        let log_without_firmware = BootFlags {
+            kernel: Some("vmlinuz".into()),
+            firmware_log: Some("fw.log".into()),
+            ..BootFlags::default()
+        };
+        assert_eq!(
+            log_without_firmware.source(),
+            Err(BootFlagsError::FirmwareLogWithoutFirmware)
+        );
+    }
+
+    #[test]
+    fn a_firmware_boot_has_no_command_line_to_check() {
+        let c = VmConfig {
+            boot: BootSource::Firmware {
+                firmware: "CLOUDHV.fd".into(),
+                log: None,
+            },
+            ..config()
+        };
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
     fn limits() {
         assert_eq!(config().validate(), Ok(()));
         let c = VmConfig {
@@ -439,7 +623,11 @@ mod tests {
         };
         assert_eq!(c.validate(), Err(ConfigError::TooManyVcpus(255)));
         let c = VmConfig {
-            cmdline: "  ".into(),
+            boot: BootSource::Kernel {
+                kernel: "k".into(),
+                initrd: None,
+                cmdline: "  ".into(),
+            },
             ..config()
         };
         assert_eq!(c.validate(), Err(ConfigError::EmptyCmdline));

@@ -8,6 +8,8 @@
 //! user who passes the wrong file, a truncated download, a kernel too old for
 //! 64-bit entry or too little `--memory` is told exactly that.
 
+pub mod firmware;
+
 use std::io::{self, Read, Seek, SeekFrom};
 
 use linux_loader::loader::bootparam::{setup_header, LOADED_HIGH, XLF_KERNEL_64};

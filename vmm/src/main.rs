@@ -11,8 +11,8 @@ use securevm::audit::cli::{run_audit_command, AuditCommand};
 use securevm::audit::AuditConfig;
 use securevm::bench::disk::{run_disk_bench, BenchDiskArgs};
 use securevm::config::{
-    DiskConfig, ExternalMediaConfig, NetConfig, RebootAction, VmConfig, DEFAULT_CMDLINE,
-    DEFAULT_MEMORY_MIB,
+    BootFlags, BootFlagsError, DiskConfig, ExternalMediaConfig, NetConfig, RebootAction, VmConfig,
+    DEFAULT_CMDLINE, DEFAULT_MEMORY_MIB,
 };
 use securevm::console::prompt_phrase;
 use securevm::exit::{ExitReason, EXIT_ERROR, EXIT_LOGIN_REFUSED, EXIT_USAGE};
@@ -41,7 +41,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Boot a guest kernel. The guest console is this terminal (Ctrl-A x quits).
+    /// Boot a guest: a kernel from the host (--kernel), or the OS installed on its disk
+    /// through UEFI firmware (--firmware). The guest console is this terminal (Ctrl-A x quits).
     ///
     /// Exit status: 0 guest powered off, 1 error, 2 usage error, 3 guest
     /// rebooted, 4 guest crashed, 5 login refused, 31 a syscall outside the
@@ -105,13 +106,19 @@ enum OnReboot {
 struct RunArgs {
     /// Guest kernel: a bzImage, or an ELF vmlinux with a PVH entry note.
     #[arg(long, value_name = "PATH")]
-    kernel: PathBuf,
+    kernel: Option<PathBuf>,
     /// Initial ramdisk handed to the kernel.
     #[arg(long, value_name = "PATH")]
     initrd: Option<PathBuf>,
-    /// Kernel command line.
-    #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
-    cmdline: String,
+    #[arg(long, value_name = "STR", help = cmdline_help())]
+    cmdline: Option<String>,
+    /// UEFI firmware (edk2's Cloud Hypervisor build of OVMF, CLOUDHV.fd) that boots the OS
+    /// installed on the --disk, instead of --kernel.
+    #[arg(long, value_name = "PATH")]
+    firmware: Option<PathBuf>,
+    /// With --firmware: write the firmware's debug console (port 0x402) to FILE (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    firmware_log: Option<PathBuf>,
     /// Number of vCPUs.
     #[arg(long, value_name = "N", default_value_t = 1)]
     cpus: u16,
@@ -183,12 +190,25 @@ struct RunArgs {
     card: CardArgs,
 }
 
-impl From<RunArgs> for VmConfig {
-    fn from(args: RunArgs) -> VmConfig {
-        VmConfig {
+/// `--cmdline`'s help, with the default a kernel boot gets without it.
+fn cmdline_help() -> String {
+    format!("Kernel command line (--kernel only) [default: {DEFAULT_CMDLINE}]")
+}
+
+impl TryFrom<RunArgs> for VmConfig {
+    type Error = BootFlagsError;
+
+    fn try_from(args: RunArgs) -> Result<VmConfig, BootFlagsError> {
+        let boot = BootFlags {
             kernel: args.kernel,
             initrd: args.initrd,
             cmdline: args.cmdline,
+            firmware: args.firmware,
+            firmware_log: args.firmware_log,
+        }
+        .source()?;
+        Ok(VmConfig {
+            boot,
             cpus: args.cpus,
             memory_mib: args.memory,
             disks: args.disks,
@@ -226,7 +246,7 @@ impl From<RunArgs> for VmConfig {
             },
             kvm_device: args.kvm_device,
             api_socket: args.api_socket,
-        }
+        })
     }
 }
 
@@ -261,7 +281,13 @@ fn main() -> ExitCode {
                 );
                 return exit_status(EXIT_USAGE);
             }
-            run((*args).into())
+            match VmConfig::try_from(*args) {
+                Ok(config) => run(config),
+                Err(e) => {
+                    eprintln!("securevm: error: {e}");
+                    exit_status(EXIT_USAGE)
+                }
+            }
         }
         Command::Disk(DiskCli::Volume(command)) => match run_disk_command(command) {
             Ok(()) => ExitCode::SUCCESS,

@@ -4,7 +4,8 @@
 //! plus the GDT, IDT and page tables the entry state refers to.
 //!
 //! `configure_boot` is the one call the boot sequence makes after loading the
-//! kernel, initrd and command line; its `BootEntry` then seeds the boot vCPU.
+//! kernel, initrd and command line (`configure_firmware_boot` after loading
+//! UEFI firmware); its `BootEntry` then seeds the boot vCPU.
 
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header, LOADED_HIGH};
 use linux_loader::loader::elf::start_info::{
@@ -16,7 +17,8 @@ use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryError, GuestMemoryMm
 
 use super::gdt::{write_gdt_and_idt, BootMode};
 use super::layout::{
-    PVH_MEMMAP_START, PVH_MODLIST_START, PVH_START_INFO_START, RSDP_START, ZERO_PAGE_START,
+    FIRMWARE_MEMMAP_START, FIRMWARE_START_INFO_START, PVH_MEMMAP_START, PVH_MODLIST_START,
+    PVH_START_INFO_START, RSDP_START, ZERO_PAGE_START,
 };
 use super::memory::{memory_map, MemoryKind, MemoryMapEntry};
 use super::paging::write_page_tables;
@@ -43,6 +45,20 @@ const _: () = assert!(
 );
 const _: () = assert!(
     PVH_MODLIST_START + std::mem::size_of::<hvm_modlist_entry>() as u64 <= PVH_MEMMAP_START
+);
+
+/// Room for the firmware's memory map; `memory_map` makes at most five.
+const FIRMWARE_MEMMAP_MAX_ENTRIES: u64 = 64;
+
+// The firmware's start info and memory map lie between 640 KiB and the
+// ACPI tables, apart.
+const _: () = assert!(
+    FIRMWARE_START_INFO_START >= 0xa0000
+        && FIRMWARE_START_INFO_START + std::mem::size_of::<hvm_start_info>() as u64
+            <= FIRMWARE_MEMMAP_START
+        && FIRMWARE_MEMMAP_START
+            + FIRMWARE_MEMMAP_MAX_ENTRIES * std::mem::size_of::<hvm_memmap_table_entry>() as u64
+            <= RSDP_START
 );
 
 /// Why the boot information could not be written.
@@ -185,18 +201,7 @@ pub fn start_info(
     Option<hvm_modlist_entry>,
     Vec<hvm_memmap_table_entry>,
 ) {
-    let memmap: Vec<_> = memory_map(config.mem_size)
-        .iter()
-        .map(|entry| hvm_memmap_table_entry {
-            addr: entry.address,
-            size: entry.size,
-            type_: match entry.kind {
-                MemoryKind::Ram => XEN_HVM_MEMMAP_TYPE_RAM,
-                MemoryKind::Reserved => XEN_HVM_MEMMAP_TYPE_RESERVED,
-            },
-            reserved: 0,
-        })
-        .collect();
+    let memmap = pvh_memmap(config.mem_size);
     let module = config.initrd.map(|initrd| hvm_modlist_entry {
         paddr: initrd.address.0,
         size: initrd.size,
@@ -234,15 +239,72 @@ fn write_start_info(mem: &GuestMemoryMmap, config: &BootConfig) -> Result<(), Bo
         mem.write_obj(module, GuestAddress(PVH_MODLIST_START))
             .map_err(memory_error)?;
     }
+    write_memmap(mem, PVH_MEMMAP_START, memmap).map_err(memory_error)
+}
+
+/// The memory map in PVH's form.
+fn pvh_memmap(mem_size: u64) -> Vec<hvm_memmap_table_entry> {
+    memory_map(mem_size)
+        .iter()
+        .map(|entry| hvm_memmap_table_entry {
+            addr: entry.address,
+            size: entry.size,
+            type_: match entry.kind {
+                MemoryKind::Ram => XEN_HVM_MEMMAP_TYPE_RAM,
+                MemoryKind::Reserved => XEN_HVM_MEMMAP_TYPE_RESERVED,
+            },
+            reserved: 0,
+        })
+        .collect()
+}
+
+fn write_memmap(
+    mem: &GuestMemoryMmap,
+    start: u64,
+    memmap: Vec<hvm_memmap_table_entry>,
+) -> Result<(), GuestMemoryError> {
     let entry_size = std::mem::size_of::<hvm_memmap_table_entry>() as u64;
     for (index, entry) in memmap.into_iter().enumerate() {
-        mem.write_obj(
-            entry,
-            GuestAddress(PVH_MEMMAP_START + index as u64 * entry_size),
-        )
-        .map_err(memory_error)?;
+        mem.write_obj(entry, GuestAddress(start + index as u64 * entry_size))?;
     }
     Ok(())
+}
+
+/// Writes what PVH firmware reads at its entry (the boot GDT, and a start
+/// info with the memory map and the RSDP, without modules or command line)
+/// and returns how the boot vCPU enters it at `pvh_entry`.
+pub fn configure_firmware_boot(
+    mem: &GuestMemoryMmap,
+    pvh_entry: GuestAddress,
+    mem_size: u64,
+) -> Result<BootEntry, BootError> {
+    let memory_error = |what| move |source| BootError::GuestMemory { what, source };
+    write_gdt_and_idt(mem, BootMode::Protected32).map_err(memory_error("boot GDT"))?;
+    let (info, memmap) = firmware_start_info(mem_size);
+    mem.write_obj(info, GuestAddress(FIRMWARE_START_INFO_START))
+        .map_err(memory_error("PVH start info"))?;
+    write_memmap(mem, FIRMWARE_MEMMAP_START, memmap).map_err(memory_error("PVH start info"))?;
+    Ok(BootEntry {
+        entry: pvh_entry,
+        protocol: BootProtocol::Pvh,
+        boot_params_addr: GuestAddress(FIRMWARE_START_INFO_START),
+    })
+}
+
+/// The PVH start info for firmware and its memory map.
+pub fn firmware_start_info(mem_size: u64) -> (hvm_start_info, Vec<hvm_memmap_table_entry>) {
+    let memmap = pvh_memmap(mem_size);
+    let info = hvm_start_info {
+        magic: XEN_HVM_START_MAGIC_VALUE,
+        version: HVM_START_INFO_VERSION,
+        rsdp_paddr: RSDP_START,
+        memmap_paddr: FIRMWARE_MEMMAP_START,
+        // At most five ranges (see `memory_map`).
+        #[allow(clippy::cast_possible_truncation)]
+        memmap_entries: memmap.len() as u32,
+        ..Default::default()
+    };
+    (info, memmap)
 }
 
 #[cfg(test)]
@@ -445,5 +507,50 @@ mod tests {
                 XEN_HVM_MEMMAP_TYPE_RAM
             )
         );
+    }
+    #[test]
+    fn firmware_boot_writes_start_info_in_the_legacy_hole() {
+        let mem = create_guest_memory(256 * MIB).unwrap();
+        let entry = configure_firmware_boot(&mem, GuestAddress(0x4f_ffd0), 256 * MIB).unwrap();
+        assert_eq!(
+            entry,
+            BootEntry {
+                entry: GuestAddress(0x4f_ffd0),
+                protocol: BootProtocol::Pvh,
+                boot_params_addr: GuestAddress(FIRMWARE_START_INFO_START),
+            }
+        );
+        let info: hvm_start_info = mem
+            .read_obj(GuestAddress(FIRMWARE_START_INFO_START))
+            .unwrap();
+        assert_eq!(info.magic, XEN_HVM_START_MAGIC_VALUE);
+        assert_eq!(info.version, HVM_START_INFO_VERSION);
+        assert_eq!(info.rsdp_paddr, RSDP_START);
+        assert_eq!((info.nr_modules, info.modlist_paddr), (0, 0));
+        assert_eq!(info.cmdline_paddr, 0);
+        assert_eq!(info.memmap_paddr, FIRMWARE_MEMMAP_START);
+        assert_eq!(info.memmap_entries, 4);
+        // The firmware sizes low RAM from the highest RAM entry below 4 GiB.
+        let third: hvm_memmap_table_entry = mem
+            .read_obj(GuestAddress(FIRMWARE_MEMMAP_START + 2 * 24))
+            .unwrap();
+        assert_eq!(
+            (third.addr + third.size, third.type_),
+            (256 * MIB, XEN_HVM_MEMMAP_TYPE_RAM)
+        );
+        // The kernel's PVH page is left alone.
+        let kernel_page: hvm_start_info = mem.read_obj(GuestAddress(PVH_START_INFO_START)).unwrap();
+        assert_eq!(kernel_page.magic, 0);
+    }
+
+    #[test]
+    fn firmware_start_info_is_where_the_firmware_never_allocates() {
+        // CloudHv takes [0, 640 KiB) and [1 MiB, end of low RAM) as free.
+        let (info, memmap) = firmware_start_info(5 << 30);
+        let end = FIRMWARE_MEMMAP_START + memmap.len() as u64 * 24;
+        assert!(FIRMWARE_START_INFO_START >= 0xa_0000 && end <= RSDP_START);
+        assert!(memmap.len() as u64 <= FIRMWARE_MEMMAP_MAX_ENTRIES);
+        assert_eq!(info.memmap_entries as usize, memmap.len());
+        assert_eq!(memmap.last().map(|e| e.addr), Some(1 << 32));
     }
 }

@@ -20,6 +20,14 @@ pub const EBDA_START: u64 = 0x9fc00;
 pub const RSDP_START: u64 = 0xe0000;
 pub const ACPI_TABLES_START: u64 = 0xe0100;
 pub const ACPI_TABLES_END: u64 = 0x100000;
+/// A firmware boot's PVH start info and memory map, in the legacy video
+/// hole below the ACPI tables. The CloudHv firmware treats [0, 640 KiB)
+/// and [1 MiB, end of low RAM) as free RAM whatever the memory map says,
+/// and reads the start info as late as its DXE phase (for the RSDP), so
+/// anything there could be overwritten before it is read; [640 KiB, 1 MiB)
+/// it never allocates.
+pub const FIRMWARE_START_INFO_START: u64 = 0xa0000;
+pub const FIRMWARE_MEMMAP_START: u64 = FIRMWARE_START_INFO_START + 0x80;
 /// Where the protected-mode kernel is loaded (the boot protocol's default).
 pub const HIGH_MEMORY_START: u64 = 0x100000;
 /// Initial stack of the boot vCPU.

@@ -5,8 +5,10 @@
 //! vCPUs, and start the console, the vCPU threads and the services. The
 //! result is a [`RunningVm`], which owns all of it until it stops.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::net::IpAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
@@ -20,19 +22,21 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::api::protocol::{Device, MediaCounters};
 use crate::api::{ApiServer, BoundSocket, LiveVm, LiveVmParts, NetDevice, ServerConfig};
 use crate::arch::acpi::{create_acpi_tables, PciHotplugSlots, PCI_HOTPLUG_GSI, POWER_BUTTON_GSI};
-use crate::arch::boot_params::{configure_boot, BootConfig, BootEntry};
+use crate::arch::boot_params::{configure_boot, configure_firmware_boot, BootConfig, BootEntry};
 use crate::arch::cpuid::physical_address_bits;
 use crate::arch::guest_ram::GuestRam;
 use crate::arch::layout::{
     pci_mmio64_window, COM1_IRQ, COM1_PORT, PCI_CONFIG_ADDRESS_PORT, PCI_ECAM_SIZE, PCI_ECAM_START,
     PCI_HOTPLUG_PORT_BASE, PCI_HOTPLUG_PORT_LEN,
 };
+use crate::arch::memory::low_ram_end;
 use crate::arch::vcpu::configure_vcpu;
 use crate::audit::{Audit, Event};
-use crate::config::{ConfigError, VmConfig};
+use crate::config::{BootSource, ConfigError, VmConfig};
 use crate::confined::{self, Confinement};
 use crate::console::{spawn_input_thread, ConsoleGate, ConsoleWriter, PromptPhrase, RawTerminal};
 use crate::devices::bus::Bus;
+use crate::devices::firmware::attach_firmware_devices;
 use crate::devices::pci::{PciConfigIo, PciConfigMmio, PciHotplug, PciHotplugPorts, PciRoot};
 use crate::devices::power::{
     AcpiPowerDevice, I8042Device, ACPI_POWER_PORT_BASE, ACPI_POWER_PORT_LEN,
@@ -47,6 +51,7 @@ use crate::identity::smartcard::login::CardCredential;
 use crate::identity::smartcard::monitor::{watch_session, RemovalMonitor};
 use crate::kvm::vcpu::{self, VcpuContext, VcpuControl, VcpuControlError, VcpuHandle};
 use crate::kvm::vm::Vm;
+use crate::loader::firmware::load_firmware;
 use crate::loader::{load_cmdline, load_initrd, load_kernel};
 use crate::network::PolicyFilter;
 use crate::policy::{ActiveRole, PolicyVerifier};
@@ -78,8 +83,8 @@ pub(super) fn run_once(
         phrase,
     };
     let (boot_files, boot_devices, control) = builder.open_inputs(policy_in_force.take())?;
-    let machine = builder.create_machine(boot_files, control.hotplug_slots())?;
-    let legacy = builder.attach_legacy_devices(&machine)?;
+    let machine = builder.create_machine(boot_files.image, control.hotplug_slots())?;
+    let legacy = builder.attach_legacy_devices(&machine, boot_files.firmware_log)?;
     let pci = builder.attach_pci_devices(&machine, &legacy, boot_devices)?;
     let vcpu_fds = builder.create_vcpus(&machine)?;
     let running = builder.start(control, machine, legacy, pci, vcpu_fds)?;
@@ -98,10 +103,22 @@ struct VmBuilder<'a> {
     phrase: &'a PromptPhrase,
 }
 
-/// The kernel and initrd, opened before KVM is touched.
+/// What the guest boots from, and where a firmware boot's debug console
+/// goes, opened before KVM is touched.
 struct BootFiles {
-    kernel: File,
-    initrd: Option<File>,
+    image: BootImage,
+    /// `--firmware-log`, created (mode 0600) and truncated.
+    firmware_log: Option<File>,
+}
+
+/// What is loaded into guest memory.
+enum BootImage {
+    Kernel {
+        kernel: File,
+        initrd: Option<File>,
+        cmdline: String,
+    },
+    Firmware(File),
 }
 
 /// The devices the guest has from boot on, opened but not yet attached.
@@ -181,11 +198,7 @@ impl VmBuilder<'_> {
             Some(path) => Some(BoundSocket::bind(path)?),
             None => None,
         };
-        let kernel = open_input("kernel", &config.kernel)?;
-        let initrd = match &config.initrd {
-            Some(path) => Some(open_input("initrd", path)?),
-            None => None,
-        };
+        let boot_files = open_boot_files(&config.boot)?;
         // A policy pushed through the control socket outlives a guest reboot.
         let role = pushed_role.or_else(|| session.role.clone());
         let verifier = match (&config.policy, &session.login) {
@@ -211,7 +224,7 @@ impl VmBuilder<'_> {
         }
         let (nets, filter_controls) = open_nets(config, role.as_ref())?;
         Ok((
-            BootFiles { kernel, initrd },
+            boot_files,
             BootDevices { blocks, nets },
             ControlParts {
                 socket,
@@ -224,11 +237,11 @@ impl VmBuilder<'_> {
         ))
     }
 
-    /// Step 2: the KVM VM and its RAM, the kernel and initrd loaded, the
-    /// boot structures and ACPI tables written.
+    /// Step 2: the KVM VM and its RAM, the kernel and initrd (or the
+    /// firmware) loaded, the boot structures and ACPI tables written.
     fn create_machine(
         &self,
-        mut files: BootFiles,
+        image: BootImage,
         hotplug_slots: PciHotplugSlots,
     ) -> Result<Machine, VmmError> {
         let config = self.config;
@@ -241,21 +254,17 @@ impl VmBuilder<'_> {
         vm.register_memory(&memory)?;
         vm.create_interrupt_controllers()?;
 
-        let kernel_image = load_kernel(&memory, &mut files.kernel)?;
-        let initrd_info = match files.initrd.as_mut() {
-            Some(file) => Some(load_initrd(&memory, file, &kernel_image)?),
-            None => None,
-        };
-        let cmdline = load_cmdline(&memory, &config.cmdline, &kernel_image)?;
-        let boot = configure_boot(
-            &memory,
-            &BootConfig {
-                kernel: &kernel_image,
+        let boot = match image {
+            BootImage::Kernel {
+                kernel,
+                initrd,
                 cmdline,
-                initrd: initrd_info,
-                mem_size: config.memory_bytes(),
-            },
-        )?;
+            } => self.load_kernel(&memory, kernel, initrd, &cmdline)?,
+            BootImage::Firmware(mut firmware) => {
+                let image = load_firmware(&memory, &mut firmware)?;
+                configure_firmware_boot(&memory, image.pvh_entry, config.memory_bytes())?
+            }
+        };
         // The vCPUs' physical address width bounds the 64-bit PCI window.
         let supported_cpuid = vm
             .kvm()
@@ -283,10 +292,42 @@ impl VmBuilder<'_> {
         })
     }
 
+    /// The kernel, initrd and command line of a `--kernel` boot loaded,
+    /// and the boot structures for them written.
+    fn load_kernel(
+        &self,
+        memory: &GuestMemoryMmap,
+        mut kernel: File,
+        initrd: Option<File>,
+        cmdline: &str,
+    ) -> Result<BootEntry, VmmError> {
+        let kernel_image = load_kernel(memory, &mut kernel)?;
+        let initrd_info = match initrd {
+            Some(mut file) => Some(load_initrd(memory, &mut file, &kernel_image)?),
+            None => None,
+        };
+        let cmdline = load_cmdline(memory, cmdline, &kernel_image)?;
+        Ok(configure_boot(
+            memory,
+            &BootConfig {
+                kernel: &kernel_image,
+                cmdline,
+                initrd: initrd_info,
+                mem_size: self.config.memory_bytes(),
+            },
+        )?)
+    }
+
     /// Step 3: the buses, with the serial port (its output through the
     /// console writer thread), the i8042 reset line and the ACPI power
-    /// ports on the port bus.
-    fn attach_legacy_devices(&self, machine: &Machine) -> Result<LegacyDevices, VmmError> {
+    /// ports on the port bus. `firmware_log` (`--firmware-log`) is for the
+    /// debug console among the devices only a firmware boot gets
+    /// (`devices::firmware`).
+    fn attach_legacy_devices(
+        &self,
+        machine: &Machine,
+        firmware_log: Option<File>,
+    ) -> Result<LegacyDevices, VmmError> {
         let (exit, exit_events) = ExitNotifier::new();
         let pio = Arc::new(Bus::new());
         let mmio = Arc::new(Bus::new());
@@ -318,6 +359,10 @@ impl VmBuilder<'_> {
             u64::from(ACPI_POWER_PORT_BASE),
             u64::from(ACPI_POWER_PORT_LEN),
         )?;
+        if matches!(self.config.boot, BootSource::Firmware { .. }) {
+            let memory = self.config.memory_bytes();
+            attach_firmware_devices(&pio, firmware_log, memory - low_ram_end(memory))?;
+        }
         Ok(LegacyDevices {
             pio,
             mmio,
@@ -468,7 +513,7 @@ impl VmBuilder<'_> {
     ) -> Result<Vec<VcpuHandle>, VmmError> {
         let config = self.config;
         self.session.audit.record(Event::VmStart {
-            kernel: config.kernel.display().to_string(),
+            kernel: config.boot.image().display().to_string(),
             cpus: config.cpus,
             memory_mib: config.memory_mib,
         })?;
@@ -592,6 +637,49 @@ struct Services {
     card_monitor: Option<RemovalMonitor>,
     /// Kept while no card monitor holds it.
     console_gate: Option<ConsoleGate>,
+}
+
+/// Opens the files `boot` names (and creates the firmware log).
+fn open_boot_files(boot: &BootSource) -> Result<BootFiles, VmmError> {
+    match boot {
+        BootSource::Kernel {
+            kernel,
+            initrd,
+            cmdline,
+        } => Ok(BootFiles {
+            image: BootImage::Kernel {
+                kernel: open_input("kernel", kernel)?,
+                initrd: match initrd {
+                    Some(path) => Some(open_input("initrd", path)?),
+                    None => None,
+                },
+                cmdline: cmdline.clone(),
+            },
+            firmware_log: None,
+        }),
+        BootSource::Firmware { firmware, log } => Ok(BootFiles {
+            image: BootImage::Firmware(open_input("firmware", firmware)?),
+            firmware_log: match log {
+                Some(path) => Some(create_firmware_log(path)?),
+                None => None,
+            },
+        }),
+    }
+}
+
+/// Creates (or truncates) the firmware log, readable by its owner only:
+/// firmware output can name the disks and boot entries of the machine.
+fn create_firmware_log(path: &Path) -> Result<File, VmmError> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| VmmError::FirmwareLog {
+            path: path.display().to_string(),
+            source,
+        })
 }
 
 /// The ACPI PCI hot-plug controller on its ports, raising its own GED

@@ -18,7 +18,7 @@ use crate::arch::memory::MemoryError;
 use crate::arch::vcpu::ArchError;
 use crate::audit::{AuditError, Event};
 use crate::block::BlockError;
-use crate::config::{ConfigError, RebootAction, VmConfig};
+use crate::config::{BootSource, ConfigError, RebootAction, VmConfig};
 use crate::confined::ThreadError;
 use crate::console::{PhraseError, PromptPhrase};
 use crate::devices::bus::BusError;
@@ -33,6 +33,7 @@ use crate::identity::smartcard::{self, SmartCardError};
 use crate::identity::{Credential, RetryDelay};
 use crate::kvm::vcpu::VcpuStartError;
 use crate::kvm::vm::VmError;
+use crate::loader::firmware::{inspect_firmware, FirmwareError};
 use crate::loader::LoaderError;
 use crate::seccomp::{SeccompError, ThreadKind};
 use crate::storage::luks::is_luks;
@@ -57,6 +58,10 @@ pub enum VmmError {
     Memory(#[from] MemoryError),
     #[error(transparent)]
     Loader(#[from] LoaderError),
+    #[error(transparent)]
+    Firmware(#[from] FirmwareError),
+    #[error("cannot create the firmware log {path}: {source}; check that its directory exists and is writable")]
+    FirmwareLog { path: String, source: io::Error },
     #[error(transparent)]
     Boot(#[from] BootError),
     #[error(transparent)]
@@ -113,10 +118,7 @@ pub enum VmmError {
 /// policy pushed since the start, if one was).
 pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     config.validate()?;
-    open_input("kernel", &config.kernel)?;
-    if let Some(path) = &config.initrd {
-        open_input("initrd", path)?;
-    }
+    check_boot_files(config)?;
     // Checked before anything is asked: a phrase file that is not private
     // stops securevm here rather than at a PIN prompt with the guest running.
     let phrase = PromptPhrase::load_configured()?;
@@ -214,6 +216,25 @@ fn may_unlock_luks(config: &VmConfig) -> Result<bool, VmmError> {
         }
     }
     Ok(!config.external.media.is_empty())
+}
+
+/// Opens the files the guest boots from, and checks firmware through, so
+/// that a wrong path or a bad firmware file stops securevm before anyone is
+/// asked for a passphrase.
+fn check_boot_files(config: &VmConfig) -> Result<(), VmmError> {
+    match &config.boot {
+        BootSource::Kernel { kernel, initrd, .. } => {
+            open_input("kernel", kernel)?;
+            if let Some(path) = initrd {
+                open_input("initrd", path)?;
+            }
+        }
+        BootSource::Firmware { firmware, .. } => {
+            let mut file = open_input("firmware", firmware)?;
+            inspect_firmware(&mut file, config.memory_bytes())?;
+        }
+    }
+    Ok(())
 }
 
 fn open_input(what: &'static str, path: &Path) -> Result<File, VmmError> {
