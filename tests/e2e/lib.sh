@@ -319,3 +319,48 @@ audit_verify() {
     AUDIT_EXIT=$?
     set -e
 }
+
+# UEFI scenarios (boot-uefi*): the installed Debian disk of
+# `scripts/guest-assets debian-uefi` booted through the firmware.
+
+# expect_uefi_debian_booted: the guest reached multi-user running the kernel
+# installed in the image, started by UEFI firmware, with its root and its
+# EFI system partition mounted through /etc/fstab (tests/e2e/guest/uefi-check.sh).
+expect_uefi_debian_booted() {
+    local kernel
+    expect_serial "SECUREVM-E2E: debian multi-user=active"
+    kernel=$(serial_value E2E-UNAME-R)
+    [[ $kernel == "${DEBIAN_UEFI_KERNEL_RELEASE:?}" ]] ||
+        fail "the guest runs kernel '$kernel', the image has $DEBIAN_UEFI_KERNEL_RELEASE installed"
+    [[ $(serial_value E2E-EFI) == present ]] || fail "the guest has no /sys/firmware/efi: not started by UEFI firmware"
+    [[ $(serial_value E2E-ROOT-FSTYPE) == ext4 ]] || fail "the guest's root is not the image's ext4 root"
+    [[ $(serial_value E2E-ESP-FSTYPE) == vfat ]] || fail "the EFI system partition is not mounted at /boot/efi"
+    [[ $(serial_value E2E-BOOTX64) == present ]] || fail "the guest does not see \\EFI\\BOOT\\BOOTX64.EFI on its ESP"
+}
+
+# grub_bytes BINARY OUT: 64 bytes from the middle of BINARY into OUT, moved
+# on until they are varied (zero padding would also match a LUKS header's).
+grub_bytes() {
+    python3 - "$1" "$2" <<'PY'
+import sys
+data = open(sys.argv[1], "rb").read()
+for start in range(len(data) // 2, len(data) - 64):
+    run = data[start:start + 64]
+    if len(set(run)) >= 32:
+        open(sys.argv[2], "wb").write(run)
+        break
+else:
+    sys.exit(f"no varied 64-byte run in the second half of {sys.argv[1]}")
+PY
+}
+
+# file_contains FILE NEEDLE_FILE: FILE holds NEEDLE_FILE's bytes somewhere
+# (binary-safe, unlike grep -F with its line-separated patterns).
+file_contains() {
+    python3 - "$1" "$2" <<'PY'
+import mmap, sys
+needle = open(sys.argv[2], "rb").read()
+with open(sys.argv[1], "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+    sys.exit(0 if needle and m.find(needle) >= 0 else 1)
+PY
+}
