@@ -1,4 +1,4 @@
-# shellcheck shell=bash disable=SC2034 # TIMEOUT is read by tests/e2e/runner.sh
+# shellcheck shell=bash disable=SC2034 # TIMEOUT is read by tests/e2e/runner.sh, L1_QEMU by scripts/e2e
 # boot-uefi: the installed Debian disk of `scripts/guest-assets debian-uefi`
 # boots with no --kernel: the CloudHv UEFI firmware -> the disk's GRUB
 # (\EFI\BOOT\BOOTX64.EFI) -> the disk's own kernel and initramfs ->
@@ -7,6 +7,9 @@
 # Budget: QEMU q35 + OVMF boots this OS to the marker in ~133 s in L1
 # (docs/testing-harness.md); boot-debian's spread there is 105-332 s.
 TIMEOUT=600
+# The L1 runs on the patched QEMU: stock 7.2 and 10.0 abort on the CR8
+# writes of the firmware's interrupt handlers (scripts/lib/l1-qemu.sh).
+L1_QEMU=patched
 
 prepare() {
     cp --sparse=always "${DEBIAN_UEFI_IMAGE:?run scripts/guest-assets debian-uefi}" "$WORK/debian-uefi.img"
