@@ -24,6 +24,7 @@ pub mod arch;
 pub mod audit;
 pub mod bench;
 pub mod block;
+pub mod calendar;
 pub mod config;
 pub mod confined;
 pub mod console;

@@ -9,7 +9,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 
@@ -26,29 +26,6 @@ fn assert_one_line(out: &Output, status: i32, needle: &str) {
     assert!(lines[0].starts_with("securevm: error: "), "{err}");
     assert!(err.contains(needle), "expected '{needle}' in: {err}");
     assert!(stdout(out).is_empty(), "no guest output expected");
-}
-
-/// Assembles `tests/guests/NAME.S` as 32-bit code into a flat binary.
-fn assemble32(name: &str, scratch: &Scratch) -> Vec<u8> {
-    let guests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests");
-    let object = scratch.path(&format!("{name}.o"));
-    let flat = scratch.path(&format!("{name}.bin"));
-    let status = Command::new("as")
-        .arg("--32")
-        .arg("-o")
-        .arg(&object)
-        .arg(guests.join(format!("{name}.S")))
-        .status()
-        .expect("the GNU assembler `as` is needed (Debian package binutils)");
-    assert!(status.success(), "assembling {name}.S failed");
-    let status = Command::new("objcopy")
-        .args(["-O", "binary", "-j", ".text"])
-        .arg(&object)
-        .arg(&flat)
-        .status()
-        .expect("objcopy is needed (Debian package binutils)");
-    assert!(status.success(), "objcopy of {name}.o failed");
-    std::fs::read(flat).unwrap()
 }
 
 /// `code` as CloudHv's firmware is packaged: an ELF64 for machine i386

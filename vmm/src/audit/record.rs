@@ -11,6 +11,7 @@
 //! reader sees the link. Events carry no secrets: no passphrase, PIN or
 //! key ever reaches a record.
 
+use crate::calendar::civil_from_days;
 use std::time::SystemTime;
 
 use openssl::hash::MessageDigest;
@@ -189,27 +190,6 @@ pub fn rfc3339_utc(time: SystemTime) -> String {
         rest % 60,
         since_epoch.subsec_millis()
     )
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian
-/// calendar (Howard Hinnant's civil_from_days).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let mp = (5 * day_of_year + 2) / 153;
-    // day_of_year is 0..=365 and mp 0..=11, so the day is 1..=31 and the
-    // month 1..=12.
-    #[allow(clippy::cast_possible_truncation)]
-    let (day, month) = (
-        (day_of_year - (153 * mp + 2) / 5 + 1) as u32,
-        if mp < 10 { mp + 3 } else { mp - 9 } as u32,
-    );
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// Whether `text` is shaped like a policy user id (1-32 of `a-z0-9._-`,

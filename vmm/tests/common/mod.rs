@@ -45,10 +45,19 @@ fn guests_dir() -> PathBuf {
 
 /// Assembles `tests/guests/NAME.S` into flat 64-bit code.
 pub fn assemble(name: &str, scratch: &Scratch) -> Vec<u8> {
+    assemble_for(name, scratch, "--64")
+}
+
+/// Assembles `tests/guests/NAME.S` into flat 32-bit code (a PVH entry).
+pub fn assemble32(name: &str, scratch: &Scratch) -> Vec<u8> {
+    assemble_for(name, scratch, "--32")
+}
+
+fn assemble_for(name: &str, scratch: &Scratch, mode: &str) -> Vec<u8> {
     let object = scratch.path(&format!("{name}.o"));
     let flat = scratch.path(&format!("{name}.bin"));
     let status = Command::new("as")
-        .arg("--64")
+        .arg(mode)
         .arg("-I")
         .arg(guests_dir())
         .arg("-o")
