@@ -3,8 +3,8 @@
  * identity-mapped page tables and GDT that securevm sets up. */
         .code64
         .set COM1, 0x3f8
-        .set ACPI_SLEEP_CONTROL, 0x3c0
-        .set ACPI_RESET, 0x3c4
+        .set ACPI_SLEEP_CONTROL, 0x600
+        .set ACPI_RESET, 0x604
         .set S5_POWER_OFF, 0x34   /* (SLP_TYP 5 << 2) | SLP_EN */
 
         /* print: rsi = string, rcx = length */
