@@ -53,10 +53,25 @@ pub fn assemble32(name: &str, scratch: &Scratch) -> Vec<u8> {
     assemble_for(name, scratch, "--32")
 }
 
+/// The platform's addresses the guests use, from securevm's own layout,
+/// so that a guest cannot drift from where the devices are.
+fn layout_symbols() -> Vec<String> {
+    use securevm::arch::layout::{ACPI_RESET_PORT, ACPI_SLEEP_CONTROL_PORT, PCI_ECAM_START};
+    vec![
+        format!("ACPI_SLEEP_CONTROL={ACPI_SLEEP_CONTROL_PORT:#x}"),
+        format!("ACPI_RESET={ACPI_RESET_PORT:#x}"),
+        format!("ECAM_BASE={PCI_ECAM_START:#x}"),
+    ]
+}
+
 fn assemble_for(name: &str, scratch: &Scratch, mode: &str) -> Vec<u8> {
     let object = scratch.path(&format!("{name}.o"));
     let flat = scratch.path(&format!("{name}.bin"));
-    let status = Command::new("as")
+    let mut command = Command::new("as");
+    for symbol in layout_symbols() {
+        command.arg("--defsym").arg(symbol);
+    }
+    let status = command
         .arg(mode)
         .arg("-I")
         .arg(guests_dir())

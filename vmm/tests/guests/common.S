@@ -1,10 +1,10 @@
 /* Shared by the tiny test guests: 64-bit code entered at the Linux boot
  * protocol's 64-bit entry (load address + 0x200) in long mode, with the
- * identity-mapped page tables and GDT that securevm sets up. */
+ * identity-mapped page tables and GDT that securevm sets up. The platform's
+ * addresses (ACPI_SLEEP_CONTROL, ACPI_RESET, ECAM_BASE) come from
+ * securevm's layout as `as --defsym` (tests/common/mod.rs). */
         .code64
         .set COM1, 0x3f8
-        .set ACPI_SLEEP_CONTROL, 0x600
-        .set ACPI_RESET, 0x604
         .set S5_POWER_OFF, 0x34   /* (SLP_TYP 5 << 2) | SLP_EN */
 
         /* print: rsi = string, rcx = length */

@@ -5,7 +5,6 @@
         .include "common.S"
         .set PCI_CONFIG_ADDRESS, 0xcf8
         .set PCI_CONFIG_DATA, 0xcfc
-        .set ECAM_BASE, 0xe0000000
         .set UNMAPPED_MMIO, 0xdff00000
         .org 0x200
 entry:
