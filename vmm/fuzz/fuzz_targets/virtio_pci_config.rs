@@ -46,7 +46,7 @@ use input::Input;
 use memory::guest_memory;
 use vm::RecordingVm;
 
-const HOST_BRIDGE_ID: u32 = 0x0008_1b36;
+const HOST_BRIDGE_ID: u32 = 0x0d57_1b36;
 const VIRTIO_VENDOR: u32 = 0x1af4;
 const VIRTIO_DEVICE_BASE: u32 = 0x1040;
 const BAR0: usize = 0x10;
