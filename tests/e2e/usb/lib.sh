@@ -1,0 +1,164 @@
+# shellcheck shell=bash
+# Real USB sticks for the usb-* scenarios, sourced by them on top of
+# tests/e2e/lib.sh. In L1 the kernel's gadget support plays both sides of
+# the cable: dummy_hcd is a virtual host controller wired to a virtual
+# device controller (UDC), and a configfs gadget with a mass_storage
+# function backed by an image file is the stick. The host side enumerates
+# it like any stick (usb-storage, sd_mod: /dev/sdX whose USB ancestor in
+# sysfs carries the gadget's serial number), and unbinding the gadget from
+# its UDC is a pull without eject. L1 cannot load modules on demand (its
+# module helper runs outside the chroot), so usb_setup loads them all.
+
+USB_GADGETS=/sys/kernel/config/usb_gadget
+# Gadget names the scenarios create start with this; usb_teardown removes
+# exactly those.
+USB_PREFIX=e2e-usb-
+
+# usb_setup: the modules and configfs; dummy_hcd with two UDCs, so that a
+# scenario can hold two sticks plugged at once.
+usb_setup() {
+    local m
+    for m in configfs libcomposite usb_f_mass_storage usb_storage sd_mod; do
+        modprobe "$m" || fail "modprobe $m failed (the L1 kernel lacks it?)"
+    done
+    if [[ ! -d /sys/module/dummy_hcd ]]; then
+        modprobe dummy_hcd num=2 || fail "modprobe dummy_hcd num=2 failed"
+    fi
+    [[ -d $USB_GADGETS ]] || mount -t configfs none /sys/kernel/config ||
+        fail "cannot mount configfs on /sys/kernel/config"
+    [[ -d $USB_GADGETS ]] || fail "configfs has no usb_gadget directory after loading libcomposite"
+    local i
+    for ((i = 0; i < 50; i++)); do
+        [[ -n $(usb_free_udc) ]] && return 0
+        sleep 0.1
+    done
+    fail "dummy_hcd registered no USB device controller (/sys/class/udc is empty)"
+}
+
+# usb_free_udc: the first dummy UDC no gadget is bound to (empty if none).
+usb_free_udc() {
+    local udc used g
+    used=$(cat "$USB_GADGETS"/*/UDC 2>/dev/null || true)
+    for udc in /sys/class/udc/dummy_udc.*; do
+        [[ -e $udc ]] || continue
+        g=${udc##*/}
+        grep -qxF "$g" <<<"$used" || {
+            echo "$g"
+            return 0
+        }
+    done
+}
+
+# usb_plug NAME IMAGE SERIAL: make the gadget NAME (a stick with serial
+# number SERIAL whose medium is IMAGE) and plug it into a free UDC. SERIAL
+# may be empty: the stick then reports no serial string at all.
+usb_plug() {
+    local name=$USB_PREFIX$1 image=$2 serial=$3 g udc
+    g=$USB_GADGETS/$name
+    [[ ! -e $g ]] || fail "usb_plug: gadget $1 exists already (usb_replug plugs it again)"
+    mkdir "$g"
+    # The Linux Foundation's multifunction composite gadget IDs: a made-up
+    # stick, not a real product.
+    echo 0x1d6b >"$g/idVendor"
+    echo 0x0104 >"$g/idProduct"
+    mkdir "$g/strings/0x409"
+    echo securevm-e2e >"$g/strings/0x409/manufacturer"
+    echo "e2e stick $1" >"$g/strings/0x409/product"
+    [[ -z $serial ]] || printf '%s\n' "$serial" >"$g/strings/0x409/serialnumber"
+    mkdir "$g/configs/c.1"
+    mkdir "$g/functions/mass_storage.0"
+    # A stick's medium is removable, as most real ones declare.
+    echo 1 >"$g/functions/mass_storage.0/lun.0/removable"
+    echo "$image" >"$g/functions/mass_storage.0/lun.0/file"
+    ln -s "$g/functions/mass_storage.0" "$g/configs/c.1/"
+    usb_replug "$1"
+}
+
+# usb_replug NAME: plug the gadget NAME (made by usb_plug) in again.
+usb_replug() {
+    local g=$USB_GADGETS/$USB_PREFIX$1 udc
+    udc=$(usb_free_udc)
+    [[ -n $udc ]] || fail "usb_plug $1: every dummy UDC is in use"
+    echo "$udc" >"$g/UDC" || fail "usb_plug $1: cannot bind the gadget to $udc"
+}
+
+# usb_unplug NAME: pull the stick out (unbind its gadget from the UDC): the
+# host sees the device vanish without any eject.
+usb_unplug() {
+    echo "" >"$USB_GADGETS/$USB_PREFIX$1/UDC" || fail "usb_unplug $1 failed"
+}
+
+# usb_remove NAME: unplug if plugged, and delete the gadget NAME.
+usb_remove() {
+    local g=$USB_GADGETS/$USB_PREFIX$1
+    [[ -e $g ]] || return 0
+    [[ -z $(cat "$g/UDC" 2>/dev/null) ]] || echo "" >"$g/UDC" 2>/dev/null || true
+    rm -f "$g"/configs/c.1/mass_storage.0
+    rmdir "$g"/configs/c.1/strings/0x409 2>/dev/null || true
+    rmdir "$g"/configs/c.1 "$g"/functions/mass_storage.0 "$g"/strings/0x409 "$g" 2>/dev/null || true
+}
+
+# usb_teardown: remove every gadget the scenarios made (trap it on EXIT).
+usb_teardown() {
+    local g
+    for g in "$USB_GADGETS/$USB_PREFIX"*; do
+        [[ -e $g ]] || continue
+        usb_remove "${g##*/"$USB_PREFIX"}"
+    done
+}
+
+# usb_disk_serial DISK: the serial number of the USB device DISK (sdX)
+# hangs off, from sysfs (walking up to the USB device, which has idVendor);
+# empty when it is not on USB or has no serial.
+usb_disk_serial() {
+    local dir
+    dir=$(readlink -f "/sys/class/block/$1/device") || return 0
+    while [[ $dir == /sys/devices/* ]]; do
+        if [[ -e $dir/idVendor ]]; then
+            cat "$dir/serial" 2>/dev/null || true
+            return 0
+        fi
+        dir=${dir%/*}
+    done
+}
+
+# usb_disk_of SERIAL: the /dev/sdX (whole disk, medium present) whose USB
+# device has SERIAL; empty if none.
+usb_disk_of() {
+    local b name
+    for b in /sys/class/block/sd*; do
+        [[ -e $b ]] || continue
+        name=${b##*/}
+        [[ ! -e $b/partition ]] || continue
+        [[ $(usb_disk_serial "$name") == "$1" ]] || continue
+        [[ $(cat "$b/size" 2>/dev/null) -gt 0 && -b /dev/$name ]] || continue
+        echo "/dev/$name"
+        return 0
+    done
+}
+
+# usb_wait_disk SERIAL [SECONDS]: prints the /dev/sdX of the stick with
+# SERIAL once the host enumerated it (default limit 60 s).
+usb_wait_disk() {
+    local i dev
+    for ((i = 0; i < ${2:-60} * 10; i++)); do
+        dev=$(usb_disk_of "$1")
+        [[ -z $dev ]] || {
+            echo "$dev"
+            return 0
+        }
+        sleep 0.1
+    done
+    fail "no /dev/sdX with USB serial '$1' appeared within ${2:-60}s"
+}
+
+# usb_wait_gone DEV [SECONDS]: until the block device DEV (/dev/sdX) is
+# gone from sysfs (default limit 30 s).
+usb_wait_gone() {
+    local i
+    for ((i = 0; i < ${2:-30} * 10; i++)); do
+        [[ -e /sys/class/block/${1#/dev/} ]] || return 0
+        sleep 0.1
+    done
+    fail "$1 still exists ${2:-30}s after the stick was pulled"
+}
