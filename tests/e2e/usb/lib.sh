@@ -162,3 +162,95 @@ usb_wait_gone() {
     done
     fail "$1 still exists ${2:-30}s after the stick was pulled"
 }
+
+# The scenarios drive securevm through its control socket.
+# shellcheck source=tests/e2e/api/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../api/lib.sh"
+
+# usb_prepare_watch FLAG...: the busybox guest's script disk running
+# watch-guest.sh, with the flag files FLAG... (read-first, try-write).
+usb_prepare_watch() {
+    local flag
+    for flag in "$@"; do touch "$WORK/$flag"; done
+    make_script_disk "$WORK/e2e" "$E2E_DIR/usb/watch-guest.sh" "${@/#/$WORK/}"
+}
+
+# usb_busybox_start ARG...: the busybox guest (watch-guest.sh) under
+# `securevm run --watch-removable ARG...` with the control socket and an
+# audit log; returns once the guest watches its disks.
+usb_busybox_start() {
+    audit_args
+    api_start --kernel "$GUEST_KERNEL" --initrd "$BUSYBOX_INITRAMFS" \
+        --cmdline "console=ttyS0 reboot=acpi panic=-1 $GUEST_QUIET" --memory 256 \
+        --disk "$WORK/e2e" --watch-removable "${AUDIT_ARGS[@]}" "$@"
+    wait_serial "E2E-USB=watching" 240
+}
+
+# usb_stop: the power button ends watch-guest.sh, the guest powers off and
+# securevm exits 0; its audit log verifies.
+usb_stop() {
+    ctl shutdown --timeout 60 || fail "ctl shutdown: $CTL_OUT"
+    api_wait_exit 30
+    expect_exit 0
+    expect_serial "E2E-USB-STOP=button"
+    audit_verify "$WORK/audit.jsonl"
+    [[ $AUDIT_EXIT -eq 0 ]] || fail "the audit log does not verify: $AUDIT_OUT"
+}
+
+# usb_cleanup: trap it on EXIT; stops securevm, removes the sticks.
+usb_cleanup() {
+    api_cleanup
+    usb_teardown
+}
+
+# usb_diskseq DEV: the kernel's disk sequence number of /dev/sdX.
+usb_diskseq() { cat "/sys/class/block/${1#/dev/}/diskseq"; }
+
+# usb_removable SERIAL: the `removable ...` line for the stick with SERIAL
+# in the last `ctl status` output (CTL_OUT); empty if none.
+usb_removable() {
+    grep -F "serial '$1' diskseq " <<<"$CTL_OUT" | grep '^removable ' || true
+}
+
+# usb_wait_fate SERIAL TEXT SECONDS: until `ctl status` shows TEXT in the
+# removable line of the stick with SERIAL; that line in USB_LINE.
+usb_wait_fate() {
+    local i
+    for ((i = 0; i < $3 * 4; i++)); do
+        ctl status || fail "ctl status failed: $CTL_OUT"
+        USB_LINE=$(usb_removable "$1")
+        [[ $USB_LINE != *"$2"* ]] || return 0
+        sleep 0.25
+    done
+    fail "ctl status did not show '$2' for serial '$1' within ${3}s; last: ${USB_LINE:-no removable line} (status: $(tr '\n' '|' <<<"$CTL_OUT"))"
+}
+
+# usb_wait_unlisted ID SECONDS: until `ctl status` lists neither a
+# removable line with serial ID nor an `external ID` device line.
+usb_wait_unlisted() {
+    local i
+    for ((i = 0; i < $2 * 4; i++)); do
+        ctl status || fail "ctl status failed: $CTL_OUT"
+        [[ -z $(usb_removable "$1") ]] && ! grep -q "^external $1 " <<<"$CTL_OUT" && return 0
+        sleep 0.25
+    done
+    fail "ctl status still lists '$1' ${2}s after the pull: $(tr '\n' '|' <<<"$CTL_OUT")"
+}
+
+# usb_audited DECISION SERIAL: how many external-medium records with that
+# decision name the stick with SERIAL.
+usb_audited() {
+    grep '"event":"external-medium"' "$WORK/audit.jsonl" | grep -F "\"decision\":\"$1\"" |
+        grep -cF "\"serial\":\"$2\"" || true
+}
+
+# usb_expect_audited DECISION SERIAL DEV: at least one such record, whose
+# path is DEV.
+usb_expect_audited() {
+    grep '"event":"external-medium"' "$WORK/audit.jsonl" | grep -F "\"decision\":\"$1\"" |
+        grep -F "\"serial\":\"$2\"" | grep -qF "\"path\":\"$3\"" ||
+        fail "no external-medium audit record with decision $1, serial $2 and path $3: $(grep external-medium "$WORK/audit.jsonl" | tr '\n' ' ')"
+}
+
+# usb_fds: how many file descriptors securevm holds.
+usb_fds() { find "/proc/$VMM_PID/fd" -mindepth 1 -maxdepth 1 | wc -l; }
