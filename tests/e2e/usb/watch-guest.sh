@@ -14,7 +14,9 @@
 here=$(dirname "$0")
 limit=600
 
-button() { grep '^ *5:' /proc/interrupts; }
+# The GED's line for securevm's power-button GSI (5), e.g.
+# ` 25:  0  IO-APIC  5-edge  ACPI:Ged`.
+button() { grep -E ' 5-[a-z]+ +ACPI:Ged$' /proc/interrupts; }
 
 # disks: one `vdX serial` line per virtio disk.
 disks() {
@@ -42,7 +44,7 @@ added() {
 }
 
 pressed_before=$(button)
-[ -n "$pressed_before" ] || echo "E2E-USB-NOTE=no interrupt line 5 in /proc/interrupts; stopping at the time limit only"
+[ -n "$pressed_before" ] || echo "E2E-USB-NOTE=no ACPI:Ged interrupt for GSI 5 in /proc/interrupts; stopping at the time limit only"
 known=$(disks)
 echo "E2E-USB-DISKS=$(echo "$known" | awk '{printf "%s,", $2}')"
 echo "E2E-USB=watching"
