@@ -184,7 +184,12 @@ mod tests {
         }
     }
 
-    fn probe() -> (PullableBackend, PullSwitch, Arc<AtomicUsize>, Arc<AtomicBool>) {
+    fn probe() -> (
+        PullableBackend,
+        PullSwitch,
+        Arc<AtomicUsize>,
+        Arc<AtomicBool>,
+    ) {
         let calls = Arc::new(AtomicUsize::new(0));
         let dropped = Arc::new(AtomicBool::new(false));
         let (backend, switch) = PullableBackend::new(Box::new(Probe {
@@ -210,12 +215,19 @@ mod tests {
 
         switch.pull();
         assert!(switch.is_pulled());
-        assert!(dropped.load(Ordering::SeqCst), "the medium's file is closed");
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "the medium's file is closed"
+        );
         let error = backend.read_at(0, &mut buf).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::NotConnected);
         assert!(backend.write_at(0, &buf).is_err());
         assert!(backend.flush().is_err(), "no flush succeeds after a pull");
-        assert_eq!(calls.load(Ordering::SeqCst), 3, "nothing reached the medium");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            3,
+            "nothing reached the medium"
+        );
         // Sizes stay what the guest was told.
         assert_eq!(backend.capacity_bytes(), 1 << 20);
     }
