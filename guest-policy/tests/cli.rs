@@ -169,7 +169,7 @@ fn sign_refuses_an_invalid_policy() {
     assert_exit(&output, 1);
     assert!(
         text(&output.stderr).contains(
-            "bad.toml:104:10: port 70000 is out of range; ports are 1-65535 or a range like \"8000-8080\""
+            "bad.toml:110:10: port 70000 is out of range; ports are 1-65535 or a range like \"8000-8080\""
         ),
         "{}",
         text(&output.stderr)
