@@ -1037,6 +1037,13 @@ pub(crate) mod tests {
         let guest = rig.guest_ejects_after(1, Duration::from_millis(20));
         rig.media.detach(&medium.id).unwrap();
         guest.join().unwrap();
+        // A stick on the host: claimed, checked by its disk sequence
+        // number, unlocked, pulled.
+        if let Some(device) = LoopDevice::over(&scratch.luks("stick.img")) {
+            let stick = device.stick(Some("FILTERED"));
+            rig.media.attach_stick(stick.clone(), None, vec![]).unwrap();
+            rig.media.stick_pulled(stick.diskseq, "was pulled").unwrap();
+        }
         // Idle past a poll for guest ejects, under the filter too.
         std::thread::sleep(GUEST_EJECT_POLL + Duration::from_millis(100));
         rig.media.stop();

@@ -136,3 +136,110 @@ fn host_stick(stick: &Removable) -> HostStick {
         serial: stick.serial.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use removable::Bus;
+    use std::path::PathBuf;
+
+    /// Records what the watch reported.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl StickSink for Recorder {
+        fn arrived(&self, stick: HostStick) {
+            lock(&self.0).push(format!("arrived {} {:?}", stick.diskseq, stick.serial));
+        }
+        fn left(&self, diskseq: u64) {
+            lock(&self.0).push(format!("left {diskseq}"));
+        }
+        fn resized(&self, stick: HostStick, old_size_bytes: u64, new_size_bytes: u64) {
+            lock(&self.0).push(format!(
+                "resized {} {old_size_bytes} {new_size_bytes}",
+                stick.diskseq
+            ));
+        }
+    }
+
+    fn removable(diskseq: u64, size_bytes: u64) -> Removable {
+        Removable {
+            name: "sdb".into(),
+            devnode: PathBuf::from("/dev/sdb"),
+            diskseq,
+            size_bytes,
+            bus: Bus::Usb,
+            serial: Some("AA11".into()),
+            vendor: None,
+            model: None,
+            read_only: false,
+        }
+    }
+
+    #[test]
+    fn every_change_reaches_the_vm_in_order() {
+        let sink = Recorder::default();
+        report(
+            vec![
+                Change::Arrived(removable(7, 1 << 20)),
+                Change::Resized {
+                    stick: removable(7, 1 << 21),
+                    old_size_bytes: 1 << 20,
+                },
+                Change::Left(removable(7, 1 << 21)),
+            ],
+            &sink,
+        );
+        assert_eq!(
+            *lock(&sink.0),
+            [
+                "arrived 7 Some(\"AA11\")",
+                "resized 7 1048576 2097152",
+                "left 7"
+            ]
+        );
+    }
+
+    /// Set in the environment of the child process that runs
+    /// [`filtered_watch_in_child_process`].
+    const FILTERED_CHILD: &str = "SECUREVM_TEST_FILTERED_WATCH_CHILD";
+
+    /// The watch thread receives and judges uevents under its real filter,
+    /// stops, and a second start (a restarted VM) takes the kept socket,
+    /// in a fresh process running only `filtered_watch_in_child_process`.
+    #[test]
+    fn the_watch_thread_runs_under_its_filter_and_keeps_its_socket() {
+        crate::seccomp::test_support::run_in_fresh_process(
+            "external_media::watch::tests::filtered_watch_in_child_process",
+            FILTERED_CHILD,
+        );
+    }
+
+    /// The child process of
+    /// `the_watch_thread_runs_under_its_filter_and_keeps_its_socket`.
+    #[test]
+    #[ignore = "runs as the child of the_watch_thread_runs_under_its_filter_and_keeps_its_socket"]
+    fn filtered_watch_in_child_process() {
+        if std::env::var_os(FILTERED_CHILD).is_none() {
+            return the_watch_thread_runs_under_its_filter_and_keeps_its_socket();
+        }
+        let sink = Arc::new(Recorder::default());
+        let watch = RemovableWatch::start(sink.clone(), true).unwrap();
+        // A uevent from the kernel for every block device (as root), which
+        // the thread receives and probes in sysfs under its filter.
+        let mut announced = 0;
+        for entry in std::fs::read_dir("/sys/class/block").unwrap() {
+            let uevent = entry.unwrap().path().join("uevent");
+            if std::fs::write(uevent, "change").is_ok() {
+                announced += 1;
+            }
+        }
+        eprintln!("announced {announced} block devices");
+        std::thread::sleep(STOP_POLL * 2);
+        watch.stop();
+        assert!(lock(&KEPT_WATCHER).is_some(), "the socket is kept");
+        let again = RemovableWatch::start(sink, true).unwrap();
+        assert!(lock(&KEPT_WATCHER).is_none(), "and taken by the next VM");
+        again.stop();
+    }
+}
