@@ -190,6 +190,7 @@ fn media_api_error(error: MediaError) -> ApiError {
         MediaError::AlreadyAttached { .. }
         | MediaError::NotEjected { .. }
         | MediaError::Busy { .. }
+        | MediaError::BootDevice { .. }
         | MediaError::Gone { .. } => ApiError::Conflict(text),
         MediaError::Stopped => ApiError::Conflict(text),
         MediaError::Medium(MediumError::Audit(_))
@@ -447,7 +448,9 @@ impl LiveVm {
                     .map_err(|error| {
                         listed.fate = match error {
                             MediaError::Denied(_) => StickFate::Denied,
-                            MediaError::Busy { .. } => StickFate::Busy,
+                            MediaError::Busy { .. } | MediaError::BootDevice { .. } => {
+                                StickFate::Busy
+                            }
                             _ => StickFate::Failed,
                         };
                         error.to_string()

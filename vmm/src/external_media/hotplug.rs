@@ -113,6 +113,8 @@ pub enum MediaError {
     Busy { path: String },
     #[error("{path} {detail}; nothing was attached")]
     Gone { path: String, detail: String },
+    #[error("{path} is already a disk of this VM (given at start)")]
+    BootDevice { path: String },
     #[error("the media hot-plug thread has stopped; securevm is shutting down")]
     Stopped,
 }
@@ -165,6 +167,10 @@ pub struct MediaHotplugParts {
     /// Install seccomp filters on this thread and the I/O threads it starts.
     pub seccomp: bool,
     pub eject_timeout: Duration,
+    /// Device numbers of the block devices the VM started with (`--disk`,
+    /// `--external`): a stick found on the host that is one of them is
+    /// not attached a second time.
+    pub boot_devices: Vec<u64>,
 }
 
 enum Request {
@@ -521,7 +527,8 @@ impl Worker {
         if taken.contains(&id) || self.plugged.iter().any(|p| p.medium.id == id) {
             return Err(MediaError::AlreadyAttached { id });
         }
-        let mut claim = Some(match claim_stick(stick) {
+        let boot_devices = &self.parts.boot_devices;
+        let mut claim = Some(match claim_stick(stick, boot_devices) {
             Err(MediaError::Busy { path }) => {
                 self.parts.audit.record(Event::ExternalMedium {
                     path: path.clone(),
@@ -563,7 +570,7 @@ impl Worker {
         drop(key);
         let claim = match claim {
             Some(claim) => claim,
-            None => claim_stick(stick)?,
+            None => claim_stick(stick, &self.parts.boot_devices)?,
         };
         // The rules opened the disk by its name: make sure that name still
         // led to the stick the watcher saw.
@@ -678,7 +685,7 @@ fn flush(plugged: &Plugged) -> Result<(), MediaError> {
 
 /// Opens the stick with `O_EXCL` (the claim that keeps the host and other
 /// programs off it) and checks it is still the disk the watcher saw.
-fn claim_stick(stick: &HostStick) -> Result<File, MediaError> {
+fn claim_stick(stick: &HostStick, boot_devices: &[u64]) -> Result<File, MediaError> {
     let claim = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_EXCL)
@@ -695,8 +702,24 @@ fn claim_stick(stick: &HostStick) -> Result<File, MediaError> {
             path: stick.devnode.display().to_string(),
         });
     }
+    if boot_devices.contains(&std::os::unix::fs::MetadataExt::rdev(&metadata)) {
+        return Err(MediaError::BootDevice {
+            path: stick.devnode.display().to_string(),
+        });
+    }
     check_disk_seq(stick, &claim)?;
     Ok(claim)
+}
+
+/// The device numbers of those of `paths` that are block devices.
+pub fn block_device_numbers<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Vec<u64> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    paths
+        .into_iter()
+        .filter_map(|path| std::fs::metadata(path).ok())
+        .filter(|metadata| metadata.file_type().is_block_device())
+        .map(|metadata| metadata.rdev())
+        .collect()
 }
 
 fn check_disk_seq(stick: &HostStick, file: &File) -> Result<(), MediaError> {
@@ -797,12 +820,12 @@ pub(crate) mod tests {
         key_file: Option<PathBuf>,
         seccomp: bool,
     ) -> Rig {
-        rig_over(policy, key_file, seccomp, false)
+        rig_over(policy, key_file, seccomp, false, vec![])
     }
 
     /// A rig that formats blank media under `encrypt`.
     fn rig_with(policy: ExternalMediaPolicy, key_file: Option<PathBuf>, format_blank: bool) -> Rig {
-        rig_over(policy, key_file, false, format_blank)
+        rig_over(policy, key_file, false, format_blank, vec![])
     }
 
     fn rig_over(
@@ -810,6 +833,7 @@ pub(crate) mod tests {
         key_file: Option<PathBuf>,
         seccomp: bool,
         format_blank: bool,
+        boot_devices: Vec<u64>,
     ) -> Rig {
         let pci = PciRoot::new(Arc::new(Bus::new()), Arc::new(FakeVm::default()));
         let interrupts = Arc::new(AtomicUsize::new(0));
@@ -833,6 +857,7 @@ pub(crate) mod tests {
             },
             seccomp,
             eject_timeout: Duration::from_millis(300),
+            boot_devices,
         })
         .unwrap();
         Rig {
@@ -1210,6 +1235,29 @@ pub(crate) mod tests {
             .attach_stick(device.stick(None), None, vec![])
             .unwrap();
         assert!(medium.id.starts_with("usb-"), "{}", medium.id);
+    }
+
+    #[test]
+    fn a_stick_the_vm_started_with_is_not_attached_again() {
+        let scratch = Scratch::new("stick-boot");
+        let Some(device) = LoopDevice::over(&scratch.raw("stick.img")) else {
+            return;
+        };
+        let boot_devices = block_device_numbers([device.devnode.as_path(), scratch.0.as_path()]);
+        assert_eq!(boot_devices.len(), 1, "only block devices count");
+        let rig = rig_over(
+            ExternalMediaPolicy::ReadOnly,
+            None,
+            false,
+            false,
+            boot_devices,
+        );
+        assert!(matches!(
+            rig.media
+                .attach_stick(device.stick(Some("BOOT")), None, vec![]),
+            Err(MediaError::BootDevice { .. })
+        ));
+        assert_eq!(rig.vendor_at(1), u32::MAX);
     }
 
     #[test]

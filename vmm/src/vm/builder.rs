@@ -45,6 +45,7 @@ use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::net::{Net, Tap};
 use crate::exit::{ExitNotifier, ExitReason};
+use crate::external_media::hotplug::block_device_numbers;
 use crate::external_media::watch::RemovableWatch;
 use crate::external_media::{MediaHotplug, MediaHotplugParts, EJECT_TIMEOUT};
 use crate::identity::session::{Session, SessionError};
@@ -566,6 +567,15 @@ impl VmBuilder<'_> {
                     external: config.external.clone(),
                     seccomp: config.seccomp,
                     eject_timeout: EJECT_TIMEOUT,
+                    boot_devices: block_device_numbers(
+                        config.disks.iter().map(|disk| disk.path.as_path()).chain(
+                            config
+                                .external
+                                .media
+                                .iter()
+                                .map(std::path::PathBuf::as_path),
+                        ),
+                    ),
                 })
                 .map_err(|source| VmmError::Io {
                     what: "starting the media hot-plug thread",
