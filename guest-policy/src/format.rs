@@ -23,7 +23,7 @@ use crate::diag::{Diagnostic, SourceMap};
 use crate::model::Policy;
 
 /// The newest policy format this build of securevm and guest-policy reads.
-pub const NEWEST_READABLE_FORMAT: u32 = 1;
+pub const NEWEST_READABLE_FORMAT: u32 = 2;
 
 /// The format of a policy that does not declare one.
 pub const DEFAULT_FORMAT: u32 = 1;
@@ -40,10 +40,19 @@ pub struct FormatFeature {
 }
 
 /// Every feature added to the schema after format 1, in format order.
-/// Format 1 is the schema as first published, so nothing is listed yet; a
-/// change to the schema adds its key here and raises
-/// [`NEWEST_READABLE_FORMAT`].
-pub const FORMAT_FEATURES: &[FormatFeature] = &[];
+/// Format 1 is the schema as first published; a change to the schema adds
+/// its key here and raises [`NEWEST_READABLE_FORMAT`].
+pub const FORMAT_FEATURES: &[FormatFeature] = &[FormatFeature {
+    key: "[roles.NAME.storage] watch_removable",
+    format: 2,
+    // Written at all, even `false`: a format-1 securevm refuses the key.
+    used_by: |policy| {
+        policy
+            .roles
+            .values()
+            .any(|role| role.storage.watch_removable.is_some())
+    },
+}];
 
 /// The `format` key as the probe finds it, before the strict parse.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -220,13 +229,22 @@ mod tests {
 
     #[test]
     fn a_newer_format_is_refused_even_with_keys_this_build_does_not_know() {
-        let newer = with_format("2").replacen("[audit]", "[display]\nmode = \"x\"\n\n[audit]", 1);
-        for format in [i64::MAX.to_string(), "2".to_string()] {
-            let text = newer.replacen("format = 2", &format!("format = {format}"), 1);
+        let next = NEWEST_READABLE_FORMAT + 1;
+        let newer = with_format(&next.to_string()).replacen(
+            "[audit]",
+            "[display]\nmode = \"x\"\n\n[audit]",
+            1,
+        );
+        for format in [i64::MAX.to_string(), next.to_string()] {
+            let text = newer.replacen(
+                &format!("format = {next}"),
+                &format!("format = {format}"),
+                1,
+            );
             let error = probe(&text).unwrap_err();
             assert!(
                 error.message.contains(&format!(
-                    "this policy needs policy format {format}, but this securevm/guest-policy reads formats up to 1; update securevm (and guest-policy)"
+                    "this policy needs policy format {format}, but this securevm/guest-policy reads formats up to {NEWEST_READABLE_FORMAT}; update securevm (and guest-policy)"
                 )),
                 "{error}"
             );
@@ -279,5 +297,64 @@ mod tests {
             errors[0]
         );
         validate_for_format("p.toml", &with_format("2"), 2, &features).unwrap();
+    }
+
+    /// The example with `watch_removable = VALUE` in the staff role.
+    fn watching(value: &str) -> String {
+        EXAMPLE.replacen(
+            "external_media = \"encrypt\"",
+            &format!("external_media = \"encrypt\"\nwatch_removable = {value}"),
+            1,
+        )
+    }
+
+    #[test]
+    fn watch_removable_is_read_in_format_2_and_false_by_default() {
+        let example = crate::validate("p.toml", EXAMPLE).unwrap().policy;
+        assert!(example.roles.values().all(
+            |role| role.storage.watch_removable.is_none() && !role.storage.watches_removable()
+        ));
+        for (value, written) in [("true", true), ("false", false)] {
+            let text = watching(value).replacen("version = 7", "version = 7\nformat = 2", 1);
+            let policy = crate::validate("p.toml", &text).unwrap().policy;
+            let staff = &policy.roles["staff"].storage;
+            assert_eq!(staff.watch_removable, Some(written));
+            assert_eq!(staff.watches_removable(), written);
+            assert_eq!(policy.roles["contractor"].storage.watch_removable, None);
+            assert_eq!(policy.meta.format, 2);
+        }
+    }
+
+    #[test]
+    fn watch_removable_without_format_2_is_refused_even_when_false() {
+        // A format-1 securevm refuses the key whatever its value.
+        for value in ["true", "false"] {
+            for text in [
+                watching(value),
+                watching(value).replacen("version = 7", "version = 7\nformat = 1", 1),
+            ] {
+                let errors = crate::validate("p.toml", &text).unwrap_err();
+                assert_eq!(errors.len(), 1, "{errors:?}");
+                assert_eq!(
+                    errors[0].message,
+                    "[roles.NAME.storage] watch_removable needs policy format 2, but the policy declares format 1; write format = 2 in [policy] (and update securevm everywhere before pushing it)"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn lint_warns_a_fleet_on_format_1_about_watch_removable() {
+        let text = watching("true").replacen("version = 7", "version = 7\nformat = 2", 1);
+        crate::validate("p.toml", &text).unwrap();
+        let warning = rollout_warning("p.toml", &text, 1).expect("a warning");
+        assert_eq!((warning.line, warning.column), (18, 10));
+        assert!(
+            warning
+                .message
+                .starts_with("this policy needs policy format 2, but the oldest securevm in the fleet reads format 1"),
+            "{warning}"
+        );
+        assert_eq!(rollout_warning("p.toml", &text, 2), None);
     }
 }

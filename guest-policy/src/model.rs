@@ -146,6 +146,21 @@ pub struct StoragePolicy {
     pub external_media: ExternalMedia,
     /// When not empty, only media with one of these serials are attached.
     pub allowed_media_serials: Vec<String>,
+    /// `watch_removable` as written: `Some(true)` makes securevm watch the
+    /// host for USB and MMC sticks and judge each by this role, as
+    /// `securevm run --watch-removable` does. `None` (key absent) means the
+    /// same as `Some(false)`; the two are kept apart because a securevm that
+    /// reads only format 1 refuses the key whatever its value, so writing it
+    /// at all needs `format = 2`. Ask [`StoragePolicy::watches_removable`].
+    pub watch_removable: Option<bool>,
+}
+
+impl StoragePolicy {
+    /// Whether securevm watches the host for removable media for this role
+    /// (`watch_removable`, false unless written `true`).
+    pub fn watches_removable(&self) -> bool {
+        self.watch_removable == Some(true)
+    }
 }
 
 /// Treatment of removable media.

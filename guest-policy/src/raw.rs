@@ -78,6 +78,9 @@ pub(crate) struct RawStorage {
     pub external_media: Spanned<String>,
     #[serde(default)]
     pub allowed_media_serials: Vec<Spanned<String>>,
+    /// Format 2; absent and `false` are told apart because writing the key
+    /// at all needs the format (see `model::StoragePolicy`).
+    pub watch_removable: Option<bool>,
 }
 
 /// `[roles.NAME.network]`.

@@ -86,6 +86,11 @@ fn role_text(out: &mut String, name: &str, role: &Role, members: &[&User]) {
             storage.allowed_media_serials.join(", ")
         );
     }
+    if storage.watches_removable() {
+        out.push_str(
+            "    watched: USB and MMC sticks plugged into the machine are judged as they arrive\n",
+        );
+    }
     let network = &role.network;
     let _ = writeln!(
         out,

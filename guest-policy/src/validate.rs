@@ -427,6 +427,7 @@ impl Checker<'_> {
             system_disk_encrypted: *raw.system_disk_encrypted.get_ref(),
             external_media: external_media?,
             allowed_media_serials: serials,
+            watch_removable: raw.watch_removable,
         })
     }
 

@@ -240,6 +240,21 @@ fn storage_audit_and_vpn_cases() -> Vec<Case> {
         r#"policy.toml:18:26: allowed_media_serials has no effect when external_media = "deny"; remove the list or use "encrypt" or "read-only""#,
     ),
     (
+        "watch_removable without format 2",
+        edit("external_media = \"encrypt\"", "external_media = \"encrypt\"\nwatch_removable = true"),
+        "policy.toml:1:1: [roles.NAME.storage] watch_removable needs policy format 2, but the policy declares format 1; write format = 2 in [policy] (and update securevm everywhere before pushing it)",
+    ),
+    (
+        "watch_removable = false under format 1",
+        edit("version = 3", "version = 3\nformat = 1").replacen("external_media = \"encrypt\"", "external_media = \"encrypt\"\nwatch_removable = false", 1),
+        "policy.toml:4:10: [roles.NAME.storage] watch_removable needs policy format 2, but the policy declares format 1; write format = 2 in [policy] (and update securevm everywhere before pushing it)",
+    ),
+    (
+        "watch_removable written as text",
+        edit("version = 3", "version = 3\nformat = 2").replacen("external_media = \"encrypt\"", "external_media = \"encrypt\"\nwatch_removable = \"yes\"", 1),
+        r#"policy.toml:19:19: invalid type: string "yes", expected a boolean"#,
+    ),
+    (
         "audit file without path",
         edit("sink = \"syslog\"", "sink = \"file\""),
         r#"policy.toml:6:1: sink = "file" needs path = "/var/log/securevm/audit.jsonl" (an absolute path)"#,

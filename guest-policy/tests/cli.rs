@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+use guest_policy::format::NEWEST_READABLE_FORMAT;
 use tempfile::TempDir;
 
 const EXAMPLE: &str = include_str!("../examples/policy.toml");
@@ -168,7 +169,7 @@ fn sign_refuses_an_invalid_policy() {
     assert_exit(&output, 1);
     assert!(
         text(&output.stderr).contains(
-            "bad.toml:104:10: port 70000 is out of range; ports are 1-65535 or a range like \"8000-8080\""
+            "bad.toml:110:10: port 70000 is out of range; ports are 1-65535 or a range like \"8000-8080\""
         ),
         "{}",
         text(&output.stderr)
@@ -489,7 +490,8 @@ fn every_command_refuses_a_newer_format_with_the_update_message() {
     let directory = workspace();
     let dir = directory.path();
     assert_exit(&guest_policy(dir, &["keygen", "--out", "org"]), 0);
-    let newer = EXAMPLE.replacen("version = 7", "version = 7\nformat = 2", 1);
+    let next = NEWEST_READABLE_FORMAT + 1;
+    let newer = EXAMPLE.replacen("version = 7", &format!("version = 7\nformat = {next}"), 1);
     let with_new_key = newer.replacen(
         "[audit]",
         "[display]\nresolution = \"1920x1080\"\n\n[audit]",
@@ -497,7 +499,7 @@ fn every_command_refuses_a_newer_format_with_the_update_message() {
     );
     fs::write(dir.join("newer.toml"), newer).unwrap();
     fs::write(dir.join("new-key.toml"), with_new_key).unwrap();
-    let update = "18:10: this policy needs policy format 2, but this securevm/guest-policy reads formats up to 1; update securevm (and guest-policy) on every machine to a release that reads format 2 before pushing this policy";
+    let update = format!("18:10: this policy needs policy format {next}, but this securevm/guest-policy reads formats up to {NEWEST_READABLE_FORMAT}; update securevm (and guest-policy) on every machine to a release that reads format {next} before pushing this policy");
     for file in ["newer.toml", "new-key.toml"] {
         for command in [
             &["lint", file][..],
@@ -530,7 +532,8 @@ fn verify_refuses_a_newer_format_signed_elsewhere() {
     let dir = directory.path();
     assert_exit(&guest_policy(dir, &["keygen", "--out", "org"]), 0);
     // Signed with the library, as a newer guest-policy would sign it.
-    let newer = EXAMPLE.replacen("version = 7", "version = 7\nformat = 2", 1);
+    let next = NEWEST_READABLE_FORMAT + 1;
+    let newer = EXAMPLE.replacen("version = 7", &format!("version = 7\nformat = {next}"), 1);
     let key_text = fs::read_to_string(dir.join("org.key")).unwrap();
     let key = guest_policy::SecretKey::from_text(&key_text, || None).unwrap();
     let signature =
@@ -541,7 +544,7 @@ fn verify_refuses_a_newer_format_signed_elsewhere() {
     let output = guest_policy(dir, &["verify", "--pubkey", "org.pub", "newer.toml"]);
     assert_exit(&output, 1);
     assert!(
-        text(&output.stderr).contains("newer.toml:18:10: this policy needs policy format 2, but this securevm/guest-policy reads formats up to 1; update securevm (and guest-policy)"),
+        text(&output.stderr).contains(&format!("newer.toml:18:10: this policy needs policy format {next}, but this securevm/guest-policy reads formats up to {NEWEST_READABLE_FORMAT}; update securevm (and guest-policy)")),
         "{}",
         text(&output.stderr)
     );
@@ -566,4 +569,50 @@ fn lint_oldest_format_accepts_a_policy_the_fleet_reads() {
     }
     let zero = guest_policy(dir, &["lint", "--oldest-format", "0", "policy.toml"]);
     assert_exit(&zero, 2);
+}
+
+#[test]
+fn a_policy_watching_removable_media_is_format_2_for_lint_and_show() {
+    let directory = workspace();
+    let dir = directory.path();
+    let watching = EXAMPLE.replacen(
+        "external_media = \"encrypt\"",
+        "external_media = \"encrypt\"\nwatch_removable = true",
+        1,
+    );
+    fs::write(dir.join("undeclared.toml"), &watching).unwrap();
+    let refused = guest_policy(dir, &["lint", "undeclared.toml"]);
+    assert_exit(&refused, 1);
+    assert!(
+        text(&refused.stderr).contains("undeclared.toml:1:1: [roles.NAME.storage] watch_removable needs policy format 2, but the policy declares format 1; write format = 2 in [policy]"),
+        "{}",
+        text(&refused.stderr)
+    );
+
+    let declared = watching.replacen("version = 7", "version = 7\nformat = 2", 1);
+    fs::write(dir.join("watching.toml"), declared).unwrap();
+    let fleet_on_1 = guest_policy(dir, &["lint", "--oldest-format", "1", "watching.toml"]);
+    assert_exit(&fleet_on_1, 0);
+    assert_eq!(
+        text(&fleet_on_1.stderr),
+        "watching.toml:18:10: warning: this policy needs policy format 2, but the oldest securevm in the fleet reads format 1; machines still on that release would refuse it: update securevm everywhere first, then push this policy\n"
+    );
+    let fleet_on_2 = guest_policy(dir, &["lint", "--oldest-format", "2", "watching.toml"]);
+    assert_exit(&fleet_on_2, 0);
+    assert_eq!(text(&fleet_on_2.stderr), "");
+
+    let shown = guest_policy(dir, &["show", "watching.toml"]);
+    assert_exit(&shown, 0);
+    let summary = text(&shown.stdout);
+    let watched =
+        "    watched: USB and MMC sticks plugged into the machine are judged as they arrive\n";
+    assert_eq!(summary.matches(watched).count(), 1, "{summary}");
+    assert!(
+        summary.contains(&format!(
+            "  External media: attached, everything written is encrypted\n    only media with serial 4C530001230517105083, AA00000000001234\n{watched}"
+        )),
+        "{summary}"
+    );
+    let unwatched = guest_policy(dir, &["show", "policy.toml"]);
+    assert!(!text(&unwatched.stdout).contains("watched:"));
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{base_with_version, BASE};
+use guest_policy::format::NEWEST_READABLE_FORMAT;
 use guest_policy::{
     load_policy, trusted_comment_for, validate, PolicyError, PolicyState, SecretKey, SignatureFile,
     VerifiedPolicy,
@@ -393,7 +394,8 @@ fn a_state_in_a_missing_directory_cannot_be_initialised() {
 #[test]
 fn a_signed_policy_in_a_newer_format_is_refused_with_the_update_message() {
     let fixture = Fixture::new();
-    let newer = BASE.replacen("version = 3", "version = 3\nformat = 2", 1);
+    let next = NEWEST_READABLE_FORMAT + 1;
+    let newer = BASE.replacen("version = 3", &format!("version = 3\nformat = {next}"), 1);
     let with_new_key = newer.replacen(
         "[audit]",
         "[display]\nresolution = \"1920x1080\"\n\n[audit]",
@@ -405,7 +407,7 @@ fn a_signed_policy_in_a_newer_format_is_refused_with_the_update_message() {
         assert_eq!(
             error.to_string(),
             format!(
-                "{}:4:10: this policy needs policy format 2, but this securevm/guest-policy reads formats up to 1; update securevm (and guest-policy) on every machine to a release that reads format 2 before pushing this policy",
+                "{}:4:10: this policy needs policy format {next}, but this securevm/guest-policy reads formats up to {NEWEST_READABLE_FORMAT}; update securevm (and guest-policy) on every machine to a release that reads format {next} before pushing this policy",
                 path.display()
             )
         );

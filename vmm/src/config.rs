@@ -203,6 +203,9 @@ pub struct ExternalMediaConfig {
     pub passphrase_file: Option<PathBuf>,
     /// Format a blank medium (all zeros at its start) under `encrypt`.
     pub format_blank: bool,
+    /// `--watch-removable`: sticks plugged into the host are judged and
+    /// attached by themselves (a role can ask for it too).
+    pub watch_removable: bool,
 }
 
 /// What the guest boots.
@@ -383,6 +386,7 @@ mod tests {
                 policy: None,
                 passphrase_file: None,
                 format_blank: false,
+                watch_removable: false,
             },
             policy: None,
             vpn_key: None,

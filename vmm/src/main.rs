@@ -148,6 +148,11 @@ struct RunArgs {
     /// Under `encrypt`, format a blank medium (zeros at its start) as a LUKS2 volume.
     #[arg(long)]
     format_blank_external: bool,
+    /// Watch the host for USB and MMC sticks (those present at start too) and attach or
+    /// refuse each under the external-media rules as it is plugged in; a pulled stick leaves
+    /// the guest at once.
+    #[arg(long)]
+    watch_removable: bool,
     /// The signed machine policy (its signature is FILE.minisig).
     #[arg(long, value_name = "FILE", requires_all = ["policy_key", "user"])]
     policy: Option<PathBuf>,
@@ -223,6 +228,7 @@ impl TryFrom<RunArgs> for VmConfig {
                 }),
                 passphrase_file: args.external_passphrase_file,
                 format_blank: args.format_blank_external,
+                watch_removable: args.watch_removable,
             },
             policy: match (args.policy, args.policy_key) {
                 (Some(path), Some(public_key)) => Some(PolicyConfig {

@@ -24,6 +24,8 @@ ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
 ioctl_iow_nr!(KVM_IRQFD, KVMIO, 0x76, kvm_irqfd);
 ioctl_iow_nr!(KVM_IOEVENTFD, KVMIO, 0x79, kvm_ioeventfd);
 ioctl_iow_nr!(KVM_SIGNAL_MSI, KVMIO, 0xa5, kvm_msi);
+// A stick's disk sequence number (`external_media::hotplug`).
+ioctl_ior_nr!(BLKGETDISKSEQ, 0x12, 128, u64);
 
 // Building a VM (see `ThreadKind::MainRestart`).
 ioctl_io_nr!(KVM_GET_API_VERSION, KVMIO, 0x00);
@@ -85,6 +87,10 @@ pub enum ThreadKind {
     /// `external_media::hotplug`): opens images, unlocks LUKS2, starts and stops
     /// device I/O threads.
     MediaHotplug,
+    /// Watches the host for removable media (`external_media::watch`):
+    /// reads the kernel's uevent socket, opened before its filter, and
+    /// sysfs; hands each stick to the media hot-plug thread.
+    RemovableWatch,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -249,6 +255,8 @@ const THREAD_START_PRCTLS: &[u64] = &[libc::PR_SET_NAME as u64, libc::PR_SET_NO_
 ///   the name, sched_getaffinity), which then narrows this filter with its
 ///   own (seccomp, prctl; a filter can only ever take syscalls away), and
 ///   on removal moving its doorbells (the KVM_IOEVENTFD ioctl).
+/// - A stick found on the host: opened with `O_EXCL` (openat) and its
+///   disk sequence number read (the BLKGETDISKSEQ ioctl).
 /// - Everything the I/O threads and disk-crypto workers it starts do
 ///   before and after their own filter narrows this one: BLOCK_IO.
 ///
@@ -275,6 +283,25 @@ const MEDIA_HOTPLUG: &[i64] = &[
     libc::SYS_ppoll,
     libc::SYS_kill,
     libc::SYS_wait4,
+];
+
+/// What the removable-media watch thread does besides the common set:
+/// wait for and receive uevents on its netlink socket (poll, recvmsg),
+/// and read what sysfs says of a block device (open, stat, list
+/// directories, resolve links). It never opens a device node.
+const REMOVABLE_WATCH: &[i64] = &[
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_recvmsg,
+    libc::SYS_openat,
+    libc::SYS_statx,
+    libc::SYS_newfstatat,
+    libc::SYS_fstat,
+    libc::SYS_lseek,
+    libc::SYS_getdents64,
+    libc::SYS_readlink,
+    libc::SYS_readlinkat,
+    libc::SYS_getcwd,
 ];
 
 /// Memory syscalls whose protection argument (the third) must not ask for
@@ -323,6 +350,7 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<u64>) {
         ThreadKind::ConsoleInput | ThreadKind::ConsoleOutput => (vec![], vec![]),
         ThreadKind::Reporter => (AUDIT.to_vec(), vec![]),
         ThreadKind::Api => (API.to_vec(), vec![]),
+        ThreadKind::RemovableWatch => (REMOVABLE_WATCH.to_vec(), vec![]),
         ThreadKind::MediaHotplug => (
             [libc::SYS_ioctl]
                 .into_iter()
@@ -330,7 +358,7 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<u64>) {
                 .chain(BLOCK_IO.iter().copied())
                 .chain(AUDIT.iter().copied())
                 .collect(),
-            vec![KVM_IOEVENTFD(), KVM_SIGNAL_MSI()],
+            vec![KVM_IOEVENTFD(), KVM_SIGNAL_MSI(), BLKGETDISKSEQ()],
         ),
         ThreadKind::Main => (
             [libc::SYS_ioctl, libc::SYS_tgkill]
@@ -383,7 +411,7 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<u64>) {
 /// Every kind of thread the main thread starts for a VM (so the
 /// `MainRestart` filter they inherit must allow what they do), and `Main`
 /// itself.
-const STARTED_BY_MAIN: [ThreadKind; 10] = [
+const STARTED_BY_MAIN: [ThreadKind; 11] = [
     ThreadKind::Vcpu,
     ThreadKind::BlockIo,
     ThreadKind::NetIo,
@@ -394,6 +422,7 @@ const STARTED_BY_MAIN: [ThreadKind; 10] = [
     ThreadKind::Api,
     ThreadKind::Main,
     ThreadKind::MediaHotplug,
+    ThreadKind::RemovableWatch,
 ];
 
 /// Syscalls `kind` may make only with one of a few values as their first
@@ -616,7 +645,7 @@ mod tests {
         libc::WEXITSTATUS(status)
     }
 
-    const ALL_KINDS: [ThreadKind; 11] = [
+    const ALL_KINDS: [ThreadKind; 12] = [
         ThreadKind::Vcpu,
         ThreadKind::BlockIo,
         ThreadKind::NetIo,
@@ -628,6 +657,7 @@ mod tests {
         ThreadKind::Main,
         ThreadKind::MainRestart,
         ThreadKind::MediaHotplug,
+        ThreadKind::RemovableWatch,
     ];
 
     fn map_anonymous(prot: libc::c_int) -> *mut libc::c_void {

@@ -12,8 +12,9 @@ use serde::de::DeserializeOwned;
 
 use super::http::{decode_response, encode_request, read_reply};
 use super::protocol::{
-    AttachRequest, Device, ErrorBody, PolicyApplied, PolicyUpload, ShutdownOutcome, ShutdownReport,
-    ShutdownRequest, StateReport, VmStatus, DEFAULT_SHUTDOWN_TIMEOUT_SECS,
+    AttachRequest, Device, ErrorBody, PolicyApplied, PolicyUpload, RemovableStick, ShutdownOutcome,
+    ShutdownReport, ShutdownRequest, StateReport, StickFate, VmStatus,
+    DEFAULT_SHUTDOWN_TIMEOUT_SECS,
 };
 
 /// How long a command other than shutdown may take.
@@ -325,5 +326,27 @@ pub fn format_status(status: &VmStatus) -> String {
         "media: {} attached, {} denied",
         status.media.attached, status.media.denied
     ));
+    for stick in &status.removable {
+        lines.push(removable_line(stick));
+    }
     lines.join("\n")
+}
+
+/// `removable /dev/sdb serial 'X' diskseq 9: attached as 'X' (encrypt)`.
+fn removable_line(stick: &RemovableStick) -> String {
+    let serial = stick
+        .serial
+        .as_ref()
+        .map_or_else(|| "none".to_string(), |serial| format!("'{serial}'"));
+    let fate = match (stick.fate, &stick.id, &stick.mode) {
+        (StickFate::Attached, Some(id), Some(mode)) => format!("attached as '{id}' ({mode})"),
+        (fate, ..) => match &stick.reason {
+            Some(reason) => format!("{} ({reason})", fate.as_str()),
+            None => fate.as_str().to_string(),
+        },
+    };
+    format!(
+        "removable {} serial {serial} diskseq {}: {fate}",
+        stick.device, stick.diskseq
+    )
 }

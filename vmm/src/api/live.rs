@@ -14,12 +14,13 @@ use netfilter::{DropReason, FilterControl};
 
 use super::controller::VmController;
 use super::protocol::{
-    ApiError, Device, MediaCounters, NetworkCounters, PolicyApplied, PolicyUpload, RunState,
-    ShutdownOutcome, ShutdownReport, VmStatus,
+    ApiError, Device, MediaCounters, NetworkCounters, PolicyApplied, PolicyUpload, RemovableStick,
+    RunState, ShutdownOutcome, ShutdownReport, StickFate, VmStatus,
 };
 use crate::audit::{Audit, Event};
 use crate::exit::{ExitNotifier, ExitReason};
-use crate::external_media::{MediaError, MediaHotplug, MediumError};
+use crate::external_media::watch::StickSink;
+use crate::external_media::{HostStick, MediaError, MediaHotplug, MediumError};
 use crate::kvm::vcpu::VcpuControl;
 use crate::policy::{ActiveRole, PolicyVerifier};
 use crate::sync::lock;
@@ -58,7 +59,14 @@ pub struct LiveVmParts {
     pub audit: Audit,
     /// `None`: media cannot be attached while the VM runs (501).
     pub media_hotplug: Option<MediaHotplug>,
+    /// `--watch-removable`: every stick the watch reports is judged, even
+    /// when the role in force does not ask for it.
+    pub watch_removable: bool,
 }
+
+/// How many sticks `ctl status` lists at most; sticks past it are still
+/// judged, only not listed.
+const MAX_LISTED_STICKS: usize = 64;
 
 /// A running VM, as [`VmController`].
 pub struct LiveVm {
@@ -72,6 +80,8 @@ pub struct LiveVm {
     stopped: Mutex<Option<ExitReason>>,
     stopped_changed: Condvar,
     media: Mutex<MediaCounters>,
+    /// The sticks on the host and their fate, as status shows them.
+    removable: Mutex<Vec<RemovableStick>>,
 }
 
 impl LiveVm {
@@ -86,6 +96,7 @@ impl LiveVm {
             run_state: Mutex::new(()),
             stopped: Mutex::new(None),
             stopped_changed: Condvar::new(),
+            removable: Mutex::new(Vec::new()),
         }
     }
 
@@ -176,9 +187,11 @@ fn media_api_error(error: MediaError) -> ApiError {
         MediaError::Medium(MediumError::Storage(_)) => ApiError::BadRequest(text),
         MediaError::Denied(_) => ApiError::Forbidden(text),
         MediaError::UnknownId { .. } => ApiError::NotFound(text),
-        MediaError::AlreadyAttached { .. } | MediaError::NotEjected { .. } => {
-            ApiError::Conflict(text)
-        }
+        MediaError::AlreadyAttached { .. }
+        | MediaError::NotEjected { .. }
+        | MediaError::Busy { .. }
+        | MediaError::BootDevice { .. }
+        | MediaError::Gone { .. } => ApiError::Conflict(text),
         MediaError::Stopped => ApiError::Conflict(text),
         MediaError::Medium(MediumError::Audit(_))
         | MediaError::Block { .. }
@@ -255,6 +268,7 @@ impl VmController for LiveVm {
             devices,
             network: self.parts.nets.iter().map(network_counters).collect(),
             media: *lock(&self.media),
+            removable: lock(&self.removable).clone(),
         }
     }
 
@@ -400,13 +414,144 @@ impl VmController for LiveVm {
     }
 }
 
+impl LiveVm {
+    /// Whether sticks on the host are judged now: `--watch-removable`, or
+    /// the role in force asks for it (a pushed policy may turn it off).
+    fn watches_removable(&self, role: Option<&ActiveRole>) -> bool {
+        self.parts.watch_removable || role.is_some_and(|r| r.role.storage.watches_removable())
+    }
+
+    /// Judges and attaches a stick the watch found, and says what became
+    /// of it.
+    fn judge_stick(&self, stick: &HostStick) -> RemovableStick {
+        let mut listed = RemovableStick {
+            device: stick.devnode.display().to_string(),
+            serial: stick.serial.clone(),
+            diskseq: stick.diskseq,
+            fate: StickFate::Failed,
+            id: None,
+            mode: None,
+            reason: None,
+        };
+        let role = self.active_role();
+        if !self.watches_removable(role.as_ref()) {
+            listed.fate = StickFate::Ignored;
+            listed.reason = Some("the role in force does not watch removable media".into());
+            return listed;
+        }
+        let attached = self
+            .media_hotplug()
+            .map_err(|e| e.to_string())
+            .and_then(|media| {
+                media
+                    .attach_stick(stick.clone(), role, self.boot_ids())
+                    .map_err(|error| {
+                        listed.fate = match error {
+                            MediaError::Denied(_) => StickFate::Denied,
+                            MediaError::Busy { .. } | MediaError::BootDevice { .. } => {
+                                StickFate::Busy
+                            }
+                            _ => StickFate::Failed,
+                        };
+                        error.to_string()
+                    })
+            });
+        match attached {
+            Ok(medium) => {
+                lock(&self.media).attached += 1;
+                crate::notice!(
+                    "securevm: removable medium {} (serial {}) attached as '{}' ({})",
+                    listed.device,
+                    shown_serial(stick),
+                    medium.id,
+                    medium.mode
+                );
+                listed.fate = StickFate::Attached;
+                listed.id = Some(medium.id);
+                listed.mode = Some(medium.mode);
+            }
+            Err(reason) => {
+                if listed.fate == StickFate::Denied {
+                    // The refusal itself was printed where it was decided.
+                    lock(&self.media).denied += 1;
+                } else {
+                    crate::notice!(
+                        "securevm: removable medium {} (serial {}) not attached: {reason}",
+                        listed.device,
+                        shown_serial(stick)
+                    );
+                }
+                listed.reason = Some(reason);
+            }
+        }
+        listed
+    }
+
+    /// Lists `stick` in status in place of any earlier entry for its node.
+    fn list_stick(&self, stick: RemovableStick) {
+        let mut listed = lock(&self.removable);
+        listed.retain(|s| s.diskseq != stick.diskseq && s.device != stick.device);
+        if listed.len() < MAX_LISTED_STICKS {
+            listed.push(stick);
+        }
+    }
+
+    /// Takes the stick with `diskseq` out of the guest's reach: its
+    /// requests fail from now on and the guest is asked to eject it.
+    fn stick_gone(&self, diskseq: u64, why: &str) {
+        if let Some(media) = &self.parts.media_hotplug {
+            match media.stick_pulled(diskseq, why) {
+                Ok(Some(id)) => crate::notice!("securevm: removable medium '{id}' {why}"),
+                Ok(None) | Err(MediaError::Stopped) => {}
+                Err(e) => log::warn!("removing the stick with sequence number {diskseq}: {e}"),
+            }
+        }
+    }
+}
+
+fn shown_serial(stick: &HostStick) -> String {
+    stick
+        .serial
+        .as_ref()
+        .map_or_else(|| "none".to_string(), |serial| format!("'{serial}'"))
+}
+
+impl StickSink for LiveVm {
+    fn arrived(&self, stick: HostStick) {
+        if self.is_stopping() {
+            return;
+        }
+        let listed = self.judge_stick(&stick);
+        self.list_stick(listed);
+    }
+
+    fn left(&self, diskseq: u64) {
+        lock(&self.removable).retain(|s| s.diskseq != diskseq);
+        self.stick_gone(diskseq, "was pulled from the host");
+    }
+
+    fn resized(&self, stick: HostStick, old_size_bytes: u64, new_size_bytes: u64) {
+        let why = format!("changed size from {old_size_bytes} to {new_size_bytes} bytes");
+        self.stick_gone(stick.diskseq, &why);
+        self.list_stick(RemovableStick {
+            device: stick.devnode.display().to_string(),
+            serial: stick.serial.clone(),
+            diskseq: stick.diskseq,
+            fate: StickFate::Failed,
+            id: None,
+            mode: None,
+            reason: Some(format!("{why}; pull it and plug it in again")),
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::arch::layout::PCI_HOTPLUG_REGISTER_EJECT;
     use crate::devices::bus::BusDevice;
     use crate::devices::pci::PciHotplugPorts;
-    use crate::external_media::hotplug::tests::{rig, Scratch};
+    use crate::external_media::hotplug::tests::{rig, LoopDevice, Scratch};
     use crate::external_media::ExternalMediaPolicy;
     use crate::policy::push::tests::Fixture;
     use guest_policy::{Action, NetworkPolicy};
@@ -439,6 +584,16 @@ mod tests {
         name: &str,
         devices: Vec<Device>,
         media_hotplug: Option<MediaHotplug>,
+    ) -> Harness {
+        harness_watching(name, devices, media_hotplug, false)
+    }
+
+    /// `watch_removable`: as `--watch-removable`.
+    fn harness_watching(
+        name: &str,
+        devices: Vec<Device>,
+        media_hotplug: Option<MediaHotplug>,
+        watch_removable: bool,
     ) -> Harness {
         let fixture = Fixture::new(name);
         let config = fixture.config();
@@ -485,6 +640,7 @@ mod tests {
                 Audit::open(&fixture.dir.join("audit.jsonl"), Some(&key)).unwrap()
             },
             media_hotplug,
+            watch_removable,
         }));
         Harness {
             vm,
@@ -666,6 +822,73 @@ mod tests {
         assert!(refused.to_string().contains("allow-list"), "{refused}");
         let status = h.vm.status();
         assert_eq!((status.media.attached, status.media.denied), (0, 1));
+        assert!(!status
+            .devices
+            .iter()
+            .any(|d| matches!(d, Device::External { .. })));
+    }
+
+    #[test]
+    fn sticks_the_watch_reports_are_judged_listed_and_taken_out_when_pulled() {
+        let scratch = Scratch::new("live-stick");
+        let Some(device) = LoopDevice::over(&scratch.raw("stick.img")) else {
+            return;
+        };
+        let rig = rig(ExternalMediaPolicy::ReadOnly, None, false);
+        let h = harness_watching("live-stick", vec![], Some(rig.media), true);
+        let listed = device.stick(Some(ALLOWED_SERIAL));
+        h.vm.arrived(listed.clone());
+        let status = h.vm.status();
+        assert_eq!(status.media.attached, 1);
+        assert_eq!(status.removable.len(), 1);
+        let stick = &status.removable[0];
+        assert_eq!(
+            (stick.fate, stick.id.as_deref(), stick.mode.as_deref()),
+            (StickFate::Attached, Some(ALLOWED_SERIAL), Some("read-only"))
+        );
+        let line = format!(
+            "removable {} serial '{ALLOWED_SERIAL}' diskseq {}: attached as '{ALLOWED_SERIAL}' (read-only)",
+            device.devnode.display(),
+            listed.diskseq
+        );
+        let text = crate::api::client::format_status(&status);
+        assert!(text.contains(&line), "{text}");
+
+        h.vm.left(listed.diskseq);
+        assert!(
+            h.vm.status().removable.is_empty(),
+            "a pulled stick is not listed"
+        );
+
+        // Off the role's allow-list: denied, counted, listed with the reason.
+        let unlisted = device.stick(Some("NOT-ON-THE-LIST"));
+        h.vm.arrived(unlisted.clone());
+        let status = h.vm.status();
+        assert_eq!((status.media.attached, status.media.denied), (1, 1));
+        assert_eq!(status.removable[0].fate, StickFate::Denied);
+        let reason = status.removable[0].reason.clone().unwrap();
+        assert!(reason.contains("allow-list"), "{reason}");
+        // Its size changed: listed as failed until it is pulled.
+        h.vm.resized(unlisted.clone(), 1 << 16, 1 << 20);
+        let status = h.vm.status();
+        assert_eq!(status.removable.len(), 1, "one entry per stick");
+        assert_eq!(status.removable[0].fate, StickFate::Failed);
+        h.vm.left(unlisted.diskseq);
+        assert!(h.vm.status().removable.is_empty());
+    }
+
+    #[test]
+    fn without_the_flag_or_the_role_asking_sticks_are_ignored() {
+        let scratch = Scratch::new("live-stick-ignored");
+        let Some(device) = LoopDevice::over(&scratch.raw("stick.img")) else {
+            return;
+        };
+        let rig = rig(ExternalMediaPolicy::ReadOnly, None, false);
+        let h = harness_watching("live-stick-ignored", vec![], Some(rig.media), false);
+        h.vm.arrived(device.stick(Some(ALLOWED_SERIAL)));
+        let status = h.vm.status();
+        assert_eq!(status.removable[0].fate, StickFate::Ignored);
+        assert_eq!((status.media.attached, status.media.denied), (0, 0));
         assert!(!status
             .devices
             .iter()

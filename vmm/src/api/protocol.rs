@@ -46,6 +46,60 @@ pub struct VmStatus {
     pub network: Vec<NetworkCounters>,
     #[serde(default)]
     pub media: MediaCounters,
+    /// Sticks on the host's USB or MMC bus (`--watch-removable`) and what
+    /// became of each; empty when nothing is watched.
+    #[serde(default)]
+    pub removable: Vec<RemovableStick>,
+}
+
+/// A stick the watch found on the host, while it is plugged in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovableStick {
+    /// Its device node on the host, e.g. `/dev/sdb`.
+    pub device: String,
+    /// The serial its hardware reports, if any.
+    pub serial: Option<String>,
+    /// The kernel's sequence number for this disk.
+    pub diskseq: u64,
+    pub fate: StickFate,
+    /// The medium's id in the VM, once attached.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// `encrypt` or `read-only`, once attached.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Why it is not attached.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// What became of a stick on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StickFate {
+    /// In the guest.
+    Attached,
+    /// Refused by the role's rules (counted as denied).
+    Denied,
+    /// Another program holds it (a mount on the host, another securevm).
+    Busy,
+    /// It could not be attached (gone meanwhile, a damaged volume, a size
+    /// change while attached).
+    Failed,
+    /// The role in force does not watch removable media.
+    Ignored,
+}
+
+impl StickFate {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StickFate::Attached => "attached",
+            StickFate::Denied => "denied",
+            StickFate::Busy => "busy",
+            StickFate::Failed => "failed",
+            StickFate::Ignored => "ignored",
+        }
+    }
 }
 
 /// A device the guest sees.

@@ -52,6 +52,7 @@ impl VmController for FakeVm {
             devices: vec![],
             network: vec![],
             media: MediaCounters::default(),
+            removable: vec![],
         }
     }
 
@@ -503,6 +504,7 @@ fn seccomp_child() {
         exit,
         audit: crate::audit::Audit::disabled(),
         media_hotplug: None,
+        watch_removable: false,
     }));
     let socket = fixture.dir.join("api.sock");
     let server = ApiServer::start(

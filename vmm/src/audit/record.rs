@@ -87,6 +87,10 @@ pub enum Event {
     /// A removable medium was attached or refused under the role's rule.
     ExternalMedium {
         path: String,
+        /// The serial a stick found on the host reports (not set for media
+        /// named by path).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        serial: Option<String>,
         decision: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         reason: Option<String>,

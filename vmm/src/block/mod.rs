@@ -11,6 +11,8 @@
 
 mod backend;
 pub mod guest_io;
+mod pullable;
 
 pub use backend::{BlockBackend, BlockError, RawFileBackend, SECTOR_SIZE};
 pub use guest_io::{ExtentRange, GuestExtent};
+pub use pullable::{PullSwitch, PullableBackend};

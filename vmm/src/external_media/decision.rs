@@ -57,6 +57,33 @@ pub fn allowed_serials(role: Option<&ActiveRole>) -> &[String] {
     })
 }
 
+/// A medium to judge: where it is and what identifies it.
+pub struct Medium<'a> {
+    pub path: &'a Path,
+    pub serial: MediumSerial<'a>,
+}
+
+/// What a role's `allowed_media_serials` is matched against.
+pub enum MediumSerial<'a> {
+    /// An image or device named by path (`--external`, `ctl
+    /// attach-external`): its file name, as the guest sees it.
+    FileName,
+    /// A stick found on the host's USB or MMC bus: the serial its hardware
+    /// reports, recorded in the audit; `None` when it reports none (or one
+    /// unfit to show), which matches no allow-list.
+    Reported(Option<&'a str>),
+}
+
+impl<'a> Medium<'a> {
+    /// An image or device named by path.
+    pub fn named(path: &'a Path) -> Self {
+        Self {
+            path,
+            serial: MediumSerial::FileName,
+        }
+    }
+}
+
 /// What became of a medium.
 pub enum MediumOutcome {
     /// Open and ready for a virtio-blk device; `mode` is `encrypt` or
@@ -73,31 +100,35 @@ pub enum MediumOutcome {
 /// audit log and prints refusals on stderr. Failing to open a medium that
 /// should attach (wrong key, damaged header, I/O) is an error.
 pub fn decide_medium(
-    medium: &Path,
+    medium: &Medium<'_>,
     rules: &MediaRules<'_>,
     audit: &Audit,
 ) -> Result<MediumOutcome, MediumError> {
-    let shown = medium.display();
-    let id = disk_id_from_path(medium);
+    let shown = medium.path.display();
+    let (serial, recorded_serial) = match medium.serial {
+        MediumSerial::FileName => (Some(disk_id_from_path(medium.path)), None),
+        MediumSerial::Reported(serial) => (serial.map(str::to_string), serial.map(str::to_string)),
+    };
     let decided = |decision: &str, reason: Option<String>| {
         audit.record(Event::ExternalMedium {
             path: shown.to_string(),
+            serial: recorded_serial.clone(),
             decision: decision.into(),
             reason,
         })
     };
-    if !rules.allowed_serials.is_empty() && !rules.allowed_serials.contains(&id) {
-        decided(
-            "deny",
-            Some(format!("serial '{id}' is not on the role's allow-list")),
-        )?;
-        let reason = format!(
-            "external medium {shown} not attached: its serial '{id}' is not on the role's allow-list"
-        );
+    let listed = |serial: &String| rules.allowed_serials.contains(serial);
+    if !rules.allowed_serials.is_empty() && !serial.as_ref().is_some_and(listed) {
+        let what = match &serial {
+            Some(serial) => format!("its serial '{serial}' is not on the role's allow-list"),
+            None => "it reports no serial, and the role allows only listed serials".to_string(),
+        };
+        decided("deny", Some(what.clone()))?;
+        let reason = format!("external medium {shown} not attached: {what}");
         crate::notice!("securevm: {reason}");
         return Ok(MediumOutcome::Denied { reason });
     }
-    match attach_decision(rules.policy, medium, rules.key, rules.format_blank)? {
+    match attach_decision(rules.policy, medium.path, rules.key, rules.format_blank)? {
         ExternalAttach::Encrypted { backend, formatted } => {
             if formatted {
                 log::warn!("external medium {shown} was blank and is now a LUKS2 volume");
@@ -148,7 +179,7 @@ mod tests {
         let medium = dir.raw("other.img");
         let allowed = vec!["stick.img".to_string()];
         match decide_medium(
-            &medium,
+            &Medium::named(&medium),
             &rules(ExternalMediaPolicy::ReadOnly, &allowed),
             &Audit::default(),
         )
@@ -160,12 +191,42 @@ mod tests {
     }
 
     #[test]
+    fn a_stick_is_matched_by_its_reported_serial_and_one_without_a_serial_never_is() {
+        let dir = Scratch::new("medium-reported");
+        // The file name would match; a stick is judged by its hardware's serial.
+        let medium = dir.raw("AA11.img");
+        let allowed = vec!["AA11".to_string(), "AA11.img".to_string()];
+        let judge = |serial| {
+            decide_medium(
+                &Medium {
+                    path: &medium,
+                    serial: MediumSerial::Reported(serial),
+                },
+                &rules(ExternalMediaPolicy::ReadOnly, &allowed),
+                &Audit::default(),
+            )
+            .unwrap()
+        };
+        assert!(matches!(judge(Some("AA11")), MediumOutcome::Attach { .. }));
+        match judge(Some("BB22")) {
+            MediumOutcome::Denied { reason } => assert!(reason.contains("'BB22'"), "{reason}"),
+            MediumOutcome::Attach { .. } => panic!("attached a serial off the list"),
+        }
+        match judge(None) {
+            MediumOutcome::Denied { reason } => {
+                assert!(reason.contains("reports no serial"), "{reason}")
+            }
+            MediumOutcome::Attach { .. } => panic!("attached a stick without a serial"),
+        }
+    }
+
+    #[test]
     fn read_only_attaches_a_read_only_device() {
         let dir = Scratch::new("medium-ro");
         let medium = dir.raw("stick.img");
         let allowed = vec!["stick.img".to_string()];
         match decide_medium(
-            &medium,
+            &Medium::named(&medium),
             &rules(ExternalMediaPolicy::ReadOnly, &allowed),
             &Audit::default(),
         )
@@ -184,7 +245,13 @@ mod tests {
         let dir = Scratch::new("medium-deny");
         let medium = dir.raw("stick.img");
         for policy in [ExternalMediaPolicy::Deny, ExternalMediaPolicy::Encrypt] {
-            match decide_medium(&medium, &rules(policy, &[]), &Audit::default()).unwrap() {
+            match decide_medium(
+                &Medium::named(&medium),
+                &rules(policy, &[]),
+                &Audit::default(),
+            )
+            .unwrap()
+            {
                 MediumOutcome::Denied { reason } => {
                     assert!(reason.starts_with("external medium "), "{reason}")
                 }
@@ -200,6 +267,7 @@ mod tests {
             policy: None,
             passphrase_file: None,
             format_blank: false,
+            watch_removable: false,
         };
         assert_eq!(media_policy(&external, None), ExternalMediaPolicy::Deny);
         let forced = ExternalMediaConfig {

@@ -26,9 +26,20 @@
 //! the thread looks for such ejects between requests, at least every
 //! [`GUEST_EJECT_POLL`], and takes the device out the same way. Media
 //! present at boot are not removable.
+//!
+//! Sticks found on the host's USB or MMC bus (`--watch-removable`, see
+//! `external_media::watch`) come as a [`HostStick`]. Each is claimed with
+//! `O_EXCL` before anything reads it, so the host's own mounts and a
+//! second securevm see it busy, and the claim is checked against the
+//! kernel's disk sequence number the watcher saw: while the claim is held
+//! the kernel cannot give the node's name to another disk, so the later
+//! opens by path reach this stick or fail. A stick pulled without an eject
+//! fails every request from that moment ([`PullSwitch`]) and the guest is
+//! asked to let go of its slot; the device leaves when it does.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -38,16 +49,17 @@ use std::time::{Duration, Instant};
 use vm_memory::GuestMemoryMmap;
 
 use super::decision::{
-    allowed_serials, decide_medium, media_policy, MediaRules, MediumError, MediumOutcome,
+    allowed_serials, decide_medium, media_policy, MediaRules, Medium, MediumError, MediumOutcome,
+    MediumSerial,
 };
 use super::open::ExternalMediaPolicy;
 use crate::audit::{Audit, AuditError, Event};
-use crate::block::BlockError;
+use crate::block::{BlockBackend, BlockError, PullSwitch, PullableBackend};
 use crate::config::ExternalMediaConfig;
 use crate::confined::{self, Confinement};
 use crate::devices::pci::hotplug::HotplugError;
 use crate::devices::pci::{PciError, PciHotplug, PciRoot};
-use crate::devices::virtio::block::{disk_id_from_path, Block};
+use crate::devices::virtio::block::{disk_id_from_path, Block, DiskId};
 use crate::policy::ActiveRole;
 use crate::seccomp::ThreadKind;
 use crate::storage::luks_helper;
@@ -94,8 +106,45 @@ pub enum MediaError {
     Flush { path: String, source: io::Error },
     #[error(transparent)]
     Audit(#[from] AuditError),
+    #[error(
+        "{path} is in use by another program (mounted on the host, or attached by another \
+         securevm); it stays with that holder"
+    )]
+    Busy { path: String },
+    #[error("{path} {detail}; nothing was attached")]
+    Gone { path: String, detail: String },
+    #[error("{path} is already a disk of this VM (given at start)")]
+    BootDevice { path: String },
     #[error("the media hot-plug thread has stopped; securevm is shutting down")]
     Stopped,
+}
+
+/// A whole disk on the host's USB or MMC bus, as the watcher found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostStick {
+    /// Its device node, e.g. `/dev/sdb`.
+    pub devnode: PathBuf,
+    /// The kernel's sequence number for this disk, never reused until the
+    /// host reboots: what tells this stick from the next one to get its
+    /// node's name.
+    pub diskseq: u64,
+    /// The serial its hardware reports (printable ASCII only); `None` if
+    /// it reports none.
+    pub serial: Option<String>,
+}
+
+impl HostStick {
+    /// The medium's id in `ctl status` and `ctl detach-external`, and the
+    /// disk serial the guest sees: the stick's serial cut to the 20 bytes
+    /// virtio-blk carries, or `usb-DISKSEQ` when it has none.
+    pub fn medium_id(&self) -> String {
+        let max = DiskId::default().len();
+        match self.serial.as_deref() {
+            // Printable ASCII, so any byte is a character boundary.
+            Some(serial) if !serial.is_empty() => serial[..serial.len().min(max)].to_string(),
+            _ => format!("usb-{}", self.diskseq),
+        }
+    }
 }
 
 /// A medium attached at runtime, as status shows it.
@@ -118,6 +167,10 @@ pub struct MediaHotplugParts {
     /// Install seccomp filters on this thread and the I/O threads it starts.
     pub seccomp: bool,
     pub eject_timeout: Duration,
+    /// Device numbers of the block devices the VM started with (`--disk`,
+    /// `--external`): a stick found on the host that is one of them is
+    /// not attached a second time.
+    pub boot_devices: Vec<u64>,
 }
 
 enum Request {
@@ -132,6 +185,17 @@ enum Request {
     Detach {
         id: String,
         reply: Sender<Result<(), MediaError>>,
+    },
+    AttachStick {
+        stick: HostStick,
+        role: Box<Option<ActiveRole>>,
+        taken: Vec<String>,
+        reply: Sender<Result<AttachedMedium, MediaError>>,
+    },
+    Pulled {
+        diskseq: u64,
+        why: String,
+        reply: Sender<Option<String>>,
     },
 }
 
@@ -203,6 +267,38 @@ impl MediaHotplug {
         answer.recv().map_err(|_| MediaError::Stopped)?
     }
 
+    /// Claims and attaches a stick the watcher found on the host, under
+    /// `role`'s rules as [`MediaHotplug::attach`] does.
+    pub fn attach_stick(
+        &self,
+        stick: HostStick,
+        role: Option<ActiveRole>,
+        taken: Vec<String>,
+    ) -> Result<AttachedMedium, MediaError> {
+        let (reply, answer) = mpsc::channel();
+        self.send(Request::AttachStick {
+            stick,
+            role: Box::new(role),
+            taken,
+            reply,
+        })?;
+        answer.recv().map_err(|_| MediaError::Stopped)?
+    }
+
+    /// The stick with `diskseq` left the host (or changed under the guest,
+    /// `why`): every request to it fails from now on and the guest is
+    /// asked to eject it. Returns its id if it was attached. Never waits
+    /// for the guest or the device.
+    pub fn stick_pulled(&self, diskseq: u64, why: &str) -> Result<Option<String>, MediaError> {
+        let (reply, answer) = mpsc::channel();
+        self.send(Request::Pulled {
+            diskseq,
+            why: why.to_string(),
+            reply,
+        })?;
+        answer.recv().map_err(|_| MediaError::Stopped)
+    }
+
     /// The media attached at runtime and still plugged, oldest first.
     pub fn attached(&self) -> Vec<AttachedMedium> {
         lock(&self.attached).clone()
@@ -239,8 +335,17 @@ impl Drop for MediaHotplug {
 struct Plugged {
     medium: AttachedMedium,
     slot: u8,
-    /// A second handle on the image, to flush it around the detach.
-    image: File,
+    /// A second handle on the image, to flush it around the detach; for a
+    /// stick, its `O_EXCL` claim. `None` once the stick was pulled.
+    image: Option<File>,
+    stick: Option<PluggedStick>,
+}
+
+/// What a stick found on the host adds to [`Plugged`].
+struct PluggedStick {
+    diskseq: u64,
+    serial: Option<String>,
+    pull: PullSwitch,
 }
 
 struct Worker {
@@ -268,6 +373,25 @@ impl Worker {
                 }
                 Ok(Request::Detach { id, reply }) => {
                     let _ = reply.send(self.detach(&id));
+                }
+                Ok(Request::AttachStick {
+                    stick,
+                    role,
+                    taken,
+                    reply,
+                }) => {
+                    let result = self.attach_stick(&stick, role.as_ref().as_ref(), &taken);
+                    if let Err(e) = &result {
+                        log::warn!("attaching {}: {e}", stick.devnode.display());
+                    }
+                    let _ = reply.send(result);
+                }
+                Ok(Request::Pulled {
+                    diskseq,
+                    why,
+                    reply,
+                }) => {
+                    let _ = reply.send(self.pulled(diskseq, &why));
                 }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
@@ -334,7 +458,8 @@ impl Worker {
             key: key.as_ref().map(|k| k.as_bytes()),
             format_blank: external.format_blank,
         };
-        let (backend, mode) = match decide_medium(path, &rules, &self.parts.audit)? {
+        let (backend, mode) = match decide_medium(&Medium::named(path), &rules, &self.parts.audit)?
+        {
             MediumOutcome::Attach { backend, mode } => (backend, mode),
             MediumOutcome::Denied { reason } => return Err(MediaError::Denied(reason)),
         };
@@ -343,8 +468,24 @@ impl Worker {
             path: shown.clone(),
             source,
         })?;
-        let mut block = Block::new(backend, &id).map_err(|source| MediaError::Block {
-            path: shown.clone(),
+        let medium = AttachedMedium {
+            id,
+            path: shown,
+            mode: mode.to_string(),
+        };
+        self.plug(medium, backend, image, None)
+    }
+
+    /// Puts `backend` into a free hot-plug slot and tells the guest.
+    fn plug(
+        &mut self,
+        medium: AttachedMedium,
+        backend: Box<dyn BlockBackend>,
+        image: File,
+        stick: Option<PluggedStick>,
+    ) -> Result<AttachedMedium, MediaError> {
+        let mut block = Block::new(backend, &medium.id).map_err(|source| MediaError::Block {
+            path: medium.path.clone(),
             source,
         })?;
         block.set_confinement(Confinement::new(ThreadKind::BlockIo, self.parts.seccomp));
@@ -356,19 +497,129 @@ impl Worker {
             drop(self.parts.pci.remove_device(slot));
             return Err(e.into());
         }
-        log::info!("external medium {shown} attached as '{id}' in PCI slot {slot} ({mode})");
+        log::info!(
+            "external medium {} attached as '{}' in PCI slot {slot} ({})",
+            medium.path,
+            medium.id,
+            medium.mode
+        );
+        self.plugged.push(Plugged {
+            medium: medium.clone(),
+            slot,
+            image: Some(image),
+            stick,
+        });
+        lock(&self.shown).push(medium.clone());
+        Ok(medium)
+    }
+
+    /// [`Worker::attach`] for a stick found on the host: claimed
+    /// exclusively and checked to be the disk the watcher saw before and
+    /// after the rules open it.
+    fn attach_stick(
+        &mut self,
+        stick: &HostStick,
+        role: Option<&ActiveRole>,
+        taken: &[String],
+    ) -> Result<AttachedMedium, MediaError> {
+        let shown = stick.devnode.display().to_string();
+        let id = stick.medium_id();
+        if taken.contains(&id) || self.plugged.iter().any(|p| p.medium.id == id) {
+            return Err(MediaError::AlreadyAttached { id });
+        }
+        let boot_devices = &self.parts.boot_devices;
+        let mut claim = Some(match claim_stick(stick, boot_devices) {
+            Err(MediaError::Busy { path }) => {
+                self.parts.audit.record(Event::ExternalMedium {
+                    path: path.clone(),
+                    serial: stick.serial.clone(),
+                    decision: "busy".into(),
+                    reason: Some("another program holds it exclusively".into()),
+                })?;
+                return Err(MediaError::Busy { path });
+            }
+            other => other?,
+        });
+        let external = &self.parts.external;
+        let policy = media_policy(external, role);
+        let key = match (&external.passphrase_file, policy) {
+            (Some(file), ExternalMediaPolicy::Encrypt) => {
+                Some(read_passphrase(PassphraseSource::File(file)).map_err(MediumError::from)?)
+            }
+            _ => None,
+        };
+        let rules = MediaRules {
+            policy,
+            allowed_serials: allowed_serials(role),
+            key: key.as_ref().map(|k| k.as_bytes()),
+            format_blank: external.format_blank,
+        };
+        if policy == ExternalMediaPolicy::Encrypt && rules.format_blank {
+            // libcryptsetup claims the disk itself to format it, and would
+            // find it busy; the claim is taken again and checked below.
+            claim = None;
+        }
+        let medium = Medium {
+            path: &stick.devnode,
+            serial: MediumSerial::Reported(stick.serial.as_deref()),
+        };
+        let (backend, mode) = match decide_medium(&medium, &rules, &self.parts.audit)? {
+            MediumOutcome::Attach { backend, mode } => (backend, mode),
+            MediumOutcome::Denied { reason } => return Err(MediaError::Denied(reason)),
+        };
+        drop(key);
+        let claim = match claim {
+            Some(claim) => claim,
+            None => claim_stick(stick, &self.parts.boot_devices)?,
+        };
+        // The rules opened the disk by its name: make sure that name still
+        // led to the stick the watcher saw.
+        check_disk_seq(
+            stick,
+            &File::open(&stick.devnode).map_err(|e| gone(stick, &e))?,
+        )?;
+        let (backend, pull) = PullableBackend::new(backend);
         let medium = AttachedMedium {
             id,
             path: shown,
             mode: mode.to_string(),
         };
-        self.plugged.push(Plugged {
-            medium: medium.clone(),
-            slot,
-            image,
-        });
-        lock(&self.shown).push(medium.clone());
-        Ok(medium)
+        let plugged_stick = PluggedStick {
+            diskseq: stick.diskseq,
+            serial: stick.serial.clone(),
+            pull,
+        };
+        self.plug(medium, Box::new(backend), claim, Some(plugged_stick))
+    }
+
+    /// The stick with `diskseq` is gone from the host: fail its requests,
+    /// let go of its claim and ask the guest to eject it.
+    fn pulled(&mut self, diskseq: u64, why: &str) -> Option<String> {
+        let plugged = self.plugged.iter_mut().find(|p| {
+            p.stick
+                .as_ref()
+                .is_some_and(|s| s.diskseq == diskseq && !s.pull.is_pulled())
+        })?;
+        let stick = plugged.stick.as_ref()?;
+        stick.pull.pull();
+        plugged.image = None;
+        if let Err(e) = self.parts.audit.record(Event::ExternalMedium {
+            path: plugged.medium.path.clone(),
+            serial: stick.serial.clone(),
+            decision: "removed".into(),
+            reason: Some(why.to_string()),
+        }) {
+            log::error!("recording the removal of {}: {e}", plugged.medium.path);
+        }
+        if let Err(e) = self.parts.controller.request_eject(plugged.slot) {
+            log::warn!("asking the guest to eject '{}': {e}", plugged.medium.id);
+        }
+        log::info!(
+            "external medium {} ('{}') {why}; the guest is asked to eject it",
+            plugged.medium.path,
+            plugged.medium.id
+        );
+        Some(plugged.medium.id.clone())
     }
 
     fn detach(&mut self, id: &str) -> Result<(), MediaError> {
@@ -402,6 +653,7 @@ impl Worker {
         flush(&plugged)?;
         self.parts.audit.record(Event::ExternalMedium {
             path: plugged.medium.path.clone(),
+            serial: plugged.stick.as_ref().and_then(|s| s.serial.clone()),
             decision: decision.into(),
             reason: None,
         })?;
@@ -420,14 +672,75 @@ fn is_medium(metadata: &std::fs::Metadata) -> bool {
     metadata.is_file() || metadata.file_type().is_block_device()
 }
 
+/// Flushes the medium; a pulled stick has nothing left to flush.
 fn flush(plugged: &Plugged) -> Result<(), MediaError> {
-    plugged
-        .image
-        .sync_all()
-        .map_err(|source| MediaError::Flush {
-            path: plugged.medium.path.clone(),
-            source,
-        })
+    let Some(image) = &plugged.image else {
+        return Ok(());
+    };
+    image.sync_all().map_err(|source| MediaError::Flush {
+        path: plugged.medium.path.clone(),
+        source,
+    })
+}
+
+/// Opens the stick with `O_EXCL` (the claim that keeps the host and other
+/// programs off it) and checks it is still the disk the watcher saw.
+fn claim_stick(stick: &HostStick, boot_devices: &[u64]) -> Result<File, MediaError> {
+    let claim = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL)
+        .open(&stick.devnode)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EBUSY) => MediaError::Busy {
+                path: stick.devnode.display().to_string(),
+            },
+            _ => gone(stick, &e),
+        })?;
+    let metadata = claim.metadata().map_err(|e| gone(stick, &e))?;
+    if !std::os::unix::fs::FileTypeExt::is_block_device(&metadata.file_type()) {
+        return Err(MediaError::NotAMedium {
+            path: stick.devnode.display().to_string(),
+        });
+    }
+    if boot_devices.contains(&std::os::unix::fs::MetadataExt::rdev(&metadata)) {
+        return Err(MediaError::BootDevice {
+            path: stick.devnode.display().to_string(),
+        });
+    }
+    check_disk_seq(stick, &claim)?;
+    Ok(claim)
+}
+
+/// The device numbers of those of `paths` that are block devices.
+pub fn block_device_numbers<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Vec<u64> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    paths
+        .into_iter()
+        .filter_map(|path| std::fs::metadata(path).ok())
+        .filter(|metadata| metadata.file_type().is_block_device())
+        .map(|metadata| metadata.rdev())
+        .collect()
+}
+
+fn check_disk_seq(stick: &HostStick, file: &File) -> Result<(), MediaError> {
+    let found = removable::disk_seq(file).map_err(|e| gone(stick, &e))?;
+    if found != stick.diskseq {
+        return Err(MediaError::Gone {
+            path: stick.devnode.display().to_string(),
+            detail: format!(
+                "now names another disk (sequence number {found}, not {})",
+                stick.diskseq
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn gone(stick: &HostStick, error: &io::Error) -> MediaError {
+    MediaError::Gone {
+        path: stick.devnode.display().to_string(),
+        detail: format!("cannot be opened ({error}): it was probably pulled"),
+    }
 }
 
 #[cfg(test)]
@@ -507,6 +820,21 @@ pub(crate) mod tests {
         key_file: Option<PathBuf>,
         seccomp: bool,
     ) -> Rig {
+        rig_over(policy, key_file, seccomp, false, vec![])
+    }
+
+    /// A rig that formats blank media under `encrypt`.
+    fn rig_with(policy: ExternalMediaPolicy, key_file: Option<PathBuf>, format_blank: bool) -> Rig {
+        rig_over(policy, key_file, false, format_blank, vec![])
+    }
+
+    fn rig_over(
+        policy: ExternalMediaPolicy,
+        key_file: Option<PathBuf>,
+        seccomp: bool,
+        format_blank: bool,
+        boot_devices: Vec<u64>,
+    ) -> Rig {
         let pci = PciRoot::new(Arc::new(Bus::new()), Arc::new(FakeVm::default()));
         let interrupts = Arc::new(AtomicUsize::new(0));
         let counter = interrupts.clone();
@@ -524,10 +852,12 @@ pub(crate) mod tests {
                 media: vec![],
                 policy: Some(policy),
                 passphrase_file: key_file,
-                format_blank: false,
+                format_blank,
+                watch_removable: false,
             },
             seccomp,
             eject_timeout: Duration::from_millis(300),
+            boot_devices,
         })
         .unwrap();
         Rig {
@@ -732,6 +1062,13 @@ pub(crate) mod tests {
         let guest = rig.guest_ejects_after(1, Duration::from_millis(20));
         rig.media.detach(&medium.id).unwrap();
         guest.join().unwrap();
+        // A stick on the host: claimed, checked by its disk sequence
+        // number, unlocked, pulled.
+        if let Some(device) = LoopDevice::over(&scratch.luks("stick.img")) {
+            let stick = device.stick(Some("FILTERED"));
+            rig.media.attach_stick(stick.clone(), None, vec![]).unwrap();
+            rig.media.stick_pulled(stick.diskseq, "was pulled").unwrap();
+        }
         // Idle past a poll for guest ejects, under the filter too.
         std::thread::sleep(GUEST_EJECT_POLL + Duration::from_millis(100));
         rig.media.stop();
@@ -742,5 +1079,202 @@ pub(crate) mod tests {
         let rig = rig(ExternalMediaPolicy::ReadOnly, None, false);
         rig.media.stop();
         assert!(matches!(rig.media.detach("x"), Err(MediaError::Stopped)));
+    }
+
+    /// A loop device over an image: a real block device with a disk
+    /// sequence number, standing in for a stick. `None` (with the reason
+    /// printed) where this test run may not create one.
+    pub(crate) struct LoopDevice {
+        pub(crate) devnode: PathBuf,
+    }
+
+    impl LoopDevice {
+        pub(crate) fn over(image: &Path) -> Option<Self> {
+            let output = std::process::Command::new("losetup")
+                .args(["--find", "--show"])
+                .arg(image)
+                .output();
+            match output {
+                Ok(output) if output.status.success() => {
+                    let devnode = String::from_utf8(output.stdout).unwrap();
+                    Some(Self {
+                        devnode: PathBuf::from(devnode.trim()),
+                    })
+                }
+                other => {
+                    eprintln!("skipped: no loop device here (needs root and losetup): {other:?}");
+                    None
+                }
+            }
+        }
+
+        pub(crate) fn stick(&self, serial: Option<&str>) -> HostStick {
+            HostStick {
+                devnode: self.devnode.clone(),
+                diskseq: removable::disk_seq(&File::open(&self.devnode).unwrap()).unwrap(),
+                serial: serial.map(str::to_string),
+            }
+        }
+    }
+
+    impl Drop for LoopDevice {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup")
+                .arg("--detach")
+                .arg(&self.devnode)
+                .status();
+        }
+    }
+
+    fn claimed_by_someone(devnode: &Path) -> bool {
+        match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_EXCL)
+            .open(devnode)
+        {
+            Ok(_) => false,
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EBUSY), "{e}");
+                true
+            }
+        }
+    }
+
+    #[test]
+    fn a_stick_is_claimed_attached_under_its_serial_and_fails_at_once_when_pulled() {
+        let scratch = Scratch::new("stick");
+        let Some(device) = LoopDevice::over(&scratch.raw("stick.img")) else {
+            return;
+        };
+        let stick = device.stick(Some("E2E-STICK-SERIAL-0123456789"));
+        let rig = rig(ExternalMediaPolicy::ReadOnly, None, false);
+        let medium = rig.media.attach_stick(stick.clone(), None, vec![]).unwrap();
+        assert_eq!(
+            medium.id, "E2E-STICK-SERIAL-012",
+            "the serial's first 20 bytes"
+        );
+        assert_eq!(medium.mode, "read-only");
+        assert_eq!(rig.vendor_at(1), VIRTIO_BLOCK);
+        assert!(claimed_by_someone(&stick.devnode), "held with O_EXCL");
+
+        // Plugged again while attached (a rescan): refused, not doubled.
+        assert!(matches!(
+            rig.media.attach_stick(stick.clone(), None, vec![]),
+            Err(MediaError::AlreadyAttached { .. })
+        ));
+
+        assert_eq!(
+            rig.media.stick_pulled(stick.diskseq, "was pulled").unwrap(),
+            Some(medium.id.clone())
+        );
+        assert!(!claimed_by_someone(&stick.devnode), "the claim is let go");
+        assert_eq!(
+            rig.guest_reads(PCI_HOTPLUG_REGISTER_DOWN),
+            1 << 1,
+            "the guest is asked to eject"
+        );
+        assert_eq!(
+            rig.media.stick_pulled(stick.diskseq, "was pulled").unwrap(),
+            None,
+            "a second report changes nothing"
+        );
+        // The device stays until the guest ejects, then the slot is free.
+        rig.guest_ejects_after(1, Duration::ZERO).join().unwrap();
+        let deadline = Instant::now() + GUEST_EJECT_POLL * 10;
+        while rig.vendor_at(1) != u32::MAX && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(rig.vendor_at(1), u32::MAX);
+        assert!(rig.media.attached().is_empty());
+    }
+
+    #[test]
+    fn a_stick_whose_node_now_names_another_disk_is_not_attached() {
+        let scratch = Scratch::new("stick-seq");
+        let Some(device) = LoopDevice::over(&scratch.raw("stick.img")) else {
+            return;
+        };
+        let mut stick = device.stick(Some("SEQ"));
+        stick.diskseq += 1;
+        let rig = rig(ExternalMediaPolicy::ReadOnly, None, false);
+        match rig.media.attach_stick(stick.clone(), None, vec![]) {
+            Err(MediaError::Gone { detail, .. }) => {
+                assert!(detail.contains("another disk"), "{detail}")
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        stick.devnode = scratch.0.join("vanished");
+        assert!(matches!(
+            rig.media.attach_stick(stick, None, vec![]),
+            Err(MediaError::Gone { .. })
+        ));
+        assert_eq!(rig.vendor_at(1), u32::MAX, "nothing plugged");
+        assert!(!claimed_by_someone(&device.devnode), "no claim left behind");
+    }
+
+    #[test]
+    fn a_stick_another_program_holds_is_busy() {
+        let scratch = Scratch::new("stick-busy");
+        let Some(device) = LoopDevice::over(&scratch.raw("stick.img")) else {
+            return;
+        };
+        let holder = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_EXCL)
+            .open(&device.devnode)
+            .unwrap();
+        let rig = rig(ExternalMediaPolicy::ReadOnly, None, false);
+        assert!(matches!(
+            rig.media.attach_stick(device.stick(None), None, vec![]),
+            Err(MediaError::Busy { .. })
+        ));
+        assert_eq!(rig.vendor_at(1), u32::MAX);
+        drop(holder);
+        let medium = rig
+            .media
+            .attach_stick(device.stick(None), None, vec![])
+            .unwrap();
+        assert!(medium.id.starts_with("usb-"), "{}", medium.id);
+    }
+
+    #[test]
+    fn a_stick_the_vm_started_with_is_not_attached_again() {
+        let scratch = Scratch::new("stick-boot");
+        let Some(device) = LoopDevice::over(&scratch.raw("stick.img")) else {
+            return;
+        };
+        let boot_devices = block_device_numbers([device.devnode.as_path(), scratch.0.as_path()]);
+        assert_eq!(boot_devices.len(), 1, "only block devices count");
+        let rig = rig_over(
+            ExternalMediaPolicy::ReadOnly,
+            None,
+            false,
+            false,
+            boot_devices,
+        );
+        assert!(matches!(
+            rig.media
+                .attach_stick(device.stick(Some("BOOT")), None, vec![]),
+            Err(MediaError::BootDevice { .. })
+        ));
+        assert_eq!(rig.vendor_at(1), u32::MAX);
+    }
+
+    #[test]
+    fn a_blank_stick_is_formatted_under_encrypt_and_claimed_again() {
+        let scratch = Scratch::new("stick-blank");
+        let image = scratch.0.join("blank.img");
+        File::create(&image).unwrap().set_len(20 << 20).unwrap();
+        let Some(device) = LoopDevice::over(&image) else {
+            return;
+        };
+        let rig = rig_with(ExternalMediaPolicy::Encrypt, Some(scratch.key_file()), true);
+        let medium = rig
+            .media
+            .attach_stick(device.stick(Some("BLANK")), None, vec![]);
+        let medium = medium.unwrap();
+        assert_eq!(medium.mode, "encrypt");
+        assert!(claimed_by_someone(&device.devnode));
+        assert!(crate::storage::luks::is_luks(&device.devnode).unwrap());
     }
 }

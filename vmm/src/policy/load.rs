@@ -221,7 +221,12 @@ mod tests {
     #[test]
     fn a_policy_in_a_newer_format_is_refused_with_the_update_message() {
         let f = Fixture::new("newer-format");
-        let text = EXAMPLE.replacen("version = 7", "version = 7\nformat = 2\nscreen = 1", 1);
+        let next = guest_policy::format::NEWEST_READABLE_FORMAT + 1;
+        let text = EXAMPLE.replacen(
+            "version = 7",
+            &format!("version = 7\nformat = {next}\nscreen = 1"),
+            1,
+        );
         let path = f.dir.join("policy.toml");
         std::fs::write(&path, &text).unwrap();
         let signature =
@@ -229,9 +234,10 @@ mod tests {
         std::fs::write(guest_policy::signature_path_for(&path), signature.to_text()).unwrap();
         let err = accept_policy(&f.config(path, false), before_expiry()).unwrap_err();
         assert!(
-            err.to_string().contains(
-                "needs policy format 2, but this securevm/guest-policy reads formats up to 1; update securevm"
-            ),
+            err.to_string().contains(&format!(
+                "needs policy format {next}, but this securevm/guest-policy reads formats up to {}; update securevm",
+                next - 1
+            )),
             "{err}"
         );
     }

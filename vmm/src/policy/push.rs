@@ -255,7 +255,12 @@ pub(crate) mod tests {
     fn a_pushed_policy_in_a_newer_format_is_refused_with_the_update_message() {
         let f = Fixture::new("newer-format");
         let verifier = PolicyVerifier::new(&f.config(), "alice").unwrap();
-        let text = EXAMPLE.replacen("version = 7", "version = 8\nformat = 2\nscreen = 1", 1);
+        let next = guest_policy::format::NEWEST_READABLE_FORMAT + 1;
+        let text = EXAMPLE.replacen(
+            "version = 7",
+            &format!("version = 8\nformat = {next}\nscreen = 1"),
+            1,
+        );
         let signature =
             SignatureFile::sign(&f.key, text.as_bytes(), "securevm-policy version=8").unwrap();
         let upload = PolicyUpload {
@@ -267,9 +272,10 @@ pub(crate) mod tests {
             .accept(&upload.signed(), 7, before_expiry())
             .unwrap_err();
         assert!(
-            err.to_string().contains(
-                "policy-8.toml:18:10: this policy needs policy format 2, but this securevm/guest-policy reads formats up to 1; update securevm"
-            ),
+            err.to_string().contains(&format!(
+                "policy-8.toml:18:10: this policy needs policy format {next}, but this securevm/guest-policy reads formats up to {}; update securevm",
+                next - 1
+            )),
             "{err}"
         );
         assert_eq!(f.installed_version(), None);

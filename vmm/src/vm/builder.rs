@@ -45,6 +45,8 @@ use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::net::{Net, Tap};
 use crate::exit::{ExitNotifier, ExitReason};
+use crate::external_media::hotplug::block_device_numbers;
+use crate::external_media::watch::RemovableWatch;
 use crate::external_media::{MediaHotplug, MediaHotplugParts, EJECT_TIMEOUT};
 use crate::identity::session::{Session, SessionError};
 use crate::identity::smartcard::login::CardCredential;
@@ -135,13 +137,17 @@ struct ControlParts {
     devices: Vec<Device>,
     media: MediaCounters,
     filter_controls: Vec<FilterControl>,
+    /// Sticks plugged into the host are watched (`--watch-removable`, or
+    /// the role at start asks for it).
+    watch_removable: bool,
 }
 
 impl ControlParts {
-    /// Media can be hot-plugged only through the control socket; without
-    /// one the guest is shown no slots and the controller does not exist.
+    /// Media can be hot-plugged only through the control socket or the
+    /// watch for sticks; without either the guest is shown no slots and
+    /// the controller does not exist.
     fn hotplug_slots(&self) -> PciHotplugSlots {
-        if self.socket.is_some() {
+        if self.socket.is_some() || self.watch_removable {
             PciHotplugSlots::Present
         } else {
             PciHotplugSlots::Absent
@@ -227,6 +233,10 @@ impl VmBuilder<'_> {
             boot_files,
             BootDevices { blocks, nets },
             ControlParts {
+                watch_removable: config.external.watch_removable
+                    || role
+                        .as_ref()
+                        .is_some_and(|r| r.role.storage.watches_removable()),
                 socket,
                 role,
                 verifier,
@@ -489,6 +499,7 @@ impl VmBuilder<'_> {
         Ok(RunningVm {
             vcpus,
             api_server: services.api_server,
+            removable_watch: services.removable_watch,
             live: services.live,
             card_monitor: services.card_monitor,
             vcpu_context,
@@ -556,6 +567,15 @@ impl VmBuilder<'_> {
                     external: config.external.clone(),
                     seccomp: config.seccomp,
                     eject_timeout: EJECT_TIMEOUT,
+                    boot_devices: block_device_numbers(
+                        config.disks.iter().map(|disk| disk.path.as_path()).chain(
+                            config
+                                .external
+                                .media
+                                .iter()
+                                .map(std::path::PathBuf::as_path),
+                        ),
+                    ),
                 })
                 .map_err(|source| VmmError::Io {
                     what: "starting the media hot-plug thread",
@@ -586,7 +606,20 @@ impl VmBuilder<'_> {
             exit: exit.clone(),
             audit: session.audit.clone(),
             media_hotplug,
+            watch_removable: config.external.watch_removable,
         }));
+        let removable_watch = if control.watch_removable {
+            Some(
+                RemovableWatch::start(live.clone(), config.seccomp).map_err(|source| {
+                    VmmError::Io {
+                        what: "watching the host for removable media (the kernel's uevents)",
+                        source,
+                    }
+                })?,
+            )
+        } else {
+            None
+        };
         let api_server = match control.socket {
             Some(socket) => Some(ApiServer::start(
                 socket,
@@ -600,6 +633,7 @@ impl VmBuilder<'_> {
         };
         Ok(Services {
             api_server,
+            removable_watch,
             live,
             card_monitor,
             console_gate,
@@ -633,6 +667,7 @@ impl VmBuilder<'_> {
 /// The threads and handles around the running guest.
 struct Services {
     api_server: Option<ApiServer>,
+    removable_watch: Option<RemovableWatch>,
     live: Arc<LiveVm>,
     card_monitor: Option<RemovalMonitor>,
     /// Kept while no card monitor holds it.

@@ -9,7 +9,7 @@ use crate::block::{BlockBackend, RawFileBackend};
 use crate::config::{DiskConfig, VmConfig};
 use crate::devices::virtio::block::{disk_id_from_path, Block};
 use crate::external_media::{
-    allowed_serials, decide_medium, media_policy, MediaRules, MediumOutcome,
+    allowed_serials, decide_medium, media_policy, MediaRules, Medium, MediumOutcome,
 };
 use crate::identity::disk::unlock_for_user;
 use crate::identity::session::Session;
@@ -155,7 +155,7 @@ fn open_external_media(
     };
     for medium in &external.media {
         let shown = medium.display();
-        let (backend, mode) = match decide_medium(medium, &rules, audit)? {
+        let (backend, mode) = match decide_medium(&Medium::named(medium), &rules, audit)? {
             MediumOutcome::Attach { backend, mode } => (backend, mode),
             MediumOutcome::Denied { .. } => {
                 opened.media.denied += 1;

@@ -13,6 +13,7 @@ use crate::arch::guest_ram::GuestRam;
 use crate::console::{ConsoleGate, ConsoleWriter, RawTerminal};
 use crate::devices::pci::PciRoot;
 use crate::exit::{ExitNotifier, ExitReason};
+use crate::external_media::watch::RemovableWatch;
 use crate::identity::smartcard::monitor::RemovalMonitor;
 use crate::kvm::vcpu::{VcpuContext, VcpuHandle};
 use crate::kvm::vm::Vm;
@@ -22,8 +23,10 @@ use crate::policy::ActiveRole;
 ///
 /// Rust drops fields in declaration order, so this order is the teardown
 /// order once `stop` has stopped the threads that need an explicit stop:
-/// - `vcpus` and `api_server` are emptied by `stop` (vCPU threads kicked
-///   and joined first, the control API after the VM is marked stopped);
+/// - `vcpus`, `removable_watch` and `api_server` are emptied by `stop`
+///   (vCPU threads kicked and joined first, the watch for sticks before
+///   the media hot-plug thread it feeds, the control API after the VM is
+///   marked stopped);
 /// - `live` (the control API's view, with the media hot-plug handle,
 ///   already stopped) goes before the card monitor, so nothing can ask
 ///   for a pause any more;
@@ -48,6 +51,7 @@ use crate::policy::ActiveRole;
 pub(super) struct RunningVm {
     pub vcpus: Vec<VcpuHandle>,
     pub api_server: Option<ApiServer>,
+    pub removable_watch: Option<RemovableWatch>,
     pub live: Arc<LiveVm>,
     pub card_monitor: Option<RemovalMonitor>,
     pub vcpu_context: VcpuContext,
@@ -82,6 +86,10 @@ impl RunningVm {
         }
         // A waiting `ctl shutdown` learns the outcome before the socket goes.
         self.live.vm_stopped(reason);
+        // Before the media hot-plug thread: the watch hands it sticks.
+        if let Some(watch) = self.removable_watch.take() {
+            watch.stop();
+        }
         self.live.stop_media_hotplug();
         if let Some(server) = self.api_server.take() {
             server.stop();
