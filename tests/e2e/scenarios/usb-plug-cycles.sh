@@ -41,7 +41,7 @@ run() {
     [[ $(printf '%s\n' "${seqs[@]}" | sort -u | wc -l) -eq $CYCLES ]] ||
         fail "the kernel reused a disk sequence number: ${seqs[*]}"
     ctl status || fail "ctl status failed: $CTL_OUT"
-    ! grep -qE '^(removable|external) ' <<<"$CTL_OUT" || fail "stale entries after the cycles: $CTL_OUT"
+    ! grep -qE '^(removable |device: external )' <<<"$CTL_OUT" || fail "stale entries after the cycles: $CTL_OUT"
     fds_after=$(usb_fds)
     echo "securevm file descriptors: $fds_before before, $fds_after after"
     ((fds_after <= fds_before)) ||

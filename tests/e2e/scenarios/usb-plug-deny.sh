@@ -35,7 +35,7 @@ run() {
     [[ $USB_LINE == "removable $late_dev serial '$LATE' diskseq $(usb_diskseq "$late_dev"): denied ("* ]] ||
         fail "status line of the stick plugged later: $USB_LINE"
     grep -q '^media: 0 attached, 2 denied' <<<"$CTL_OUT" || fail "media counters: $CTL_OUT"
-    ! grep -q '^external ' <<<"$CTL_OUT" || fail "a denied stick has a device line: $CTL_OUT"
+    ! grep -q '^device: external ' <<<"$CTL_OUT" || fail "a denied stick has a device line: $CTL_OUT"
     expect_vmm_said "external medium $early_dev"
     expect_vmm_said "external medium $late_dev"
     # Give a wrongly attached disk the time to show up in the guest.

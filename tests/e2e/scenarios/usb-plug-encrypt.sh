@@ -49,7 +49,7 @@ run() {
     usb_wait_fate "$SERIAL" ": attached" 90
     [[ $USB_LINE == "removable $dev serial '$SERIAL' diskseq $seq: attached as '$SERIAL' (encrypt)" ]] ||
         fail "status line of the stick: $USB_LINE"
-    grep -qx "external $SERIAL $dev (encrypt)" <<<"$CTL_OUT" || fail "no external device line: $CTL_OUT"
+    [[ $(usb_device "$SERIAL") == "device: external $SERIAL $dev (encrypt)" ]] || fail "no device line for the stick: $CTL_OUT"
     expect_vmm_said "securevm: removable medium $dev (serial '$SERIAL') attached as '$SERIAL' (encrypt)"
     wait_serial "E2E-USB-WRITTEN=" 120
     echo "plug to marker written: $((SECONDS - t0)) s; guest saw $(serial_value E2E-USB-SEEN)"

@@ -3,7 +3,7 @@
 # a real USB stick plugged into L1 while the busybox guest runs is attached
 # read-only: the guest sees a new disk whose serial is the stick's USB
 # serial cut to 20 bytes, reads it, a raw write fails; `ctl status` shows
-# the stick attached (read-only); pulling it takes the disk away, and the
+# the stick attached (read-only) under that 20-byte id; pulling it takes the disk away, and the
 # stick's image is unchanged. Attach and pull are audited with the serial.
 TIMEOUT=420
 # 25 bytes: the guest sees the first 20.
@@ -33,7 +33,7 @@ run() {
     dev=$(usb_wait_disk "$SERIAL")
     seq=$(usb_diskseq "$dev")
     usb_wait_fate "$SERIAL" ": attached" 60
-    [[ $USB_LINE == "removable $dev serial '$SERIAL' diskseq $seq: attached as '$SERIAL' (read-only)" ]] ||
+    [[ $USB_LINE == "removable $dev serial '$SERIAL' diskseq $seq: attached as '$GUEST_SERIAL' (read-only)" ]] ||
         fail "status line of the stick: $USB_LINE"
     wait_serial "E2E-USB-ADD-$GUEST_SERIAL=" 120
     echo "plug to guest disk: $((SECONDS - t0)) s"
@@ -41,24 +41,25 @@ run() {
     [[ $(serial_value "E2E-USB-READ-$GUEST_SERIAL") == "$CONTENT" ]] ||
         fail "the guest read '$(serial_value "E2E-USB-READ-$GUEST_SERIAL")' from the stick"
     [[ $(serial_value "E2E-USB-WRITE-$GUEST_SERIAL") == refused ]] || fail "a raw write to the read-only stick was not refused"
-    expect_vmm_said "securevm: removable medium $dev (serial '$SERIAL') attached as '$SERIAL' (read-only)"
+    expect_vmm_said "securevm: removable medium $dev (serial '$SERIAL') attached as '$GUEST_SERIAL' (read-only)"
     ctl status || fail "ctl status failed: $CTL_OUT"
-    grep -qx "external $SERIAL $dev (read-only)" <<<"$CTL_OUT" || fail "no external device line: $CTL_OUT"
+    [[ $(usb_device "$GUEST_SERIAL") == "device: external $GUEST_SERIAL $dev (read-only)" ]] ||
+        fail "no device line for the stick: $CTL_OUT"
     ctl status --json || fail "ctl status --json failed: $CTL_OUT"
-    python3 - "$CTL_OUT" "$dev" "$SERIAL" "$seq" <<'PY' || fail "status --json removable entry: $CTL_OUT"
+    python3 - "$CTL_OUT" "$dev" "$SERIAL" "$seq" "$GUEST_SERIAL" <<'PY' || fail "status --json removable entry: $CTL_OUT"
 import json, sys
-status, dev, serial, seq = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+status, dev, serial, seq, medium_id = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
 entries = [e for e in status["removable"] if e.get("serial") == serial]
 assert len(entries) == 1, entries
 e = entries[0]
-assert (e["device"], e["diskseq"], e["fate"], e["id"], e["mode"]) == (dev, seq, "attached", serial, "read-only"), e
+assert (e["device"], e["diskseq"], e["fate"], e["id"], e["mode"]) == (dev, seq, "attached", medium_id, "read-only"), e
 PY
 
     t0=$SECONDS
     usb_unplug ro
     wait_serial "E2E-USB-GONE-$GUEST_SERIAL=" 60
     echo "pull to guest disk gone: $((SECONDS - t0)) s"
-    usb_wait_unlisted "$SERIAL" 30
+    usb_wait_unlisted "$SERIAL" 30 "$GUEST_SERIAL"
     usb_stop
     after=$(sha256sum <"$stick")
     [[ $before == "$after" ]] || fail "the read-only stick changed"

@@ -225,13 +225,18 @@ usb_wait_fate() {
     fail "ctl status did not show '$2' for serial '$1' within ${3}s; last: ${USB_LINE:-no removable line} (status: $(tr '\n' '|' <<<"$CTL_OUT"))"
 }
 
-# usb_wait_unlisted ID SECONDS: until `ctl status` lists neither a
-# removable line with serial ID nor an `external ID` device line.
+# usb_device ID: the `device: external ID ...` line in the last `ctl
+# status` output (CTL_OUT); empty if none.
+usb_device() { grep -F "device: external $1 " <<<"$CTL_OUT" || true; }
+
+# usb_wait_unlisted SERIAL SECONDS [ID]: until `ctl status` lists neither
+# a removable line for the stick with SERIAL nor a device line for the
+# medium ID (default SERIAL: the id is the serial's first 20 bytes).
 usb_wait_unlisted() {
-    local i
+    local i id=${3:-$1}
     for ((i = 0; i < $2 * 4; i++)); do
         ctl status || fail "ctl status failed: $CTL_OUT"
-        [[ -z $(usb_removable "$1") ]] && ! grep -q "^external $1 " <<<"$CTL_OUT" && return 0
+        [[ -z $(usb_removable "$1") && -z $(usb_device "$id") ]] && return 0
         sleep 0.25
     done
     fail "ctl status still lists '$1' ${2}s after the pull: $(tr '\n' '|' <<<"$CTL_OUT")"
