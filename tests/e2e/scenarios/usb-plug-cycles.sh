@@ -2,13 +2,17 @@
 # usb-plug-cycles: one real USB stick plugged and pulled (without eject)
 # E2E_USB_CYCLES times (default 10; 50 by hand) under `--watch-removable
 # --external-policy read-only` while the busybox guest runs, each time
-# attached before it is pulled. Afterwards `ctl status` lists no stale
-# stick or device, securevm holds no more file descriptors than before
-# the first plug, and a new stick is still attached and seen by the guest
-# (no hot-plug slot leaked).
+# attached before it is pulled; then another stick pulled QUICK_PULLS
+# times as soon as its node appears (mid-judgement: the node may be gone
+# before securevm opens it, or the disk before the guest has it).
+# Afterwards `ctl status` lists no stale stick or device, securevm holds
+# no more file descriptors than before the first plug, and a new stick is
+# still attached and seen by the guest (no hot-plug slot leaked).
 CYCLES=${E2E_USB_CYCLES:-10}
 TIMEOUT=$((300 + CYCLES * 30))
 SERIAL=E2E-CYCLES-STICK
+QUICK=E2E-CYCLES-QUICK
+QUICK_PULLS=5
 NEW=E2E-CYCLES-NEW
 # shellcheck source=tests/e2e/usb/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../usb/lib.sh"
@@ -22,7 +26,7 @@ run() {
     usb_setup
     local media dev i fds_before fds_after t0 seqs=()
     media=$(mktemp -d)
-    truncate -s 8M "$media/stick.img" "$media/new.img"
+    truncate -s 8M "$media/stick.img" "$media/quick.img" "$media/new.img"
     usb_busybox_start --external-policy read-only
     fds_before=$(usb_fds)
 
@@ -40,6 +44,16 @@ run() {
     echo "$CYCLES cycles in $((SECONDS - t0)) s (disk sequence numbers ${seqs[*]})"
     [[ $(printf '%s\n' "${seqs[@]}" | sort -u | wc -l) -eq $CYCLES ]] ||
         fail "the kernel reused a disk sequence number: ${seqs[*]}"
+    t0=$SECONDS
+    usb_plug quick "$media/quick.img" "$QUICK"
+    for ((i = 1; i <= QUICK_PULLS; i++)); do
+        ((i == 1)) || usb_replug quick
+        dev=$(usb_wait_disk "$QUICK")
+        usb_unplug quick
+        usb_wait_gone "$dev"
+    done
+    usb_wait_unlisted "$QUICK" 60
+    echo "$QUICK_PULLS quick pulls in $((SECONDS - t0)) s: $(grep -c "$QUICK" "$VMM_ERR" || true) securevm messages about them"
     ctl status || fail "ctl status failed: $CTL_OUT"
     ! grep -qE '^(removable |device: external )' <<<"$CTL_OUT" || fail "stale entries after the cycles: $CTL_OUT"
     fds_after=$(usb_fds)

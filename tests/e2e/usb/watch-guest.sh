@@ -21,16 +21,17 @@ button() { grep -E ' 5-[a-z]+ +ACPI:Ged$' /proc/interrupts; }
 # disks: one `vdX serial` line per virtio disk.
 disks() {
     for s in /sys/block/vd*/serial; do
-        [ -r "$s" ] || continue
+        # A disk pulled again at once can vanish between the glob and the read.
+        serial=$(cat "$s" 2>/dev/null) || continue
         d=${s%/serial}
-        echo "${d##*/} $(cat "$s")"
+        echo "${d##*/} $serial"
     done
 }
 
 added() {
     dev=$1 serial=$2
     echo "E2E-USB-ADD-$serial=$dev"
-    echo "E2E-USB-RO-$serial=$(cat "/sys/block/$dev/ro")"
+    echo "E2E-USB-RO-$serial=$(cat "/sys/block/$dev/ro" 2>/dev/null || echo gone)"
     if [ -f "$here/read-first" ]; then
         echo "E2E-USB-READ-$serial=$(dd if="/dev/$dev" bs=4096 count=1 iflag=direct 2>/dev/null | head -n1)"
     fi
