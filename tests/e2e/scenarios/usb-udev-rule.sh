@@ -11,6 +11,8 @@ source "$(dirname "${BASH_SOURCE[0]}")/../usb/lib.sh"
 run() {
     LOOP=
     trap 'usb_teardown; [[ -z $LOOP ]] || losetup -d "$LOOP"' EXIT
+    command -v udevadm >/dev/null ||
+        fail "udevadm is missing (the Debian package udev): the rule cannot be tested"
     usb_setup
     local media dev name i
     media=$(mktemp -d)
