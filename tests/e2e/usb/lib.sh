@@ -27,12 +27,27 @@ usb_setup() {
     [[ -d $USB_GADGETS ]] || mount -t configfs none /sys/kernel/config ||
         fail "cannot mount configfs on /sys/kernel/config"
     [[ -d $USB_GADGETS ]] || fail "configfs has no usb_gadget directory after loading libcomposite"
+    usb_no_real_sticks
     local i
     for ((i = 0; i < 50; i++)); do
         [[ -n $(usb_free_udc) ]] && return 0
         sleep 0.1
     done
     fail "dummy_hcd registered no USB device controller (/sys/class/udc is empty)"
+}
+
+# usb_no_real_sticks: fails if a disk on a real USB or MMC bus is present.
+# securevm --watch-removable would judge it too (it matters where the
+# scenarios run directly on a PC, SECUREVM_DIRECT=1): the scenarios
+# count, list and attach sticks and must see only their own.
+usb_no_real_sticks() {
+    local b path
+    for b in /sys/class/block/*; do
+        path=$(readlink -f "$b")
+        [[ $path == */usb[0-9]* || $path == */mmc_host/* ]] || continue
+        [[ $path != */dummy_hcd.* ]] || continue
+        fail "/dev/${b##*/} is a real USB or MMC disk; the usb-* scenarios would judge it too: unplug it first"
+    done
 }
 
 # usb_free_udc: the first dummy UDC no gadget is bound to (empty if none).
