@@ -216,8 +216,11 @@ impl Monitor {
         if sender.nl_pid != 0 || !sent_by_root(&msg) {
             return Ok(Some(Err(Refusal::NotKernel)));
         }
+        let Some(datagram) = self.buffer.get(..len) else {
+            return Ok(Some(Err(Refusal::Truncated)));
+        };
         Ok(Some(
-            parse_uevent(&self.buffer[..len]).map_err(|_| Refusal::Unparseable),
+            parse_uevent(datagram).map_err(|_| Refusal::Unparseable),
         ))
     }
 

@@ -179,7 +179,8 @@ impl Sysfs {
             })?;
             let file_name = entry.file_name();
             let Some(name) = file_name.to_str().filter(|name| is_kernel_name(name)) else {
-                log::warn!("removable: skipping a block device with an unexpected name");
+                // Old drivers' names ("cciss!c0d0"): fixed disks, never sticks.
+                log::debug!("removable: skipping a block device with an unexpected name");
                 continue;
             };
             match self.probe(name) {

@@ -107,6 +107,10 @@ impl Tracker {
         match self.sysfs.probe(name) {
             Ok(Some(disk)) => self.update(disk),
             Ok(None) => self.remove(name, None),
+            Err(ProbeError::InvalidName) => {
+                log::debug!("removable: ignoring block device {name:?}: not a kernel name");
+                Vec::new()
+            }
             Err(err) => {
                 log::warn!("removable: cannot probe block device {name:?}: {err}");
                 Vec::new()

@@ -520,6 +520,37 @@ fn ancestor_walk_is_bounded() {
 }
 
 #[test]
+fn ancestors_outside_the_sysfs_root_are_not_examined() {
+    // A `device` link leading out of the tree, to something that looks
+    // like a USB device: never trusted.
+    let fake = FakeSys::new();
+    let sdb = fake.usb_stick(2, Some(b"1\n"), &Disk::new("sdb", 1));
+    let outside = fake.dir.path().join("outside/1-9");
+    fs::create_dir_all(&outside).unwrap();
+    symlink(fake.sys().join("bus/usb"), outside.join("subsystem")).unwrap();
+    fs::write(outside.join("idVendor"), b"0781\n").unwrap();
+    fake.remove(&format!("{sdb}/device"));
+    symlink(&outside, fake.sys().join(&sdb).join("device")).unwrap();
+    assert!(fake.sysfs().probe("sdb").unwrap().is_none());
+}
+
+#[test]
+fn devtype_other_than_disk_is_not_a_disk() {
+    let fake = FakeSys::new();
+    let sdb = fake.usb_stick(2, Some(b"1\n"), &Disk::new("sdb", 1));
+    fake.write(
+        &format!("{sdb}/uevent"),
+        b"MAJOR=8\nDEVNAME=sdb\nDEVTYPE=partition\n",
+    );
+    assert!(fake.sysfs().probe("sdb").unwrap().is_none());
+    fake.write(
+        &format!("{sdb}/uevent"),
+        b"MAJOR=8\nDEVNAME=sdb\nDEVTYPE=disks\n",
+    );
+    assert!(fake.sysfs().probe("sdb").unwrap().is_none());
+}
+
+#[test]
 fn scan_lists_only_removable_disks() {
     let fake = FakeSys::new();
     let sdb = fake.usb_stick(2, Some(b"AAA\n"), &Disk::new("sdb", 11));
