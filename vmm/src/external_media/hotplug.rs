@@ -1238,6 +1238,38 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_stick_with_a_damaged_luks_header_is_refused_and_let_go() {
+        let scratch = Scratch::new("stick-hostile");
+        let image = scratch.luks("hostile.img");
+        // Both header copies' JSON areas overwritten: a checksum mismatch
+        // that securevm's own parser refuses before libcryptsetup sees it.
+        let file = OpenOptions::new().write(true).open(&image).unwrap();
+        for header in [0u64, 0x4000] {
+            std::os::unix::fs::FileExt::write_all_at(&file, &[b'}'; 512], header + 0x1000).unwrap();
+        }
+        drop(file);
+        let Some(device) = LoopDevice::over(&image) else {
+            return;
+        };
+        let rig = rig(
+            ExternalMediaPolicy::Encrypt,
+            Some(scratch.key_file()),
+            false,
+        );
+        let refused = rig
+            .media
+            .attach_stick(device.stick(Some("HOSTILE")), None, vec![]);
+        match refused {
+            Err(MediaError::Medium(MediumError::Storage(error))) => {
+                assert!(error.to_string().contains("header"), "{error}")
+            }
+            other => panic!("expected a refusal of the header, got {other:?}"),
+        }
+        assert_eq!(rig.vendor_at(1), u32::MAX, "nothing plugged");
+        assert!(!claimed_by_someone(&device.devnode), "the claim is let go");
+    }
+
+    #[test]
     fn a_stick_the_vm_started_with_is_not_attached_again() {
         let scratch = Scratch::new("stick-boot");
         let Some(device) = LoopDevice::over(&scratch.raw("stick.img")) else {
