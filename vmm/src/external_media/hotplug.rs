@@ -358,7 +358,12 @@ struct Worker {
 impl Worker {
     fn serve(&mut self, requests: &Receiver<Request>) {
         loop {
-            match requests.recv_timeout(GUEST_EJECT_POLL) {
+            let request = requests.recv_timeout(GUEST_EJECT_POLL);
+            // Before the request: a stick pulled and plugged in again right
+            // after the guest let go of it must find its old slot gone,
+            // not be refused as attached already.
+            self.take_back_guest_ejects();
+            match request {
                 Ok(Request::Attach {
                     path,
                     role,
@@ -396,7 +401,6 @@ impl Worker {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
-            self.take_back_guest_ejects();
         }
     }
 
@@ -1186,6 +1190,33 @@ pub(crate) mod tests {
         }
         assert_eq!(rig.vendor_at(1), u32::MAX);
         assert!(rig.media.attached().is_empty());
+    }
+
+    #[test]
+    fn a_stick_plugged_in_again_right_after_the_guest_let_go_of_it_attaches() {
+        let scratch = Scratch::new("stick-again");
+        let (Some(first), Some(again)) = (
+            LoopDevice::over(&scratch.raw("first.img")),
+            LoopDevice::over(&scratch.raw("again.img")),
+        ) else {
+            return;
+        };
+        let rig = rig(ExternalMediaPolicy::ReadOnly, None, false);
+        let pulled = first.stick(Some("SAME-SERIAL"));
+        rig.media
+            .attach_stick(pulled.clone(), None, vec![])
+            .unwrap();
+        rig.media
+            .stick_pulled(pulled.diskseq, "was pulled")
+            .unwrap();
+        rig.guest_ejects_after(1, Duration::ZERO).join().unwrap();
+        // Plugged in again before the hot-plug thread's next look at ejects.
+        let medium = rig
+            .media
+            .attach_stick(again.stick(Some("SAME-SERIAL")), None, vec![])
+            .unwrap();
+        assert_eq!(medium.id, "SAME-SERIAL");
+        assert_eq!(rig.media.attached(), [medium]);
     }
 
     #[test]
