@@ -1078,6 +1078,81 @@ pub(crate) mod tests {
         rig.media.stop();
     }
 
+    /// Set in the environment of the child process that runs
+    /// [`filtered_stick_paths_in_child_process`].
+    const FILTERED_STICK_CHILD: &str = "SECUREVM_TEST_FILTERED_STICK_CHILD";
+
+    /// The ways a stick can go under the thread's real filter besides an
+    /// encrypted attach: read-only, busy, gone, left after a pull, and a
+    /// blank stick formatted under `encrypt`.
+    #[test]
+    fn stick_paths_run_under_the_media_hotplug_filter() {
+        crate::seccomp::test_support::run_in_fresh_process(
+            "external_media::hotplug::tests::filtered_stick_paths_in_child_process",
+            FILTERED_STICK_CHILD,
+        );
+    }
+
+    /// The child process of `stick_paths_run_under_the_media_hotplug_filter`.
+    #[test]
+    #[ignore = "runs as the child of stick_paths_run_under_the_media_hotplug_filter"]
+    fn filtered_stick_paths_in_child_process() {
+        if std::env::var_os(FILTERED_STICK_CHILD).is_none() {
+            return stick_paths_run_under_the_media_hotplug_filter();
+        }
+        let scratch = Scratch::new("seccomp-stick");
+        let Some(device) = LoopDevice::over(&scratch.raw("stick.img")) else {
+            return;
+        };
+        let rig = rig_over(ExternalMediaPolicy::ReadOnly, None, true, false, vec![]);
+        let holder = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_EXCL)
+            .open(&device.devnode)
+            .unwrap();
+        assert!(matches!(
+            rig.media
+                .attach_stick(device.stick(Some("RO")), None, vec![]),
+            Err(MediaError::Busy { .. })
+        ));
+        drop(holder);
+        let mut vanished = device.stick(Some("RO"));
+        vanished.devnode = scratch.0.join("vanished");
+        assert!(matches!(
+            rig.media.attach_stick(vanished, None, vec![]),
+            Err(MediaError::Gone { .. })
+        ));
+        let stick = device.stick(Some("RO"));
+        rig.media.attach_stick(stick.clone(), None, vec![]).unwrap();
+        rig.media.stick_pulled(stick.diskseq, "was pulled").unwrap();
+        rig.guest_ejects_after(1, Duration::ZERO).join().unwrap();
+        let deadline = Instant::now() + GUEST_EJECT_POLL * 10;
+        while rig.vendor_at(1) != u32::MAX && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(rig.vendor_at(1), u32::MAX, "the pulled stick left");
+        rig.media.stop();
+
+        let blank = scratch.0.join("blank.img");
+        File::create(&blank).unwrap().set_len(20 << 20).unwrap();
+        let Some(blank) = LoopDevice::over(&blank) else {
+            return;
+        };
+        let rig = rig_over(
+            ExternalMediaPolicy::Encrypt,
+            Some(scratch.key_file()),
+            true,
+            true,
+            vec![],
+        );
+        let medium = rig
+            .media
+            .attach_stick(blank.stick(Some("BLANK")), None, vec![])
+            .unwrap();
+        assert_eq!(medium.mode, "encrypt");
+        rig.media.stop();
+    }
+
     #[test]
     fn a_stopped_thread_answers_every_request() {
         let rig = rig(ExternalMediaPolicy::ReadOnly, None, false);
