@@ -68,6 +68,11 @@ use crate::sync::lock;
 
 /// How long a detach waits for the guest to eject the slot.
 pub const EJECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stick plugged in again waits for the guest to let go of the
+/// pulled one under the same id: a guest that ejects does so well within
+/// it, and one that never does must not hold up every other stick and the
+/// control API for the full [`EJECT_TIMEOUT`].
+const REPLUG_EJECT_WAIT: Duration = Duration::from_secs(3);
 
 /// How soon a medium the guest ejected on its own leaves the VM (and
 /// `ctl status`) at the latest.
@@ -528,6 +533,7 @@ impl Worker {
     ) -> Result<AttachedMedium, MediaError> {
         let shown = stick.devnode.display().to_string();
         let id = stick.medium_id();
+        self.await_eject_of_pulled(&id)?;
         if taken.contains(&id) || self.plugged.iter().any(|p| p.medium.id == id) {
             return Err(MediaError::AlreadyAttached { id });
         }
@@ -594,6 +600,29 @@ impl Worker {
             pull,
         };
         self.plug(medium, Box::new(backend), claim, Some(plugged_stick))
+    }
+
+    /// A stick under `id` was pulled and the guest asked to let go of it,
+    /// but it has not yet: the same stick plugged in again, or a new card
+    /// in the same reader (same serial) right after the old one left.
+    /// Waits for that eject as a detach does, so the newcomer gets the id
+    /// instead of being refused for good.
+    fn await_eject_of_pulled(&mut self, id: &str) -> Result<(), MediaError> {
+        let Some(index) = self.plugged.iter().position(|p| {
+            p.medium.id == id && p.stick.as_ref().is_some_and(|s| s.pull.is_pulled())
+        }) else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + self.parts.eject_timeout.min(REPLUG_EJECT_WAIT);
+        if self
+            .parts
+            .controller
+            .wait_ejected(self.plugged[index].slot, deadline)?
+        {
+            let plugged = self.plugged.remove(index);
+            self.take_out(plugged, "ejected-by-guest")?;
+        }
+        Ok(())
     }
 
     /// The stick with `diskseq` is gone from the host: fail its requests,
@@ -1292,6 +1321,35 @@ pub(crate) mod tests {
             .unwrap();
         assert_eq!(medium.id, "SAME-SERIAL");
         assert_eq!(rig.media.attached(), [medium]);
+    }
+
+    #[test]
+    fn a_new_card_in_the_same_reader_waits_for_the_guest_to_let_go_of_the_old_one() {
+        let scratch = Scratch::new("stick-card");
+        let (Some(old_card), Some(new_card)) = (
+            LoopDevice::over(&scratch.raw("old.img")),
+            LoopDevice::over(&scratch.raw("new.img")),
+        ) else {
+            return;
+        };
+        let rig = rig(ExternalMediaPolicy::ReadOnly, None, false);
+        let old = old_card.stick(Some("READER-SERIAL"));
+        rig.media.attach_stick(old.clone(), None, vec![]).unwrap();
+        // The watcher reports the old card left and the new one arrived
+        // together; the guest ejects a moment later.
+        rig.media.stick_pulled(old.diskseq, "was pulled").unwrap();
+        let guest = rig.guest_ejects_after(1, Duration::from_millis(100));
+        let medium = rig
+            .media
+            .attach_stick(new_card.stick(Some("READER-SERIAL")), None, vec![])
+            .unwrap();
+        guest.join().unwrap();
+        assert_eq!(rig.media.attached(), [medium]);
+        assert_eq!(
+            rig.vendor_at(1),
+            VIRTIO_BLOCK,
+            "in the slot the old card left"
+        );
     }
 
     #[test]
