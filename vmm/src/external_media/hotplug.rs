@@ -363,12 +363,7 @@ struct Worker {
 impl Worker {
     fn serve(&mut self, requests: &Receiver<Request>) {
         loop {
-            let request = requests.recv_timeout(GUEST_EJECT_POLL);
-            // Before the request: a stick pulled and plugged in again right
-            // after the guest let go of it must find its old slot gone,
-            // not be refused as attached already.
-            self.take_back_guest_ejects();
-            match request {
+            match requests.recv_timeout(GUEST_EJECT_POLL) {
                 Ok(Request::Attach {
                     path,
                     role,
@@ -406,6 +401,7 @@ impl Worker {
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
+            self.take_back_guest_ejects();
         }
     }
 
