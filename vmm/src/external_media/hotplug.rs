@@ -740,15 +740,46 @@ fn claim_stick(stick: &HostStick, boot_devices: &[u64]) -> Result<File, MediaErr
     Ok(claim)
 }
 
-/// The device numbers of those of `paths` that are block devices.
+/// The device numbers of those of `paths` that are block devices, and of
+/// the whole disk of each that is a partition: a VM started from a
+/// partition of a stick must not be given the whole stick as well, which
+/// nothing else keeps from being claimed (the VM's disks are not opened
+/// exclusively).
 pub fn block_device_numbers<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Vec<u64> {
+    block_device_numbers_in(Path::new("/sys"), paths)
+}
+
+/// [`block_device_numbers`] with the partitions looked up in sysfs at `sys`.
+fn block_device_numbers_in<'a>(sys: &Path, paths: impl IntoIterator<Item = &'a Path>) -> Vec<u64> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    paths
-        .into_iter()
-        .filter_map(|path| std::fs::metadata(path).ok())
-        .filter(|metadata| metadata.file_type().is_block_device())
-        .map(|metadata| metadata.rdev())
-        .collect()
+    let mut numbers = Vec::new();
+    for path in paths {
+        let Ok(metadata) = std::fs::metadata(path) else {
+            continue;
+        };
+        if !metadata.file_type().is_block_device() {
+            continue;
+        }
+        numbers.push(metadata.rdev());
+        numbers.extend(whole_disk_of(sys, metadata.rdev()));
+    }
+    numbers
+}
+
+/// The device number of the whole disk that partition `rdev` belongs to;
+/// `None` when `rdev` is not a partition.
+fn whole_disk_of(sys: &Path, rdev: u64) -> Option<u64> {
+    let device = sys.join(format!(
+        "dev/block/{}:{}",
+        libc::major(rdev),
+        libc::minor(rdev)
+    ));
+    if !device.join("partition").exists() {
+        return None;
+    }
+    let dev = std::fs::read_to_string(device.join("../dev")).ok()?;
+    let (major, minor) = dev.trim_end().split_once(':')?;
+    Some(libc::makedev(major.parse().ok()?, minor.parse().ok()?))
 }
 
 fn check_disk_seq(stick: &HostStick, file: &File) -> Result<(), MediaError> {
@@ -1418,6 +1449,62 @@ pub(crate) mod tests {
             Err(MediaError::BootDevice { .. })
         ));
         assert_eq!(rig.vendor_at(1), u32::MAX);
+    }
+
+    #[test]
+    fn a_stick_holding_a_partition_the_vm_started_with_is_not_attached() {
+        use std::os::unix::fs::MetadataExt;
+        let scratch = Scratch::new("stick-boot-partition");
+        let (Some(stick), Some(boot)) = (
+            LoopDevice::over(&scratch.raw("stick.img")),
+            LoopDevice::over(&scratch.raw("boot.img")),
+        ) else {
+            return;
+        };
+        let rdev = |path: &Path| std::fs::metadata(path).unwrap().rdev();
+        let node = |rdev: u64| format!("{}:{}", libc::major(rdev), libc::minor(rdev));
+        // A sysfs in which the VM's boot disk is the first partition of
+        // the stick, as when securevm runs from a partition of a stick.
+        let sys = scratch.0.join("sys");
+        let disk = sys.join("devices/virtual/block/stick");
+        let partition = disk.join("stick1");
+        std::fs::create_dir_all(&partition).unwrap();
+        std::fs::write(
+            disk.join("dev"),
+            format!("{}\n", node(rdev(&stick.devnode))),
+        )
+        .unwrap();
+        std::fs::write(partition.join("partition"), "1\n").unwrap();
+        std::fs::create_dir_all(sys.join("dev/block")).unwrap();
+        std::os::unix::fs::symlink(
+            &partition,
+            sys.join("dev/block").join(node(rdev(&boot.devnode))),
+        )
+        .unwrap();
+        let boot_devices = block_device_numbers_in(&sys, [boot.devnode.as_path()]);
+        assert_eq!(
+            boot_devices,
+            [rdev(&boot.devnode), rdev(&stick.devnode)],
+            "the partition and its whole disk"
+        );
+        let rig = rig_over(
+            ExternalMediaPolicy::ReadOnly,
+            None,
+            false,
+            false,
+            boot_devices,
+        );
+        assert!(matches!(
+            rig.media
+                .attach_stick(stick.stick(Some("BOOT-PART")), None, vec![]),
+            Err(MediaError::BootDevice { .. })
+        ));
+        assert_eq!(rig.vendor_at(1), u32::MAX);
+        // On this host's sysfs a loop device is no partition.
+        assert_eq!(
+            block_device_numbers([stick.devnode.as_path()]),
+            [rdev(&stick.devnode)]
+        );
     }
 
     #[test]
