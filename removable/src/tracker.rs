@@ -219,6 +219,11 @@ impl Watcher {
                 if drained >= MAX_DRAIN {
                     return Ok(changes);
                 }
+            } else if deadline.is_some_and(|d| Instant::now() >= d) {
+                // Uevents that change nothing (other devices, other
+                // subsystems) may never pause; the caller must get its
+                // turn to stop.
+                return Ok(changes);
             }
         }
     }
