@@ -560,11 +560,18 @@ impl Worker {
             key: key.as_ref().map(|k| k.as_bytes()),
             format_blank: external.format_blank,
         };
-        if policy == ExternalMediaPolicy::Encrypt && rules.format_blank {
-            // libcryptsetup claims the disk itself to format it, and would
-            // find it busy; the claim is taken again and checked below.
+        // libcryptsetup claims the disk itself to format it, and would find
+        // it busy; the claim is taken again and checked below. Meanwhile a
+        // plain handle on this very disk, opened while the claim still
+        // holds, keeps the kernel from giving its name to another stick.
+        let _pin = if policy == ExternalMediaPolicy::Encrypt && rules.format_blank {
+            let pin = File::open(&stick.devnode).map_err(|e| gone(stick, &e))?;
+            check_disk_seq(stick, &pin)?;
             claim = None;
-        }
+            Some(pin)
+        } else {
+            None
+        };
         let medium = Medium {
             path: &stick.devnode,
             serial: MediumSerial::Reported(stick.serial.as_deref()),
