@@ -100,11 +100,17 @@ impl Monitor {
 
     /// Waits up to `timeout` for the next kernel uevent. Datagrams that
     /// are not the kernel's or do not parse are dropped and waiting goes
-    /// on.
+    /// on until the deadline, however many keep coming: any local process
+    /// can send them, and the caller must get its turn to stop.
     pub fn next(&mut self, timeout: Duration) -> io::Result<MonitorEvent> {
         let deadline = Instant::now().checked_add(timeout);
+        let mut first = true;
         loop {
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if !first && remaining == Some(Duration::ZERO) {
+                return Ok(MonitorEvent::Timeout);
+            }
+            first = false;
             if !self.wait_readable(remaining)? {
                 return Ok(MonitorEvent::Timeout);
             }
@@ -216,8 +222,11 @@ impl Monitor {
         if sender.nl_pid != 0 || !sent_by_root(&msg) {
             return Ok(Some(Err(Refusal::NotKernel)));
         }
+        let Some(datagram) = self.buffer.get(..len) else {
+            return Ok(Some(Err(Refusal::Truncated)));
+        };
         Ok(Some(
-            parse_uevent(&self.buffer[..len]).map_err(|_| Refusal::Unparseable),
+            parse_uevent(datagram).map_err(|_| Refusal::Unparseable),
         ))
     }
 

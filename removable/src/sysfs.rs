@@ -3,7 +3,7 @@
 //!
 //! A device counts when `class/block/NAME` is a whole disk (no
 //! `partition` file, `DEVTYPE=disk`) whose `device` sits below a USB
-//! device or an MMC card. Fixed disks (SATA, NVMe, virtio), virtual ones
+//! device or an SD card (never an eMMC, which is soldered in). Fixed disks (SATA, NVMe, virtio), virtual ones
 //! (loop, dm, zram) and partitions never do: securevm must never offer the
 //! host's own disks to a guest.
 //!
@@ -179,7 +179,8 @@ impl Sysfs {
             })?;
             let file_name = entry.file_name();
             let Some(name) = file_name.to_str().filter(|name| is_kernel_name(name)) else {
-                log::warn!("removable: skipping a block device with an unexpected name");
+                // Old drivers' names ("cciss!c0d0"): fixed disks, never sticks.
+                log::debug!("removable: skipping a block device with an unexpected name");
                 continue;
             };
             match self.probe(name) {
@@ -217,6 +218,10 @@ impl Sysfs {
                             .or_else(|| read_string(&device.join("model"))),
                     }));
                 }
+                // Only SD cards: an eMMC (type `MMC`) is soldered in, the
+                // host's own disk, and its boot areas (`mmcblk0boot0`) are
+                // whole disks under the same card that nobody holds.
+                Some("mmc") if !is_sd_card(ancestor) => return Ok(None),
                 Some("mmc") => {
                     return Ok(Some(BusInfo {
                         bus: Bus::Mmc,
@@ -240,6 +245,15 @@ fn is_kernel_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Whether the MMC card at `card` is an SD memory card (`SD`, or `SDcombo`
+/// with SDIO functions besides).
+fn is_sd_card(card: &Path) -> bool {
+    matches!(
+        read_string(&card.join("type")).as_deref(),
+        Some("SD" | "SDcombo")
+    )
 }
 
 /// The last component of the target of `dir/subsystem`.

@@ -107,6 +107,10 @@ impl Tracker {
         match self.sysfs.probe(name) {
             Ok(Some(disk)) => self.update(disk),
             Ok(None) => self.remove(name, None),
+            Err(ProbeError::InvalidName) => {
+                log::debug!("removable: ignoring block device {name:?}: not a kernel name");
+                Vec::new()
+            }
             Err(err) => {
                 log::warn!("removable: cannot probe block device {name:?}: {err}");
                 Vec::new()
@@ -215,6 +219,11 @@ impl Watcher {
                 if drained >= MAX_DRAIN {
                     return Ok(changes);
                 }
+            } else if deadline.is_some_and(|d| Instant::now() >= d) {
+                // Uevents that change nothing (other devices, other
+                // subsystems) may never pause; the caller must get its
+                // turn to stop.
+                return Ok(changes);
             }
         }
     }

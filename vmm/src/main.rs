@@ -148,7 +148,7 @@ struct RunArgs {
     /// Under `encrypt`, format a blank medium (zeros at its start) as a LUKS2 volume.
     #[arg(long)]
     format_blank_external: bool,
-    /// Watch the host for USB and MMC sticks (those present at start too) and attach or
+    /// Watch the host for USB sticks and SD cards (those present at start too) and attach or
     /// refuse each under the external-media rules as it is plugged in; a pulled stick leaves
     /// the guest at once.
     #[arg(long)]

@@ -92,6 +92,57 @@ DEVPATH=/devices/securevm-forged/block/sdq\0SUBSYSTEM=block\0DEVTYPE=disk\0DEVNA
     assert_eq!(monitor.dropped_datagrams(), 2);
 }
 
+/// A netlink socket to send to the monitor's port from, as any local
+/// process can.
+fn forger() -> OwnedFd {
+    // SAFETY: socket() takes no pointers; the result is checked.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_KOBJECT_UEVENT,
+        )
+    };
+    assert!(raw >= 0, "{}", io::Error::last_os_error());
+    // SAFETY: a descriptor socket() just returned, owned by nobody else.
+    unsafe { OwnedFd::from_raw_fd(raw) }
+}
+
+#[test]
+fn a_stream_of_forged_datagrams_does_not_hold_the_caller_past_its_deadline() {
+    let mut monitor = Monitor::open().unwrap();
+    let sender = forger();
+    // SAFETY: sockaddr_nl is plain data; all-zero is a valid value.
+    let mut to: libc::sockaddr_nl = unsafe { mem::zeroed() };
+    to.nl_family = sa_family(libc::AF_NETLINK);
+    to.nl_pid = monitor.port_id().unwrap();
+    let junk = b"junk";
+    for _ in 0..100 {
+        // SAFETY: the buffer and address are live for the call with the
+        // lengths given.
+        let sent = unsafe {
+            libc::sendto(
+                sender.as_raw_fd(),
+                junk.as_ptr().cast(),
+                junk.len(),
+                0,
+                (&raw const to).cast(),
+                socklen_of::<libc::sockaddr_nl>(),
+            )
+        };
+        assert!(sent >= 0, "sendto: {}", io::Error::last_os_error());
+    }
+    // The deadline has passed once the first datagram is dropped: the
+    // rest stay queued for the next call instead of keeping this one (a
+    // kernel uevent queued first may end the call even sooner).
+    monitor.next(Duration::ZERO).unwrap();
+    assert!(
+        monitor.dropped_datagrams() <= 1,
+        "{} datagrams dropped in one call past its deadline",
+        monitor.dropped_datagrams()
+    );
+}
+
 #[test]
 fn times_out_when_nothing_arrives() {
     let mut monitor = Monitor::open().unwrap();

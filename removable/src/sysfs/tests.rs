@@ -195,6 +195,12 @@ impl FakeSys {
     /// An SD card in the SoC's MMC controller: platform device ->
     /// mmc_host/mmc0 -> card mmc0:aaaa -> mmcblk0.
     pub fn mmc_card(&self, disk: &Disk) -> String {
+        self.mmc_card_of_type(b"SD\n", disk)
+    }
+
+    /// [`FakeSys::mmc_card`] whose card reports `card_type` (`MMC` for an
+    /// eMMC soldered to the board).
+    pub fn mmc_card_of_type(&self, card_type: &[u8], disk: &Disk) -> String {
         self.device("devices/platform/fe320000.mmc", "bus/platform", &[]);
         let host = "devices/platform/fe320000.mmc/mmc_host/mmc0";
         self.device(host, "class/mmc_host", &[]);
@@ -206,7 +212,7 @@ impl FakeSys {
                 ("serial", b"0x1234abcd\n"),
                 ("name", b"SD32G\n"),
                 ("manfid", b"0x000003\n"),
-                ("type", b"SD\n"),
+                ("type", card_type),
             ],
         );
         self.disk(Some(&card), disk)
@@ -368,6 +374,21 @@ fn mmc_card_is_removable() {
 }
 
 #[test]
+fn an_emmc_and_its_boot_areas_are_the_hosts_own_disks() {
+    let fake = FakeSys::new();
+    let disk = fake.mmc_card_of_type(b"MMC\n", &Disk::new("mmcblk0", 4));
+    fake.partition(&disk, "mmcblk0p1");
+    // The boot areas are whole disks of their own under the same card.
+    let card = disk.rsplit_once("/block/").unwrap().0.to_owned();
+    fake.disk(Some(&card), &Disk::new("mmcblk0boot0", 5));
+    let sysfs = fake.sysfs();
+    for name in ["mmcblk0", "mmcblk0boot0", "mmcblk0p1"] {
+        assert!(sysfs.probe(name).unwrap().is_none(), "{name}");
+    }
+    assert!(sysfs.removable_disks().unwrap().is_empty());
+}
+
+#[test]
 fn mmc_host_alone_is_not_a_card() {
     // A disk hanging directly off an mmc_host (no card): not MMC media.
     let fake = FakeSys::new();
@@ -516,6 +537,37 @@ fn ancestor_walk_is_bounded() {
     }
     fake.remove(&format!("{sdb}/device"));
     symlink(fake.sys().join(&deep), fake.sys().join(&sdb).join("device")).unwrap();
+    assert!(fake.sysfs().probe("sdb").unwrap().is_none());
+}
+
+#[test]
+fn ancestors_outside_the_sysfs_root_are_not_examined() {
+    // A `device` link leading out of the tree, to something that looks
+    // like a USB device: never trusted.
+    let fake = FakeSys::new();
+    let sdb = fake.usb_stick(2, Some(b"1\n"), &Disk::new("sdb", 1));
+    let outside = fake.dir.path().join("outside/1-9");
+    fs::create_dir_all(&outside).unwrap();
+    symlink(fake.sys().join("bus/usb"), outside.join("subsystem")).unwrap();
+    fs::write(outside.join("idVendor"), b"0781\n").unwrap();
+    fake.remove(&format!("{sdb}/device"));
+    symlink(&outside, fake.sys().join(&sdb).join("device")).unwrap();
+    assert!(fake.sysfs().probe("sdb").unwrap().is_none());
+}
+
+#[test]
+fn devtype_other_than_disk_is_not_a_disk() {
+    let fake = FakeSys::new();
+    let sdb = fake.usb_stick(2, Some(b"1\n"), &Disk::new("sdb", 1));
+    fake.write(
+        &format!("{sdb}/uevent"),
+        b"MAJOR=8\nDEVNAME=sdb\nDEVTYPE=partition\n",
+    );
+    assert!(fake.sysfs().probe("sdb").unwrap().is_none());
+    fake.write(
+        &format!("{sdb}/uevent"),
+        b"MAJOR=8\nDEVNAME=sdb\nDEVTYPE=disks\n",
+    );
     assert!(fake.sysfs().probe("sdb").unwrap().is_none());
 }
 

@@ -315,3 +315,40 @@ fn watcher_on_the_real_socket_ignores_loop_devices() {
     assert_eq!(watcher.dropped_datagrams(), 0);
     assert!(watcher.as_raw_fd() >= 0);
 }
+
+/// Uevents that change nothing, however many are queued, do not keep
+/// `next_changes` past its deadline (the watch thread must get its turn
+/// to see that the VM stops).
+#[test]
+fn uevents_that_change_nothing_do_not_hold_the_caller_past_its_deadline() {
+    if !is_root() {
+        eprintln!("skipped: triggering a uevent needs root");
+        return;
+    }
+    let (mut watcher, _) = Watcher::start(Sysfs::system()).unwrap();
+    let triggers: Vec<_> = (0..8)
+        .map(|n| format!("/sys/class/block/loop{n}/uevent"))
+        .filter(|path| std::path::Path::new(path).exists())
+        .collect();
+    if triggers.len() < 2 {
+        eprintln!("skipped: fewer than two loop devices on this host");
+        return;
+    }
+    for _ in 0..4 {
+        for trigger in &triggers {
+            std::fs::write(trigger, "change").unwrap();
+        }
+    }
+    // The kernel queues the events as the writes return; one more look
+    // makes sure the first is there.
+    std::thread::sleep(Duration::from_millis(100));
+    let changes = watcher.next_changes(Duration::ZERO).unwrap();
+    assert!(changes.is_empty(), "{changes:?}");
+    assert!(
+        matches!(
+            watcher.monitor.next(Duration::ZERO).unwrap(),
+            MonitorEvent::Uevent(_)
+        ),
+        "the queued uevents were all read past the deadline"
+    );
+}

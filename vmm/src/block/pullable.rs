@@ -93,10 +93,18 @@ impl PullableBackend {
             Ok(inner) => inner,
             Err(poisoned) => poisoned.into_inner(),
         };
-        match inner.as_deref() {
+        let served = match inner.as_deref() {
             Some(backend) => Ok(request(backend)),
             None => Err(pulled_error()),
+        };
+        drop(inner);
+        // A pull during this request could not close the medium; the guest
+        // may never send another request, so close it now rather than keep
+        // the vanished disk (and an encrypted medium's key) open.
+        if self.shared.pulled.load(Ordering::Acquire) {
+            self.shared.release();
         }
+        served
     }
 }
 
@@ -230,6 +238,58 @@ mod tests {
         );
         // Sizes stay what the guest was told.
         assert_eq!(backend.capacity_bytes(), 1 << 20);
+    }
+
+    /// Pulls the switch from inside a request, as the hot-plug thread
+    /// does when the stick leaves while an I/O thread is using it.
+    struct PullsDuringRead {
+        switch: Arc<std::sync::OnceLock<PullSwitch>>,
+        dropped: Arc<AtomicBool>,
+    }
+
+    impl BlockBackend for PullsDuringRead {
+        fn read_at(&self, _offset: u64, _buf: &mut [u8]) -> io::Result<()> {
+            self.switch.get().unwrap().pull();
+            Ok(())
+        }
+        fn write_at(&self, _offset: u64, _buf: &[u8]) -> io::Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> io::Result<()> {
+            Ok(())
+        }
+        fn capacity_bytes(&self) -> u64 {
+            1 << 20
+        }
+        fn read_only(&self) -> bool {
+            false
+        }
+        fn block_size(&self) -> u32 {
+            512
+        }
+    }
+
+    impl Drop for PullsDuringRead {
+        fn drop(&mut self) {
+            self.dropped.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_pull_during_the_last_request_closes_the_medium_when_it_ends() {
+        let switch = Arc::new(std::sync::OnceLock::new());
+        let dropped = Arc::new(AtomicBool::new(false));
+        let (backend, pull) = PullableBackend::new(Box::new(PullsDuringRead {
+            switch: switch.clone(),
+            dropped: dropped.clone(),
+        }));
+        assert!(switch.set(pull).is_ok());
+        let mut buf = [0u8; 512];
+        backend.read_at(0, &mut buf).unwrap();
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "closed without waiting for a request the guest may never send"
+        );
     }
 
     #[test]

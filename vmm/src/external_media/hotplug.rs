@@ -68,6 +68,11 @@ use crate::sync::lock;
 
 /// How long a detach waits for the guest to eject the slot.
 pub const EJECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stick plugged in again waits for the guest to let go of the
+/// pulled one under the same id: a guest that ejects does so well within
+/// it, and one that never does must not hold up every other stick and the
+/// control API for the full [`EJECT_TIMEOUT`].
+const REPLUG_EJECT_WAIT: Duration = Duration::from_secs(3);
 
 /// How soon a medium the guest ejected on its own leaves the VM (and
 /// `ctl status`) at the latest.
@@ -524,6 +529,7 @@ impl Worker {
     ) -> Result<AttachedMedium, MediaError> {
         let shown = stick.devnode.display().to_string();
         let id = stick.medium_id();
+        self.await_eject_of_pulled(&id)?;
         if taken.contains(&id) || self.plugged.iter().any(|p| p.medium.id == id) {
             return Err(MediaError::AlreadyAttached { id });
         }
@@ -554,11 +560,18 @@ impl Worker {
             key: key.as_ref().map(|k| k.as_bytes()),
             format_blank: external.format_blank,
         };
-        if policy == ExternalMediaPolicy::Encrypt && rules.format_blank {
-            // libcryptsetup claims the disk itself to format it, and would
-            // find it busy; the claim is taken again and checked below.
+        // libcryptsetup claims the disk itself to format it, and would find
+        // it busy; the claim is taken again and checked below. Meanwhile a
+        // plain handle on this very disk, opened while the claim still
+        // holds, keeps the kernel from giving its name to another stick.
+        let _pin = if policy == ExternalMediaPolicy::Encrypt && rules.format_blank {
+            let pin = File::open(&stick.devnode).map_err(|e| gone(stick, &e))?;
+            check_disk_seq(stick, &pin)?;
             claim = None;
-        }
+            Some(pin)
+        } else {
+            None
+        };
         let medium = Medium {
             path: &stick.devnode,
             serial: MediumSerial::Reported(stick.serial.as_deref()),
@@ -590,6 +603,29 @@ impl Worker {
             pull,
         };
         self.plug(medium, Box::new(backend), claim, Some(plugged_stick))
+    }
+
+    /// A stick under `id` was pulled and the guest asked to let go of it,
+    /// but it has not yet: the same stick plugged in again, or a new card
+    /// in the same reader (same serial) right after the old one left.
+    /// Waits for that eject as a detach does, so the newcomer gets the id
+    /// instead of being refused for good.
+    fn await_eject_of_pulled(&mut self, id: &str) -> Result<(), MediaError> {
+        let Some(index) = self.plugged.iter().position(|p| {
+            p.medium.id == id && p.stick.as_ref().is_some_and(|s| s.pull.is_pulled())
+        }) else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + self.parts.eject_timeout.min(REPLUG_EJECT_WAIT);
+        if self
+            .parts
+            .controller
+            .wait_ejected(self.plugged[index].slot, deadline)?
+        {
+            let plugged = self.plugged.remove(index);
+            self.take_out(plugged, "ejected-by-guest")?;
+        }
+        Ok(())
     }
 
     /// The stick with `diskseq` is gone from the host: fail its requests,
@@ -711,15 +747,46 @@ fn claim_stick(stick: &HostStick, boot_devices: &[u64]) -> Result<File, MediaErr
     Ok(claim)
 }
 
-/// The device numbers of those of `paths` that are block devices.
+/// The device numbers of those of `paths` that are block devices, and of
+/// the whole disk of each that is a partition: a VM started from a
+/// partition of a stick must not be given the whole stick as well, which
+/// nothing else keeps from being claimed (the VM's disks are not opened
+/// exclusively).
 pub fn block_device_numbers<'a>(paths: impl IntoIterator<Item = &'a Path>) -> Vec<u64> {
+    block_device_numbers_in(Path::new("/sys"), paths)
+}
+
+/// [`block_device_numbers`] with the partitions looked up in sysfs at `sys`.
+fn block_device_numbers_in<'a>(sys: &Path, paths: impl IntoIterator<Item = &'a Path>) -> Vec<u64> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    paths
-        .into_iter()
-        .filter_map(|path| std::fs::metadata(path).ok())
-        .filter(|metadata| metadata.file_type().is_block_device())
-        .map(|metadata| metadata.rdev())
-        .collect()
+    let mut numbers = Vec::new();
+    for path in paths {
+        let Ok(metadata) = std::fs::metadata(path) else {
+            continue;
+        };
+        if !metadata.file_type().is_block_device() {
+            continue;
+        }
+        numbers.push(metadata.rdev());
+        numbers.extend(whole_disk_of(sys, metadata.rdev()));
+    }
+    numbers
+}
+
+/// The device number of the whole disk that partition `rdev` belongs to;
+/// `None` when `rdev` is not a partition.
+fn whole_disk_of(sys: &Path, rdev: u64) -> Option<u64> {
+    let device = sys.join(format!(
+        "dev/block/{}:{}",
+        libc::major(rdev),
+        libc::minor(rdev)
+    ));
+    if !device.join("partition").exists() {
+        return None;
+    }
+    let dev = std::fs::read_to_string(device.join("../dev")).ok()?;
+    let (major, minor) = dev.trim_end().split_once(':')?;
+    Some(libc::makedev(major.parse().ok()?, minor.parse().ok()?))
 }
 
 fn check_disk_seq(stick: &HostStick, file: &File) -> Result<(), MediaError> {
@@ -1074,6 +1141,81 @@ pub(crate) mod tests {
         rig.media.stop();
     }
 
+    /// Set in the environment of the child process that runs
+    /// [`filtered_stick_paths_in_child_process`].
+    const FILTERED_STICK_CHILD: &str = "SECUREVM_TEST_FILTERED_STICK_CHILD";
+
+    /// The ways a stick can go under the thread's real filter besides an
+    /// encrypted attach: read-only, busy, gone, left after a pull, and a
+    /// blank stick formatted under `encrypt`.
+    #[test]
+    fn stick_paths_run_under_the_media_hotplug_filter() {
+        crate::seccomp::test_support::run_in_fresh_process(
+            "external_media::hotplug::tests::filtered_stick_paths_in_child_process",
+            FILTERED_STICK_CHILD,
+        );
+    }
+
+    /// The child process of `stick_paths_run_under_the_media_hotplug_filter`.
+    #[test]
+    #[ignore = "runs as the child of stick_paths_run_under_the_media_hotplug_filter"]
+    fn filtered_stick_paths_in_child_process() {
+        if std::env::var_os(FILTERED_STICK_CHILD).is_none() {
+            return stick_paths_run_under_the_media_hotplug_filter();
+        }
+        let scratch = Scratch::new("seccomp-stick");
+        let Some(device) = LoopDevice::over(&scratch.raw("stick.img")) else {
+            return;
+        };
+        let rig = rig_over(ExternalMediaPolicy::ReadOnly, None, true, false, vec![]);
+        let holder = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_EXCL)
+            .open(&device.devnode)
+            .unwrap();
+        assert!(matches!(
+            rig.media
+                .attach_stick(device.stick(Some("RO")), None, vec![]),
+            Err(MediaError::Busy { .. })
+        ));
+        drop(holder);
+        let mut vanished = device.stick(Some("RO"));
+        vanished.devnode = scratch.0.join("vanished");
+        assert!(matches!(
+            rig.media.attach_stick(vanished, None, vec![]),
+            Err(MediaError::Gone { .. })
+        ));
+        let stick = device.stick(Some("RO"));
+        rig.media.attach_stick(stick.clone(), None, vec![]).unwrap();
+        rig.media.stick_pulled(stick.diskseq, "was pulled").unwrap();
+        rig.guest_ejects_after(1, Duration::ZERO).join().unwrap();
+        let deadline = Instant::now() + GUEST_EJECT_POLL * 10;
+        while rig.vendor_at(1) != u32::MAX && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(rig.vendor_at(1), u32::MAX, "the pulled stick left");
+        rig.media.stop();
+
+        let blank = scratch.0.join("blank.img");
+        File::create(&blank).unwrap().set_len(20 << 20).unwrap();
+        let Some(blank) = LoopDevice::over(&blank) else {
+            return;
+        };
+        let rig = rig_over(
+            ExternalMediaPolicy::Encrypt,
+            Some(scratch.key_file()),
+            true,
+            true,
+            vec![],
+        );
+        let medium = rig
+            .media
+            .attach_stick(blank.stick(Some("BLANK")), None, vec![])
+            .unwrap();
+        assert_eq!(medium.mode, "encrypt");
+        rig.media.stop();
+    }
+
     #[test]
     fn a_stopped_thread_answers_every_request() {
         let rig = rig(ExternalMediaPolicy::ReadOnly, None, false);
@@ -1189,6 +1331,62 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_stick_plugged_in_again_right_after_the_guest_let_go_of_it_attaches() {
+        let scratch = Scratch::new("stick-again");
+        let (Some(first), Some(again)) = (
+            LoopDevice::over(&scratch.raw("first.img")),
+            LoopDevice::over(&scratch.raw("again.img")),
+        ) else {
+            return;
+        };
+        let rig = rig(ExternalMediaPolicy::ReadOnly, None, false);
+        let pulled = first.stick(Some("SAME-SERIAL"));
+        rig.media
+            .attach_stick(pulled.clone(), None, vec![])
+            .unwrap();
+        rig.media
+            .stick_pulled(pulled.diskseq, "was pulled")
+            .unwrap();
+        rig.guest_ejects_after(1, Duration::ZERO).join().unwrap();
+        // Plugged in again before the hot-plug thread's next look at ejects.
+        let medium = rig
+            .media
+            .attach_stick(again.stick(Some("SAME-SERIAL")), None, vec![])
+            .unwrap();
+        assert_eq!(medium.id, "SAME-SERIAL");
+        assert_eq!(rig.media.attached(), [medium]);
+    }
+
+    #[test]
+    fn a_new_card_in_the_same_reader_waits_for_the_guest_to_let_go_of_the_old_one() {
+        let scratch = Scratch::new("stick-card");
+        let (Some(old_card), Some(new_card)) = (
+            LoopDevice::over(&scratch.raw("old.img")),
+            LoopDevice::over(&scratch.raw("new.img")),
+        ) else {
+            return;
+        };
+        let rig = rig(ExternalMediaPolicy::ReadOnly, None, false);
+        let old = old_card.stick(Some("READER-SERIAL"));
+        rig.media.attach_stick(old.clone(), None, vec![]).unwrap();
+        // The watcher reports the old card left and the new one arrived
+        // together; the guest ejects a moment later.
+        rig.media.stick_pulled(old.diskseq, "was pulled").unwrap();
+        let guest = rig.guest_ejects_after(1, Duration::from_millis(100));
+        let medium = rig
+            .media
+            .attach_stick(new_card.stick(Some("READER-SERIAL")), None, vec![])
+            .unwrap();
+        guest.join().unwrap();
+        assert_eq!(rig.media.attached(), [medium]);
+        assert_eq!(
+            rig.vendor_at(1),
+            VIRTIO_BLOCK,
+            "in the slot the old card left"
+        );
+    }
+
+    #[test]
     fn a_stick_whose_node_now_names_another_disk_is_not_attached() {
         let scratch = Scratch::new("stick-seq");
         let Some(device) = LoopDevice::over(&scratch.raw("stick.img")) else {
@@ -1238,6 +1436,38 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_stick_with_a_damaged_luks_header_is_refused_and_let_go() {
+        let scratch = Scratch::new("stick-hostile");
+        let image = scratch.luks("hostile.img");
+        // Both header copies' JSON areas overwritten: a checksum mismatch
+        // that securevm's own parser refuses before libcryptsetup sees it.
+        let file = OpenOptions::new().write(true).open(&image).unwrap();
+        for header in [0u64, 0x4000] {
+            std::os::unix::fs::FileExt::write_all_at(&file, &[b'}'; 512], header + 0x1000).unwrap();
+        }
+        drop(file);
+        let Some(device) = LoopDevice::over(&image) else {
+            return;
+        };
+        let rig = rig(
+            ExternalMediaPolicy::Encrypt,
+            Some(scratch.key_file()),
+            false,
+        );
+        let refused = rig
+            .media
+            .attach_stick(device.stick(Some("HOSTILE")), None, vec![]);
+        match refused {
+            Err(MediaError::Medium(MediumError::Storage(error))) => {
+                assert!(error.to_string().contains("header"), "{error}")
+            }
+            other => panic!("expected a refusal of the header, got {other:?}"),
+        }
+        assert_eq!(rig.vendor_at(1), u32::MAX, "nothing plugged");
+        assert!(!claimed_by_someone(&device.devnode), "the claim is let go");
+    }
+
+    #[test]
     fn a_stick_the_vm_started_with_is_not_attached_again() {
         let scratch = Scratch::new("stick-boot");
         let Some(device) = LoopDevice::over(&scratch.raw("stick.img")) else {
@@ -1258,6 +1488,62 @@ pub(crate) mod tests {
             Err(MediaError::BootDevice { .. })
         ));
         assert_eq!(rig.vendor_at(1), u32::MAX);
+    }
+
+    #[test]
+    fn a_stick_holding_a_partition_the_vm_started_with_is_not_attached() {
+        use std::os::unix::fs::MetadataExt;
+        let scratch = Scratch::new("stick-boot-partition");
+        let (Some(stick), Some(boot)) = (
+            LoopDevice::over(&scratch.raw("stick.img")),
+            LoopDevice::over(&scratch.raw("boot.img")),
+        ) else {
+            return;
+        };
+        let rdev = |path: &Path| std::fs::metadata(path).unwrap().rdev();
+        let node = |rdev: u64| format!("{}:{}", libc::major(rdev), libc::minor(rdev));
+        // A sysfs in which the VM's boot disk is the first partition of
+        // the stick, as when securevm runs from a partition of a stick.
+        let sys = scratch.0.join("sys");
+        let disk = sys.join("devices/virtual/block/stick");
+        let partition = disk.join("stick1");
+        std::fs::create_dir_all(&partition).unwrap();
+        std::fs::write(
+            disk.join("dev"),
+            format!("{}\n", node(rdev(&stick.devnode))),
+        )
+        .unwrap();
+        std::fs::write(partition.join("partition"), "1\n").unwrap();
+        std::fs::create_dir_all(sys.join("dev/block")).unwrap();
+        std::os::unix::fs::symlink(
+            &partition,
+            sys.join("dev/block").join(node(rdev(&boot.devnode))),
+        )
+        .unwrap();
+        let boot_devices = block_device_numbers_in(&sys, [boot.devnode.as_path()]);
+        assert_eq!(
+            boot_devices,
+            [rdev(&boot.devnode), rdev(&stick.devnode)],
+            "the partition and its whole disk"
+        );
+        let rig = rig_over(
+            ExternalMediaPolicy::ReadOnly,
+            None,
+            false,
+            false,
+            boot_devices,
+        );
+        assert!(matches!(
+            rig.media
+                .attach_stick(stick.stick(Some("BOOT-PART")), None, vec![]),
+            Err(MediaError::BootDevice { .. })
+        ));
+        assert_eq!(rig.vendor_at(1), u32::MAX);
+        // On this host's sysfs a loop device is no partition.
+        assert_eq!(
+            block_device_numbers([stick.devnode.as_path()]),
+            [rdev(&stick.devnode)]
+        );
     }
 
     #[test]

@@ -201,6 +201,43 @@ mod tests {
     }
 
     /// Set in the environment of the child process that runs
+    /// [`filtered_rescan_in_child_process`].
+    const RESCAN_CHILD: &str = "SECUREVM_TEST_FILTERED_RESCAN_CHILD";
+
+    /// After lost uevents (an overflow) the watch thread rescans every
+    /// block device under its own filter: listing `/sys/class/block`,
+    /// resolving each disk's `device` link and walking its ancestors.
+    #[test]
+    fn a_rescan_runs_under_the_watch_filter() {
+        crate::seccomp::test_support::run_in_fresh_process(
+            "external_media::watch::tests::filtered_rescan_in_child_process",
+            RESCAN_CHILD,
+        );
+    }
+
+    /// The child process of `a_rescan_runs_under_the_watch_filter`.
+    #[test]
+    #[ignore = "runs as the child of a_rescan_runs_under_the_watch_filter"]
+    fn filtered_rescan_in_child_process() {
+        if std::env::var_os(RESCAN_CHILD).is_none() {
+            return a_rescan_runs_under_the_watch_filter();
+        }
+        let confinement = Confinement::new(ThreadKind::RemovableWatch, true);
+        let scanned = Arc::new(Mutex::new(None));
+        let result = scanned.clone();
+        confined::spawn("removable-watch", confinement, move || {
+            let mut tracker = removable::Tracker::new(Sysfs::system());
+            *lock(&result) = Some(tracker.rescan().map(|changes| changes.len()));
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+        let scanned = lock(&scanned).take().expect("the rescan ran");
+        eprintln!("rescan under the filter: {scanned:?}");
+        assert!(scanned.is_ok(), "{scanned:?}");
+    }
+
+    /// Set in the environment of the child process that runs
     /// [`filtered_watch_in_child_process`].
     const FILTERED_CHILD: &str = "SECUREVM_TEST_FILTERED_WATCH_CHILD";
 

@@ -24,8 +24,8 @@ use crate::policy::ActiveRole;
 /// Rust drops fields in declaration order, so this order is the teardown
 /// order once `stop` has stopped the threads that need an explicit stop:
 /// - `vcpus`, `removable_watch` and `api_server` are emptied by `stop`
-///   (vCPU threads kicked and joined first, the watch for sticks before
-///   the media hot-plug thread it feeds, the control API after the VM is
+///   (vCPU threads kicked and joined first, the watch for sticks after the
+///   media hot-plug thread it feeds, the control API after the VM is
 ///   marked stopped);
 /// - `live` (the control API's view, with the media hot-plug handle,
 ///   already stopped) goes before the card monitor, so nothing can ask
@@ -86,11 +86,12 @@ impl RunningVm {
         }
         // A waiting `ctl shutdown` learns the outcome before the socket goes.
         self.live.vm_stopped(reason);
-        // Before the media hot-plug thread: the watch hands it sticks.
+        // The media hot-plug thread first: a stick the watch is handing it
+        // then fails at once instead of holding up the watch's end.
+        self.live.stop_media_hotplug();
         if let Some(watch) = self.removable_watch.take() {
             watch.stop();
         }
-        self.live.stop_media_hotplug();
         if let Some(server) = self.api_server.take() {
             server.stop();
         }
