@@ -105,7 +105,6 @@ PY
     usb_plug nameless "$media/nameless.img" ""
     nameless_dev=$(usb_wait_nameless)
     nameless_id=usb-$(usb_diskseq "$nameless_dev")
-    ctl status || fail "ctl status failed: $CTL_OUT"
     local i
     for ((i = 0; i < 240; i++)); do
         ctl status || fail "ctl status failed: $CTL_OUT"

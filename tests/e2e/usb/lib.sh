@@ -68,7 +68,7 @@ usb_free_udc() {
 # number SERIAL whose medium is IMAGE) and plug it into a free UDC. SERIAL
 # may be empty: the stick then reports no serial string at all.
 usb_plug() {
-    local name=$USB_PREFIX$1 image=$2 serial=$3 g udc
+    local name=$USB_PREFIX$1 image=$2 serial=$3 g
     g=$USB_GADGETS/$name
     [[ ! -e $g ]] || fail "usb_plug: gadget $1 exists already (usb_replug plugs it again)"
     mkdir "$g"
