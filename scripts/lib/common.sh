@@ -33,7 +33,7 @@ need_root() {
 # shellcheck disable=SC2034 # for the scripts that source this file
 BUILD_PKGS=(gcc libc6-dev make pkg-config libssl-dev libcryptsetup-dev clang libclang-dev)
 # shellcheck disable=SC2034 # for the scripts that source this file
-TEST_PKGS=(binutils acpica-tools minisign cryptsetup-bin fdisk qemu-utils openssl util-linux iproute2 python3 wireguard-tools tcpdump softhsm2 opensc shellcheck)
+TEST_PKGS=(binutils acpica-tools minisign cryptsetup-bin fdisk qemu-utils openssl util-linux iproute2 python3 wireguard-tools tcpdump softhsm2 opensc shellcheck udev)
 
 # ensure_pkgs PKG...: apt-get install the packages that are not installed yet.
 # An `apt-get update` is run once if the first attempt fails (fresh CI hosts

@@ -385,10 +385,8 @@ impl Worker {
                     taken,
                     reply,
                 }) => {
+                    // Its fate is printed once, by the watch's caller.
                     let result = self.attach_stick(&stick, role.as_ref().as_ref(), &taken);
-                    if let Err(e) = &result {
-                        log::warn!("attaching {}: {e}", stick.devnode.display());
-                    }
                     let _ = reply.send(result);
                 }
                 Ok(Request::Pulled {
