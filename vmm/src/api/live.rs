@@ -19,6 +19,7 @@ use super::protocol::{
 };
 use crate::audit::{Audit, Event};
 use crate::exit::{ExitNotifier, ExitReason};
+use crate::external_media::hotplug::AttachedMedium;
 use crate::external_media::watch::StickSink;
 use crate::external_media::{HostStick, MediaError, MediaHotplug, MediumError};
 use crate::kvm::vcpu::VcpuControl;
@@ -244,6 +245,7 @@ impl VmController for LiveVm {
             .as_ref()
             .map(|media| media.attached())
             .unwrap_or_default();
+        let removable = self.removable_status(&hot_media);
         devices.extend(hot_media.into_iter().map(|medium| Device::External {
             id: medium.id,
             path: medium.path,
@@ -268,7 +270,7 @@ impl VmController for LiveVm {
             devices,
             network: self.parts.nets.iter().map(network_counters).collect(),
             media: *lock(&self.media),
-            removable: lock(&self.removable).clone(),
+            removable,
         }
     }
 
@@ -482,6 +484,29 @@ impl LiveVm {
                     );
                 }
                 listed.reason = Some(reason);
+            }
+        }
+        listed
+    }
+
+    /// The sticks on the host as status shows them: one listed as attached
+    /// whose device the guest has since ejected (or `ctl detach-external`
+    /// took out) is shown as released.
+    fn removable_status(&self, hot_media: &[AttachedMedium]) -> Vec<RemovableStick> {
+        let mut listed = lock(&self.removable).clone();
+        for stick in &mut listed {
+            let still_in = |medium: &AttachedMedium| {
+                stick.id.as_ref() == Some(&medium.id) && medium.path == stick.device
+            };
+            if stick.fate == StickFate::Attached && !hot_media.iter().any(still_in) {
+                stick.fate = StickFate::Released;
+                stick.id = None;
+                stick.mode = None;
+                stick.reason = Some(
+                    "the guest let go of it (or it was detached); pull it and plug it in again \
+                     to attach it again"
+                        .into(),
+                );
             }
         }
         listed
@@ -875,6 +900,35 @@ mod tests {
         assert_eq!(status.removable[0].fate, StickFate::Failed);
         h.vm.left(unlisted.diskseq);
         assert!(h.vm.status().removable.is_empty());
+    }
+
+    #[test]
+    fn a_stick_the_guest_let_go_of_is_shown_released_while_it_stays_plugged_in() {
+        let scratch = Scratch::new("live-stick-released");
+        let Some(device) = LoopDevice::over(&scratch.raw("stick.img")) else {
+            return;
+        };
+        let rig = rig(ExternalMediaPolicy::ReadOnly, None, false);
+        let controller = rig.controller.clone();
+        let h = harness_watching("live-stick-released", vec![], Some(rig.media), true);
+        h.vm.arrived(device.stick(Some(ALLOWED_SERIAL)));
+        assert_eq!(h.vm.status().removable[0].fate, StickFate::Attached);
+
+        let mut ports = PciHotplugPorts::new(controller);
+        ports.write(PCI_HOTPLUG_REGISTER_EJECT, &(1u32 << 1).to_le_bytes());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while h.vm.status().removable[0].fate == StickFate::Attached && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let status = h.vm.status();
+        let stick = &status.removable[0];
+        assert_eq!(stick.fate, StickFate::Released);
+        assert_eq!((stick.id.as_deref(), stick.mode.as_deref()), (None, None));
+        assert!(stick.reason.as_ref().unwrap().contains("plug it in again"));
+        assert!(!status
+            .devices
+            .iter()
+            .any(|d| matches!(d, Device::External { .. })));
     }
 
     #[test]

@@ -88,6 +88,9 @@ pub enum StickFate {
     Failed,
     /// The role in force does not watch removable media.
     Ignored,
+    /// It was attached, and the guest has let go of it (or `ctl
+    /// detach-external` took it out) while it stays plugged in.
+    Released,
 }
 
 impl StickFate {
@@ -98,6 +101,7 @@ impl StickFate {
             StickFate::Busy => "busy",
             StickFate::Failed => "failed",
             StickFate::Ignored => "ignored",
+            StickFate::Released => "released",
         }
     }
 }
