@@ -10,6 +10,7 @@
 //! a protocol error (the connection is closed), never a panic or an
 //! unbounded allocation.
 
+pub mod encode;
 pub mod handshake;
 pub mod protocol;
 
