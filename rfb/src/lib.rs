@@ -13,6 +13,7 @@
 pub mod encode;
 pub mod handshake;
 pub mod protocol;
+pub mod session;
 
 /// Why a connection must be closed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
