@@ -18,7 +18,8 @@ use crate::handshake::Handshake;
 use crate::protocol::{encoding, ClientDecoder, ClientMessage, PixelFormat, Rect, MAX_CUT_TEXT};
 use crate::RfbError;
 
-/// Unsent bytes above which no new update or cut text is queued.
+/// Unsent bytes above which no new update or cut text is queued, unless
+/// the owner sets another limit.
 pub const OUTPUT_SOFT_LIMIT: usize = 1 << 20;
 /// Damaged rectangles kept apart; more are merged into their bounding box.
 const MAX_DAMAGE_RECTS: usize = 16;
@@ -71,6 +72,9 @@ pub struct Session {
     decoder: ClientDecoder,
     width: u16,
     height: u16,
+    /// The screen as the client knows it (ServerInit or the last
+    /// DesktopSize): rectangles beyond it would break the client.
+    client_screen: Rect,
     format: PixelFormat,
     encodings: ClientEncodings,
     /// Whether the client has an update request outstanding, and the
@@ -85,6 +89,7 @@ pub struct Session {
     cursor_pending: bool,
     zrle: ZrleEncoder,
     output: Vec<u8>,
+    output_soft_limit: usize,
 }
 
 impl Session {
@@ -99,6 +104,7 @@ impl Session {
             decoder: ClientDecoder::new(),
             width,
             height,
+            client_screen: Rect::new(0, 0, width, height),
             encodings: ClientEncodings::default(),
             update_requested: false,
             requested_area: Rect::default(),
@@ -110,6 +116,7 @@ impl Session {
             cursor_pending: false,
             zrle: ZrleEncoder::new(),
             output,
+            output_soft_limit: OUTPUT_SOFT_LIMIT,
         }
     }
 
@@ -231,10 +238,13 @@ impl Session {
         for &rect in damaged {
             self.add_damage(rect);
         }
-        if !self.update_requested || self.output.len() >= OUTPUT_SOFT_LIMIT {
+        if !self.update_requested || self.output.len() >= self.output_soft_limit {
             return false;
         }
-        let area = self.requested_area.intersect(&surface.bounds());
+        let area = self
+            .requested_area
+            .intersect(&surface.bounds())
+            .intersect(&self.client_screen);
         // After a resize the client first learns the new size alone; it
         // then asks for the new screen.
         let rects: Vec<Rect> = if self.desktop_size_pending {
@@ -268,6 +278,7 @@ impl Session {
         }
         if self.desktop_size_pending {
             encode::push_desktop_size(&mut self.output, self.width, self.height);
+            self.client_screen = self.screen();
             self.desktop_size_pending = false;
         }
         for &rect in &rects {
@@ -288,13 +299,14 @@ impl Session {
 
     /// The screen's new size. The client learns it through DesktopSize if
     /// it listed that encoding; a client that did not keeps its old size
-    /// and sees the part of the new screen that fits. The whole screen is
-    /// damaged either way.
+    /// and is sent only the part of the new screen that fits in it. The
+    /// whole screen is damaged either way.
     pub fn resize(&mut self, width: u16, height: u16) {
         self.width = width;
         self.height = height;
         if !self.handshake.is_done() {
             self.handshake.set_size(width, height);
+            self.client_screen = self.screen();
             return;
         }
         if self.encodings.desktop_size {
@@ -329,7 +341,7 @@ impl Session {
     /// dropping the text, before the handshake ends or while the output
     /// queue is full.
     pub fn send_cut_text(&mut self, text: &str) -> bool {
-        if !self.handshake.is_done() || self.output.len() >= OUTPUT_SOFT_LIMIT {
+        if !self.handshake.is_done() || self.output.len() >= self.output_soft_limit {
             return false;
         }
         let latin1: Vec<u8> = text
@@ -343,6 +355,17 @@ impl Session {
         self.output.extend_from_slice(&length.to_be_bytes());
         self.output.extend_from_slice(&latin1);
         true
+    }
+
+    /// Changes the unsent byte count above which nothing new is queued
+    /// (default [`OUTPUT_SOFT_LIMIT`]), e.g. to match the socket's buffer.
+    pub fn set_output_soft_limit(&mut self, bytes: usize) {
+        self.output_soft_limit = bytes;
+    }
+
+    /// The unsent byte count above which nothing new is queued.
+    pub fn output_soft_limit(&self) -> usize {
+        self.output_soft_limit
     }
 
     /// Bytes waiting to be sent.
@@ -365,7 +388,7 @@ impl Session {
         let cursor = usize::from(MAX_CURSOR_SIZE) * usize::from(MAX_CURSOR_SIZE) * 5;
         let update =
             4 + pixels * 4 + pixels / 64 + cursor + (3 + MAX_DAMAGE_RECTS) * 16 + 64 * 1024;
-        OUTPUT_SOFT_LIMIT + update.max(8 + MAX_CUT_TEXT)
+        self.output_soft_limit + update.max(8 + MAX_CUT_TEXT)
     }
 }
 
@@ -578,6 +601,22 @@ mod tests {
         early.resize(640, 480);
         early.receive(b"RFB 003.008\n\x01\x01").unwrap();
         assert_eq!(&early.pending_output()[18..22], &[2, 128, 1, 224]);
+    }
+
+    #[test]
+    fn a_client_that_cannot_resize_gets_only_what_fits_its_old_size() {
+        let pixels = vec![1u32; 8 * 8];
+        let surface = Surface::new(&pixels, 8, 8, 8).unwrap();
+        let mut session = ready(4, 2);
+        session.resize(8, 8);
+        session
+            .receive(&request(false, Rect::new(0, 0, 8, 8)))
+            .unwrap();
+        assert!(session.send_update(&surface, &[]));
+        assert_eq!(
+            &take(&mut session)[..16],
+            &[0, 0, 0, 1, 0, 0, 0, 0, 0, 4, 0, 2, 0, 0, 0, 0]
+        );
     }
 
     #[test]
