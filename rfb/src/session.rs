@@ -133,6 +133,11 @@ impl Session {
         self.height
     }
 
+    /// The pixel format updates are sent in (the client's choice).
+    pub fn pixel_format(&self) -> PixelFormat {
+        self.format
+    }
+
     fn screen(&self) -> Rect {
         Rect::new(0, 0, self.width, self.height)
     }

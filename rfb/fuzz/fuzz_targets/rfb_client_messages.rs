@@ -12,7 +12,13 @@
 //!   screen the session has had (the soft limit plus one update);
 //! - after a protocol error the session stays closed;
 //! - an update is queued only when the client asked for one, and then
-//!   the request is spent.
+//!   the request is spent;
+//! - every update reads back as a viewer reads it, in the pixel format
+//!   the client chose: a non-empty rectangle list that fills it exactly,
+//!   pixel rectangles inside the screen the viewer knows, DesktopSize
+//!   with the server's size, ZRLE data that inflates on the one stream
+//!   to tiles of the written subencodings with palette indices in range
+//!   and no bytes left over.
 //!
 //! Input: byte 0 picks the protocol version (3.3, 3.7 or 3.8), bytes 1-2
 //! the screen size, byte 3 the output soft limit; then operations, each an opcode byte and its operands:
@@ -21,9 +27,10 @@
 
 #![no_main]
 
+use flate2::{Decompress, FlushDecompress, Status};
 use libfuzzer_sys::fuzz_target;
 use rfb::encode::{Cursor, Surface};
-use rfb::protocol::Rect;
+use rfb::protocol::{encoding, PixelFormat, Rect};
 use rfb::session::{Event, Session};
 
 /// Reads operands from the input, zero once it runs out.
@@ -47,6 +54,119 @@ impl<'a> Input<'a> {
     }
 }
 
+/// The viewer's side of the updates: what it knows of the screen and
+/// its end of ZRLE's zlib stream.
+struct Viewer {
+    screen: Rect,
+    zlib: Decompress,
+}
+
+fn be16(bytes: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([bytes[at], bytes[at + 1]])
+}
+
+impl Viewer {
+    /// Reads one FramebufferUpdate, which must be exactly `bytes`.
+    fn read_update(&mut self, bytes: &[u8], format: &PixelFormat, server_size: (u16, u16)) {
+        assert_eq!(&bytes[..2], &[0, 0]);
+        let count = be16(bytes, 2);
+        assert!(count > 0, "an empty update");
+        let bpp = format.bytes_per_pixel();
+        let mut at = 4;
+        for _ in 0..count {
+            let h = &bytes[at..at + 12];
+            let rect = Rect::new(be16(h, 0), be16(h, 2), be16(h, 4), be16(h, 6));
+            let pixels = usize::from(rect.width) * usize::from(rect.height);
+            at += 12;
+            match i32::from_be_bytes([h[8], h[9], h[10], h[11]]) {
+                encoding::RAW => {
+                    assert!(!rect.is_empty() && self.screen.contains(&rect), "{rect:?}");
+                    at += pixels * bpp;
+                }
+                encoding::ZRLE => {
+                    assert!(!rect.is_empty() && self.screen.contains(&rect), "{rect:?}");
+                    let length = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap());
+                    let end = at + 4 + usize::try_from(length).unwrap();
+                    self.read_zrle(&bytes[at + 4..end], rect, format);
+                    at = end;
+                }
+                encoding::CURSOR => {
+                    assert!(rect.width <= 256 && rect.height <= 256);
+                    at += pixels * bpp
+                        + usize::from(rect.width).div_ceil(8) * usize::from(rect.height);
+                }
+                encoding::DESKTOP_SIZE => {
+                    assert_eq!((rect.width, rect.height), server_size);
+                    self.screen = Rect::new(0, 0, rect.width, rect.height);
+                }
+                encoding::QEMU_EXTENDED_KEY_EVENT => assert_eq!(rect, Rect::default()),
+                other => panic!("encoding {other} never asked for"),
+            }
+        }
+        assert_eq!(at, bytes.len(), "the update's rectangles fill it exactly");
+    }
+
+    /// Inflates a ZRLE rectangle and walks its tiles: each must be one of
+    /// the subencodings the encoder writes, palette indices in range, and
+    /// the tiles must end where the data does.
+    fn read_zrle(&mut self, compressed: &[u8], rect: Rect, format: &PixelFormat) {
+        let tiles = usize::from(rect.width.div_ceil(64)) * usize::from(rect.height.div_ceil(64));
+        let pixels = usize::from(rect.width) * usize::from(rect.height);
+        let mut data = Vec::with_capacity(pixels * 4 + tiles * 128);
+        let before = self.zlib.total_in();
+        let status = self
+            .zlib
+            .decompress_vec(compressed, &mut data, FlushDecompress::Sync)
+            .unwrap();
+        assert!(matches!(status, Status::Ok));
+        assert_eq!(self.zlib.total_in() - before, compressed.len() as u64);
+        assert!(
+            data.len() < data.capacity(),
+            "more data than the tiles can hold"
+        );
+        let used = (u32::from(format.red_max) << format.red_shift)
+            | (u32::from(format.green_max) << format.green_shift)
+            | (u32::from(format.blue_max) << format.blue_shift);
+        let compact = format.bits_per_pixel == 32
+            && format.depth <= 24
+            && (used <= 0x00ff_ffff || used & 0xff == 0);
+        let cpixel = if compact { 3 } else { format.bytes_per_pixel() };
+        let mut at = 0;
+        for ty in (0..rect.height).step_by(64) {
+            for tx in (0..rect.width).step_by(64) {
+                let tw = usize::from(64.min(rect.width - tx));
+                let th = usize::from(64.min(rect.height - ty));
+                let sub = data[at];
+                at += 1;
+                match sub {
+                    0 => at += tw * th * cpixel,
+                    1 => at += cpixel,
+                    2..=16 => {
+                        at += usize::from(sub) * cpixel;
+                        let bits = match sub {
+                            2 => 1,
+                            3 | 4 => 2,
+                            _ => 4,
+                        };
+                        let row_bytes = (tw * bits).div_ceil(8);
+                        for row in data[at..at + th * row_bytes].chunks(row_bytes) {
+                            for x in 0..tw {
+                                let bit = x * bits;
+                                let index =
+                                    (row[bit / 8] >> (8 - bits - bit % 8)) & ((1 << bits) - 1);
+                                assert!(index < sub, "palette index {index} of {sub}");
+                            }
+                        }
+                        at += th * row_bytes;
+                    }
+                    other => panic!("subencoding {other} is never written"),
+                }
+            }
+        }
+        assert_eq!(at, data.len(), "the tiles end where the data does");
+    }
+}
+
 /// A screen size from two bytes: up to 64x52, small enough for many
 /// executions per second (the output limit is scaled down to match).
 fn size(a: u8, b: u8) -> (u16, u16) {
@@ -67,6 +187,10 @@ fuzz_target!(|data: &[u8]| {
     assert!(session.receive(version).unwrap().is_empty());
     assert!(session.is_ready());
     let mut bound = session.output_bound();
+    let mut viewer = Viewer {
+        screen: Rect::new(0, 0, width, height),
+        zlib: Decompress::new(true),
+    };
     let mut frame: Vec<u32> = Vec::new();
     let mut request_outstanding = false;
     while !input.data.is_empty() {
@@ -128,7 +252,9 @@ fuzz_target!(|data: &[u8]| {
                         before < session.output_soft_limit(),
                         "queued over the limit"
                     );
-                    assert!(session.pending_output().len() > before);
+                    let server_size = (session.width(), session.height());
+                    let update = &session.pending_output()[before..];
+                    viewer.read_update(update, &session.pixel_format(), server_size);
                     request_outstanding = false;
                 } else {
                     assert_eq!(session.pending_output().len(), before);
