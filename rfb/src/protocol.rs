@@ -208,7 +208,11 @@ impl PixelFormat {
     /// An XRGB8888 colour as a pixel value of this format (each channel
     /// scaled to its maximum, rounded to nearest).
     pub fn pixel_value(&self, xrgb: u32) -> u32 {
-        let scale = |channel: u32, max: u16| (channel * u32::from(max) + 127) / 255;
+        // 8-bit channels, the common case, are copied without arithmetic.
+        let scale = |channel: u32, max: u16| match max {
+            255 => channel,
+            _ => (channel * u32::from(max) + 127) / 255,
+        };
         let red = scale((xrgb >> 16) & 0xff, self.red_max);
         let green = scale((xrgb >> 8) & 0xff, self.green_max);
         let blue = scale(xrgb & 0xff, self.blue_max);

@@ -30,7 +30,9 @@ pub const MAX_CURSOR_SIZE: u16 = 256;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A key; `scancode` is set when the client sent QEMU's extended key
-    /// event (an XT scancode, 0xe0-prefixed keys as 0xe0XX).
+    /// event: an XT scancode as that extension encodes it (one-byte codes
+    /// as they are, 0xe0-prefixed ones as the second byte with the high
+    /// bit set, so right Ctrl, 0xe0 0x1d, is 0x9d).
     Key {
         down: bool,
         keysym: u32,
@@ -443,7 +445,7 @@ mod tests {
         let mut bytes = b"RFB 003.008\n\x01\x00".to_vec();
         bytes.extend_from_slice(&[5, 1, 0x01, 0x00, 0x00, 0x10]); // x 256 -> 99
         bytes.extend_from_slice(&[4, 1, 0, 0, 0, 0, 0, 0x61]);
-        bytes.extend_from_slice(&[255, 0, 0, 0, 0, 0, 0, 0x61, 0, 0, 0xe0, 0x1d]);
+        bytes.extend_from_slice(&[255, 0, 0, 0, 0, 0, 0, 0x61, 0, 0, 0, 0x9d]);
         bytes.extend_from_slice(&[6, 0, 0, 0, 0, 0, 0, 2, b'a', 0xe9]);
         let mut events = Vec::new();
         for byte in &bytes {
@@ -465,7 +467,7 @@ mod tests {
                 Event::Key {
                     down: false,
                     keysym: 0x61,
-                    scancode: Some(0xe01d)
+                    scancode: Some(0x9d)
                 },
                 Event::CutText("aé".to_string()),
             ]
