@@ -667,6 +667,42 @@ mod tests {
     }
 
     #[test]
+    fn updates_follow_the_clients_pixel_format() {
+        let pixels = [0x00ff_0000u32, 0x0000_ff00];
+        let surface = Surface::new(&pixels, 2, 2, 1).unwrap();
+        let mut session = ready(2, 1);
+        // BGR233 at 8 bpp: blue in the top two bits, red in the bottom three.
+        let mut bytes = vec![0, 0, 0, 0, 8, 8, 0, 1, 0, 7, 0, 7, 0, 3, 0, 3, 6, 0, 0, 0];
+        bytes.extend(request(false, surface.bounds()));
+        session.receive(&bytes).unwrap();
+        assert!(session.send_update(&surface, &[]));
+        assert_eq!(&take(&mut session)[16..], &[0b0000_0111, 0b0011_1000]);
+    }
+
+    #[test]
+    fn many_small_damages_merge_into_their_bounding_box() {
+        let pixels = vec![0u32; 64 * 64];
+        let surface = Surface::new(&pixels, 64, 64, 64).unwrap();
+        let mut session = ready(64, 64);
+        let damage: Vec<Rect> = (0..20).map(|i| Rect::new(i * 3, i * 2, 1, 1)).collect();
+        session.receive(&request(true, surface.bounds())).unwrap();
+        assert!(session.send_update(&surface, &damage));
+        let out = take(&mut session);
+        // The seventeenth merged the first seventeen (to 49x33 at the
+        // origin); the last three stay apart.
+        assert_eq!(
+            &out[..16],
+            &[0, 0, 0, 4, 0, 0, 0, 0, 0, 49, 0, 33, 0, 0, 0, 0]
+        );
+        // Sixteen or fewer stay apart, a rectangle inside another is dropped.
+        let mut damage: Vec<Rect> = (0..16).map(|i| Rect::new(i * 3, 0, 1, 1)).collect();
+        damage.push(Rect::new(0, 0, 1, 1));
+        session.receive(&request(true, surface.bounds())).unwrap();
+        assert!(session.send_update(&surface, &damage));
+        assert_eq!(&take(&mut session)[..4], &[0, 0, 0, 16]);
+    }
+
+    #[test]
     fn cut_text_to_the_client_is_latin_1() {
         let mut session = Session::new(1, 1, "");
         assert!(!session.send_cut_text("early"), "not before the handshake");
