@@ -155,15 +155,21 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
 
-    /// Counts calls and its own drop.
+    /// Counts calls and its own drop; once `pull_during_read` holds a
+    /// switch, a read pulls it, as the hot-plug thread does when the stick
+    /// leaves while an I/O thread is using it.
     struct Probe {
         calls: Arc<AtomicUsize>,
         dropped: Arc<AtomicBool>,
+        pull_during_read: Arc<std::sync::OnceLock<PullSwitch>>,
     }
 
     impl BlockBackend for Probe {
         fn read_at(&self, _offset: u64, buf: &mut [u8]) -> io::Result<()> {
             self.calls.fetch_add(1, Ordering::SeqCst);
+            if let Some(switch) = self.pull_during_read.get() {
+                switch.pull();
+            }
             buf.fill(0xab);
             Ok(())
         }
@@ -192,24 +198,41 @@ mod tests {
         }
     }
 
-    fn probe() -> (
-        PullableBackend,
-        PullSwitch,
-        Arc<AtomicUsize>,
-        Arc<AtomicBool>,
-    ) {
+    struct Probed {
+        backend: PullableBackend,
+        switch: PullSwitch,
+        calls: Arc<AtomicUsize>,
+        dropped: Arc<AtomicBool>,
+        pull_during_read: Arc<std::sync::OnceLock<PullSwitch>>,
+    }
+
+    fn probe() -> Probed {
         let calls = Arc::new(AtomicUsize::new(0));
         let dropped = Arc::new(AtomicBool::new(false));
+        let pull_during_read = Arc::new(std::sync::OnceLock::new());
         let (backend, switch) = PullableBackend::new(Box::new(Probe {
             calls: calls.clone(),
             dropped: dropped.clone(),
+            pull_during_read: pull_during_read.clone(),
         }));
-        (backend, switch, calls, dropped)
+        Probed {
+            backend,
+            switch,
+            calls,
+            dropped,
+            pull_during_read,
+        }
     }
 
     #[test]
     fn serves_the_medium_until_pulled_then_fails_everything_without_touching_it() {
-        let (backend, switch, calls, dropped) = probe();
+        let Probed {
+            backend,
+            switch,
+            calls,
+            dropped,
+            ..
+        } = probe();
         assert_eq!(
             (backend.capacity_bytes(), backend.block_size()),
             (1 << 20, 4096)
@@ -240,50 +263,16 @@ mod tests {
         assert_eq!(backend.capacity_bytes(), 1 << 20);
     }
 
-    /// Pulls the switch from inside a request, as the hot-plug thread
-    /// does when the stick leaves while an I/O thread is using it.
-    struct PullsDuringRead {
-        switch: Arc<std::sync::OnceLock<PullSwitch>>,
-        dropped: Arc<AtomicBool>,
-    }
-
-    impl BlockBackend for PullsDuringRead {
-        fn read_at(&self, _offset: u64, _buf: &mut [u8]) -> io::Result<()> {
-            self.switch.get().unwrap().pull();
-            Ok(())
-        }
-        fn write_at(&self, _offset: u64, _buf: &[u8]) -> io::Result<()> {
-            Ok(())
-        }
-        fn flush(&self) -> io::Result<()> {
-            Ok(())
-        }
-        fn capacity_bytes(&self) -> u64 {
-            1 << 20
-        }
-        fn read_only(&self) -> bool {
-            false
-        }
-        fn block_size(&self) -> u32 {
-            512
-        }
-    }
-
-    impl Drop for PullsDuringRead {
-        fn drop(&mut self) {
-            self.dropped.store(true, Ordering::SeqCst);
-        }
-    }
-
     #[test]
     fn a_pull_during_the_last_request_closes_the_medium_when_it_ends() {
-        let switch = Arc::new(std::sync::OnceLock::new());
-        let dropped = Arc::new(AtomicBool::new(false));
-        let (backend, pull) = PullableBackend::new(Box::new(PullsDuringRead {
-            switch: switch.clone(),
-            dropped: dropped.clone(),
-        }));
-        assert!(switch.set(pull).is_ok());
+        let Probed {
+            backend,
+            switch,
+            dropped,
+            pull_during_read,
+            ..
+        } = probe();
+        assert!(pull_during_read.set(switch).is_ok());
         let mut buf = [0u8; 512];
         backend.read_at(0, &mut buf).unwrap();
         assert!(
@@ -294,7 +283,12 @@ mod tests {
 
     #[test]
     fn a_pull_during_a_request_closes_the_medium_after_that_request() {
-        let (backend, switch, _calls, dropped) = probe();
+        let Probed {
+            backend,
+            switch,
+            dropped,
+            ..
+        } = probe();
         let backend = Arc::new(backend);
         let in_request = backend.shared.inner.read().unwrap();
         switch.pull();
