@@ -59,7 +59,7 @@ use crate::config::ExternalMediaConfig;
 use crate::confined::{self, Confinement};
 use crate::devices::pci::hotplug::HotplugError;
 use crate::devices::pci::{PciError, PciHotplug, PciRoot};
-use crate::devices::virtio::block::{disk_id_from_path, Block, DiskId};
+use crate::devices::virtio::block::{disk_id_from_path, disk_id_prefix, Block};
 use crate::policy::ActiveRole;
 use crate::seccomp::ThreadKind;
 use crate::storage::luks_helper;
@@ -143,10 +143,8 @@ impl HostStick {
     /// disk serial the guest sees: the stick's serial cut to the 20 bytes
     /// virtio-blk carries, or `usb-DISKSEQ` when it has none.
     pub fn medium_id(&self) -> String {
-        let max = DiskId::default().len();
         match self.serial.as_deref() {
-            // Printable ASCII, so any byte is a character boundary.
-            Some(serial) if !serial.is_empty() => serial[..serial.len().min(max)].to_string(),
+            Some(serial) if !serial.is_empty() => disk_id_prefix(serial),
             _ => format!("usb-{}", self.diskseq),
         }
     }

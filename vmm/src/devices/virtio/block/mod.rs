@@ -107,6 +107,12 @@ pub fn disk_id_from_path(path: &Path) -> String {
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default();
+    disk_id_prefix(&name)
+}
+
+/// As much of `name` as fits the disk id (20 bytes), cut at a character
+/// boundary.
+pub fn disk_id_prefix(name: &str) -> String {
     let mut end = name.len().min(DiskId::default().len());
     while !name.is_char_boundary(end) {
         end -= 1;
