@@ -23,7 +23,7 @@ use crate::diag::{Diagnostic, SourceMap};
 use crate::model::Policy;
 
 /// The newest policy format this build of securevm and guest-policy reads.
-pub const NEWEST_READABLE_FORMAT: u32 = 2;
+pub const NEWEST_READABLE_FORMAT: u32 = 4;
 
 /// The format of a policy that does not declare one.
 pub const DEFAULT_FORMAT: u32 = 1;
@@ -42,17 +42,32 @@ pub struct FormatFeature {
 /// Every feature added to the schema after format 1, in format order.
 /// Format 1 is the schema as first published; a change to the schema adds
 /// its key here and raises [`NEWEST_READABLE_FORMAT`].
-pub const FORMAT_FEATURES: &[FormatFeature] = &[FormatFeature {
-    key: "[roles.NAME.storage] watch_removable",
-    format: 2,
-    // Written at all, even `false`: a format-1 securevm refuses the key.
-    used_by: |policy| {
-        policy
-            .roles
-            .values()
-            .any(|role| role.storage.watch_removable.is_some())
+pub const FORMAT_FEATURES: &[FormatFeature] = &[
+    FormatFeature {
+        key: "[roles.NAME.storage] watch_removable",
+        format: 2,
+        // Written at all, even `false`: a format-1 securevm refuses the key.
+        used_by: |policy| {
+            policy
+                .roles
+                .values()
+                .any(|role| role.storage.watch_removable.is_some())
+        },
     },
-}];
+    FormatFeature {
+        key: "[roles.NAME.display] clipboard",
+        format: 3,
+        // The table at all, even empty or "none": a format-2 securevm
+        // refuses it.
+        used_by: |policy| policy.roles.values().any(|role| role.display.is_some()),
+    },
+    FormatFeature {
+        key: "[audit] forward",
+        format: 4,
+        // Written at all, even empty: a format-3 securevm refuses the key.
+        used_by: |policy| !policy.audit.forward.is_empty(),
+    },
+];
 
 /// The `format` key as the probe finds it, before the strict parse.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,6 +200,7 @@ pub fn rollout_warning(file_name: &str, text: &str, oldest_in_fleet: u32) -> Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{AuditForward, Clipboard, DisplayPolicy, RemoteCollector};
     use crate::validate::validate_for_format;
 
     const EXAMPLE: &str = include_str!("../examples/policy.toml");
@@ -356,5 +372,216 @@ mod tests {
             "{warning}"
         );
         assert_eq!(rollout_warning("p.toml", &text, 2), None);
+    }
+
+    /// The example with a `[roles.staff.display]` table holding `body`.
+    fn with_display(body: &str) -> String {
+        EXAMPLE.replacen(
+            "\n[roles.staff.network]",
+            &format!("\n[roles.staff.display]\n{body}\n[roles.staff.network]"),
+            1,
+        )
+    }
+
+    #[test]
+    fn clipboard_is_read_in_format_3_and_none_by_default() {
+        let example = crate::validate("p.toml", EXAMPLE).unwrap().policy;
+        for role in example.roles.values() {
+            assert_eq!(role.display, None);
+            assert_eq!(role.clipboard(), Clipboard::None);
+        }
+        for (body, expected, to_guest, from_guest) in [
+            ("clipboard = \"none\"\n", Clipboard::None, false, false),
+            (
+                "clipboard = \"to-guest\"\n",
+                Clipboard::ToGuest,
+                true,
+                false,
+            ),
+            (
+                "clipboard = \"from-guest\"\n",
+                Clipboard::FromGuest,
+                false,
+                true,
+            ),
+            ("clipboard = \"both\"\n", Clipboard::Both, true, true),
+            ("", Clipboard::None, false, false),
+        ] {
+            let text = with_display(body).replacen("version = 7", "version = 7\nformat = 3", 1);
+            let policy = crate::validate("p.toml", &text).unwrap().policy;
+            let staff = &policy.roles["staff"];
+            assert_eq!(
+                staff.display,
+                Some(DisplayPolicy {
+                    clipboard: expected
+                })
+            );
+            assert_eq!(staff.clipboard(), expected);
+            assert_eq!(staff.clipboard().allows_to_guest(), to_guest, "{body}");
+            assert_eq!(staff.clipboard().allows_from_guest(), from_guest, "{body}");
+            assert_eq!(policy.roles["contractor"].clipboard(), Clipboard::None);
+        }
+    }
+
+    #[test]
+    fn the_display_table_without_format_3_is_refused_even_when_none() {
+        // A format-2 securevm refuses the table whatever it holds.
+        for body in ["clipboard = \"both\"\n", "clipboard = \"none\"\n", ""] {
+            for format in ["", "\nformat = 1", "\nformat = 2"] {
+                let text =
+                    with_display(body).replacen("version = 7", &format!("version = 7{format}"), 1);
+                let errors = crate::validate("p.toml", &text).unwrap_err();
+                assert_eq!(errors.len(), 1, "{errors:?}");
+                let declared = if format.is_empty() {
+                    "1"
+                } else {
+                    &format[10..]
+                };
+                assert_eq!(
+                    errors[0].message,
+                    format!("[roles.NAME.display] clipboard needs policy format 3, but the policy declares format {declared}; write format = 3 in [policy] (and update securevm everywhere before pushing it)")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_format_2_build_refuses_a_format_3_policy_with_the_update_message() {
+        let text = with_display("clipboard = \"both\"\n").replacen(
+            "version = 7",
+            "version = 7\nformat = 3",
+            1,
+        );
+        let errors = validate_for_format("p.toml", &text, 2, FORMAT_FEATURES).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].message.starts_with(
+                "this policy needs policy format 3, but this securevm/guest-policy reads formats up to 2; update securevm"
+            ),
+            "{}",
+            errors[0]
+        );
+    }
+
+    #[test]
+    fn a_bad_clipboard_value_is_refused_with_the_choices() {
+        let text = with_display("clipboard = \"sometimes\"\n").replacen(
+            "version = 7",
+            "version = 7\nformat = 3",
+            1,
+        );
+        let errors = crate::validate("p.toml", &text).unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(
+            errors[0].message,
+            "clipboard \"sometimes\" is not valid; use one of \"none\", \"to-guest\", \"from-guest\", \"both\""
+        );
+        let unknown =
+            with_display("paste = true\n").replacen("version = 7", "version = 7\nformat = 3", 1);
+        assert!(crate::validate("p.toml", &unknown).is_err());
+    }
+
+    /// The example with `lines` added to its `[audit]` table, declaring `format`.
+    fn with_audit(lines: &str, format: &str) -> String {
+        EXAMPLE
+            .replacen(
+                "path = \"/var/log/securevm/audit.jsonl\"\n",
+                &format!("path = \"/var/log/securevm/audit.jsonl\"\n{lines}"),
+                1,
+            )
+            .replacen("version = 7", &format!("version = 7{format}"), 1)
+    }
+
+    const REMOTE: &str = "forward = [\"syslog\", \"remote\"]\n\n[audit.remote]\nhost = \"collector.example.org\"\nca_file = \"/etc/securevm/collector-ca.pem\"\n";
+
+    #[test]
+    fn forwarding_is_read_in_format_4_with_the_rfc_5425_port_by_default() {
+        let example = crate::validate("p.toml", EXAMPLE).unwrap().policy;
+        assert!(example.audit.forward.is_empty());
+        let policy = crate::validate("p.toml", &with_audit(REMOTE, "\nformat = 4"))
+            .unwrap()
+            .policy;
+        assert_eq!(
+            policy.audit.forward,
+            [
+                AuditForward::Syslog,
+                AuditForward::Remote(RemoteCollector {
+                    host: "collector.example.org".into(),
+                    port: 6514,
+                    ca_file: "/etc/securevm/collector-ca.pem".into(),
+                    server_name: "collector.example.org".into(),
+                })
+            ]
+        );
+        let named = with_audit(
+            &format!("{REMOTE}port = 10514\nserver_name = \"logs.example.org\"\n"),
+            "\nformat = 4",
+        );
+        let policy = crate::validate("p.toml", &named).unwrap().policy;
+        let AuditForward::Remote(collector) = &policy.audit.forward[1] else {
+            panic!("no remote collector");
+        };
+        assert_eq!(
+            (collector.port, collector.server_name.as_str()),
+            (10514, "logs.example.org")
+        );
+        let syslog = with_audit("forward = [\"syslog\"]\n", "\nformat = 4");
+        let policy = crate::validate("p.toml", &syslog).unwrap().policy;
+        assert_eq!(policy.audit.forward, [AuditForward::Syslog]);
+    }
+
+    #[test]
+    fn forwarding_without_format_4_is_refused() {
+        for format in ["", "\nformat = 3"] {
+            let errors = crate::validate("p.toml", &with_audit("forward = [\"syslog\"]\n", format))
+                .unwrap_err();
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(
+                errors[0]
+                    .message
+                    .starts_with("[audit] forward needs policy format 4"),
+                "{}",
+                errors[0]
+            );
+        }
+    }
+
+    #[test]
+    fn bad_forwarding_is_refused_with_what_would_be_valid() {
+        for (lines, expected) in [
+            ("forward = [\"email\"]\n", "forward \"email\" is not valid; use \"syslog\" and/or \"remote\""),
+            ("forward = [\"syslog\", \"syslog\"]\n", "forward \"syslog\" is listed twice"),
+            ("forward = []\n", "forward = [] forwards nowhere"),
+            ("forward = [\"remote\"]\n", "forward = [\"remote\"] needs an [audit.remote] table"),
+            (
+                "forward = [\"syslog\"]\n[audit.remote]\nhost = \"c.example.org\"\nca_file = \"/ca.pem\"\n",
+                "[audit.remote] is used only with forward = [\"remote\"]",
+            ),
+            (
+                "forward = [\"remote\"]\n[audit.remote]\nhost = \"bad host\"\nca_file = \"/ca.pem\"\n",
+                "audit collector host \"bad host\" is not a DNS name or an IP address",
+            ),
+            (
+                "forward = [\"remote\"]\n[audit.remote]\nhost = \"c.example.org\"\nport = 70000\nca_file = \"/ca.pem\"\n",
+                "audit collector port 70000 is not valid",
+            ),
+            (
+                "forward = [\"remote\"]\n[audit.remote]\nhost = \"c.example.org\"\nca_file = \"ca.pem\"\n",
+                "audit ca_file \"ca.pem\" is not absolute",
+            ),
+            (
+                "forward = [\"remote\"]\n[audit.remote]\nhost = \"c.example.org\"\nserver_name = \"-x\"\nca_file = \"/ca.pem\"\n",
+                "audit server_name \"-x\" is not a DNS name or an IP address",
+            ),
+        ] {
+            let errors = crate::validate("p.toml", &with_audit(lines, "\nformat = 4")).unwrap_err();
+            assert_eq!(errors.len(), 1, "{lines}: {errors:?}");
+            assert!(errors[0].message.starts_with(expected), "{lines}: {}", errors[0]);
+        }
+        let unknown = with_audit(
+            "forward = [\"remote\"]\n[audit.remote]\nhost = \"c.example.org\"\nca_file = \"/ca.pem\"\nclient_key = \"/k\"\n",
+            "\nformat = 4",
+        );
+        assert!(crate::validate("p.toml", &unknown).is_err());
     }
 }

@@ -71,8 +71,9 @@ pub use load::{
 };
 pub use matching::Connection;
 pub use model::{
-    Action, Audit, AuditSink, Direction, ExternalMedia, HostPattern, Meta, NetRule, NetworkPolicy,
-    Policy, PortRange, Protocol, Role, SmartCardBinding, StoragePolicy, User, WireGuardConfig,
+    Action, Audit, AuditForward, AuditSink, Clipboard, Direction, DisplayPolicy, ExternalMedia,
+    HostPattern, Meta, NetRule, NetworkPolicy, Policy, PortRange, Protocol, RemoteCollector, Role,
+    SmartCardBinding, StoragePolicy, User, WireGuardConfig, SYSLOG_TLS_PORT,
 };
 pub use signing::{KeyId, PublicKey, SecretKey, SignatureFile, SigningError};
 pub use state::{InstalledPolicy, PolicyState};

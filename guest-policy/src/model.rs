@@ -135,6 +135,55 @@ pub struct Role {
     pub storage: StoragePolicy,
     /// Network rules.
     pub network: NetworkPolicy,
+    /// `[roles.NAME.display]` as written, `None` when the table is absent
+    /// (kept apart from a table with defaults because a securevm that reads
+    /// only format 2 refuses the table, so writing it needs `format = 3`).
+    /// Ask [`Role::clipboard`].
+    pub display: Option<DisplayPolicy>,
+}
+
+impl Role {
+    /// What may cross the desktop's clipboard: `Clipboard::None` unless
+    /// the role's display table says otherwise.
+    pub fn clipboard(&self) -> Clipboard {
+        self.display
+            .as_ref()
+            .map_or(Clipboard::None, |display| display.clipboard)
+    }
+}
+
+/// Desktop rules of a role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisplayPolicy {
+    /// The clipboard between the guest and the viewer; `Clipboard::None`
+    /// when the key is absent.
+    pub clipboard: Clipboard,
+}
+
+/// Which way text may cross the clipboard between the guest and the
+/// person's viewer. Both directions carry data past the packet filter, so
+/// the default is neither.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Clipboard {
+    /// Nothing crosses.
+    #[default]
+    None,
+    /// Text copied in the viewer may be pasted in the guest.
+    ToGuest,
+    /// Text copied in the guest may be pasted in the viewer.
+    FromGuest,
+    /// Both.
+    Both,
+}
+
+impl Clipboard {
+    pub fn allows_to_guest(self) -> bool {
+        matches!(self, Clipboard::ToGuest | Clipboard::Both)
+    }
+
+    pub fn allows_from_guest(self) -> bool {
+        matches!(self, Clipboard::FromGuest | Clipboard::Both)
+    }
 }
 
 /// Storage rules of a role.
@@ -393,7 +442,35 @@ pub struct WireGuardConfig {
 pub struct Audit {
     /// Where records go.
     pub sink: AuditSink,
+    /// Where copies of the local file's records go as well (format 4);
+    /// the local file stays the record of truth and the spool.
+    pub forward: Vec<AuditForward>,
 }
+
+/// A destination records are forwarded to from the local audit file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditForward {
+    /// The host's syslog socket (RFC 5424 messages).
+    Syslog,
+    /// A syslog-over-TLS collector (RFC 5425).
+    Remote(RemoteCollector),
+}
+
+/// `[audit.remote]`: the collector and how its certificate is checked.
+/// The client certificate is per machine and so never in the policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteCollector {
+    /// A DNS name or an IP address.
+    pub host: String,
+    pub port: u16,
+    /// The CA certificate(s) (PEM) the collector's certificate must chain to.
+    pub ca_file: PathBuf,
+    /// The name the collector's certificate must carry.
+    pub server_name: String,
+}
+
+/// The port RFC 5425 assigns to syslog over TLS.
+pub const SYSLOG_TLS_PORT: u16 = 6514;
 
 /// Audit destination.
 #[derive(Debug, Clone, PartialEq, Eq)]

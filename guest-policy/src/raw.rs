@@ -68,6 +68,15 @@ pub(crate) struct RawRole {
     pub description: Option<Spanned<String>>,
     pub storage: Spanned<RawStorage>,
     pub network: Spanned<RawNetwork>,
+    /// Format 3; an older securevm refuses the table even when empty.
+    pub display: Option<RawDisplay>,
+}
+
+/// `[roles.NAME.display]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDisplay {
+    pub clipboard: Option<Spanned<String>>,
 }
 
 /// `[roles.NAME.storage]`.
@@ -129,6 +138,20 @@ pub(crate) struct RawAudit {
     pub sink: Spanned<String>,
     pub path: Option<Spanned<String>>,
     pub address: Option<Spanned<String>>,
+    /// Format 4: where copies of the local file's records go.
+    pub forward: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Format 4: the TLS collector of `forward = ["remote"]`.
+    pub remote: Option<Spanned<RawAuditRemote>>,
+}
+
+/// `[audit.remote]`: a syslog-over-TLS collector (RFC 5425).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAuditRemote {
+    pub host: Spanned<String>,
+    pub port: Option<Spanned<i64>>,
+    pub ca_file: Spanned<String>,
+    pub server_name: Option<Spanned<String>>,
 }
 
 /// A port entry: either a number (`443`) or a string (`"443"`, `"8000-8080"`).

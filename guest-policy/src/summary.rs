@@ -4,7 +4,8 @@
 use std::fmt::Write as _;
 
 use crate::model::{
-    Action, AuditSink, Direction, ExternalMedia, NetRule, Policy, PortRange, Protocol, Role, User,
+    Action, AuditForward, AuditSink, Clipboard, Direction, ExternalMedia, NetRule, Policy,
+    PortRange, Protocol, Role, User,
 };
 use crate::timestamp::format_utc;
 
@@ -26,6 +27,9 @@ pub fn summarise(policy: &Policy) -> String {
         None => out.push_str(", does not expire\n"),
     }
     let _ = writeln!(out, "Audit log: {}", audit_text(&policy.audit.sink));
+    for target in &policy.audit.forward {
+        let _ = writeln!(out, "Audit records forwarded to: {}", forward_text(target));
+    }
     for (name, role) in &policy.roles {
         let members: Vec<&User> = policy
             .users
@@ -43,6 +47,19 @@ fn audit_text(sink: &AuditSink) -> String {
         AuditSink::File(path) => format!("file {}", path.display()),
         AuditSink::Syslog => "the host's syslog".to_string(),
         AuditSink::Remote(address) => format!("remote syslog collector {address}"),
+    }
+}
+
+fn forward_text(target: &AuditForward) -> String {
+    match target {
+        AuditForward::Syslog => "the host's syslog (/dev/log)".to_string(),
+        AuditForward::Remote(collector) => format!(
+            "syslog over TLS to {}:{} (certificate for {} from a CA in {})",
+            collector.host,
+            collector.port,
+            collector.server_name,
+            collector.ca_file.display()
+        ),
     }
 }
 
@@ -90,6 +107,15 @@ fn role_text(out: &mut String, name: &str, role: &Role, members: &[&User]) {
         out.push_str(
             "    watched: USB and MMC sticks plugged into the machine are judged as they arrive\n",
         );
+    }
+    if role.display.is_some() {
+        let clipboard = match role.clipboard() {
+            Clipboard::None => "nothing crosses between the guest and the viewer",
+            Clipboard::ToGuest => "text from the viewer may be pasted in the guest",
+            Clipboard::FromGuest => "text from the guest may be pasted in the viewer",
+            Clipboard::Both => "text crosses both ways between the guest and the viewer",
+        };
+        let _ = writeln!(out, "  Clipboard: {clipboard}");
     }
     let network = &role.network;
     let _ = writeln!(

@@ -19,12 +19,13 @@ use toml::Spanned;
 use crate::diag::{Diagnostic, SourceMap};
 use crate::format::{self, FormatFeature, FORMAT_FEATURES, NEWEST_READABLE_FORMAT};
 use crate::model::{
-    Action, Audit, AuditSink, Direction, ExternalMedia, HostPattern, Meta, NetRule, NetworkPolicy,
-    Policy, PortRange, Protocol, Role, SmartCardBinding, StoragePolicy, User, WireGuardConfig,
+    Action, Audit, AuditForward, AuditSink, Clipboard, Direction, DisplayPolicy, ExternalMedia,
+    HostPattern, Meta, NetRule, NetworkPolicy, Policy, PortRange, Protocol, RemoteCollector, Role,
+    SmartCardBinding, StoragePolicy, User, WireGuardConfig, SYSLOG_TLS_PORT,
 };
 use crate::raw::{
-    RawAudit, RawMeta, RawNetwork, RawPolicyFile, RawPort, RawRole, RawRule, RawSmartCard,
-    RawStorage, RawUser, RawVpn,
+    RawAudit, RawAuditRemote, RawDisplay, RawMeta, RawNetwork, RawPolicyFile, RawPort, RawRole,
+    RawRule, RawSmartCard, RawStorage, RawUser, RawVpn,
 };
 use crate::{passphrase_hash, shadow, timestamp};
 
@@ -379,11 +380,33 @@ impl Checker<'_> {
     fn role(&mut self, name: &str, raw: RawRole) -> Option<Role> {
         let storage = self.storage(raw.storage.into_inner());
         let network = self.network(name, raw.network.into_inner());
+        let display = match raw.display {
+            Some(display) => Some(self.display(display)?),
+            None => None,
+        };
         Some(Role {
             description: raw.description.map(Spanned::into_inner),
             storage: storage?,
             network: network?,
+            display,
         })
+    }
+
+    fn display(&mut self, raw: RawDisplay) -> Option<DisplayPolicy> {
+        let clipboard = match &raw.clipboard {
+            Some(clipboard) => self.choice(
+                clipboard,
+                "clipboard",
+                &[
+                    ("none", Clipboard::None),
+                    ("to-guest", Clipboard::ToGuest),
+                    ("from-guest", Clipboard::FromGuest),
+                    ("both", Clipboard::Both),
+                ],
+            )?,
+            None => Clipboard::None,
+        };
+        Some(DisplayPolicy { clipboard })
     }
 
     fn storage(&mut self, raw: RawStorage) -> Option<StoragePolicy> {
@@ -786,7 +809,111 @@ impl Checker<'_> {
                 return None;
             }
         };
-        Some(Audit { sink })
+        let forward = self.audit_forward(span, raw.forward, raw.remote)?;
+        Some(Audit { sink, forward })
+    }
+
+    /// `forward = [...]` and `[audit.remote]` (format 4).
+    fn audit_forward(
+        &mut self,
+        audit_span: Range<usize>,
+        forward: Option<Spanned<Vec<Spanned<String>>>>,
+        remote: Option<Spanned<RawAuditRemote>>,
+    ) -> Option<Vec<AuditForward>> {
+        let mut targets = Vec::new();
+        let mut wants_remote = false;
+        let mut ok = true;
+        if let Some(list) = forward.as_ref().filter(|list| list.get_ref().is_empty()) {
+            self.error(list.span(), "forward = [] forwards nowhere; list \"syslog\" and/or \"remote\", or leave the key out");
+            ok = false;
+        }
+        for target in forward.map(Spanned::into_inner).unwrap_or_default() {
+            let name = target.get_ref().as_str();
+            let duplicate = match name {
+                "syslog" => targets.contains(&AuditForward::Syslog),
+                "remote" => wants_remote,
+                other => {
+                    self.error(
+                        target.span(),
+                        format!(
+                            "forward \"{other}\" is not valid; use \"syslog\" and/or \"remote\""
+                        ),
+                    );
+                    ok = false;
+                    continue;
+                }
+            };
+            if duplicate {
+                self.error(target.span(), format!("forward \"{name}\" is listed twice"));
+                ok = false;
+            } else if name == "syslog" {
+                targets.push(AuditForward::Syslog);
+            } else {
+                wants_remote = true;
+            }
+        }
+        match (wants_remote, remote) {
+            (true, Some(remote)) => match self.remote_collector(remote.into_inner()) {
+                Some(collector) => targets.push(AuditForward::Remote(collector)),
+                None => ok = false,
+            },
+            (true, None) => {
+                self.error(
+                    audit_span,
+                    "forward = [\"remote\"] needs an [audit.remote] table with host and ca_file",
+                );
+                ok = false;
+            }
+            (false, Some(remote)) => {
+                self.error(remote.span(), "[audit.remote] is used only with forward = [\"remote\"]; add \"remote\" to forward or remove the table");
+                ok = false;
+            }
+            (false, None) => {}
+        }
+        ok.then_some(targets)
+    }
+
+    fn remote_collector(&mut self, raw: RawAuditRemote) -> Option<RemoteCollector> {
+        let host = raw.host.get_ref().clone();
+        let host_ok = is_host_name_or_address(&host);
+        if !host_ok {
+            self.error(raw.host.span(), format!("audit collector host \"{host}\" is not a DNS name or an IP address; write it like \"collector.example.org\" or \"198.51.100.10\""));
+        }
+        let port = match raw.port {
+            None => Some(SYSLOG_TLS_PORT),
+            Some(port) => match u16::try_from(*port.get_ref()) {
+                Ok(number) if number != 0 => Some(number),
+                _ => {
+                    self.error(port.span(), format!("audit collector port {} is not valid; use 1-65535 (syslog over TLS is {SYSLOG_TLS_PORT})", port.get_ref()));
+                    None
+                }
+            },
+        };
+        let ca_file = raw.ca_file.get_ref();
+        let ca_ok = ca_file.starts_with('/');
+        if !ca_ok {
+            self.error(raw.ca_file.span(), format!("audit ca_file \"{ca_file}\" is not absolute; write a full path like \"/etc/securevm/collector-ca.pem\""));
+        }
+        let server_name = match raw.server_name {
+            None => Some(host.clone()),
+            Some(name) if is_host_name_or_address(name.get_ref()) => Some(name.into_inner()),
+            Some(name) => {
+                self.error(
+                    name.span(),
+                    format!(
+                        "audit server_name \"{}\" is not a DNS name or an IP address",
+                        name.get_ref()
+                    ),
+                );
+                None
+            }
+        };
+        Some(RemoteCollector {
+            host: host_ok.then_some(host)?,
+            port: port?,
+            ca_file: ca_ok.then(|| PathBuf::from(ca_file))?,
+            server_name: server_name?,
+        })
     }
 }
 
@@ -821,6 +948,25 @@ fn parse_port_text(text: &str, hint: &str) -> Result<PortRange, String> {
         ));
     }
     Ok(range)
+}
+
+/// A DNS name (letters, digits and hyphens in dot-separated labels of at
+/// most 63 characters, 253 in all) or an IP address.
+fn is_host_name_or_address(text: &str) -> bool {
+    if text.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    !text.is_empty()
+        && text.len() <= 253
+        && text.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 #[cfg(test)]

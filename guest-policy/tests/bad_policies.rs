@@ -255,6 +255,21 @@ fn storage_audit_and_vpn_cases() -> Vec<Case> {
         r#"policy.toml:19:19: invalid type: string "yes", expected a boolean"#,
     ),
     (
+        "display table without format 3",
+        edit("[roles.staff.network]", "[roles.staff.display]\nclipboard = \"both\"\n\n[roles.staff.network]"),
+        "policy.toml:1:1: [roles.NAME.display] clipboard needs policy format 3, but the policy declares format 1; write format = 3 in [policy] (and update securevm everywhere before pushing it)",
+    ),
+    (
+        "clipboard not one of the choices",
+        edit("version = 3", "version = 3\nformat = 3").replacen("[roles.staff.network]", "[roles.staff.display]\nclipboard = \"all\"\n\n[roles.staff.network]", 1),
+        r#"policy.toml:21:13: clipboard "all" is not valid; use one of "none", "to-guest", "from-guest", "both""#,
+    ),
+    (
+        "unknown key in the display table",
+        edit("version = 3", "version = 3\nformat = 3").replacen("[roles.staff.network]", "[roles.staff.display]\nresolution = \"1x1\"\n\n[roles.staff.network]", 1),
+        "policy.toml:21:1: unknown key `resolution`; the only valid key here is `clipboard`",
+    ),
+    (
         "audit file without path",
         edit("sink = \"syslog\"", "sink = \"file\""),
         r#"policy.toml:6:1: sink = "file" needs path = "/var/log/securevm/audit.jsonl" (an absolute path)"#,

@@ -169,7 +169,7 @@ fn sign_refuses_an_invalid_policy() {
     assert_exit(&output, 1);
     assert!(
         text(&output.stderr).contains(
-            "bad.toml:110:10: port 70000 is out of range; ports are 1-65535 or a range like \"8000-8080\""
+            "bad.toml:118:10: port 70000 is out of range; ports are 1-65535 or a range like \"8000-8080\""
         ),
         "{}",
         text(&output.stderr)
@@ -615,4 +615,26 @@ fn a_policy_watching_removable_media_is_format_2_for_lint_and_show() {
     );
     let unwatched = guest_policy(dir, &["show", "policy.toml"]);
     assert!(!text(&unwatched.stdout).contains("watched:"));
+}
+
+#[test]
+fn show_prints_the_clipboard_of_a_role_with_a_display_table() {
+    let directory = workspace();
+    let dir = directory.path();
+    let policy = EXAMPLE
+        .replacen("version = 7", "version = 7\nformat = 3", 1)
+        .replacen(
+            "\n[roles.staff.network]",
+            "\n[roles.staff.display]\nclipboard = \"from-guest\"\n\n[roles.staff.network]",
+            1,
+        );
+    fs::write(dir.join("desktop.toml"), policy).unwrap();
+    let shown = guest_policy(dir, &["show", "desktop.toml"]);
+    assert_exit(&shown, 0);
+    let summary = text(&shown.stdout);
+    let line = "  Clipboard: text from the guest may be pasted in the viewer\n";
+    assert_eq!(summary.matches("Clipboard:").count(), 1, "{summary}");
+    assert!(summary.contains(line), "{summary}");
+    let plain = guest_policy(dir, &["show", "policy.toml"]);
+    assert!(!text(&plain.stdout).contains("Clipboard:"));
 }

@@ -29,11 +29,16 @@ need_root() {
 # iproute2 and python3 are the network scenarios' TAP and peer in L1,
 # wireguard-tools configures net-vpn's kernel WireGuard peer, tcpdump
 # captures its links, and softhsm2 + opensc make the smart cards of the
-# id-smartcard tests, and shellcheck lints the shell scripts.
+# id-smartcard tests, shellcheck lints the shell scripts, and gvncviewer's
+# gvnccapture (through socat to the VNC socket) is the desktop scenarios'
+# independent VNC client, python3-pil their PNG reader; systemd's
+# systemd-analyze checks the packaged unit and man-db reads its man pages
+# (package-install), rsyslog and rsyslog-gnutls the audit-syslog and
+# audit-remote scenarios' collectors.
 # shellcheck disable=SC2034 # for the scripts that source this file
 BUILD_PKGS=(gcc libc6-dev make pkg-config libssl-dev libcryptsetup-dev clang libclang-dev)
 # shellcheck disable=SC2034 # for the scripts that source this file
-TEST_PKGS=(binutils acpica-tools minisign cryptsetup-bin fdisk qemu-utils openssl util-linux iproute2 python3 wireguard-tools tcpdump softhsm2 opensc shellcheck udev)
+TEST_PKGS=(binutils acpica-tools minisign cryptsetup-bin fdisk qemu-utils openssl util-linux iproute2 python3 wireguard-tools tcpdump softhsm2 opensc shellcheck udev gvncviewer socat python3-pil systemd man-db rsyslog rsyslog-gnutls)
 
 # ensure_pkgs PKG...: apt-get install the packages that are not installed yet.
 # An `apt-get update` is run once if the first attempt fails (fresh CI hosts

@@ -322,6 +322,9 @@ pub struct VmConfig {
     pub kvm_device: PathBuf,
     /// `--api-socket PATH`: where the control API listens.
     pub api_socket: Option<PathBuf>,
+    /// `--display`: the guest's screen, keyboard and pointer, and where
+    /// viewers reach them.
+    pub display: Option<crate::display::DisplayConfig>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -397,6 +400,7 @@ mod tests {
             on_reboot: RebootAction::Exit,
             kvm_device: "/dev/kvm".into(),
             api_socket: None,
+            display: None,
         }
     }
 

@@ -8,13 +8,14 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use securevm::api::client::CtlArgs;
 use securevm::audit::cli::{run_audit_command, AuditCommand};
-use securevm::audit::AuditConfig;
+use securevm::audit::{AuditConfig, ClientIdentity};
 use securevm::bench::disk::{run_disk_bench, BenchDiskArgs};
 use securevm::config::{
     BootFlags, BootFlagsError, DiskConfig, ExternalMediaConfig, NetConfig, RebootAction, VmConfig,
     DEFAULT_CMDLINE, DEFAULT_MEMORY_MIB,
 };
 use securevm::console::prompt_phrase;
+use securevm::display::DisplayConfig;
 use securevm::exit::{ExitReason, EXIT_ERROR, EXIT_LOGIN_REFUSED, EXIT_USAGE};
 use securevm::external_media::ExternalMediaPolicy;
 use securevm::identity::enroll::{run_enroll_command, EnrollCommand};
@@ -29,7 +30,7 @@ use securevm::vm::VmmError;
     version,
     about = "Runs one unmodified guest OS under KVM with storage encryption, network access control and ID management enforced below it"
 )]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
     /// The machine's prompt phrase (one line, owned by root or you, mode 0600):
@@ -162,6 +163,17 @@ struct RunArgs {
     /// State file recording the installed policy version (refuses rollback).
     #[arg(long, value_name = "FILE", requires = "policy")]
     policy_state: Option<PathBuf>,
+    /// Watch this directory and push each newer signed policy dropped there to the running VM,
+    /// as `ctl push-policy` does: NAME.toml.minisig is renamed in first, NAME.toml last.
+    /// Needs --policy-state: whoever writes DIR could otherwise roll the policy back to any
+    /// signed version above --policy's after each restart.
+    #[arg(
+        long,
+        value_name = "DIR",
+        requires_all = ["policy", "policy_state"],
+        value_parser = existing_dir
+    )]
+    policy_dir: Option<PathBuf>,
     /// The policy user who logs in (passphrase from --passphrase-file or the
     /// terminal); their role's rules apply.
     #[arg(long, value_name = "ID", requires = "policy")]
@@ -179,6 +191,15 @@ struct RunArgs {
     /// The machine audit key (32 bytes, mode 0600) that MACs the records.
     #[arg(long, value_name = "FILE")]
     audit_key: Option<PathBuf>,
+    /// The syslog socket records are forwarded to when the policy forwards to syslog.
+    #[arg(long, value_name = "PATH", default_value = securevm::audit::DEFAULT_SYSLOG_SOCKET)]
+    audit_syslog_socket: PathBuf,
+    /// This machine's client certificate (PEM) for the policy's TLS audit collector.
+    #[arg(long, value_name = "FILE", requires = "audit_client_key")]
+    audit_client_cert: Option<PathBuf>,
+    /// The private key (PEM) of --audit-client-cert.
+    #[arg(long, value_name = "FILE", requires = "audit_client_cert")]
+    audit_client_key: Option<PathBuf>,
     /// What a guest reboot does.
     #[arg(long, value_enum, default_value = "exit")]
     on_reboot: OnReboot,
@@ -191,8 +212,23 @@ struct RunArgs {
     /// Serve the control API (`securevm ctl`) on this Unix socket (created mode 0600).
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
+    /// Give the guest a screen, keyboard and pointer, shown by an RFB (VNC) server on this Unix
+    /// socket (created mode 0600); with a policy the login is asked on that screen. SIZE like 64M
+    /// caps the guest's display memory.
+    #[arg(long, value_name = "vnc=unix:PATH[,size=WxH][,max-mem=SIZE]")]
+    display: Option<DisplayConfig>,
     #[command(flatten)]
     card: CardArgs,
+}
+
+/// `--policy-dir DIR`: DIR must be a directory now, so a typo fails at start.
+fn existing_dir(value: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(value);
+    match std::fs::metadata(&path) {
+        Ok(metadata) if metadata.is_dir() => Ok(path),
+        Ok(_) => Err(format!("{value} is not a directory")),
+        Err(e) => Err(format!("{value}: {e}")),
+    }
 }
 
 /// `--cmdline`'s help, with the default a kernel boot gets without it.
@@ -235,6 +271,7 @@ impl TryFrom<RunArgs> for VmConfig {
                     path,
                     public_key,
                     state: args.policy_state,
+                    dir: args.policy_dir,
                 }),
                 _ => None,
             },
@@ -244,6 +281,11 @@ impl TryFrom<RunArgs> for VmConfig {
             audit: AuditConfig {
                 log: args.audit_log,
                 key: args.audit_key,
+                syslog_socket: Some(args.audit_syslog_socket),
+                client: match (args.audit_client_cert, args.audit_client_key) {
+                    (Some(certificate), Some(key)) => Some(ClientIdentity { certificate, key }),
+                    _ => None,
+                },
             },
             seccomp: !args.no_seccomp,
             on_reboot: match args.on_reboot {
@@ -252,6 +294,7 @@ impl TryFrom<RunArgs> for VmConfig {
             },
             kvm_device: args.kvm_device,
             api_socket: args.api_socket,
+            display: args.display,
         })
     }
 }

@@ -63,6 +63,12 @@ pub enum ThreadKind {
     BlockIo,
     /// A virtio-net I/O thread: guest memory, its TAP, interrupts.
     NetIo,
+    /// A virtio-gpu, virtio-input or virtio-console I/O thread of the
+    /// desktop (`--display`): guest memory, eventfds, interrupts; no files.
+    DesktopIo,
+    /// The display thread (`--display`): serves the RFB socket, draws
+    /// securevm's own screens, routes input and the clipboard.
+    Display,
     /// Copies the terminal into the serial device.
     ConsoleInput,
     /// Writes the guest's console output to stdout.
@@ -91,6 +97,19 @@ pub enum ThreadKind {
     /// reads the kernel's uevent socket, opened before its filter, and
     /// sysfs; hands each stick to the media hot-plug thread.
     RemovableWatch,
+    /// Watches `--policy-dir` (an inotify instance opened before its
+    /// filter) and pushes the signed policies dropped there: reads them,
+    /// records an accepted one in the state file, appends audit records.
+    PolicyDir,
+    /// Waits for SIGTERM (`service::sigterm`): shuts the VM down through
+    /// the power button as `ctl shutdown` does, or before any VM runs ends
+    /// the process as the signal's default action would.
+    Signals,
+    /// Forwards audit records from the local log to a syslog destination
+    /// (`audit::forward`): reads the log, sends datagrams to the syslog
+    /// socket, saves its cursor; its files and socket are opened before
+    /// its filter.
+    AuditForward,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +176,34 @@ const NET_IO: &[i64] = &[
     libc::SYS_getrandom,
 ];
 
+/// What a desktop device's I/O thread does besides the common set: it
+/// sleeps in epoll on its queues' and its host side's eventfds.
+const DESKTOP_IO: &[i64] = &[
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_ctl,
+];
+
+/// What the display thread does besides the common set: it accepts
+/// viewers on the RFB socket (bound before any filter) and polls them,
+/// its eventfds and the devices' host sides; audit records are appended
+/// (a refused clipboard transfer); at the end it removes its socket file,
+/// after checking it is still its own.
+const DISPLAY: &[i64] = &[
+    libc::SYS_statx,
+    libc::SYS_newfstatat,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_accept4,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_shutdown,
+    libc::SYS_fdatasync,
+    libc::SYS_fsync,
+];
+
 /// Appending an audit record: the line is written (common `write`), then
 /// made durable before the decision it records takes effect.
 const AUDIT: &[i64] = &[libc::SYS_fdatasync, libc::SYS_fsync];
@@ -192,9 +239,12 @@ const API: &[i64] = &[
 /// calls, the LUKS helper started beforehand on its pipes), guest RAM is
 /// mapped (common, never executable), threads start (as for
 /// `MEDIA_HOTPLUG`), the control socket is bound again under a umask and
-/// its old file removed, a VPN link gets its UDP socket and timer, and a
-/// passphrase read from a file is locked in memory.
+/// its old file removed, a VPN link gets its UDP socket and timer, a
+/// passphrase read from a file is locked in memory, and `--policy-dir` is
+/// watched again (inotify).
 const MAIN_RESTART: &[i64] = &[
+    libc::SYS_inotify_init1,
+    libc::SYS_inotify_add_watch,
     libc::SYS_openat,
     libc::SYS_statx,
     libc::SYS_newfstatat,
@@ -304,6 +354,65 @@ const REMOVABLE_WATCH: &[i64] = &[
     libc::SYS_getcwd,
 ];
 
+/// What the `--policy-dir` thread does besides the common set: it sleeps
+/// in poll on its inotify instance and its stop eventfd (both opened by
+/// the thread that starts it), lists the directory when it starts or the
+/// kernel's event queue overflowed (getdents64), opens the policy files
+/// without following links and checks them (openat, fstat), and accepts
+/// a policy exactly as the control API does: the state file is replaced
+/// atomically under its lock file (flock, rename, fsync of the
+/// directory), the audit record made durable (fdatasync). HashMap seeds
+/// come from getrandom.
+const POLICY_DIR: &[i64] = &[
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_getdents64,
+    libc::SYS_openat,
+    libc::SYS_statx,
+    libc::SYS_newfstatat,
+    libc::SYS_fstat,
+    libc::SYS_lseek,
+    libc::SYS_flock,
+    libc::SYS_fsync,
+    libc::SYS_fdatasync,
+    libc::SYS_rename,
+    libc::SYS_renameat,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+    libc::SYS_getrandom,
+];
+/// What the SIGTERM thread does besides the common set: wait for the
+/// signal (rt_sigtimedwait, which sigwait is), then either shut the VM
+/// down (locks, the power button's eventfd write, the exit channel: all
+/// common) or, before any VM runs, raise the signal on itself with its
+/// default action (tgkill).
+const SIGNALS: &[i64] = &[libc::SYS_rt_sigtimedwait, libc::SYS_tgkill];
+
+/// What an audit forwarder does besides the common set: read the log and
+/// write its cursor at offsets (pread64, pwrite64), send each message as a
+/// datagram to the syslog socket (sendto). For a TLS collector: a TCP
+/// socket (socket, limited to IPv4 and IPv6), connected with a deadline
+/// (connect, poll, getsockopt for the result, the FIONBIO ioctl around
+/// it), its timeouts (setsockopt), the TLS stream over it (sendto,
+/// recvfrom), TLS randoms (getrandom), and the orderly close (shutdown).
+const AUDIT_FORWARD: &[i64] = &[
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_sendto,
+    libc::SYS_recvfrom,
+    libc::SYS_socket,
+    libc::SYS_connect,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_getsockopt,
+    libc::SYS_setsockopt,
+    libc::SYS_getrandom,
+    libc::SYS_shutdown,
+];
+
+/// The socket families an audit forwarder may create (TCP to a collector).
+const AUDIT_FORWARD_SOCKET_FAMILIES: &[u64] = &[libc::AF_INET as u64, libc::AF_INET6 as u64];
+
 /// Memory syscalls whose protection argument (the third) must not ask for
 /// `PROT_EXEC`.
 const NO_EXEC_PROT: &[i64] = &[libc::SYS_mmap, libc::SYS_mprotect];
@@ -347,10 +456,34 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<u64>) {
                 .collect(),
             vec![KVM_SIGNAL_MSI()],
         ),
+        ThreadKind::DesktopIo => (
+            [libc::SYS_ioctl]
+                .into_iter()
+                .chain(DESKTOP_IO.iter().copied())
+                .collect(),
+            vec![KVM_SIGNAL_MSI()],
+        ),
+        // Accepted viewers are made non-blocking (FIONBIO).
+        ThreadKind::Display => (
+            [libc::SYS_ioctl]
+                .into_iter()
+                .chain(DISPLAY.iter().copied())
+                .collect(),
+            vec![libc::FIONBIO],
+        ),
         ThreadKind::ConsoleInput | ThreadKind::ConsoleOutput => (vec![], vec![]),
         ThreadKind::Reporter => (AUDIT.to_vec(), vec![]),
         ThreadKind::Api => (API.to_vec(), vec![]),
         ThreadKind::RemovableWatch => (REMOVABLE_WATCH.to_vec(), vec![]),
+        ThreadKind::PolicyDir => (POLICY_DIR.to_vec(), vec![]),
+        ThreadKind::Signals => (SIGNALS.to_vec(), vec![]),
+        ThreadKind::AuditForward => (
+            [libc::SYS_ioctl]
+                .into_iter()
+                .chain(AUDIT_FORWARD.iter().copied())
+                .collect(),
+            vec![libc::FIONBIO],
+        ),
         ThreadKind::MediaHotplug => (
             [libc::SYS_ioctl]
                 .into_iter()
@@ -411,10 +544,11 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<u64>) {
 /// Every kind of thread the main thread starts for a VM (so the
 /// `MainRestart` filter they inherit must allow what they do), and `Main`
 /// itself.
-const STARTED_BY_MAIN: [ThreadKind; 11] = [
+const STARTED_BY_MAIN: [ThreadKind; 13] = [
     ThreadKind::Vcpu,
     ThreadKind::BlockIo,
     ThreadKind::NetIo,
+    ThreadKind::DesktopIo,
     ThreadKind::ConsoleInput,
     ThreadKind::ConsoleOutput,
     ThreadKind::DiskCrypto,
@@ -423,6 +557,7 @@ const STARTED_BY_MAIN: [ThreadKind; 11] = [
     ThreadKind::Main,
     ThreadKind::MediaHotplug,
     ThreadKind::RemovableWatch,
+    ThreadKind::PolicyDir,
 ];
 
 /// Syscalls `kind` may make only with one of a few values as their first
@@ -435,6 +570,7 @@ fn first_argument_limits(kind: ThreadKind) -> Vec<(i64, &'static [u64])> {
             (libc::SYS_prctl, THREAD_START_PRCTLS),
         ],
         ThreadKind::MediaHotplug => vec![(libc::SYS_prctl, THREAD_START_PRCTLS)],
+        ThreadKind::AuditForward => vec![(libc::SYS_socket, AUDIT_FORWARD_SOCKET_FAMILIES)],
         _ => vec![],
     }
 }
@@ -645,10 +781,12 @@ mod tests {
         libc::WEXITSTATUS(status)
     }
 
-    const ALL_KINDS: [ThreadKind; 12] = [
+    const ALL_KINDS: [ThreadKind; 17] = [
         ThreadKind::Vcpu,
         ThreadKind::BlockIo,
         ThreadKind::NetIo,
+        ThreadKind::DesktopIo,
+        ThreadKind::Display,
         ThreadKind::ConsoleInput,
         ThreadKind::ConsoleOutput,
         ThreadKind::DiskCrypto,
@@ -658,6 +796,9 @@ mod tests {
         ThreadKind::MainRestart,
         ThreadKind::MediaHotplug,
         ThreadKind::RemovableWatch,
+        ThreadKind::PolicyDir,
+        ThreadKind::Signals,
+        ThreadKind::AuditForward,
     ];
 
     fn map_anonymous(prot: libc::c_int) -> *mut libc::c_void {
@@ -780,6 +921,46 @@ mod tests {
             });
             assert_eq!(dumpable, EXIT_SECCOMP_VIOLATION, "{kind:?}");
         }
+    }
+
+    /// The policy-dir thread only reads files: its inotify watch and stop
+    /// eventfd come from the thread that starts it, and it has no sockets.
+    #[test]
+    fn the_policy_dir_filter_allows_no_sockets_and_no_new_watches() {
+        let socket = status_under_filter(ThreadKind::PolicyDir, || {
+            // SAFETY: plain syscall; it must not return under the filter.
+            unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0) };
+            0
+        });
+        assert_eq!(socket, EXIT_SECCOMP_VIOLATION);
+        let inotify = status_under_filter(ThreadKind::PolicyDir, || {
+            // SAFETY: as above.
+            unsafe { libc::inotify_init1(0) };
+            0
+        });
+        assert_eq!(inotify, EXIT_SECCOMP_VIOLATION);
+        let listing = status_under_filter(ThreadKind::PolicyDir, || {
+            // SAFETY: an invalid fd and no buffer: fails with EBADF.
+            unsafe { libc::syscall(libc::SYS_getdents64, -1, std::ptr::null_mut::<u8>(), 0) };
+            0
+        });
+        assert_eq!(listing, 0);
+    }
+
+    /// Building the next VM after a guest reboot watches `--policy-dir`
+    /// again, on the main thread under its restart filter.
+    #[test]
+    fn the_restart_filter_may_watch_the_policy_dir() {
+        let status = status_under_filter(ThreadKind::MainRestart, || {
+            // SAFETY: raw syscalls on a new inotify instance and a
+            // NUL-terminated path.
+            unsafe {
+                let fd = libc::inotify_init1(libc::IN_CLOEXEC);
+                let watched = libc::inotify_add_watch(fd, c"/".as_ptr(), libc::IN_MOVED_TO);
+                i32::from(fd < 0 || watched < 0)
+            }
+        });
+        assert_eq!(status, 0);
     }
 
     #[test]

@@ -450,3 +450,72 @@ fn a_missing_luks_helper_stops_an_encrypted_boot() {
     assert_one_line_error(&out, "LUKS helper");
     assert_eq!(std::fs::read(&disk).unwrap(), before, "image unchanged");
 }
+
+#[test]
+fn policy_dir_needs_a_policy() {
+    let scratch = Scratch::new("policy-dir-alone");
+    let out = securevm(&[
+        "run",
+        "--kernel",
+        "k",
+        "--policy-dir",
+        scratch.0.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", stderr(&out));
+    assert!(stderr(&out).contains("--policy <FILE>"), "{}", stderr(&out));
+}
+
+#[test]
+fn policy_dir_must_be_an_existing_directory() {
+    let scratch = Scratch::new("policy-dir-missing");
+    let file = scratch.path("a-file");
+    std::fs::write(&file, "").unwrap();
+    for (dir, says) in [
+        ("/nonexistent/policies", "No such file or directory"),
+        (file.to_str().unwrap(), "is not a directory"),
+    ] {
+        let out = securevm(&[
+            "run",
+            "--kernel",
+            "k",
+            "--policy",
+            "p.toml",
+            "--policy-key",
+            "k.pub",
+            "--user",
+            "alice",
+            "--policy-dir",
+            dir,
+        ]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+        assert!(
+            err.contains("--policy-dir") && err.contains(dir) && err.contains(says),
+            "{err}"
+        );
+    }
+}
+
+/// Without a state file the version a drop pushed is forgotten at the next
+/// start, and whoever writes DIR could push back any older signed policy
+/// still above `--policy`'s version: the rollback protection needs it.
+#[test]
+fn policy_dir_needs_a_policy_state() {
+    let scratch = Scratch::new("policy-dir-no-state");
+    let out = securevm(&[
+        "run",
+        "--kernel",
+        "k",
+        "--policy",
+        "p.toml",
+        "--policy-key",
+        "k.pub",
+        "--user",
+        "alice",
+        "--policy-dir",
+        scratch.0.to_str().unwrap(),
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(err.contains("--policy-state <FILE>"), "{err}");
+}

@@ -7,14 +7,15 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use base64::Engine;
 use clap::{Args, Subcommand};
 use serde::de::DeserializeOwned;
 
 use super::http::{decode_response, encode_request, read_reply};
 use super::protocol::{
-    AttachRequest, Device, ErrorBody, PolicyApplied, PolicyUpload, RemovableStick, ShutdownOutcome,
-    ShutdownReport, ShutdownRequest, StateReport, StickFate, VmStatus,
-    DEFAULT_SHUTDOWN_TIMEOUT_SECS,
+    AttachRequest, Device, ErrorBody, KeyRequest, KeyboardLayout, PolicyApplied, PolicyUpload,
+    RemovableStick, Screenshot, ShutdownOutcome, ShutdownReport, ShutdownRequest, StateReport,
+    StickFate, TypeRequest, VmStatus, DEFAULT_SHUTDOWN_TIMEOUT_SECS,
 };
 
 /// How long a command other than shutdown may take.
@@ -63,12 +64,37 @@ pub enum CtlCommand {
     Pause,
     /// Let paused vCPUs run again.
     Resume,
+    /// Write what the display (--display) shows now to FILE as a PNG.
+    Screenshot {
+        #[arg(value_name = "FILE.png")]
+        file: PathBuf,
+    },
+    /// Type TEXT on the guest's keyboard (\n is Enter, \t is Tab).
+    Type {
+        #[arg(value_name = "TEXT")]
+        text: String,
+        /// The keyboard layout the guest uses.
+        #[arg(long, value_enum, default_value = "us")]
+        layout: LayoutArg,
+    },
+    /// Press and release a key or combination: Return, Tab, Escape, F1-F12, a, ctrl+alt+f2, ...
+    Key {
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
     /// Press the ACPI power button and wait for the guest to power off.
     Shutdown {
         /// Seconds to wait before securevm stops the VM anyway.
         #[arg(long, value_name = "SECONDS", default_value_t = DEFAULT_SHUTDOWN_TIMEOUT_SECS)]
         timeout: u64,
     },
+}
+
+/// `ctl type --layout`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LayoutArg {
+    Us,
+    Jp,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +116,11 @@ pub enum CtlError {
     #[error("cannot read {what} {path}: {source}")]
     Input {
         what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Output {
         path: String,
         source: std::io::Error,
     },
@@ -156,6 +187,38 @@ pub fn run(args: &CtlArgs) -> Result<String, CtlError> {
             let state: StateReport = call(socket, "PUT", "/vm/resume", b"{}", REPLY_TIMEOUT)?;
             Ok(state_word(&state))
         }
+        CtlCommand::Screenshot { file } => {
+            let shot: Screenshot = call(socket, "GET", "/display/screenshot", b"", REPLY_TIMEOUT)?;
+            let png = base64::engine::general_purpose::STANDARD
+                .decode(shot.png_base64.as_bytes())
+                .map_err(|_| CtlError::Garbled {
+                    path: socket.display().to_string(),
+                })?;
+            write_new_file(file, &png)?;
+            Ok(format!(
+                "wrote {} ({}x{})",
+                file.display(),
+                shot.width,
+                shot.height
+            ))
+        }
+        CtlCommand::Type { text, layout } => {
+            let body = serde_json::to_vec(&TypeRequest {
+                text: text.clone(),
+                layout: match layout {
+                    LayoutArg::Us => KeyboardLayout::Us,
+                    LayoutArg::Jp => KeyboardLayout::Jp,
+                },
+            })
+            .unwrap_or_default();
+            let _: serde_json::Value = call(socket, "PUT", "/display/type", &body, REPLY_TIMEOUT)?;
+            Ok(format!("typed {} character(s)", text.chars().count()))
+        }
+        CtlCommand::Key { name } => {
+            let body = serde_json::to_vec(&KeyRequest { name: name.clone() }).unwrap_or_default();
+            let _: serde_json::Value = call(socket, "PUT", "/display/key", &body, REPLY_TIMEOUT)?;
+            Ok(format!("pressed {name}"))
+        }
         CtlCommand::Shutdown { timeout } => {
             let body = serde_json::to_vec(&ShutdownRequest {
                 timeout_secs: *timeout,
@@ -173,6 +236,23 @@ pub fn run(args: &CtlArgs) -> Result<String, CtlError> {
             }
         }
     }
+}
+
+/// Writes `bytes` to `path` through a temporary file renamed into place,
+/// so a reader never sees half a PNG.
+fn write_new_file(path: &Path, bytes: &[u8]) -> Result<(), CtlError> {
+    let failed = |source| CtlError::Output {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".part");
+    let temporary = PathBuf::from(temporary);
+    std::fs::write(&temporary, bytes).map_err(failed)?;
+    std::fs::rename(&temporary, path).map_err(|e| {
+        let _ = std::fs::remove_file(&temporary);
+        failed(e)
+    })
 }
 
 fn state_word(state: &StateReport) -> String {

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use super::protocol::{ApiError, PolicyApplied, PolicyUpload, ShutdownReport, VmStatus};
+use super::protocol::{
+    ApiError, KeyboardLayout, PolicyApplied, PolicyUpload, Screenshot, ShutdownReport, VmStatus,
+};
 
 /// What the control API may do to a VM. Calls come from several worker
 /// threads; implementations serialise what must not interleave.
@@ -20,4 +22,10 @@ pub trait VmController: Send + Sync {
     fn shutdown(&self, timeout: Duration) -> Result<ShutdownReport, ApiError>;
     fn attach_external(&self, path: &str) -> Result<String, ApiError>;
     fn detach_external(&self, id: &str) -> Result<(), ApiError>;
+    /// What the display (`--display`) shows now.
+    fn screenshot(&self) -> Result<Screenshot, ApiError>;
+    /// Types `text` on the guest's keyboard, as keys of `layout`.
+    fn type_text(&self, text: &str, layout: KeyboardLayout) -> Result<(), ApiError>;
+    /// Presses and releases the key or combination `name`.
+    fn press_key(&self, name: &str) -> Result<(), ApiError>;
 }

@@ -14,16 +14,19 @@ use netfilter::{DropReason, FilterControl};
 
 use super::controller::VmController;
 use super::protocol::{
-    ApiError, Device, MediaCounters, NetworkCounters, PolicyApplied, PolicyUpload, RemovableStick,
-    RunState, ShutdownOutcome, ShutdownReport, StickFate, VmStatus,
+    ApiError, Device, KeyboardLayout, MediaCounters, NetworkCounters, PolicyApplied, PolicyUpload,
+    RemovableStick, RunState, Screenshot, ShutdownOutcome, ShutdownReport, StickFate, VmStatus,
 };
+use base64::Engine;
+
 use crate::audit::{Audit, Event};
+use crate::display::{clipboard_policy, DisplayHandle};
 use crate::exit::{ExitNotifier, ExitReason};
 use crate::external_media::hotplug::AttachedMedium;
 use crate::external_media::watch::StickSink;
 use crate::external_media::{HostStick, MediaError, MediaHotplug, MediumError};
 use crate::kvm::vcpu::VcpuControl;
-use crate::policy::{ActiveRole, PolicyVerifier};
+use crate::policy::{ActiveRole, PolicyVerifier, SignedPolicy};
 use crate::sync::lock;
 use crate::sync::Unpoisoned;
 
@@ -58,6 +61,8 @@ pub struct LiveVmParts {
     pub exit: ExitNotifier,
     /// Where pushes (applied or refused) are recorded.
     pub audit: Audit,
+    /// The guest's screen and keyboard (`--display`).
+    pub display: Option<DisplayHandle>,
     /// `None`: media cannot be attached while the VM runs (501).
     pub media_hotplug: Option<MediaHotplug>,
     /// `--watch-removable`: every stick the watch reports is judged, even
@@ -134,6 +139,83 @@ impl LiveVm {
     }
 
     /// Waits until the VM stopped or `deadline`; returns how it ended.
+    /// Pushes `signed` to the running VM: verified with the policy key,
+    /// newer than the policy in force and the state file, recorded there,
+    /// applied to every network filter at once and audited
+    /// (`policy-pushed`, or `policy-push-refused` with nothing changed).
+    /// The one way a policy replaces the one in force, whether it came
+    /// through the control socket or `--policy-dir`.
+    pub fn apply_signed_policy(
+        &self,
+        signed: &SignedPolicy<'_>,
+    ) -> Result<PolicyApplied, ApiError> {
+        let verifier = self.verifier()?;
+        let mut role = lock(&self.role);
+        let previous_version = role.as_ref().map_or(0, |r| r.policy_version);
+        let accepted = match verifier.accept(signed, previous_version, SystemTime::now()) {
+            Ok(accepted) => accepted,
+            Err(refusal) => {
+                self.refuse_policy(&refusal.to_string());
+                return Err(refusal.into());
+            }
+        };
+        for net in &self.parts.nets {
+            net.filter.replace_policy(&accepted.role.network);
+        }
+        if let Some(display) = &self.parts.display {
+            display.set_clipboard_policy(clipboard_policy(accepted.role.clipboard()));
+        }
+        self.parts.audit.record_or_warn(Event::PolicyPushed {
+            version: accepted.policy_version,
+            previous_version,
+            role: accepted.name.clone(),
+        });
+        log::warn!(
+            "policy version {} pushed and applied (was {previous_version}); role '{}'",
+            accepted.policy_version,
+            accepted.name
+        );
+        let applied = PolicyApplied {
+            version: accepted.policy_version,
+            previous_version,
+            role: accepted.name.clone(),
+            network_devices: self.parts.nets.len(),
+        };
+        *role = Some(accepted);
+        self.pushed.store(true, Ordering::Release);
+        Ok(applied)
+    }
+
+    /// Records that a pushed policy was refused (`policy-push-refused`),
+    /// for refusals found before the policy checks could run (an
+    /// unreadable file in `--policy-dir`) as well as by them.
+    pub fn refuse_policy(&self, reason: &str) {
+        self.parts.audit.record_or_warn(Event::PolicyPushRefused {
+            reason: reason.to_string(),
+        });
+    }
+
+    /// The version `signed` is validly signed for, checking nothing else
+    /// and recording nothing (see [`PolicyVerifier::signed_version`]).
+    pub fn signed_policy_version(&self, signed: &SignedPolicy<'_>) -> Result<u64, ApiError> {
+        Ok(self.verifier()?.signed_version(signed, SystemTime::now())?)
+    }
+
+    /// The version of the policy in force (0 without one).
+    pub fn policy_version_in_force(&self) -> u64 {
+        lock(&self.role).as_ref().map_or(0, |r| r.policy_version)
+    }
+
+    fn verifier(&self) -> Result<&PolicyVerifier, ApiError> {
+        self.parts.verifier.as_ref().ok_or_else(|| {
+            ApiError::Conflict(
+                "this VM runs without --policy, so there is no key to verify a pushed policy \
+                 with; start it with --policy, --policy-key and --role"
+                    .into(),
+            )
+        })
+    }
+
     fn wait_stopped(&self, deadline: Instant) -> Option<ExitReason> {
         let mut stopped = lock(&self.stopped);
         while stopped.is_none() {
@@ -235,6 +317,16 @@ fn network_counters(net: &NetDevice) -> NetworkCounters {
     }
 }
 
+impl LiveVm {
+    fn display(&self) -> Result<&DisplayHandle, ApiError> {
+        self.parts.display.as_ref().ok_or_else(|| {
+            ApiError::Conflict(
+                "this securevm has no display; start it with --display vnc=unix:PATH".into(),
+            )
+        })
+    }
+}
+
 impl VmController for LiveVm {
     fn status(&self) -> VmStatus {
         let role = self.active_role();
@@ -275,47 +367,7 @@ impl VmController for LiveVm {
     }
 
     fn push_policy(&self, upload: PolicyUpload) -> Result<PolicyApplied, ApiError> {
-        let Some(verifier) = &self.parts.verifier else {
-            return Err(ApiError::Conflict(
-                "this VM runs without --policy, so there is no key to verify a pushed policy \
-                 with; start it with --policy, --policy-key and --role"
-                    .into(),
-            ));
-        };
-        let mut role = lock(&self.role);
-        let previous_version = role.as_ref().map_or(0, |r| r.policy_version);
-        let accepted = match verifier.accept(&upload.signed(), previous_version, SystemTime::now())
-        {
-            Ok(accepted) => accepted,
-            Err(refusal) => {
-                self.parts.audit.record_or_warn(Event::PolicyPushRefused {
-                    reason: refusal.to_string(),
-                });
-                return Err(refusal.into());
-            }
-        };
-        for net in &self.parts.nets {
-            net.filter.replace_policy(&accepted.role.network);
-        }
-        self.parts.audit.record_or_warn(Event::PolicyPushed {
-            version: accepted.policy_version,
-            previous_version,
-            role: accepted.name.clone(),
-        });
-        log::warn!(
-            "policy version {} pushed and applied (was {previous_version}); role '{}'",
-            accepted.policy_version,
-            accepted.name
-        );
-        let applied = PolicyApplied {
-            version: accepted.policy_version,
-            previous_version,
-            role: accepted.name.clone(),
-            network_devices: self.parts.nets.len(),
-        };
-        *role = Some(accepted);
-        self.pushed.store(true, Ordering::Release);
-        Ok(applied)
+        self.apply_signed_policy(&upload.signed())
     }
 
     fn pause(&self) -> Result<(), ApiError> {
@@ -413,6 +465,38 @@ impl VmController for LiveVm {
             ));
         }
         media.detach(id).map_err(media_api_error)
+    }
+
+    fn screenshot(&self) -> Result<Screenshot, ApiError> {
+        let display = self.display()?;
+        let shot = display
+            .screenshot()
+            .map_err(|e| ApiError::Internal(format!("encoding the screenshot failed: {e}")))?;
+        Ok(Screenshot {
+            width: shot.width,
+            height: shot.height,
+            png_base64: base64::engine::general_purpose::STANDARD.encode(&shot.png),
+        })
+    }
+
+    fn type_text(&self, text: &str, layout: KeyboardLayout) -> Result<(), ApiError> {
+        let layout = match layout {
+            KeyboardLayout::Us => keymap::Layout::Us,
+            KeyboardLayout::Jp => keymap::Layout::Jp,
+        };
+        let strokes = keymap::keystrokes_for_text(text, layout)
+            .map_err(|e| ApiError::BadRequest(format!("nothing was typed: {e}")))?;
+        self.display()?
+            .type_keystrokes(&strokes)
+            .map_err(|e| ApiError::Conflict(e.to_string()))
+    }
+
+    fn press_key(&self, name: &str) -> Result<(), ApiError> {
+        let codes = keymap::key_combination(name)
+            .map_err(|e| ApiError::BadRequest(format!("nothing was pressed: {e}")))?;
+        self.display()?
+            .press_combination(&codes)
+            .map_err(|e| ApiError::Conflict(e.to_string()))
     }
 }
 
@@ -571,7 +655,7 @@ impl StickSink for LiveVm {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::arch::layout::PCI_HOTPLUG_REGISTER_EJECT;
     use crate::devices::bus::BusDevice;
@@ -593,15 +677,17 @@ mod tests {
         }
     }
 
-    struct Harness {
-        vm: Arc<LiveVm>,
+    pub(crate) struct Harness {
+        pub(crate) vm: Arc<LiveVm>,
         presses: Arc<AtomicUsize>,
         exits: std::sync::mpsc::Receiver<ExitReason>,
         _filter: Filter,
-        _fixture: Fixture,
+        pub(crate) _fixture: Fixture,
     }
 
-    fn harness(name: &str) -> Harness {
+    /// A live VM under policy version 7 of [`Fixture`], one network
+    /// device, and an audit log at `audit.jsonl` in the fixture's directory.
+    pub(crate) fn harness(name: &str) -> Harness {
         harness_with(name, vec![], None)
     }
 
@@ -666,6 +752,7 @@ mod tests {
             },
             media_hotplug,
             watch_removable,
+            display: None,
         }));
         Harness {
             vm,

@@ -229,6 +229,42 @@ pub struct AttachRequest {
     pub path: String,
 }
 
+/// `GET /display/screenshot`: what the display shows, as a PNG file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Screenshot {
+    pub width: u32,
+    pub height: u32,
+    /// The PNG file's bytes, base64 (standard alphabet, padded).
+    pub png_base64: String,
+}
+
+/// The keyboard layout the guest is set to, which decides the keys that
+/// type a character.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyboardLayout {
+    #[default]
+    Us,
+    Jp,
+}
+
+/// `PUT /display/type`: type `text` on the guest's keyboard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TypeRequest {
+    pub text: String,
+    #[serde(default)]
+    pub layout: KeyboardLayout,
+}
+
+/// `PUT /display/key`: press and release a key or a combination
+/// (`Return`, `ctrl+alt+f2`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRequest {
+    pub name: String,
+}
+
 /// Every error body: `{"error": "..."}`, one line a user can act on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -10,8 +10,8 @@ use serde::Serialize;
 use super::controller::VmController;
 use super::http::{Request, Response};
 use super::protocol::{
-    ApiError, AttachRequest, PolicyUpload, RunState, ShutdownRequest, StateReport,
-    MAX_SHUTDOWN_TIMEOUT_SECS,
+    ApiError, AttachRequest, KeyRequest, PolicyUpload, RunState, ShutdownRequest, StateReport,
+    TypeRequest, MAX_SHUTDOWN_TIMEOUT_SECS,
 };
 
 /// Every route as (method, path); `{id}` stands for one path segment.
@@ -23,6 +23,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/vm/shutdown"),
     ("PUT", "/external"),
     ("DELETE", "/external/{id}"),
+    ("GET", "/display/screenshot"),
+    ("PUT", "/display/type"),
+    ("PUT", "/display/key"),
 ];
 
 /// Answers one request.
@@ -80,6 +83,17 @@ fn dispatch(request: &Request, vm: &dyn VmController) -> Result<Response, ApiErr
             let attach: AttachRequest = parse_body(request)?;
             let id = vm.attach_external(&attach.path)?;
             Ok(ok(&serde_json::json!({ "id": id })))
+        }
+        ("GET", "/display/screenshot") => Ok(ok(&vm.screenshot()?)),
+        ("PUT", "/display/type") => {
+            let typed: TypeRequest = parse_body(request)?;
+            vm.type_text(&typed.text, typed.layout)?;
+            Ok(ok(&serde_json::json!({})))
+        }
+        ("PUT", "/display/key") => {
+            let key: KeyRequest = parse_body(request)?;
+            vm.press_key(&key.name)?;
+            Ok(ok(&serde_json::json!({})))
         }
         ("DELETE", _) => match external_id(path) {
             Some(id) => {

@@ -37,16 +37,30 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SocketError {
-    #[error("--api-socket {path}: the file exists and is not a socket; remove it or choose another path")]
-    NotASocket { path: String },
-    #[error("--api-socket {path}: another process is listening on it (another securevm?); stop it or choose another path")]
-    InUse { path: String },
-    #[error("--api-socket {path}: removing the stale socket failed: {source}")]
-    RemoveStale { path: String, source: io::Error },
-    #[error("--api-socket {path}: cannot create the socket: {source}")]
-    Bind { path: String, source: io::Error },
-    #[error("--api-socket {path}: cannot check the existing file: {source}")]
-    Inspect { path: String, source: io::Error },
+    #[error(
+        "{flag} {path}: the file exists and is not a socket; remove it or choose another path"
+    )]
+    NotASocket { flag: &'static str, path: String },
+    #[error("{flag} {path}: another process is listening on it (another securevm?); stop it or choose another path")]
+    InUse { flag: &'static str, path: String },
+    #[error("{flag} {path}: removing the stale socket failed: {source}")]
+    RemoveStale {
+        flag: &'static str,
+        path: String,
+        source: io::Error,
+    },
+    #[error("{flag} {path}: cannot create the socket: {source}")]
+    Bind {
+        flag: &'static str,
+        path: String,
+        source: io::Error,
+    },
+    #[error("{flag} {path}: cannot check the existing file: {source}")]
+    Inspect {
+        flag: &'static str,
+        path: String,
+        source: io::Error,
+    },
     #[error("starting the control API threads failed: {0}")]
     Spawn(io::Error),
     #[error("starting the control API threads failed: {0}")]
@@ -62,32 +76,41 @@ pub struct BoundSocket {
 }
 
 impl BoundSocket {
-    /// Creates the socket at `path`, readable and writable by the owner
-    /// only. An existing socket that nobody listens on (left by a killed
-    /// securevm) is replaced; anything else at `path` is an error.
+    /// Creates the control socket at `path` (`--api-socket`).
     pub fn bind(path: &Path) -> Result<BoundSocket, SocketError> {
+        BoundSocket::bind_for("--api-socket", path)
+    }
+
+    /// Creates the socket at `path`, readable and writable by the owner
+    /// only; errors name the option `flag` that gave the path. An
+    /// existing socket that nobody listens on (left by a killed securevm)
+    /// is replaced; anything else at `path` is an error.
+    pub fn bind_for(flag: &'static str, path: &Path) -> Result<BoundSocket, SocketError> {
         let shown = path.display().to_string();
         match std::fs::symlink_metadata(path) {
             Ok(metadata) if metadata.file_type().is_socket() => match UnixStream::connect(path) {
-                Ok(_) => return Err(SocketError::InUse { path: shown }),
+                Ok(_) => return Err(SocketError::InUse { flag, path: shown }),
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                    log::info!("--api-socket {shown}: replacing a stale socket nobody listens on");
+                    log::info!("{flag} {shown}: replacing a stale socket nobody listens on");
                     std::fs::remove_file(path).map_err(|source| SocketError::RemoveStale {
+                        flag,
                         path: shown.clone(),
                         source,
                     })?;
                 }
                 Err(source) => {
                     return Err(SocketError::Inspect {
+                        flag,
                         path: shown,
                         source,
                     })
                 }
             },
-            Ok(_) => return Err(SocketError::NotASocket { path: shown }),
+            Ok(_) => return Err(SocketError::NotASocket { flag, path: shown }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(source) => {
                 return Err(SocketError::Inspect {
+                    flag,
                     path: shown,
                     source,
                 })
@@ -102,10 +125,12 @@ impl BoundSocket {
         // SAFETY: as above, restoring the previous mask.
         unsafe { libc::umask(previous) };
         let listener = bound.map_err(|source| SocketError::Bind {
+            flag,
             path: shown.clone(),
             source,
         })?;
         let metadata = std::fs::symlink_metadata(path).map_err(|source| SocketError::Inspect {
+            flag,
             path: shown.clone(),
             source,
         })?;
@@ -113,6 +138,7 @@ impl BoundSocket {
         listener
             .set_nonblocking(true)
             .map_err(|source| SocketError::Bind {
+                flag,
                 path: shown,
                 source,
             })?;
@@ -121,6 +147,10 @@ impl BoundSocket {
             path: path.to_owned(),
             inode: (metadata.dev(), metadata.ino()),
         })
+    }
+
+    pub fn listener(&self) -> &UnixListener {
+        &self.listener
     }
 
     pub fn path(&self) -> &Path {

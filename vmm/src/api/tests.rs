@@ -98,6 +98,25 @@ impl VmController for FakeVm {
     fn detach_external(&self, _id: &str) -> Result<(), ApiError> {
         Err(ApiError::NotSupported("not yet".into()))
     }
+
+    fn screenshot(&self) -> Result<Screenshot, ApiError> {
+        self.record("screenshot");
+        Ok(Screenshot {
+            width: 2,
+            height: 1,
+            png_base64: "UE5H".into(),
+        })
+    }
+
+    fn type_text(&self, text: &str, layout: KeyboardLayout) -> Result<(), ApiError> {
+        self.record(&format!("type {layout:?} {text}"));
+        Ok(())
+    }
+
+    fn press_key(&self, name: &str) -> Result<(), ApiError> {
+        self.record(&format!("key {name}"));
+        Ok(())
+    }
 }
 
 struct Server {
@@ -187,6 +206,54 @@ fn valid_commands_reach_the_vm() {
     assert_eq!(
         s.vm.calls(),
         ["pause", "resume", "push", "shutdown 7"].map(String::from)
+    );
+}
+
+#[test]
+fn display_commands_reach_the_vm_and_bad_bodies_do_not() {
+    let s = start("display", quick_config());
+    let shot = request(&s.socket, "GET", "/display/screenshot", "");
+    assert_eq!(shot.status, 200);
+    let parsed: Screenshot = serde_json::from_slice(&shot.body).unwrap();
+    assert_eq!((parsed.width, parsed.height), (2, 1));
+    let typed = request(
+        &s.socket,
+        "PUT",
+        "/display/type",
+        r#"{"text":"hi\n","layout":"jp"}"#,
+    );
+    assert_eq!(typed.status, 200);
+    assert_eq!(
+        request(&s.socket, "PUT", "/display/type", r#"{"text":"x"}"#).status,
+        200
+    );
+    assert_eq!(
+        request(
+            &s.socket,
+            "PUT",
+            "/display/key",
+            r#"{"name":"ctrl+alt+f2"}"#
+        )
+        .status,
+        200
+    );
+    for (path, body) in [
+        ("/display/type", r#"{"text":"x","layout":"de"}"#),
+        ("/display/type", r#"{"text":"x","extra":1}"#),
+        ("/display/type", r#"{}"#),
+        ("/display/key", r#"{"name":7}"#),
+        ("/display/key", r#"{"key":"a"}"#),
+    ] {
+        let response = request(&s.socket, "PUT", path, body);
+        assert_eq!(response.status, 400, "{path} {body}");
+    }
+    assert_eq!(
+        request(&s.socket, "PUT", "/display/screenshot", "{}").status,
+        405
+    );
+    assert_eq!(
+        s.vm.calls(),
+        ["screenshot", "type Jp hi\n", "type Us x", "key ctrl+alt+f2"].map(String::from)
     );
 }
 
@@ -505,6 +572,7 @@ fn seccomp_child() {
         audit: crate::audit::Audit::disabled(),
         media_hotplug: None,
         watch_removable: false,
+        display: None,
     }));
     let socket = fixture.dir.join("api.sock");
     let server = ApiServer::start(

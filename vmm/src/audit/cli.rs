@@ -19,6 +19,11 @@ pub enum AuditCommand {
         /// The machine audit key that wrote the log.
         #[arg(long, value_name = "KEY")]
         audit_key: PathBuf,
+        /// FILE is a collector's copy of the machine's log (what forwarding
+        /// delivered): exact repeats of a record are accepted and every gap
+        /// is reported.
+        #[arg(long)]
+        collected: bool,
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
@@ -44,13 +49,21 @@ pub fn run_audit_command(command: &AuditCommand) -> Result<bool, AuditCliError> 
             println!("created audit key {} (mode 0600)", file.display());
             Ok(true)
         }
-        AuditCommand::Verify { audit_key, file } => {
+        AuditCommand::Verify {
+            audit_key,
+            collected,
+            file,
+        } => {
             let key = AuditKey::load(audit_key)?;
             let content = std::fs::read(file).map_err(|source| AuditCliError::Log {
                 path: file.clone(),
                 source,
             })?;
-            let (text, intact) = verify::report(&content, &key);
+            let (text, intact) = if *collected {
+                verify::report_collected(&content, &key)
+            } else {
+                verify::report(&content, &key)
+            };
             println!("{text}");
             Ok(intact)
         }

@@ -16,14 +16,22 @@
 //! in its `log-opened` record (see [`verify`]).
 //!
 //! Where records go: `--audit-log FILE`, else the policy's `[audit]`
-//! sink. Only `sink = "file"` is written; `syslog` and `remote` are
-//! refused at start with an error naming `--audit-log`, never silently
-//! dropped. Writers on several threads share one [`Audit`] handle (a
-//! mutex around the file); their seccomp filters allow `fdatasync`.
+//! sink, a file. Copies are forwarded from that file (see [`forward`]) to
+//! the destinations the policy's `forward` lists (format 4): the host's
+//! syslog socket and a syslog-over-TLS collector. The older
+//! `sink = "syslog"` and `sink = "remote"` keep their meaning: overridden
+//! by `--audit-log`, refused at start without it (never silently
+//! dropped); forwarding is asked for with `forward` only, so a policy
+//! that says nothing of it never sends records off the machine.
+//! Writers on several threads share one [`Audit`] handle (a mutex around
+//! the file); their seccomp filters allow `fdatasync`.
 
 pub mod cli;
+pub(crate) mod forward;
 pub mod key;
 pub mod record;
+mod remote;
+mod syslog;
 pub mod verify;
 mod writer;
 
@@ -32,19 +40,36 @@ mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use guest_policy::AuditSink;
+use guest_policy::{AuditForward, AuditSink};
+
+use crate::confined::{Confinement, ThreadError};
+use crate::seccomp::ThreadKind;
+use forward::{ForwardJob, Forwarder};
 
 pub use key::{AuditKey, AuditKeyError};
 pub use record::Event;
 pub use writer::{AuditError, AuditLog};
 
-/// `--audit-log FILE` and `--audit-key FILE` as given.
+pub use remote::{ClientIdentity, RemoteSetupError};
+pub use syslog::DEFAULT_SYSLOG_SOCKET;
+
+/// How long the end of a session waits for each forwarder to deliver the
+/// last records before leaving them to the next session.
+pub const FORWARD_FINISH_LIMIT: Duration = Duration::from_secs(5);
+
+/// The machine's audit options as given (`--audit-log`, `--audit-key`,
+/// `--audit-syslog-socket`, `--audit-client-cert` and `--audit-client-key`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditConfig {
     /// Overrides the policy's sink.
     pub log: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// The syslog socket forwarded records go to; `/dev/log` if unset.
+    pub syslog_socket: Option<PathBuf>,
+    /// This machine's certificate and key for the TLS collector.
+    pub client: Option<ClientIdentity>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +82,12 @@ pub enum AuditSetupError {
     NoKey,
     #[error("the policy sends audit records to {sink}, which securevm does not support yet; pass --audit-log FILE to keep them in a file")]
     UnsupportedSink { sink: String },
+    #[error("audit forwarding to {to}: {source}")]
+    Forward { to: String, source: std::io::Error },
+    #[error("audit forwarding: {0}")]
+    Remote(#[from] RemoteSetupError),
+    #[error(transparent)]
+    Thread(#[from] ThreadError),
 }
 
 /// Where this session's records go: nowhere (no policy and no
@@ -77,23 +108,79 @@ impl Audit {
         Ok(Audit(Some(Arc::new(AuditLog::open(path, key)?))))
     }
 
-    /// Opens the policy's sink unless `--audit-log` already opened one.
+    /// Opens the policy's sink unless `--audit-log` already opened one,
+    /// and starts forwarding to the destinations the policy lists (each
+    /// thread confined unless `seccomp` is off).
     pub fn open_policy_sink(
         self,
-        sink: &AuditSink,
+        policy: &guest_policy::Audit,
         config: &AuditConfig,
+        seccomp: bool,
     ) -> Result<Audit, AuditSetupError> {
-        if self.is_enabled() {
-            return Ok(self);
+        let audit = if self.is_enabled() {
+            self
+        } else {
+            match &policy.sink {
+                AuditSink::File(path) => Audit::open(path, config.key.as_deref())?,
+                AuditSink::Syslog => {
+                    return Err(AuditSetupError::UnsupportedSink {
+                        sink: "syslog".into(),
+                    })
+                }
+                AuditSink::Remote(address) => {
+                    return Err(AuditSetupError::UnsupportedSink {
+                        sink: format!("a remote collector ({address})"),
+                    })
+                }
+            }
+        };
+        for target in &policy.forward {
+            audit.start_forwarding(target, config, seccomp)?;
         }
-        match sink {
-            AuditSink::File(path) => Audit::open(path, config.key.as_deref()),
-            AuditSink::Syslog => Err(AuditSetupError::UnsupportedSink {
-                sink: "syslog".into(),
-            }),
-            AuditSink::Remote(address) => Err(AuditSetupError::UnsupportedSink {
-                sink: format!("a remote collector ({address})"),
-            }),
+        Ok(audit)
+    }
+
+    fn start_forwarding(
+        &self,
+        target: &AuditForward,
+        config: &AuditConfig,
+        seccomp: bool,
+    ) -> Result<(), AuditSetupError> {
+        let Some(log) = &self.0 else {
+            return Ok(());
+        };
+        let (name, transport): (&'static str, Box<dyn forward::Transport>) = match target {
+            AuditForward::Syslog => {
+                let socket = config
+                    .syslog_socket
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_SYSLOG_SOCKET));
+                let to = format!("syslog {}", socket.display());
+                let transport = syslog::SyslogSocket::new(socket)
+                    .map_err(|source| AuditSetupError::Forward { to, source })?;
+                ("syslog", Box::new(transport))
+            }
+            AuditForward::Remote(collector) => (
+                "remote",
+                Box::new(remote::TlsCollector::new(
+                    collector,
+                    config.client.as_ref(),
+                )?),
+            ),
+        };
+        let to = transport.describe();
+        let job = ForwardJob::open(name, log.path(), transport)
+            .map_err(|source| AuditSetupError::Forward { to, source })?;
+        let forwarder = Forwarder::start(job, Confinement::new(ThreadKind::AuditForward, seccomp))?;
+        log.add_forwarder(forwarder);
+        Ok(())
+    }
+
+    /// At the end of the session: lets forwarders deliver the last records
+    /// (at most [`FORWARD_FINISH_LIMIT`] each) and stop.
+    pub fn finish_forwarding(&self) {
+        if let Some(log) = &self.0 {
+            log.finish_forwarding(FORWARD_FINISH_LIMIT);
         }
     }
 

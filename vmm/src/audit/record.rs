@@ -97,6 +97,12 @@ pub enum Event {
     },
     /// Network refusals over the last interval (rate-limited summary).
     NetworkRefusals { count: u64, examples: Vec<String> },
+    /// The role's clipboard policy refused a transfer between the guest
+    /// and the VNC viewer. `direction` is "to-guest" or "from-guest";
+    /// `bytes` is the size of the text refused (0 when the guest only
+    /// offered its clipboard, which is then never asked for). Never the
+    /// text itself.
+    ClipboardRefused { direction: String, bytes: u64 },
     /// The guest was started.
     VmStart {
         kernel: String,
@@ -251,6 +257,47 @@ mod tests {
         let other = AuditKey::from_bytes([8; 32]);
         assert_ne!(mac_of(&other, &GENESIS_MAC, &object).unwrap(), mac);
         assert_ne!(mac_of(&key, &[1; 32], &object).unwrap(), mac);
+    }
+
+    #[test]
+    fn a_refused_clipboard_transfer_records_its_direction_and_size() {
+        let key = AuditKey::from_bytes([9; 32]);
+        let event = Event::ClipboardRefused {
+            direction: "from-guest".into(),
+            bytes: 42,
+        };
+        let (line, _) = encode(
+            &key,
+            7,
+            SystemTime::UNIX_EPOCH,
+            Some("alice"),
+            &event,
+            &GENESIS_MAC,
+        )
+        .unwrap();
+        assert!(
+            line.starts_with(
+                r#"{"bytes":42,"direction":"from-guest","event":"clipboard-refused","mac":""#
+            ),
+            "{line}"
+        );
+        let Value::Object(object) = serde_json::from_str(&line).unwrap() else {
+            panic!("not an object");
+        };
+        let keys: Vec<&str> = object.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "bytes",
+                "direction",
+                "event",
+                "mac",
+                "prev",
+                "seq",
+                "time",
+                "user"
+            ]
+        );
     }
 
     #[test]

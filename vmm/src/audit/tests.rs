@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use super::key::AuditKey;
 use super::record::{encode, Event, GENESIS_MAC};
-use super::verify::{report, verify_log, Problem, Verdict};
+use super::verify::{report, report_collected, verify_log, Problem, Verdict};
 use super::writer::{AuditError, AuditLog};
 
 const KEY: [u8; 32] = [0x5a; 32];
@@ -314,4 +314,136 @@ fn a_record_whose_newline_was_cut_is_continued_on_a_new_line() {
         report(&content, &key()),
         ("audit: all 8 records verify".into(), true)
     );
+}
+
+/// The lines of a log, each with its newline.
+fn lines_of(content: &[u8]) -> Vec<Vec<u8>> {
+    content
+        .split_inclusive(|&b| b == b'\n')
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+#[test]
+fn a_collected_copy_with_exact_repeats_verifies() {
+    let scratch = Scratch::new("collected-repeats");
+    let lines = lines_of(&six_records(&scratch));
+    // Records 2 to 4 sent again after a reconnect.
+    let copy: Vec<u8> = [&lines[..4], &lines[1..]].concat().concat();
+    let (text, whole) = report_collected(&copy, &key());
+    assert!(whole, "{text}");
+    assert_eq!(
+        text,
+        "audit: all 6 records verify (3 exact repeats), up to seq 6, no gap"
+    );
+    // The machine's own check refuses the repeats: they are for copies only.
+    assert!(!report(&copy, &key()).1);
+}
+
+#[test]
+fn a_collected_copy_reports_every_gap_and_every_change() {
+    let scratch = Scratch::new("collected-gaps");
+    let lines = lines_of(&six_records(&scratch));
+    let copy: Vec<u8> = [&lines[1..2], &lines[3..4], &lines[5..]].concat().concat();
+    let (text, whole) = report_collected(&copy, &key());
+    assert!(!whole);
+    assert_eq!(
+        text,
+        "audit: line 1 (seq 2): gap: seq 1 to 1 are missing\n\
+         audit: line 2 (seq 4): gap: seq 3 to 3 are missing\n\
+         audit: line 3 (seq 6): gap: seq 5 to 5 are missing\n\
+         audit: 3 problem(s) in 3 records (0 exact repeats), up to seq 6"
+    );
+    let edited = String::from_utf8(lines[2].clone())
+        .unwrap()
+        .replace("\"attempt\":2", "\"attempt\":9");
+    let copy: Vec<u8> = [
+        lines[..3].concat(),
+        edited.into_bytes(),
+        lines[3..].concat(),
+    ]
+    .concat();
+    let (text, whole) = report_collected(&copy, &key());
+    assert!(!whole);
+    assert!(
+        text.starts_with("audit: line 4 (seq 3): record altered"),
+        "{text}"
+    );
+    let copy: Vec<u8> = [lines.concat(), b"not a record\n".to_vec()].concat();
+    let (text, whole) = report_collected(&copy, &key());
+    assert!(!whole);
+    assert!(
+        text.starts_with("audit: line 7: not an audit record"),
+        "{text}"
+    );
+}
+
+mod policy_forwarding {
+    use super::*;
+    use crate::audit::{Audit, AuditConfig, AuditSetupError, RemoteSetupError};
+    use guest_policy::{AuditForward, AuditSink, RemoteCollector};
+    use std::os::unix::net::UnixDatagram;
+
+    fn config(scratch: &Scratch) -> AuditConfig {
+        let key_path = scratch.0.join("audit.key");
+        AuditKey::create(&key_path).unwrap();
+        AuditConfig {
+            key: Some(key_path),
+            syslog_socket: Some(scratch.0.join("log.sock")),
+            ..AuditConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_policy_s_syslog_forwarding_applies_to_the_log_given_on_the_command_line() {
+        let scratch = Scratch::new("policy-syslog");
+        let config = config(&scratch);
+        let daemon = UnixDatagram::bind(scratch.0.join("log.sock")).unwrap();
+        daemon
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let policy = guest_policy::Audit {
+            sink: AuditSink::File("/var/log/securevm/audit.jsonl".into()),
+            forward: vec![AuditForward::Syslog],
+        };
+        let audit = Audit::open(&scratch.log(), config.key.as_deref()).unwrap();
+        let audit = audit.open_policy_sink(&policy, &config, false).unwrap();
+        audit.finish_forwarding();
+        let mut message = vec![0u8; 4096];
+        let len = daemon.recv(&mut message).unwrap();
+        let first = lines(&std::fs::read(scratch.log()).unwrap())[0].clone();
+        assert!(message[..len].ends_with(first.as_bytes()));
+    }
+
+    #[test]
+    fn an_unusable_collector_or_an_old_syslog_sink_is_refused_at_start() {
+        let scratch = Scratch::new("policy-remote");
+        let config = config(&scratch);
+        let policy = guest_policy::Audit {
+            sink: AuditSink::File(scratch.log()),
+            forward: vec![AuditForward::Remote(RemoteCollector {
+                host: "127.0.0.1".into(),
+                port: 6514,
+                ca_file: scratch.0.join("missing-ca.pem"),
+                server_name: "collector.test".into(),
+            })],
+        };
+        let error = Audit::disabled()
+            .open_policy_sink(&policy, &config, false)
+            .unwrap_err();
+        assert!(
+            matches!(error, AuditSetupError::Remote(RemoteSetupError::Ca { .. })),
+            "{error}"
+        );
+        // A format 1-3 `sink = "syslog"` means what it did: refused
+        // without --audit-log, never silently forwarded.
+        let old = guest_policy::Audit {
+            sink: AuditSink::Syslog,
+            forward: vec![],
+        };
+        let error = Audit::disabled()
+            .open_policy_sink(&old, &config, false)
+            .unwrap_err();
+        assert!(error.to_string().contains("--audit-log"), "{error}");
+    }
 }

@@ -17,6 +17,7 @@ use std::time::SystemTime;
 
 use openssl::sha::sha256;
 
+use super::forward::Forwarder;
 use super::key::AuditKey;
 use super::record::{encode, hex, Event, MAC_BYTES};
 use super::verify::{verify_log, ChainEnd, Problem, Verdict};
@@ -46,6 +47,8 @@ pub struct AuditLog {
     path: PathBuf,
     key: AuditKey,
     chain: Mutex<Chain>,
+    /// Threads copying records to syslog destinations; woken per record.
+    forwarders: Mutex<Vec<Forwarder>>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -128,6 +131,7 @@ impl AuditLog {
                 prev: last_mac,
                 user: None,
             }),
+            forwarders: Mutex::new(Vec::new()),
         };
         log.record(Event::LogOpened {
             recovered_torn_line: torn.as_ref().map(|(line, _)| *line),
@@ -170,13 +174,38 @@ impl AuditLog {
         chain.file.sync_data().map_err(io_error)?;
         chain.next_seq += 1;
         chain.prev = mac;
+        drop(chain);
+        for forwarder in self.forwarders.lock().unpoisoned().iter() {
+            forwarder.wake();
+        }
         Ok(())
+    }
+
+    /// Adds a forwarder, which copies records from this log from now on.
+    pub(crate) fn add_forwarder(&self, forwarder: Forwarder) {
+        self.forwarders.lock().unpoisoned().push(forwarder);
+    }
+
+    /// Lets each forwarder deliver what the log holds and stop, waiting at
+    /// most `limit` for each.
+    pub(crate) fn finish_forwarding(&self, limit: std::time::Duration) {
+        for forwarder in self.forwarders.lock().unpoisoned().drain(..) {
+            forwarder.finish(limit);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Chain> {
         // A writer that panicked mid-record leaves at worst a partial line,
         // which the next open handles; keep logging.
         self.chain.lock().unpoisoned()
+    }
+}
+
+impl Drop for AuditLog {
+    /// A session that ends early (a refused login) still hands its last
+    /// records to the forwarders before they stop.
+    fn drop(&mut self) {
+        self.finish_forwarding(super::FORWARD_FINISH_LIMIT);
     }
 }
 

@@ -95,6 +95,15 @@ pub trait Authenticator {
     /// a real user and reject). An `Err` is a problem reading input, not
     /// a wrong credential.
     fn attempt(&mut self, user_id: &str, user: Option<&User>) -> Result<Attempt, LoginError>;
+    /// The user id someone claims for the next attempt, when none was
+    /// given beforehand (no `--user`): only an authenticator that asks a
+    /// person on securevm's screen can say.
+    fn claimed_user(&mut self) -> Result<Option<String>, LoginError> {
+        Ok(None)
+    }
+    /// The last attempt was rejected; `wait` passes before anything else
+    /// happens (the next attempt, or the refusal).
+    fn rejected(&mut self, _wait: Duration) {}
     /// Why the last attempt was rejected, for the audit log only (the
     /// console never says).
     fn rejection_reason(&self) -> Option<String> {
@@ -150,21 +159,29 @@ fn claimed(user_id: &str) -> String {
     }
 }
 
-/// Authenticates `user_id` against `policy` with `authenticator`,
+/// Authenticates `user_id` (or, without one, whoever the authenticator
+/// asks for at each attempt) against `policy` with `authenticator`,
 /// recording each attempt in `audit`; on success the audit log
 /// attributes later records to the user.
 pub fn login(
     policy: &Policy,
-    user_id: &str,
+    user_id: Option<&str>,
     authenticator: &mut dyn Authenticator,
     delay: RetryDelay,
     audit: &Audit,
 ) -> Result<Login, LoginError> {
     let method = authenticator.method();
-    let user = policy.user(user_id);
     let attempts = authenticator.max_attempts().max(1);
+    let mut last_claimed = user_id.unwrap_or_default().to_string();
     for attempt in 1..=attempts {
-        match authenticator.attempt(user_id, user)? {
+        let claimed_id = match user_id {
+            Some(id) => id.to_string(),
+            None => authenticator
+                .claimed_user()?
+                .ok_or_else(|| LoginError::Input("no user id was given".to_string()))?,
+        };
+        let user = policy.user(&claimed_id);
+        match authenticator.attempt(&claimed_id, user)? {
             Attempt::Verified(credential) => {
                 // `Verified` is only possible for a user the policy knows.
                 let Some(user) = user else {
@@ -187,20 +204,23 @@ pub fn login(
             Attempt::Rejected => {
                 audit.record(Event::AuthFailure {
                     method: method.as_str().into(),
-                    claimed_user: claimed(user_id),
+                    claimed_user: claimed(&claimed_id),
                     attempt,
                     reason: authenticator.rejection_reason(),
                 })?;
                 eprintln!("securevm: login failed: the user id or the credential is wrong");
                 // Also after the last attempt: a script that restarts
                 // securevm pays the wait too.
-                std::thread::sleep(delay.after(attempt));
+                let wait = delay.after(attempt);
+                authenticator.rejected(wait);
+                std::thread::sleep(wait);
+                last_claimed = claimed_id;
             }
         }
     }
     audit.record(Event::AuthLockout {
         method: method.as_str().into(),
-        claimed_user: claimed(user_id),
+        claimed_user: claimed(&last_claimed),
         attempts,
     })?;
     Err(LoginError::Refused { attempts })

@@ -15,9 +15,11 @@ use guest_policy::Policy;
 
 use super::passphrase_login::{PassphraseAuthenticator, PassphraseInput};
 use super::smartcard::login::SmartCardAuthenticator;
+use super::smartcard::PinSource;
 use super::{login, Authenticator, Login, LoginError, RetryDelay};
 use crate::audit::{Audit, AuditError, AuditSetupError, Event};
 use crate::config::VmConfig;
+use crate::display::DisplayHandle;
 use crate::policy::{accept_policy, role_for_user, ActiveRole, PolicyLoadError};
 
 /// The state of a started session.
@@ -40,7 +42,7 @@ pub enum SessionError {
     Policy(#[from] PolicyLoadError),
     #[error(transparent)]
     Login(#[from] LoginError),
-    #[error("policy {} lists the users who may log in: pass --user ID (the role comes from the user)", path.display())]
+    #[error("policy {} lists the users who may log in: pass --user ID, or --display to have it typed on the login screen (the role comes from the user)", path.display())]
     NoUser { path: PathBuf },
 }
 
@@ -52,20 +54,35 @@ impl SessionError {
 }
 
 /// The authenticator for this run: the smart card of `--pkcs11-module`,
-/// else the passphrase from `--passphrase-file`, or the terminal.
-fn authenticator_for(config: &VmConfig, policy: &Policy) -> Box<dyn Authenticator> {
+/// else the passphrase from `--passphrase-file`, or asked on the display's
+/// login screen (`--display`), or on the terminal.
+fn authenticator_for(
+    config: &VmConfig,
+    policy: &Policy,
+    display: Option<&DisplayHandle>,
+) -> Box<dyn Authenticator> {
     if let Some(card) = &config.card {
-        return Box::new(SmartCardAuthenticator::new(card.clone()));
+        let mut card = card.clone();
+        if let (PinSource::Terminal, Some(display)) = (&card.pins, display) {
+            card.pins = PinSource::Display(display.clone());
+        }
+        return Box::new(SmartCardAuthenticator::new(card));
     }
-    let input = match &config.passphrase_file {
-        Some(path) => PassphraseInput::File(path.clone()),
-        None => PassphraseInput::Terminal,
+    let input = match (&config.passphrase_file, display) {
+        (Some(path), _) => PassphraseInput::File(path.clone()),
+        (None, Some(display)) => PassphraseInput::Display(display.clone()),
+        (None, None) => PassphraseInput::Terminal,
     };
     Box::new(PassphraseAuthenticator::new(policy, input))
 }
 
-/// Opens the audit log, accepts the policy, logs the user in.
-pub fn start_session(config: &VmConfig, delay: RetryDelay) -> Result<Session, SessionError> {
+/// Opens the audit log, accepts the policy, logs the user in (on the
+/// `display`'s login screen when there is one).
+pub fn start_session(
+    config: &VmConfig,
+    delay: RetryDelay,
+    display: Option<&DisplayHandle>,
+) -> Result<Session, SessionError> {
     let mut audit = match &config.audit.log {
         Some(path) => Audit::open(path, config.audit.key.as_deref())?,
         None => Audit::disabled(),
@@ -77,9 +94,13 @@ pub fn start_session(config: &VmConfig, delay: RetryDelay) -> Result<Session, Se
             login: None,
         });
     };
-    let user_id = config.user.as_deref().ok_or_else(|| SessionError::NoUser {
-        path: policy_config.path.clone(),
-    })?;
+    // On the display's login screen the user id may be typed.
+    let user_id = config.user.as_deref();
+    if user_id.is_none() && display.is_none() {
+        return Err(SessionError::NoUser {
+            path: policy_config.path.clone(),
+        });
+    }
     let accepted = match accept_policy(policy_config, SystemTime::now()) {
         Ok(accepted) => accepted,
         Err(refusal) => {
@@ -89,12 +110,12 @@ pub fn start_session(config: &VmConfig, delay: RetryDelay) -> Result<Session, Se
             return Err(refusal.into());
         }
     };
-    audit = audit.open_policy_sink(&accepted.policy.audit.sink, &config.audit)?;
+    audit = audit.open_policy_sink(&accepted.policy.audit, &config.audit, config.seccomp)?;
     audit.record(Event::PolicyAccepted {
         version: accepted.version,
         organisation: accepted.policy.meta.organisation.clone(),
     })?;
-    let mut authenticator = authenticator_for(config, &accepted.policy);
+    let mut authenticator = authenticator_for(config, &accepted.policy, display);
     let login = login(
         &accepted.policy,
         user_id,

@@ -92,7 +92,7 @@ fn a_verified_user_gets_their_role_and_later_records_name_them() {
     let (scratch, audit) = AuditScratch::new("success");
     let policy = policy();
     let mut auth = Scripted::new(&[false, true], 3);
-    let login = login(&policy, "bob", &mut auth, NO_WAIT, &audit).unwrap();
+    let login = login(&policy, Some("bob"), &mut auth, NO_WAIT, &audit).unwrap();
     assert_eq!(
         login.identity,
         Identity {
@@ -119,10 +119,10 @@ fn the_retry_bound_refuses_without_saying_what_was_wrong() {
     let (scratch, audit) = AuditScratch::new("lockout");
     let policy = policy();
     let mut known = Scripted::new(&[], 3);
-    let err = login(&policy, "alice", &mut known, NO_WAIT, &audit).unwrap_err();
+    let err = login(&policy, Some("alice"), &mut known, NO_WAIT, &audit).unwrap_err();
     assert_eq!(known.seen_users.len(), 3);
     let mut unknown = Scripted::new(&[], 3);
-    let other = login(&policy, "mallory", &mut unknown, NO_WAIT, &audit).unwrap_err();
+    let other = login(&policy, Some("mallory"), &mut unknown, NO_WAIT, &audit).unwrap_err();
     assert_eq!(unknown.seen_users, vec![None, None, None]);
     assert!(matches!(err, LoginError::Refused { attempts: 3 }));
     assert_eq!(err.to_string(), other.to_string());
@@ -133,11 +133,101 @@ fn the_retry_bound_refuses_without_saying_what_was_wrong() {
     assert!(records.contains(r#""claimed_user":"mallory""#));
 }
 
+/// A person at securevm's login screen: each attempt claims the next user
+/// id of `claims`, and the script decides as [`Scripted`] does.
+struct AtTheScreen {
+    claims: VecDeque<Option<&'static str>>,
+    inner: Scripted,
+    waits: Vec<Duration>,
+}
+
+impl Authenticator for AtTheScreen {
+    fn method(&self) -> AuthMethod {
+        AuthMethod::Passphrase
+    }
+
+    fn max_attempts(&self) -> u32 {
+        self.inner.max_attempts()
+    }
+
+    fn attempt(&mut self, user_id: &str, user: Option<&User>) -> Result<Attempt, LoginError> {
+        self.inner.attempt(user_id, user)
+    }
+
+    fn claimed_user(&mut self) -> Result<Option<String>, LoginError> {
+        Ok(self.claims.pop_front().flatten().map(str::to_string))
+    }
+
+    fn rejected(&mut self, wait: Duration) {
+        self.waits.push(wait);
+    }
+}
+
+#[test]
+fn without_a_user_id_each_attempt_claims_one_and_the_last_claim_is_locked_out() {
+    let (scratch, audit) = AuditScratch::new("claims");
+    let policy = policy();
+    // mallory (unknown), then bob with a wrong passphrase, then bob right.
+    let mut auth = AtTheScreen {
+        claims: [Some("mallory"), Some("bob"), Some("bob")].into(),
+        inner: Scripted::new(&[false, false, true], 3),
+        waits: Vec::new(),
+    };
+    let delay = RetryDelay {
+        first: Duration::from_millis(1),
+        max: Duration::from_millis(2),
+    };
+    let login = login(&policy, None, &mut auth, delay, &audit).unwrap();
+    assert_eq!(login.identity.user_id, "bob");
+    assert_eq!(
+        auth.inner.seen_users,
+        vec![None, Some("bob".into()), Some("bob".into())]
+    );
+    // The screen was told of each failure and its wait.
+    assert_eq!(auth.waits, vec![delay.after(1), delay.after(2)]);
+    let records = scratch.records();
+    assert!(records.contains(r#""claimed_user":"mallory""#), "{records}");
+    // All attempts failing: the lockout names the last claim.
+    let mut refused = AtTheScreen {
+        claims: [Some("alice"), Some("mallory")].into(),
+        inner: Scripted::new(&[], 2),
+        waits: Vec::new(),
+    };
+    assert!(matches!(
+        login_fn(&policy, &mut refused, &audit),
+        Err(LoginError::Refused { attempts: 2 })
+    ));
+    let records = scratch.records();
+    let lockout = records.lines().last().unwrap();
+    assert!(
+        lockout.contains(r#""event":"auth-lockout""#) && lockout.contains("mallory"),
+        "{lockout}"
+    );
+    // An authenticator that cannot ask for a user id is an input error.
+    let mut silent = AtTheScreen {
+        claims: [None].into(),
+        inner: Scripted::new(&[true], 1),
+        waits: Vec::new(),
+    };
+    assert!(matches!(
+        login_fn(&policy, &mut silent, &audit),
+        Err(LoginError::Input(_))
+    ));
+}
+
+fn login_fn(
+    policy: &Policy,
+    auth: &mut dyn Authenticator,
+    audit: &Audit,
+) -> Result<Login, LoginError> {
+    login(policy, None, auth, NO_WAIT, audit)
+}
+
 #[test]
 fn a_passphrase_typed_as_the_user_id_never_reaches_the_log() {
     let (scratch, audit) = AuditScratch::new("typo");
     let mut auth = Scripted::new(&[], 1);
-    login(&policy(), "Correct Horse", &mut auth, NO_WAIT, &audit).unwrap_err();
+    login(&policy(), Some("Correct Horse"), &mut auth, NO_WAIT, &audit).unwrap_err();
     let records = scratch.records();
     assert!(!records.contains("Correct Horse"), "{records}");
     assert!(records.contains("<not a user id>"), "{records}");

@@ -19,6 +19,9 @@ pub struct PolicyConfig {
     /// Where the installed version is recorded; without it only the
     /// signature and expiry are checked.
     pub state: Option<PathBuf>,
+    /// `--policy-dir DIR`: newer signed policies dropped there are pushed
+    /// to the running VM (`super::dir`).
+    pub dir: Option<PathBuf>,
 }
 
 /// A policy whose signature, expiry and version were accepted.
@@ -161,6 +164,7 @@ mod tests {
                 path,
                 public_key: self.dir.join("org.pub"),
                 state: state.then(|| self.dir.join("policy.state")),
+                dir: None,
             }
         }
     }

@@ -2,9 +2,11 @@
 //! (`load`: verified, checked against the installed-version state, narrowed
 //! to the role of the user who logged in) and a policy pushed to a running
 //! VM through the control socket (`push`: the same checks, and newer than
-//! the one in force). The policy language itself (parsing, validation,
+//! the one in force), also from a watched directory (`dir`,
+//! `--policy-dir`). The policy language itself (parsing, validation,
 //! signatures) is the `guest-policy` crate.
 
+pub mod dir;
 pub mod load;
 pub mod push;
 

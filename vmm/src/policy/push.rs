@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-use guest_policy::{verify_policy_bytes, PolicyState, PublicKey};
+use guest_policy::{verify_policy_bytes, PolicyState, PublicKey, VerifiedPolicy};
 
 use super::load::{ActiveRole, PolicyConfig, PolicyLoadError};
 
@@ -69,15 +69,7 @@ impl PolicyVerifier {
     ) -> Result<ActiveRole, PushRefused> {
         let name = pushed.name;
         let refused = |reason: String| PushRefused(format!("{name}: {reason}"));
-        let verified = verify_policy_bytes(
-            name,
-            pushed.policy,
-            &format!("{name}.minisig"),
-            pushed.signature,
-            &self.public_key,
-            now,
-        )
-        .map_err(|e| refused(e.to_string()))?;
+        let verified = self.verify(pushed, now)?;
         let version = verified.version();
         if version <= in_force {
             return Err(refused(format!(
@@ -109,6 +101,34 @@ impl PolicyVerifier {
             policy_version: version,
             role,
         })
+    }
+
+    /// The version `pushed` is signed for, if its signature and expiry
+    /// hold; nothing else is checked and nothing is recorded. Lets a
+    /// caller with several candidates offer only the newest.
+    pub fn signed_version(
+        &self,
+        pushed: &SignedPolicy<'_>,
+        now: SystemTime,
+    ) -> Result<u64, PushRefused> {
+        Ok(self.verify(pushed, now)?.version())
+    }
+
+    fn verify(
+        &self,
+        pushed: &SignedPolicy<'_>,
+        now: SystemTime,
+    ) -> Result<VerifiedPolicy, PushRefused> {
+        let name = pushed.name;
+        verify_policy_bytes(
+            name,
+            pushed.policy,
+            &format!("{name}.minisig"),
+            pushed.signature,
+            &self.public_key,
+            now,
+        )
+        .map_err(|e| PushRefused(format!("{name}: {e}")))
     }
 }
 
@@ -144,6 +164,7 @@ pub(crate) mod tests {
                 path: self.dir.join("policy.toml"),
                 public_key: self.dir.join("org.pub"),
                 state: Some(self.dir.join("policy.state")),
+                dir: None,
             }
         }
 

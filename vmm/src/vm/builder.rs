@@ -43,7 +43,14 @@ use crate::devices::power::{
 };
 use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::console::{port_channel, PortEnd, VirtioConsole};
+use crate::devices::virtio::gpu::Gpu;
+use crate::devices::virtio::input::{InputEvents, VirtioInput};
 use crate::devices::virtio::net::{Net, Tap};
+use crate::devices::virtio::IoGate;
+use crate::display::{
+    clipboard_policy, ClipboardLink, DisplayConfig, DisplayError, DisplayHandle, GuestLink,
+};
 use crate::exit::{ExitNotifier, ExitReason};
 use crate::external_media::hotplug::block_device_numbers;
 use crate::external_media::watch::RemovableWatch;
@@ -56,9 +63,13 @@ use crate::kvm::vm::Vm;
 use crate::loader::firmware::load_firmware;
 use crate::loader::{load_cmdline, load_initrd, load_kernel};
 use crate::network::PolicyFilter;
+use crate::policy::dir::{PolicyDir, PolicyDirWatch};
 use crate::policy::{ActiveRole, PolicyVerifier};
 use crate::seccomp::{self, ThreadKind};
+use crate::service::ServedVm;
 use crate::vpn::VpnLink;
+use gpu2d::Gpu2dConfig;
+use guest_policy::model::Clipboard;
 use netfilter::{Filter, FilterConfig, FilterControl, DEFAULT_CONNTRACK_CAPACITY};
 
 use super::disks::{open_disks, OpenedDisks};
@@ -74,6 +85,7 @@ pub(super) fn run_once(
     session: &Session,
     card_only: Option<&CardCredential>,
     phrase: &PromptPhrase,
+    display: Option<&DisplayHandle>,
     policy_in_force: &mut Option<ActiveRole>,
     main_filtered: &mut bool,
 ) -> Result<ExitReason, VmmError> {
@@ -83,26 +95,34 @@ pub(super) fn run_once(
         session,
         card_only,
         phrase,
+        display,
     };
     let (boot_files, boot_devices, control) = builder.open_inputs(policy_in_force.take())?;
     let machine = builder.create_machine(boot_files.image, control.hotplug_slots())?;
     let legacy = builder.attach_legacy_devices(&machine, boot_files.firmware_log)?;
     let pci = builder.attach_pci_devices(&machine, &legacy, boot_devices)?;
     let vcpu_fds = builder.create_vcpus(&machine)?;
+    crate::service::vm_starting();
     let running = builder.start(control, machine, legacy, pci, vcpu_fds)?;
     builder.narrow_main_thread(main_filtered)?;
+    let served = ServedVm::started(running.live.clone());
     let reason = running.wait_for_exit();
+    drop(served);
     *policy_in_force = running.stop(&reason);
+    if let Some(display) = display {
+        display.detach_guest();
+    }
     Ok(reason)
 }
 
 /// What every step reads: the command line, the logged-in session (or
-/// the card given to open disks) and the prompt phrase.
+/// the card given to open disks), the prompt phrase and the display.
 struct VmBuilder<'a> {
     config: &'a VmConfig,
     session: &'a Session,
     card_only: Option<&'a CardCredential>,
     phrase: &'a PromptPhrase,
+    display: Option<&'a DisplayHandle>,
 }
 
 /// What the guest boots from, and where a firmware boot's debug console
@@ -140,6 +160,8 @@ struct ControlParts {
     /// Sticks plugged into the host are watched (`--watch-removable`, or
     /// the role at start asks for it).
     watch_removable: bool,
+    /// `--policy-dir`, watched from before the VM is built.
+    policy_dir: Option<PolicyDir>,
 }
 
 impl ControlParts {
@@ -187,6 +209,17 @@ struct PciDevices {
     hotplug: Option<Arc<PciHotplug>>,
     /// Created before the devices: their I/O threads stop with the vCPUs.
     vcpu_control: VcpuControl,
+    /// The host sides of the desktop's devices (`--display`).
+    desktop: Option<DesktopDevices>,
+}
+
+/// The host sides of the guest's screen, keyboard, pointer and clipboard
+/// port, handed to the display once the guest runs.
+struct DesktopDevices {
+    keyboard: InputEvents,
+    tablet: InputEvents,
+    tablet_size: (u32, u32),
+    clipboard_port: PortEnd,
 }
 
 impl VmBuilder<'_> {
@@ -229,6 +262,13 @@ impl VmBuilder<'_> {
             drop(card.take_login());
         }
         let (nets, filter_controls) = open_nets(config, role.as_ref())?;
+        let policy_dir = match config.policy.as_ref().and_then(|p| p.dir.as_deref()) {
+            Some(dir) => Some(PolicyDir::open(dir).map_err(|source| VmmError::Io {
+                what: "watching the --policy-dir directory (inotify)",
+                source,
+            })?),
+            None => None,
+        };
         Ok((
             boot_files,
             BootDevices { blocks, nets },
@@ -243,6 +283,7 @@ impl VmBuilder<'_> {
                 devices,
                 media,
                 filter_controls,
+                policy_dir,
             },
         ))
     }
@@ -406,6 +447,12 @@ impl VmBuilder<'_> {
             net.set_confinement(Confinement::new(ThreadKind::NetIo, seccomp));
             pci.add_virtio_device(Box::new(net), machine.memory.clone())?;
         }
+        let desktop = match (self.display, &self.config.display) {
+            (Some(display), Some(config)) => Some(attach_desktop_devices(
+                &pci, machine, display, config, seccomp,
+            )?),
+            _ => None,
+        };
         legacy.pio.insert(
             Arc::new(Mutex::new(PciConfigIo::new(pci.clone()))),
             u64::from(PCI_CONFIG_ADDRESS_PORT),
@@ -424,6 +471,7 @@ impl VmBuilder<'_> {
             pci,
             hotplug,
             vcpu_control,
+            desktop,
         })
     }
 
@@ -455,7 +503,7 @@ impl VmBuilder<'_> {
         control: ControlParts,
         machine: Machine,
         legacy: LegacyDevices,
-        pci: PciDevices,
+        mut pci: PciDevices,
         vcpu_fds: Vec<VcpuFd>,
     ) -> Result<RunningVm, VmmError> {
         let seccomp = self.config.seccomp;
@@ -488,6 +536,11 @@ impl VmBuilder<'_> {
             control: pci.vcpu_control.clone(),
         };
         let vcpus = self.start_vcpus(vcpu_fds, &vcpu_context)?;
+        self.show_guest_display(
+            pci.desktop.take(),
+            pci.vcpu_control.io_gate(),
+            control.role.as_ref(),
+        );
         let services = self.start_services(
             control,
             machine.power_button,
@@ -500,6 +553,7 @@ impl VmBuilder<'_> {
             vcpus,
             api_server: services.api_server,
             removable_watch: services.removable_watch,
+            policy_dir_watch: services.policy_dir_watch,
             live: services.live,
             card_monitor: services.card_monitor,
             vcpu_context,
@@ -514,6 +568,37 @@ impl VmBuilder<'_> {
             guest_ram: machine.guest_ram,
             vm: machine.vm,
         })
+    }
+
+    /// Hands the display the guest's input devices and clipboard port,
+    /// and shows the guest's picture in place of securevm's login. `role`
+    /// is the one in force: a policy pushed before a guest reboot holds
+    /// for the clipboard as for the rest.
+    fn show_guest_display(
+        &self,
+        desktop: Option<DesktopDevices>,
+        gate: IoGate,
+        role: Option<&ActiveRole>,
+    ) {
+        let (Some(display), Some(desktop)) = (self.display, desktop) else {
+            return;
+        };
+        // Without a policy nothing crosses the clipboard.
+        let clipboard = role.map_or(Clipboard::None, |role| role.role.clipboard());
+        display.attach_guest(GuestLink {
+            keyboard: desktop.keyboard,
+            tablet: desktop.tablet,
+            gate,
+            clipboard: Some(ClipboardLink::new(
+                desktop.clipboard_port,
+                clipboard_policy(clipboard),
+            )),
+            audit: self.session.audit.clone(),
+            tablet_size: desktop.tablet_size,
+            shift_held: AtomicBool::new(false),
+            keysyms_down: Mutex::new(Vec::new()),
+        });
+        display.show_guest();
     }
 
     /// Records the start in the audit log and starts one thread per vCPU.
@@ -552,7 +637,13 @@ impl VmBuilder<'_> {
         // card's PKCS#11 module and must not inherit it.
         let (card_monitor, console_gate) = match session_card(session, self.card_only) {
             Some(card) => (
-                Some(watch_card(card, session, &pci.vcpu_control, console_gate)?),
+                Some(watch_card(
+                    card,
+                    session,
+                    &pci.vcpu_control,
+                    console_gate,
+                    self.display,
+                )?),
                 None,
             ),
             None => (None, Some(console_gate)),
@@ -607,6 +698,7 @@ impl VmBuilder<'_> {
             audit: session.audit.clone(),
             media_hotplug,
             watch_removable: config.external.watch_removable,
+            display: self.display.cloned(),
         }));
         let removable_watch = if control.watch_removable {
             Some(
@@ -619,6 +711,17 @@ impl VmBuilder<'_> {
             )
         } else {
             None
+        };
+        let policy_dir_watch = match control.policy_dir {
+            Some(dir) => Some(
+                PolicyDirWatch::start(dir, live.clone(), config.seccomp).map_err(|source| {
+                    VmmError::Io {
+                        what: "starting the --policy-dir thread",
+                        source,
+                    }
+                })?,
+            ),
+            None => None,
         };
         let api_server = match control.socket {
             Some(socket) => Some(ApiServer::start(
@@ -634,6 +737,7 @@ impl VmBuilder<'_> {
         Ok(Services {
             api_server,
             removable_watch,
+            policy_dir_watch,
             live,
             card_monitor,
             console_gate,
@@ -668,6 +772,7 @@ impl VmBuilder<'_> {
 struct Services {
     api_server: Option<ApiServer>,
     removable_watch: Option<RemovableWatch>,
+    policy_dir_watch: Option<PolicyDirWatch>,
     live: Arc<LiveVm>,
     card_monitor: Option<RemovalMonitor>,
     /// Kept while no card monitor holds it.
@@ -849,8 +954,10 @@ fn watch_card(
     session: &Session,
     vcpus: &VcpuControl,
     console: ConsoleGate,
+    display: Option<&DisplayHandle>,
 ) -> Result<RemovalMonitor, VmmError> {
     let (pause, resume) = (vcpus.clone(), vcpus.clone());
+    let (lock_screen, unlock_screen) = (display.cloned(), display.cloned());
     let user = session
         .login
         .as_ref()
@@ -861,6 +968,12 @@ fn watch_card(
         session.audit.clone(),
         console,
         Box::new(move || {
+            if let Some(display) = &lock_screen {
+                display.notice(
+                    "securevm: locked",
+                    "The smart card was removed. Insert it to unlock.",
+                );
+            }
             // The lock is in force from the first attempt on; a vCPU or
             // device still busy stops as soon as it can. Wait for them (and
             // say so) before the console reports the session locked.
@@ -870,11 +983,65 @@ fn watch_card(
                 log::warn!("card removed: the vCPUs have not stopped yet; trying again");
             }
         }),
-        Box::new(move || resume.unlock_session()),
+        Box::new(move || {
+            resume.unlock_session();
+            if let Some(display) = &unlock_screen {
+                display.show_guest();
+            }
+        }),
     )
     .map_err(|source| VmmError::Io {
         what: "starting the smart-card monitor",
         source,
+    })
+}
+
+/// The guest's screen, keyboard, tablet and clipboard port (`--display`),
+/// with their host sides.
+fn attach_desktop_devices(
+    pci: &Arc<PciRoot>,
+    machine: &Machine,
+    display: &DisplayHandle,
+    config: &DisplayConfig,
+    seccomp: bool,
+) -> Result<DesktopDevices, VmmError> {
+    let confinement = Confinement::new(ThreadKind::DesktopIo, seccomp);
+    let mut gpu = Gpu::new(
+        Gpu2dConfig {
+            width: config.width,
+            height: config.height,
+            max_mem: config.max_mem,
+        },
+        Arc::new(display.clone()),
+    )
+    .map_err(DisplayError::Gpu)?;
+    gpu.set_confinement(confinement);
+    pci.add_virtio_device(Box::new(gpu), machine.memory.clone())?;
+    let input_queue = |source| VmmError::Io {
+        what: "creating the virtio-input queues",
+        source,
+    };
+    let keyboard = InputEvents::new().map_err(input_queue)?;
+    let tablet = InputEvents::new().map_err(input_queue)?;
+    for mut device in [
+        VirtioInput::keyboard(keyboard.clone()),
+        VirtioInput::tablet(tablet.clone(), config.width, config.height),
+    ] {
+        device.set_confinement(confinement);
+        pci.add_virtio_device(Box::new(device), machine.memory.clone())?;
+    }
+    let (port_device, clipboard_port) = port_channel().map_err(|source| VmmError::Io {
+        what: "creating the clipboard port",
+        source,
+    })?;
+    let mut console = VirtioConsole::new(port_device);
+    console.set_confinement(confinement);
+    pci.add_virtio_device(Box::new(console), machine.memory.clone())?;
+    Ok(DesktopDevices {
+        keyboard,
+        tablet,
+        tablet_size: (config.width, config.height),
+        clipboard_port,
     })
 }
 

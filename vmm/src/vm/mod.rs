@@ -24,18 +24,21 @@ use crate::console::{PhraseError, PromptPhrase};
 use crate::devices::bus::BusError;
 use crate::devices::pci::PciError;
 use crate::devices::virtio::net::{NetError, TapError};
+use crate::display::{Display, DisplayError, DisplayHandle};
 use crate::exit::ExitReason;
 use crate::external_media::MediumError;
 use crate::identity::disk::UserDiskError;
 use crate::identity::session::{start_session, Session, SessionError};
 use crate::identity::smartcard::login::CardCredential;
-use crate::identity::smartcard::{self, SmartCardError};
+use crate::identity::smartcard::{self, PinSource, SmartCardError};
 use crate::identity::{Credential, RetryDelay};
 use crate::kvm::vcpu::VcpuStartError;
 use crate::kvm::vm::VmError;
 use crate::loader::firmware::{inspect_firmware, FirmwareError};
 use crate::loader::LoaderError;
 use crate::seccomp::{SeccompError, ThreadKind};
+use crate::service::sigterm::{self, SigtermError};
+use crate::service::{notify, SigtermWatch};
 use crate::storage::luks::is_luks;
 use crate::storage::StorageError;
 use crate::vpn::VpnLinkError;
@@ -106,6 +109,10 @@ pub enum VmmError {
     Cpuid(kvm_ioctls::Error),
     #[error(transparent)]
     PromptPhrase(#[from] PhraseError),
+    #[error(transparent)]
+    Display(#[from] DisplayError),
+    #[error(transparent)]
+    Sigterm(#[from] SigtermError),
     #[error("{what} failed: {source}")]
     Io {
         what: &'static str,
@@ -119,25 +126,47 @@ pub enum VmmError {
 pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     config.validate()?;
     check_boot_files(config)?;
+    // Before any other thread starts: they inherit SIGTERM blocked.
+    let _sigterm = SigtermWatch::start(config.seccomp)?;
+    notify::init_from_env();
     // Checked before anything is asked: a phrase file that is not private
     // stops securevm here rather than at a PIN prompt with the guest running.
     let phrase = PromptPhrase::load_configured()?;
+    // The screen first: with a policy, the login is asked on it.
+    let display = match &config.display {
+        Some(display_config) => Some(Display::start(
+            display_config,
+            phrase.clone(),
+            config.seccomp,
+        )?),
+        None => None,
+    };
+    let display_handle = display.as_ref().map(Display::handle);
     // Audit log, policy, login and role: before any guest exists.
-    let session = start_session(config, RetryDelay::default())?;
+    let session = start_session(config, RetryDelay::default(), display_handle.as_ref())?;
     let audit = session.audit.clone();
     // Without a policy there is no user, but a card may still open disks.
     let card_only = match (&config.card, &config.policy) {
         (Some(options), None) => {
-            let login = smartcard::login_without_policy(options)?;
-            Some(CardCredential::new(
-                login,
-                options.pins.clone(),
-                options.retry,
-            ))
+            let mut options = options.clone();
+            if let (PinSource::Terminal, Some(display)) = (&options.pins, &display_handle) {
+                options.pins = PinSource::Display(display.clone());
+            }
+            let login = smartcard::login_without_policy(&options)?;
+            Some(CardCredential::new(login, options.pins, options.retry))
         }
         _ => None,
     };
-    let result = run_session(config, &session, card_only.as_ref(), &phrase);
+    if let Some(display) = &display_handle {
+        display.notice("securevm", "Starting the machine...");
+    }
+    let result = run_session(
+        config,
+        &session,
+        card_only.as_ref(),
+        &phrase,
+        display_handle.as_ref(),
+    );
     let reason = match &result {
         Ok(ExitReason::PowerOff) => "guest powered off".to_string(),
         Ok(ExitReason::Reboot) => "guest rebooted".to_string(),
@@ -146,7 +175,9 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
         Ok(ExitReason::Internal(what)) => format!("securevm failed: {what}"),
         Err(e) => format!("securevm failed: {e}"),
     };
+    notify::send(&format!("STOPPING=1\nSTATUS=Stopped: {reason}"));
     audit.record_or_warn(Event::VmStop { reason });
+    audit.finish_forwarding();
     result
 }
 
@@ -155,6 +186,7 @@ fn run_session(
     session: &Session,
     card_only: Option<&CardCredential>,
     phrase: &PromptPhrase,
+    display: Option<&DisplayHandle>,
 ) -> Result<ExitReason, VmmError> {
     let mut policy_in_force = None;
     let mut main_filtered = false;
@@ -164,10 +196,14 @@ fn run_session(
             session,
             card_only,
             phrase,
+            display,
             &mut policy_in_force,
             &mut main_filtered,
         )?;
-        if reason == ExitReason::Reboot && config.on_reboot == RebootAction::Restart {
+        if reason == ExitReason::Reboot
+            && config.on_reboot == RebootAction::Restart
+            && !sigterm::stop_requested()
+        {
             log::info!("guest rebooted; starting it again");
             continue;
         }

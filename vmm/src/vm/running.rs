@@ -17,16 +17,17 @@ use crate::external_media::watch::RemovableWatch;
 use crate::identity::smartcard::monitor::RemovalMonitor;
 use crate::kvm::vcpu::{VcpuContext, VcpuHandle};
 use crate::kvm::vm::Vm;
+use crate::policy::dir::PolicyDirWatch;
 use crate::policy::ActiveRole;
 
 /// A started VM. [`RunningVm::stop`] ends it.
 ///
 /// Rust drops fields in declaration order, so this order is the teardown
 /// order once `stop` has stopped the threads that need an explicit stop:
-/// - `vcpus`, `removable_watch` and `api_server` are emptied by `stop`
-///   (vCPU threads kicked and joined first, the watch for sticks after the
-///   media hot-plug thread it feeds, the control API after the VM is
-///   marked stopped);
+/// - `vcpus`, `removable_watch`, `policy_dir_watch` and `api_server` are
+///   emptied by `stop` (vCPU threads kicked and joined first, the watch
+///   for sticks after the media hot-plug thread it feeds, the policy
+///   directory's and the control API after the VM is marked stopped);
 /// - `live` (the control API's view, with the media hot-plug handle,
 ///   already stopped) goes before the card monitor, so nothing can ask
 ///   for a pause any more;
@@ -52,6 +53,7 @@ pub(super) struct RunningVm {
     pub vcpus: Vec<VcpuHandle>,
     pub api_server: Option<ApiServer>,
     pub removable_watch: Option<RemovableWatch>,
+    pub policy_dir_watch: Option<PolicyDirWatch>,
     pub live: Arc<LiveVm>,
     pub card_monitor: Option<RemovalMonitor>,
     pub vcpu_context: VcpuContext,
@@ -90,6 +92,9 @@ impl RunningVm {
         // then fails at once instead of holding up the watch's end.
         self.live.stop_media_hotplug();
         if let Some(watch) = self.removable_watch.take() {
+            watch.stop();
+        }
+        if let Some(watch) = self.policy_dir_watch.take() {
             watch.stop();
         }
         if let Some(server) = self.api_server.take() {

@@ -7,6 +7,9 @@
 
 pub mod block;
 pub mod chain;
+pub mod console;
+pub mod gpu;
+pub mod input;
 mod interrupt;
 mod io_gate;
 mod io_thread;

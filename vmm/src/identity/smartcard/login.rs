@@ -120,7 +120,9 @@ impl Authenticator for SmartCardAuthenticator {
 
     fn max_attempts(&self) -> u32 {
         match self.options.pins {
-            PinSource::Terminal | PinSource::Console(_) => TERMINAL_ATTEMPTS,
+            PinSource::Terminal | PinSource::Console(_) | PinSource::Display(_) => {
+                TERMINAL_ATTEMPTS
+            }
             PinSource::File(_) => 1,
         }
     }

@@ -14,6 +14,7 @@ use secrecy::SecretBox;
 
 use super::error::{Rejection, SmartCardError};
 use crate::console::ConsoleGate;
+use crate::display::{Answer, DisplayHandle, FieldSpec, Question};
 use crate::storage::passphrase_input::{read_passphrase, PassphraseSource};
 use crate::storage::secret::SecretBuf;
 use crate::storage::StorageError;
@@ -165,7 +166,15 @@ pub enum PinSource {
     /// thread owns the terminal then): re-authentication after the card
     /// was pulled and inserted again.
     Console(ConsoleGate),
+    /// Ask on securevm's screen on the display (`--display`), at login
+    /// and when the card is back after a lock: the viewer's keys, never
+    /// the guest's.
+    Display(DisplayHandle),
 }
+
+/// How long securevm's screen waits for a PIN: a person may come back to
+/// a locked machine much later.
+const DISPLAY_PIN_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// How long a PIN asked on the console may take to be typed.
 const CONSOLE_PIN_TIMEOUT: Duration = Duration::from_secs(120);
@@ -185,13 +194,39 @@ impl PinSource {
                     .read_pin(&prompt, CONSOLE_PIN_TIMEOUT)
                     .map_err(|e| SmartCardError::Pin(StorageError::Passphrase(e.to_string())));
             }
+            PinSource::Display(display) => return read_pin_on_display(display, token),
         };
         read_passphrase(source).map_err(SmartCardError::Pin)
     }
 
     /// Whether asking again can give a different PIN.
     fn can_retry(&self) -> bool {
-        matches!(self, PinSource::Terminal | PinSource::Console(_))
+        matches!(
+            self,
+            PinSource::Terminal | PinSource::Console(_) | PinSource::Display(_)
+        )
+    }
+}
+
+fn read_pin_on_display(
+    display: &DisplayHandle,
+    token: &TokenDescription,
+) -> Result<SecretBuf, SmartCardError> {
+    let question = Question {
+        title: "securevm: smart card".to_string(),
+        fields: vec![FieldSpec {
+            label: format!("PIN for smart card '{}'", token.label),
+            secret: true,
+        }],
+        message: None,
+    };
+    let failed = |reason: String| SmartCardError::Pin(StorageError::Passphrase(reason));
+    match display.ask(question, DISPLAY_PIN_TIMEOUT) {
+        Ok(mut answers) => match answers.pop() {
+            Some(Answer::Secret(pin)) => Ok(pin),
+            _ => Err(failed("the screen gave no PIN".to_string())),
+        },
+        Err(e) => Err(failed(e.to_string())),
     }
 }
 
