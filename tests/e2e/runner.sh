@@ -64,6 +64,19 @@ copy_back() {
     (cd "$1" && find . -type f "${size[@]}" -print0 | xargs -0 -r cp -a --parents -t "$2")
 }
 
+# memory_snapshot WHEN FILE: the machine's free memory and its page
+# migration, compaction and huge-page counters, appended to FILE. Nested
+# guests crash more often late in a full run than alone in a fresh L1;
+# whether the L1 moving guest pages around (each move rewrites the
+# guest's nested page tables) goes with the crashes is what this records.
+memory_snapshot() {
+    {
+        echo "== $1 $(date +%T) uptime $(cut -d' ' -f1 /proc/uptime) s; THP $(cat /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null)"
+        grep -E '^(MemFree|MemAvailable|Cached|Shmem|AnonPages|AnonHugePages):' /proc/meminfo
+        grep -E '^(pgmigrate_success|compact_stall|compact_success|thp_fault_alloc|thp_collapse_alloc|thp_split_page|numa_pages_migrated) ' /proc/vmstat
+    } >>"$2" 2>/dev/null || true
+}
+
 cleanup_images() {
     [[ ${E2E_KEEP_IMAGES:-} == 1 ]] || rm -f "$RESULTS/$1"/*.img "$RESULTS/$1/e2e"
 }
@@ -98,7 +111,9 @@ run_one() {
         local work
         work=$(mktemp -d "${E2E_LOCAL_DIR:-/tmp}/e2e-$name.XXXXXX")
         cp -a --sparse=always "$dir/." "$work/"
+        memory_snapshot before "$work/memory.txt"
         phase_in_subshell run "$name" "$limit" "$work/run.log" "$work" || status=$?
+        memory_snapshot after "$work/memory.txt"
         copy_back "$work" "$dir"
         rm -rf "$work"
         secs=$(($(date +%s) - t0 + $(cat "$dir/prepare-secs" 2>/dev/null || echo 0)))
