@@ -23,6 +23,11 @@ CLIPBOARD_REFUSED_EVENT=clipboard-refused
 GREETER_MIN_COLOURS=64
 # Under nested TCG the Debian desktop reaches its greeter in minutes.
 DESKTOP_GREETER_SECS=600
+# One vCPU: with two, the desktop guest (or the L1 under it) crashed in the
+# emulated-SVM L1 on most attempts (docs/testing.md, crashes of the nested
+# L1); the display, input and clipboard need no second one, and SMP is
+# covered by the console scenarios. E2E_DESKTOP_CPUS=2 runs them with two.
+DESKTOP_CPUS=${E2E_DESKTOP_CPUS:-1}
 
 # desktop_prepare: a copy of the desktop image's root shrunk like the
 # console image's (debian_root_copy), and tests/e2e/desktop/policy.toml
@@ -46,7 +51,7 @@ desktop_start() {
     VNC_SOCKET=$(mktemp -d /tmp/securevm-vnc.XXXXXX)/vnc.sock
     api_start --kernel "$DEBIAN_DESKTOP_KERNEL" --initrd "$DEBIAN_DESKTOP_INITRD" \
         --cmdline "console=ttyS0 reboot=acpi panic=-1 root=/dev/vda rw $GUEST_QUIET e2e=1" \
-        --cpus 2 --memory 2048 --disk "$WORK/desktop-root.img" "$@" \
+        --cpus "$DESKTOP_CPUS" --memory 2048 --disk "$WORK/desktop-root.img" "$@" \
         --display "vnc=unix:$VNC_SOCKET,size=${DESKTOP_WIDTH}x$DESKTOP_HEIGHT" \
         --policy "$WORK/policy.toml" --policy-key "$WORK/org.pub" --user "$user" "${AUDIT_ARGS[@]}"
     local i
