@@ -4,6 +4,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use crate::audit::AuditConfig;
 use crate::external_media::ExternalMediaPolicy;
@@ -319,6 +320,9 @@ pub struct VmConfig {
     pub audit: AuditConfig,
     pub seccomp: bool,
     pub on_reboot: RebootAction,
+    /// `--stop-timeout`: how long the guest has to power off after
+    /// SIGTERM pressed its power button.
+    pub stop_timeout: Duration,
     pub kvm_device: PathBuf,
     /// `--api-socket PATH`: where the control API listens.
     pub api_socket: Option<PathBuf>,
@@ -398,6 +402,7 @@ mod tests {
             audit: AuditConfig::default(),
             seccomp: true,
             on_reboot: RebootAction::Exit,
+            stop_timeout: crate::service::DEFAULT_STOP_TIMEOUT,
             kvm_device: "/dev/kvm".into(),
             api_socket: None,
             display: None,

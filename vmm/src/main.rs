@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use securevm::api::client::CtlArgs;
@@ -203,6 +204,11 @@ struct RunArgs {
     /// What a guest reboot does.
     #[arg(long, value_enum, default_value = "exit")]
     on_reboot: OnReboot,
+    /// Seconds the guest has to power off after SIGTERM (systemd's stop) pressed its ACPI power
+    /// button; then securevm stops it. Keep the unit's TimeoutStopSec at least 10 s above it.
+    #[arg(long, value_name = "SECONDS", default_value_t = securevm::service::DEFAULT_STOP_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    stop_timeout: u64,
     /// Run without seccomp filters (debugging only: weakens isolation).
     #[arg(long)]
     no_seccomp: bool,
@@ -292,6 +298,7 @@ impl TryFrom<RunArgs> for VmConfig {
                 OnReboot::Exit => RebootAction::Exit,
                 OnReboot::Restart => RebootAction::Restart,
             },
+            stop_timeout: Duration::from_secs(args.stop_timeout),
             kvm_device: args.kvm_device,
             api_socket: args.api_socket,
             display: args.display,

@@ -190,6 +190,25 @@ fn unknown_disk_option_is_a_usage_error() {
     );
 }
 
+#[test]
+fn a_stop_timeout_out_of_range_or_not_a_number_is_a_usage_error() {
+    for (value, why) in [
+        ("0", "0 is not in 1..=3600"),
+        ("3601", "3601 is not in 1..=3600"),
+        ("30s", "invalid digit"),
+        ("-5", "unexpected argument"),
+    ] {
+        let out = securevm(&["run", "--kernel", "k", "--stop-timeout", value]);
+        assert_eq!(out.status.code(), Some(2), "{value}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("--stop-timeout") || value == "-5",
+            "{value}: {}",
+            stderr(&out)
+        );
+        assert!(stderr(&out).contains(why), "{value}: {}", stderr(&out));
+    }
+}
+
 /// A LUKS2 disk with a cheap KDF so that tests stay fast.
 fn luks_disk(scratch: &Scratch, passphrase: &str) -> std::path::PathBuf {
     let disk = scratch.path("secret.img");

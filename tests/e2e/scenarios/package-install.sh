@@ -5,7 +5,8 @@
 # ExecStart line, run by this test as systemd would run it (instance conf,
 # NOTIFY_SOCKET on a socket the test listens on, stdin closed), boots the
 # stock Debian guest: READY=1 arrives once the guest runs; SIGTERM presses
-# the guest's power button, the guest shuts down in order (its units
+# the guest's power button (the instance's --stop-timeout reaches it), the
+# guest shuts down in order (its units
 # stopped, then ACPI S5), securevm exits 0 and the audit log ends with
 # vm-stop. The installed man pages read with man.
 #
@@ -13,6 +14,9 @@
 # (scripts/test's package step builds it after the release build).
 TIMEOUT=480
 INSTANCE=pkgtest
+# The instance's --stop-timeout: more than the default 30 s for the nested
+# L1's slowness, and under the unit's TimeoutStopSec=60 less 10 s.
+STOP_TIMEOUT_SECS=50
 # shellcheck source=tests/e2e/api/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../api/lib.sh"
 
@@ -122,7 +126,8 @@ run() {
 set -- --kernel "$DEBIAN_KERNEL" --initrd "$DEBIAN_INITRD" \\
     --cmdline "console=ttyS0 reboot=acpi panic=-1 root=/dev/vda rw $GUEST_QUIET e2e=1" \\
     --cpus 2 --memory 1024 --disk "$WORK/debian-root.img" --disk "$WORK/e2e" \\
-    --audit-log "$WORK/audit.jsonl" --audit-key "$WORK/audit.key"
+    --audit-log "$WORK/audit.jsonl" --audit-key "$WORK/audit.key" \\
+    --stop-timeout $STOP_TIMEOUT_SECS
 CONF
     unit_exec_start "$root"
     printf '### unit ExecStart:%s\n' "$(printf ' %q' "${EXEC[@]}")" >>"$SERIAL_LOG"
@@ -158,12 +163,17 @@ CONF
     wait_serial "E2E-POWER-BUTTON=ready" 330
     local t0=$SECONDS
     kill -TERM "$VMM_PID"
-    api_wait_exit 60
+    api_wait_exit $((STOP_TIMEOUT_SECS + 30))
     echo "SIGTERM to securevm exit: $((SECONDS - t0)) s"
+    # A guest that has not powered off long after its shutdown began (3 s
+    # is usual here) stalled in the nested L1 (docs/testing.md): a hang,
+    # which scripts/e2e runs again, not a failure of the stop path.
+    ! grep -qF "SIGTERM: the guest did not power off within $STOP_TIMEOUT_SECS s" "$VMM_ERR" ||
+        touch "$WORK/guest-hung"
     expect_exit 0
     expect_serial "E2E-POWER-KEY=pressed"
     expect_serial "SECUREVM-E2E: clean-stop"
-    expect_vmm_said "SIGTERM: pressing the guest's power button"
+    expect_vmm_said "SIGTERM: pressing the guest's power button; it has $STOP_TIMEOUT_SECS s to power off"
     grep -q 'STOPPING=1' "$notify_log" || fail "no STOPPING=1: $(cat "$notify_log")"
     local last
     last=$(tail -n 1 "$WORK/audit.jsonl")

@@ -14,7 +14,7 @@ pub mod sigterm;
 
 use std::sync::Arc;
 
-pub use sigterm::{SigtermWatch, Stoppable};
+pub use sigterm::{SigtermWatch, Stoppable, DEFAULT_STOP_TIMEOUT};
 
 /// While held, the guest runs: the service manager has been told it is
 /// ready, and SIGTERM shuts this VM down. Dropping it (the guest stopped

@@ -25,9 +25,10 @@ use crate::confined::{self, Confinement, ThreadError};
 use crate::seccomp::ThreadKind;
 use crate::sync::lock;
 
-/// How long the guest has to power off after SIGTERM: the same bound as
-/// a `ctl shutdown` that names none. The unit's `TimeoutStopSec` is above it.
-pub const SIGTERM_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(DEFAULT_SHUTDOWN_TIMEOUT_SECS);
+/// How long the guest has to power off after SIGTERM unless `run
+/// --stop-timeout` says otherwise: the same bound as a `ctl shutdown` that
+/// names none. The unit's `TimeoutStopSec` is above it.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(DEFAULT_SHUTDOWN_TIMEOUT_SECS);
 
 /// What SIGTERM acts on.
 pub trait Stoppable: Send + Sync {
@@ -121,8 +122,9 @@ fn sigterm_set() -> libc::sigset_t {
 impl SigtermWatch {
     /// Blocks SIGTERM on the calling thread, which must be the main thread
     /// before it starts any other (they inherit the mask), and starts the
-    /// thread that waits for it, confined unless `seccomp` is off.
-    pub fn start(seccomp: bool) -> Result<SigtermWatch, SigtermError> {
+    /// thread that waits for it, confined unless `seccomp` is off. A
+    /// running guest gets `stop_timeout` to power off.
+    pub fn start(seccomp: bool, stop_timeout: Duration) -> Result<SigtermWatch, SigtermError> {
         *lock(&TARGET) = Target::NoVmYet;
         STOP_REQUESTED.store(false, Ordering::Release);
         let set = sigterm_set();
@@ -141,7 +143,7 @@ impl SigtermWatch {
                 if thread_done.load(Ordering::Acquire) {
                     return;
                 }
-                on_sigterm();
+                on_sigterm(stop_timeout);
             },
         )?;
         *lock(&WATCH_THREAD) = Some(thread.as_pthread_t());
@@ -176,7 +178,7 @@ fn wait_for_sigterm() {
     while unsafe { libc::sigwait(&set, &mut signal) } != 0 {}
 }
 
-fn on_sigterm() {
+fn on_sigterm(stop_timeout: Duration) {
     let target = lock(&TARGET).clone();
     match target {
         Target::NoVmYet => end_as_default(),
@@ -189,16 +191,16 @@ fn on_sigterm() {
             super::notify::send("STOPPING=1\nSTATUS=SIGTERM: the guest is powering off");
             log::warn!(
                 "SIGTERM: pressing the guest's power button; it has {} s to power off",
-                SIGTERM_SHUTDOWN_TIMEOUT.as_secs()
+                stop_timeout.as_secs()
             );
-            match vm.shutdown(SIGTERM_SHUTDOWN_TIMEOUT) {
+            match vm.shutdown(stop_timeout) {
                 Ok(report) => match report.outcome {
                     ShutdownOutcome::PoweredOff => {
                         log::info!("SIGTERM: the guest powered off in {:.1} s", report.seconds);
                     }
                     ShutdownOutcome::Forced => log::warn!(
                         "SIGTERM: the guest did not power off within {} s; securevm stopped it",
-                        SIGTERM_SHUTDOWN_TIMEOUT.as_secs()
+                        stop_timeout.as_secs()
                     ),
                     ShutdownOutcome::Stopped(why) => log::info!("SIGTERM: the VM stopped: {why}"),
                 },
@@ -228,6 +230,8 @@ mod tests {
     use std::sync::mpsc;
 
     const CHILD: &str = "SECUREVM_TEST_SIGTERM_CHILD";
+    /// Not the default, so that the tests see `--stop-timeout` reach the VM.
+    const STOP_TIMEOUT: Duration = Duration::from_secs(97);
 
     /// Records the shutdown it is asked for, as the running VM would be.
     struct FakeVm(Mutex<mpsc::Sender<Duration>>);
@@ -256,13 +260,13 @@ mod tests {
         if std::env::var_os(CHILD).is_none() {
             return;
         }
-        let watch = SigtermWatch::start(true).unwrap();
+        let watch = SigtermWatch::start(true, STOP_TIMEOUT).unwrap();
         let (sender, shutdowns) = mpsc::channel();
         set_target(Some(Arc::new(FakeVm(Mutex::new(sender)))));
         assert!(!stop_requested());
         watch.signal_thread();
         let timeout = shutdowns.recv_timeout(Duration::from_secs(10)).unwrap();
-        assert_eq!(timeout, SIGTERM_SHUTDOWN_TIMEOUT);
+        assert_eq!(timeout, STOP_TIMEOUT);
         assert!(stop_requested());
         // Once the VM stopped, another SIGTERM neither ends the process
         // nor reaches the old VM.
@@ -278,7 +282,7 @@ mod tests {
         let timeout = next_shutdowns
             .recv_timeout(Duration::from_secs(10))
             .expect("the SIGTERM taken between two VMs was lost");
-        assert_eq!(timeout, SIGTERM_SHUTDOWN_TIMEOUT);
+        assert_eq!(timeout, STOP_TIMEOUT);
         // Drop ends and joins the thread.
         drop(watch);
     }
@@ -297,7 +301,7 @@ mod tests {
         if std::env::var_os(CHILD).is_none() {
             return;
         }
-        let watch = SigtermWatch::start(true).unwrap();
+        let watch = SigtermWatch::start(true, STOP_TIMEOUT).unwrap();
         super::super::vm_starting();
         watch.signal_thread();
         // Still alive: the signal was taken, not acted on by default.
@@ -308,7 +312,7 @@ mod tests {
         let timeout = shutdowns
             .recv_timeout(Duration::from_secs(10))
             .expect("the SIGTERM taken while the VM started was lost");
-        assert_eq!(timeout, SIGTERM_SHUTDOWN_TIMEOUT);
+        assert_eq!(timeout, STOP_TIMEOUT);
         drop(watch);
     }
 
@@ -339,7 +343,7 @@ mod tests {
         if std::env::var_os(CHILD).is_none() {
             return;
         }
-        let watch = SigtermWatch::start(true).unwrap();
+        let watch = SigtermWatch::start(true, STOP_TIMEOUT).unwrap();
         watch.signal_thread();
         std::thread::sleep(Duration::from_secs(10));
         // Reaching here means the signal did not end the process: the

@@ -127,7 +127,7 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, VmmError> {
     config.validate()?;
     check_boot_files(config)?;
     // Before any other thread starts: they inherit SIGTERM blocked.
-    let _sigterm = SigtermWatch::start(config.seccomp)?;
+    let _sigterm = SigtermWatch::start(config.seccomp, config.stop_timeout)?;
     notify::init_from_env();
     // Checked before anything is asked: a phrase file that is not private
     // stops securevm here rather than at a PIN prompt with the guest running.
