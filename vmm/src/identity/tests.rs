@@ -297,6 +297,9 @@ fn unknown_users_cost_a_full_argon2_verification() {
         .unwrap();
     assert_eq!(dummy.split('$').nth(3), alice_cost.split('$').nth(3));
     // Same order of time as verifying alice (both run Argon2 at m=64 MiB).
+    // The fastest of interleaved tries: one try alone measures whatever
+    // else the machine does (a parallel `cargo test` once made alice's
+    // first try 4.4 times an unknown user's), the fastest the work itself.
     let file = passphrase_file("timing", b"not it");
     let mut auth = PassphraseAuthenticator::new(&policy, PassphraseInput::File(file.clone()));
     let mut time = |user_id: &str| {
@@ -304,10 +307,14 @@ fn unknown_users_cost_a_full_argon2_verification() {
         auth.attempt(user_id, policy.user(user_id)).unwrap();
         start.elapsed()
     };
-    let (known, unknown) = (time("alice"), time("nobody"));
+    let (mut known, mut unknown) = (std::time::Duration::MAX, std::time::Duration::MAX);
+    for _ in 0..3 {
+        known = known.min(time("alice"));
+        unknown = unknown.min(time("nobody"));
+    }
     assert!(
         unknown * 3 > known && known * 3 > unknown,
-        "alice {known:?} vs unknown {unknown:?}"
+        "alice {known:?} vs unknown {unknown:?} (fastest of 3 each)"
     );
     let _ = std::fs::remove_file(file);
 }
