@@ -100,3 +100,24 @@ pub trait VirtioDevice: Send {
     /// worker away from the I/O thread.
     fn reset(&mut self);
 }
+
+/// Whether the driver wants an interrupt for the buffers just used: with
+/// EVENT_IDX its `used_event`, otherwise the NO_INTERRUPT flag.
+pub(crate) fn driver_wants_interrupt(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+) -> Result<bool, virtio_queue::Error> {
+    use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
+    use virtio_queue::QueueT;
+    use vm_memory::{Bytes, GuestAddress};
+    if queue.event_idx_enabled() {
+        return queue.needs_notification(mem);
+    }
+    let flags: u16 = mem
+        .load(
+            GuestAddress(queue.avail_ring()),
+            std::sync::atomic::Ordering::Acquire,
+        )
+        .map_err(virtio_queue::Error::GuestMemory)?;
+    Ok(u32::from(u16::from_le(flags)) & VRING_AVAIL_F_NO_INTERRUPT == 0)
+}

@@ -10,19 +10,18 @@
 //!
 //! Public so that benchmarks can drive exactly this path host-side.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
     VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 };
-use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use crate::block::{BlockBackend, ExtentRange, GuestExtent, SECTOR_SIZE};
 use crate::devices::virtio::chain::{ChainBytes, ChainDescriptor, CollectedChain, DescriptorTable};
+use crate::devices::virtio::driver_wants_interrupt;
 use crate::narrow::const_narrow;
 
 /// The request status byte the device writes last.
@@ -154,14 +153,7 @@ impl RequestHandler {
         if requests == 0 {
             return Ok(Served::default());
         }
-        let notify = if queue.event_idx_enabled() {
-            queue.needs_notification(mem)?
-        } else {
-            let flags: u16 = mem
-                .load(GuestAddress(queue.avail_ring()), Ordering::Acquire)
-                .map_err(virtio_queue::Error::GuestMemory)?;
-            u32::from(u16::from_le(flags)) & VRING_AVAIL_F_NO_INTERRUPT == 0
-        };
+        let notify = driver_wants_interrupt(queue, mem)?;
         Ok(Served { notify, more })
     }
 

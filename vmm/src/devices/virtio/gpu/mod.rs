@@ -8,16 +8,15 @@
 //! 3D capability sets; offered: VERSION_1, EVENT_IDX, INDIRECT_DESC and
 //! VIRTIO_GPU_F_EDID.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use gpu2d::protocol::F_EDID;
 use gpu2d::{ConfigError, Gpu2d, Gpu2dConfig, GuestMemoryRead, OutOfGuestMemory, ScanoutSink};
-use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::chain::{ChainBytes, CollectedChain, DescriptorTable};
+use super::driver_wants_interrupt;
 use super::{
     ActivateError, Activation, Progress, QueueWorker, VirtioDevice, VirtioInterrupt, F_EVENT_IDX,
     F_INDIRECT_DESC, F_VERSION_1, QUEUE_MAX_SIZE,
@@ -281,14 +280,7 @@ impl Engine {
         if chains == 0 {
             return Ok(Served::default());
         }
-        let notify = if queue.event_idx_enabled() {
-            queue.needs_notification(mem)?
-        } else {
-            let flags: u16 = mem
-                .load(GuestAddress(queue.avail_ring()), Ordering::Acquire)
-                .map_err(virtio_queue::Error::GuestMemory)?;
-            u32::from(u16::from_le(flags)) & VRING_AVAIL_F_NO_INTERRUPT == 0
-        };
+        let notify = driver_wants_interrupt(queue, mem)?;
         Ok(Served { notify, more })
     }
 

@@ -21,18 +21,17 @@
 //! them is used. Nothing allocates per frame.
 
 use std::io;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::backend::NetBackend;
 use super::filter::FrameFilter;
 use super::tunnel::{SharedTunnel, TunnelRead};
 use super::{NetCounters, MAX_BUFFER_LEN, RX_QUEUE, TX_QUEUE, VNET_HDR_LEN};
 use crate::devices::virtio::chain::{ChainBytes, ChainDescriptor, CollectedChain, DescriptorTable};
+use crate::devices::virtio::driver_wants_interrupt;
 use crate::devices::virtio::{
     ActiveQueue, EventSource, Progress, QueueWorker, VirtioInterrupt, QUEUE_MAX_SIZE,
 };
@@ -237,7 +236,7 @@ impl NetWorker {
                 break;
             }
         }
-        if sent > 0 && wants_interrupt(&mut self.tx.queue, &mem)? {
+        if sent > 0 && driver_wants_interrupt(&mut self.tx.queue, &mem)? {
             self.interrupt.signal_queue(self.tx.msix_vector);
         }
         Ok(progress)
@@ -339,7 +338,7 @@ impl NetWorker {
                 }
             }
         }
-        if used_any && wants_interrupt(&mut self.rx.queue, &mem)? {
+        if used_any && driver_wants_interrupt(&mut self.rx.queue, &mem)? {
             self.interrupt.signal_queue(self.rx.msix_vector);
         }
         Ok(())
@@ -546,16 +545,4 @@ fn next_rx_chain<'m>(
             return Ok(None);
         }
     }
-}
-
-/// Whether the driver wants an interrupt for the buffers just used: with
-/// EVENT_IDX its `used_event`, otherwise the NO_INTERRUPT flag.
-fn wants_interrupt(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<bool, virtio_queue::Error> {
-    if queue.event_idx_enabled() {
-        return queue.needs_notification(mem);
-    }
-    let flags: u16 = mem
-        .load(GuestAddress(queue.avail_ring()), Ordering::Acquire)
-        .map_err(virtio_queue::Error::GuestMemory)?;
-    Ok(u32::from(u16::from_le(flags)) & VRING_AVAIL_F_NO_INTERRUPT == 0)
 }
